@@ -1,0 +1,1 @@
+"""KubeVirt VirtualMachine and CDI DataVolume generation from the vmmove model."""

@@ -1,0 +1,76 @@
+"""The ``vmmove`` command line.
+
+Every module in this package (other than ``options`` and private ones) defines one or
+more click commands in a module-level ``commands`` list; :class:`VmmoveGroup` finds them,
+so adding a command is adding a module.  Modules import heavy libraries (kubernetes,
+boto3, libvirt) inside their functions so that ``vmmove --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from functools import cache
+from typing import Any
+
+import click
+
+from migrate import __version__
+from migrate.errors import VmmoveError
+
+_NOT_COMMANDS = {"options"}
+
+
+@cache
+def _discover() -> dict[str, click.Command]:
+    found: dict[str, click.Command] = {}
+    for mod in pkgutil.iter_modules(__path__):
+        if mod.name.startswith("_") or mod.name in _NOT_COMMANDS:
+            continue
+        module = importlib.import_module(f"{__name__}.{mod.name}")
+        for cmd in getattr(module, "commands", []):
+            assert cmd.name not in found, f"two commands named {cmd.name}"
+            found[cmd.name] = cmd
+    return found
+
+
+class VmmoveGroup(click.Group):
+    """Finds commands by module and turns :class:`VmmoveError` into one error line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_discover())
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return _discover().get(cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VmmoveError as exc:
+            click.echo(f"vmmove: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("vmmove: interrupted; rerun the same command to resume", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=VmmoveGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vmmove")
+def main() -> None:
+    """Move libvirt/KVM, VMware and OVF virtual machines into KubeVirt.
+
+    \b
+    The pipeline, one command a step:
+      scan → assess → plan → convert → upload → manifests → apply → cutover (rollback) → runbook
+    Each step reads the previous one's output file and records its progress in a journal,
+    so every command can be rerun to resume.
+    """
+
+
+def run() -> None:  # console-script entry point
+    main(prog_name="vmmove")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())

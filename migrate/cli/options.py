@@ -1,0 +1,69 @@
+"""Shared command-line options, spelled as virsh, kubectl and the aws cli spell them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from migrate.output import FORMATS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def output_format(*formats: str, default: str = "table") -> Callable[[F], F]:
+    """``-o/--output table|json|yaml``."""
+    choices = formats or FORMATS
+    return click.option(
+        "-o",
+        "--output",
+        "output",
+        type=click.Choice(choices),
+        default=default,
+        show_default=True,
+        help="Output format.",
+    )
+
+
+def connect(default: tuple[str, ...] = ("qemu:///system",)) -> Callable[[F], F]:
+    """``-c/--connect URI`` (repeatable), like virsh."""
+    return click.option(
+        "-c",
+        "--connect",
+        "uris",
+        multiple=True,
+        metavar="URI",
+        help=f"libvirt URI to read (repeatable); default {', '.join(default)} when no PATH is given.",
+    )
+
+
+def kube(f: F) -> F:
+    """``--kubeconfig``, ``--context``, ``-n/--namespace``, like kubectl."""
+    f = click.option(
+        "-n", "--namespace", default=None, help="Kubernetes namespace (default: the context's)."
+    )(f)
+    f = click.option("--context", default=None, help="kubeconfig context to use.")(f)
+    f = click.option(
+        "--kubeconfig",
+        type=click.Path(dir_okay=False),
+        default=None,
+        envvar="KUBECONFIG",
+        help="Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).",
+    )(f)
+    return f
+
+
+def aws(f: F) -> F:
+    """``--profile``, ``--endpoint-url``, ``--region``, like the aws cli (env vars apply too)."""
+    f = click.option("--region", default=None, help="S3 region (default: profile/environment).")(f)
+    f = click.option(
+        "--endpoint-url",
+        default=None,
+        metavar="URL",
+        help="S3-compatible endpoint, e.g. http://127.0.0.1:8333 (path-style addressing is used).",
+    )(f)
+    f = click.option(
+        "--profile", default=None, help="AWS shared-config profile (default: $AWS_PROFILE)."
+    )(f)
+    return f

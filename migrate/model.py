@@ -1,0 +1,226 @@
+"""The one data model that flows through vmmove's pipeline.
+
+A scan produces an :class:`Inventory` of :class:`VM` records; assessment, planning,
+conversion, transfer and manifest generation all read the same records.  Every class
+is a plain dataclass so that an inventory round-trips through JSON or YAML without loss
+(see :mod:`migrate.serialize`).  Sizes and memory are in bytes, always.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class PowerState(str, Enum):
+    """Power state as libvirt reports it; offline descriptors are ``shutoff`` or ``unknown``."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    SHUTDOWN = "shutdown"  # in the middle of shutting down
+    CRASHED = "crashed"
+    SUSPENDED = "suspended"  # pmsuspended, or a VMware suspended state
+    UNKNOWN = "unknown"
+
+
+class SourceKind(str, Enum):
+    """Where a VM description came from."""
+
+    LIBVIRT = "libvirt"  # a live libvirt connection (URI)
+    DOMAIN_XML = "domain-xml"  # an offline libvirt domain XML file
+    OVF = "ovf"
+    OVA = "ova"
+    VMX = "vmx"
+
+
+@dataclass
+class Source:
+    """Provenance of a VM: the URI or file it was read from."""
+
+    kind: SourceKind
+    location: str  # libvirt URI, or an absolute file path
+    member: str | None = None  # OVF inside an OVA, VirtualSystem id inside a vApp OVF
+
+
+@dataclass
+class CpuTopology:
+    sockets: int = 1
+    cores: int = 1
+    threads: int = 1
+
+    @property
+    def vcpus(self) -> int:
+        return self.sockets * self.cores * self.threads
+
+
+@dataclass
+class Firmware:
+    type: str = "bios"  # "bios" or "efi"
+    secure_boot: bool = False
+    loader: str | None = None  # loader/NVRAM template path on the source host, informative only
+    tpm_version: str | None = None  # "1.2", "2.0", or None when the VM has no TPM
+    tpm_model: str | None = None  # tpm-tis, tpm-crb, …
+
+
+@dataclass
+class BackingFile:
+    """One layer below a disk image, nearest first."""
+
+    path: str
+    format: str | None = None
+
+
+@dataclass
+class Disk:
+    """A block device of the VM, as the guest sees it and where its data lives."""
+
+    target: str  # guest device name: vda, sda, hdc; for VMware the controller slot, e.g. scsi0:0
+    device: str = "disk"  # disk | cdrom | floppy | lun
+    bus: str | None = None  # virtio | sata | scsi | ide | usb | fdc | xen | sd | nvme
+    source_type: str = "file"  # file | block | network | volume | dir | none
+    path: str | None = None  # file, block device, volume path or network name (pool/image)
+    protocol: str | None = None  # for network disks: rbd, iscsi, nbd, http, gluster, …
+    hosts: list[str] = field(default_factory=list)  # network disk servers, host[:port]
+    pool: str | None = None  # storage pool, for source_type volume
+    volume: str | None = None
+    format: str | None = None  # qcow2, raw, vmdk, vdi, vhdx, …
+    virtual_size: int | None = None  # bytes seen by the guest
+    allocated_size: int | None = None  # bytes the image occupies on the host
+    backing_chain: list[BackingFile] = field(default_factory=list)
+    readonly: bool = False
+    shareable: bool = False
+    boot_order: int | None = None
+    serial: str | None = None
+    controller_model: str | None = None  # e.g. lsilogic, pvscsi, virtio-scsi
+    error: str | None = None  # why the image could not be read, when it could not
+
+
+@dataclass
+class Nic:
+    """A network interface and what it is plugged into on the source."""
+
+    mac: str | None = None
+    model: str | None = None  # virtio, e1000, e1000e, rtl8139, vmxnet3, …
+    type: str = "network"  # network | bridge | direct | user | ethernet | hostdev | vhostuser | …
+    network: str | None = None  # libvirt network, bridge, direct dev, or VMware network name
+    portgroup: str | None = None
+    boot_order: int | None = None
+
+    @property
+    def attachment(self) -> str:
+        """The key a network map matches on: ``type:name`` (``network:default``, ``bridge:br0``)."""
+        name = self.network or ""
+        if self.portgroup:
+            name = f"{name}/{self.portgroup}"
+        return f"{self.type}:{name}"
+
+
+@dataclass
+class Device:
+    """Any other device that matters for migration (passthrough, graphics, serial, …).
+
+    ``kind`` is one of: ``pci-passthrough``, ``usb-passthrough``, ``mdev``, ``scsi-passthrough``,
+    ``graphics``, ``video``, ``serial``, ``console``, ``channel``, ``watchdog``, ``rng``,
+    ``sound``, ``input``, ``smartcard``, ``redirdev``, ``filesystem``, ``vsock``, ``memballoon``,
+    ``controller``, ``shmem``, ``iommu``, ``panic``, ``parallel``, ``hub``, ``other``.
+    """
+
+    kind: str
+    model: str | None = None  # e.g. vnc, i6300esb, virtio, ich9, the device's type attribute
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class GuestOS:
+    """What runs inside, as far as the source says."""
+
+    id: str | None = None  # libosinfo id (http://microsoft.com/win/2k22), VMX guestOS, OVF osType
+    name: str | None = None  # human name, e.g. "Microsoft Windows Server 2022"
+    family: str | None = None  # linux | windows | bsd | solaris | other
+    version: str | None = None
+    distro: str | None = None  # rhel, centos, ubuntu, debian, fedora, sles, win, …
+
+
+@dataclass
+class Tuning:
+    """Host-bound tuning KubeVirt cannot carry over as is."""
+
+    numa_nodes: int = 0
+    cpu_pinning: bool = False
+    hugepages: bool = False
+    cpu_mode: str | None = None  # host-passthrough, host-model, custom
+    cpu_model: str | None = None
+
+
+@dataclass
+class VM:
+    """One virtual machine, however it was described."""
+
+    name: str
+    source: Source
+    uuid: str | None = None
+    title: str | None = None
+    description: str | None = None
+    hypervisor: str | None = None  # libvirt domain type: kvm, qemu, xen, lxc, vmware, …
+    os_type: str | None = None  # hvm | xen (PV) | linux (pv) | exe (container)
+    arch: str | None = None  # x86_64, i686, aarch64, …
+    machine: str | None = None  # pc-q35-7.2, pc-i440fx-2.9, VMware hardware version, …
+    power_state: PowerState = PowerState.UNKNOWN
+    vcpus: int = 1
+    max_vcpus: int | None = None
+    topology: CpuTopology | None = None
+    memory: int = 0  # bytes the guest gets at boot
+    max_memory: int | None = None  # bytes, when hot-plug memory is configured
+    firmware: Firmware = field(default_factory=Firmware)
+    clock_offset: str | None = None  # utc | localtime | timezone:<tz> | variable
+    disks: list[Disk] = field(default_factory=list)
+    nics: list[Nic] = field(default_factory=list)
+    devices: list[Device] = field(default_factory=list)
+    guest_os: GuestOS | None = None
+    tuning: Tuning = field(default_factory=Tuning)
+    snapshots: int = 0
+    features: list[str] = field(default_factory=list)  # acpi, apic, smm, hyperv, pae, …
+    metadata: dict[str, str] = field(default_factory=dict)  # free-form facts from the source
+
+    @property
+    def key(self) -> str:
+        """A stable identity for journals and plans: the UUID when known, else the name."""
+        return self.uuid or self.name
+
+    def data_bytes(self) -> int:
+        """Bytes of data held by the VM's disks: allocated size, or virtual when unknown."""
+        total = 0
+        for disk in self.disks:
+            if disk.device in ("disk", "lun"):
+                total += disk.allocated_size or disk.virtual_size or 0
+        return total
+
+
+@dataclass
+class ScanError:
+    """A source that yielded no VM, with one line saying why."""
+
+    source: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.message}"
+
+
+@dataclass
+class Inventory:
+    """The output of ``vmmove scan`` and the input of everything after it."""
+
+    vms: list[VM] = field(default_factory=list)
+    errors: list[ScanError] = field(default_factory=list)
+    scanned_at: str | None = None  # ISO 8601, UTC
+    vmmove_version: str | None = None
+    format_version: int = 1
+
+    def find(self, ref: str) -> VM | None:
+        """A VM by name or UUID."""
+        for vm in self.vms:
+            if vm.name == ref or vm.uuid == ref:
+                return vm
+        return None

@@ -1,0 +1,74 @@
+"""Kubernetes names for VMs and disks (DNS-1123 labels).
+
+KubeVirt objects need lowercase DNS-1123 labels of at most 63 characters; source VMs are
+named anything (``Web Server (prod)``, ``DC01``, ``ünïcode``).  The rule, documented for
+users in docs/mapping.md:
+
+1. transliterate to ASCII, lowercase, every run of other characters becomes one ``-``,
+   leading and trailing ``-`` are dropped; an empty result becomes ``vm``;
+2. longer than the limit: cut, and end with ``-`` plus 6 hex digits of the SHA-1 of the
+   original name, so distinct long names stay distinct;
+3. collisions within an inventory: a name that needed no change keeps it; every other
+   member of the collision gets the same hash suffix, so the result does not depend on
+   the order the VMs were scanned in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable
+
+MAX_LABEL = 63
+_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def is_dns1123_label(name: str) -> bool:
+    return len(name) <= MAX_LABEL and bool(_LABEL_RE.match(name))
+
+
+def _suffix(original: str) -> str:
+    return hashlib.sha1(original.encode("utf-8")).hexdigest()[:6]
+
+
+def _with_suffix(base: str, original: str, limit: int) -> str:
+    suffix = _suffix(original)
+    head = base[: limit - len(suffix) - 1].rstrip("-")
+    return f"{head}-{suffix}" if head else f"vm-{suffix}"
+
+
+def dns1123_label(name: str, limit: int = MAX_LABEL) -> str:
+    """The DNS-1123 label a single name becomes (rules 1 and 2)."""
+    if is_dns1123_label(name) and len(name) <= limit:
+        return name
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    base = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-") or "vm"
+    if len(base) > limit:
+        return _with_suffix(base, name, limit)
+    return base
+
+
+def assign_names(names: Iterable[tuple[str, str]], limit: int = MAX_LABEL) -> dict[str, str]:
+    """Target names for ``(key, original name)`` pairs, unique and order-independent (rule 3)."""
+    pairs = list(names)
+    groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for key, original in pairs:
+        groups[dns1123_label(original, limit)].append((key, original))
+    result: dict[str, str] = {}
+    taken = set(groups)
+    for base, members in groups.items():
+        if len(members) == 1:
+            result[members[0][0]] = base
+            continue
+        for key, original in members:
+            if original == base:
+                result[key] = base
+                continue
+            candidate = _with_suffix(base, f"{original}\0{key}", limit)
+            while candidate in taken:  # astronomically rare; stay deterministic anyway
+                candidate = _with_suffix(candidate, f"{original}\0{key}", limit)
+            taken.add(candidate)
+            result[key] = candidate
+    return result

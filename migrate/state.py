@@ -1,0 +1,274 @@
+"""The journal: an embedded SQLite record of every step vmmove has taken.
+
+Each unit of work (a disk conversion, an object upload, an apply, a cutover step) is one
+row keyed by ``(kind, item)``.  Commands read the journal first and skip what is already
+``done``, so every command is idempotent and resumes after a crash or Ctrl-C.  A history
+table keeps every status change with its time, for ``status``, reports and runbooks.
+
+The journal is safe to share between threads of one process (one connection, one lock)
+and between processes (SQLite WAL); :meth:`Journal.exclusive` refuses a second concurrent
+run on the same journal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PENDING = "pending"
+RUNNING = "running"
+DONE = "done"
+FAILED = "failed"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS steps (
+    kind     TEXT NOT NULL,
+    item     TEXT NOT NULL,
+    status   TEXT NOT NULL,
+    started  REAL,
+    finished REAL,
+    bytes    INTEGER,
+    checksum TEXT,
+    error    TEXT,
+    data     TEXT NOT NULL DEFAULT '{}',
+    updated  REAL NOT NULL,
+    PRIMARY KEY (kind, item)
+);
+CREATE TABLE IF NOT EXISTS history (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      REAL NOT NULL,
+    kind    TEXT NOT NULL,
+    item    TEXT NOT NULL,
+    status  TEXT NOT NULL,
+    message TEXT
+);
+"""
+
+
+class JournalLocked(Exception):
+    """Another vmmove process holds this journal."""
+
+
+@dataclass
+class Step:
+    kind: str
+    item: str
+    status: str
+    started: float | None = None
+    finished: float | None = None
+    bytes: int | None = None
+    checksum: str | None = None
+    error: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    updated: float = 0.0
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+
+class Journal:
+    """One SQLite file; open it with ``Journal(path)`` and close it (or use ``with``)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lockfile: int | None = None
+
+    # -- life cycle ---------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+        self._release()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[Journal]:
+        """Hold the journal's run lock; raise :class:`JournalLocked` if another run has it."""
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JournalLocked(f"{self.path}: another vmmove run is using this journal") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lockfile = fd
+        try:
+            yield self
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lockfile is not None:
+            fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+            os.close(self._lockfile)
+            self._lockfile = None
+
+    # -- reading ------------------------------------------------------------------------
+    def get(self, kind: str, item: str) -> Step | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM steps WHERE kind=? AND item=?", (kind, item)
+            ).fetchone()
+            names = [d[0] for d in self._db.execute("SELECT * FROM steps LIMIT 0").description]
+        return _step(dict(zip(names, row))) if row else None
+
+    def steps(self, kind: str | None = None, prefix: str | None = None) -> list[Step]:
+        """All steps, optionally of one kind and with items starting with ``prefix``."""
+        sql, args = "SELECT * FROM steps WHERE 1=1", []
+        if kind is not None:
+            sql += " AND kind=?"
+            args.append(kind)
+        if prefix is not None:
+            sql += " AND substr(item, 1, ?)=?"
+            args += [len(prefix), prefix]
+        with self._lock:
+            cur = self._db.execute(sql + " ORDER BY kind, item", args)
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        return [_step(dict(zip(names, r))) for r in rows]
+
+    def history(self, kind: str | None = None, item: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT at, kind, item, status, message FROM history WHERE 1=1", []
+        if kind is not None:
+            sql += " AND kind=?"
+            args.append(kind)
+        if item is not None:
+            sql += " AND item=?"
+            args.append(item)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
+        return [dict(zip(("at", "kind", "item", "status", "message"), r)) for r in rows]
+
+    def is_done(self, kind: str, item: str) -> bool:
+        step = self.get(kind, item)
+        return step is not None and step.status == DONE
+
+    # -- writing ------------------------------------------------------------------------
+    def start(self, kind: str, item: str, **data: Any) -> Step:
+        """Mark a step running (again), clearing an earlier error; ``data`` is merged in."""
+        now = time.time()
+        with self._lock, self._tx():
+            old = self.get(kind, item)
+            merged = {**(old.data if old else {}), **data}
+            self._db.execute(
+                "INSERT INTO steps(kind, item, status, started, finished, bytes, checksum, error,"
+                " data, updated) VALUES (?,?,?,?,NULL,NULL,NULL,NULL,?,?)"
+                " ON CONFLICT(kind, item) DO UPDATE SET status=excluded.status,"
+                " started=excluded.started, finished=NULL, error=NULL, data=excluded.data,"
+                " updated=excluded.updated",
+                (kind, item, RUNNING, now, json.dumps(merged), now),
+            )
+            self._log(now, kind, item, RUNNING, None)
+        step = self.get(kind, item)
+        assert step is not None
+        return step
+
+    def update(self, kind: str, item: str, *, bytes: int | None = None, **data: Any) -> None:
+        """Merge ``data`` into a step (and set its byte count) without changing its status."""
+        now = time.time()
+        with self._lock, self._tx():
+            old = self.get(kind, item)
+            if old is None:
+                self._db.execute(
+                    "INSERT INTO steps(kind, item, status, bytes, data, updated)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (kind, item, PENDING, bytes, json.dumps(data), now),
+                )
+                return
+            merged = {**old.data, **data}
+            self._db.execute(
+                "UPDATE steps SET data=?, bytes=COALESCE(?, bytes), updated=? WHERE kind=? AND item=?",
+                (json.dumps(merged), bytes, now, kind, item),
+            )
+
+    def done(
+        self,
+        kind: str,
+        item: str,
+        *,
+        bytes: int | None = None,
+        checksum: str | None = None,
+        **data: Any,
+    ) -> None:
+        self._finish(kind, item, DONE, None, bytes, checksum, data)
+
+    def fail(self, kind: str, item: str, error: str, **data: Any) -> None:
+        self._finish(kind, item, FAILED, error, None, None, data)
+
+    def reset(self, kind: str, item: str) -> None:
+        """Forget a step, so that the next run does it again."""
+        with self._lock, self._tx():
+            self._db.execute("DELETE FROM steps WHERE kind=? AND item=?", (kind, item))
+            self._log(time.time(), kind, item, "reset", None)
+
+    def _finish(
+        self,
+        kind: str,
+        item: str,
+        status: str,
+        error: str | None,
+        nbytes: int | None,
+        checksum: str | None,
+        data: dict[str, Any],
+    ) -> None:
+        now = time.time()
+        with self._lock, self._tx():
+            old = self.get(kind, item)
+            merged = {**(old.data if old else {}), **data}
+            started = old.started if old and old.started is not None else now
+            self._db.execute(
+                "INSERT INTO steps(kind, item, status, started, finished, bytes, checksum, error,"
+                " data, updated) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(kind, item) DO UPDATE SET status=excluded.status,"
+                " finished=excluded.finished, bytes=COALESCE(excluded.bytes, steps.bytes),"
+                " checksum=COALESCE(excluded.checksum, steps.checksum), error=excluded.error,"
+                " data=excluded.data, updated=excluded.updated",
+                (kind, item, status, started, now, nbytes, checksum, error, json.dumps(merged), now),
+            )
+            self._log(now, kind, item, status, error)
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _log(self, at: float, kind: str, item: str, status: str, message: str | None) -> None:
+        self._db.execute(
+            "INSERT INTO history(at, kind, item, status, message) VALUES (?,?,?,?,?)",
+            (at, kind, item, status, message),
+        )
+
+
+def _step(row: dict[str, Any]) -> Step:
+    row["data"] = json.loads(row["data"] or "{}")
+    return Step(**row)

@@ -1,0 +1,59 @@
+"""Shared test fixtures: the ../shared data folder, the CLI, scratch images."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from migrate.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """``../shared`` beside the project (schemas and corpus); skip where it is absent."""
+    if not (SHARED / "README.md").is_file():
+        pytest.skip(f"{SHARED} is absent: the shared schemas/corpus are not beside this checkout")
+    return SHARED
+
+
+class Cli:
+    """Runs ``vmmove`` in-process through click, with stdout and stderr kept apart."""
+
+    def __init__(self) -> None:
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, input: str | None = None, ok: bool | None = None) -> Result:
+        result = self.runner.invoke(main, list(args), input=input, catch_exceptions=False)
+        if ok is True:
+            assert result.exit_code == 0, (result.stdout, result.stderr)
+        elif ok is False:
+            assert result.exit_code != 0, (result.stdout, result.stderr)
+        return result
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()
+
+
+def qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run qemu-img for test set-up; fail the test with its stderr when it fails."""
+    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def qemu_io(image: str, command: str, fmt: str | None = None) -> None:
+    """Write test data into an image with qemu-io (e.g. ``write -P 0xab 1M 64k``)."""
+    args = ["qemu-io"]
+    if fmt:
+        args += ["-f", fmt]
+    proc = subprocess.run([*args, "-c", command, image], capture_output=True, text=True)
+    assert proc.returncode == 0 and "error" not in proc.stdout.lower(), proc.stdout + proc.stderr
