@@ -1,0 +1,205 @@
+"""Rules about disks, cdroms and floppies: can the data be read, and what becomes of the bus."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from migrate.assessment.concern import Severity
+from migrate.assessment.facts import DATA_DEVICES, data_disks, disk_where, has_source, is_windows
+from migrate.assessment.registry import Context, Hit, rule
+from migrate.model import VM
+
+CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
+
+KUBEVIRT_BUSES = {"virtio", "sata", "scsi", "usb"}  # KubeVirt v1.9 DiskTarget.bus
+VIRTIO_SCSI = {"virtio-scsi", "virtio", "virtio-transitional", "virtio-non-transitional"}
+
+
+@rule(
+    "disk-unreadable",
+    CRITICAL,
+    "Make the image readable by the scanning user (permissions, a missing backing file, a "
+    "locked or corrupt image: try qemu-img check), then rescan.",
+)
+def disk_unreadable(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """An image that cannot be inspected cannot be converted or sized for its PVC."""
+    for disk in data_disks(vm):
+        if disk.error:
+            yield Hit(f"disk {disk.target} ({disk_where(disk)}): {disk.error}", subject=disk.target)
+
+
+@rule(
+    "disk-no-source",
+    CRITICAL,
+    "Give the disk a source on the host, or remove it from the VM, then rescan.",
+)
+def disk_no_source(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A disk without a source has no data to put into a PVC."""
+    for disk in data_disks(vm):
+        if not has_source(disk):
+            yield Hit(f"disk {disk.target} has no source", subject=disk.target)
+
+
+@rule(
+    "disk-size-unknown",
+    WARNING,
+    "Run the scan where the image can be read (the source host, or with access to its storage) "
+    "so its size is known, or give the PVC size in the plan.",
+)
+def disk_size_unknown(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """The PVC (DataVolume) must be at least the disk's virtual size, so the size must be known."""
+    for disk in data_disks(vm):
+        if has_source(disk) and not disk.error and disk.virtual_size is None:
+            yield Hit(f"size of disk {disk.target} ({disk_where(disk)}) is unknown", subject=disk.target)
+
+
+@rule("backing-chain", INFO, "Nothing to do: convert reads through the chain.")
+def backing_chain(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """CDI refuses a qcow2 with a backing file, so the chain is flattened into one image."""
+    for disk in data_disks(vm):
+        if disk.backing_chain:
+            n = len(disk.backing_chain)
+            yield Hit(
+                f"disk {disk.target} sits on {n} backing file(s) "
+                f"({disk.backing_chain[-1].path} at the bottom): flattened on convert",
+                subject=disk.target,
+            )
+
+
+@rule(
+    "disk-shareable",
+    WARNING,
+    "Move all VMs sharing the disk together: one ReadWriteMany block PVC with shareable: true, "
+    "converted once; check the cluster file system inside does fencing.",
+)
+def disk_shareable(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A disk shared between VMs needs one ReadWriteMany PVC that every VM mounts, not a copy each."""
+    for disk in data_disks(vm):
+        if disk.shareable:
+            yield Hit(f"disk {disk.target} ({disk_where(disk)}) is shared with other VMs", subject=disk.target)
+
+
+@rule(
+    "disk-network",
+    WARNING,
+    "Convert from a host that can reach the storage with qemu-img (credentials included), or "
+    "import it with CDI or a CSI driver (e.g. ceph-csi for rbd) instead.",
+)
+def disk_network(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """Network disks (rbd, iscsi, nbd, gluster, http) are read over the network, not from a file."""
+    for disk in data_disks(vm):
+        if disk.source_type == "network":
+            yield Hit(f"disk {disk.target} is a network disk ({disk_where(disk)})", subject=disk.target)
+
+
+@rule(
+    "disk-block",
+    INFO,
+    "Run convert on the source host (or one that sees the same device); the VM must be off "
+    "while it is copied.",
+)
+def disk_block(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A host block device (LVM, multipath) is read from the host, not copied as a file."""
+    for disk in data_disks(vm):
+        if disk.source_type == "block":
+            yield Hit(f"disk {disk.target} is host block device {disk.path}", subject=disk.target)
+
+
+@rule(
+    "disk-lun",
+    WARNING,
+    "Give it a block-mode PVC and a KubeVirt lun disk if the guest needs SCSI commands "
+    "(reservations, clustering); otherwise it becomes a plain disk.",
+)
+def disk_lun(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A LUN passes SCSI commands through; in KubeVirt that needs a block-mode PVC."""
+    for disk in vm.disks:
+        if disk.device == "lun":
+            yield Hit(f"disk {disk.target} is a SCSI LUN ({disk_where(disk)})", subject=disk.target)
+
+
+@rule(
+    "disk-dir",
+    WARNING,
+    "Copy the files into a real disk image (or a PVC shared with virtiofs) instead.",
+)
+def disk_dir(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A directory shown as a virtual FAT disk exists only on the source host."""
+    for disk in data_disks(vm):
+        if disk.source_type == "dir":
+            yield Hit(f"disk {disk.target} is host directory {disk.path} (virtual FAT)", subject=disk.target)
+
+
+@rule(
+    "disk-bus-ide",
+    WARNING,
+    "Linux: nothing to do (ahci is in every initramfs). Windows: enable the storahci driver "
+    "before cutover, or the guest stops with INACCESSIBLE_BOOT_DEVICE.",
+)
+def disk_bus_ide(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """KubeVirt has no IDE bus (only virtio, sata, scsi, usb), so IDE disks become sata."""
+    for disk in data_disks(vm):
+        if disk.bus == "ide":
+            yield Hit(f"disk {disk.target} on IDE becomes sata", subject=disk.target)
+
+
+@rule(
+    "disk-bus-other",
+    WARNING,
+    "Make sure the guest has a sata (ahci) driver, or virtio drivers if the plan picks virtio.",
+)
+def disk_bus_other(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """KubeVirt has only virtio, sata, scsi and usb disk buses; others (xen, nvme, sd) change."""
+    for disk in data_disks(vm):
+        if disk.bus and disk.bus not in KUBEVIRT_BUSES and disk.bus != "ide":
+            yield Hit(f"disk {disk.target} on bus {disk.bus} becomes sata", subject=disk.target)
+
+
+@rule(
+    "scsi-controller",
+    WARNING,
+    "Linux: nothing to do (virtio_scsi is built in). Windows: install vioscsi from virtio-win "
+    "before cutover, or move the disks to sata in the plan.",
+)
+def scsi_controller(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """KubeVirt's scsi bus is virtio-scsi; LSI Logic, PVSCSI or BusLogic controllers do not exist."""
+    windows = is_windows(vm)
+    for disk in vm.disks:
+        model = (disk.controller_model or "").lower()
+        if disk.bus == "scsi" and model and model not in VIRTIO_SCSI:
+            to = "virtio-scsi (or sata)" if windows else "virtio-scsi"
+            yield Hit(f"disk {disk.target} on SCSI controller {disk.controller_model} moves to {to}", subject=disk.target)
+
+
+@rule(
+    "cdrom",
+    INFO,
+    "If the guest still needs the ISO, upload it as a DataVolume and attach it as a cdrom in "
+    "the plan; otherwise nothing to do.",
+)
+def cdrom(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A KubeVirt cdrom needs a volume of its own; the source host's ISO files are not copied."""
+    for disk in vm.disks:
+        if disk.device == "cdrom":
+            media = f"with {disk_where(disk)}" if has_source(disk) else "empty"
+            note = f" ({disk.error})" if disk.error else ""
+            yield Hit(f"cdrom {disk.target} ({media}){note} is not converted", subject=disk.target)
+
+
+@rule("floppy", INFO, "Copy anything the guest still needs from the floppy image into a disk.")
+def floppy(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """KubeVirt has no floppy controller, so floppy drives are dropped."""
+    for disk in vm.disks:
+        if disk.device == "floppy":
+            yield Hit(f"floppy {disk.target} is dropped", subject=disk.target)
+
+
+@rule(
+    "no-disks",
+    WARNING,
+    "Check that the VM boots from the network or from an image you attach in the plan.",
+)
+def no_disks(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A VM with no disk has nothing to convert and nothing to boot from in KubeVirt."""
+    if not any(d.device in DATA_DEVICES for d in vm.disks):
+        yield Hit("VM has no disks")
