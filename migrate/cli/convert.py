@@ -1,0 +1,235 @@
+"""``vmmove convert``: turn source disks into images CDI imports (qcow2 or raw)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from migrate.cli.options import output_format
+from migrate.errors import UsageError, VmmoveError
+from migrate.output import emit, human_size
+
+if TYPE_CHECKING:
+    from converters.convert import DiskJob, DiskResult
+    from migrate.model import Disk
+
+
+def estimate(disk: Disk) -> int:
+    """A disk's share of the overall bar: its data as the inventory knows it."""
+    return disk.allocated_size or disk.virtual_size or 1
+
+
+class BarProgress:
+    """A tqdm bar per disk in flight plus an overall bar; log lines when not a TTY."""
+
+    def __init__(self, total: int, count: int) -> None:
+        from migrate.progress import bar, interactive
+
+        self._bar = bar
+        self.tty = interactive()
+        self.lock = threading.Lock()
+        self.overall = bar(total, f"{count} disk(s)", position=0)
+        self.bars: dict[str, Any] = {}
+        self.fractions: dict[str, float] = {}
+        self.totals: dict[str, int] = {}
+        self.free_slots: list[int] = []
+        self.next_slot = 1
+        self.logged: dict[str, int] = {}
+
+    def started(self, job: DiskJob, total: int) -> None:
+        from migrate.progress import log
+
+        with self.lock:
+            slot = self.free_slots.pop(0) if self.free_slots else self._new_slot()
+            self.bars[job.item] = self._bar(total, job.label, position=slot, leave=False)
+            self.bars[job.item].slot = slot
+            self.fractions[job.item] = 0.0
+            self.totals[job.item] = total
+            self.logged[job.item] = 0
+        log(f"{job.label}: converting {job.disk.path} → {job.output.name} "
+            f"({human_size(total)} to write)")
+
+    def _new_slot(self) -> int:
+        slot = self.next_slot
+        self.next_slot += 1
+        return slot
+
+    def advanced(self, job: DiskJob, fraction: float) -> None:
+        from migrate.progress import log
+
+        with self.lock:
+            delta = fraction - self.fractions.get(job.item, 0.0)
+            self.fractions[job.item] = fraction
+            if job.item in self.bars:
+                self.bars[job.item].update(delta * self.totals.get(job.item, 0))
+            self.overall.update(delta * estimate(job.disk))
+            quarter = int(fraction * 4)
+            report = not self.tty and 0 < quarter < 4 and quarter > self.logged.get(job.item, 0)
+            if report:
+                self.logged[job.item] = quarter
+        if report:
+            log(f"{job.label}: {quarter * 25}%")
+
+    def finished(self, job: DiskJob, result: DiskResult) -> None:
+        from migrate.progress import log
+
+        with self.lock:
+            self.totals.pop(job.item, None)
+            self.overall.update((1.0 - self.fractions.pop(job.item, 0.0)) * estimate(job.disk))
+            disk_bar = self.bars.pop(job.item, None)
+            if disk_bar is not None:
+                self.free_slots.append(disk_bar.slot)
+                self.free_slots.sort()
+                disk_bar.close()
+        if result.ok:
+            extra = f", verified, {result.checksum}" if result.verified else ""
+            log(f"{job.label}: {result.status} → {result.output} "
+                f"({human_size(result.allocated)}{extra})")
+        else:
+            log(f"failed: {result.error}")
+
+    def close(self) -> None:
+        self.overall.close()
+
+
+def _rows(results: list[DiskResult]) -> list[list[Any]]:
+    rows = []
+    for r in results:
+        detail = r.error or (Path(r.output).name if r.output else "") or r.note or ""
+        if r.ok and r.note and r.output:
+            detail = f"{Path(r.output).name} ({r.note})"
+        rows.append([
+            r.vm, r.disk, r.status, r.format if r.status != "ignored" else "-",
+            human_size(r.virtual_size), human_size(r.allocated),
+            {True: "yes", False: "no", None: "-"}[r.verified],
+            f"{r.seconds:.2f}s" if r.seconds is not None else "-", detail])
+    return rows
+
+
+def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: str) -> None:
+    from converters.convert import convert_status
+    from migrate.serialize import load_inventory
+
+    prefixes: list[str] | None = None
+    if inventory and vms:
+        inv = load_inventory(inventory)
+        missing = [v for v in vms if inv.find(v) is None]
+        if missing:
+            raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
+        prefixes = [vm.key for v in vms if (vm := inv.find(v)) is not None]
+    steps = convert_status(workdir, prefixes)
+    data = [
+        {"item": s.item, "vm": s.data.get("vm"), "disk": s.data.get("disk"), "status": s.status,
+         "output": s.data.get("output"), "format": s.data.get("format"),
+         "virtual_size": s.data.get("virtual_size"), "allocated": s.data.get("allocated"),
+         "verified": s.data.get("verified"), "checksum": s.checksum,
+         "started": s.started, "finished": s.finished, "seconds": s.data.get("seconds"),
+         "error": s.error}
+        for s in steps
+    ]
+    rows = [
+        [d["vm"] or d["item"], d["disk"] or "", d["status"], d["format"] or "-",
+         human_size(d["allocated"]), {True: "yes", False: "no", None: "-"}[d["verified"]],
+         (d["checksum"] or "-")[:19],
+         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["finished"])) if d["finished"]
+         else "-", d["error"] or (Path(d["output"]).name if d["output"] else "")]
+        for d in data
+    ]
+    emit(data, output, ["VM", "DISK", "STATUS", "FORMAT", "ALLOCATED", "VERIFIED", "CHECKSUM",
+                        "FINISHED", "OUTPUT/ERROR"], rows)
+
+
+@click.command("convert")
+@click.argument("inventory", required=False, type=click.Path(dir_okay=False))
+@click.argument("vms", nargs=-1, metavar="[VM]...")
+@click.option("--to", "workdir", required=True, type=click.Path(file_okay=False),
+              metavar="DIR",
+              help="Work folder: converted images and the journal (vmmove-journal.sqlite).")
+@click.option("--batch", is_flag=True,
+              help="Convert every disk of every VM in the inventory (no VM names needed).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Disks converted at the same time (default: one per core, at most 4).")
+@click.option("--format", "fmt", type=click.Choice(["qcow2", "raw"]), default="qcow2",
+              show_default=True,
+              help="Output format. qcow2 stores only allocated data, so it is smaller to move "
+                   "and to import than raw, which CDI would also accept; raw outputs stay sparse.")
+@click.option("--compress", is_flag=True,
+              help="zstd-compress qcow2 clusters: smaller to upload, slower to convert.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Compare each output with its source (qemu-img compare) and record the "
+                   "sha256 of the output in the journal.")
+@click.option("--force-share", is_flag=True,
+              help="Read disks of running VMs (qemu-img -U). The copy is not consistent: "
+                   "shut the VM off, or use the staged cutover, for one that is.")
+@click.option("--redo", is_flag=True,
+              help="Convert again even disks the journal records as done.")
+@click.option("--status", "show_status", is_flag=True,
+              help="Show what the journal in DIR records (converted, verified, checksums, "
+                   "errors) and exit; INVENTORY is then optional.")
+@output_format()
+def convert(inventory: str | None, vms: tuple[str, ...], workdir: str, batch: bool,
+            jobs: int | None, fmt: str, compress: bool, verify: bool, force_share: bool,
+            redo: bool, show_status: bool, output: str) -> None:
+    """Convert the disks of VMs in INVENTORY into images in DIR, for CDI to import.
+
+    \b
+    vmmove convert inventory.yaml web db --to /srv/vmmove     # two VMs
+    vmmove convert inventory.yaml --batch --jobs 2 --to DIR   # every VM
+    vmmove convert --status --to DIR                          # what is done
+
+    Backing chains are flattened and holes stay holes. Sources are opened read-only and
+    never written. Each output is written under a temporary name, verified, and renamed
+    when complete; progress is journalled in DIR, so rerunning the same command after a
+    crash or Ctrl-C skips finished disks and redoes partial ones. A disk that fails (bad
+    image, missing file, no space) is reported and the others go on; the exit status is
+    then non-zero.
+    """
+    from converters.convert import ConvertOptions, FAILED, convert_disks, select_disks
+    from migrate.serialize import load_inventory
+
+    folder = Path(workdir)
+    if show_status:
+        _status(folder, inventory, vms, output)
+        return
+    if inventory is None:
+        raise UsageError("convert needs an INVENTORY (from vmmove scan), or --status")
+    if not vms and not batch:
+        raise UsageError("name the VMs to convert, or pass --batch for every VM in "
+                         f"{inventory}")
+    if vms and batch:
+        raise UsageError("--batch converts every VM: pass VM names or --batch, not both")
+    inv = load_inventory(inventory)
+    options = ConvertOptions(format=fmt, compress=compress, verify=verify,
+                             force_share=force_share, redo=redo)
+    if jobs is not None:
+        options.jobs = jobs
+    pairs = select_disks(inv, vms)
+    total = sum(estimate(d) for _, d in pairs if d.device in ("disk", "lun"))
+    progress = BarProgress(total, sum(1 for _, d in pairs if d.device in ("disk", "lun")))
+    try:
+        results = convert_disks(inv, vms, folder, options, progress)
+    finally:
+        progress.close()
+    for r in results:
+        if r.status == FAILED:
+            click.echo(f"vmmove: error: {r.error}", err=True)
+    emit([_result_data(r) for r in results], output,
+         ["VM", "DISK", "STATUS", "FORMAT", "SIZE", "ALLOCATED", "VERIFIED", "TIME",
+          "OUTPUT/ERROR"], _rows(results))
+    failed = sum(1 for r in results if r.status == FAILED)
+    if failed:
+        raise VmmoveError(f"{failed} of {len(results)} disk(s) failed; fix them and rerun "
+                          "(finished disks are not converted again)")
+
+
+def _result_data(r: DiskResult) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(r)
+
+
+commands = [convert]
