@@ -1,0 +1,790 @@
+"""OVF descriptors (0.9, 1.x and 2.x, with VMware and VirtualBox extensions): one VM per VirtualSystem.
+
+The descriptor is parsed with defusedxml, so entity expansion and external entities are
+refused.  Elements are matched by local name because the same section appears under three
+namespaces (DMTF OVF 1 and 2, VMware's pre-standard 0.9 ``Section xsi:type=…``) and
+exporters spell ``InstanceID`` both ways.  A descriptor that contradicts itself (a disk
+pointing at a file the References do not list, duplicate ids, absurd sizes) is refused
+with one :class:`SourceError` line naming the file; a disk file that is merely absent is
+not an error — its sizes come from the DiskSection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from xml.etree.ElementTree import Element, ParseError
+
+import defusedxml
+from defusedxml import ElementTree as DET
+
+from migrate.imageinfo import ImageError, image_info
+from migrate.model import (
+    VM,
+    BackingFile,
+    CpuTopology,
+    Device,
+    Disk,
+    Firmware,
+    Nic,
+    PowerState,
+    Source,
+    SourceKind,
+)
+from migrate.sources import SourceError
+from migrate.sources.vmware_os import guest_from_ovf, is_64bit
+from migrate.sources.vmx import disk_target, unique_target
+
+MAX_OVF_BYTES = 32 * 1024 * 1024  # the largest real appliance descriptors are ~5 MiB
+MAX_DISK = 64 * 1024**4
+MAX_MEMORY = 24 * 1024**4
+MAX_FILE = 64 * 1024**4
+MAX_VCPUS = 4096
+
+ENVELOPE_NAMESPACES = {
+    "http://schemas.dmtf.org/ovf/envelope/1": "1.x",
+    "http://schemas.dmtf.org/ovf/envelope/2": "2.x",
+    "http://www.vmware.com/schema/ovf/1/envelope": "0.9",
+    "": "unqualified",
+}
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+_MAC = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
+_HOST_RESOURCE = re.compile(r"^(?:ovf:)?/+(disk|file)/(.+)$")
+
+FORMATS = [  # substring of the ovf:format URI -> qemu format name
+    ("vmdk", "vmdk"),
+    ("qcow", "qcow2"),
+    ("vhdx", "vhdx"),
+    ("vhd", "vpc"),
+    ("vdi", "vdi"),
+    ("iso", "raw"),
+    ("raw", "raw"),
+]
+EXTENSIONS = {".vmdk": "vmdk", ".qcow2": "qcow2", ".img": "raw", ".raw": "raw", ".iso": "raw",
+              ".vhd": "vpc", ".vhdx": "vhdx", ".vdi": "vdi"}
+NIC_MODELS = {"e1000": "e1000", "e1000e": "e1000e", "vmxnet": "vmxnet", "vmxnet2": "vmxnet2",
+              "vmxnet3": "vmxnet3", "pcnet32": "pcnet", "virtio": "virtio", "vlance": "vlance",
+              "sriovethernetcard": "sriov", "virtualvmxnet3": "vmxnet3", "virtuale1000": "e1000",
+              "virtuale1000e": "e1000e", "rtl8139": "rtl8139"}
+SCSI_MODELS = {"lsilogic": "lsilogic", "lsilogicsas": "lsisas1068", "virtualscsi": "pvscsi",
+               "buslogic": "buslogic", "pvscsi": "pvscsi", "virtio-scsi": "virtio-scsi"}
+
+
+# ---------------------------------------------------------------------------- XML helpers
+
+def local(tag: object) -> str:
+    if not isinstance(tag, str):
+        return ""
+    return tag.rsplit("}", 1)[-1]
+
+
+def namespace(tag: str) -> str:
+    return tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
+
+
+def kind(el: Element) -> str:
+    """Logical section name: ``DiskSection`` whether written so or as OVF 0.9 ``Section xsi:type``."""
+    name = local(el.tag)
+    if name in ("Section", "Content"):
+        xtype = el.get(f"{{{XSI}}}type") or next(
+            (v for k, v in el.attrib.items() if local(k) == "type"), None)
+        if xtype:
+            return xtype.split(":")[-1].removesuffix("_Type")
+    return name
+
+
+def attr(el: Element, name: str) -> str | None:
+    """An attribute by local name, whatever its namespace prefix (``ovf:href`` or ``href``)."""
+    value = el.get(name)
+    if value is not None:
+        return value
+    for key, val in el.attrib.items():
+        if local(key) == name:
+            return val
+    return None
+
+
+def children(el: Element, name: str) -> list[Element]:
+    return [c for c in el if kind(c) == name]
+
+
+def child_text(el: Element, name: str) -> str | None:
+    low = name.lower()
+    for c in el:
+        if local(c.tag).lower() == low:
+            return (c.text or "").strip()
+    return None
+
+
+# ---------------------------------------------------------------------------- units
+
+def unit_multiplier(units: str | None, default: int) -> int:
+    """Bytes per unit of a DMTF programmatic unit: ``byte * 2^20``, ``MegaBytes``, ``GB``…"""
+    if units is None or not units.strip():
+        return default
+    text = units.strip().lower().replace(" ", "")
+    named = {"byte": 1, "bytes": 1, "b": 1, "kilobytes": 1024, "kb": 1024, "kib": 1024,
+             "megabytes": 1024**2, "mb": 1024**2, "mib": 1024**2, "gigabytes": 1024**3,
+             "gb": 1024**3, "gib": 1024**3, "terabytes": 1024**4, "tb": 1024**4, "tib": 1024**4}
+    if text in named:
+        return named[text]
+    match = re.fullmatch(r"(?:byte)?((?:\*\d+(?:\^\d+)?)*)", text)
+    if not match or not text.startswith("byte"):
+        raise ValueError(units)
+    value = 1
+    for base, exp in re.findall(r"\*(\d+)(?:\^(\d+))?", match.group(1)):
+        if exp and int(exp) > 64:
+            raise ValueError(units)
+        value *= int(base) ** int(exp or 1)
+    return value
+
+
+# ---------------------------------------------------------------------------- model
+
+@dataclass
+class FileRef:
+    id: str
+    href: str
+    size: int | None = None
+    compression: str | None = None
+    chunked: bool = False
+
+
+@dataclass
+class DiskDef:
+    id: str
+    capacity: int
+    populated: int | None
+    format: str | None
+    file: FileRef | None
+    parent: str | None = None
+
+
+@dataclass
+class Location:
+    """Where the bytes of a referenced file are, as a path qemu-img can open."""
+
+    path: str | None
+    exists: bool
+    size: int | None = None  # bytes of the file (or archive member)
+    fmt_path: Callable[[str | None], str] | None = None  # path for a given qemu format
+    error: str | None = None
+
+
+Locator = Callable[[FileRef], Location]
+
+
+@dataclass
+class Item:
+    instance: str
+    rtype: int | None
+    subtype: str
+    fields: dict[str, str]
+    host_resources: list[str]
+    config: dict[str, str] = field(default_factory=dict)
+    cores_per_socket: int | None = None
+    element: Element | None = None
+
+
+def _int(text: str | None, what: str, path: str, lo: int = 0, hi: int | None = None) -> int:
+    if text is None or not text.strip():
+        raise SourceError(f"{path}: {what} is missing")
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise SourceError(f"{path}: {what} {text!r} is not a number") from None
+    if value < lo:
+        raise SourceError(f"{path}: {what} {value} is negative" if value < 0
+                          else f"{path}: {what} {value} is out of range")
+    if hi is not None and value > hi:
+        raise SourceError(f"{path}: {what} {value} is absurdly large")
+    return value
+
+
+def _format_of(uri: str | None, href: str | None) -> str | None:
+    low = (uri or "").lower()
+    for needle, fmt in FORMATS:
+        if needle in low:
+            return fmt
+    if href:
+        return EXTENSIONS.get(os.path.splitext(href.lower())[1])
+    return None
+
+
+def default_locator(ovf_path: str) -> Locator:
+    """Files of a plain OVF: beside the descriptor (``file:`` and ``http(s):`` hrefs too)."""
+    folder = os.path.dirname(os.path.abspath(ovf_path))
+
+    def locate(ref: FileRef) -> Location:
+        href = ref.href
+        parsed = urllib.parse.urlsplit(href)
+        if parsed.scheme in ("http", "https", "ftp"):
+            return Location(path=href, exists=False, size=ref.size)
+        if parsed.scheme == "file":
+            candidates = [urllib.parse.unquote(parsed.path)]
+        else:
+            candidates = [os.path.normpath(os.path.join(folder, href))]
+            decoded = urllib.parse.unquote(href)
+            if decoded != href:
+                candidates.append(os.path.normpath(os.path.join(folder, decoded)))
+        for candidate in candidates:
+            if os.path.isfile(candidate):
+                size = os.path.getsize(candidate)
+                if ref.size is not None and ref.size != size and not ref.chunked:
+                    raise SourceError(f"{ovf_path}: {href} is {size} bytes but the descriptor "
+                                      f"says {ref.size}")
+                return Location(path=candidate, exists=True, size=size)
+        return Location(path=candidates[0], exists=False, size=ref.size)
+
+    return locate
+
+
+# ---------------------------------------------------------------------------- parsing
+
+def parse_xml(data: str | bytes, path: str) -> Element:
+    """The root element, or a one-line SourceError for malformed or hostile XML."""
+    try:
+        return DET.fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    except defusedxml.EntitiesForbidden:
+        raise SourceError(f"{path}: XML entity declarations are refused "
+                          "(entity expansion or external entity attack)") from None
+    except (defusedxml.ExternalReferenceForbidden, defusedxml.DTDForbidden):
+        raise SourceError(f"{path}: external XML references are refused") from None
+    except defusedxml.DefusedXmlException as exc:
+        raise SourceError(f"{path}: unsafe XML refused: {exc}") from None
+    except ParseError as exc:
+        raise SourceError(f"{path}: malformed XML: {exc}") from None
+    except (ValueError, UnicodeError) as exc:
+        raise SourceError(f"{path}: malformed XML: {exc}") from None
+
+
+def _references(env: Element, path: str) -> dict[str, FileRef]:
+    files: dict[str, FileRef] = {}
+    for refs in children(env, "References"):
+        for f in refs:
+            if local(f.tag) != "File":
+                continue
+            fid, href = attr(f, "id"), attr(f, "href")
+            if not fid:
+                raise SourceError(f"{path}: References/File without ovf:id")
+            if not href:
+                raise SourceError(f"{path}: References/File {fid!r} has no ovf:href")
+            if fid in files:
+                raise SourceError(f"{path}: References/File id {fid!r} appears twice")
+            size_text = attr(f, "size")
+            size = None
+            if size_text is not None and size_text.strip() != "":
+                size = _int(size_text, f"size of file {href!r}", path, 0, MAX_FILE)
+            compression = attr(f, "compression")
+            files[fid] = FileRef(fid, href, size,
+                                 compression if compression not in (None, "", "identity") else None,
+                                 attr(f, "chunkSize") is not None)
+    return files
+
+
+def _properties(env: Element) -> dict[str, str]:
+    """Default values of ProductSection properties, for ``${key}`` disk capacities."""
+    props: dict[str, str] = {}
+    for el in env.iter():
+        if local(el.tag) == "Property":
+            key, value = attr(el, "key"), attr(el, "value")
+            if key and value is not None:
+                props.setdefault(key, value)
+    return props
+
+
+def _disks(env: Element, files: dict[str, FileRef], path: str) -> dict[str, DiskDef]:
+    props = _properties(env)
+    disks: dict[str, DiskDef] = {}
+    sections = [s for s in env if kind(s) == "DiskSection"]
+    for section in sections:
+        for d in section:
+            if local(d.tag) != "Disk":
+                continue
+            did = attr(d, "diskId")
+            if not did:
+                raise SourceError(f"{path}: DiskSection/Disk without ovf:diskId")
+            if did in disks:
+                raise SourceError(f"{path}: disk id {did!r} appears twice in the DiskSection")
+            cap_text = attr(d, "capacity")
+            if cap_text is None or cap_text.strip() == "":
+                raise SourceError(f"{path}: disk {did!r} has no ovf:capacity")
+            ref = re.fullmatch(r"\$\{(.+)\}", cap_text.strip())
+            if ref:
+                if ref.group(1) not in props:
+                    raise SourceError(f"{path}: disk {did!r} capacity refers to unknown property "
+                                      f"{ref.group(1)!r}")
+                cap_text = props[ref.group(1)]
+            try:
+                mult = unit_multiplier(attr(d, "capacityAllocationUnits"), 1)
+            except ValueError:
+                raise SourceError(f"{path}: disk {did!r} has unknown capacityAllocationUnits "
+                                  f"{attr(d, 'capacityAllocationUnits')!r}") from None
+            count = _int(cap_text, f"capacity of disk {did!r}", path, 0)
+            capacity = count * mult
+            if capacity == 0:
+                raise SourceError(f"{path}: disk {did!r} has zero capacity")
+            if capacity > MAX_DISK:
+                raise SourceError(f"{path}: disk {did!r} capacity {capacity} bytes is absurd "
+                                  "(more than 64 TiB)")
+            populated = None
+            pop_text = attr(d, "populatedSize")
+            if pop_text not in (None, ""):
+                populated = _int(pop_text, f"populatedSize of disk {did!r}", path, 0, MAX_DISK)
+                if populated > capacity:
+                    raise SourceError(f"{path}: disk {did!r} populatedSize {populated} exceeds "
+                                      f"its capacity {capacity}")
+            file_id = attr(d, "fileRef")
+            file_ref = None
+            if file_id:
+                if file_id not in files:
+                    raise SourceError(f"{path}: disk {did!r} refers to file {file_id!r}, "
+                                      "which References does not list")
+                file_ref = files[file_id]
+            disks[did] = DiskDef(did, capacity, populated, _format_of(
+                attr(d, "format"), file_ref.href if file_ref else None), file_ref,
+                attr(d, "parentRef"))
+    for disk in disks.values():
+        if disk.parent is not None and disk.parent not in disks:
+            raise SourceError(f"{path}: disk {disk.id!r} has parentRef {disk.parent!r}, "
+                              "which the DiskSection does not list")
+    return disks
+
+
+def _config(parent: Element) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for c in parent:
+        if local(c.tag) in ("Config", "ExtraConfig"):
+            key, value = attr(c, "key"), attr(c, "value")
+            if key is not None and value is not None:
+                out[key] = value
+    return out
+
+
+def _items(vhs: Element, configuration: str | None, path: str) -> list[Item]:
+    items: list[Item] = []
+    seen: set[str] = set()
+    for el in vhs:
+        if local(el.tag) not in ("Item", "EthernetPortItem", "StorageItem"):
+            continue
+        bound = (attr(el, "bound") or "normal").lower()
+        if bound != "normal":
+            continue  # min/max range markers; the normal item carries the value
+        configs = attr(el, "configuration")
+        if configs and configuration and configuration not in configs.split():
+            continue
+        fields: dict[str, str] = {}
+        hosts: list[str] = []
+        cores = None
+        for c in el:
+            name = local(c.tag)
+            text = (c.text or "").strip()
+            if name == "HostResource":
+                hosts.append(text)
+            elif name == "CoresPerSocket":
+                cores = _int(text, "CoresPerSocket", path, 1, MAX_VCPUS)
+            elif name not in ("Config", "ExtraConfig"):
+                fields.setdefault(name.lower(), text)
+        instance = fields.get("instanceid")
+        if not instance:
+            raise SourceError(f"{path}: VirtualHardwareSection Item without InstanceID")
+        if instance in seen:
+            raise SourceError(f"{path}: VirtualHardwareSection InstanceID {instance!r} "
+                              "appears twice")
+        seen.add(instance)
+        rtype_text = fields.get("resourcetype")
+        if rtype_text is None or rtype_text == "":
+            raise SourceError(f"{path}: Item {instance!r} has no ResourceType")
+        rtype = _int(rtype_text, f"ResourceType of item {instance!r}", path, 0, 65535)
+        items.append(Item(instance, rtype, fields.get("resourcesubtype", ""), fields, hosts,
+                          _config(el), cores, el))
+    return items
+
+
+def _default_configuration(env: Element) -> str | None:
+    for section in env:
+        if kind(section) == "DeploymentOptionSection":
+            configs = [c for c in section if local(c.tag) == "Configuration"]
+            for c in configs:
+                if (attr(c, "default") or "").lower() == "true":
+                    return attr(c, "id")
+            if configs:
+                return attr(configs[0], "id")
+    return None
+
+
+@dataclass
+class _Controller:
+    bus: str
+    index: int
+    model: str | None
+
+
+def _controllers(items: list[Item]) -> dict[str, _Controller]:
+    """Storage controllers by InstanceID, with their bus and index among their kind."""
+    out: dict[str, _Controller] = {}
+    counters: dict[str, int] = {}
+    for item in items:
+        sub = item.subtype.lower()
+        bus = None
+        model = None
+        if item.rtype == 5:
+            bus = "ide"
+        elif item.rtype == 6:
+            bus = "scsi"
+            for token in re.split(r"[\s,]+", sub):
+                if token in SCSI_MODELS:
+                    model = SCSI_MODELS[token]
+                    break
+        elif item.rtype == 20 or (item.rtype == 1 and "nvme" in sub):
+            if "nvme" in sub:
+                bus = "nvme"
+            else:
+                bus, model = "sata", "ahci"
+        if bus is None:
+            continue
+        address = item.fields.get("address") or item.fields.get("busnumber")
+        index = int(address) if address and address.isdigit() else counters.get(bus, 0)
+        counters[bus] = max(counters.get(bus, 0), index + 1)
+        out[item.instance] = _Controller(bus, index, model)
+    return out
+
+
+class _VMBuilder:
+    """Turns one VirtualSystem into a VM."""
+
+    def __init__(self, env: Element, vs: Element, path: str, files: dict[str, FileRef],
+                 disks: dict[str, DiskDef], locate: Locator, source: Source,
+                 configuration: str | None, inspect: bool) -> None:
+        self.env, self.vs, self.path = env, vs, path
+        self.files, self.disk_defs, self.locate = files, disks, locate
+        self.source, self.configuration, self.inspect = source, configuration, inspect
+        self.used_targets: set[str] = set()
+        self.units: dict[str, set[int]] = {}
+
+    def build(self) -> VM:
+        vs, path = self.vs, self.path
+        vs_id = attr(vs, "id")
+        name = child_text(vs, "Name")
+        hw_sections = [s for s in vs if kind(s) == "VirtualHardwareSection"]
+        if not hw_sections:
+            raise SourceError(f"{path}: VirtualSystem {vs_id or '?'!r} has no VirtualHardwareSection")
+        vhs = self._pick_hardware(hw_sections)
+        system = next((c for c in vhs if local(c.tag) == "System"), None)
+        identifier = child_text(system, "VirtualSystemIdentifier") if system is not None else None
+        vtype = child_text(system, "VirtualSystemType") if system is not None else None
+        machine = None
+        if vtype:
+            tokens = vtype.split()
+            machine = next((t for t in tokens if t.startswith("vmx-")), tokens[0] if tokens else None)
+
+        vm = VM(name=name or vs_id or identifier or _stem(path), source=self.source,
+                power_state=PowerState.SHUTOFF, os_type="hvm", machine=machine)
+        if vtype and "vmx" in vtype:
+            vm.hypervisor = "vmware"
+        elif vtype and "virtualbox" in vtype.lower():
+            vm.hypervisor = "virtualbox"
+        if identifier:
+            vm.metadata["ovf.VirtualSystemIdentifier"] = identifier
+        if vs_id:
+            vm.metadata["ovf.id"] = vs_id
+        if vtype:
+            vm.metadata["ovf.VirtualSystemType"] = vtype
+        if self.configuration:
+            vm.metadata["ovf.configuration"] = self.configuration
+        self._sections(vm)
+
+        items = _items(vhs, self.configuration, path)
+        controllers = _controllers(items)
+        config = _config(vhs)
+        self._apply_config(vm, config)
+        known = {i.instance for i in items}
+        for item in items:
+            parent = item.fields.get("parent")
+            if parent and parent not in known:
+                raise SourceError(f"{path}: item {item.instance!r} has Parent {parent!r}, "
+                                  "which no item of the VirtualHardwareSection has")
+            self._item(vm, item, controllers)
+        if vm.memory == 0:
+            vm.metadata["ovf.memory"] = "not declared"  # assessment flags a VM without memory
+        if vm.guest_os is not None:
+            bits = is_64bit(vm.guest_os)
+            vm.arch = "x86_64" if bits else ("i686" if bits is False else None)
+        return vm
+
+    def _pick_hardware(self, sections: list[Element]) -> Element:
+        """Several sections may describe the VM for different hypervisors; prefer VMware's."""
+        for s in sections:
+            system = next((c for c in s if local(c.tag) == "System"), None)
+            vtype = child_text(system, "VirtualSystemType") if system is not None else ""
+            if vtype and "vmx" in vtype:
+                return s
+        return sections[0]
+
+    def _sections(self, vm: VM) -> None:
+        for section in self.vs:
+            k = kind(section)
+            if k == "AnnotationSection":
+                text = child_text(section, "Annotation")
+                if text:
+                    vm.description = text
+            elif k == "OperatingSystemSection":
+                vm.guest_os = guest_from_ovf(attr(section, "id"), attr(section, "osType"),
+                                             child_text(section, "Description"),
+                                             attr(section, "version"))
+            elif k == "ProductSection":
+                for field_name in ("Product", "Vendor", "Version", "FullVersion"):
+                    value = child_text(section, field_name)
+                    if value:
+                        vm.metadata.setdefault(f"ovf.product.{field_name}", value)
+            elif local(section.tag) == "Machine":  # VirtualBox's vbox:Machine
+                for el in section.iter():
+                    if local(el.tag) == "Firmware" and (attr(el, "type") or "").upper().startswith("EFI"):
+                        vm.firmware.type = "efi"
+
+    def _apply_config(self, vm: VM, config: dict[str, str]) -> None:
+        def truthy(key: str) -> bool:
+            return config.get(key, "").strip().lower() == "true"
+
+        fw = config.get("firmware", "").strip().lower()
+        if fw == "efi":
+            vm.firmware.type = "efi"
+        if truthy("bootOptions.efiSecureBootEnabled") or truthy("uefi.secureBoot.enabled"):
+            vm.firmware.secure_boot = True
+        if truthy("nestedHVEnabled") or truthy("vhv.enable"):
+            vm.features.append("nested-virt")
+        if "virtualHW.version" in config:
+            vm.metadata["vmx.virtualHW.version"] = config["virtualHW.version"]
+
+    def _item(self, vm: VM, item: Item, controllers: dict[str, _Controller]) -> None:
+        path, rt, sub = self.path, item.rtype, item.subtype.lower()
+        if rt == 3:
+            vm.vcpus = _int(item.fields.get("virtualquantity"), "CPU VirtualQuantity", path, 1,
+                            MAX_VCPUS)
+            if item.cores_per_socket and vm.vcpus % item.cores_per_socket == 0:
+                vm.topology = CpuTopology(sockets=vm.vcpus // item.cores_per_socket,
+                                          cores=item.cores_per_socket)
+        elif rt == 4:
+            quantity = _int(item.fields.get("virtualquantity"), "memory VirtualQuantity", path, 1)
+            try:
+                mult = unit_multiplier(item.fields.get("allocationunits"), 1024**2)
+            except ValueError:
+                raise SourceError(f"{path}: memory AllocationUnits "
+                                  f"{item.fields.get('allocationunits')!r} is not a unit") from None
+            memory = quantity * mult
+            if memory > MAX_MEMORY:
+                raise SourceError(f"{path}: memory of {memory} bytes is absurd (more than 24 TiB)")
+            vm.memory = memory
+        elif rt == 10:
+            self._nic(vm, item)
+        elif rt == 17:
+            self._disk(vm, item, controllers, "disk")
+        elif rt in (14, 15, 16):
+            self._disk(vm, item, controllers, "floppy" if rt == 14 else "cdrom")
+        elif item.instance in controllers:
+            ctrl = controllers[item.instance]
+            vm.devices.append(Device("controller", model=ctrl.model or ctrl.bus,
+                                     details={"bus": ctrl.bus, "index": str(ctrl.index)}))
+        elif "vtpm" in sub:
+            vm.firmware.tpm_version = "2.0"
+        elif "pci.passthrough" in sub or rt == 1 and "passthrough" in sub:
+            details = {k.removeprefix("backing."): v for k, v in item.config.items()
+                       if k.startswith("backing.") or k.startswith("vgpu")}
+            vm.devices.append(Device("pci-passthrough", model=item.subtype or None, details=details))
+        elif rt == 23:
+            vm.devices.append(Device("controller", model=f"usb:{item.subtype}" if item.subtype
+                                     else "usb"))
+        elif rt == 24:
+            vm.devices.append(Device("video", model=item.subtype or "vmvga"))
+        elif rt == 35:
+            vm.devices.append(Device("sound", model=item.subtype.removeprefix("vmware.soundcard.")
+                                     or None))
+        elif "serialport" in sub or rt == 21 and "serial" in sub:
+            vm.devices.append(Device("serial", model=item.subtype or None))
+        elif "vmci" in sub:
+            vm.devices.append(Device("other", model="vmci"))
+        elif "nvdimm" in sub:
+            vm.devices.append(Device("other", model="nvdimm"))
+        else:
+            vm.devices.append(Device("other", model=item.subtype or None,
+                                     details={"resource_type": str(rt),
+                                              "name": item.fields.get("elementname")
+                                              or item.fields.get("caption") or ""}))
+
+    def _nic(self, vm: VM, item: Item) -> None:
+        address = item.fields.get("address")
+        mac = address.lower().replace("-", ":") if address and _MAC.match(address) else None
+        sub = item.subtype.strip().lower()
+        model = NIC_MODELS.get(sub, sub or None)
+        network = item.fields.get("connection") or None
+        vm.nics.append(Nic(mac=mac, model=model, type="network", network=network))
+
+    def _unit(self, ctrl_id: str, wanted: str | None) -> int:
+        used = self.units.setdefault(ctrl_id, set())
+        if wanted is not None and wanted.isdigit():
+            unit = int(wanted)
+        else:
+            unit = 0
+            while unit in used:
+                unit += 1
+        used.add(unit)
+        return unit
+
+    def _disk(self, vm: VM, item: Item, controllers: dict[str, _Controller], device: str) -> None:
+        path = self.path
+        parent = item.fields.get("parent")
+        ctrl = controllers.get(parent) if parent else None
+        if ctrl is None and device != "floppy":
+            storage = list(controllers.items())
+            if parent is None and storage:
+                parent, ctrl = storage[0]
+        if device == "floppy":
+            bus, index = "fdc", 0
+        elif ctrl is not None:
+            bus, index = ctrl.bus, ctrl.index
+        else:
+            bus, index = "scsi" if device == "disk" else "ide", 0
+        unit = self._unit(parent or f"_{bus}", item.fields.get("addressonparent"))
+        target = unique_target(disk_target(bus, index, unit), self.used_targets)
+        disk = Disk(target=target, device=device, bus=bus,
+                    controller_model=ctrl.model if ctrl else None,
+                    readonly=device == "cdrom")
+        host = item.host_resources[0] if item.host_resources else ""
+        if not host:
+            if device == "disk":
+                raise SourceError(f"{path}: disk item {item.instance!r} has no HostResource")
+            disk.source_type = "none"
+            vm.disks.append(disk)
+            return
+        match = _HOST_RESOURCE.match(host)
+        if match is None:
+            if device == "disk":
+                raise SourceError(f"{path}: disk item {item.instance!r} HostResource {host!r} "
+                                  "is not ovf:/disk/ID or ovf:/file/ID")
+            disk.source_type = "none"
+            vm.disks.append(disk)
+            return
+        what, ref = match.group(1), match.group(2)
+        if what == "disk":
+            if ref not in self.disk_defs:
+                raise SourceError(f"{path}: item {item.instance!r} refers to disk {ref!r}, "
+                                  "which the DiskSection does not list")
+            self._fill_disk(disk, self.disk_defs[ref])
+        else:
+            if ref not in self.files:
+                raise SourceError(f"{path}: item {item.instance!r} refers to file {ref!r}, "
+                                  "which References does not list")
+            file_ref = self.files[ref]
+            self._fill_file(disk, file_ref, _format_of(None, file_ref.href) or "raw", None)
+        vm.disks.append(disk)
+
+    def _fill_disk(self, disk: Disk, ddef: DiskDef) -> None:
+        disk.virtual_size = ddef.capacity
+        disk.format = ddef.format
+        if ddef.parent:
+            chain = []
+            seen = {ddef.id}
+            parent = ddef.parent
+            while parent and parent not in seen:
+                seen.add(parent)
+                pdef = self.disk_defs[parent]
+                loc = self.locate(pdef.file) if pdef.file else None
+                chain.append(BackingFile(path=(loc.path if loc and loc.path else parent),
+                                         format=pdef.format))
+                parent = pdef.parent
+            disk.backing_chain = chain
+        if ddef.file is None:
+            disk.source_type = "none"  # an empty disk the deployment creates
+            disk.allocated_size = 0
+            return
+        self._fill_file(disk, ddef.file, ddef.format, ddef.populated)
+
+    def _fill_file(self, disk: Disk, ref: FileRef, fmt: str | None, populated: int | None) -> None:
+        loc = self.locate(ref)
+        disk.format = disk.format or fmt
+        disk.path = loc.fmt_path(fmt) if loc.fmt_path else loc.path
+        if disk.path and urllib.parse.urlsplit(disk.path).scheme in ("http", "https", "ftp"):
+            parsed = urllib.parse.urlsplit(disk.path)
+            disk.source_type, disk.protocol, disk.hosts = "network", parsed.scheme, [parsed.netloc]
+        disk.allocated_size = loc.size if loc.size is not None else (ref.size or populated)
+        if loc.error:
+            disk.error = loc.error
+            return
+        if ref.compression:
+            disk.error = (f"{ref.href}: {ref.compression}-compressed in the package; "
+                          "decompress it before conversion")
+            return
+        if ref.chunked:
+            disk.error = f"{ref.href}: split into chunks in the package; join them before conversion"
+            return
+        if loc.exists and self.inspect and disk.device == "disk" and disk.path:
+            try:
+                info = image_info(disk.path, fmt=None if disk.path.startswith("json:") else fmt)
+            except ImageError as exc:
+                disk.error = str(exc)
+                return
+            disk.virtual_size = info.virtual_size
+            if info.backing_chain:
+                disk.backing_chain = info.backing_chain
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _virtual_systems(el: Element, out: list[Element]) -> None:
+    for c in el:
+        k = kind(c)
+        if k == "VirtualSystem":
+            out.append(c)
+        elif k == "VirtualSystemCollection":
+            _virtual_systems(c, out)
+
+
+def parse_ovf(data: str | bytes, path: str, *, kind_: SourceKind = SourceKind.OVF,
+              member: str | None = None, locate: Locator | None = None,
+              inspect: bool = True) -> list[VM]:
+    """VMs of an OVF descriptor's text; ``locate`` finds referenced files (OVA members…).
+
+    ``path`` names the descriptor (or the archive holding it) in messages and in
+    :attr:`Source.location`; ``inspect`` runs ``qemu-img info`` on disk files present.
+    """
+    label = f"{path}:{member}" if member else path
+    root = parse_xml(data, label)
+    ns = namespace(root.tag) if isinstance(root.tag, str) else ""
+    if local(root.tag) != "Envelope" or ns not in ENVELOPE_NAMESPACES:
+        raise SourceError(f"{label}: not an OVF descriptor (root element {root.tag!r})")
+    files = _references(root, label)
+    disks = _disks(root, files, label)
+    configuration = _default_configuration(root)
+    systems: list[Element] = []
+    _virtual_systems(root, systems)
+    if not systems:
+        raise SourceError(f"{label}: no VirtualSystem in the OVF descriptor")
+    locate = locate or default_locator(path)
+    vms = []
+    for vs in systems:
+        source = Source(kind_, path, member if len(systems) == 1 else
+                        "/".join(p for p in (member, attr(vs, "id")) if p) or None)
+        vms.append(_VMBuilder(root, vs, label, files, disks, locate, source, configuration,
+                              inspect).build())
+    return vms
+
+
+def read_ovf(path: str) -> list[VM]:
+    """VMs of the OVF descriptor at ``path``: one per VirtualSystem, vApps included."""
+    path = os.path.abspath(path)
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_OVF_BYTES:
+            raise SourceError(f"{path}: {size} bytes is far too large for an OVF descriptor")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_OVF_BYTES + 1)
+    except OSError as exc:
+        raise SourceError(f"{path}: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise SourceError(f"{path}: empty file, not an OVF descriptor")
+    return parse_ovf(data, path)
