@@ -1,0 +1,103 @@
+"""Writing manifests as a reviewable tree: one file per VM, a kustomization per namespace.
+
+Layout (``--out DIR``)::
+
+    DIR/kustomization.yaml              resources: every namespace folder
+    DIR/<namespace>/kustomization.yaml  namespace + resources: the files below
+    DIR/<namespace>/<vm>.yaml           one VirtualMachine (dataVolumeTemplates inside)
+    DIR/<namespace>/secret-<name>.yaml  Secrets the imports need (mode 0600: credentials)
+
+The YAML is stable from run to run (keys sorted, lists in source order, no timestamps but
+the recorded scan time), so ``git diff`` shows only what changed in the sources or options.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from manifests.generate import ManifestSet
+from migrate.errors import VmmoveError
+from migrate.serialize import atomic_write
+
+_Base: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: 1,000 VMs in well under 1 s
+
+
+class _Dumper(_Base):  # type: ignore[misc,valid-type]
+    """Multi-line strings (the notes annotation) as literal blocks, one note a line."""
+
+
+def _str(dumper: Any, value: str) -> Any:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(obj: Any) -> str:
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=True, default_flow_style=False, allow_unicode=True, width=100)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def render(obj: Any, fmt: str) -> str:
+    return to_json(obj) if fmt == "json" else to_yaml(obj)
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    atomic_write(path, text)
+    os.chmod(path, mode)
+
+
+def write_tree(sets: list[ManifestSet], out: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
+    """Write every set under ``out``; returns (namespace, kind/name, relative path) rows.
+
+    Everything is rendered and checked before the first file is written; each file is
+    written atomically.  A namespace's kustomization lists every manifest in its folder, so
+    runs for different ``--vm`` selections add up instead of forgetting each other.
+    """
+    root = Path(out)
+    files: dict[Path, tuple[str, int]] = {}
+    rows: list[tuple[str, str, str]] = []
+    namespaces: set[str] = set()
+    for s in sorted(sets, key=lambda s: (s.namespace, s.name)):
+        ns = s.namespace
+        namespaces.add(ns)
+        path = root / ns / f"{s.name}.yaml"
+        if path in files:
+            raise VmmoveError(f"VirtualMachine {ns}/{s.name}: two VMs got the same name")
+        files[path] = (to_yaml(s.virtual_machine), 0o644)
+        rows.append((ns, f"VirtualMachine/{s.name}", f"{ns}/{path.name}"))
+        for secret in s.secrets:
+            name = secret["metadata"]["name"]
+            spath = root / ns / f"secret-{name}.yaml"
+            text = to_yaml(secret)
+            if spath in files:
+                if files[spath][0] != text:
+                    raise VmmoveError(f"Secret {ns}/{name}: two different manifests recorded for it")
+                continue
+            files[spath] = (text, 0o600)
+            rows.append((ns, f"Secret/{name}", f"{ns}/{spath.name}"))
+    for path, (text, mode) in files.items():
+        _write(path, text, mode)
+    for ns in sorted(namespaces):
+        folder = root / ns
+        resources = sorted(p.name for p in folder.glob("*.yaml") if p.name != "kustomization.yaml")
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "namespace": ns,
+            "resources": resources,
+        }
+        _write(folder / "kustomization.yaml", to_yaml(kustomization), 0o644)
+    all_ns = sorted(p.parent.name for p in root.glob("*/kustomization.yaml"))
+    top = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": all_ns}
+    _write(root / "kustomization.yaml", to_yaml(top), 0o644)
+    return rows

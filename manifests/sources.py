@@ -1,0 +1,150 @@
+"""Where each disk's data went, so that its DataVolume imports it from there.
+
+The transfer step (``vmmove upload``) records one journal step per disk, kind ``upload``,
+item ``<vm key>/<disk target>`` (see :mod:`migrate.workdir`).  This module reads only those
+records — never the transfer code — and turns each into a CDI source:
+
+* ``s3``: ``url`` + ``secret`` (the Secret manifest was written to ``secret_file``);
+* ``http``: ``url``;
+* ``upload``: the DataVolume ``dv`` in ``namespace`` was already filled through the
+  upload proxy; the VM references it instead of importing anything;
+* ``blank``: only for disks the operator names (``--blank VM/DISK``) or that have no
+  source at all on the host: a disk that holds data is never silently made blank.
+
+Disks with no transfer record can be served from a plain web server (``--http-base URL``):
+the source is ``URL/<image file name>``, the converted image when ``vmmove convert`` made
+one (with its sha256 checksum), the source image file otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from migrate.model import VM, Disk
+from migrate.state import DONE, Journal, Step
+from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, journal_path
+
+S3 = "s3"
+HTTP = "http"
+UPLOAD = "upload"
+BLANK = "blank"
+
+
+@dataclass(frozen=True)
+class DiskSource:
+    """A CDI source for one disk, with the facts the manifest needs."""
+
+    kind: str  # s3 | http | upload | blank
+    url: str | None = None
+    secret: str | None = None  # s3: name of the Secret with accessKeyId/secretKey
+    secret_file: str | None = None  # s3: the Secret manifest the upload step wrote
+    dv: str | None = None  # upload: the already-filled DataVolume
+    namespace: str | None = None  # upload: its namespace
+    checksum: str | None = None  # http: sha256:<hex> of the served file, when known
+    size: int | None = None  # bytes, when the journal knows the image's virtual size
+    origin: str = ""  # where this came from, for annotations: journal / http-base / blank
+
+
+@dataclass(frozen=True)
+class MissingSource:
+    """Why a disk has no source; the generator lists every one of them in one error."""
+
+    reason: str
+
+
+@dataclass
+class SourceResolver:
+    """Finds each disk's source: journal first, then ``--http-base``, then ``--blank``."""
+
+    uploads: dict[str, Step] = field(default_factory=dict)
+    converts: dict[str, Step] = field(default_factory=dict)
+    http_base: str | None = None
+    blank: frozenset[str] = frozenset()  # "vm/target" items, by VM name or key
+    workdir: str | None = None
+
+    @classmethod
+    def from_workdir(
+        cls,
+        workdir: str | os.PathLike[str] | None,
+        http_base: str | None = None,
+        blank: frozenset[str] | set[str] = frozenset(),
+    ) -> SourceResolver:
+        uploads: dict[str, Step] = {}
+        converts: dict[str, Step] = {}
+        if workdir is not None:
+            path = journal_path(workdir)
+            if path.is_file():
+                with Journal(path) as journal:
+                    uploads = {s.item: s for s in journal.steps(KIND_UPLOAD)}
+                    converts = {s.item: s for s in journal.steps(KIND_CONVERT)}
+        return cls(
+            uploads,
+            converts,
+            http_base.rstrip("/") if http_base else None,
+            frozenset(blank),
+            str(workdir) if workdir is not None else None,
+        )
+
+    def _converted(self, item: str) -> Step | None:
+        step = self.converts.get(item)
+        return step if step is not None and step.status == DONE else None
+
+    def resolve(self, vm: VM, disk: Disk) -> DiskSource | MissingSource:
+        item = disk_item(vm, disk)
+        converted = self._converted(item)
+        size = converted.data.get("virtual_size") if converted else None
+        step = self.uploads.get(item)
+        if step is not None:
+            return self._from_upload(step, size)
+        if {f"{vm.name}/{disk.target}", f"{vm.key}/{disk.target}"} & self.blank:
+            return DiskSource(BLANK, origin="--blank")
+        if disk.source_type == "none" and not disk.path and disk.device == "disk":
+            return DiskSource(BLANK, origin="no source on the host")
+        if self.http_base:
+            if converted and converted.data.get("output"):
+                name = Path(str(converted.data["output"])).name
+                checksum = converted.checksum
+            elif disk.source_type == "file" and disk.path:
+                name, checksum = Path(disk.path).name, None
+            else:
+                return MissingSource(
+                    f"no transfer record and no image file to serve from --http-base "
+                    f"({disk.source_type} disk)"
+                )
+            url = f"{self.http_base}/{urllib.parse.quote(name)}"
+            return DiskSource(HTTP, url=url, checksum=checksum, size=size, origin="--http-base")
+        where = f" in {self.workdir}" if self.workdir else " (no --workdir given)"
+        return MissingSource(f"no transfer record{where}; use --http-base URL or --blank {vm.name}/{disk.target}")
+
+    def _from_upload(self, step: Step, size: int | None) -> DiskSource | MissingSource:
+        if step.status != DONE:
+            detail = f": {step.error}" if step.error else ""
+            return MissingSource(f"transfer not finished (journal status {step.status}{detail})")
+        data = step.data
+        backend = data.get("backend")
+        size = data.get("size") or size
+        if backend == S3:
+            if not data.get("url"):
+                return MissingSource("s3 transfer record has no url")
+            return DiskSource(
+                S3,
+                url=data["url"],
+                secret=data.get("secret"),
+                secret_file=data.get("secret_file"),
+                size=size,
+                origin="journal",
+            )
+        if backend == HTTP:
+            if not data.get("url"):
+                return MissingSource("http transfer record has no url")
+            return DiskSource(HTTP, url=data["url"], checksum=step.checksum, size=size, origin="journal")
+        if backend == UPLOAD:
+            if not data.get("dv"):
+                return MissingSource("upload transfer record has no DataVolume name (dv)")
+            return DiskSource(
+                UPLOAD, dv=data["dv"], namespace=data.get("namespace"), size=size, origin="journal"
+            )
+        return MissingSource(f"transfer record has unknown backend {backend!r}")

@@ -1,0 +1,164 @@
+"""``vmmove manifests``: KubeVirt VirtualMachines (and DataVolumes) to review before applying."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from migrate.cli.options import output_format
+from migrate.errors import UsageError, VmmoveError
+
+
+@click.command("manifests")
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Folder to write <namespace>/<vm>.yaml, Secrets and kustomization.yaml files into.")
+@click.option("-n", "--namespace", default="default", show_default=True, help="Namespace of the VirtualMachines.")
+@click.option("--vm", "vms", multiple=True, metavar="NAME",
+              help="Only this VM (name or UUID; repeatable). Default: every VM of the inventory.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Work folder of convert/upload: its journal says where each disk went.")
+@click.option("--http-base", metavar="URL", default=None,
+              help="For disks with no transfer record: import from URL/<image file name>.")
+@click.option("--blank", "blank", multiple=True, metavar="VM/DISK",
+              help="Give this disk an empty volume instead of its data (repeatable), e.g. web/vdb.")
+@click.option("--map", "map_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file with 'networks' and 'storage' maps (see docs/manifests.md).")
+@click.option("--network", "network_pairs", multiple=True, metavar="SOURCE=TARGET",
+              help="Map a source network (network:default, bridge:br0, a port group, *) to "
+                   "'pod' or 'multus:NAMESPACE/NAME' (repeatable; over the map file).")
+@click.option("--storage-class", default=None, help="StorageClass of every DataVolume (over the map file's default).")
+@click.option("--volume-mode", type=click.Choice(["Block", "Filesystem"]), default=None,
+              help="volumeMode of every DataVolume (default: the StorageProfile's).")
+@click.option("--access-mode", "access_modes", multiple=True,
+              type=click.Choice(["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]),
+              help="accessModes of every DataVolume (repeatable; default: the StorageProfile's).")
+@click.option("--run-strategy", default="Halted", show_default=True,
+              type=click.Choice(["Halted", "Always", "Manual", "RerunOnFailure", "Once"]),
+              help="spec.runStrategy; Halted leaves starting the VM to the cutover.")
+@click.option("--keep-cdroms", is_flag=True, help="Keep CD-ROMs with media (their images need a source too).")
+@click.option("--timezone", default=None, metavar="TZ",
+              help="Time zone of guests whose clock keeps local time (Windows), e.g. Europe/Berlin. Default UTC.")
+@click.option("--preference", default="none", show_default=True, metavar="auto|none|NAME",
+              help="VirtualMachineClusterPreference: 'auto' picks one from the guest OS.")
+@click.option("--preferences", "preferences_file", type=click.Path(dir_okay=False), default=None,
+              help="The cluster's preferences (kubectl get virtualmachineclusterpreferences -o yaml) "
+                   "to check names and requirements.")
+@click.option("--instancetype", default="none", show_default=True, metavar="auto|none|NAME",
+              help="VirtualMachineClusterInstancetype, only on an exact CPU and memory match.")
+@click.option("--instancetypes", "instancetypes_file", type=click.Path(dir_okay=False), default=None,
+              help="The cluster's instancetypes (kubectl get virtualmachineclusterinstancetypes -o yaml).")
+@click.option("--validate-schemas", "schemas", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Also validate strictly against the KubeVirt/CDI schemas in DIR (e.g. ../shared/schemas).")
+@output_format("table", "yaml", "json", default="table")
+def manifests_cmd(
+    inventory: str,
+    out: str | None,
+    namespace: str,
+    vms: tuple[str, ...],
+    workdir: str | None,
+    http_base: str | None,
+    blank: tuple[str, ...],
+    map_file: str | None,
+    network_pairs: tuple[str, ...],
+    storage_class: str | None,
+    volume_mode: str | None,
+    access_modes: tuple[str, ...],
+    run_strategy: str,
+    keep_cdroms: bool,
+    timezone: str | None,
+    preference: str,
+    preferences_file: str | None,
+    instancetype: str,
+    instancetypes_file: str | None,
+    schemas: str | None,
+    output: str,
+) -> None:
+    """Write a KubeVirt VirtualMachine per VM, with one DataVolume template per disk.
+
+    \b
+    Each DataVolume imports the disk from where `vmmove upload` put it (journal in
+    --workdir), from --http-base, or is blank when asked (--blank). Networks must all be
+    mapped (--map / --network). VMs are Halted until the cutover starts them.
+    With -o yaml|json the single selected VM is printed instead (--out not needed).
+    """
+    from manifests.generate import GenerationContext, GenerationOptions, build_all
+    from manifests.kustomize import render, write_tree
+    from manifests.preferences import Catalog
+    from manifests.sources import SourceResolver
+    from migrate.mapping import Maps, NetworkMap, StorageMap, load_maps
+    from migrate.naming import is_dns1123_label
+    from migrate.output import table
+    from migrate.serialize import load_inventory
+    from migrate.workdir import target_names
+
+    if output == "table" and not out:
+        raise UsageError("manifests: --out DIR is required (or -o yaml|json to print one VM)")
+    if not is_dns1123_label(namespace):
+        raise UsageError(f"--namespace {namespace!r} is not a DNS-1123 label")
+    for item in blank:
+        if "/" not in item:
+            raise UsageError(f"--blank {item!r}: expected VM/DISK, e.g. web/vdb")
+    started = time.perf_counter()
+    inv = load_inventory(inventory)
+    selected = inv.vms
+    if vms:
+        missing = [r for r in vms if inv.find(r) is None]
+        if missing:
+            raise UsageError(f"{inventory}: no VM named {', '.join(missing)}")
+        selected = [vm for vm in inv.vms if vm.name in vms or vm.uuid in vms]
+    if output != "table" and len(selected) != 1:
+        raise UsageError(f"-o {output} prints one VM; {len(selected)} selected (use --vm NAME)")
+    maps = load_maps(map_file) if map_file else Maps()
+    networks = maps.networks.merged(NetworkMap.from_options(network_pairs))
+    given = {"storageClass": storage_class, "volumeMode": volume_mode, "accessModes": list(access_modes)}
+    cli_storage = StorageMap.from_data({k: v for k, v in given.items() if v}, "command line")
+    storage = maps.storage.with_default(cli_storage.default)
+    options = GenerationOptions(
+        namespace=namespace,
+        run_strategy=run_strategy,
+        networks=networks,
+        storage=storage,
+        keep_cdroms=keep_cdroms,
+        preference=preference,
+        instancetype=instancetype,
+        timezone=timezone,
+    )
+    ctx = GenerationContext(
+        options=options,
+        sources=SourceResolver.from_workdir(workdir, http_base, set(blank)),
+        names=target_names(inv),
+        catalog=Catalog.load(preferences_file, instancetypes_file),
+        scanned_at=inv.scanned_at,
+    )
+    sets, failed = build_all(selected, ctx)
+    if failed:
+        head = f"{len(failed)} of {len(selected)} VM(s) cannot get manifests, nothing written: "
+        raise VmmoveError(head + " | ".join(str(e) for e in failed))
+    if schemas:
+        from manifests.validate import SchemaValidator
+
+        validator = SchemaValidator(schemas)
+        problems = [f"VM {s.name}: {e}" for s in sets for e in validator.virtual_machine(s.virtual_machine)]
+        if problems:
+            raise VmmoveError("schema validation failed, nothing written: " + " | ".join(problems[:20]))
+    if output != "table":
+        sys.stdout.write(render(sets[0].virtual_machine, output))
+        if out:
+            write_tree(sets, out)
+        return
+    assert out is not None
+    rows = write_tree(sets, out)
+    elapsed = time.perf_counter() - started
+    click.echo(table(["NAMESPACE", "OBJECT", "FILE"], rows), nl=False)
+    notes = sum(len(s.notes) for s in sets)
+    click.echo(
+        f"{len(sets)} VirtualMachine(s) written to {out} in {elapsed:.2f}s"
+        + (f"; {notes} note(s) in the vmmove.io/notes annotations" if notes else ""),
+        err=True,
+    )
+
+
+commands = [manifests_cmd]

@@ -1,0 +1,271 @@
+"""Network and storage maps: where each source network and disk lands in the cluster.
+
+A source VM is plugged into libvirt networks, bridges or VMware port groups and keeps its
+disks in pools, datastores or folders; none of these names mean anything to Kubernetes.
+The maps say, once per migration, what each of them becomes, so that manifests (and later
+plans) never guess.  One YAML file can hold both maps::
+
+    networks:                      # keys match Nic.attachment, then the bare name, then "*"
+      "network:default": pod       # the pod network (masquerade binding), at most one per VM
+      "bridge:br0": multus:vms/br0 # a NetworkAttachmentDefinition, namespace/name
+      "*": multus:vms/lan
+    storage:
+      storageClass: ceph-rbd       # all optional: omitted fields come from the StorageProfile
+      volumeMode: Block
+      accessModes: [ReadWriteMany]
+      overrides:                   # per source location, merged over the defaults
+        "pool:ssd": {storageClass: fast}
+        "datastore:datastore1": {storageClass: vsan}
+        "dir:/var/lib/libvirt/images": {volumeMode: Filesystem}
+
+Unknown keys are an error naming the file and the key: a typo must never silently send a
+disk to the wrong storage class.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from migrate.errors import UsageError
+from migrate.model import Disk, Nic
+
+POD = "pod"
+MULTUS = "multus"
+VOLUME_MODES = ("Block", "Filesystem")
+ACCESS_MODES = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DATASTORE = re.compile(r"^\[([^\]]+)\]")
+
+
+class MappingError(UsageError):
+    """A map file or map option that cannot be used; the message names it and the key."""
+
+
+# -- networks -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkTarget:
+    """What a source network becomes: the pod network, or a Multus network ``namespace/name``."""
+
+    kind: str  # "pod" | "multus"
+    name: str | None = None  # NetworkAttachmentDefinition, "name" or "namespace/name"
+
+    def __str__(self) -> str:
+        return POD if self.kind == POD else f"{MULTUS}:{self.name}"
+
+
+def parse_network_target(text: str, where: str = "network map") -> NetworkTarget:
+    """``pod`` or ``multus:[namespace/]name``."""
+    value = str(text).strip()
+    if value == POD:
+        return NetworkTarget(POD)
+    if value.startswith(f"{MULTUS}:"):
+        ref = value[len(MULTUS) + 1 :]
+        parts = ref.split("/")
+        if len(parts) in (1, 2) and all(parts) and _DNS_SUBDOMAIN.match(parts[-1]) and (
+            len(parts) == 1 or _DNS_LABEL.match(parts[0])
+        ):
+            return NetworkTarget(MULTUS, ref)
+        raise MappingError(
+            f"{where}: {value!r}: a Multus network is multus:NAME or multus:NAMESPACE/NAME "
+            "(lowercase DNS names)"
+        )
+    raise MappingError(f"{where}: {value!r} is not 'pod' or 'multus:NAMESPACE/NAME'")
+
+
+@dataclass
+class NetworkMap:
+    """Source attachment (``network:default``, ``bridge:br0``, a port group…) to target."""
+
+    entries: dict[str, NetworkTarget] = field(default_factory=dict)
+
+    def resolve(self, nic: Nic) -> NetworkTarget | None:
+        """Exact ``type:name`` key, then the bare network name, then ``*``; None when unmapped."""
+        key = nic.attachment
+        if key in self.entries:
+            return self.entries[key]
+        bare = key.split(":", 1)[1]
+        if bare and bare in self.entries:
+            return self.entries[bare]
+        return self.entries.get("*")
+
+    def merged(self, other: NetworkMap) -> NetworkMap:
+        """This map with ``other``'s entries added over it (command-line over file)."""
+        return NetworkMap({**self.entries, **other.entries})
+
+    @classmethod
+    def from_data(cls, data: Any, where: str) -> NetworkMap:
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise MappingError(f"{where}: expected a mapping of source network to target")
+        return cls(
+            {str(k): parse_network_target(v, f"{where}.{k}") for k, v in data.items()}
+        )
+
+    @classmethod
+    def from_options(cls, pairs: tuple[str, ...] | list[str]) -> NetworkMap:
+        """``--network SOURCE=TARGET`` options."""
+        entries: dict[str, NetworkTarget] = {}
+        for pair in pairs:
+            source, sep, target = pair.rpartition("=")
+            if not sep or not source:
+                raise MappingError(f"--network {pair!r}: expected SOURCE=TARGET, e.g. network:default=pod")
+            entries[source] = parse_network_target(target, f"--network {pair}")
+        return cls(entries)
+
+
+# -- storage ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StorageTarget:
+    """CDI ``storage`` settings; None leaves the field to the cluster's StorageProfile."""
+
+    storage_class: str | None = None
+    volume_mode: str | None = None
+    access_modes: tuple[str, ...] | None = None
+
+    def over(self, base: StorageTarget) -> StorageTarget:
+        """This target's set fields over ``base``."""
+        return StorageTarget(
+            self.storage_class if self.storage_class is not None else base.storage_class,
+            self.volume_mode if self.volume_mode is not None else base.volume_mode,
+            self.access_modes if self.access_modes is not None else base.access_modes,
+        )
+
+
+_TARGET_KEYS = {"storageClass": "storage_class", "volumeMode": "volume_mode", "accessModes": "access_modes"}
+
+
+def _storage_target(data: Any, where: str, allow: set[str] | None = None) -> StorageTarget:
+    if data is None:
+        return StorageTarget()
+    if not isinstance(data, dict):
+        raise MappingError(f"{where}: expected a mapping with storageClass/volumeMode/accessModes")
+    allowed = set(_TARGET_KEYS) | (allow or set())
+    unknown = sorted(set(map(str, data)) - allowed)
+    if unknown:
+        raise MappingError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
+    sc = data.get("storageClass")
+    if sc is not None and not (isinstance(sc, str) and _DNS_SUBDOMAIN.match(sc)):
+        raise MappingError(f"{where}.storageClass: {sc!r} is not a valid StorageClass name")
+    mode = data.get("volumeMode")
+    if mode is not None and mode not in VOLUME_MODES:
+        raise MappingError(f"{where}.volumeMode: {mode!r} is not one of {', '.join(VOLUME_MODES)}")
+    modes = data.get("accessModes")
+    if modes is not None:
+        if isinstance(modes, str):
+            modes = [modes]
+        if not isinstance(modes, list) or not modes or any(m not in ACCESS_MODES for m in modes):
+            raise MappingError(
+                f"{where}.accessModes: {modes!r}: expected a list of {', '.join(ACCESS_MODES)}"
+            )
+        modes = tuple(dict.fromkeys(modes))
+    return StorageTarget(sc, mode, modes)
+
+
+def storage_keys(disk: Disk) -> list[str]:
+    """Override keys a disk can match, most specific first: pool, datastore, folders."""
+    keys: list[str] = []
+    if disk.pool:
+        keys.append(f"pool:{disk.pool}")
+    path = disk.path or ""
+    m = _DATASTORE.match(path)
+    if m:
+        keys.append(f"datastore:{m.group(1).strip()}")
+    elif path.startswith("/"):
+        parent = Path(path).parent
+        while True:
+            keys.append(f"dir:{parent}")
+            if parent == parent.parent:
+                break
+            parent = parent.parent
+    return keys
+
+
+@dataclass
+class StorageMap:
+    """Default CDI storage settings and per-pool/datastore/folder overrides."""
+
+    default: StorageTarget = field(default_factory=StorageTarget)
+    overrides: dict[str, StorageTarget] = field(default_factory=dict)
+
+    def resolve(self, disk: Disk) -> StorageTarget:
+        for key in storage_keys(disk):
+            if key in self.overrides:
+                return self.overrides[key].over(self.default)
+        return self.default
+
+    def with_default(self, target: StorageTarget) -> StorageMap:
+        """Command-line settings over the file's defaults (overrides keep their own values)."""
+        return replace(self, default=target.over(self.default))
+
+    @classmethod
+    def from_data(cls, data: Any, where: str) -> StorageMap:
+        if data is None:
+            return cls()
+        default = _storage_target(data, where, allow={"overrides"})
+        raw = data.get("overrides") or {}
+        if not isinstance(raw, dict):
+            raise MappingError(f"{where}.overrides: expected a mapping of pool:/datastore:/dir: keys")
+        overrides: dict[str, StorageTarget] = {}
+        for key, value in raw.items():
+            key = str(key)
+            kind, _, name = key.partition(":")
+            if kind not in ("pool", "datastore", "dir") or not name:
+                raise MappingError(
+                    f"{where}.overrides: {key!r}: keys are pool:NAME, datastore:NAME or dir:/PATH"
+                )
+            if kind == "dir":
+                key = f"dir:{Path(name)}"
+            overrides[key] = _storage_target(value, f"{where}.overrides.{key}")
+        return cls(default, overrides)
+
+
+# -- files --------------------------------------------------------------------------------
+
+
+@dataclass
+class Maps:
+    networks: NetworkMap = field(default_factory=NetworkMap)
+    storage: StorageMap = field(default_factory=StorageMap)
+
+
+def maps_from_data(data: Any, where: str) -> Maps:
+    """Both maps from the plain data of a map file (or of a plan's ``maps`` section)."""
+    if data is None:
+        return Maps()
+    if not isinstance(data, dict):
+        raise MappingError(f"{where}: expected a mapping with 'networks' and/or 'storage'")
+    unknown = sorted(set(map(str, data)) - {"networks", "storage"})
+    if unknown:
+        raise MappingError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: networks, storage)")
+    return Maps(
+        NetworkMap.from_data(data.get("networks"), f"{where}: networks"),
+        StorageMap.from_data(data.get("storage"), f"{where}: storage"),
+    )
+
+
+def load_maps(path: str | Path) -> Maps:
+    """Read a map file; every problem is one line naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise MappingError(f"{path}: not valid YAML{at}") from None
+    return maps_from_data(data, str(path))
