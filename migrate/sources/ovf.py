@@ -89,8 +89,7 @@ def kind(el: Element) -> str:
     """Logical section name: ``DiskSection`` whether written so or as OVF 0.9 ``Section xsi:type``."""
     name = local(el.tag)
     if name in ("Section", "Content"):
-        xtype = el.get(f"{{{XSI}}}type") or next(
-            (v for k, v in el.attrib.items() if local(k) == "type"), None)
+        xtype = el.get(f"{{{XSI}}}type")
         if xtype:
             return xtype.split(":")[-1].removesuffix("_Type")
     return name

@@ -1,0 +1,185 @@
+"""Sweeps over ../shared/corpus: every OVF/OVA/VMX yields VMs or exactly one clear error line.
+
+The .vmx files of libvirt's vmx2xmldata come with the domain XML libvirt derives from them;
+that XML is the oracle for disks (device, target, bus, file), MACs and firmware.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import posixpath
+import re
+from pathlib import Path
+
+import pytest
+from defusedxml import ElementTree as ET
+
+from migrate.sources import SourceError
+from migrate.sources.ova import read_ova
+from migrate.sources.ovf import read_ovf
+from migrate.sources.vmx import read_vmx
+from tests.offline_support import CORPUS_OVF, CORPUS_VMX
+
+
+def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def _shape(message: str) -> str:
+    """An error message with names and numbers blanked, to count errors by kind."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"|-?\d+", "…", message)
+
+
+def _sweep(paths: list[Path], reader) -> tuple[int, collections.Counter, list[str]]:
+    vms, kinds, failures = 0, collections.Counter(), []
+    for path in paths:
+        try:
+            result = reader(str(path))
+        except SourceError as exc:
+            message = str(exc)
+            if "\n" in message or not message.startswith(f"{path}"):
+                failures.append(f"{path}: unclear error {message!r}")
+            kinds[_shape(message[len(str(path)):].lstrip(":").strip())] += 1
+            continue
+        except Exception as exc:  # any other exception is a defect: report them all
+            failures.append(f"{path}: {type(exc).__name__}: {exc}")
+            continue
+        found = result if isinstance(result, list) else [result]
+        if not found:
+            failures.append(f"{path}: neither a VM nor an error")
+        vms += len(found)
+    return vms, kinds, failures
+
+
+def _report(title: str, files: int, vms: int, kinds: collections.Counter) -> None:
+    print(f"\n{title}: {files} files, {vms} VMs, {sum(kinds.values())} errors")
+    for shape, count in kinds.most_common():
+        print(f"  {count:4d}  {shape}")
+
+
+def test_every_ovf_in_the_corpus_gives_vms_or_one_clear_error(shared: Path) -> None:
+    root = shared.joinpath("corpus", *CORPUS_OVF)
+    paths = _files(root, (".ovf",))
+    assert len(paths) >= 950
+    vms, kinds, failures = _sweep(paths, read_ovf)
+    _report("OVF corpus", len(paths), vms, kinds)
+    assert failures == []
+    assert vms >= 900 and sum(kinds.values()) <= 150
+    # names with spaces, % and non-ASCII characters read like any other
+    for odd in ("url-encoded-name/url%24encoded%a.ovf", "non-ascii/chinese/chinese_characters.ovf",
+                "OvfWithSpaceInFileName/SpaceInOvfName/haoUn OS2VMs.ovf"):
+        assert read_ovf(str(root / "fixtures" / "external" / odd))
+
+
+NEGATIVES = {  # ovftool's negative descriptors whose flaw matters to a migration
+    "DiskSection/Neg/dup_diskid.ovf": "appears twice",
+    "DiskSection/Neg/no_capacity.ovf": "has no ovf:capacity",
+    "DiskSection/Neg/no_diskid.ovf": "without ovf:diskId",
+    "DiskSection/Neg/popsize_gt_capacity.ovf": "exceeds its capacity",
+    "Envelope/Neg/invalid_ref_dup_id.ovf": "appears twice",
+    "Envelope/Neg/invalid_ref_no_href.ovf": "has no ovf:href",
+    "Envelope/Neg/invalid_namespace.ovf": "no VirtualSystem",  # xsi:type in a bogus namespace
+    "Envelope_1_0/Neg/invalid_namespace.ovf": "not an OVF descriptor",
+    "Envelope/Neg/invalid_no_vm.ovf": "no VirtualSystem",
+    "VirtualHardware/Neg/dup_instanceid.ovf": "appears twice",
+    "VirtualHardware/Neg/no_instanceid.ovf": "without InstanceID",
+    "VirtualHardware/Neg/no_resourcetype.ovf": "has no ResourceType",
+    "VirtualHardware/Neg/no_vh.ovf": "has no VirtualHardwareSection",
+}
+
+
+@pytest.mark.parametrize("name, expected", sorted(NEGATIVES.items()))
+def test_ovftool_negative_descriptors_are_refused(shared: Path, name: str, expected: str) -> None:
+    root = shared.joinpath("corpus", *CORPUS_OVF, "fixtures", "external", "OVFToolTemplates",
+                           "OVF", "xmltestfiles")
+    with pytest.raises(SourceError, match=re.escape(expected)):
+        read_ovf(str(root / name))
+
+
+def test_security_descriptors_with_absurd_sizes_are_refused(shared: Path) -> None:
+    root = shared.joinpath("corpus", *CORPUS_OVF, "fixtures", "external", "security-test-content",
+                           "ovf")
+    cases = sorted(root.glob("*/*.ovf"))
+    assert len(cases) == 4
+    for path in cases:
+        with pytest.raises(SourceError, match="negative|absurdly large"):
+            read_ovf(str(path))
+
+
+def test_the_corpus_ova(shared: Path) -> None:
+    paths = _files(shared.joinpath("corpus", *CORPUS_OVF), (".ova",))
+    assert len(paths) == 1
+    vms, kinds, failures = _sweep(paths, read_ova)
+    _report("OVA corpus", len(paths), vms, kinds)
+    assert failures == [] and vms + sum(kinds.values()) == 1
+    # its disk is a 1 MiB placeholder while the descriptor promises 10 MiB: refused
+    [(shape, _)] = kinds.items()
+    assert shape.endswith("bytes in the archive but the descriptor says …")
+
+
+def test_every_vmx_in_the_corpus_gives_a_vm(shared: Path) -> None:
+    paths = _files(shared.joinpath("corpus", *CORPUS_VMX), (".vmx",))
+    assert len(paths) == 61
+    vms, kinds, failures = _sweep(paths, read_vmx)
+    _report("VMX corpus", len(paths), vms, kinds)
+    assert failures == [] and vms == 61 and not kinds
+
+
+def _oracle(xml: Path) -> dict:
+    root = ET.parse(str(xml)).getroot()
+    disks = []
+    for d in root.findall("./devices/disk"):
+        source, target = d.find("source"), d.find("target")
+        src = None
+        if source is not None:
+            src = source.get("file") or source.get("dev")
+        # libvirt writes an empty CD-ROM as type='file' without a source; the model says 'none'
+        kind = d.get("type") if src or d.get("type") != "file" else "none"
+        disks.append((d.get("device"), target.get("dev"), target.get("bus"), kind,
+                      posixpath.basename(src) if src else None))
+    os_el = root.find("os")
+    firmware = "efi" if os_el.get("firmware") == "efi" or os_el.find("loader") is not None else "bios"
+    name = root.findtext("name")
+    return {
+        "disks": disks,
+        "macs": [m.get("address") for m in root.findall("./devices/interface/mac")],
+        "firmware": firmware,
+        "name": name,
+        "uuid": root.findtext("uuid"),
+        "memory": int(root.findtext("memory")) * 1024,
+        "vcpus": int(root.findtext("vcpu")),
+        "arch": os_el.find("type").get("arch"),
+        "description": root.findtext("description"),
+        "bridges": [s.get("bridge") for s in root.findall("./devices/interface/source")
+                    if s.get("bridge") is not None],
+    }
+
+
+def test_vmx_agrees_with_libvirts_domain_xml(shared: Path) -> None:
+    folder = shared.joinpath("corpus", *CORPUS_VMX)
+    pairs = [(x.with_suffix(".vmx"), x) for x in sorted(folder.glob("*.xml"))
+             if x.with_suffix(".vmx").exists()]
+    assert len(pairs) >= 50
+    disagreements = []
+    for vmx, xml in pairs:
+        want = _oracle(xml)
+        vm = read_vmx(str(vmx))
+        got = {
+            "disks": [(d.device, d.target, d.bus, d.source_type,
+                       os.path.basename(d.path) if d.path else None) for d in vm.disks],
+            "macs": [n.mac for n in vm.nics if n.mac],
+            "firmware": vm.firmware.type,
+            "name": vm.name if want["name"] is not None else None,
+            "uuid": vm.uuid or "00000000-0000-0000-0000-000000000000",
+            "memory": vm.memory,
+            "vcpus": vm.vcpus,
+            "arch": vm.arch,
+            "description": vm.description,
+            "bridges": [n.network for n in vm.nics if n.type == "bridge"],
+        }
+        for key, value in want.items():
+            if got[key] != value:
+                disagreements.append(f"{vmx.name} {key}: libvirt {value!r}, vmmove {got[key]!r}")
+    print(f"\nVMX oracle: {len(pairs)} pairs compared, {len(disagreements)} disagreements")
+    assert disagreements == []
