@@ -183,3 +183,46 @@ def test_vmx_agrees_with_libvirts_domain_xml(shared: Path) -> None:
                 disagreements.append(f"{vmx.name} {key}: libvirt {value!r}, vmmove {got[key]!r}")
     print(f"\nVMX oracle: {len(pairs)} pairs compared, {len(disagreements)} disagreements")
     assert disagreements == []
+
+
+def test_cli_scan_of_a_folder_of_good_and_bad_descriptors(tmp_path: Path, cli) -> None:
+    """``vmmove scan DIR``: good VMs in the JSON, one stderr line per bad file, exit 1."""
+    import importlib.util
+    import json
+    import tarfile
+
+    if importlib.util.find_spec("migrate.cli.scan") is None:
+        pytest.skip("vmmove scan (migrate/cli/scan.py) is not there yet")
+    from tests.offline_support import make_vmdk, ovf_text, tar_bytes
+
+    folder = tmp_path / "exports"
+    (folder / "web").mkdir(parents=True)
+    disk = make_vmdk(folder / "web", "disk1.vmdk", size="16M")
+    (folder / "web" / "web.ovf").write_text(ovf_text(disk_size=disk.stat().st_size,
+                                                     capacity="16", name="web01"))
+    (folder / "db.vmx").write_text('displayName = "db01"\nmemsize = "2048"\n'
+                                   'ethernet0.present = "TRUE"\nethernet0.addressType = "static"\n'
+                                   'ethernet0.address = "00:50:56:00:00:01"\n')
+    ovf = ovf_text(name="app01").encode()
+    (folder / "app.ova").write_bytes(tar_bytes([("app.ovf", ovf)]))
+    (folder / "xxe.ovf").write_text(ovf_text(
+        doctype='<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>', name="&e;"))
+    link = tarfile.TarInfo("evil")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    (folder / "evil.ova").write_bytes(tar_bytes([("a.ovf", ovf), link]))
+    (folder / "junk.vmx").write_bytes(b"\x00\x01\x02 not a vmx")
+    (folder / "readme.txt").write_text("ignored: not a descriptor")
+
+    result = cli("scan", str(folder), "-o", "json", ok=False)
+    assert result.exit_code == 1
+    inventory = json.loads(result.stdout)
+    names = sorted(vm["name"] for vm in inventory["vms"])
+    assert names == ["app01", "db01", "web01"]
+    web = next(vm for vm in inventory["vms"] if vm["name"] == "web01")
+    assert web["disks"][0]["virtual_size"] == 16 * 1024**2 and web["disks"][0]["error"] is None
+    lines = [line for line in result.stderr.splitlines() if line.startswith("vmmove: error:")]
+    assert len(lines) == 3, result.stderr
+    for bad in ("xxe.ovf", "evil.ova", "junk.vmx"):
+        [line] = [line for line in lines if bad in line]
+        assert str(folder / bad) in line
+    assert "Traceback" not in result.stderr

@@ -180,5 +180,5 @@ def test_hostile_descriptor_inside_an_ova(tmp_path: Path) -> None:
     lol = ('<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;">]>')
     ovf = ovf_text(doctype=lol, name="&lol2;").encode()
     ova = _ova(tmp_path, [("app.ovf", ovf)])
-    with pytest.raises(SourceError, match=r"app\.ova:app\.ovf: XML entity declarations are refused"):
+    with pytest.raises(SourceError, match=r"app\.ova: app\.ovf: XML entity declarations are refused"):
         read_ova(str(ova))

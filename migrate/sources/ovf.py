@@ -751,7 +751,7 @@ def parse_ovf(data: str | bytes, path: str, *, kind_: SourceKind = SourceKind.OV
     ``path`` names the descriptor (or the archive holding it) in messages and in
     :attr:`Source.location`; ``inspect`` runs ``qemu-img info`` on disk files present.
     """
-    label = f"{path}:{member}" if member else path
+    label = f"{path}: {member}" if member else path
     root = parse_xml(data, label)
     ns = namespace(root.tag) if isinstance(root.tag, str) else ""
     if local(root.tag) != "Envelope" or ns not in ENVELOPE_NAMESPACES:
