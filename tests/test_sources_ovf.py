@@ -224,3 +224,13 @@ def test_ovf_2_collection_and_0_9_sections(shared: Path) -> None:
     [disk] = [d for d in vm.disks if d.device == "disk"]
     assert disk.target == "sda" and disk.virtual_size == 1610612736 and disk.format == "vmdk"
     assert vm.nics[0].model == "pcnet" and vm.nics[0].network == "VMNetwork"
+
+
+def test_deeply_nested_collections_do_not_exhaust_the_stack(tmp_path: Path) -> None:
+    depth = 20000
+    text = ovf_text().replace('<VirtualSystem ovf:id="vm">',
+                              '<VirtualSystemCollection ovf:id="c">' * depth
+                              + '<VirtualSystem ovf:id="vm">')
+    text = text.replace("</VirtualSystem>", "</VirtualSystem>" + "</VirtualSystemCollection>" * depth)
+    [vm] = parse_ovf(text, str(tmp_path / "deep.ovf"), inspect=False)
+    assert vm.name == "web01"

@@ -159,8 +159,9 @@ def test_full_mapping(vm_folder: Path) -> None:
 
 def test_minimal_vmx_defaults_like_libvirt(tmp_path: Path) -> None:
     vmx = tmp_path / "tiny.vmx"
-    vmx.write_text('config.version = "8"\nvirtualHW.version = "4"\n')
+    vmx.write_text('config.version = "8"\nvirtualHW.version = "08"\n')
     vm = read_vmx(str(vmx))
+    assert vm.machine == "vmx-08"  # a leading zero is still decimal
     assert vm.name == "tiny" and vm.memory == 32 * 1024**2 and vm.vcpus == 1
     assert vm.uuid is None and vm.firmware.type == "bios" and vm.disks == [] and vm.nics == []
 

@@ -735,12 +735,18 @@ def _stem(path: str) -> str:
 
 
 def _virtual_systems(el: Element, out: list[Element]) -> None:
-    for c in el:
+    """VirtualSystems in document order, however deep the collections nest (no recursion)."""
+    stack = [iter(el)]
+    while stack:
+        c = next(stack[-1], None)
+        if c is None:
+            stack.pop()
+            continue
         k = kind(c)
         if k == "VirtualSystem":
             out.append(c)
         elif k == "VirtualSystemCollection":
-            _virtual_systems(c, out)
+            stack.append(iter(c))
 
 
 def parse_ovf(data: str | bytes, path: str, *, kind_: SourceKind = SourceKind.OVF,

@@ -67,8 +67,9 @@ class VmxConfig:
         value = self.get(key)
         if value is None or value.strip() == "":
             return default
+        text = value.strip()
         try:
-            return int(value.strip(), 0)
+            return int(text, 16) if text.lower().startswith("0x") else int(text, 10)
         except ValueError:
             raise SourceError(f"{self.path}: {key} = {value!r} is not a number") from None
 
