@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.model import PowerState, SourceKind
+from migrate.model import VM, PowerState, SourceKind
 from migrate.serialize import from_data, to_data
-from migrate.model import VM
 from migrate.sources import SourceError
 from migrate.sources.ovf import parse_ovf, read_ovf, unit_multiplier
 from tests.offline_support import make_vmdk, ovf_text

@@ -28,7 +28,6 @@ from migrate.model import (
     CpuTopology,
     Device,
     Disk,
-    Firmware,
     Nic,
     PowerState,
     Source,
