@@ -1,0 +1,224 @@
+"""The one interface every transfer backend implements, and the journal records it leaves.
+
+A backend moves one image (a local file or a readable stream of known size) to where
+CDI fills a PVC from, and says where it went in a :class:`TransferResult`.  The runner
+(:func:`run_transfers`) owns the journal: it marks each item running, hands the backend
+the step (so it can keep resumption state such as an S3 UploadId in ``data``), and
+records the result as the ``upload`` step that ``vmmove manifests`` reads (the fields
+are documented in :mod:`migrate.workdir`).  Progress goes to subscribers shaped like
+s3transfer's (``on_queued``/``on_progress``/``on_done``), so a CLI can draw bars and
+tests can count bytes without either knowing the backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from migrate.errors import VmmoveError
+from migrate.state import Journal, Step
+from migrate.workdir import KIND_UPLOAD
+
+UPLOADED = "uploaded"  # sent in full in this run
+RESUMED = "resumed"  # an interrupted transfer finished, only missing parts sent
+SKIPPED = "skipped"  # already at the destination with the right size and checksum
+FAILED = "failed"
+
+READ_CHUNK = 1 << 20  # bytes read at a time when streaming (bounded memory)
+
+
+class TransferError(VmmoveError):
+    """A transfer failed; the message names the image and the destination."""
+
+
+@dataclass
+class TransferItem:
+    """One image to move: a file (``path``) or a stream (``stream``) of ``size`` bytes."""
+
+    item: str  # journal item: <vm key>/<disk target>, or the file name for a folder
+    name: str  # file name of the image (object key suffix, DataVolume name source)
+    size: int  # bytes of the image as stored (what is sent)
+    path: Path | None = None
+    stream: BinaryIO | None = None
+    checksum: str | None = None  # "sha256:<hex>" when already known (vmmove convert)
+    virtual_size: int | None = None  # bytes the guest sees (DataVolume size)
+    format: str | None = None  # qcow2 | raw | vmdk | …, when known
+    dv_name: str | None = None  # DataVolume name for the upload proxy (DNS-1123)
+    label: str = ""  # how messages name it: "web/vda (web-vda.qcow2)"
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.stream is None):
+            raise ValueError("a TransferItem needs exactly one of path and stream")
+        if not self.label:
+            self.label = self.item if self.item == self.name else f"{self.item} ({self.name})"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the local content cheaply; a change voids a partial transfer."""
+        if self.path is None:
+            return {"size": self.size}
+        st = os.stat(self.path)
+        return {"path": str(self.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@dataclass
+class TransferResult:
+    """Where one image went; :meth:`journal_data` is exactly what the journal records."""
+
+    item: str
+    backend: str  # s3 | upload
+    status: str  # uploaded | resumed | skipped | failed
+    size: int
+    checksum: str | None = None  # sha256:<hex>
+    sent: int = 0  # bytes sent over the network in this run
+    seconds: float = 0.0
+    url: str | None = None  # s3: the path-style URL CDI's s3 source imports from
+    secret: str | None = None  # s3: name of the Secret manifest
+    secret_file: str | None = None  # s3: where that manifest was written (mode 0600)
+    dv: str | None = None  # upload proxy: the DataVolume filled
+    namespace: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # backend facts (bucket, key, …)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != FAILED
+
+    def journal_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"backend": self.backend, "size": self.size, "sent": self.sent}
+        for key in ("url", "secret", "secret_file", "dv", "namespace"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = value
+        data.update(self.extra)
+        return data
+
+
+class Subscriber:
+    """Progress callbacks, as s3transfer's ``BaseSubscriber``; override what you need."""
+
+    def on_queued(self, item: TransferItem, total: int, already: int) -> None:
+        """``item`` starts: ``total`` bytes, ``already`` of them at the destination."""
+
+    def on_progress(self, item: TransferItem, bytes_transferred: int) -> None:
+        """``bytes_transferred`` more bytes of ``item`` were sent (or found sent)."""
+
+    def on_done(self, item: TransferItem, result: TransferResult) -> None:
+        """``item`` finished (``result.ok``) or failed (``result.error``)."""
+
+
+class Subscribers(Subscriber):
+    """Fan one event out to many subscribers."""
+
+    def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
+        self.subscribers = list(subscribers)
+
+    def on_queued(self, item: TransferItem, total: int, already: int) -> None:
+        for s in self.subscribers:
+            s.on_queued(item, total, already)
+
+    def on_progress(self, item: TransferItem, bytes_transferred: int) -> None:
+        for s in self.subscribers:
+            s.on_progress(item, bytes_transferred)
+
+    def on_done(self, item: TransferItem, result: TransferResult) -> None:
+        for s in self.subscribers:
+            s.on_done(item, result)
+
+
+class Backend(ABC):
+    """A transfer destination: S3, the CDI upload proxy, …"""
+
+    name: str = ""
+
+    def prepare(self) -> None:
+        """Check the destination once before any item (credentials, bucket, cluster)."""
+
+    @abstractmethod
+    def transfer(self, item: TransferItem, step: Step, journal: Journal,
+                 progress: Subscriber) -> TransferResult:
+        """Move ``item``; ``step`` is its running journal step (resumption state in
+        ``step.data``, which the backend may extend with :meth:`Journal.update`)."""
+
+    def describe(self) -> str:
+        """The destination in one short phrase, for messages."""
+        return self.name
+
+
+def parse_checksum(checksum: str | None) -> str | None:
+    """The hex digest of a ``sha256:<hex>`` checksum, or None for any other form."""
+    if checksum and checksum.startswith("sha256:") and len(checksum) == 71:
+        return checksum[7:].lower()
+    return None
+
+
+def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None,
+                limit: int | None = None) -> Any:
+    """A sha256 object over ``path`` (its first ``limit`` bytes), read in bounded chunks."""
+    digest = hashlib.sha256()
+    remaining = limit
+    with open(path, "rb", buffering=0) as fh:
+        while remaining is None or remaining > 0:
+            want = READ_CHUNK * 8 if remaining is None else min(READ_CHUNK * 8, remaining)
+            chunk = fh.read(want)
+            if not chunk:
+                break
+            digest.update(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+    return digest
+
+
+def run_transfers(backend: Backend, items: Sequence[TransferItem], journal: Journal,
+                  progress: Subscriber | None = None, redo: bool = False,
+                  stop_on_error: bool = False) -> list[TransferResult]:
+    """Transfer ``items`` one after the other, each recorded in the journal.
+
+    One at a time on purpose: each backend already keeps the link busy (parallel parts),
+    and one object in flight keeps memory bounded whatever the number of disks.  A failed
+    item is recorded with its error and the others go on (unless ``stop_on_error``).
+    """
+    progress = progress or Subscriber()
+    results = []
+    for item in items:
+        result = transfer_one(backend, item, journal, progress, redo=redo)
+        results.append(result)
+        if not result.ok and stop_on_error:
+            break
+    return results
+
+
+def transfer_one(backend: Backend, item: TransferItem, journal: Journal,
+                 progress: Subscriber, redo: bool = False) -> TransferResult:
+    """Transfer one item with its journal bookkeeping; errors become a failed result."""
+    if redo:
+        old = journal.get(KIND_UPLOAD, item.item)
+        if old is not None and old.status == "done":
+            journal.reset(KIND_UPLOAD, item.item)
+    step = journal.start(KIND_UPLOAD, item.item, backend=backend.name, name=item.name,
+                         fingerprint=item.fingerprint())
+    started = time.monotonic()
+    try:
+        result = backend.transfer(item, step, journal, progress)
+    except VmmoveError as exc:
+        message = str(exc)
+        journal.fail(KIND_UPLOAD, item.item, message)
+        result = TransferResult(item.item, backend.name, FAILED, item.size, error=message,
+                                seconds=time.monotonic() - started)
+        progress.on_done(item, result)
+        return result
+    except BaseException:
+        journal.fail(KIND_UPLOAD, item.item, "interrupted: rerun to resume")
+        raise
+    result.seconds = time.monotonic() - started
+    journal.done(KIND_UPLOAD, item.item, bytes=result.size, checksum=result.checksum,
+                 **result.journal_data())
+    progress.on_done(item, result)
+    return result

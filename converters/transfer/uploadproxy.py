@@ -1,0 +1,323 @@
+"""CDI's upload proxy: fill a DataVolume directly, as ``virtctl image-upload`` does.
+
+The protocol, step by step (CDI v1.66):
+
+1. a DataVolume ``cdi.kubevirt.io/v1beta1`` with ``spec.source.upload: {}`` (created, or
+   an existing upload DataVolume reused); ``--force-bind`` adds the annotation
+   ``cdi.kubevirt.io/storage.bind.immediate.requested`` so a WaitForFirstConsumer class
+   binds without a consumer pod;
+2. wait for ``status.phase == UploadReady`` (the upload server pod is up);
+3. an ``UploadTokenRequest`` (``upload.cdi.kubevirt.io/v1beta1``, ``spec.pvcName``): the
+   cdi-apiserver answers with ``status.token``;
+4. ``HEAD /v1beta1/upload-async`` with ``Authorization: Bearer <token>`` probes the proxy
+   and the token, then ``POST`` of the image bytes (streamed, hashed as they go);
+   a 401 means the token expired: a fresh one is requested and the request retried;
+5. wait for ``status.phase == Succeeded`` (CDI converts/resizes after receiving).
+
+The image is streamed from the file in 1 MiB reads (memory stays flat).  An upload is not
+resumable on CDI's side: a rerun sends the whole image again, unless the DataVolume has
+already Succeeded with the same image (journal checksum), which is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ssl
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from converters.transfer.base import (
+    READ_CHUNK,
+    SKIPPED,
+    UPLOADED,
+    Backend,
+    Subscriber,
+    TransferError,
+    TransferItem,
+    TransferResult,
+)
+from migrate.errors import UsageError
+from migrate.state import Journal, Step
+
+CDI_GROUP, CDI_VERSION, DV_PLURAL = "cdi.kubevirt.io", "v1beta1", "datavolumes"
+UPLOAD_GROUP, UPLOAD_VERSION, UTR_PLURAL = "upload.cdi.kubevirt.io", "v1beta1", "uploadtokenrequests"
+BIND_IMMEDIATE = "cdi.kubevirt.io/storage.bind.immediate.requested"
+UPLOAD_PATH = "/v1beta1/upload-async"
+
+
+@dataclass
+class ProxyOptions:
+    url: str  # https://cdi-uploadproxy.example:443
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    insecure: bool = False
+    storage_class: str | None = None
+    access_mode: str | None = None  # ReadWriteOnce | ReadWriteMany | …
+    volume_mode: str | None = None  # Filesystem | Block
+    size: int | None = None  # DataVolume size; default: the image's virtual size
+    force_bind: bool = False
+    wait_timeout: float = 300.0
+    poll_interval: float = 1.0
+    token_retries: int = 2
+
+
+class UploadProxyBackend(Backend):
+    name = "upload"
+
+    def __init__(self, options: ProxyOptions) -> None:
+        self.options = options
+        parsed = urllib.parse.urlparse(options.url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise UsageError(f"{options.url}: not an upload proxy URL; expected https://host[:port]")
+        self._parsed = parsed
+        self._api: Any = None
+        self.namespace = options.namespace or "default"
+
+    def describe(self) -> str:
+        return f"upload proxy {self.options.url} (namespace {self.namespace})"
+
+    # -- Kubernetes ---------------------------------------------------------------------------
+    def prepare(self) -> None:
+        from kubernetes import client, config
+        from kubernetes.config.config_exception import ConfigException
+
+        o = self.options
+        where = o.kubeconfig or "~/.kube/config"
+        cfg = client.Configuration()
+        try:
+            config.load_kube_config(config_file=o.kubeconfig, context=o.context,
+                                    client_configuration=cfg)
+            contexts, active = config.list_kube_config_contexts(config_file=o.kubeconfig)
+        except (ConfigException, OSError) as exc:
+            raise UsageError(f"{where}: cannot load the kubeconfig: {exc}") from None
+        chosen = next((c for c in contexts if c.get("name") == o.context), active) \
+            if o.context else active
+        self.namespace = o.namespace or (chosen or {}).get("context", {}).get("namespace") \
+            or "default"
+        self._api = client.CustomObjectsApi(client.ApiClient(cfg))
+
+    def _k8s(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """One API call; failures become one line naming ``what``."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        try:
+            return call(*args, **kwargs)
+        except ApiException as exc:
+            reason = exc.reason or ""
+            try:
+                import json
+
+                reason = json.loads(exc.body or "{}").get("message") or reason
+            except (ValueError, AttributeError):
+                pass
+            raise TransferError(f"{what}: Kubernetes API said {exc.status} {reason}".rstrip()) \
+                from None
+        except Urllib3Error as exc:
+            raise TransferError(f"{what}: cannot reach the Kubernetes API server ({exc})") from None
+
+    def _get_dv(self, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self._api.get_namespaced_custom_object(
+                CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def datavolume(self, item: TransferItem, name: str) -> dict[str, Any]:
+        """The upload DataVolume manifest for ``item``."""
+        o = self.options
+        size = o.size or item.virtual_size or item.size
+        storage: dict[str, Any] = {"resources": {"requests": {"storage": str(size)}}}
+        if o.storage_class:
+            storage["storageClassName"] = o.storage_class
+        if o.access_mode:
+            storage["accessModes"] = [o.access_mode]
+        if o.volume_mode:
+            storage["volumeMode"] = o.volume_mode
+        meta: dict[str, Any] = {"name": name, "namespace": self.namespace,
+                                "labels": {"app.kubernetes.io/managed-by": "vmmove"},
+                                "annotations": {"vmmove.io/source": item.item}}
+        if o.force_bind:
+            meta["annotations"][BIND_IMMEDIATE] = "true"
+        return {"apiVersion": f"{CDI_GROUP}/{CDI_VERSION}", "kind": "DataVolume",
+                "metadata": meta, "spec": {"source": {"upload": {}}, "storage": storage}}
+
+    def _wait_phase(self, name: str, wanted: set[str], label: str) -> dict[str, Any]:
+        o = self.options
+        where = f"{label}: DataVolume {self.namespace}/{name}"
+        deadline = time.monotonic() + o.wait_timeout
+        phase = "?"
+        while True:
+            dv = self._k8s(where, self._get_dv, name)
+            if dv is None:
+                raise TransferError(f"{where}: disappeared while waiting for {'/'.join(wanted)}")
+            status = dv.get("status") or {}
+            phase = status.get("phase") or "Pending"
+            if phase in wanted:
+                return dv
+            if phase == "Failed":
+                detail = _condition_message(status)
+                raise TransferError(f"{where}: failed{': ' + detail if detail else ''}")
+            if time.monotonic() >= deadline:
+                hint = (" (WaitForFirstConsumer storage class: rerun with --force-bind)"
+                        if phase == "WaitForFirstConsumer" or not o.force_bind else "")
+                raise TransferError(f"{where}: still {phase} after {o.wait_timeout:.0f}s, "
+                                    f"waiting for {'/'.join(sorted(wanted))}{hint}")
+            time.sleep(o.poll_interval)
+
+    def _token(self, name: str, label: str) -> str:
+        body = {"apiVersion": f"{UPLOAD_GROUP}/{UPLOAD_VERSION}", "kind": "UploadTokenRequest",
+                "metadata": {"name": f"token-for-{name}", "namespace": self.namespace},
+                "spec": {"pvcName": name}}
+        where = f"{label}: UploadTokenRequest for {self.namespace}/{name}"
+        resp = self._k8s(where, self._api.create_namespaced_custom_object,
+                         UPLOAD_GROUP, UPLOAD_VERSION, self.namespace, UTR_PLURAL, body)
+        token = ((resp or {}).get("status") or {}).get("token")
+        if not token:
+            raise TransferError(f"{where}: the answer holds no status.token")
+        return str(token)
+
+    # -- HTTP to the proxy --------------------------------------------------------------------
+    def _connection(self) -> http.client.HTTPConnection:
+        p = self._parsed
+        if p.scheme == "https":
+            ctx = ssl.create_default_context()
+            if self.options.insecure:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            return http.client.HTTPSConnection(p.hostname, p.port or 443, context=ctx,
+                                               timeout=300)
+        return http.client.HTTPConnection(p.hostname, p.port or 80, timeout=300)
+
+    def _path(self) -> str:
+        return self._parsed.path.rstrip("/") + UPLOAD_PATH
+
+    def _probe(self, token: str, label: str) -> int:
+        conn = self._connection()
+        try:
+            conn.request("HEAD", self._path(), headers={"Authorization": f"Bearer {token}"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        except ssl.SSLError as exc:
+            raise TransferError(f"{label}: {self.options.url}: TLS failed ({exc.reason}); "
+                                "--insecure accepts a self-signed proxy") from None
+        except OSError as exc:
+            raise TransferError(f"{label}: cannot reach {self.options.url}: "
+                                f"{exc.strerror or exc}") from None
+        finally:
+            conn.close()
+
+    def _post(self, item: TransferItem, token: str, progress: Subscriber) -> tuple[int, str, str]:
+        """Stream the image; (HTTP status, sha256 hex of what was sent, response text)."""
+        conn = self._connection()
+        digest = hashlib.sha256()
+        try:
+            conn.putrequest("POST", self._path())
+            conn.putheader("Authorization", f"Bearer {token}")
+            conn.putheader("Content-Type", "application/octet-stream")
+            conn.putheader("Content-Length", str(item.size))
+            conn.endheaders()
+            fh = item.stream if item.stream is not None else open(item.path, "rb")  # type: ignore[arg-type]
+            try:
+                remaining = item.size
+                while remaining > 0:
+                    chunk = fh.read(min(READ_CHUNK, remaining))
+                    if not chunk:
+                        raise TransferError(f"{item.label}: the image ended early")
+                    digest.update(chunk)
+                    try:
+                        conn.send(chunk)
+                    except (BrokenPipeError, ConnectionResetError):
+                        break  # the proxy answered early (e.g. 401): read its answer below
+                    remaining -= len(chunk)
+                    progress.on_progress(item, len(chunk))
+            finally:
+                if item.stream is None:
+                    fh.close()
+            resp = conn.getresponse()
+            text = resp.read().decode(errors="replace")[:200]
+            return resp.status, digest.hexdigest(), text
+        except ssl.SSLError as exc:
+            raise TransferError(f"{item.label}: {self.options.url}: TLS failed ({exc.reason}); "
+                                "--insecure accepts a self-signed proxy") from None
+        except OSError as exc:
+            raise TransferError(f"{item.label}: upload to {self.options.url} broke off: "
+                                f"{exc.strerror or exc}") from None
+        finally:
+            conn.close()
+
+    # -- one image ----------------------------------------------------------------------------
+    def transfer(self, item: TransferItem, step: Step, journal: Journal,
+                 progress: Subscriber) -> TransferResult:
+        name = item.dv_name or item.name
+        label = item.label
+        where = f"{label}: DataVolume {self.namespace}/{name}"
+        dv = self._k8s(where, self._get_dv, name)
+        if dv is not None:
+            if "upload" not in ((dv.get("spec") or {}).get("source") or {}):
+                raise TransferError(f"{where}: exists and is not an upload DataVolume; "
+                                    "delete it or choose another name")
+            phase = (dv.get("status") or {}).get("phase")
+            if phase == "Succeeded":
+                if (step.data.get("dv") == name and step.checksum
+                        and (item.checksum in (None, step.checksum))):
+                    progress.on_queued(item, item.size, item.size)
+                    return self._result(item, name, SKIPPED, step.checksum, 0)
+                raise TransferError(f"{where}: already holds an image (Succeeded); delete it "
+                                    "to upload again")
+        else:
+            self._k8s(where, self._api.create_namespaced_custom_object,
+                      CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL,
+                      self.datavolume(item, name))
+        self._wait_phase(name, {"UploadReady"}, label)
+        token = self._token(name, label)
+        refreshes = 0
+        while True:
+            status = self._probe(token, label)
+            if status == 401 and refreshes < self.options.token_retries:
+                token, refreshes = self._token(name, label), refreshes + 1
+                continue
+            if status >= 300:
+                raise TransferError(f"{label}: upload proxy {self.options.url} answered {status} "
+                                    "to the probe")
+            break
+        while True:
+            progress.on_queued(item, item.size, 0)
+            status, digest, text = self._post(item, token, progress)
+            if status == 401 and refreshes < self.options.token_retries:
+                if item.stream is not None:
+                    raise TransferError(f"{label}: token refused mid-upload and a stream "
+                                        "cannot be sent again; rerun")
+                token, refreshes = self._token(name, label), refreshes + 1
+                continue
+            if status >= 300:
+                raise TransferError(f"{label}: upload proxy answered {status}: {text.strip()}")
+            break
+        checksum = f"sha256:{digest}"
+        if item.checksum and item.checksum != checksum:
+            raise TransferError(f"{label}: the bytes sent do not match the recorded checksum "
+                                f"{item.checksum[:19]}…: the image changed since conversion")
+        self._wait_phase(name, {"Succeeded"}, label)
+        return self._result(item, name, UPLOADED, checksum, item.size)
+
+    def _result(self, item: TransferItem, name: str, status: str, checksum: str | None,
+                sent: int) -> TransferResult:
+        return TransferResult(item.item, self.name, status, item.size, checksum=checksum,
+                              sent=sent, dv=name, namespace=self.namespace,
+                              extra={"proxy": self.options.url})
+
+
+def _condition_message(status: dict[str, Any]) -> str:
+    for cond in status.get("conditions") or []:
+        if cond.get("message"):
+            return str(cond["message"])
+    return ""

@@ -1,0 +1,438 @@
+"""``vmmove upload``: put converted images where CDI fills PVCs from (S3 or the upload proxy)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from migrate.cli.options import aws, kube, output_format
+from migrate.errors import UsageError, VmmoveError
+from migrate.output import emit, human_size
+
+if TYPE_CHECKING:
+    from converters.transfer.base import Backend, TransferItem, TransferResult
+    from migrate.model import Inventory
+    from migrate.state import Journal
+
+#: File name endings ``vmmove upload DIR`` treats as disk images.
+IMAGE_SUFFIXES = (".qcow2", ".qcow", ".raw", ".img", ".vmdk", ".vdi", ".vhd", ".vhdx", ".iso",
+                  ".raw.gz", ".raw.xz", ".img.gz", ".img.xz", ".qcow2.gz", ".qcow2.xz")
+#: Formats CDI imports as they are (it converts them itself; all but raw need scratch space).
+AS_IS_FORMATS = {"raw", "qcow2", "vmdk", "vdi", "vpc", "vhdx"}
+SINGLE_FILE_VMDK = {"monolithicSparse", "streamOptimized"}
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)(?:/s)?\s*$", re.I)
+
+
+def parse_rate(text: str | None) -> int | None:
+    """``50MB/s``, ``100M``, ``1.5GiB`` → bytes (binary units, as the aws cli reads them)."""
+    if not text:
+        return None
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise UsageError(f"{text}: not a size or rate (examples: 50MB/s, 100M, 1G)")
+    scale = 1024 ** " kmgt".index((m.group(2) or " ").lower())
+    return int(float(m.group(1)) * scale)
+
+
+class BarProgress:
+    """An overall tqdm bar plus one per image in flight; log lines when not a TTY."""
+
+    def __init__(self, total: int, count: int) -> None:
+        from migrate.progress import bar
+
+        self._bar = bar
+        self.lock = threading.Lock()
+        self.overall = bar(total, f"{count} image(s)", position=0)
+        self.bars: dict[str, Any] = {}
+        self.quarters: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+
+    def on_queued(self, item: TransferItem, total: int, already: int) -> None:
+        from migrate.progress import log
+
+        with self.lock:
+            old = self.bars.pop(item.item, None)
+            if old is not None:  # a retry from the start (token refresh)
+                self.overall.update(-self.done.get(item.item, 0))
+                old.close()
+            self.bars[item.item] = self._bar(total, item.label[:40], position=1, leave=False,
+                                             initial=already)
+            self.sizes[item.item] = total
+            self.done[item.item] = already
+            self.quarters[item.item] = 0
+            self.overall.update(already)
+        note = f", {human_size(already)} already there" if already else ""
+        log(f"{item.label}: sending {human_size(total - already)} of {human_size(total)}{note}")
+
+    def on_progress(self, item: TransferItem, bytes_transferred: int) -> None:
+        from migrate.progress import log
+
+        with self.lock:
+            self.done[item.item] = self.done.get(item.item, 0) + bytes_transferred
+            if item.item in self.bars:
+                self.bars[item.item].update(bytes_transferred)
+            self.overall.update(bytes_transferred)
+            size = self.sizes.get(item.item) or 1
+            quarter = min(3, self.done[item.item] * 4 // size)
+            report = quarter > self.quarters.get(item.item, 0)
+            if report:
+                self.quarters[item.item] = quarter
+        if report:
+            log(f"{item.label}: {quarter * 25}%")
+
+    def on_done(self, item: TransferItem, result: TransferResult) -> None:
+        from migrate.progress import log
+
+        with self.lock:
+            b = self.bars.pop(item.item, None)
+            if b is not None:
+                b.close()
+            if not result.ok:
+                self.overall.update(-self.done.get(item.item, 0))
+            self.overall.total = max(self.overall.total or 0, self.overall.n)
+        if result.ok:
+            log(f"{item.label}: {result.status} → {_destination(result)} "
+                f"({human_size(result.sent)} sent)")
+        else:
+            log(f"{item.label}: failed: {result.error}")
+
+    def close(self) -> None:
+        self.overall.close()
+
+
+def _destination(r: TransferResult) -> str:
+    if r.url:
+        return r.url
+    if r.dv:
+        return f"{r.namespace}/{r.dv}"
+    return "-"
+
+
+@contextmanager
+def _upload_lock(journal_file: Path) -> Iterator[None]:
+    """One upload run per work folder; a conversion may run beside it (its own lock)."""
+    fd = os.open(f"{journal_file}.upload.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VmmoveError(f"{journal_file.parent}: another vmmove upload is running "
+                              "on this work folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- what to upload -----------------------------------------------------------------------------
+def _folder_items(folder: Path, journal: Journal, need_info: bool) -> list[TransferItem]:
+    """Every image file of a folder; checksums from the folder's convert records."""
+    from converters.transfer.base import TransferItem
+    from migrate.imageinfo import ImageError, image_info
+    from migrate.naming import dns1123_label
+    from migrate.state import DONE
+    from migrate.workdir import KIND_CONVERT
+
+    converted = {
+        str(Path(s.data["output"]).resolve()): s
+        for s in journal.steps(KIND_CONVERT)
+        if s.status == DONE and s.data.get("output")
+    }
+    items = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if not path.name.lower().endswith(IMAGE_SUFFIXES):
+            continue
+        step = converted.get(str(path.resolve()))
+        virtual = step.data.get("virtual_size") if step else None
+        fmt = step.data.get("format") if step else None
+        if need_info and virtual is None:
+            try:
+                info = image_info(str(path))
+                virtual, fmt = info.virtual_size, info.format
+            except ImageError:
+                virtual = None
+        stem = path.name.split(".")[0] or path.name
+        items.append(TransferItem(
+            item=path.name, name=path.name, size=path.stat().st_size, path=path,
+            checksum=step.checksum if step else None, virtual_size=virtual, format=fmt,
+            dv_name=dns1123_label(stem)))
+    if not items:
+        raise UsageError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES[:6])}, …)")
+    return items
+
+
+def _as_is_problem(path: str) -> tuple[str | None, Any]:
+    """Why a source image cannot go to CDI unconverted (None when it can), and its info."""
+    from migrate.imageinfo import ImageError, image_info
+
+    try:
+        info = image_info(path)
+    except ImageError as exc:
+        return str(exc), None
+    if info.format not in AS_IS_FORMATS:
+        return f"format {info.format} is not one CDI imports", info
+    if info.backing_chain:
+        return "has a backing file (CDI refuses those): convert it", info
+    if info.format == "vmdk":
+        specific = (info.raw[0].get("format-specific") or {}).get("data") or {}
+        create_type = specific.get("create-type")
+        if create_type not in SINGLE_FILE_VMDK:
+            return f"vmdk {create_type or '?'} is not a single-file vmdk: convert it", info
+    return None, info
+
+
+def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_is: bool,
+                     follow: bool) -> tuple[list[TransferItem], list[tuple[str, str]]]:
+    """Items for the converted disks; (item, reason) for the disks not ready."""
+    from converters.transfer.base import TransferItem
+    from migrate.naming import dns1123_label
+    from migrate.state import DONE, FAILED
+    from migrate.workdir import KIND_CONVERT, disk_item, image_basename, target_names
+
+    if vms:
+        missing = [v for v in vms if inv.find(v) is None]
+        if missing:
+            raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
+        chosen = [vm for v in vms if (vm := inv.find(v)) is not None]
+    else:
+        chosen = list(inv.vms)
+    names = target_names(inv)
+    items: list[TransferItem] = []
+    not_ready: list[tuple[str, str]] = []
+    for vm in chosen:
+        for disk in vm.disks:
+            if disk.device not in ("disk", "lun"):
+                continue
+            item = disk_item(vm, disk)
+            label = f"{vm.name}/{disk.target}"
+            dv_name = dns1123_label(image_basename(names[vm.key], disk))
+            step = journal.get(KIND_CONVERT, item)
+            if step is not None and step.status == DONE and step.data.get("output"):
+                output = Path(step.data["output"])
+                if not output.is_file():
+                    not_ready.append((label, f"converted image {output} is missing"))
+                    continue
+                items.append(TransferItem(
+                    item=item, name=output.name, size=output.stat().st_size, path=output,
+                    checksum=step.checksum, virtual_size=step.data.get("virtual_size"),
+                    format=step.data.get("format"), dv_name=dv_name,
+                    label=f"{label} ({output.name})"))
+                continue
+            if as_is and disk.path and disk.source_type == "file":
+                problem, info = _as_is_problem(disk.path)
+                if problem is None:
+                    path = Path(disk.path)
+                    items.append(TransferItem(
+                        item=item, name=f"{image_basename(names[vm.key], disk)}{path.suffix}",
+                        size=path.stat().st_size, path=path, virtual_size=info.virtual_size,
+                        format=info.format, dv_name=dv_name, label=f"{label} ({path.name})"))
+                    continue
+                not_ready.append((label, problem))
+                continue
+            if step is not None and step.status == FAILED:
+                not_ready.append((label, f"conversion failed: {step.error}"))
+            elif step is not None:
+                not_ready.append((label, "conversion in progress" if follow
+                                  else f"conversion {step.status}"))
+            else:
+                not_ready.append((label, "not converted yet"))
+    return items, not_ready
+
+
+def _backend(s3: str | None, proxy: str | None, workdir: Path, kw: dict[str, Any]) -> Backend:
+    if bool(s3) == bool(proxy):
+        raise UsageError("choose one destination: --s3 s3://bucket/prefix or "
+                         "--cdi-uploadproxy URL")
+    if s3:
+        from converters.transfer.s3 import S3Backend, S3Options
+
+        return S3Backend(S3Options(
+            url=s3, workdir=workdir, endpoint_url=kw["endpoint_url"], profile=kw["profile"],
+            region=kw["region"], secret_name=kw["secret_name"],
+            secret_namespace=kw["namespace"], workers=kw["parallel"],
+            max_bandwidth=parse_rate(kw["max_bandwidth"])))
+    from converters.transfer.uploadproxy import ProxyOptions, UploadProxyBackend
+
+    assert proxy
+    return UploadProxyBackend(ProxyOptions(
+        url=proxy, kubeconfig=kw["kubeconfig"], context=kw["context"],
+        namespace=kw["namespace"], insecure=kw["insecure"], storage_class=kw["storage_class"],
+        access_mode=kw["access_mode"], volume_mode=kw["volume_mode"],
+        size=parse_rate(kw["size"]), force_bind=kw["force_bind"],
+        wait_timeout=kw["wait_timeout"]))
+
+
+def _rows(results: list[TransferResult]) -> list[list[Any]]:
+    return [[r.item, r.backend, r.status, human_size(r.size), human_size(r.sent),
+             f"{r.seconds:.1f}s", r.error or _destination(r)] for r in results]
+
+
+def _data(r: TransferResult) -> dict[str, Any]:
+    return {"item": r.item, "status": r.status, "checksum": r.checksum,
+            "seconds": round(r.seconds, 3), "error": r.error, **r.journal_data()}
+
+
+@click.command("upload")
+@click.argument("source", type=click.Path(exists=True), metavar="INVENTORY|DIR")
+@click.argument("vms", nargs=-1, metavar="[VM]...")
+@click.option("--workdir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Work folder of vmmove convert (its journal says which image is whose). "
+                   "Required with an INVENTORY; defaults to DIR itself for a folder.")
+@click.option("--s3", "s3", metavar="s3://BUCKET/PREFIX",
+              help="Upload to S3 (AWS or any S3-compatible server) under this bucket/prefix.")
+@click.option("--secret-name", default=None, metavar="NAME",
+              help="Name of the Secret manifest holding the S3 credentials for CDI "
+                   "(default vmmove-s3-<hash of endpoint and key id>).")
+@click.option("--parallel", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="S3 parts sent at the same time (memory stays under ~100 MiB of parts).")
+@click.option("--max-bandwidth", default=None, metavar="RATE",
+              help="Cap the S3 send rate, e.g. 50MB/s (like the aws cli's max_bandwidth).")
+@aws
+@click.option("--cdi-uploadproxy", "proxy", metavar="URL",
+              help="Upload through CDI's upload proxy at URL into upload DataVolumes, as "
+                   "virtctl image-upload does.")
+@click.option("--insecure", is_flag=True,
+              help="Accept the upload proxy's certificate without verification (self-signed).")
+@click.option("--storage-class", default=None, help="DataVolume storage class (upload proxy).")
+@click.option("--access-mode", default=None,
+              type=click.Choice(["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany",
+                                 "ReadWriteOncePod"]),
+              help="DataVolume access mode (default: the storage profile's).")
+@click.option("--volume-mode", default=None, type=click.Choice(["Filesystem", "Block"]),
+              help="DataVolume volume mode (default: the storage profile's).")
+@click.option("--size", default=None, metavar="SIZE",
+              help="DataVolume size, e.g. 20Gi (default: the image's virtual size).")
+@click.option("--force-bind", is_flag=True,
+              help="Bind the PVC at once even with a WaitForFirstConsumer storage class.")
+@click.option("--wait-timeout", type=float, default=300.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for each DataVolume phase (UploadReady, Succeeded).")
+@kube
+@click.option("--as-is", "as_is", is_flag=True,
+              help="Disks without a conversion: upload the source image itself when CDI can "
+                   "import it (raw, qcow2 without backing file, single-file vmdk, vdi, vhd, "
+                   "vhdx); CDI converts it on import (needs scratch space).")
+@click.option("--follow", is_flag=True,
+              help="With an INVENTORY: wait for disks still being converted (vmmove convert "
+                   "running beside this) and upload each as soon as it is done.")
+@click.option("--redo", is_flag=True, help="Upload again images the journal records as done.")
+@output_format()
+def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | None,
+           proxy: str | None, as_is: bool, follow: bool, redo: bool, output: str,
+           **kw: Any) -> None:
+    """Upload converted images to S3 or through CDI's upload proxy.
+
+    \b
+    vmmove upload inventory.yaml --workdir W --s3 s3://images/vms --endpoint-url http://minio:9000
+    vmmove upload inventory.yaml web --workdir W --cdi-uploadproxy https://cdi-uploadproxy -n vms
+    vmmove upload ./images --s3 s3://images/vms --profile backup
+
+    With an INVENTORY, the images are the outputs vmmove convert recorded in the work
+    folder's journal (disks not converted yet are refused and listed); with a DIR, every
+    image file in it.  Each upload is journalled (kind upload), so vmmove manifests knows
+    where each disk went, and a rerun resumes an interrupted S3 upload from the parts
+    already stored and skips objects already complete with the right size and sha256.
+    S3 credentials are read the aws-cli way and written only into a Secret manifest
+    (mode 0600) in the work folder, for CDI's s3 source.
+    """
+    from converters.transfer.base import run_transfers
+    from migrate.serialize import load_inventory
+    from migrate.state import Journal
+    from migrate.workdir import journal_path
+
+    src = Path(source)
+    if src.is_dir():
+        if vms:
+            raise UsageError("VM names go with an INVENTORY, not with a folder of images")
+        if follow or as_is:
+            raise UsageError("--follow and --as-is go with an INVENTORY")
+        folder = Path(workdir) if workdir else src
+        inv = None
+    else:
+        if not workdir:
+            raise UsageError(f"{source}: an INVENTORY needs --workdir DIR (where vmmove "
+                             "convert put the images)")
+        folder = Path(workdir)
+        jf = journal_path(folder)
+        if not jf.is_file() and not as_is:
+            raise UsageError(f"{folder}: no vmmove journal here ({jf.name}); run vmmove "
+                             "convert --to DIR first")
+        inv = load_inventory(source)
+    backend = _backend(s3, proxy, folder, kw)
+    jf = journal_path(folder)
+    with Journal(jf) as journal, _upload_lock(jf):
+        if inv is None:
+            items = _folder_items(src, journal, need_info=bool(proxy))
+            pending: list[tuple[str, str]] = []
+        else:
+            items, pending = _inventory_items(inv, vms, journal, as_is, follow)
+            if pending and not follow:
+                listed = "; ".join(f"{label}: {why}" for label, why in pending)
+                raise UsageError(f"{len(pending)} disk(s) not ready to upload ({listed}); run "
+                                 "vmmove convert first (or --follow while it runs)")
+        backend.prepare()
+        total = sum(i.size for i in items)
+        progress = BarProgress(total, len(items) + len(pending))
+        results: list[TransferResult] = []
+        try:
+            results += run_transfers(backend, items, journal, progress, redo=redo)
+            if inv is not None and follow:
+                results += _follow(inv, vms, journal, backend, progress, redo,
+                                   {i.item for i in items})
+        finally:
+            progress.close()
+    for r in results:
+        if not r.ok:
+            click.echo(f"vmmove: error: {r.error}", err=True)
+    emit([_data(r) for r in results], output,
+         ["ITEM", "BACKEND", "STATUS", "SIZE", "SENT", "TIME", "DESTINATION/ERROR"],
+         _rows(results))
+    failed = sum(1 for r in results if not r.ok)
+    if failed:
+        raise VmmoveError(f"{failed} of {len(results)} image(s) failed; fix and rerun "
+                          "(finished ones are skipped, S3 uploads resume)")
+
+
+def _follow(inv: Inventory, vms: tuple[str, ...], journal: Journal, backend: Backend,
+            progress: BarProgress, redo: bool, seen: set[str]) -> list[TransferResult]:
+    """Upload disks as their conversions finish, until none is left in progress."""
+    from converters.transfer.base import FAILED, TransferResult, transfer_one
+    from migrate.progress import log
+
+    results: list[TransferResult] = []
+    reported: set[str] = set()
+    while True:
+        items, pending = _inventory_items(inv, vms, journal, False, True)
+        fresh = [i for i in items if i.item not in seen]
+        for item in fresh:
+            seen.add(item.item)
+            progress.overall.total = (progress.overall.total or 0) + item.size
+            results.append(transfer_one(backend, item, journal, progress, redo=redo))
+        waiting = []
+        for label, why in pending:
+            if why.startswith("conversion failed") or "missing" in why:
+                if label not in reported:
+                    reported.add(label)
+                    results.append(TransferResult(label, backend.name, FAILED, 0,
+                                                  error=f"{label}: {why}"))
+            else:
+                waiting.append(label)
+        if not waiting:
+            return results
+        if not fresh:
+            log(f"waiting for {len(waiting)} conversion(s): {', '.join(waiting[:4])}")
+            time.sleep(1.0)
+
+
+commands = [upload]

@@ -1,0 +1,351 @@
+"""vmmove upload to S3, against a real SeaweedFS on loopback and real qemu-img images."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from migrate.model import VM, Disk, Inventory, Source, SourceKind
+from migrate.serialize import save_inventory
+from migrate.state import DONE, Journal
+from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, journal_path
+from tests.conftest import Cli, qemu_img, qemu_io
+from tests.s3_support import (  # noqa: F401 - fixtures
+    SECRET_KEY,
+    SeaweedFS,
+    s3_bucket,
+    s3_env,
+    s3_server,
+)
+
+MiB = 1 << 20
+
+
+def make_qcow2(path: Path, virtual: str, writes: list[tuple[int, int, int]]) -> Path:
+    """A qcow2 with ``(pattern, offset MiB, length MiB)`` regions written by qemu-io."""
+    qemu_img("create", "-q", "-f", "qcow2", str(path), virtual)
+    for pattern, offset, length in writes:
+        qemu_io(str(path), f"write -P {pattern:#x} {offset}M {length}M", fmt="qcow2")
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def same_image(a: Path, b: Path) -> None:
+    proc = subprocess.run(["qemu-img", "compare", str(a), str(b)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def converted_workdir(tmp_path: Path, disks: dict[str, Path | None]) -> tuple[Path, Path]:
+    """An inventory with one VM ``web`` and a work folder whose journal records the
+    conversions of the disks given a path (as vmmove convert records them, see
+    migrate.workdir); a disk mapped to None is left unconverted."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    vm = VM(name="web", uuid="6a1f0c2e-0000-4000-8000-00000000a001",
+            source=Source(SourceKind.DOMAIN_XML, str(tmp_path / "web.xml")),
+            disks=[Disk(target=t, bus="virtio", path=str(tmp_path / f"src-{t}.qcow2"),
+                        format="qcow2") for t in disks])
+    inventory = tmp_path / "inventory.yaml"
+    save_inventory(Inventory(vms=[vm]), inventory)
+    with Journal(journal_path(workdir)) as journal:
+        for disk in vm.disks:
+            image = disks[disk.target]
+            if image is None:
+                continue
+            output = workdir / f"web-{disk.target}.qcow2"
+            output.write_bytes(image.read_bytes())
+            item = disk_item(vm, disk)
+            journal.start(KIND_CONVERT, item, output=str(output), format="qcow2",
+                          source=disk.path, virtual_size=64 * MiB)
+            journal.done(KIND_CONVERT, item, bytes=output.stat().st_size,
+                         checksum=f"sha256:{sha256_of(output)}", verified=True,
+                         allocated=output.stat().st_blocks * 512)
+    return inventory, workdir
+
+
+def upload_steps(workdir: Path) -> dict[str, object]:
+    with Journal(journal_path(workdir)) as journal:
+        return {s.item: s for s in journal.steps(KIND_UPLOAD)}
+
+
+def test_inventory_disks_reach_s3_intact_with_url_secret_and_journal(
+        cli: Cli, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str,
+        s3_env: dict[str, str]) -> None:
+    small = make_qcow2(tmp_path / "small.qcow2", "64M", [(0xA1, 0, 2)])  # one PutObject
+    big = make_qcow2(tmp_path / "big.qcow2", "64M", [(0xB2, 0, 9), (0xC3, 30, 12)])  # multipart
+    inventory, workdir = converted_workdir(tmp_path, {"vda": big, "vdb": small})
+
+    result = cli("upload", str(inventory), "--workdir", str(workdir),
+                 "--s3", f"s3://{s3_bucket}/vms/batch1", "--endpoint-url", s3_server.endpoint,
+                 "-o", "json", ok=True)
+    rows = {r["item"]: r for r in json.loads(result.stdout)}
+    assert {r["status"] for r in rows.values()} == {"uploaded"}
+
+    steps = upload_steps(workdir)
+    vm_key = "6a1f0c2e-0000-4000-8000-00000000a001"
+    for target, source in (("vda", big), ("vdb", small)):
+        step = steps[f"{vm_key}/{target}"]
+        assert step.status == DONE
+        key = f"vms/batch1/web-{target}.qcow2"
+        port = s3_server.endpoint.rsplit(":", 1)[1]
+        assert step.data["backend"] == "s3"
+        assert step.data["url"] == f"http://127.0.0.1:{port}/{s3_bucket}/{key}"
+        assert step.data["size"] == source.stat().st_size
+        assert step.checksum == f"sha256:{sha256_of(source)}"
+        assert step.data["sent"] == source.stat().st_size
+        fetched = tmp_path / f"fetched-{target}.qcow2"
+        head = s3_server.download(s3_bucket, key, fetched)
+        assert head["Metadata"]["sha256"] == sha256_of(source)
+        assert head["ContentLength"] == source.stat().st_size
+        same_image(source, fetched)
+        assert sha256_of(fetched) == sha256_of(source)
+
+    # The Secret manifest: named in the journal, mode 0600, the keys CDI's s3 source reads.
+    secret_file = Path(steps[f"{vm_key}/vda"].data["secret_file"])
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = yaml.safe_load(secret_file.read_text())
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == steps[f"{vm_key}/vda"].data["secret"]
+    assert base64.b64decode(secret["data"]["secretKey"]).decode() == SECRET_KEY
+    assert base64.b64decode(secret["data"]["accessKeyId"]).decode() == s3_server.access_key
+
+    # A rerun sends nothing: the objects are complete with the right size and checksum.
+    again = cli("upload", str(inventory), "--workdir", str(workdir),
+                "--s3", f"s3://{s3_bucket}/vms/batch1", "--endpoint-url", s3_server.endpoint,
+                "-o", "json", ok=True)
+    assert {(r["status"], r["sent"]) for r in json.loads(again.stdout)} == {("skipped", 0)}
+
+
+def test_folder_upload_hashes_while_sending_and_stores_the_checksum(
+        cli: Cli, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str,
+        s3_env: dict[str, str]) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = make_qcow2(folder / "db-disk.qcow2", "128M", [(0x11, 0, 10), (0x22, 100, 14)])
+    raw = folder / "tiny.raw"
+    raw.write_bytes(os.urandom(300_000))
+    (folder / "notes.txt").write_text("not an image")
+
+    result = cli("upload", str(folder), "--s3", f"s3://{s3_bucket}",
+                 "--endpoint-url", s3_server.endpoint, "--parallel", "3", ok=True)
+    assert "db-disk.qcow2" in result.stdout and "tiny.raw" in result.stdout
+    assert "notes.txt" not in result.stdout
+    steps = upload_steps(folder)
+    assert set(steps) == {"db-disk.qcow2", "tiny.raw"}
+    for name, path in (("db-disk.qcow2", image), ("tiny.raw", raw)):
+        assert steps[name].checksum == f"sha256:{sha256_of(path)}"
+        head = s3_server.client().head_object(Bucket=s3_bucket, Key=name)
+        assert head["Metadata"]["sha256"] == sha256_of(path)
+    fetched = tmp_path / "back.qcow2"
+    s3_server.download(s3_bucket, "db-disk.qcow2", fetched)
+    same_image(image, fetched)
+
+
+def test_disks_not_converted_are_refused_and_listed(
+        cli: Cli, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str,
+        s3_env: dict[str, str]) -> None:
+    image = make_qcow2(tmp_path / "a.qcow2", "16M", [(0x33, 0, 1)])
+    inventory, workdir = converted_workdir(tmp_path, {"vda": image, "vdb": None, "vdc": None})
+    result = cli("upload", str(inventory), "--workdir", str(workdir),
+                 "--s3", f"s3://{s3_bucket}", "--endpoint-url", s3_server.endpoint, ok=False)
+    assert "web/vdb: not converted yet" in result.stderr
+    assert "web/vdc: not converted yet" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert s3_server.client().list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
+
+
+def test_wrong_credentials_and_missing_bucket_fail_clearly(
+        cli: Cli, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str,
+        s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "x.raw").write_bytes(b"\x01" * 4096)
+
+    missing = cli("upload", str(folder), "--s3", "s3://no-such-bucket-vmmove/p",
+                  "--endpoint-url", s3_server.endpoint, ok=False)
+    assert missing.stderr.strip() == "vmmove: error: s3://no-such-bucket-vmmove: no such bucket"
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-right-secret")
+    denied = cli("upload", str(folder), "--s3", f"s3://{s3_bucket}/p",
+                 "--endpoint-url", s3_server.endpoint, ok=False)
+    assert denied.stderr.startswith(f"vmmove: error: s3://{s3_bucket}: access denied")
+    assert "not-the-right-secret" not in denied.stderr + denied.stdout
+    assert len(denied.stderr.strip().splitlines()) == 1
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    none = cli("upload", str(folder), "--s3", f"s3://{s3_bucket}/p",
+               "--endpoint-url", s3_server.endpoint, ok=False)
+    assert "no AWS credentials" in none.stderr
+    nope = cli("upload", str(folder), "--s3", f"s3://{s3_bucket}/p", "--profile", "nope",
+               "--endpoint-url", s3_server.endpoint, ok=False)
+    assert "AWS profile 'nope' not found" in nope.stderr
+
+
+def test_profile_from_shared_credentials_file(
+        cli: Cli, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str,
+        s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    Path(s3_env["AWS_SHARED_CREDENTIALS_FILE"]).write_text(
+        f"[migration]\naws_access_key_id = {s3_server.access_key}\n"
+        f"aws_secret_access_key = {SECRET_KEY}\n")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "p.raw").write_bytes(os.urandom(70_000))
+    cli("upload", str(folder), "--s3", f"s3://{s3_bucket}/prof", "--profile", "migration",
+        "--endpoint-url", s3_server.endpoint, ok=True)
+    body = s3_server.client().get_object(Bucket=s3_bucket, Key="prof/p.raw")["Body"].read()
+    assert body == (folder / "p.raw").read_bytes()
+
+
+def test_secret_key_appears_only_in_the_secret_manifest(
+        cli: Cli, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str,
+        s3_env: dict[str, str]) -> None:
+    image = make_qcow2(tmp_path / "s.qcow2", "32M", [(0x44, 0, 9)])
+    inventory, workdir = converted_workdir(tmp_path, {"vda": image})
+    outputs = []
+    for fmt in ("table", "json", "yaml"):
+        r = cli("upload", str(inventory), "--workdir", str(workdir), "--s3",
+                f"s3://{s3_bucket}/sec", "--endpoint-url", s3_server.endpoint, "-o", fmt,
+                "--redo", ok=True)
+        outputs.append(r.stdout + r.stderr)
+    encoded = base64.b64encode(SECRET_KEY.encode()).decode()
+    for text in outputs:
+        assert SECRET_KEY not in text and encoded not in text
+    holders = []
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            if SECRET_KEY.encode() in blob or encoded.encode() in blob:
+                holders.append(path.name)
+    secret_files = [p.name for p in workdir.glob("*.secret.yaml")]
+    assert holders == secret_files and len(secret_files) == 1
+
+
+def _run_upload(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    from tests.s3_support import subprocess_env
+
+    return subprocess.Popen([sys.executable, "-c", "from migrate.cli import run; run()", "upload", *args],
+                            env=subprocess_env(env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+
+
+def _parts_stored(server: SeaweedFS, bucket: str, key: str) -> int:
+    client = server.client(retries=1)
+    try:
+        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    except Exception:
+        return 0
+    count = 0
+    for up in uploads:
+        if up["Key"] == key:
+            parts = client.list_parts(Bucket=bucket, Key=key, UploadId=up["UploadId"])
+            count = max(count, len(parts.get("Parts", [])))
+    return count
+
+
+def _wait_parts(server: SeaweedFS, bucket: str, key: str, n: int, proc: subprocess.Popen[str],
+                timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while _parts_stored(server, bucket, key) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no {n} parts of {key} after {timeout}s"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_killed_upload_resumes_sending_only_missing_parts(
+        cli: Cli, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str,
+        s3_env: dict[str, str]) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = make_qcow2(folder / "big.qcow2", "256M",
+                       [(0x51, 0, 30), (0x62, 64, 30), (0x73, 200, 36)])
+    size = image.stat().st_size
+    assert size > 90 * MiB
+    key = "resume/big.qcow2"
+    args = [str(folder), "--s3", f"s3://{s3_bucket}/resume", "--endpoint-url",
+            s3_server.endpoint, "--parallel", "2", "--max-bandwidth", "24MB/s"]
+    proc = _run_upload(args, s3_env)
+    _wait_parts(s3_server, s3_bucket, key, 3, proc)
+    proc.kill()
+    proc.wait()
+
+    with Journal(journal_path(folder)) as journal:
+        step = journal.get(KIND_UPLOAD, "big.qcow2")
+    assert step is not None and step.status != DONE and step.data["s3"]["upload_id"]
+    stored = _parts_stored(s3_server, s3_bucket, key)
+    assert stored >= 3
+
+    result = cli("upload", *args[:-2], "-o", "json", ok=True)
+    (row,) = json.loads(result.stdout)
+    assert row["status"] == "resumed"
+    part = step.data["s3"]["part_size"]
+    assert row["sent"] <= size - stored * part, (row["sent"], size, stored)
+    assert row["checksum"] == f"sha256:{sha256_of(image)}"
+    fetched = tmp_path / "fetched.qcow2"
+    head = s3_server.download(s3_bucket, key, fetched)
+    assert head["Metadata"]["sha256"] == sha256_of(image)
+    assert sha256_of(fetched) == sha256_of(image)
+    same_image(image, fetched)
+    assert s3_server.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+@pytest.mark.slow
+def test_server_restart_during_upload_is_retried_to_completion(
+        tmp_path: Path, s3_env: dict[str, str]) -> None:
+    import resource
+
+    server = SeaweedFS(tmp_path / "private-s3")
+    server.start()
+    try:
+        bucket = server.new_bucket()
+        folder = tmp_path / "images"
+        folder.mkdir()
+        image = make_qcow2(folder / "r.qcow2", "128M", [(0x81, 0, 30), (0x92, 64, 34)])
+        key = "r.qcow2"
+        env = server.env(tmp_path)
+        proc = _run_upload([str(folder), "--s3", f"s3://{bucket}", "--endpoint-url",
+                            server.endpoint, "--parallel", "2", "--max-bandwidth", "16MB/s"], env)
+        _wait_parts(server, bucket, key, 2, proc)
+        assert proc.poll() is None  # still uploading when the server goes away
+        server.stop()
+        server.start()
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        assert peak < 256 * MiB, f"uploader peak RSS {peak / MiB:.0f} MiB"
+        fetched = tmp_path / "fetched.qcow2"
+        head = server.download(bucket, key, fetched)
+        assert head["Metadata"]["sha256"] == sha256_of(image)
+        same_image(image, fetched)
+    finally:
+        server.stop()
+
+
+def test_part_size_grows_to_stay_within_ten_thousand_parts() -> None:
+    from converters.transfer.s3 import part_size_for
+
+    assert part_size_for(100 * MiB) == 8 * MiB
+    for size in (80 * 1024 * MiB, 1024 * 1024 * MiB, 5 * 1024 * 1024 * MiB):
+        part = part_size_for(size)
+        assert -(-size // part) <= 10_000 and part >= 8 * MiB
