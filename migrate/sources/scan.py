@@ -1,0 +1,154 @@
+"""``vmmove scan``'s engine: every URI and file in, one :class:`Inventory` out.
+
+Sources are read concurrently (threads: the work is waiting on libvirt daemons, ssh and
+qemu-img, not Python), yet the inventory lists them in the order they were given, folder
+contents sorted, so two scans of the same things produce the same file.  A source that
+fails becomes one :class:`ScanError` line and never stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+from migrate import __version__
+from migrate.errors import VmmoveError
+from migrate.model import VM, Inventory, ScanError
+from migrate.progress import bar
+from migrate.sources import SourceError
+
+DESCRIPTORS = (".xml", ".ovf", ".ova", ".vmx")
+Result = tuple[list[VM], list[ScanError]]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _error(location: str, exc: BaseException) -> ScanError:
+    """A ScanError from any exception, without repeating the location it names."""
+    if isinstance(exc, VmmoveError):
+        message = str(exc)
+    else:  # a reader bug: still one line, never a traceback
+        message = f"unexpected {type(exc).__name__}: {exc}"
+    message = _one_line(message)
+    for prefix in (f"{location}: ", f"{os.path.basename(location)}: "):
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+            break
+    return ScanError(location, message or type(exc).__name__)
+
+
+def read_file(path: str) -> Result:
+    """The VMs of one descriptor file, chosen by extension."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".xml":
+        from migrate.sources.diskprobe import probe_disks
+        from migrate.sources.domxml import read_domain_xml
+
+        vm = read_domain_xml(path)
+        # An offline XML does not say whether the VM runs: read images shared (-U).
+        problems = probe_disks((vm, d, True) for d in vm.disks)
+        return [vm], [ScanError(path, _one_line(f"VM '{v.name}': {p}")) for v, p in problems]
+    if ext == ".ovf":
+        from migrate.sources.ovf import read_ovf
+
+        return list(read_ovf(path)), []
+    if ext == ".ova":
+        from migrate.sources.ova import read_ova
+
+        return list(read_ova(path)), []
+    if ext == ".vmx":
+        from migrate.sources.vmx import read_vmx
+
+        return [read_vmx(path)], []
+    raise SourceError(
+        f"{path}: unknown kind of file (expected a domain .xml, .ovf, .ova or .vmx)"
+    )
+
+
+def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
+    """Descriptor files under ``path`` (sorted, recursive); other files are skipped.
+
+    An explicit file is always yielded, whatever its extension, so that an unknown one is
+    reported; a missing path yields its error.
+    """
+    abspath = os.path.abspath(path)
+    if os.path.isfile(abspath):
+        yield abspath, None
+        return
+    if not os.path.isdir(abspath):
+        yield abspath, ScanError(abspath, "no such file or directory")
+        return
+
+    def onerror(exc: OSError) -> None:
+        raise exc
+
+    try:
+        for root, dirs, files in os.walk(abspath, onerror=onerror):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue  # editor and partial-write files
+                if os.path.splitext(name)[1].lower() in DESCRIPTORS:
+                    yield os.path.join(root, name), None
+    except OSError as exc:
+        where = exc.filename or abspath
+        yield where, ScanError(where, exc.strerror or str(exc))
+
+
+def _guard(location: str, work: Callable[[], Result]) -> Result:
+    try:
+        return work()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+        return [], [_error(location, exc)]
+
+
+def scan(
+    uris: list[str],
+    paths: list[str],
+    jobs: int | None = None,
+    timeout: float | None = None,
+) -> Inventory:
+    """Read every libvirt URI and every file (folders recursively) into one inventory."""
+    from migrate.sources.libvirt_uri import DEFAULT_TIMEOUT, scan_uri
+
+    limit = timeout or DEFAULT_TIMEOUT
+    slots: list[Result | None] = []
+    tasks: list[tuple[int, str, Callable[[], Result]]] = []
+    for uri in uris:
+        tasks.append((len(slots), uri, lambda u=uri: scan_uri(u, jobs=jobs, timeout=limit)))
+        slots.append(None)
+    for path in paths:
+        for found, error in walk(path):
+            if error is not None:
+                slots.append(([], [error]))
+            else:
+                tasks.append((len(slots), found, lambda f=found: read_file(f)))
+                slots.append(None)
+
+    workers = max(1, min(jobs or 8, len(tasks) or 1))
+    with bar(len(tasks), "scan", unit="source") as progress:
+        if workers == 1:
+            for slot, location, work in tasks:
+                slots[slot] = _guard(location, work)
+                progress.update(1)
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan") as pool:
+                futures = {slot: pool.submit(_guard, location, work) for slot, location, work in tasks}
+                for slot, future in futures.items():
+                    slots[slot] = future.result()
+                    progress.update(1)
+
+    inventory = Inventory(
+        scanned_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        vmmove_version=__version__,
+    )
+    for result in slots:
+        assert result is not None
+        vms, errors = result
+        inventory.vms.extend(vms)
+        inventory.errors.extend(ScanError(e.source, _one_line(e.message)) for e in errors)
+    return inventory
