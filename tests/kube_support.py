@@ -209,10 +209,10 @@ class Cdi:
     folder: Path
     wffc: bool = False  # storage class WaitForFirstConsumer: bind only when annotated
     reject_first_post: bool = False  # 401 for the first POST (expired token)
-    tokens: dict[str, str] = field(default_factory=dict)  # token → pvcName
+    tokens: dict[str, tuple[str, str]] = field(default_factory=dict)  # token → (ns, pvcName)
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     proxy_requests: list[ProxyRequest] = field(default_factory=list)
-    received: dict[str, Path] = field(default_factory=dict)  # pvc → stored bytes
+    received: dict[str, Path] = field(default_factory=dict)  # pvcName → the bytes stored
     expired: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -248,10 +248,10 @@ class Cdi:
             body = request.data or {}
             pvc = (body.get("spec") or {}).get("pvcName")
             token = f"token-{next(self._counter)}-{uuid.uuid4().hex[:8]}"
-            with self._lock:
-                self.tokens[token] = pvc
-                self.token_requests.append(body)
             ns = request.namespace or (body.get("metadata") or {}).get("namespace")
+            with self._lock:
+                self.tokens[token] = (ns, pvc)
+                self.token_requests.append(body)
             name = (body.get("metadata") or {}).get("name")
             del emulator.objects[UTR, ns, name]  # cdi-apiserver keeps no UploadTokenRequests
             return kmock.Response(status=201, payload={**body, "status": {"token": token}})
@@ -291,7 +291,7 @@ class Cdi:
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
-            def _auth(self) -> tuple[str | None, str | None]:
+            def _auth(self) -> tuple[str | None, tuple[str, str] | None]:
                 header = self.headers.get("Authorization")
                 token = header[7:] if header and header.startswith("Bearer ") else None
                 with cdi._lock:
@@ -318,7 +318,7 @@ class Cdi:
                 cdi.proxy_requests.append(record)
                 length = int(self.headers.get("Content-Length") or 0)
                 digest = hashlib.sha256()
-                target = cdi.folder / f"received-{pvc or 'rejected'}.img"
+                target = cdi.folder / f"received-{'-'.join(pvc) if pvc else 'rejected'}.img"
                 with open(target, "wb") as out:
                     remaining = length
                     while remaining:
@@ -342,8 +342,8 @@ class Cdi:
                     record.status = 401
                 else:
                     record.status = 200
-                    cdi.received[pvc] = target
-                    cdi.api.patch(DV, cdi.api.namespace, pvc, {"status": {
+                    cdi.received[pvc[1]] = target
+                    cdi.api.patch(DV, pvc[0], pvc[1], {"status": {
                         "phase": "Succeeded", "progress": "100.0%"}})
                 self._answer(record.status, "" if record.status == 200 else "unauthorized")
 

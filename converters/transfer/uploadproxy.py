@@ -274,6 +274,11 @@ class UploadProxyBackend(Backend):
                     return self._result(item, name, SKIPPED, step.checksum, 0)
                 raise TransferError(f"{where}: already holds an image (Succeeded); delete it "
                                     "to upload again")
+            annotations = (dv.get("metadata") or {}).get("annotations") or {}
+            if self.options.force_bind and annotations.get(BIND_IMMEDIATE) != "true":
+                self._k8s(where, self._api.patch_namespaced_custom_object,
+                          CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL, name,
+                          {"metadata": {"annotations": {BIND_IMMEDIATE: "true"}}})
         else:
             self._k8s(where, self._api.create_namespaced_custom_object,
                       CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL,
