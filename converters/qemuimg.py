@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from migrate.errors import VmmoveError
 from migrate.imageinfo import qemu_img
 
-#: Flags added to every ``qemu-img convert``.  Chosen by measurement (bench/convert.py, see
-#: docs/convert.md): on this class of machine qemu-img's own defaults (writeback source
-#: cache, 8 coroutines, in-order writes, 4 KiB zero detection) were as fast as anything
-#: hand-tuned; ``-t none``/``-T none`` halved throughput and ``-m 16``/``-W`` gave no steady
-#: gain on 2 cores.  ``-t unsafe`` skips qemu's flushes; vmmove syncs the finished file
-#: itself (only when verifying, see converters.convert) so durability is a separate choice.
-FAST_FLAGS: tuple[str, ...] = ("-t", "unsafe")
+#: Flags added to every ``qemu-img convert``: none.  Chosen by measurement (bench/convert.py,
+#: numbers in docs/convert.md): qemu-img's own defaults (``-t unsafe`` for the output, i.e.
+#: no flushes; writeback source cache; 8 coroutines; in-order writes; 4 KiB zero detection)
+#: were as fast as or faster than every hand-tuned set on this class of machine.
+#: ``-t writeback`` cost ~1.9x, ``-t none``/``-T none`` 2.5-3x, ``-W``/``-m 16`` gave no
+#: steady gain on 2 cores.  Durability is vmmove's job: it fsyncs an output it has verified
+#: before the journal records it done (see converters.convert).
+FAST_FLAGS: tuple[str, ...] = ()
 
 #: Source formats vmmove converts (qemu driver names).  ``vpc`` is VHD.
 SOURCE_FORMATS = frozenset(

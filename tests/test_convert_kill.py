@@ -100,3 +100,32 @@ def test_sigkill_mid_batch_then_rerun_finishes_without_redoing(tmp_path: Path) -
         assert compare(image, "vmdk", work / f"vm{i}-vda.qcow2", "qcow2") == 0
     assert not [p.name for p in work.iterdir() if p.name.endswith(".part")]
     assert '"status": "skipped"' in rerun.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    vms = []
+    for i in range(3):
+        path, fmt = make_image(src, "vmdk", f"d{i}", size=128 * MiB,
+                               pattern=[(0x20 + i, 0, 32 * MiB)])
+        vms.append(vm(f"vm{i}", [disk("vda", path, fmt)]))
+    inv = inventory_file(tmp_path, vms)
+    work = tmp_path / "work"
+    command = [sys.executable, "-c", "from migrate.cli import run; run()", "convert", str(inv),
+               "--batch", "--jobs", "1", "--to", str(work), "--compress"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 60
+    while not any(status == "running" for status, _ in journal_rows(work).values()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; rerun the same command to resume" in stderr
+    rows = journal_rows(work)
+    assert not any(status == "running" for status, _ in rows.values()), rows
+    assert not [p.name for p in work.iterdir() if p.name.endswith(".part")]
+    assert not qemu_img_children(work)
