@@ -52,7 +52,9 @@ def dns1123_label(name: str, limit: int = MAX_LABEL) -> str:
 
 def assign_names(names: Iterable[tuple[str, str]], limit: int = MAX_LABEL) -> dict[str, str]:
     """Target names for ``(key, original name)`` pairs, unique and order-independent (rule 3)."""
-    pairs = list(names)
+    # One name per key: a key repeated (two scans of one VM) must not count as a collision,
+    # or every repeat would push the suffix loop below further, without end.
+    pairs = list({key: original for key, original in reversed(list(names))}.items())
     groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for key, original in pairs:
         groups[dns1123_label(original, limit)].append((key, original))

@@ -133,7 +133,9 @@ POSITIVE: list[tuple[str, Mutation, str, str | None]] = [
     ("disk-shareable", disk0(shareable=True), "shared", "vda"),
     ("disk-network", disk0(source_type="network", protocol="rbd", path="pool/img", hosts=["mon1:6789"]), "rbd:pool/img on mon1:6789", "vda"),
     ("disk-block", disk0(source_type="block", path="/dev/vg0/web"), "/dev/vg0/web", "vda"),
+    ("disk-vhost", disk0(source_type="vhostuser", path="/run/vhost-blk.sock"), "vhostuser disk (/run/vhost-blk.sock)", "vda"),
     ("disk-lun", disk0(device="lun", source_type="block", path="/dev/sdb", bus="scsi"), "LUN", "vda"),
+    ("disk-block", disk0(source_type="nvme", path="0000:02:00.0"), "host NVMe namespace 0000:02:00.0", "vda"),
     ("disk-dir", disk0(source_type="dir", path="/srv/share"), "/srv/share", "vda"),
     ("disk-bus-ide", disk0(bus="ide", target="hda"), "hda on IDE becomes sata", "hda"),
     ("disk-bus-other", disk0(bus="nvme"), "bus nvme becomes sata", "vda"),
@@ -147,7 +149,7 @@ POSITIVE: list[tuple[str, Mutation, str, str | None]] = [
     ("usb-passthrough", add_device("usb-passthrough", vendor="0x046d", product="0xc52b"), "0x046d:0xc52b", "0x046d:0xc52b"),
     ("mdev-passthrough", add_device("mdev", uuid="c2177883-f1bb-47f0-914d-32a22e3a8804"), "c2177883", "c2177883-f1bb-47f0-914d-32a22e3a8804"),
     ("scsi-passthrough", add_device("scsi-passthrough", address="scsi_host0:0:0:0"), "scsi_host0", "scsi_host0:0:0:0"),
-    ("filesystem-share", add_device("filesystem", "mount", source="/srv/data"), "/srv/data", "/srv/data"),
+    ("filesystem-share", add_device("filesystem", "mount", source_dir="/srv/data", target_dir="data"), "/srv/data", "/srv/data"),
     ("graphics-spice", device_model("graphics", "spice"), "SPICE", "spice"),
     ("graphics-other", device_model("graphics", "sdl"), "sdl display", "sdl"),
     ("video-model", device_model("video", "qxl"), "qxl", "qxl"),
@@ -191,6 +193,8 @@ NEGATIVE: list[tuple[str, Mutation]] = [
     ("disk-size-unknown", disk0(virtual_size=None, error="Permission denied")),
     ("disk-size-unknown", disk0(virtual_size=None, path=None)),
     ("disk-bus-ide", add_disk(target="hdc", device="cdrom", bus="ide", source_type="none")),
+    ("disk-block", disk0(source_type="volume", pool="default", volume="web.qcow2")),
+    ("disk-vhost", disk0(source_type="network", protocol="nbd", hosts=["h:10809"])),
     ("disk-bus-other", disk0(bus="sata")),
     ("disk-bus-other", disk0(bus="usb")),
     ("disk-bus-other", disk0(bus="ide")),
@@ -393,3 +397,12 @@ def test_unused_model_fields_do_not_trip_rules() -> None:
     vm.devices.append(Device(kind="rng", model="virtio"))
     vm.devices.append(Device(kind="input", model="tablet"))
     assert assess_vm(vm) == []
+
+
+def test_many_vms_sharing_one_key_are_assessed_quickly_and_keep_a_plain_name() -> None:
+    """Two scans of one source repeat every key; naming once looped without end on that."""
+    vms = [clean_vm("Guest 1", uuid="same-uuid", mac=f"52:54:00:00:01:{i:02x}") for i in range(40)]
+    result = assess(Inventory(vms=vms))
+    assert list(result) == ["same-uuid"]
+    assert target_names(Inventory(vms=vms)) == {"same-uuid": "guest-1"}
+    assert "'guest-1'" in next(c.message for c in result["same-uuid"] if c.id == "name-not-dns1123")

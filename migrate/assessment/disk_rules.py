@@ -99,10 +99,24 @@ def disk_network(vm: VM, ctx: Context) -> Iterator[Hit]:
     "while it is copied.",
 )
 def disk_block(vm: VM, ctx: Context) -> Iterator[Hit]:
-    """A host block device (LVM, multipath) is read from the host, not copied as a file."""
+    """A host block device (LVM, multipath, NVMe) is read from the host, not copied as a file."""
     for disk in data_disks(vm):
-        if disk.source_type == "block":
-            yield Hit(f"disk {disk.target} is host block device {disk.path}", subject=disk.target)
+        if disk.source_type in ("block", "nvme"):
+            what = "host NVMe namespace" if disk.source_type == "nvme" else "host block device"
+            yield Hit(f"disk {disk.target} is {what} {disk.path or ''}".rstrip(), subject=disk.target)
+
+
+@rule(
+    "disk-vhost",
+    WARNING,
+    "Export the data the vhost-user/vDPA backend serves into an image file (or a block device) "
+    "on the source host, point the disk at it and rescan.",
+)
+def disk_vhost(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A vhost-user or vDPA disk is served by a host process or device qemu-img cannot read."""
+    for disk in data_disks(vm):
+        if disk.source_type in ("vhostuser", "vhostvdpa"):
+            yield Hit(f"disk {disk.target} is a {disk.source_type} disk ({disk.path or 'no path'})", subject=disk.target)
 
 
 @rule(

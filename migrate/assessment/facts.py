@@ -62,7 +62,7 @@ def nic_label(vm: VM, nic: Nic) -> str:
 def device_label(device: Device) -> str:
     """The most specific name a device has: host address, mdev UUID, vendor:product, model."""
     d = device.details
-    for key in ("address", "uuid", "source", "name", "path"):
+    for key in ("address", "uuid", "source_dir", "source_name", "source", "name", "path"):
         if d.get(key):
             return d[key]
     if d.get("vendor") and d.get("product"):
