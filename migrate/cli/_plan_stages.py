@@ -1,0 +1,387 @@
+"""The steps of a plan wave, driving converters, transfer and manifests from a plan.
+
+This is CLI-layer glue (only ``migrate/cli`` may import converters and manifests): each
+function takes a loaded :class:`~migrate.plan.Plan` and a wave number, does its step for
+that wave's VMs (skipped ones left out) in the plan's work folder and journal, and
+returns a one-line summary, or raises :class:`VmmoveError` naming what failed.  All of
+them are idempotent: the journal says what is already done.  ``vmmove migrate``,
+``vmmove apply`` and the plan options of convert/upload/manifests share them.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from migrate.errors import UsageError, VmmoveError
+from migrate.output import human_size
+from migrate.plan import Plan, PlannedVM
+from migrate.status import KIND_MANIFESTS
+from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, image_basename
+
+if TYPE_CHECKING:
+    from converters.transfer.base import Backend, TransferItem
+    from manifests.generate import ManifestSet
+    from migrate.apply import Applied, ImportState, VmObjects
+    from migrate.kube import Kube
+
+
+def data_disks(p: PlannedVM) -> list[Any]:
+    return [d for d in p.vm.disks if d.device in ("disk", "lun")]
+
+
+def wave_vms(plan: Plan, wave: int) -> list[PlannedVM]:
+    vms = plan.wave(wave)
+    if not vms:
+        raise UsageError(f"{plan.path}: wave {wave} has no VM to migrate (all skipped)")
+    return vms
+
+
+# -- convert ---------------------------------------------------------------------------------
+
+
+def convert_wave(plan: Plan, wave: int, redo: bool = False) -> str:
+    """Convert every disk of the wave's VMs into the plan's work folder."""
+    from converters.convert import FAILED, ConvertOptions, convert_disks
+    from migrate.cli.convert import BarProgress, estimate
+
+    vms = wave_vms(plan, wave)
+    pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
+    c = plan.convert
+    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
+                             force_share=c.force_share, redo=redo)
+    if c.jobs:
+        options.jobs = c.jobs
+    disks = [d for p in vms for d in data_disks(p)]
+    progress = BarProgress(sum(estimate(d) for d in disks), len(disks))
+    try:
+        results = convert_disks(plan.inventory, (), plan.workdir, options, progress,
+                                disks=pairs)
+    finally:
+        progress.close()
+    failed = [r for r in results if r.status == FAILED]
+    if failed:
+        raise VmmoveError(f"convert: {len(failed)} of {len(results)} disk(s) failed: "
+                          + " | ".join(str(r.error) for r in failed))
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return "convert: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+# -- upload ----------------------------------------------------------------------------------
+
+
+@dataclass
+class KubeArgs:
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+
+
+def backend_for(plan: Plan, kube: KubeArgs | None = None,
+                namespace: str | None = None) -> Backend:
+    """The transfer backend the plan names (S3 or the CDI upload proxy)."""
+    t = plan.transfer
+    if t.s3:
+        from converters.transfer.s3 import S3Backend, S3Options
+
+        return S3Backend(S3Options(url=t.s3, workdir=plan.workdir, endpoint_url=t.endpoint_url,
+                                   profile=t.profile, region=t.region,
+                                   secret_name=t.secret_name, secret_namespace=None,
+                                   workers=t.parallel))
+    if t.upload_proxy:
+        from converters.transfer.uploadproxy import ProxyOptions, UploadProxyBackend
+
+        k = kube or KubeArgs()
+        return UploadProxyBackend(ProxyOptions(
+            url=t.upload_proxy, kubeconfig=k.kubeconfig, context=k.context,
+            namespace=namespace or k.namespace or plan.namespace, insecure=t.insecure,
+            storage_class=t.storage_class, force_bind=t.force_bind))
+    raise UsageError(f"{plan.path}: no transfer target: set transfer.s3 (s3://BUCKET/PREFIX) "
+                     "or transfer.uploadProxy (https://…)")
+
+
+def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem], list[str]]:
+    """Items for the converted disks of ``vms``; the disks not converted yet, by name."""
+    from converters.transfer.base import TransferItem
+    from migrate.naming import dns1123_label
+    from migrate.state import DONE
+
+    items: list[TransferItem] = []
+    missing: list[str] = []
+    with plan.journal() as journal:
+        for p in vms:
+            for disk in data_disks(p):
+                item = disk_item(p.vm, disk)
+                label = f"{p.vm.name}/{disk.target}"
+                step = journal.get(KIND_CONVERT, item)
+                output = Path(step.data.get("output", "")) if step and step.status == DONE \
+                    else None
+                if output is None or not output.is_file():
+                    missing.append(label + (" (converted image missing)" if output else ""))
+                    continue
+                items.append(TransferItem(
+                    item=item, name=output.name, size=output.stat().st_size, path=output,
+                    checksum=step.checksum if step else None,
+                    virtual_size=step.data.get("virtual_size") if step else None,
+                    format=step.data.get("format") if step else None,
+                    dv_name=dns1123_label(image_basename(p.name, disk)),
+                    label=f"{label} ({output.name})"))
+    return items, missing
+
+
+class _UploadBars:
+    """An overall tqdm bar for a wave's uploads, log lines when not on a terminal."""
+
+    def __init__(self, total: int, count: int) -> None:
+        from migrate.progress import bar
+
+        self.lock = threading.Lock()
+        self.bar = bar(total, f"upload {count} image(s)")
+
+    def on_queued(self, item: Any, total: int, already: int) -> None:
+        from migrate.progress import log
+
+        with self.lock:
+            self.bar.update(already)
+        log(f"{item.label}: uploading {human_size(total - already)}"
+            + (f" ({human_size(already)} already there)" if already else ""))
+
+    def on_progress(self, item: Any, bytes_transferred: int) -> None:
+        with self.lock:
+            self.bar.update(bytes_transferred)
+
+    def on_done(self, item: Any, result: Any) -> None:
+        from migrate.progress import log
+
+        log(f"{item.label}: {result.status}" + (f": {result.error}" if result.error else ""))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
+                redo: bool = False) -> str:
+    """Send the wave's converted images to the plan's transfer target."""
+    from converters.transfer.base import run_transfers
+
+    from migrate.state import DONE
+
+    vms = wave_vms(plan, wave)
+    items, missing = transfer_items(plan, vms)
+    if missing:
+        raise VmmoveError(f"upload: {len(missing)} disk(s) not converted yet "
+                          f"({', '.join(missing)}); run the convert step first")
+    namespaces = {p.namespace for p in vms}
+    backend = backend_for(plan, kube, namespace=sorted(namespaces)[0])
+    if plan.transfer.upload_proxy and len(namespaces) > 1:
+        raise UsageError(f"{plan.path}: wave {wave}: the upload proxy fills DataVolumes in "
+                         "one namespace; this wave spans " + ", ".join(sorted(namespaces)))
+    with plan.journal() as journal:
+        # Done before with the same bytes to the same backend: not even asked again.
+        done = set() if redo else {
+            i.item for i in items
+            if (s := journal.get(KIND_UPLOAD, i.item)) is not None and s.status == DONE
+            and s.checksum == i.checksum and s.data.get("backend") == backend.name}
+    todo = [i for i in items if i.item not in done]
+    if not todo:
+        return f"upload: {len(items)} image(s) uploaded before, nothing to send"
+    backend.prepare()
+    bars = _UploadBars(sum(i.size for i in todo), len(todo))
+    try:
+        with plan.journal() as journal:
+            results = run_transfers(backend, todo, journal, bars, redo=redo)  # type: ignore[arg-type]
+    finally:
+        bars.close()
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise VmmoveError(f"upload: {len(failed)} of {len(results)} image(s) failed: "
+                          + " | ".join(str(r.error) for r in failed))
+    sent = sum(r.sent for r in results)
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    if done:
+        counts["done before"] = len(done)
+    return (f"upload to {backend.describe()}: "
+            + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            + f", {human_size(sent)} sent")
+
+
+# -- manifests -------------------------------------------------------------------------------
+
+
+def build_manifests(plan: Plan, vms: list[PlannedVM]) -> list[ManifestSet]:
+    """The VirtualMachines (with DataVolume templates) and Secrets of ``vms``."""
+    from manifests.generate import GenerationContext, GenerationOptions, VmOverrides, build_all
+    from manifests.sources import SourceResolver
+    from migrate.workdir import target_names
+
+    d = plan.defaults
+    options = GenerationOptions(namespace=plan.namespace, run_strategy=d.run_strategy,
+                                networks=plan.maps.networks, storage=plan.maps.storage,
+                                keep_cdroms=d.keep_cdroms, preference=d.preference,
+                                instancetype=d.instancetype, timezone=d.timezone)
+    names = {**target_names(plan.inventory), **plan.names()}
+    overrides = {p.key: VmOverrides(name=p.name, namespace=p.namespace,
+                                    run_strategy=p.entry.run_strategy,
+                                    preference=p.entry.preference,
+                                    instancetype=p.entry.instancetype) for p in vms}
+    ctx = GenerationContext(options=options, sources=SourceResolver.from_workdir(plan.workdir),
+                            names=names, overrides=overrides,
+                            scanned_at=plan.inventory.scanned_at)
+    sets, failed = build_all([p.vm for p in vms], ctx)
+    if failed:
+        raise VmmoveError(f"manifests: {len(failed)} of {len(vms)} VM(s) cannot get "
+                          "manifests: " + " | ".join(str(e) for e in failed))
+    return sets
+
+
+def manifests_wave(plan: Plan, wave: int) -> str:
+    """Write the wave's manifests under ``<workdir>/manifests`` and journal them."""
+    from manifests.kustomize import write_tree
+    from migrate.apply import digest
+
+    vms = wave_vms(plan, wave)
+    sets = build_manifests(plan, vms)
+    write_tree(sets, plan.manifests_dir)
+    with plan.journal() as journal:
+        for s in sets:
+            journal.start(KIND_MANIFESTS, s.vm_key)
+            journal.done(KIND_MANIFESTS, s.vm_key, checksum=digest(s.virtual_machine),
+                         name=s.name, namespace=s.namespace,
+                         file=str(plan.manifests_dir / s.namespace / f"{s.name}.yaml"),
+                         secrets=[x["metadata"]["name"] for x in s.secrets],
+                         notes=len(s.notes))
+    return f"manifests: {len(sets)} VirtualMachine(s) in {plan.manifests_dir}"
+
+
+# -- apply -----------------------------------------------------------------------------------
+
+
+def vm_objects(plan: Plan, sets: list[ManifestSet]) -> list[VmObjects]:
+    """What apply sends for each VM, and which DataVolume fills which disk."""
+    from migrate.apply import ImportItem, VmObjects
+    from migrate.state import DONE
+
+    by_key = {p.key: p for p in plan.vms}
+    out: list[VmObjects] = []
+    with plan.journal() as journal:
+        uploads = {s.data.get("dv"): s.item for s in journal.steps(KIND_UPLOAD)
+                   if s.status == DONE and s.data.get("dv")}
+    for s in sets:
+        p = by_key[s.vm_key]
+        targets = {d.target: disk_item(p.vm, d) for d in p.vm.disks}
+        imports: list[ImportItem] = []
+        spec = s.virtual_machine["spec"]
+        templates = {t["metadata"]["name"]: t for t in spec.get("dataVolumeTemplates") or []}
+        for vol in spec["template"]["spec"].get("volumes") or []:
+            dv = (vol.get("dataVolume") or {}).get("name")
+            if not dv:
+                continue
+            if dv in templates:
+                target = templates[dv]["metadata"].get("annotations", {}).get(
+                    "vmmove.io/source-disk")
+                item = targets.get(target or "")
+            else:
+                item = uploads.get(dv)
+            if item is None:
+                continue
+            imports.append(ImportItem(item, f"{p.vm.name}/{item.rsplit('/', 1)[-1]}", dv,
+                                      s.namespace))
+        out.append(VmObjects(s.vm_key, p.vm.name, s.virtual_machine, list(s.secrets), imports))
+    return out
+
+
+class ImportBars:
+    """A tqdm bar per DataVolume (percent), log lines when not on a terminal."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+        self.logged: dict[str, str] = {}
+
+    def update(self, state: ImportState) -> None:
+        from migrate.progress import bar, log
+
+        key = f"{state.item.namespace}/{state.item.dv}"
+        if key not in self.bars:
+            self.bars[key] = bar(100.0, state.item.label, unit="%", position=len(self.bars))
+            self.bars[key].bar_format = "{desc}: {percentage:3.0f}%|{bar}| {postfix}"
+        b = self.bars[key]
+        if state.progress is not None:
+            b.n = state.progress
+        b.set_postfix_str(state.phase or "", refresh=False)
+        b.refresh()
+        line = f"{state.phase}" + (f" {state.progress:.0f}%" if state.progress is not None
+                                   else "")
+        if state.outcome:
+            line = f"{state.outcome}" + (f": {state.reason}" if state.reason else "")
+        if self.logged.get(key) != line:
+            self.logged[key] = line
+            log(f"{state.item.label} (DataVolume {key}): {line}")
+
+    def close(self) -> None:
+        for b in self.bars.values():
+            b.close()
+
+
+@dataclass
+class ApplyOutcome:
+    applied: list[Applied]
+    imports: list[ImportState]
+
+    @property
+    def ok(self) -> bool:
+        return all(a.ok for a in self.applied) and all(
+            s.outcome in ("imported", "waiting") for s in self.imports)
+
+
+def apply_wave(plan: Plan, wave: int, kube: Kube | None, *, dry_run: str | None = None,
+               force: bool = False, wait: bool = True, timeout: float = 3600.0,
+               max_restarts: int = 3, sets: list[ManifestSet] | None = None,
+               on_applied: Any = None) -> ApplyOutcome:
+    """Apply the wave's objects (namespaces, Secrets, VMs), then watch the imports."""
+    from migrate.apply import apply_objects, watch_imports
+
+    vms = wave_vms(plan, wave)
+    sets = sets if sets is not None else build_manifests(plan, vms)
+    objects = vm_objects(plan, sets)
+    with plan.journal() as journal:
+        applied = apply_objects(kube, objects, journal if not dry_run else None,
+                                dry_run=dry_run, force=force, on_applied=on_applied)
+        states: list[ImportState] = []
+        if wait and not dry_run and kube is not None and all(a.ok for a in applied):
+            active = {a.item for a in applied if a.result in ("applied", "unchanged")}
+            items = [i for o in objects if o.key in active for i in o.imports]
+            if items:
+                states = watch_imports(kube, items, journal, timeout=timeout,
+                                       max_restarts=max_restarts, progress=ImportBars())
+    return ApplyOutcome(applied, states)
+
+
+def apply_summary(outcome: ApplyOutcome) -> str:
+    counts: dict[str, int] = {}
+    for a in outcome.applied:
+        counts[a.result] = counts.get(a.result, 0) + 1
+    text = "apply: " + ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
+    if outcome.imports:
+        imp: dict[str, int] = {}
+        for s in outcome.imports:
+            imp[str(s.outcome)] = imp.get(str(s.outcome), 0) + 1
+        text += "; imports: " + ", ".join(f"{n} {o}" for o, n in sorted(imp.items()))
+    return text
+
+
+def apply_errors(outcome: ApplyOutcome) -> list[str]:
+    errors = [str(a.error) for a in outcome.applied if not a.ok]
+    for s in outcome.imports:
+        if s.outcome == "failed":
+            errors.append(f"{s.item.label}: DataVolume {s.item.namespace}/{s.item.dv} import "
+                          f"failed: {s.reason}")
+        elif s.outcome == "timeout":
+            errors.append(f"{s.item.label}: DataVolume {s.item.namespace}/{s.item.dv}: "
+                          f"{s.reason}")
+    return errors

@@ -1,0 +1,129 @@
+"""``vmmove apply PLAN``: put a wave's objects into the cluster and watch the imports."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from migrate.cli.options import kube, output_format
+from migrate.errors import VmmoveError
+from migrate.output import emit
+
+if TYPE_CHECKING:
+    from migrate.cli._plan_stages import ApplyOutcome
+
+HEADERS = ["WAVE", "OBJECT", "RESULT", "DETAIL"]
+
+
+def apply_options(f: Any) -> Any:
+    """Options shared by ``apply`` and ``migrate``."""
+    f = click.option("--max-restarts", type=click.IntRange(min=1), default=3,
+                     show_default=True, metavar="N",
+                     help="Call an import failed once its importer pod restarted N times.")(f)
+    f = click.option("--timeout", type=click.FloatRange(min=1), default=3600.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Stop watching the imports after this long (a rerun watches on).")(f)
+    f = click.option("--wait/--no-wait", default=True, show_default=True,
+                     help="Watch the DataVolumes' imports until they finish.")(f)
+    f = click.option("--force-conflicts", is_flag=True,
+                     help="Take over fields another field manager owns (kubectl's "
+                          "--force-conflicts).")(f)
+    return kube(f)
+
+
+def outcome_rows(wave: int, outcome: ApplyOutcome) -> tuple[list[dict[str, Any]],
+                                                              list[list[Any]]]:
+    data, rows = [], []
+    for a in outcome.applied:
+        detail = a.error or (f"resourceVersion {a.resource_version}"
+                             if a.resource_version else "")
+        data.append({"wave": wave, "kind": a.kind, "namespace": a.namespace, "name": a.name,
+                     "result": a.result, "uid": a.uid, "resourceVersion": a.resource_version,
+                     "error": a.error})
+        rows.append([wave, a.ref, a.result, detail])
+    for s in outcome.imports:
+        ref = f"DataVolume/{s.item.namespace}/{s.item.dv}"
+        detail = s.reason or (f"{s.progress:.0f}%" if s.progress is not None else "")
+        data.append({"wave": wave, "kind": "DataVolume", "namespace": s.item.namespace,
+                     "name": s.item.dv, "disk": s.item.label, "result": s.outcome,
+                     "phase": s.phase, "progress": s.progress, "restarts": s.restarts,
+                     "error": s.reason if s.outcome in ("failed", "timeout") else None})
+        rows.append([wave, ref, s.outcome, f"{s.phase or '-'} {detail}".strip()])
+    return data, rows
+
+
+def connect_for(kubeconfig: str | None, context: str | None) -> Any:
+    from migrate.kube import connect
+
+    return connect(kubeconfig, context)
+
+
+@click.command("apply")
+@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Apply wave N only (default: every wave, in order, stopping at a failure).")
+@click.option("--dry-run", type=click.Choice(["none", "client", "server"]), default="none",
+              show_default=True,
+              help="client: show what would be applied, contact nothing; server: let the "
+                   "API server check everything and store nothing.")
+@apply_options
+@output_format()
+def apply_cmd(plan_file: str, wave: int | None, dry_run: str, kubeconfig: str | None,
+              context: str | None, namespace: str | None, force_conflicts: bool, wait: bool,
+              timeout: float, max_restarts: int, output: str) -> None:
+    """Apply a wave's Namespaces, Secrets and VirtualMachines, then watch the imports.
+
+    \b
+    vmmove apply plan.yaml --wave 1 --dry-run=server
+    vmmove apply plan.yaml --wave 1 --context prod
+
+    Server-side apply (field manager vmmove): a rerun changes nothing. The cluster must
+    serve KubeVirt (kubevirt.io/v1) and CDI (cdi.kubevirt.io/v1beta1); the command says
+    so in one line when it does not. Each disk's DataVolume is then watched (phase,
+    progress) until it succeeds; a failed import is reported with the importer's reason.
+    The manifests are made from the plan and the journal (what convert and upload
+    recorded); -n replaces the plan's namespace for VMs without their own.
+    """
+    from migrate.cli._plan_stages import apply_errors, apply_wave
+    from migrate.pipeline import plan_lock
+    from migrate.plan import load_plan
+
+    plan = load_plan(plan_file)
+    if namespace:
+        plan.use_namespace(namespace)
+    numbers = [wave] if wave is not None else plan.wave_numbers()
+    for n in numbers:
+        plan.wave(n)  # an unknown wave fails before anything is contacted
+    mode = None if dry_run == "none" else dry_run
+    all_data: list[dict[str, Any]] = []
+    all_rows: list[list[Any]] = []
+    errors: list[str] = []
+    kube_client = None if mode == "client" else connect_for(kubeconfig, context)
+    try:
+        with plan_lock(plan):
+            for n in numbers:
+                if not plan.wave(n):
+                    continue
+                outcome = apply_wave(plan, n, kube_client, dry_run=mode, force=force_conflicts,
+                                     wait=wait, timeout=timeout, max_restarts=max_restarts)
+                data, rows = outcome_rows(n, outcome)
+                all_data += data
+                all_rows += rows
+                errors = apply_errors(outcome)
+                if errors:
+                    break
+    finally:
+        if kube_client is not None:
+            kube_client.close()
+    emit(all_data, output, HEADERS, all_rows)
+    if errors:
+        for e in errors:
+            click.echo(f"vmmove: error: {e}", err=True)
+        raise VmmoveError(f"apply: {len(errors)} problem(s); fix them and rerun "
+                          "(what is applied stays applied)")
+    if mode:
+        click.echo(f"dry run ({mode}): nothing was changed", err=True)
+
+
+commands = [apply_cmd]

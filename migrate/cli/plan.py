@@ -1,0 +1,193 @@
+"""``vmmove plan``: write a migration plan from an inventory, or check one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from migrate.cli.options import output_format
+from migrate.errors import UsageError
+from migrate.output import emit, human_size
+
+HEADERS = ["WAVE", "WAVE NAME", "VM", "TARGET", "NAMESPACE", "DISKS", "DATA", "NOTE"]
+
+
+def _size(text: str | None) -> int | None:
+    """``500Gi``, ``2T``, ``750G`` as bytes (Kubernetes quantity rules)."""
+    if not text:
+        return None
+    from kubernetes.utils.quantity import parse_quantity
+
+    try:
+        return int(parse_quantity(text))
+    except ValueError:
+        raise UsageError(f"--max-size {text!r}: not a size (examples: 500Gi, 2Ti)") from None
+
+
+def _rows(plan: Any) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    data, rows = [], []
+    names = {w.number: w.name for w in plan.waves}
+    for p in plan.vms:
+        disks = [d for d in p.vm.disks if d.device in ("disk", "lun")]
+        note = "skip" + (f": {p.entry.note}" if p.entry.note else "") if p.skip else \
+            (p.entry.note or "")
+        data.append({"wave": p.wave, "waveName": names[p.wave], "vm": p.vm.name, "key": p.key,
+                     "name": p.name, "namespace": p.namespace, "disks": len(disks),
+                     "dataBytes": p.vm.data_bytes(), "skip": p.skip, "note": p.entry.note})
+        rows.append([p.wave, names[p.wave], p.vm.name, p.name, p.namespace, len(disks),
+                     human_size(p.vm.data_bytes()), note])
+    return data, rows
+
+
+@click.command("plan")
+@click.argument("inventory", required=False, type=click.Path(dir_okay=False))
+@click.option("--out", "out", type=click.Path(dir_okay=False), metavar="PLAN",
+              help="Write the plan here (YAML), for you to review and edit.")
+@click.option("--check", "check", type=click.Path(dir_okay=False), metavar="PLAN",
+              help="Check an existing plan instead: list every problem, or its waves.")
+@click.option("--by", default="host", show_default=True, metavar="host|size|list|label:KEY",
+              help="How VMs are put in waves: by source host, by size (smallest first), an "
+                   "explicit list (--wave), or a label (label:KEY for a metadata key; "
+                   "label:os, label:state, label:source-kind).")
+@click.option("--wave", "waves", multiple=True, metavar="VM,VM,…",
+              help="With --by list: the VMs of one wave (repeat for each wave, in order).")
+@click.option("--max-vms", type=click.IntRange(min=1), default=None, metavar="N",
+              help="At most N VMs per wave (big groups are split; --by size: default 10).")
+@click.option("--max-size", default=None, metavar="SIZE",
+              help="At most SIZE of disk data per wave, e.g. 500Gi (splits big groups).")
+@click.option("-n", "--namespace", default="default", show_default=True,
+              help="Namespace of the VirtualMachines (a VM entry may override it).")
+@click.option("--network", "network_pairs", multiple=True, metavar="SOURCE=TARGET",
+              help="Map a source network (network:default, bridge:br0, a port group, *) to "
+                   "'pod' or 'multus:NAMESPACE/NAME' (repeatable). Networks left unmapped "
+                   "are listed in the plan as null, for you to fill in.")
+@click.option("--map", "map_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file with 'networks' and 'storage' maps to copy into the plan.")
+@click.option("--storage-class", default=None, help="StorageClass of every DataVolume.")
+@click.option("--s3", "s3", default=None, metavar="s3://BUCKET/PREFIX",
+              help="Transfer target: this S3 bucket/prefix.")
+@click.option("--endpoint-url", default=None, metavar="URL",
+              help="S3-compatible endpoint, e.g. http://minio:9000.")
+@click.option("--profile", default=None, help="AWS shared-config profile for the S3 target.")
+@click.option("--region", default=None, help="S3 region.")
+@click.option("--cdi-uploadproxy", "proxy", default=None, metavar="URL",
+              help="Transfer target: CDI's upload proxy at URL (instead of S3).")
+@click.option("--run-strategy", default="Halted", show_default=True,
+              type=click.Choice(["Halted", "Always", "Manual", "RerunOnFailure", "Once"]),
+              help="Default spec.runStrategy; Halted leaves starting the VM to the cutover.")
+@click.option("--preference", default="none", show_default=True, metavar="auto|none|NAME",
+              help="Default VirtualMachineClusterPreference.")
+@click.option("--skip-blocked", is_flag=True,
+              help="Plan VMs with critical assessment concerns as skip: true, with the "
+                   "concerns as the note.")
+@click.option("--workdir", default=None, metavar="DIR",
+              help="Work folder of the plan (images and journal), relative to the plan file "
+                   "(default: <plan name>.work beside it).")
+@click.option("--force", is_flag=True, help="Overwrite an existing plan file.")
+@output_format()
+def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
+             waves: tuple[str, ...], max_vms: int | None, max_size: str | None,
+             namespace: str, network_pairs: tuple[str, ...], map_file: str | None,
+             storage_class: str | None, s3: str | None, endpoint_url: str | None,
+             profile: str | None, region: str | None, proxy: str | None, run_strategy: str,
+             preference: str, skip_blocked: bool, workdir: str | None, force: bool,
+             output: str) -> None:
+    """Put the VMs of INVENTORY into waves, in a plan file you edit and then run.
+
+    \b
+    vmmove plan inventory.yaml --out plan.yaml --by host -n vms --network '*=pod' \\
+        --s3 s3://images/vms --endpoint-url http://minio:9000
+    vmmove plan inventory.yaml --out plan.yaml --by list --wave web-01,db --wave app
+    vmmove plan --check plan.yaml
+
+    The plan names the inventory, a work folder (its journal records every step),
+    network and storage maps, the transfer target, and per-VM overrides (targetName,
+    namespace, runStrategy, preference, instancetype, skip). It is checked whenever it
+    is used: unknown keys, VMs missing from the inventory, unmapped networks, duplicate
+    target names and MAC collisions are all listed at once. See docs/plan.md.
+    """
+    from migrate.plan import PlanError, generate_plan, load_plan, save_plan
+
+    if check:
+        if inventory or out:
+            raise UsageError("--check PLAN takes no INVENTORY and no --out")
+        plan = load_plan(check)
+        data, rows = _rows(plan)
+        emit(data, output, HEADERS, rows)
+        skipped = sum(1 for p in plan.vms if p.skip)
+        click.echo(f"{check}: OK, {len(plan.waves)} wave(s), {len(plan.vms) - skipped} VM(s) "
+                   f"to migrate, {skipped} skipped", err=True)
+        return
+    if not inventory or not out:
+        raise UsageError("plan: give INVENTORY and --out PLAN (or --check PLAN)")
+    if Path(out).exists() and not force:
+        raise UsageError(f"{out}: exists; it may hold your edits (use --force to overwrite)")
+    from migrate.mapping import load_maps
+    from migrate.serialize import load_inventory
+
+    inv = load_inventory(inventory)
+    networks: dict[str, str] = {}
+    storage: dict[str, Any] | None = None
+    if map_file:
+        import yaml
+
+        load_maps(map_file)  # checked before it is copied
+        raw = yaml.safe_load(Path(map_file).read_text(encoding="utf-8")) or {}
+        networks.update({str(k): str(v) for k, v in (raw.get("networks") or {}).items()})
+        storage = raw.get("storage")
+    for pair in network_pairs:
+        source, sep, target = pair.rpartition("=")
+        if not sep or not source:
+            raise UsageError(f"--network {pair!r}: expected SOURCE=TARGET, e.g. "
+                             "network:default=pod")
+        networks[source] = target
+    if storage_class:
+        storage = {**(storage or {}), "storageClass": storage_class}
+    if s3 and proxy:
+        raise UsageError("choose one transfer target: --s3 or --cdi-uploadproxy")
+    transfer: dict[str, Any] | None = None
+    if s3:
+        transfer = {"s3": s3}
+        for key, value in (("endpointUrl", endpoint_url), ("profile", profile),
+                           ("region", region)):
+            if value:
+                transfer[key] = value
+    elif proxy:
+        transfer = {"uploadProxy": proxy}
+    skip = None
+    if skip_blocked:
+        from migrate.assessment import Severity, assess
+
+        concerns = assess(inv)
+
+        def skip(vm: Any) -> str | None:
+            critical = list(dict.fromkeys(c.id for c in concerns.get(vm.key, [])
+                                         if c.severity == Severity.CRITICAL))
+            return f"critical: {', '.join(critical)}" if critical else None
+
+    explicit = [[n.strip() for n in w.split(",") if n.strip()] for w in waves]
+    if waves and by != "list":
+        raise UsageError("--wave lists go with --by list")
+    data = generate_plan(inv, inventory, out, by=by, explicit=explicit, max_vms=max_vms,
+                         max_bytes=_size(max_size), namespace=namespace, networks=networks,
+                         storage=storage, transfer=transfer,
+                         defaults={"runStrategy": run_strategy, "preference": preference},
+                         skip=skip, workdir=workdir)
+    save_plan(data, out)
+    try:
+        plan = load_plan(out, inventory=inv)
+    except PlanError as exc:
+        click.echo(f"{out}: written; {len(exc.problems)} thing(s) to settle before it runs:",
+                   err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        return
+    rows_data, rows = _rows(plan)
+    emit(rows_data, output, HEADERS, rows)
+    click.echo(f"{out}: written, {len(plan.waves)} wave(s); review it, then "
+               f"vmmove migrate {out} --wave 1 --stage", err=True)
+
+
+commands = [plan_cmd]

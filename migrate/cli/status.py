@@ -1,0 +1,65 @@
+"""``vmmove status PLAN``: where every VM of a plan stands, from its journal."""
+
+from __future__ import annotations
+
+import click
+
+from migrate.cli.options import output_format
+from migrate.output import emit, human_size
+
+HEADERS = ["WAVE", "VM", "TARGET", "PHASE", "STATE", "CONVERT", "UPLOAD", "IMPORT", "MOVED",
+           "TIME", "LAST ERROR"]
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, secs = divmod(int(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _count(step: object) -> str:
+    done, total = getattr(step, "done"), getattr(step, "total")
+    return f"{done}/{total}" if total else "-"
+
+
+@click.command("status")
+@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Only the VMs of wave N.")
+@output_format()
+def status_cmd(plan_file: str, wave: int | None, output: str) -> None:
+    """Show each VM's phase: scanned, converted, uploaded, applied, imported, cut over,
+    rolled back (or skipped), with its state now (running/failed), per-step counts,
+    bytes moved, time spent and the last error.
+
+    \b
+    vmmove status plan.yaml
+    vmmove status plan.yaml --wave 2 -o json
+
+    Reads only the plan's journal: no cluster or S3 access, safe while a run is going.
+    """
+    from migrate.plan import load_plan
+    from migrate.status import plan_status, summary
+
+    plan = load_plan(plan_file)
+    statuses = plan_status(plan, wave)
+    rows = []
+    for s in statuses:
+        error = (s.error or "").replace("\n", " ")
+        rows.append([s.wave, s.vm, f"{s.namespace}/{s.name}", s.phase, s.state,
+                     _count(s.steps["convert"]), _count(s.steps["upload"]),
+                     _count(s.steps["import"]), human_size(s.bytes_moved),
+                     _seconds(s.seconds), error[:80] + ("…" if len(error) > 80 else "")])
+    emit({"plan": str(plan.path), "journal": str(plan.journal_path),
+          "vms": [s.to_data() for s in statuses]}, output, HEADERS, rows)
+    if output == "table":
+        for number, counts in sorted(summary(statuses).items()):
+            parts = ", ".join(f"{n} {phase}" for phase, n in counts.items())
+            click.echo(f"wave {number}: {parts}", err=True)
+
+
+commands = [status_cmd]
