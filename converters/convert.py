@@ -402,7 +402,9 @@ class Runner:
         if _is_current(step, job, opts):
             assert step is not None
             if step.data.get("verified") or not opts.verify:
-                return self._from_step(job, SKIPPED, step, "already converted")
+                skipped = self._from_step(job, SKIPPED, step, "already converted")
+                self.progress.finished(job, skipped)
+                return skipped
             return self._verify_existing(job, step)
         note = None
         if step is not None and step.status == DONE and not opts.redo:

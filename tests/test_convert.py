@@ -348,3 +348,36 @@ def test_inventory_written_by_scan_is_accepted(tmp_path: Path) -> None:
     conn = sqlite3.connect(journal_path(tmp_path / "w"))
     assert conn.execute("SELECT status FROM steps WHERE kind='convert'").fetchall() == [("done",)]
     conn.close()
+
+
+class Recorder:
+    """A progress subscriber that keeps every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, object]] = []
+
+    def started(self, job, total: int) -> None:
+        self.calls.append(("started", job.item, total))
+
+    def advanced(self, job, fraction: float) -> None:
+        self.calls.append(("advanced", job.item, fraction))
+
+    def finished(self, job, result) -> None:
+        self.calls.append(("finished", job.item, result.status))
+
+
+def test_progress_subscribers_see_every_disk(tmp_path: Path) -> None:
+    a, _ = make_image(tmp_path, "vmdk", "a")
+    b, _ = make_image(tmp_path, "qcow2", "b")
+    inv = Inventory(vms=[vm("p", [disk("vda", a, "vmdk"), disk("vdb", b, "qcow2")])])
+    first = Recorder()
+    convert_disks(inv, [], tmp_path / "w", ConvertOptions(jobs=2), first)
+    for item in ("p/vda", "p/vdb"):
+        mine = [c for c in first.calls if c[1] == item]
+        assert mine[0][0] == "started" and mine[0][2] >= DATA_BYTES
+        fractions = [c[2] for c in mine if c[0] == "advanced"]
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0
+        assert mine[-1] == ("finished", item, CONVERTED)
+    again = Recorder()
+    convert_disks(inv, [], tmp_path / "w", ConvertOptions(jobs=2), again)
+    assert sorted(again.calls) == [("finished", "p/vda", SKIPPED), ("finished", "p/vdb", SKIPPED)]
