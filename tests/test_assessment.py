@@ -406,3 +406,53 @@ def test_many_vms_sharing_one_key_are_assessed_quickly_and_keep_a_plain_name() -
     assert list(result) == ["same-uuid"]
     assert target_names(Inventory(vms=vms)) == {"same-uuid": "guest-1"}
     assert "'guest-1'" in next(c.message for c in result["same-uuid"] if c.id == "name-not-dns1123")
+
+
+# -- libvirt's own test corpus, read by the real domain XML reader ----------------------------
+
+CORPUS_EXPECTED = {
+    "hostdev-pci-address.xml": "pci-passthrough",
+    "hostdev-usb-address.xml": "usb-passthrough",
+    "hostdev-mdev-precreated.xml": "mdev-passthrough",
+    "hostdev-scsi-boot.xml": "scsi-passthrough",
+    "disk-drive-network-rbd-auth.xml": "disk-network",
+    "disk-drive-network-nbd-unix.xml": "disk-network",
+    "disk-scsi-lun-passthrough.xml": "disk-lun",
+    "disk-drive-shared.xml": "disk-shareable",
+    "disk-backing-chains.xml": "backing-chain",
+    "fs9p.xml": "filesystem-share",
+    "disk-scsi-megasas.xml": "scsi-controller",
+    "aarch64-acpi-uefi.xml": "arch-unsupported",
+    "watchdog-diag288.xml": "watchdog-model",
+    "tpm-passthrough.xml": "tpm-version",
+    "hugepages-memaccess.xml": "hugepages",
+    "cpu-numa-disjoint.xml": "numa",
+    "clock-localtime.xml": "clock-localtime",
+    "clock-variable.xml": "clock-variable",
+    "bios-nvram-secure.xml": "secure-boot",
+    "graphics-spice-agent-file-xfer.xml": "graphics-spice",
+    "disk-drive-network-iscsi-lun.xml": "disk-lun",
+}
+
+
+def test_the_libvirt_corpus_is_assessed_whole_and_raises_what_each_file_holds(shared: Path) -> None:
+    from migrate.sources import SourceError
+    from migrate.sources.domxml import read_domain_xml
+
+    folder = shared / "corpus" / "libvirt-xml" / "qemuxml2argvdata"
+    vms: list[VM] = []
+    for path in sorted(folder.glob("*.xml")):
+        try:
+            vms.append(read_domain_xml(str(path)))
+        except SourceError:
+            continue  # the corpus' deliberate negatives; the reader's tests cover them
+    assert len(vms) > 700
+    result = assess(Inventory(vms=vms))  # 600 of them are "QEMUGuest1" with one UUID
+    assert all(isinstance(c, Concern) for cs in result.values() for c in cs)
+    by_file = {Path(vm.source.location).name: vm for vm in vms}
+    for name, rule_id in CORPUS_EXPECTED.items():
+        found = assess_vm(by_file[name])
+        assert rule_id in {c.id for c in found}, (name, [c.id for c in found])
+    # x86_64 files with nothing host-bound raise no critical concern
+    plain = assess_vm(by_file["minimal.xml"])
+    assert worst(plain) is not Severity.CRITICAL, plain

@@ -13,6 +13,7 @@ from migrate.model import Device, Inventory, PowerState, ScanError
 from migrate.serialize import save_inventory
 from migrate.workdir import target_names
 from tests.assess_support import clean_vm
+from tests.conftest import FIXTURES
 
 
 def blocked_vm():  # one critical, one warning
@@ -188,3 +189,44 @@ def test_help_documents_exit_codes_and_list_rules_needs_no_inventory(cli) -> Non
     ids = [line.split()[0] for line in r.stdout.splitlines()[1:]]
     assert ids == list(RULES)
     assert "critical" in r.stdout and RULES["machine-i440fx"].why in r.stdout
+
+
+# -- end to end: scan the fixture libvirt node, then assess what it found ---------------------
+
+FIXTURE_EXPECTED = {  # VM -> concern ids it must raise (the fixture may grow; these must stay)
+    "gpu-worker": {"pci-passthrough", "usb-passthrough", "numa", "cpu-pinning", "hugepages", "vm-running"},
+    "win2k22-sql": {"guest-windows", "tpm", "clock-localtime", "disk-bus-ide", "secure-boot", "graphics-spice", "video-model", "cdrom"},
+    "legacy-i440fx": {"machine-i440fx", "backing-chain", "video-model", "sound-model", "cdrom"},
+    "web-01": {"vm-running", "snapshots", "mac-duplicate"},
+    "web-01-clone": {"vm-crashed", "mac-duplicate"},
+    "DB_Server.Prod": {"vm-suspended", "name-not-dns1123", "hotplug-memory", "hotplug-vcpus"},
+    "app-multi": {"vm-running", "nic-no-network", "disk-block"},
+}
+
+
+def test_scan_of_the_fixture_node_then_assess(cli, tmp_path: Path) -> None:
+    node = FIXTURES / "libvirt" / "node.xml"
+    if not node.is_file():
+        pytest.skip(f"{node} is absent")
+    inv = tmp_path / "inv.json"
+    cli("scan", "-c", f"test://{node}", "-o", "json", "--output-file", str(inv), ok=True)
+
+    r = cli("assess", str(inv), "-o", "json")
+    assert r.exit_code == 3, r.stderr  # gpu-worker passes host devices through
+    data = json.loads(r.stdout)
+    for vm, ids in FIXTURE_EXPECTED.items():
+        assert ids <= {c["id"] for c in data[vm]["concerns"]}, (vm, data[vm]["concerns"])
+    critical = {vm: [c["id"] for c in d["concerns"] if c["severity"] == "critical"] for vm, d in data.items()}
+    assert {vm for vm, ids in critical.items() if ids} == {"gpu-worker"}
+    assert sorted(critical["gpu-worker"]) == ["pci-passthrough", "pci-passthrough", "usb-passthrough"]
+    assert data["DB_Server.Prod"]["target"] == "db-server-prod"
+    assert "'db-server-prod'" in next(c["message"] for c in data["DB_Server.Prod"]["concerns"] if c["id"] == "name-not-dns1123")
+    assert [c["subject"] for c in data["win2k22-sql"]["concerns"] if c["id"] == "disk-bus-ide"] == ["hda", "hdb"]
+    dup = next(c for c in data["web-01"]["concerns"] if c["id"] == "mac-duplicate")
+    assert "web-01-clone" in dup["message"]
+
+    # the others are ready enough to go on with the default threshold
+    r = cli("assess", str(inv), *[vm for vm in FIXTURE_EXPECTED if vm != "gpu-worker"], "-o", "json")
+    assert r.exit_code == 0, r.stdout
+    r = cli("assess", str(inv), "web-01", "--fail-on", "warning")
+    assert r.exit_code == 3 and "mac-duplicate" in r.stdout

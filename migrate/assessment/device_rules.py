@@ -116,7 +116,8 @@ def video_model(vm: VM, ctx: Context) -> Iterator[Hit]:
     for dev in devices(vm, "video"):
         model = (dev.model or "").lower()
         if model and model not in KUBEVIRT_VIDEO:
-            yield Hit(f"{dev.model} video card becomes vga (bochs with UEFI)", subject=dev.model)
+            to = "bochs" if vm.firmware.type == "efi" else "vga"
+            yield Hit(f"{dev.model} video card becomes {to}", subject=dev.model)
 
 
 @rule(
