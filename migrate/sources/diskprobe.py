@@ -76,10 +76,21 @@ def probe_disk(disk: Disk, force_share: bool, missing_is_error: bool = True) -> 
 def probe_disks(
     items: Iterable[tuple[VM, Disk, bool]], jobs: int | None = None, missing_is_error: bool = True
 ) -> list[tuple[VM, str]]:
-    """Probe many ``(vm, disk, force_share)`` at once; the problems, in input order."""
-    work = [(vm, disk, share) for vm, disk, share in items if local_path(disk)]
+    """Probe many ``(vm, disk, force_share)`` at once (qemu-img in threads); the problems."""
+    problems: list[tuple[VM, str]] = []
+    work = []
+    for vm, disk, share in items:
+        path = local_path(disk)
+        if path is None:
+            continue
+        if not os.path.exists(path):  # settled here: no thread, no subprocess
+            problem = probe_disk(disk, share, missing_is_error)
+            if problem:
+                problems.append((vm, problem))
+            continue
+        work.append((vm, disk, share))
     if not work:
-        return []
+        return problems
 
     def one(item: tuple[VM, Disk, bool]) -> str | None:
         _, disk, share = item
@@ -91,4 +102,5 @@ def probe_disks(
     else:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qemu-img") as pool:
             results = list(pool.map(one, work))
-    return [(vm, problem) for (vm, _, _), problem in zip(work, results) if problem]
+    problems.extend((vm, problem) for (vm, _, _), problem in zip(work, results) if problem)
+    return problems

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import re
-from xml.etree.ElementTree import Element, ParseError
+from pyexpat import ExpatError
+from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 
-import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import DefusedXMLParser
 
 from migrate.model import (
     VM,
@@ -650,8 +651,14 @@ def _apply_os_boot_order(os_el: Element | None, vm: VM) -> None:
             item.boot_order = order
 
 
+_LIBOSINFO = f"{{{LIBOSINFO_NS}}}libosinfo"
+_LIBOSINFO_OS = f"{{{LIBOSINFO_NS}}}os"
+
+
 def _libosinfo(root: Element) -> GuestOS | None:
-    os_el = root.find(f"metadata/{{{LIBOSINFO_NS}}}libosinfo/{{{LIBOSINFO_NS}}}os")
+    metadata = root.find("metadata")
+    info = metadata.find(_LIBOSINFO) if metadata is not None else None
+    os_el = info.find(_LIBOSINFO_OS) if info is not None else None
     if os_el is None or not os_el.get("id"):
         return None
     return guest_os_from_libosinfo(os_el.get("id", ""))
@@ -738,15 +745,57 @@ def _where(source: Source) -> str:
     return f"{source.location} ({source.member})" if source.member else source.location
 
 
+def _qualify(name: str) -> str:
+    """expat's ``uri}local`` as ElementTree's ``{uri}local``."""
+    return "{" + name if "}" in name and name[0] != "{" else name
+
+
+_PREFIXED_ATTR = re.compile(r"\s(?!xmlns:)[\w.-]+:[\w.-]+\s*=")
+
+
+def _safe_tree(data: str | bytes) -> Element:
+    """defusedxml's parser (entities, external references refused) feeding C tree building.
+
+    defusedxml runs ElementTree's pure-Python XMLParser, whose per-element Python
+    callbacks cost more than reading the domain.  Here expat calls the C TreeBuilder
+    directly, while the guards defusedxml installed on that same expat parser stay in
+    place; namespaced names (``uri}local`` from expat) are put in ElementTree's
+    ``{uri}local`` form afterwards, in one pass.
+    """
+    guard = DefusedXMLParser()
+    builder = TreeBuilder()
+    expat = guard.parser
+    expat.ordered_attributes = False
+    expat.StartElementHandler = builder.start
+    expat.EndElementHandler = builder.end
+    expat.CharacterDataHandler = builder.data
+    expat.CommentHandler = None
+    expat.ProcessingInstructionHandler = None
+    try:
+        expat.Parse(data, True)
+    except ExpatError as exc:
+        raise ParseError(str(exc)) from None
+    root = builder.close()
+    text = data.decode("latin-1") if isinstance(data, bytes) else data
+    if "xmlns" in text or "xml:" in text:  # namespaces are declared, or xml:lang & co.
+        attrs = "xml:" in text or _PREFIXED_ATTR.search(text) is not None
+        for el in root.iter():
+            if "}" in el.tag and el.tag[0] != "{":
+                el.tag = "{" + el.tag
+            if attrs and el.attrib and "}" in "".join(el.attrib):
+                el.attrib = {_qualify(k): v for k, v in el.attrib.items()}
+    return root
+
+
 def parse_xml(data: str | bytes, where: str) -> Element:
     """Parse XML safely (defusedxml); SourceError naming ``where`` when it is bad or unsafe."""
     try:
-        return SafeET.fromstring(data)
+        return _safe_tree(data)
     except DefusedXmlException as exc:
         raise SourceError(f"{where}: refused unsafe XML ({type(exc).__name__}: entities/DTDs are not allowed)") from None
     except ParseError as exc:
         raise SourceError(f"{where}: malformed XML ({exc})") from None
-    except (ValueError, RecursionError) as exc:  # e.g. NUL bytes, absurd nesting
+    except (ValueError, RecursionError, TypeError) as exc:  # e.g. NUL bytes, absurd nesting
         raise SourceError(f"{where}: malformed XML ({type(exc).__name__})") from None
 
 

@@ -168,7 +168,7 @@ class _Volumes:
     conn: Any
     by_path: dict[str, Any] = field(default_factory=dict)
     by_name: dict[tuple[str, str], Any] = field(default_factory=dict)
-    facts: dict[int, VolumeFacts | None] = field(default_factory=dict)
+    facts: dict[int, VolumeFacts] = field(default_factory=dict)
     unindexed: bool = False  # some volume's path is unknown: ask libvirt on a miss
     built: bool = False
 
@@ -210,24 +210,30 @@ class _Volumes:
             self.by_path[disk.path] = vol
         return vol
 
-    def facts_of(self, vol: Any) -> VolumeFacts | None:
-        if id(vol) in self.facts:
-            return self.facts[id(vol)]
+    def facts_of(self, vol: Any, need_format: bool) -> VolumeFacts | None:
+        """Capacity and allocation (one call); format and backing file from the volume XML,
+        parsed only when the domain did not declare the format or a backing store exists."""
+        cached = self.facts.get(id(vol))
+        if cached is not None and (cached.format or not need_format):
+            return cached
         libvirt = _libvirt()
         try:
             _type, capacity, allocation = vol.info()
-            root = parse_xml(vol.XMLDesc(0), f"volume {vol.name()}")
-        except (libvirt.libvirtError, SourceError):
-            self.facts[id(vol)] = None
+            xml = vol.XMLDesc(0)
+        except libvirt.libvirtError:
             return None
-        fmt = root.find("target/format")
-        backing = root.find("backingStore/path")
-        facts = VolumeFacts(
-            capacity=int(capacity),
-            allocation=int(allocation),
-            format=fmt.get("type") if fmt is not None else None,
-            backing=backing.text.strip() if backing is not None and backing.text else None,
-        )
+        facts = VolumeFacts(capacity=int(capacity), allocation=int(allocation), format=None)
+        if need_format or "<backingStore>" in xml:
+            try:
+                root = parse_xml(xml, f"volume {vol.name()}")
+            except SourceError:
+                root = None
+            if root is not None:
+                fmt = root.find("target/format")
+                backing = root.find("backingStore/path")
+                facts.format = fmt.get("type") if fmt is not None else None
+                if backing is not None and backing.text:
+                    facts.backing = backing.text.strip()
         self.facts[id(vol)] = facts
         return facts
 
@@ -327,7 +333,7 @@ def scan_connection(
         active = dom.ID() != -1
         for disk in vm.disks:
             vol = volumes.lookup(disk) if (disk.path or disk.volume) else None
-            facts = volumes.facts_of(vol) if vol is not None else None
+            facts = volumes.facts_of(vol, not disk.format) if vol is not None else None
             if facts is not None:
                 _apply_volume(disk, facts)
                 problem = size_problem(disk)
