@@ -77,23 +77,21 @@ def probe_disks(
     items: Iterable[tuple[VM, Disk, bool]], jobs: int | None = None, missing_is_error: bool = True
 ) -> list[tuple[VM, str]]:
     """Probe many ``(vm, disk, force_share)`` at once (qemu-img in threads); the problems."""
-    problems: list[tuple[VM, str]] = []
-    work = []
-    for vm, disk, share in items:
+    found: list[tuple[int, VM, str]] = []
+    work: list[tuple[int, VM, Disk, bool]] = []
+    for index, (vm, disk, share) in enumerate(items):
         path = local_path(disk)
         if path is None:
             continue
         if not os.path.exists(path):  # settled here: no thread, no subprocess
             problem = probe_disk(disk, share, missing_is_error)
             if problem:
-                problems.append((vm, problem))
+                found.append((index, vm, problem))
             continue
-        work.append((vm, disk, share))
-    if not work:
-        return problems
+        work.append((index, vm, disk, share))
 
-    def one(item: tuple[VM, Disk, bool]) -> str | None:
-        _, disk, share = item
+    def one(item: tuple[int, VM, Disk, bool]) -> str | None:
+        _, _, disk, share = item
         return probe_disk(disk, share, missing_is_error)
 
     workers = max(1, min(jobs or 4, len(work)))
@@ -102,5 +100,5 @@ def probe_disks(
     else:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qemu-img") as pool:
             results = list(pool.map(one, work))
-    problems.extend((vm, problem) for (vm, _, _), problem in zip(work, results) if problem)
-    return problems
+    found.extend((index, vm, problem) for (index, vm, _, _), problem in zip(work, results) if problem)
+    return [(vm, problem) for _, vm, problem in sorted(found, key=lambda f: f[0])]
