@@ -104,7 +104,7 @@ POSITIVE: list[tuple[str, Mutation, str, str | None]] = [
     ("xen-pv", attrs(hypervisor="xen", os_type="xen"), "Xen paravirtualised", None),
     ("xen-hvm", attrs(hypervisor="xen", os_type="hvm"), "Xen HVM", None),
     ("arch-unsupported", attrs(arch="aarch64"), "aarch64", None),
-    ("arch-i686", attrs(arch="i686"), "i686", None),
+    ("arch-i686", attrs(arch="i686"), "32-bit (i686) guest", None),
     ("machine-i440fx", attrs(machine="pc-i440fx-2.9"), "pc-i440fx-2.9", None),
     ("machine-other", attrs(machine="vmx-13"), "vmx-13 becomes q35", None),
     ("vm-running", attrs(power_state=PowerState.RUNNING), "running", None),

@@ -144,7 +144,8 @@ def sound_model(vm: VM, ctx: Context) -> Iterator[Hit]:
     for dev in devices(vm, "sound"):
         model = (dev.model or "").lower()
         if model not in KUBEVIRT_SOUND:
-            yield Hit(f"{dev.model or 'sound'} sound card is dropped", subject=dev.model or "sound")
+            what = f"{dev.model} sound card" if dev.model else "sound card of unknown model"
+            yield Hit(f"{what} is dropped", subject=dev.model or "sound")
 
 
 @rule(
