@@ -106,8 +106,17 @@ def _credentials(uri: str) -> Any:
     return [types, callback, None]
 
 
+def _readonly_refused(exc: Any) -> bool:
+    libvirt = _libvirt()
+    text = one_line(exc).lower()
+    return exc.get_error_code() == libvirt.VIR_ERR_OPERATION_DENIED or "read-only" in text or "readonly" in text
+
+
 def open_readonly(uri: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     """A read-only libvirt connection, or SourceError naming the URI within ``timeout`` s.
+
+    Read-only where the driver allows it; a driver that refuses read-only connections is
+    opened normally (vmmove issues only reads).
 
     libvirt has no connect timeout of its own (an ssh or TCP connect to a dead host can
     hang for minutes), so the open runs in a daemon thread that is abandoned, and its
@@ -125,7 +134,13 @@ def open_readonly(uri: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
 
     def opener() -> None:
         try:
-            conn = libvirt.openAuth(target_uri, _credentials(uri), libvirt.VIR_CONNECT_RO)
+            try:
+                conn = libvirt.openAuth(target_uri, _credentials(uri), libvirt.VIR_CONNECT_RO)
+            except libvirt.libvirtError as exc:
+                if not _readonly_refused(exc):
+                    raise
+                # a driver without read-only connections: vmmove still only reads
+                conn = libvirt.openAuth(target_uri, _credentials(uri), 0)
         except libvirt.libvirtError as exc:
             outcome["error"] = one_line(exc)
             return
