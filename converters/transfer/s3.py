@@ -80,6 +80,7 @@ class S3Options:
     memory_budget: int = MEMORY_BUDGET
     max_bandwidth: int | None = None  # bytes per second, like aws-cli's s3.max_bandwidth
     max_attempts: int = 10  # botocore retries per request (standard mode)
+    sign_payload: bool = False  # SigV4 body hash; parts carry a CRC32 checksum instead
 
 
 def part_size_for(size: int, preferred: int = DEFAULT_PART_SIZE) -> int:
@@ -148,7 +149,8 @@ class S3Backend(Backend):
         self._session = session
         config = Config(
             region_name=o.region or session.region_name or "us-east-1",
-            s3={"addressing_style": "path" if o.endpoint_url else "auto"},
+            s3={"addressing_style": "path" if o.endpoint_url else "auto",
+                "payload_signing_enabled": o.sign_payload},
             retries={"mode": "standard", "max_attempts": o.max_attempts},
             max_pool_connections=max(10, o.workers + 2),
             connect_timeout=10,

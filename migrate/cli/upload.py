@@ -317,7 +317,8 @@ def _data(r: TransferResult) -> dict[str, Any]:
 @click.option("--force-bind", is_flag=True,
               help="Bind the PVC at once even with a WaitForFirstConsumer storage class.")
 @click.option("--wait-timeout", type=float, default=300.0, show_default=True, metavar="SECONDS",
-              help="How long to wait for each DataVolume phase (UploadReady, Succeeded).")
+              help="How long to wait for each DataVolume phase (UploadReady, Succeeded), "
+                   "and with --follow for the conversions to make progress.")
 @kube
 @click.option("--as-is", "as_is", is_flag=True,
               help="Disks without a conversion: upload the source image itself when CDI can "
@@ -365,7 +366,7 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
                              "convert put the images)")
         folder = Path(workdir)
         jf = journal_path(folder)
-        if not jf.is_file() and not as_is:
+        if not jf.is_file() and not (as_is or follow):
             raise UsageError(f"{folder}: no vmmove journal here ({jf.name}); run vmmove "
                              "convert --to DIR first")
         inv = load_inventory(source)
@@ -389,7 +390,7 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
             results += run_transfers(backend, items, journal, progress, redo=redo)
             if inv is not None and follow:
                 results += _follow(inv, vms, journal, backend, progress, redo,
-                                   {i.item for i in items})
+                                   {i.item for i in items}, kw["wait_timeout"])
         finally:
             progress.close()
     for r in results:
@@ -405,13 +406,20 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
 
 
 def _follow(inv: Inventory, vms: tuple[str, ...], journal: Journal, backend: Backend,
-            progress: BarProgress, redo: bool, seen: set[str]) -> list[TransferResult]:
-    """Upload disks as their conversions finish, until none is left in progress."""
+            progress: BarProgress, redo: bool, seen: set[str],
+            idle_limit: float) -> list[TransferResult]:
+    """Upload disks as their conversions finish, until none is left in progress.
+
+    Gives up when the convert journal has not moved for ``idle_limit`` seconds (no
+    conversion running), naming the disks still waiting."""
     from converters.transfer.base import FAILED, TransferResult, transfer_one
     from migrate.progress import log
+    from migrate.workdir import KIND_CONVERT
 
     results: list[TransferResult] = []
     reported: set[str] = set()
+    last_change, last_seen = time.monotonic(), None
+    logged: list[str] = []
     while True:
         items, pending = _inventory_items(inv, vms, journal, False, True)
         fresh = [i for i in items if i.item not in seen]
@@ -430,9 +438,16 @@ def _follow(inv: Inventory, vms: tuple[str, ...], journal: Journal, backend: Bac
                 waiting.append(label)
         if not waiting:
             return results
-        if not fresh:
+        marker = max((st.updated for st in journal.steps(KIND_CONVERT)), default=0.0)
+        if fresh or marker != last_seen:
+            last_change, last_seen = time.monotonic(), marker
+        elif time.monotonic() - last_change > idle_limit:
+            raise VmmoveError(f"no conversion progressed for {idle_limit:.0f}s; still waiting "
+                              f"for {', '.join(waiting)} (is vmmove convert running?)")
+        if waiting != logged:
+            logged = waiting
             log(f"waiting for {len(waiting)} conversion(s): {', '.join(waiting[:4])}")
-            time.sleep(1.0)
+        time.sleep(0.5)
 
 
 commands = [upload]
