@@ -33,7 +33,6 @@ from migrate.model import (
     PowerState,
     Source,
     SourceKind,
-    Tuning,
 )
 from migrate.sources import SourceError
 
