@@ -124,6 +124,10 @@ _NIC_MODELS = {
     "e1000e": "e1000e", "igb": "igb", "rtl8139": "rtl8139", "ne2k_pci": "ne2k_pci",
     "ne2k-pci": "ne2k_pci", "pcnet": "pcnet", "vlance": "pcnet",
 }
+_NOT_CARRIED = {
+    "pci-passthrough", "usb-passthrough", "mdev", "scsi-passthrough", "smartcard", "redirdev",
+    "filesystem", "shmem", "parallel", "watchdog", "sound",
+}
 _DISK_BUSES = {"virtio": "virtio", "ide": "sata", "sata": "sata", "scsi": "scsi", "usb": "usb"}
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -562,6 +566,9 @@ class _Builder:
         volumes: list[dict[str, Any]] = []
         templates: list[dict[str, Any]] = []
         networks: list[dict[str, Any]] = []
+        dropped = sorted({d.kind for d in vm.devices if d.kind in _NOT_CARRIED})
+        if dropped:
+            self.notes.append("devices not carried: " + ", ".join(dropped) + " (see vmmove assess)")
         disk_items = self.disks(devices, volumes, templates)
         nic_items = self.nics(devices, networks)
         if self.problems:
