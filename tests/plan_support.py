@@ -26,6 +26,7 @@ condition and a growing ``restartCount``, each change sent to watchers as a real
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import itertools
 import json
@@ -43,6 +44,10 @@ import pytest
 import yaml
 from kmock._internal import dicts as kdicts
 
+from migrate.model import Inventory
+from migrate.plan import load_plan
+from migrate.serialize import save_inventory
+from migrate.workdir import disk_item
 from tests.kube_support import DV, KubeApi, _Emulator
 
 NS = kmock.resource("", "v1", "namespaces")
@@ -446,3 +451,45 @@ def write_node(path: Path, vms: list[NodeVm]) -> str:
         lines.append(f"  <domain file='domains/{vm.name}.xml'/>")
     path.write_text(NODE_XML.format(domains="\n".join(lines)))
     return f"test://{path}"
+
+
+# -- a plan whose disks the journal records as converted and uploaded ----------------------------
+
+SECRET_NAME = "vmmove-s3-test"
+
+
+def staged(tmp: Path, inventory: Inventory, waves: list[list[str]] | None = None) -> Path:
+    """A plan whose disks the journal records as converted and uploaded to S3, as
+    ``vmmove upload`` records them (see migrate/workdir.py)."""
+    save_inventory(inventory, tmp / "inventory.yaml")
+    waves = waves or [["web-01", "legacy-i440fx"]]
+    plan_file = tmp / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump({
+        "apiVersion": "vmmove.io/v1alpha1", "kind": "Plan", "inventory": "inventory.yaml",
+        "namespace": "vms", "networks": {"*": "pod"},
+        "transfer": {"s3": "s3://images/vms", "endpointUrl": "http://127.0.0.1:9000"},
+        "waves": [{"vms": w} for w in waves]}, sort_keys=False))
+    plan = load_plan(plan_file)
+    plan.workdir.mkdir()
+    secret_file = plan.workdir / f"{SECRET_NAME}.secret.yaml"
+    secret_file.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET_NAME},
+        "type": "Opaque", "data": {"accessKeyId": base64.b64encode(b"id").decode(),
+                                   "secretKey": base64.b64encode(b"key").decode()}}))
+    with plan.journal() as journal:
+        for p in plan.vms:
+            for d in p.vm.disks:
+                if d.device != "disk":
+                    continue
+                item = disk_item(p.vm, d)
+                name = f"{p.name}-{d.target}.qcow2"
+                journal.start("convert", item)
+                journal.done("convert", item, checksum="sha256:" + "0" * 64,
+                             output=str(plan.workdir / name), format="qcow2",
+                             virtual_size=d.virtual_size)
+                journal.start("upload", item)
+                journal.done("upload", item, bytes=1024, checksum="sha256:" + "0" * 64,
+                             backend="s3", url=f"http://127.0.0.1:9000/images/vms/{name}",
+                             secret=SECRET_NAME, secret_file=str(secret_file), size=1024,
+                             sent=1024, key=f"vms/{name}")
+    return plan_file

@@ -385,3 +385,51 @@ def apply_errors(outcome: ApplyOutcome) -> list[str]:
             errors.append(f"{s.item.label}: DataVolume {s.item.namespace}/{s.item.dv}: "
                           f"{s.reason}")
     return errors
+
+
+# -- plan arguments for the single-step commands -------------------------------------------------
+
+
+def plan_convert_args(plan_file: str, wave: int | None, vms: tuple[str, ...]) -> tuple[
+        Plan, list[tuple[str, str]], Any]:
+    """For ``vmmove convert PLAN --wave N [VM…]``: the plan, its (vm key, disk) pairs and
+    the ConvertOptions of its ``convert`` section."""
+    from converters.convert import ConvertOptions
+    from migrate.plan import load_plan
+
+    plan = load_plan(plan_file)
+    if wave is None:
+        raise UsageError(f"{plan_file} is a plan: say which wave to convert (--wave N)")
+    chosen = wave_vms(plan, wave)
+    if vms:
+        unknown = [v for v in vms if not any(v in (p.vm.name, p.vm.uuid, p.name)
+                                             for p in chosen)]
+        if unknown:
+            raise UsageError(f"not in wave {wave} of {plan_file}: {', '.join(unknown)}")
+        chosen = [p for p in chosen if {p.vm.name, p.vm.uuid, p.name} & set(vms)]
+    c = plan.convert
+    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
+                             force_share=c.force_share)
+    if c.jobs:
+        options.jobs = c.jobs
+    return plan, [(p.key, d.target) for p in chosen for d in data_disks(p)], options
+
+
+def plan_manifests(plan_file: str, inventory: str, wave: int | None,
+                   out: str | None) -> tuple[list[tuple[str, str, str]], str]:
+    """For ``vmmove manifests INVENTORY --plan PLAN [--wave N]``: write the manifests of
+    the plan's VMs (one wave, or every wave) with the plan's namespace, maps, defaults and
+    per-VM overrides; returns the written rows and the folder."""
+    from manifests.kustomize import write_tree
+    from migrate.plan import load_plan
+
+    plan = load_plan(plan_file)
+    if Path(inventory).absolute() != plan.inventory_path:
+        raise UsageError(f"{inventory}: the plan {plan_file} is about {plan.inventory_path}; "
+                         "give that inventory")
+    numbers = [wave] if wave is not None else plan.wave_numbers()
+    vms = [p for n in numbers for p in plan.wave(n)]
+    if not vms:
+        raise UsageError(f"{plan_file}: no VM to write manifests for (all skipped)")
+    folder = Path(out) if out else plan.manifests_dir
+    return write_tree(build_manifests(plan, vms), folder), str(folder)

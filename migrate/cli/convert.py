@@ -146,9 +146,13 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
 @click.command("convert")
 @click.argument("inventory", required=False, type=click.Path(dir_okay=False))
 @click.argument("vms", nargs=-1, metavar="[VM]...")
-@click.option("--to", "workdir", required=True, type=click.Path(file_okay=False),
+@click.option("--to", "workdir", required=False, type=click.Path(file_okay=False),
               metavar="DIR",
-              help="Work folder: converted images and the journal (vmmove-journal.sqlite).")
+              help="Work folder: converted images and the journal (vmmove-journal.sqlite). "
+                   "Required, except with a PLAN (its work folder).")
+@click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With a PLAN (from vmmove plan) instead of an INVENTORY: convert wave N, "
+                   "with the plan's convert settings (format, compress, verify, jobs).")
 @click.option("--batch", is_flag=True,
               help="Convert every disk of every VM in the inventory (no VM names needed).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
@@ -171,8 +175,8 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
               help="Show what the journal in DIR records (converted, verified, checksums, "
                    "errors) and exit; INVENTORY is then optional.")
 @output_format()
-def convert(inventory: str | None, vms: tuple[str, ...], workdir: str, batch: bool,
-            jobs: int | None, fmt: str, compress: bool, verify: bool, force_share: bool,
+def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
+            wave: int | None, batch: bool, jobs: int | None, fmt: str, compress: bool, verify: bool, force_share: bool,
             redo: bool, show_status: bool, output: str) -> None:
     """Convert the disks of VMs in INVENTORY into images in DIR, for CDI to import.
 
@@ -180,6 +184,7 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str, batch: bo
     vmmove convert inventory.yaml web db --to /srv/vmmove     # two VMs
     vmmove convert inventory.yaml --batch --jobs 2 --to DIR   # every VM
     vmmove convert --status --to DIR                          # what is done
+    vmmove convert --batch plan.yaml --wave 1                 # a wave of a plan
 
     Backing chains are flattened and holes stay holes. Sources are opened read-only and
     never written. Each output is written under a temporary name, verified, and renamed
@@ -189,8 +194,20 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str, batch: bo
     then non-zero.
     """
     from converters.convert import ConvertOptions, FAILED, convert_disks, select_disks
+    from migrate.plan import is_plan_file
     from migrate.serialize import load_inventory
 
+    plan_disks = None
+    if inventory is not None and is_plan_file(inventory):
+        from migrate.cli._plan_stages import plan_convert_args
+
+        plan, plan_disks, plan_options = plan_convert_args(inventory, wave, vms)
+        workdir = workdir or str(plan.workdir)
+        batch, vms = True, ()
+    elif wave is not None:
+        raise UsageError("--wave goes with a PLAN (vmmove plan), not an inventory")
+    if workdir is None:
+        raise UsageError("convert needs --to DIR (the work folder)")
     folder = Path(workdir)
     if show_status:
         _status(folder, inventory, vms, output)
@@ -202,16 +219,18 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str, batch: bo
                          f"{inventory}")
     if vms and batch:
         raise UsageError("--batch converts every VM: pass VM names or --batch, not both")
-    inv = load_inventory(inventory)
+    inv = load_inventory(inventory) if plan_disks is None else plan.inventory
     options = ConvertOptions(format=fmt, compress=compress, verify=verify,
-                             force_share=force_share, redo=redo)
+                             force_share=force_share, redo=redo) if plan_disks is None \
+        else plan_options
+    options.redo = redo
     if jobs is not None:
         options.jobs = jobs
-    pairs = select_disks(inv, vms)
+    pairs = select_disks(inv, vms, plan_disks)
     total = sum(estimate(d) for _, d in pairs if d.device in ("disk", "lun"))
     progress = BarProgress(total, sum(1 for _, d in pairs if d.device in ("disk", "lun")))
     try:
-        results = convert_disks(inv, vms, folder, options, progress)
+        results = convert_disks(inv, vms, folder, options, progress, disks=plan_disks)
     finally:
         progress.close()
     for r in results:

@@ -52,6 +52,11 @@ from migrate.errors import UsageError, VmmoveError
               help="The cluster's instancetypes (kubectl get virtualmachineclusterinstancetypes -o yaml).")
 @click.option("--validate-schemas", "schemas", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Also validate strictly against the KubeVirt/CDI schemas in DIR (e.g. ../shared/schemas).")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None, metavar="PLAN",
+              help="Take namespace, maps, defaults, per-VM overrides and work folder from this "
+                   "plan (vmmove plan); --out defaults to the plan's <workdir>/manifests.")
+@click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --plan: only the VMs of wave N.")
 @output_format("table", "yaml", "json", default="table")
 def manifests_cmd(
     inventory: str,
@@ -74,6 +79,8 @@ def manifests_cmd(
     instancetype: str,
     instancetypes_file: str | None,
     schemas: str | None,
+    plan_file: str | None,
+    wave: int | None,
     output: str,
 ) -> None:
     """Write a KubeVirt VirtualMachine per VM, with one DataVolume template per disk.
@@ -94,6 +101,15 @@ def manifests_cmd(
     from migrate.serialize import load_inventory
     from migrate.workdir import target_names
 
+    if plan_file:
+        from migrate.cli._plan_stages import plan_manifests
+
+        written, folder = plan_manifests(plan_file, inventory, wave, out)
+        click.echo(table(["NAMESPACE", "OBJECT", "FILE"], written), nl=False)
+        click.echo(f"manifests of {plan_file} written to {folder}", err=True)
+        return
+    if wave is not None:
+        raise UsageError("--wave goes with --plan PLAN")
     if output == "table" and not out:
         raise UsageError("manifests: --out DIR is required (or -o yaml|json to print one VM)")
     if not is_dns1123_label(namespace):
