@@ -83,11 +83,16 @@ def test_quick_start_command_prints_a_table(cli, monkeypatch) -> None:
     monkeypatch.chdir(FIXTURES.parent)
     result = cli("scan", "-c", f"test://{os.getcwd()}/fixtures/libvirt/node.xml", ok=True)
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "SOURCE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE"]
+    assert lines[0].split() == [
+        "NAME", "SOURCE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE", "CONCERNS",
+    ]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert len(rows) == 7
-    assert rows["win2k22-sql"][2:] == ["shutoff", "4", "16.0G", "2", "260.0G", "1", "win2022", "efi+sb+tpm2.0"]
-    assert rows["web-01"][2:] == ["running", "2", "4.0G", "1", "20.0G", "1", "rhel9.2", "bios"]
+    assert rows["win2k22-sql"][2:10] == ["shutoff", "4", "16.0G", "2", "260.0G", "1", "win2022", "efi+sb+tpm2.0"]
+    assert rows["web-01"][2:10] == ["running", "2", "4.0G", "1", "20.0G", "1", "rhel9.2", "bios"]
+    # The CONCERNS column is the assessment's summary: passthrough makes gpu-worker critical.
+    assert " ".join(rows["gpu-worker"][10:]).startswith("3 critical")
+    assert "critical" not in " ".join(rows["web-01"][10:])
     assert result.stderr == ""
 
 

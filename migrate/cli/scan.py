@@ -11,7 +11,9 @@ from migrate.cli.options import connect, output_format
 from migrate.model import VM, Inventory
 from migrate.output import emit, human_size
 
-TABLE_HEADERS = ["NAME", "SOURCE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE"]
+TABLE_HEADERS = [
+    "NAME", "SOURCE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE", "CONCERNS",
+]
 
 
 def _source(vm: VM) -> str:
@@ -55,8 +57,8 @@ def _firmware(vm: VM) -> str:
     return text
 
 
-def table_row(vm: VM) -> list[str]:
-    """One table row; the column order is TABLE_HEADERS."""
+def table_row(vm: VM, concerns: str = "") -> list[str]:
+    """One table row; the column order is TABLE_HEADERS (``concerns``: the assessment summary)."""
     return [
         vm.name,
         _source(vm),
@@ -67,6 +69,7 @@ def table_row(vm: VM) -> list[str]:
         str(len(vm.nics)),
         _os(vm),
         _firmware(vm),
+        concerns,
     ]
 
 
@@ -77,7 +80,10 @@ def render(inv: Inventory, fmt: str) -> None:
         if not inv.vms:
             click.echo("No VMs found.", err=True)
             return
-        emit(None, "table", TABLE_HEADERS, [table_row(vm) for vm in inv.vms])
+        from migrate.assessment import summaries
+
+        concerns = summaries(inv)
+        emit(None, "table", TABLE_HEADERS, [table_row(vm, concerns[vm.key]) for vm in inv.vms])
     else:
         emit(to_data(inv), fmt)
 
