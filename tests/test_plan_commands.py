@@ -11,9 +11,10 @@ import yaml
 
 from migrate.plan import load_plan
 from migrate.state import DONE, Journal
-from tests.plan_support import make_images, staged, write_node
-from migrate.sources.libvirt_uri import scan_uri
 from migrate.model import Inventory
+from migrate.sources.libvirt_uri import scan_uri
+from tests.plan_support import make_images, staged, write_node
+from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
 
 
 def test_convert_a_wave_of_a_plan(tmp_path: Path, cli: Any) -> None:
@@ -68,3 +69,34 @@ def test_manifests_from_a_plan(tmp_path: Path, cli: Any) -> None:
     assert template["spec"]["source"]["s3"]["url"].endswith("/images/vms/web-01-vda.qcow2")
     assert (folder / "vms" / "secret-vmmove-s3-test.yaml").is_file()
     assert not (folder / "vms" / "legacy-i440fx.yaml").exists()
+
+
+def test_upload_a_wave_of_a_plan(tmp_path: Path, cli: Any, s3_server: SeaweedFS,
+                                 s3_bucket: str, s3_env: dict[str, str]) -> None:
+    node = write_node(tmp_path / "node.xml", make_images(tmp_path / "images", {
+        "one": [("vda", "qcow2", 8)], "two": [("vda", "qcow2", 4)]}))
+    cli("scan", "-c", node, "--output-file", str(tmp_path / "inv.yaml"), "-o", "json", ok=True)
+    plan_file = tmp_path / "plan.yaml"
+    cli("plan", str(tmp_path / "inv.yaml"), "--out", str(plan_file), "--by", "list",
+        "--wave", "one", "--wave", "two", "--network", "*=pod", "--s3", f"s3://{s3_bucket}/p",
+        "--endpoint-url", s3_server.endpoint, ok=True)
+    early = cli("upload", str(plan_file), "--wave", "1")
+    assert early.exit_code == 1 and "one/vda" in early.stderr and "not converted" in early.stderr
+    cli("convert", "--batch", str(plan_file), "--wave", "1", ok=True)
+    result = cli("upload", str(plan_file), "--wave", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "1 uploaded" in result.stdout
+    plan = load_plan(plan_file)
+    one = plan.planned("one")
+    with Journal(plan.journal_path) as journal:
+        step = journal.get("upload", f"{one.key}/vda")
+        converted = journal.get("convert", f"{one.key}/vda")
+    assert step.status == DONE and step.checksum == converted.checksum
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=step.data["key"])
+    assert head["ContentLength"] == Path(converted.data["output"]).stat().st_size
+    again = cli("upload", str(plan_file), "--wave", "1", ok=True)
+    assert "uploaded before, nothing to send" in again.stdout
+    status = json.loads(cli("status", str(plan_file), "-o", "json", ok=True).stdout)
+    assert [(v["vm"], v["phase"]) for v in status["vms"]] == [("one", "uploaded"),
+                                                             ("two", "scanned")]
+    assert status["vms"][0]["bytesMoved"] == head["ContentLength"]

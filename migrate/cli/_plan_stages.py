@@ -433,3 +433,18 @@ def plan_manifests(plan_file: str, inventory: str, wave: int | None,
         raise UsageError(f"{plan_file}: no VM to write manifests for (all skipped)")
     folder = Path(out) if out else plan.manifests_dir
     return write_tree(build_manifests(plan, vms), folder), str(folder)
+
+
+def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool) -> str:
+    """For ``vmmove upload PLAN --wave N``: the wave's converted images to the plan's
+    transfer target; returns the summary line."""
+    from migrate.pipeline import plan_lock
+    from migrate.plan import load_plan
+
+    plan = load_plan(plan_file)
+    if wave is None:
+        raise UsageError(f"{plan_file} is a plan: say which wave to upload (--wave N)")
+    if kube.namespace:
+        plan.use_namespace(kube.namespace)
+    with plan_lock(plan):
+        return upload_wave(plan, wave, kube, redo=redo)

@@ -328,16 +328,20 @@ def _data(r: TransferResult) -> dict[str, Any]:
               help="With an INVENTORY: wait for disks still being converted (vmmove convert "
                    "running beside this) and upload each as soon as it is done.")
 @click.option("--redo", is_flag=True, help="Upload again images the journal records as done.")
+@click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With a PLAN (vmmove plan) as SOURCE: upload wave N to the plan's transfer "
+                   "target, from its work folder.")
 @output_format()
 def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | None,
-           proxy: str | None, as_is: bool, follow: bool, redo: bool, output: str,
-           **kw: Any) -> None:
+           proxy: str | None, as_is: bool, follow: bool, redo: bool, wave: int | None,
+           output: str, **kw: Any) -> None:
     """Upload converted images to S3 or through CDI's upload proxy.
 
     \b
     vmmove upload inventory.yaml --workdir W --s3 s3://images/vms --endpoint-url http://minio:9000
     vmmove upload inventory.yaml web --workdir W --cdi-uploadproxy https://cdi-uploadproxy -n vms
     vmmove upload ./images --s3 s3://images/vms --profile backup
+    vmmove upload plan.yaml --wave 1
 
     With an INVENTORY, the images are the outputs vmmove convert recorded in the work
     folder's journal (disks not converted yet are refused and listed); with a DIR, every
@@ -350,8 +354,19 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
     from converters.transfer.base import run_transfers
     from migrate.serialize import load_inventory
     from migrate.state import Journal
+    from migrate.plan import is_plan_file
     from migrate.workdir import journal_path
 
+    if is_plan_file(source):
+        from migrate.cli._plan_stages import KubeArgs, plan_upload
+
+        if vms:
+            raise UsageError("with a PLAN, the wave says which VMs to upload (--wave N)")
+        click.echo(plan_upload(source, wave, KubeArgs(kw["kubeconfig"], kw["context"],
+                                                      kw["namespace"]), redo))
+        return
+    if wave is not None:
+        raise UsageError("--wave goes with a PLAN (vmmove plan) as SOURCE")
     src = Path(source)
     if src.is_dir():
         if vms:
