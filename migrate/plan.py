@@ -588,7 +588,7 @@ def _check_vms(plan: Plan, problems: _Problems) -> None:
             if mac and _MAC.match(mac):
                 macs[mac].append(f"{p.vm.name} nic{idx}")
         if len(pods) > 1:
-            problems.add(f"VM {p.vm.name}", f"{' and '.join(pods)} both map to the pod network "
+            problems.add(f"VM {p.vm.name}", f"{', '.join(pods)} all map to the pod network "
                                             "(at most one per VM; map the others to multus)")
         if not p.vm.disks or not any(d.device in ("disk", "lun") for d in p.vm.disks):
             problems.add(f"VM {p.vm.name}", "has no disk to migrate; skip it or fix the inventory")
