@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,18 @@ def test_descriptor_parser_and_target_names() -> None:
     assert disk_target("scsi", 0, 6) == "sdg" and disk_target("scsi", 0, 8) == "sdh"
     assert disk_target("scsi", 1, 0) == "sdp" and disk_target("scsi", 3, 15) == "sdbh"
     assert disk_target("ide", 1, 1) == "hdd" and disk_target("sata", 1, 0) == "sdae"
+
+
+def test_scan_reports_a_missing_vmdk_as_one_line_and_keeps_the_vm(cli, tmp_path: Path) -> None:
+    vmx = tmp_path / "lost.vmx"
+    vmx.write_text(
+        'displayName = "lost"\nmemsize = "512"\nscsi0.present = "TRUE"\n'
+        'scsi0:0.present = "TRUE"\nscsi0:0.fileName = "lost.vmdk"\n'
+    )
+    result = cli("scan", str(tmp_path), "-o", "json", ok=False)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "lost.vmx" in lines[0] and "VM 'lost': disk sda" in lines[0]
+    assert "lost.vmdk" in lines[0]
+    data = json.loads(result.stdout)
+    assert [vm["name"] for vm in data["vms"]] == ["lost"] and data["vms"][0]["disks"][0]["error"]

@@ -55,18 +55,34 @@ def read_file(path: str) -> Result:
     if ext == ".ovf":
         from migrate.sources.ovf import read_ovf
 
-        return list(read_ovf(path)), []
+        return _with_disk_errors(path, list(read_ovf(path)))
     if ext == ".ova":
         from migrate.sources.ova import read_ova
 
-        return list(read_ova(path)), []
+        return _with_disk_errors(path, list(read_ova(path)))
     if ext == ".vmx":
         from migrate.sources.vmx import read_vmx
 
-        return [read_vmx(path)], []
+        return _with_disk_errors(path, [read_vmx(path)])
     raise SourceError(
         f"{path}: unknown kind of file (expected a domain .xml, .ovf, .ova or .vmx)"
     )
+
+
+def _with_disk_errors(path: str, vms: list[VM]) -> Result:
+    """The VMs, and one error line per data disk the reader could not read (missing vmdk…).
+
+    The VM stays in the inventory (assessment flags the disk critical); the line makes the
+    scan's exit status say that something is missing, as for domain XML.
+    """
+    errors = []
+    for vm in vms:
+        for disk in vm.disks:
+            if not disk.error or disk.device not in ("disk", "lun"):
+                continue
+            where = f"{disk.path}: " if disk.path and disk.path not in disk.error else ""
+            errors.append(ScanError(path, _one_line(f"VM '{vm.name}': disk {disk.target}: {where}{disk.error}")))
+    return vms, errors
 
 
 def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
