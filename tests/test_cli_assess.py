@@ -179,6 +179,8 @@ def test_empty_inventory_is_fine(cli, tmp_path: Path) -> None:
     path = tmp_path / "inv.json"
     save_inventory(Inventory(), path)
     assert json.loads(cli("assess", str(path), "-o", "json", ok=True).stdout) == {}
+    r = cli("assess", str(path), ok=True)
+    assert r.stdout == "" and r.stderr == f"No VMs in {path}.\n"
 
 
 def test_help_documents_exit_codes_and_list_rules_needs_no_inventory(cli) -> None:

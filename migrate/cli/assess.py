@@ -101,7 +101,9 @@ def assess_cmd(inventory: str, vm_refs: tuple[str, ...], output: str, fail_on: s
     def label(vm: Any) -> str:
         return vm.name if name_counts[vm.name] == 1 else f"{vm.name} ({vm.key})"
 
-    if output == "table":
+    if output == "table" and not results:
+        click.echo(f"No VMs in {inventory}.", err=True)
+    elif output == "table":
         headers = ["VM", "SEVERITY", "ID", "MESSAGE"] + (["REMEDIATION"] if wide else [])
         rows = [
             [label(vm), c.severity.value, c.id, c.message] + ([c.remediation] if wide else [])
