@@ -24,6 +24,7 @@ disk to the wrong storage class.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -184,12 +185,12 @@ def storage_keys(disk: Disk) -> list[str]:
     if m:
         keys.append(f"datastore:{m.group(1).strip()}")
     elif path.startswith("/"):
-        parent = Path(path).parent
+        parent = os.path.dirname(os.path.normpath(path))
         while True:
             keys.append(f"dir:{parent}")
-            if parent == parent.parent:
+            if parent == "/":
                 break
-            parent = parent.parent
+            parent = os.path.dirname(parent)
     return keys
 
 
@@ -201,6 +202,8 @@ class StorageMap:
     overrides: dict[str, StorageTarget] = field(default_factory=dict)
 
     def resolve(self, disk: Disk) -> StorageTarget:
+        if not self.overrides:
+            return self.default
         for key in storage_keys(disk):
             if key in self.overrides:
                 return self.overrides[key].over(self.default)
@@ -227,7 +230,7 @@ class StorageMap:
                     f"{where}.overrides: {key!r}: keys are pool:NAME, datastore:NAME or dir:/PATH"
                 )
             if kind == "dir":
-                key = f"dir:{Path(name)}"
+                key = f"dir:{os.path.normpath(name)}"
             overrides[key] = _storage_target(value, f"{where}.overrides.{key}")
         return cls(default, overrides)
 

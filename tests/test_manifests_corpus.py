@@ -13,7 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
+from manifests.kustomize import to_yaml
 from manifests.generate import GenerationContext, GenerationError, GenerationOptions, build_vm_manifests
 from manifests.preferences import Catalog
 from manifests.sources import SourceResolver
@@ -97,6 +99,7 @@ def test_the_generator_alone_never_writes_an_invalid_vm(corpus, shared: Path) ->
             reasons[str(exc).split(": ", 2)[1].split(" ")[0]] += 1
             continue
         errors = validator.virtual_machine(ms.virtual_machine)
+        assert yaml.safe_load(to_yaml(ms.virtual_machine)) == ms.virtual_machine  # rendering is lossless
         (invalid.append(f"{vm.source.location}: {errors[:3]}") if errors else None)
         valid += not errors
     print(f"generator alone: {valid} valid of {len(inv.vms)}; refused {dict(reasons)}")
