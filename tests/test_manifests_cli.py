@@ -124,3 +124,20 @@ def test_help_lists_every_option(cli) -> None:  # type: ignore[no-untyped-def]
     for opt in ("--out", "--workdir", "--http-base", "--blank", "--map", "--network", "--storage-class",
                 "--run-strategy", "--keep-cdroms", "--preference", "--instancetype", "--validate-schemas", "-o"):
         assert opt in text
+
+
+def test_preferences_and_instancetypes_from_cluster_bundles(cli, tmp_path: Path, shared: Path) -> None:  # type: ignore[no-untyped-def]
+    inv, maps, _ = _setup(tmp_path)
+    bundle = shared / "schemas" / "common-instancetypes-v1.7.0"
+    result = cli("manifests", str(inv), "--vm", "web01", "-o", "yaml", "--map", str(maps), "--http-base", "http://h",
+                 "--preference", "auto", "--preferences", str(bundle / "common-clusterpreferences-bundle.yaml"),
+                 "--instancetype", "auto", "--instancetypes", str(bundle / "common-clusterinstancetypes-bundle.yaml"),
+                 ok=True)
+    vm = yaml.safe_load(result.stdout)
+    assert vm["spec"]["preference"]["name"] == "rhel.9"
+    assert vm["spec"]["instancetype"]["name"] == "u1.2xmedium"  # 2 vCPU / 4Gi exactly
+    domain = vm["spec"]["template"]["spec"]["domain"]
+    assert "cpu" not in domain and "memory" not in domain
+    result = cli("manifests", str(inv), "--vm", "web01", "-o", "yaml", "--map", str(maps), "--http-base", "http://h",
+                 "--instancetype", "u1.medium", ok=False)
+    assert "needs the cluster's instancetypes" in result.stderr
