@@ -180,6 +180,9 @@ class _Builder:
         vm = self.vm
         vcpus = max(1, vm.vcpus or 1)
         topo = vm.topology
+        if topo is not None and min(topo.sockets, topo.cores, topo.threads) < 1:
+            self.notes.append("cpu: source topology has a zero count; one socket per vCPU")
+            topo = None
         if topo is not None and topo.vcpus == vcpus:
             return {"sockets": topo.sockets, "cores": topo.cores, "threads": topo.threads}
         if topo is not None and vcpus % (topo.cores * topo.threads) == 0:

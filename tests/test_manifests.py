@@ -176,6 +176,8 @@ def test_vcpu_count_is_kept_when_the_topology_disagrees() -> None:
     assert domain(build(vm))["cpu"] == {"sockets": 3, "cores": 2, "threads": 1}
     vm.vcpus, vm.topology = 5, CpuTopology(sockets=1, cores=4, threads=2)
     assert domain(build(vm))["cpu"] == {"sockets": 5, "cores": 1, "threads": 1}
+    vm.topology = CpuTopology(sockets=0, cores=2, threads=1)
+    assert domain(build(vm))["cpu"] == {"sockets": 5, "cores": 1, "threads": 1}
     vm.topology = None
     vm.vcpus = 3
     assert domain(build(vm))["cpu"] == {"sockets": 3, "cores": 1, "threads": 1}

@@ -114,6 +114,8 @@ def test_errors_are_one_line_and_nothing_is_written(cli, tmp_path: Path) -> None
     assert "no VM named nope" in result.stderr
     result = cli("manifests", str(inv), ok=False)
     assert "--out DIR is required" in result.stderr
+    result = cli("manifests", str(inv), "--out", str(out), "--timezone", "Mars/Olympus", ok=False)
+    assert "not a known time zone" in result.stderr
     result = cli("manifests", str(tmp_path / "missing.json"), "--out", str(out), ok=False)
     assert "missing.json" in result.stderr
     assert not out.exists()

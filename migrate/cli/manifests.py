@@ -114,6 +114,13 @@ def manifests_cmd(
         raise UsageError("manifests: --out DIR is required (or -o yaml|json to print one VM)")
     if not is_dns1123_label(namespace):
         raise UsageError(f"--namespace {namespace!r} is not a DNS-1123 label")
+    if timezone:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise UsageError(f"--timezone {timezone!r} is not a known time zone (e.g. Europe/Berlin)") from None
     for item in blank:
         if "/" not in item:
             raise UsageError(f"--blank {item!r}: expected VM/DISK, e.g. web/vdb")
