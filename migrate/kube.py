@@ -223,7 +223,10 @@ class Kube:
                 return call()
             except (ApiException, DynamicApiError) as exc:
                 status = getattr(exc, "status", None)
-                if status in RETRY_STATUSES and attempt < o.retries:
+                # A 409 to an apply is nearly always another manager's field, not a race:
+                # two quick retries, then the conflict is reported.
+                limit = min(2, o.retries) if status == 409 else o.retries
+                if status in RETRY_STATUSES and attempt < limit:
                     attempt += 1
                     time.sleep(o.backoff * (2 ** (attempt - 1)))
                     continue

@@ -201,4 +201,6 @@ def test_migrate_killed_at_random_points_finishes(cli: Any, tmp_path: Path,
     assert all(dv["status"]["phase"] == "Succeeded" for dv in cluster.objects(DV).values())
     # no half-written image left behind
     assert not [p for p in plan.workdir.iterdir() if p.name.endswith(".part")]
-    print(f"kills={kills} runs={runs}")
+    with Journal(plan.workdir / "vmmove-journal.sqlite") as journal:
+        stages = [f"{h['item'].split('/')[1]}:{h['status']}" for h in journal.history("stage")]
+    print(f"kills={kills} runs={runs} stages={stages}")
