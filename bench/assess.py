@@ -142,7 +142,8 @@ def main() -> int:
         print(f"ratio assess/load (cpu) : {ratio:7.2f}x  (wall {wall / base_wall:.2f}x; target <= {TARGET_RATIO:.1f}x)")
 
         if not args.quick:
-            cmd = [sys.executable, "-m", "migrate.cli", "assess", str(path), "-o", "json", "--fail-on", "never"]
+            cmd = [sys.executable, "-c", "from migrate.cli import run; run()"]
+            cmd += ["assess", str(path), "-o", "json", "--fail-on", "never"]
             cli_wall, _ = timed(lambda: subprocess.run(cmd, check=True, capture_output=True), max(1, reps // 2))
             print(f"vmmove assess CLI       : {cli_wall:7.3f} s wall (fresh process, JSON output)")
     ok = ratio <= TARGET_RATIO
