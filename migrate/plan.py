@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import re
 import urllib.parse
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -540,10 +540,15 @@ def _resolve(plan: Plan, problems: _Problems) -> list[PlannedVM]:
     default_names = target_names(inv)
     planned: list[PlannedVM] = []
     seen: dict[str, str] = {}
+    index: dict[str, list[VM]] = defaultdict(list)  # name and UUID → VMs (one pass, not N²)
+    for vm in inv.vms:
+        index[vm.name].append(vm)
+        if vm.uuid and vm.uuid != vm.name:
+            index[vm.uuid].append(vm)
     for wave in plan.waves:
-        for j, entry in enumerate(wave.entries):
+        for entry in wave.entries:
             where = f"waves[{wave.number}] VM {entry.ref!r}"
-            matches = [vm for vm in inv.vms if entry.ref in (vm.name, vm.uuid)]
+            matches = index.get(entry.ref, [])
             if not matches:
                 problems.add(where, f"not in the inventory {plan.inventory_path.name}")
                 continue
@@ -740,12 +745,12 @@ def generate_plan(
     for attachment in sorted({nic.attachment for vm in planned_vms for nic in vm.nics
                               if net_map.resolve(nic) is None}):
         nets[attachment] = None
+    name_counts = Counter(vm.name for vm in inventory.vms)
     waves = []
     for title, members in groups:
         entries: list[Any] = []
         for vm in members:
-            ref = vm.name if sum(1 for v in inventory.vms if v.name == vm.name) == 1 \
-                else (vm.uuid or vm.name)
+            ref = vm.name if name_counts[vm.name] == 1 else (vm.uuid or vm.name)
             reason = skip(vm) if skip else None
             entries.append({"vm": ref, "skip": True, "note": reason} if reason else ref)
         waves.append({"name": _wave_name(title), "vms": entries})

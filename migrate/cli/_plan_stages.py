@@ -309,7 +309,6 @@ class ImportBars:
         key = f"{state.item.namespace}/{state.item.dv}"
         if key not in self.bars:
             self.bars[key] = bar(100.0, state.item.label, unit="%", position=len(self.bars))
-            self.bars[key].bar_format = "{desc}: {percentage:3.0f}%|{bar}| {postfix}"
         b = self.bars[key]
         if state.progress is not None:
             b.n = state.progress
