@@ -1,0 +1,629 @@
+"""Staged cutover and rollback: switch a VM from its libvirt host to KubeVirt, and back.
+
+A cutover runs, per VM, six journalled steps (kind ``cutover``, item ``<vm key>/<step>``):
+
+1. ``preflight``: no critical concern, the VirtualMachine applied and every disk imported,
+   the source domain reachable;
+2. ``stop``: libvirt ACPI shutdown, polling until it is off (``destroy`` only with
+   ``force``, after the timeout); the source is never undefined, its disks never written;
+3. ``sync``: the final sync (given by the caller: convert and transfer live outside
+   ``migrate``), either a full copy — the staged copy read a running disk — or proof that
+   the stopped source still equals the staged copy;
+4. ``start``: the VirtualMachine's ``runStrategy`` set to ``Always`` (a JSON merge patch of
+   that one field);
+5. ``verify``: its VirtualMachineInstance reaches ``Running`` (and the guest agent connects
+   when asked), then an optional user command;
+6. ``done``: the downtime, from the start of ``stop`` to the end of ``verify``.
+
+The VM itself is one more item, ``cutover``/``<vm key>`` — what ``vmmove status`` reads —
+whose data say the step it is at and ``next``: what the operator does next, in words, so
+that a VM stopped on the source is never shown without a way forward.  A rerun resumes at
+the first step not done; steps that are done are not repeated (the stop is rechecked: a
+source started again by hand before the sync is stopped again, after the sync it is an
+error, since its new writes would be lost).
+
+Rollback (kind ``rollback``, item ``<vm key>``) halts the target (``runStrategy: Halted``),
+waits (bounded) for its VirtualMachineInstance to go, and only then starts the source
+again when the cutover found it running: two copies of one VM must never run at once.
+It is safe at any point and to repeat; it forgets the cutover's steps so that the next
+cutover starts from the preflight.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
+from migrate.errors import UsageError, VmmoveError
+from migrate.kube import VIRTUAL_MACHINE, Kube
+from migrate.plan import Plan, PlannedVM
+from migrate.state import DONE, RUNNING, Journal
+from migrate.workdir import disk_item
+
+STEPS = ("preflight", "stop", "sync", "start", "verify", "done")
+VMI = ("kubevirt.io/v1", "VirtualMachineInstance")
+#: Test-only: pause (sleep) right after a step is journalled done (``stop``) or started
+#: (``start:sync``), so a fault test can kill the process at that exact point.
+PAUSE_ENV = "VMMOVE_TEST_PAUSE_AT"
+
+
+class CutoverError(VmmoveError):
+    """One VM's cutover cannot go on; the message says what state it is left in."""
+
+
+@dataclass
+class CutoverOptions:
+    shutdown_timeout: float = 300.0
+    force: bool = False  # destroy the source when the ACPI shutdown times out
+    verify_timeout: float = 600.0
+    guest_agent: bool = False  # require the AgentConnected condition
+    verify_command: str | None = None
+    poll: float = 0.5
+
+
+@dataclass
+class RollbackOptions:
+    vmi_timeout: float = 300.0
+    poll: float = 0.5
+
+
+#: The final sync: given the VM and the journal, make the target's disks equal the stopped
+#: source's, and return what to record (``mode``, per-disk results, bytes).
+SyncFn = Callable[[PlannedVM, Journal], dict[str, Any]]
+Log = Callable[[str], None]
+
+
+def step_item(key: str, step: str) -> str:
+    return f"{key}/{step}"
+
+
+def _pause(point: str) -> None:
+    """Test hook (see :data:`PAUSE_ENV`): announce the point on stderr, then wait to be killed."""
+    if os.environ.get(PAUSE_ENV) == point:
+        print(f"vmmove: test pause at {point}", file=sys.stderr, flush=True)
+        time.sleep(3600)
+
+
+def parse_at(text: str, now: datetime.datetime | None = None) -> datetime.datetime:
+    """``--at``: ISO 8601 (``2025-05-01T02:00``, with or without zone) or ``HH:MM[:SS]``
+    (today, or tomorrow when that time has passed); local time unless a zone is given."""
+    now = now or datetime.datetime.now().astimezone()
+    value = text.strip()
+    try:
+        if len(value) <= 8 and ":" in value and "T" not in value and "-" not in value:
+            t = datetime.time.fromisoformat(value)
+            when = now.replace(hour=t.hour, minute=t.minute, second=t.second, microsecond=0)
+            if when < now - datetime.timedelta(seconds=1):
+                when += datetime.timedelta(days=1)
+            return when
+        when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--at {text!r}: expected an ISO 8601 time (2025-05-01T02:00) or "
+                         "HH:MM") from None
+    if when.tzinfo is None:
+        when = when.astimezone()
+    return when
+
+
+def wait_until(when: datetime.datetime, log: Log) -> float:
+    """Sleep until ``when``, saying so; the seconds waited."""
+    seconds = (when - datetime.datetime.now().astimezone()).total_seconds()
+    if seconds <= 0:
+        return 0.0
+    log(f"waiting until {when.isoformat(timespec='seconds')} ({seconds:.0f}s) before "
+        "stopping the source")
+    time.sleep(seconds)
+    return seconds
+
+
+# -- the source: a libvirt domain -------------------------------------------------------------
+
+
+def _libvirt() -> Any:
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+STATE_NAMES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutting down",
+               5: "shut off", 6: "crashed", 7: "suspended"}
+_OFF = {5, 6}  # shut off, crashed: nothing runs
+
+
+class Source:
+    """The source domain of one VM, through the libvirt URI it was scanned from."""
+
+    def __init__(self, p: PlannedVM) -> None:
+        vm = p.vm
+        if vm.source.kind.value != "libvirt":
+            raise CutoverError(f"{vm.name}: source {vm.source.location} is not a libvirt host; "
+                               "cutover stops and starts libvirt domains only")
+        libvirt = _libvirt()
+        self.label = f"{vm.name} on {vm.source.location}"
+        try:
+            self.conn = libvirt.open(vm.source.location)
+        except libvirt.libvirtError as exc:
+            raise CutoverError(f"{self.label}: cannot reach the source host: "
+                               f"{exc.get_error_message()}") from None
+        try:
+            self.dom = (self.conn.lookupByUUIDString(vm.uuid) if vm.uuid
+                        else self.conn.lookupByName(vm.name))
+        except libvirt.libvirtError:
+            self.conn.close()
+            raise CutoverError(f"{self.label}: no such domain on the source host "
+                               f"(uuid {vm.uuid or '-'}); was it undefined or renamed?") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def state(self) -> int:
+        return int(self.dom.state()[0])
+
+    @property
+    def state_name(self) -> str:
+        return STATE_NAMES.get(self.state, "unknown")
+
+    @property
+    def running(self) -> bool:
+        return self.state not in _OFF
+
+    def stop(self, timeout: float, force: bool, poll: float = 0.25) -> dict[str, Any]:
+        """Shut the domain down (ACPI); destroy only with ``force`` once ``timeout`` passed."""
+        libvirt = _libvirt()
+        before = self.state_name
+        started = time.monotonic()
+        if not self.running:
+            return {"before": before, "how": "already off", "seconds": 0.0}
+        if self.state == 3 and not force:  # paused: ACPI cannot reach the guest
+            raise CutoverError(f"{self.label}: the domain is paused, an ACPI shutdown cannot "
+                               "reach it; resume it (virsh resume) or pass --force to power it "
+                               "off. Nothing was changed.")
+        if self.state != 3:
+            try:
+                self.dom.shutdown()
+            except libvirt.libvirtError as exc:
+                if self.running:
+                    raise CutoverError(f"{self.label}: shutdown refused: "
+                                       f"{exc.get_error_message()}; nothing was changed") from None
+        while self.running and time.monotonic() - started < timeout:
+            time.sleep(poll)
+        if not self.running:
+            return {"before": before, "how": "shutdown", "seconds": time.monotonic() - started}
+        if not force:
+            raise CutoverError(
+                f"{self.label}: did not shut down within {timeout:g}s of an ACPI shutdown and "
+                f"is still {self.state_name}; nothing else was changed. Shut it down from "
+                "inside the guest, raise --shutdown-timeout, or pass --force to power it off "
+                "after the timeout")
+        try:
+            self.dom.destroy()
+        except libvirt.libvirtError as exc:
+            if self.running:
+                raise CutoverError(f"{self.label}: destroy failed: "
+                                   f"{exc.get_error_message()}") from None
+        return {"before": before, "how": "destroyed after timeout",
+                "seconds": time.monotonic() - started}
+
+    def start(self) -> str:
+        """Start the domain unless it runs; what was done."""
+        libvirt = _libvirt()
+        if self.running:
+            return "already running"
+        try:
+            self.dom.create()
+        except libvirt.libvirtError as exc:
+            raise CutoverError(f"{self.label}: cannot start the source again: "
+                               f"{exc.get_error_message()}") from None
+        return "started"
+
+
+# -- the target: a KubeVirt VirtualMachine -------------------------------------------------------
+
+
+def set_run_strategy(kube: Kube, namespace: str, name: str, strategy: str) -> dict[str, Any]:
+    """Merge-patch ``spec.runStrategy`` (only that field) of a VirtualMachine."""
+    resource = kube.resource(*VIRTUAL_MACHINE)
+    body = {"spec": {"runStrategy": strategy}}
+
+    def call() -> Any:
+        return resource.patch(body=body, name=name, namespace=namespace,
+                              content_type="application/merge-patch+json",
+                              _request_timeout=kube.options.request_timeout)
+
+    return kube._retrying(f"patch VirtualMachine {namespace}/{name} runStrategy={strategy}",
+                          call).to_dict()
+
+
+def get_vmi(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    return kube.get(*VMI, name, namespace)
+
+
+def agent_connected(vmi: dict[str, Any]) -> bool:
+    for cond in (vmi.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "AgentConnected" and str(cond.get("status")) == "True":
+            return True
+    return False
+
+
+def wait_running(kube: Kube, namespace: str, name: str, timeout: float, agent: bool,
+                 poll: float) -> dict[str, Any]:
+    """Wait for the VMI to run (and the agent to connect, when asked); raise on timeout."""
+    started = time.monotonic()
+    vmi: dict[str, Any] | None = None
+    while True:
+        vmi = get_vmi(kube, namespace, name)
+        phase = ((vmi or {}).get("status") or {}).get("phase")
+        if phase == "Running" and (not agent or agent_connected(vmi or {})):
+            return {"phase": phase, "agent": agent_connected(vmi or {}),
+                    "node": ((vmi or {}).get("status") or {}).get("nodeName"),
+                    "seconds": round(time.monotonic() - started, 3)}
+        if phase in ("Failed", "Succeeded"):
+            raise CutoverError(f"VirtualMachineInstance {namespace}/{name} is {phase}, not "
+                               "Running")
+        if time.monotonic() - started >= timeout:
+            what = (f"is {phase}" if phase else "does not exist")
+            if phase == "Running" and agent:
+                what = "runs but its guest agent did not connect"
+            raise CutoverError(f"VirtualMachineInstance {namespace}/{name} {what} after "
+                               f"{timeout:g}s (--verify-timeout)")
+        time.sleep(poll)
+
+
+def wait_vmi_gone(kube: Kube, namespace: str, name: str, timeout: float,
+                  poll: float) -> float:
+    started = time.monotonic()
+    while get_vmi(kube, namespace, name) is not None:
+        if time.monotonic() - started >= timeout:
+            raise CutoverError(
+                f"VirtualMachineInstance {namespace}/{name} still exists {timeout:g}s after "
+                "runStrategy became Halted; the source was NOT started (two copies must never "
+                "run at once): check the VM with kubectl, then rerun vmmove rollback")
+        time.sleep(poll)
+    return time.monotonic() - started
+
+
+# -- cutover -----------------------------------------------------------------------------------
+
+
+def commands_for(plan: Plan, p: PlannedVM) -> dict[str, str]:
+    """The commands an operator runs for this VM: resume, roll back."""
+    ref = p.vm.name
+    return {"cutover": f"vmmove cutover {plan.path} --wave {p.wave} {ref}",
+            "rollback": f"vmmove rollback {plan.path} --wave {p.wave} {ref}"}
+
+
+def next_action(plan: Plan, p: PlannedVM, step: str, source_stopped: bool) -> str:
+    """What to do when a cutover stopped at (or during) ``step``."""
+    c = commands_for(plan, p)
+    if not source_stopped:
+        return f"source still running, nothing switched: fix the cause and run `{c['cutover']}`"
+    return (f"source is STOPPED (the VM is down): run `{c['cutover']}` to finish the cutover, "
+            f"or `{c['rollback']}` to start the source again")
+
+
+@dataclass
+class VmCutover:
+    """The outcome of one VM's cutover run."""
+
+    key: str
+    vm: str
+    target: str
+    status: str  # done | failed | skipped (done earlier)
+    steps: dict[str, str] = field(default_factory=dict)  # step -> done | skipped | failed
+    downtime: float | None = None
+    sync_mode: str | None = None
+    error: str | None = None
+    next: str | None = None
+
+    def to_data(self) -> dict[str, Any]:
+        return {"key": self.key, "vm": self.vm, "target": self.target, "status": self.status,
+                "steps": self.steps, "downtime": self.downtime, "syncMode": self.sync_mode,
+                "error": self.error, "next": self.next}
+
+
+def critical_concerns(plan: Plan, p: PlannedVM) -> list[str]:
+    from migrate.assessment import assess
+    from migrate.assessment.concern import Severity
+
+    concerns = assess(plan.inventory, [p.vm]).get(p.key, [])
+    return [f"{c.id}: {c.message}" for c in concerns if c.severity == Severity.CRITICAL]
+
+
+def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal) -> dict[str, Any]:
+    """Every reason not to stop the source, all at once."""
+    problems: list[str] = []
+    problems += [f"critical concern {c}" for c in critical_concerns(plan, p)]
+    apply = journal.get(KIND_APPLY, p.key)
+    if apply is None or apply.status != DONE or apply.data.get("result") == "dry-run":
+        problems.append("not applied yet (run vmmove migrate --stage or vmmove apply)")
+    disks = [d for d in p.vm.disks if d.device in ("disk", "lun")]
+    not_imported = [d.target for d in disks
+                    if not journal.is_done(KIND_IMPORT, disk_item(p.vm, d))]
+    if not_imported:
+        problems.append(f"disk(s) {', '.join(not_imported)} not imported yet (vmmove apply "
+                        "watches the imports)")
+    obj = kube.get(*VIRTUAL_MACHINE, p.name, p.namespace)
+    if obj is None:
+        problems.append(f"VirtualMachine {p.namespace}/{p.name} is not in the cluster at "
+                        f"{kube.where}")
+    source_state = None
+    try:
+        with Source(p) as src:
+            source_state = src.state_name
+    except CutoverError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise CutoverError(f"{p.vm.name}: preflight failed, nothing was changed: "
+                           + "; ".join(problems))
+    return {"source_state": source_state,
+            "target_run_strategy": ((obj or {}).get("spec") or {}).get("runStrategy")}
+
+
+class Cutover:
+    """One cutover run over some VMs of a wave (the caller holds the plan lock)."""
+
+    def __init__(self, plan: Plan, kube: Kube, journal: Journal, sync: SyncFn,
+                 options: CutoverOptions, log: Log) -> None:
+        self.plan, self.kube, self.journal, self.sync = plan, kube, journal, sync
+        self.options, self.log = options, log
+
+    # each step: (PlannedVM) -> data to journal
+    def _step(self, p: PlannedVM, step: str, fn: Callable[[], dict[str, Any]],
+              source_stopped: bool) -> dict[str, Any]:
+        j, item = self.journal, step_item(p.key, step)
+        j.update(KIND_CUTOVER, p.key, step=step,
+                 next=next_action(self.plan, p, step, source_stopped))
+        j.start(KIND_CUTOVER, item)
+        _pause(f"start:{step}")
+        try:
+            data = fn()
+        except CutoverError as exc:
+            stopped = source_stopped or self._source_stopped(p)
+            message = str(exc) if str(exc).startswith(p.vm.name) else f"{p.vm.name}: {exc}"
+            hint = next_action(self.plan, p, step, stopped)
+            j.fail(KIND_CUTOVER, item, message)
+            j.fail(KIND_CUTOVER, p.key, f"{step}: {message} — {hint}", step=step, next=hint)
+            raise CutoverError(f"{message} — {hint}") from None
+        except VmmoveError as exc:
+            stopped = source_stopped or self._source_stopped(p)
+            hint = next_action(self.plan, p, step, stopped)
+            message = f"{p.vm.name}: {step}: {exc}"
+            j.fail(KIND_CUTOVER, item, message)
+            j.fail(KIND_CUTOVER, p.key, f"{message} — {hint}", step=step, next=hint)
+            raise CutoverError(f"{message} — {hint}") from None
+        except BaseException:
+            j.fail(KIND_CUTOVER, item, "interrupted: rerun the cutover to resume")
+            raise
+        j.done(KIND_CUTOVER, item, **data)
+        self.log(f"{p.vm.name}: {step} done" + (f" ({_brief(data)})" if _brief(data) else ""))
+        _pause(step)
+        return data
+
+    def _source_stopped(self, p: PlannedVM) -> bool:
+        stop = self.journal.get(KIND_CUTOVER, step_item(p.key, "stop"))
+        return stop is not None and stop.status in (DONE, RUNNING) or \
+            (stop is not None and bool(stop.data.get("how")))
+
+    def done_before(self, p: PlannedVM) -> bool:
+        return self.journal.is_done(KIND_CUTOVER, step_item(p.key, "done"))
+
+    def preflight(self, p: PlannedVM) -> None:
+        """Step 1 for one VM (skipped when done in an earlier run)."""
+        j = self.journal
+        if j.is_done(KIND_CUTOVER, step_item(p.key, "preflight")):
+            return
+        top = j.get(KIND_CUTOVER, p.key)
+        if top is None or top.status != RUNNING:
+            j.start(KIND_CUTOVER, p.key, wave=p.wave, name=p.name, namespace=p.namespace)
+        self._step(p, "preflight", lambda: preflight(self.plan, p, self.kube, j), False)
+
+    def run_vm(self, p: PlannedVM) -> VmCutover:
+        """Steps 2-6 for one VM whose preflight is done; resumes where the last run stopped."""
+        j, o = self.journal, self.options
+        result = VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}", "done")
+        top = j.get(KIND_CUTOVER, p.key)
+        if top is None or top.status != RUNNING:
+            j.start(KIND_CUTOVER, p.key, wave=p.wave, name=p.name, namespace=p.namespace)
+        result.steps["preflight"] = "done"
+
+        def is_done(step: str) -> bool:
+            return j.is_done(KIND_CUTOVER, step_item(p.key, step))
+
+        # 2. stop (rechecked when done: a source started again must not be left running)
+        sync_done = is_done("sync")
+        with Source(p) as src:
+            if is_done("stop") and src.running:
+                if sync_done:
+                    raise self._fail_top(p, "stop", CutoverError(
+                        f"{p.vm.name}: the source runs again although the cutover stopped it "
+                        "and synced its disks; what it wrote since would be lost. Run vmmove "
+                        "rollback (or stop it) before resuming"), True)
+                self.log(f"{p.vm.name}: the source runs again: stopping it again")
+                j.reset(KIND_CUTOVER, step_item(p.key, "stop"))
+            if not is_done("stop"):
+                self._step(p, "stop", lambda: _stop_data(src, o), False)
+                result.steps["stop"] = "done"
+            else:
+                result.steps["stop"] = "skipped"
+        # 3. final sync
+        if not is_done("sync"):
+            self._step(p, "sync", lambda: self.sync(p, j), True)
+            result.steps["sync"] = "done"
+        else:
+            result.steps["sync"] = "skipped"
+        # 4. start the target
+        if not is_done("start"):
+            def start() -> dict[str, Any]:
+                answer = set_run_strategy(self.kube, p.namespace, p.name, "Always")
+                meta = answer.get("metadata") or {}
+                return {"runStrategy": (answer.get("spec") or {}).get("runStrategy"),
+                        "resourceVersion": meta.get("resourceVersion")}
+            self._step(p, "start", start, True)
+            result.steps["start"] = "done"
+        else:
+            result.steps["start"] = "skipped"
+        # 5. verify
+        if not is_done("verify"):
+            self._step(p, "verify", lambda: self._verify(p), True)
+            result.steps["verify"] = "done"
+        else:
+            result.steps["verify"] = "skipped"
+        # 6. done: downtime from the start of stop to the end of verify
+        stop = j.get(KIND_CUTOVER, step_item(p.key, "stop"))
+        verify = j.get(KIND_CUTOVER, step_item(p.key, "verify"))
+        sync = j.get(KIND_CUTOVER, step_item(p.key, "sync"))
+        assert stop is not None and verify is not None and sync is not None
+        downtime = round((verify.finished or 0) - (stop.started or 0), 3)
+        was_off = stop.data.get("how") == "already off"
+        if not is_done("done"):
+            self._step(p, "done", lambda: {"downtime": downtime}, True)
+            result.steps["done"] = "done"
+        j.done(KIND_CUTOVER, p.key, step="done", next=None, downtime=downtime,
+               source_was_off=was_off, sync_mode=sync.data.get("mode"),
+               stopped_at=stop.started, verified_at=verify.finished)
+        result.downtime = downtime
+        result.sync_mode = sync.data.get("mode")
+        self.log(f"{p.vm.name}: cut over to {p.namespace}/{p.name}; downtime {downtime:.1f}s")
+        return result
+
+    def _fail_top(self, p: PlannedVM, step: str, exc: CutoverError,
+                  stopped: bool) -> CutoverError:
+        hint = next_action(self.plan, p, step, stopped)
+        self.journal.fail(KIND_CUTOVER, p.key, f"{exc} — {hint}", step=step, next=hint)
+        return CutoverError(f"{exc} — {hint}")
+
+    def _verify(self, p: PlannedVM) -> dict[str, Any]:
+        o = self.options
+        data = wait_running(self.kube, p.namespace, p.name, o.verify_timeout, o.guest_agent,
+                            o.poll)
+        if o.verify_command:
+            env = {**os.environ, "VMMOVE_VM": p.vm.name, "VMMOVE_NAME": p.name,
+                   "VMMOVE_NAMESPACE": p.namespace, "KUBECONFIG": self.kube.kubeconfig}
+            started = time.monotonic()
+            try:
+                proc = subprocess.run(o.verify_command, shell=True, env=env, text=True,  # noqa: S602 - the operator's own command line
+                                      capture_output=True, timeout=o.verify_timeout)
+            except subprocess.TimeoutExpired:
+                raise CutoverError(f"verify command timed out after {o.verify_timeout:g}s: "
+                                   f"{o.verify_command}") from None
+            data["command"] = o.verify_command
+            data["command_seconds"] = round(time.monotonic() - started, 3)
+            data["command_output"] = (proc.stdout + proc.stderr)[-500:]
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+                raise CutoverError(f"verify command exited {proc.returncode}: "
+                                   f"{o.verify_command}: {tail[0][:200]}")
+        return data
+
+
+def _stop_data(src: Source, o: CutoverOptions) -> dict[str, Any]:
+    data = src.stop(o.shutdown_timeout, o.force)
+    data["seconds"] = round(data["seconds"], 3)
+    return data
+
+
+def _brief(data: dict[str, Any]) -> str:
+    keys = ("how", "mode", "runStrategy", "phase", "downtime")
+    return ", ".join(f"{k} {data[k]}" for k in keys if data.get(k) is not None)
+
+
+# -- rollback ----------------------------------------------------------------------------------
+
+
+@dataclass
+class VmRollback:
+    key: str
+    vm: str
+    target: str
+    target_action: str
+    source_action: str
+    seconds: float
+
+    def to_data(self) -> dict[str, Any]:
+        return {"key": self.key, "vm": self.vm, "target": self.target,
+                "targetAction": self.target_action, "sourceAction": self.source_action,
+                "seconds": self.seconds}
+
+
+def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
+                options: RollbackOptions, log: Log) -> VmRollback:
+    """Halt the target, wait for its VMI to go, start the source if the cutover stopped it."""
+    started = time.monotonic()
+    journal.start(KIND_ROLLBACK, p.key, wave=p.wave, name=p.name, namespace=p.namespace)
+    try:
+        obj = kube.get(*VIRTUAL_MACHINE, p.name, p.namespace)
+        if obj is None:
+            target_action = "no VirtualMachine"
+        elif (obj.get("spec") or {}).get("runStrategy") == "Halted":
+            target_action = "already Halted"
+        else:
+            set_run_strategy(kube, p.namespace, p.name, "Halted")
+            target_action = "Halted"
+        waited = wait_vmi_gone(kube, p.namespace, p.name, options.vmi_timeout, options.poll)
+        stop = journal.get(KIND_CUTOVER, step_item(p.key, "stop"))
+        # Start the source when the cutover stopped a running one (or got that far).
+        was_running = stop is not None and (
+            stop.data.get("before") not in ("shut off", "crashed") or stop.status != DONE)
+        with Source(p) as src:
+            if was_running:
+                source_action = src.start()
+            else:
+                source_action = f"left {src.state_name}" + (
+                    " (it was off before the cutover)" if stop is not None else
+                    " (the cutover never stopped it)")
+    except VmmoveError as exc:
+        message = str(exc) if str(exc).startswith(p.vm.name) else f"{p.vm.name}: {exc}"
+        journal.fail(KIND_ROLLBACK, p.key, message)
+        raise CutoverError(message) from None
+    except BaseException:
+        journal.fail(KIND_ROLLBACK, p.key, "interrupted: rerun vmmove rollback")
+        raise
+    # The next cutover starts again from the preflight; the history keeps this one.
+    for step in STEPS:
+        if journal.get(KIND_CUTOVER, step_item(p.key, step)) is not None:
+            journal.reset(KIND_CUTOVER, step_item(p.key, step))
+    top = journal.get(KIND_CUTOVER, p.key)
+    if top is not None and top.status != DONE:
+        journal.update(KIND_CUTOVER, p.key, next=None, step="rolled back")
+    seconds = round(time.monotonic() - started, 3)
+    journal.done(KIND_ROLLBACK, p.key, target=target_action, source=source_action,
+                 vmi_gone_seconds=round(waited, 3), seconds=seconds)
+    log(f"{p.vm.name}: rolled back (target {target_action}, source {source_action})")
+    return VmRollback(p.key, p.vm.name, f"{p.namespace}/{p.name}", target_action,
+                      source_action, seconds)
+
+
+def select_vms(plan: Plan, wave: int, refs: tuple[str, ...] | list[str]) -> list[PlannedVM]:
+    """The wave's VMs (not skipped), or the named ones, which must be in that wave."""
+    vms = plan.wave(wave)
+    if not refs:
+        if not vms:
+            raise UsageError(f"{plan.path}: wave {wave} has no VM to cut over (all skipped)")
+        return vms
+    chosen: list[PlannedVM] = []
+    for ref in refs:
+        p = plan.planned(ref)
+        if p is None:
+            raise UsageError(f"{plan.path}: no VM {ref!r} in the plan")
+        if p.wave != wave:
+            raise UsageError(f"{plan.path}: VM {ref!r} is in wave {p.wave}, not wave {wave}")
+        if p.skip:
+            raise UsageError(f"{plan.path}: VM {ref!r} is marked skip in the plan")
+        if p not in chosen:
+            chosen.append(p)
+    return chosen
