@@ -39,12 +39,19 @@ def make_inventory(n: int):  # type: ignore[no-untyped-def]
     return inventory(*vms)
 
 
+CPU: list[float] = []  # process CPU time of the last median_time call's repetitions
+
+
 def median_time(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
+    """Median wall time; the median CPU time goes to CPU[0] (the machine is shared: CPU time
+    shows what the work costs when other processes compete for the 2 cores)."""
+    times, cpu = [], []
     for _ in range(reps):
-        start = time.perf_counter()
+        start, cstart = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cstart)
+    CPU[:] = [statistics.median(cpu)]
     return statistics.median(times)
 
 
@@ -68,18 +75,20 @@ def main() -> None:
             return sets
 
         gen = median_time(generate, reps)
+        gen_cpu = CPU[0]
         sets = generate()
         render = median_time(lambda: [to_yaml(s.virtual_machine) for s in sets], reps)
+        render_cpu = CPU[0]
         write = median_time(lambda: write_tree(sets, out / "tree"), reps)
         total = median_time(lambda: write_tree(generate(), out / "tree2"), reps)
         files = len(list((out / "tree").rglob("*.yaml")))
 
     print(f"manifests for {n} VMs ({files} files), median of {reps}:")
     cpu = gen + render
-    print(f"  generate (build + admission checks)  {gen:7.3f} s")
-    print(f"  render YAML (in memory)              {render:7.3f} s")
+    print(f"  generate (build + admission checks)  {gen:7.3f} s   (CPU {gen_cpu:.3f} s)")
+    print(f"  render YAML (in memory)              {render:7.3f} s   (CPU {render_cpu:.3f} s)")
     print(f"  manifests = generate + render        {cpu:7.3f} s   target < 1 s per 1,000 VMs: "
-          f"{'OK' if cpu * 1000 / n < 1 else 'MISSED'} ({cpu * 1000 / n:.3f} s per 1,000)")
+          f"{'OK' if cpu * 1000 / n < 1 else 'MISSED'} ({cpu * 1000 / n:.3f} s per 1,000; CPU time {(gen_cpu + render_cpu) * 1000 / n:.3f} s)")
     print(f"  render + write tree (atomic, fsync)  {write:7.3f} s   ({write / files * 1000:.2f} ms per file)")
     print(f"  total with files                     {total:7.3f} s")
     print(f"  baseline: save_inventory YAML        {baseline:7.3f} s   ratio total/baseline {total / baseline:.2f}")
