@@ -8,11 +8,14 @@ rollback (the guest boots again) → status, journal and runbook checked on the 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import defusedxml.ElementTree
 import pytest
 import yaml
 
@@ -90,6 +93,15 @@ def test_cutover_and_rollback_end_to_end(cli: Any, tmp_path: Path, libvirt_domai
     assert SHUTDOWN_TAG not in read_image_bytes(out, "qcow2", SHUTDOWN_OFFSET, 64)
 
     # the runbook, written before the cutover, names the exact commands
+    # the runbook, written before the cutover, names the exact commands
+    book = tmp_path / "runbooks"
+    cli("runbook", str(plan_file), "--out", str(book), ok=True)
+    text = (book / "wave-1.md").read_text()
+    for expected in (f"vmmove cutover {plan.path} --wave 1", f"virsh -c {URI} shutdown {guest.name}",
+                     f"kubectl -n vms get vmi {p.name}", f"vmmove rollback {plan.path} --wave 1",
+                     "## Sign-off", "| " + guest.name + " |", "full"):
+        assert expected in text, expected
+
     started = time.monotonic()
     result = cli("cutover", str(plan_file), "--wave", "1", "--kubeconfig",
                  str(cluster.kubeconfig), "--shutdown-timeout", "120", "--verify-timeout",
@@ -144,6 +156,25 @@ def test_cutover_and_rollback_end_to_end(cli: Any, tmp_path: Path, libvirt_domai
 
     status = json.loads(cli("status", str(plan_file), "-o", "json", ok=True).stdout)
     assert [(v["phase"], v["state"]) for v in status["vms"]] == [("cut over", "idle")]
+
+    # the report: the same downtime and checksums as the journal, and a well-formed plot
+    svg = tmp_path / "wave-1.svg"
+    report = json.loads(cli("report", str(plan_file), "--plot", str(svg), "-o", "json",
+                            ok=True).stdout)
+    (vm_report,) = report["vms"]
+    assert vm_report["downtime"] == top.data["downtime"] and vm_report["syncMode"] == "full"
+    assert vm_report["disks"][0]["checksum"] == synced.checksum
+    assert report["throughput"]["sync"]["samples"] == 1
+    root = defusedxml.ElementTree.parse(svg).getroot()
+    titles = [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}title")]
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert f"{guest.name}: {top.data['downtime']:.3g} seconds" in titles
+    assert any(t.startswith(f"{guest.name}: ") and t.endswith("MiB/s") for t in titles)
+    if os.environ.get("VMMOVE_KEEP_PLOT"):
+        shutil.copyfile(svg, os.environ["VMMOVE_KEEP_PLOT"])
+    # a runbook written now estimates from what this cutover measured
+    cli("runbook", str(plan_file), "--out", str(book), ok=True)
+    assert "final syncs measured (1)" in (book / "wave-1.md").read_text()
 
     # a rerun does nothing: the VM is cut over
     again = cli("cutover", str(plan_file), "--wave", "1", "--kubeconfig",

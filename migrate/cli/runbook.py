@@ -1,0 +1,86 @@
+"""``vmmove runbook`` and ``vmmove report``: the operator's pages and the measured record."""
+
+from __future__ import annotations
+
+import click
+
+from migrate.cli.options import output_format
+from migrate.output import emit, human_size
+
+REPORT_HEADERS = ["WAVE", "VM", "TARGET", "DATA", "CONVERTED", "CONVERT", "UPLOAD", "IMPORT",
+                  "CUTOVER", "SYNC", "DOWNTIME", "CHECKSUMS"]
+
+
+@click.command("runbook")
+@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder for the runbooks: one wave-<N>.md per wave.")
+@click.option("--wave", type=click.IntRange(min=1), multiple=True, metavar="N",
+              help="Only wave N (repeatable; default: every wave).")
+def runbook_cmd(plan_file: str, out: str, wave: tuple[int, ...]) -> None:
+    """Write one Markdown runbook per wave: scope, prerequisites checklist, every step with
+    its vmmove, kubectl and virsh commands, expected downtime per VM, verification,
+    rollback and sign-off.
+
+    \b
+    vmmove runbook plan.yaml --out runbooks/
+    vmmove runbook plan.yaml --out runbooks/ --wave 2
+
+    Downtime estimates use the throughput the plan's journal measured in earlier
+    conversions, uploads, imports and cutovers (regenerate after a rehearsal); the
+    runbook says how each number was computed.
+    """
+    from pathlib import Path
+
+    from migrate.plan import load_plan
+    from migrate.runbook import write_runbooks
+
+    plan = load_plan(plan_file)
+    for n in wave:
+        plan.wave(n)  # unknown wave: one error line before anything is written
+    for path in write_runbooks(plan, Path(out), list(wave) or None):
+        click.echo(str(path))
+
+
+@click.command("report")
+@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Only the VMs of wave N.")
+@click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.svg",
+              help="Also draw throughput and downtime per VM into this SVG file.")
+@output_format()
+def report_cmd(plan_file: str, wave: int | None, plot: str | None, output: str) -> None:
+    """Per VM: sizes, step durations, cutover downtime and checksums, from the journal.
+
+    \b
+    vmmove report plan.yaml
+    vmmove report plan.yaml --wave 1 --plot wave-1.svg -o json
+
+    Reads only the plan's journal; safe while a run is going.
+    """
+    from migrate.plan import load_plan
+    from migrate.report import plan_report, plot_svg
+    from migrate.serialize import atomic_write
+
+    plan = load_plan(plan_file)
+    reports, throughput = plan_report(plan, wave)
+
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}s"
+
+    rows = []
+    for r in reports:
+        sums = ",".join((d.checksum or "-").removeprefix("sha256:")[:12] for d in r.disks)
+        rows.append([r.wave, r.vm, r.target, human_size(r.data_bytes),
+                     human_size(r.converted_bytes), secs(r.seconds("convert_seconds")),
+                     secs(r.seconds("upload_seconds")), secs(r.seconds("import_seconds")),
+                     r.cutover, r.sync_mode or "-", secs(r.downtime), sums])
+    emit({"plan": str(plan.path), "vms": [r.to_data() for r in reports],
+          "throughput": throughput.to_data()}, output, REPORT_HEADERS, rows)
+    if plot:
+        title = f"vmmove: {plan.path.name}" + (f", wave {wave}" if wave else "")
+        atomic_write(plot, plot_svg(reports, title))
+        click.echo(f"plot: {plot}", err=True)
+
+
+commands = [runbook_cmd, report_cmd]

@@ -1,0 +1,284 @@
+"""Runbooks: one Markdown page per wave that an operator follows during the cutover window.
+
+Why generated: the commands in a runbook must be the exact ones for this plan (plan file,
+wave, VM names, source URIs, target namespaces), and its downtime estimates must come from
+what this migration measured so far (the journal), not from a guess.  Each page has the
+scope, a prerequisites checklist, every step with its vmmove, kubectl and virsh commands,
+the expected downtime per VM and how it was computed, verification, rollback and sign-off.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrate.output import human_size
+from migrate.plan import Plan, PlannedVM
+from migrate.report import MIB, Throughput, measure
+from migrate.serialize import atomic_write
+from migrate.state import Journal
+from migrate.workdir import KIND_CONVERT
+
+#: Used when the journal has measured nothing yet (said so in the runbook).
+DEFAULT_RATE = 100 * MIB
+DEFAULT_STOP = 60.0
+DEFAULT_BOOT = 120.0
+
+
+@dataclass
+class Estimate:
+    """Expected downtime of one VM: stop + final sync + start/verify, in seconds."""
+
+    stop: float
+    sync: float
+    boot: float
+    mode: str  # full | verify
+    rate: float  # bytes/s used for the sync
+
+    @property
+    def total(self) -> float:
+        return self.stop + self.sync + self.boot
+
+
+def _rate(t: Throughput, mode: str) -> tuple[float, str]:
+    """The bytes/s a final sync moves at, and where that number comes from."""
+    if mode == "full":
+        if t.sync.per_second:
+            return t.sync.per_second, f"final syncs measured ({t.sync.samples})"
+        parts = [(r.per_second, r.kind) for r in (t.convert, t.upload, t.imports)
+                 if r.per_second]
+        if parts:
+            # convert, upload and import run one after the other: their times add up
+            per_byte = sum(1 / rate for rate, _ in parts)
+            return 1 / per_byte, " + ".join(k for _, k in parts) + " measured"
+        return DEFAULT_RATE, "nothing measured yet: assumed"
+    if t.convert.per_second:  # verify: qemu-img compare reads like a conversion
+        return t.convert.per_second, "convert measured (compare reads alike)"
+    return DEFAULT_RATE, "nothing measured yet: assumed"
+
+
+def sync_mode(p: PlannedVM, journal: Journal) -> str:
+    """``full`` when the staged copy read a running disk, else ``verify``."""
+    for d in p.vm.disks:
+        if d.device not in ("disk", "lun"):
+            continue
+        step = journal.get(KIND_CONVERT, f"{p.key}/{d.target}")
+        if step is None or step.data.get("force_share"):
+            return "full"
+    return "verify"
+
+
+def estimate(p: PlannedVM, t: Throughput, mode: str) -> Estimate:
+    rate, _ = _rate(t, mode)
+    stop = max(t.stop_seconds) if t.stop_seconds else DEFAULT_STOP
+    boot = max(t.boot_seconds) if t.boot_seconds else DEFAULT_BOOT
+    return Estimate(stop, p.vm.data_bytes() / rate, boot, mode, rate)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+def _q(text: str) -> str:
+    return shlex.quote(str(text))
+
+
+def wave_runbook(plan: Plan, wave: int, journal: Journal,
+                 now: datetime.datetime | None = None) -> str:
+    """The Markdown runbook of one wave."""
+    from migrate.assessment import assess
+    from migrate.assessment.concern import Severity
+
+    vms = plan.wave(wave)
+    skipped = [p for p in plan.wave(wave, include_skipped=True) if p.skip]
+    name = next(w.name for w in plan.waves if w.number == wave)
+    t = measure(journal)
+    modes = {p.key: sync_mode(p, journal) for p in vms}
+    estimates = {p.key: estimate(p, t, modes[p.key]) for p in vms}
+    concerns = assess(plan.inventory, [p.vm for p in vms])
+    plan_ref = _q(str(plan.path))
+    cut = f"vmmove cutover {plan_ref} --wave {wave}"
+    back = f"vmmove rollback {plan_ref} --wave {wave}"
+    when = (now or datetime.datetime.now().astimezone()).isoformat(timespec="minutes")
+    total = sum(e.total for e in estimates.values())
+    lines: list[str] = []
+    add = lines.append
+
+    add(f"# Runbook: wave {wave} ({name})")
+    add("")
+    add(f"Plan `{plan.path}` · journal `{plan.journal_path}` · generated {when} by "
+        "`vmmove runbook`. Regenerate it after every rehearsal: the estimates use what "
+        "the journal measured.")
+    add("")
+    add("## Scope")
+    add("")
+    add(f"{len(vms)} VM(s) move from libvirt to KubeVirt in this wave"
+        + (f"; {len(skipped)} skipped: " + ", ".join(
+            f"{p.vm.name} ({p.entry.note or 'skip'})" for p in skipped) if skipped else "")
+        + f". Expected downtime if cut over one after another: {_duration(total)}.")
+    add("")
+    add("| VM | source | target | disks | data | final sync | expected downtime |")
+    add("|---|---|---|---|---|---|---|")
+    for p in vms:
+        e = estimates[p.key]
+        disks = [d for d in p.vm.disks if d.device in ("disk", "lun")]
+        add(f"| {p.vm.name} | `{p.vm.source.location}` | `{p.namespace}/{p.name}` | "
+            f"{len(disks)} | {human_size(p.vm.data_bytes())} | {e.mode} | "
+            f"{_duration(e.total)} |")
+    add("")
+    add("## Prerequisites")
+    add("")
+    add(f"- [ ] Maintenance window agreed; users of {', '.join(p.vm.name for p in vms)} told "
+        "of the downtime above.")
+    add(f"- [ ] `vmmove plan --check {plan_ref}` reports no problem.")
+    add(f"- [ ] `vmmove status {plan_ref} --wave {wave}` shows every VM `imported` "
+        "(else: `vmmove migrate " f"{plan_ref} --wave {wave} --stage`).")
+    for ns in plan.namespaces(wave):
+        add(f"- [ ] `kubectl -n {ns} get vm,dv` lists the wave's VirtualMachines (Halted) and "
+            "DataVolumes (Succeeded).")
+    for uri in sorted({p.vm.source.location for p in vms}):
+        add(f"- [ ] `virsh -c {_q(uri)} list --all` answers (the source host is reachable).")
+    blocking = {p.vm.name: [c for c in concerns.get(p.key, [])
+                            if c.severity == Severity.CRITICAL] for p in vms}
+    if any(blocking.values()):
+        for vm_name, found in blocking.items():
+            for c in found:
+                add(f"- [ ] **{vm_name}: critical concern `{c.id}`**: {c.message} — "
+                    f"{c.remediation}")
+    else:
+        add("- [x] No critical assessment concern (the preflight checks again).")
+    add("- [ ] A backup of each source disk exists (vmmove never writes them, but the guest "
+        "does until it is stopped).")
+    add("")
+    add("## Steps")
+    add("")
+    add("One command runs steps 1–6 for every VM of the wave, journalling each; rerun it "
+        "after any failure or interruption and it resumes where it stopped:")
+    add("")
+    add("```sh")
+    add(f"{cut} --at HH:MM          # preflight now, stop the sources at HH:MM")
+    add("```")
+    add("")
+    add("Or one VM at a time: append its name. What each step does, and how to check it "
+        "by hand:")
+    add("")
+    add("1. **Preflight** — no critical concern, VirtualMachine applied, every disk "
+        "imported, source reachable. Nothing is changed.")
+    add("2. **Stop the source** — ACPI shutdown, waiting `--shutdown-timeout` (default "
+        "300 s); only with `--force` is it then powered off. The domain stays defined, its "
+        "disks untouched.")
+    add("3. **Final sync** — `full`: the staged copy was read while the VM ran, so every "
+        "disk is converted again from the stopped source, sent again and re-imported (the "
+        "DataVolume is recreated). `verify`: the staged copy was read shut off; the stopped "
+        "source is compared with it (`qemu-img compare`) and its checksum checked; only a "
+        "disk that changed is sent again.")
+    add("4. **Start the target** — `runStrategy: Always`.")
+    add("5. **Verify** — the VirtualMachineInstance reaches Running (`--guest-agent`: and "
+        "its agent connects; `--verify-command CMD`: and CMD exits 0).")
+    add("6. **Done** — the downtime (step 2 start to step 5 end) is in the journal and "
+        f"in `vmmove report {plan_ref}`.")
+    add("")
+    for p in vms:
+        uri, dom = _q(p.vm.source.location), _q(p.vm.name)
+        ns, vm = p.namespace, p.name
+        add(f"### {p.vm.name} → `{ns}/{vm}`")
+        add("")
+        add("```sh")
+        add(f"{cut} {dom}")
+        add(f"virsh -c {uri} domstate {dom}                 # before: running; after step 2: shut off")
+        add(f"virsh -c {uri} shutdown {dom}                 # what step 2 does")
+        add(f"kubectl -n {ns} get vm {vm} -o jsonpath='{{.spec.runStrategy}}'   # after step 4: Always")
+        add(f"kubectl -n {ns} patch vm {vm} --type merge -p '{{\"spec\":{{\"runStrategy\":\"Always\"}}}}'"
+            "   # what step 4 does")
+        add(f"kubectl -n {ns} get vmi {vm}                  # step 5: PHASE Running")
+        add(f"kubectl -n {ns} wait vmi/{vm} --for=jsonpath='{{.status.phase}}'=Running --timeout=10m")
+        add("```")
+        add("")
+    add("## Expected downtime")
+    add("")
+    rate, source = _rate(t, "full")
+    vrate, vsource = _rate(t, "verify")
+    add("Per VM: **stop** (the longest ACPI shutdown measured, else "
+        f"{DEFAULT_STOP:.0f} s) + **final sync** (the VM's data ÷ the sync rate) + "
+        "**start and verify** (the longest start-to-Running measured, else "
+        f"{DEFAULT_BOOT:.0f} s).")
+    add("")
+    add(f"- full sync rate: {rate / MIB:.1f} MiB/s ({source}: convert, upload and import "
+        "run one after another, so their times per byte add up)")
+    add(f"- verify rate: {vrate / MIB:.1f} MiB/s ({vsource})")
+    measured = [(r.kind, r) for r in (t.convert, t.upload, t.imports, t.sync) if r.per_second]
+    for kind, r in measured:
+        add(f"- measured {kind}: {human_size(r.bytes)} in {r.seconds:.1f} s over {r.samples} "
+            f"step(s) = {r.per_second / MIB:.1f} MiB/s")  # type: ignore[operator]
+    if t.stop_seconds:
+        add(f"- measured shutdowns: {len(t.stop_seconds)}, longest {max(t.stop_seconds):.1f} s")
+    if t.boot_seconds:
+        add(f"- measured start→Running: {len(t.boot_seconds)}, longest "
+            f"{max(t.boot_seconds):.1f} s")
+    add("")
+    add("| VM | data | sync | stop | sync time | start+verify | expected downtime |")
+    add("|---|---|---|---|---|---|---|")
+    for p in vms:
+        e = estimates[p.key]
+        add(f"| {p.vm.name} | {human_size(p.vm.data_bytes())} | {e.mode} | "
+            f"{_duration(e.stop)} | {_duration(e.sync)} | {_duration(e.boot)} | "
+            f"**{_duration(e.total)}** |")
+    add("")
+    add("## Verification")
+    add("")
+    add(f"- [ ] `vmmove status {plan_ref} --wave {wave}` shows every VM `cut over`.")
+    for p in vms:
+        add(f"- [ ] `kubectl -n {p.namespace} get vmi {p.name}` is Running; the application "
+            f"on {p.vm.name} answers (`virtctl console {p.name} -n {p.namespace}`).")
+    add(f"- [ ] `vmmove report {plan_ref} --wave {wave} --plot wave-{wave}.svg`: downtime "
+        "and checksums recorded.")
+    add("")
+    add("## Rollback")
+    add("")
+    add("Safe at any point, also halfway through a cutover, and safe to repeat: the target "
+        "is halted first, the source is started only once the target's "
+        "VirtualMachineInstance is gone (two copies never run at once), and only if the "
+        "cutover found it running.")
+    add("")
+    add("```sh")
+    add(f"{back}            # every VM of the wave; or append VM names")
+    for p in vms:
+        uri, dom = _q(p.vm.source.location), _q(p.vm.name)
+        add(f"# by hand, {p.vm.name}:")
+        add(f"kubectl -n {p.namespace} patch vm {p.name} --type merge -p "
+            "'{\"spec\":{\"runStrategy\":\"Halted\"}}'")
+        add(f"kubectl -n {p.namespace} wait vmi/{p.name} --for=delete --timeout=5m")
+        add(f"virsh -c {uri} start {dom}")
+    add("```")
+    add("")
+    add("Data written on the target after the cutover is not copied back to the source.")
+    add("")
+    add("## Sign-off")
+    add("")
+    add("| role | name | date | result |")
+    add("|---|---|---|---|")
+    for role in ("operator", "application owner", "change approver"):
+        add(f"| {role} | | | |")
+    add("")
+    return "\n".join(lines)
+
+
+def write_runbooks(plan: Plan, out: Path, waves: list[int] | None = None) -> list[Path]:
+    """One ``wave-<N>.md`` per wave (with VMs to move) in ``out``; the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    numbers = waves or plan.wave_numbers()
+    journal = plan.journal() if plan.journal_path.is_file() else Journal(":memory:")
+    with journal:
+        for n in numbers:
+            if not plan.wave(n):
+                continue
+            path = out / f"wave-{n}.md"
+            atomic_write(path, wave_runbook(plan, n, journal))
+            written.append(path)
+    return written
