@@ -260,6 +260,8 @@ class S3Backend(Backend):
             if skipped is not None:
                 return self._result(item, key, SKIPPED, skipped, 0)
             if item.size < self.options.part_size:
+                if state.get("upload_id"):  # an earlier, bigger image under this item
+                    self._abort(str(state.get("key") or key), str(state["upload_id"]))
                 digest, sent = self._put_small(item, key, progress)
                 return self._result(item, key, UPLOADED, digest, sent)
             digest, sent, resumed, has_meta = self._multipart(
