@@ -310,6 +310,10 @@ def commands_for(plan: Plan, p: PlannedVM) -> dict[str, str]:
 def next_action(plan: Plan, p: PlannedVM, step: str, source_stopped: bool) -> str:
     """What to do when a cutover stopped at (or during) ``step``."""
     c = commands_for(plan, p)
+    if step == "stop" and not source_stopped:
+        return (f"the source was being SHUT DOWN (`virsh -c {p.vm.source.location} domstate "
+                f"{p.vm.name}` tells): run `{c['cutover']}` to go on, or `{c['rollback']}` to "
+                "start it again")
     if not source_stopped:
         return f"source still running, nothing switched: fix the cause and run `{c['cutover']}`"
     return (f"source is STOPPED (the VM is down): run `{c['cutover']}` to finish the cutover, "
@@ -395,13 +399,13 @@ class Cutover:
         except CutoverError as exc:
             stopped = source_stopped or self._source_stopped(p)
             message = str(exc) if str(exc).startswith(p.vm.name) else f"{p.vm.name}: {exc}"
-            hint = next_action(self.plan, p, step, stopped)
+            hint = next_action(self.plan, p, "failed", stopped)  # the state asked just now
             j.fail(KIND_CUTOVER, item, message)
             j.fail(KIND_CUTOVER, p.key, f"{step}: {message} — {hint}", step=step, next=hint)
             raise CutoverError(f"{message} — {hint}") from None
         except VmmoveError as exc:
             stopped = source_stopped or self._source_stopped(p)
-            hint = next_action(self.plan, p, step, stopped)
+            hint = next_action(self.plan, p, "failed", stopped)  # the state asked just now
             message = f"{p.vm.name}: {step}: {exc}"
             j.fail(KIND_CUTOVER, item, message)
             j.fail(KIND_CUTOVER, p.key, f"{message} — {hint}", step=step, next=hint)
@@ -410,14 +414,21 @@ class Cutover:
             j.fail(KIND_CUTOVER, item, "interrupted: rerun the cutover to resume")
             raise
         j.done(KIND_CUTOVER, item, **data)
+        if step != "done":
+            j.update(KIND_CUTOVER, p.key, next=next_action(
+                self.plan, p, step, source_stopped or step == "stop"))
         self.log(f"{p.vm.name}: {step} done" + (f" ({_brief(data)})" if _brief(data) else ""))
         _pause(step)
         return data
 
     def _source_stopped(self, p: PlannedVM) -> bool:
-        stop = self.journal.get(KIND_CUTOVER, step_item(p.key, "stop"))
-        return stop is not None and stop.status in (DONE, RUNNING) or \
-            (stop is not None and bool(stop.data.get("how")))
+        """Whether the source is off now (asked from libvirt; the journal if unreachable)."""
+        try:
+            with Source(p) as src:
+                return not src.running
+        except CutoverError:
+            stop = self.journal.get(KIND_CUTOVER, step_item(p.key, "stop"))
+            return stop is not None and stop.status in (DONE, RUNNING)
 
     def done_before(self, p: PlannedVM) -> bool:
         return self.journal.is_done(KIND_CUTOVER, step_item(p.key, "done"))
@@ -503,7 +514,7 @@ class Cutover:
 
     def _fail_top(self, p: PlannedVM, step: str, exc: CutoverError,
                   stopped: bool) -> CutoverError:
-        hint = next_action(self.plan, p, step, stopped)
+        hint = next_action(self.plan, p, "failed", stopped)  # the state asked just now
         self.journal.fail(KIND_CUTOVER, p.key, f"{exc} — {hint}", step=step, next=hint)
         return CutoverError(f"{exc} — {hint}")
 

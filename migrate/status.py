@@ -62,6 +62,7 @@ class VmStatus:
     bytes_sent: int = 0  # bytes sent over the network (resumed transfers send less)
     seconds: float | None = None  # first start to last finish
     steps: dict[str, StepTiming] = field(default_factory=dict)
+    next: str | None = None  # an unfinished cutover: what the operator does next
 
     def to_data(self) -> dict[str, Any]:
         return {"wave": self.wave, "vm": self.vm, "key": self.key, "name": self.name,
@@ -69,7 +70,7 @@ class VmStatus:
                 "error": self.error, "bytesMoved": self.bytes_moved,
                 "bytesSent": self.bytes_sent,
                 "seconds": round(self.seconds, 3) if self.seconds is not None else None,
-                "steps": {k: s.to_data() for k, s in self.steps.items()}}
+                "steps": {k: s.to_data() for k, s in self.steps.items()}, "next": self.next}
 
 
 def _timing(kind: str, steps: list[Step | None]) -> StepTiming:
@@ -147,6 +148,8 @@ def vm_status(p: PlannedVM, journal: Journal) -> VmStatus:
         bytes_sent=sum(int(s.data.get("sent") or 0) for s in uploads),
         seconds=(max(ends) - min(starts)) if starts and ends else None,
         steps=timings,
+        next=(cut.data.get("next") if cut is not None and cut.status != DONE
+              and phase != ROLLED_BACK else None),
     )
 
 

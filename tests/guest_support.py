@@ -29,12 +29,14 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import pytest
+import yaml
 
 CACHE = Path(os.environ.get("VMMOVE_GUEST_CACHE", "/var/cache/vmmove-guest"))
 UP_MARKER = "VMMOVE-GUEST-UP"
@@ -340,3 +342,36 @@ class KubeVirt:
                 emulator = self.cluster.emulator
                 self.cluster.call(lambda: emulator.objects[self.vmi, ns, name].delete())
                 self.events.append(("deleted", name))
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kubevirt(cluster: Any) -> Iterator[KubeVirt]:
+    player = KubeVirt(cluster)
+    try:
+        yield player
+    finally:
+        player.stop()
+
+
+def stage_guest(cli: Any, tmp: Path, guest: Guest, s3: Any, bucket: str,
+                cluster: Any) -> Path:
+    """scan → plan (the guest alone, read while running) → migrate --stage."""
+    inventory = tmp / "inventory.yaml"
+    # other sessions' domains may be on the daemon too: only ours has to scan cleanly
+    cli("scan", "-c", "qemu:///system", "--output-file", str(inventory), "-o", "json")
+    names = [vm["name"] for vm in yaml.safe_load(inventory.read_text())["vms"]]
+    assert guest.name in names
+    plan_file = tmp / "plan.yaml"
+    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--s3",
+        f"s3://{bucket}/cut", "--endpoint-url", s3.endpoint, "--by", "list", "--wave",
+        guest.name, ok=True)
+    data = yaml.safe_load(plan_file.read_text())
+    data["convert"]["forceShare"] = True  # the guest runs while it is staged
+    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = cli("migrate", str(plan_file), "--wave", "1", "--stage", "--kubeconfig",
+                 str(cluster.kubeconfig), "-o", "json")
+    assert result.exit_code == 0, result.stderr
+    return plan_file

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,9 @@ from tests.guest_support import (
     Guest,
     KubeVirt,
     boot_guest,
+    kubevirt,  # noqa: F401
     read_image_bytes,
+    stage_guest,
 )
 from tests.libvirtd_support import URI, DomainFactory, libvirt_domains, libvirtd  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
@@ -37,36 +38,6 @@ from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F4
 pytestmark = pytest.mark.slow
 
 SHUT_OFF = 5
-
-
-@pytest.fixture
-def kubevirt(cluster: Cluster) -> Iterator[KubeVirt]:
-    player = KubeVirt(cluster)
-    try:
-        yield player
-    finally:
-        player.stop()
-
-
-def stage_guest(cli: Any, tmp: Path, guest: Guest, s3: SeaweedFS, bucket: str,
-                cluster: Cluster) -> Path:
-    """scan → plan (the guest alone, read while running) → migrate --stage."""
-    inventory = tmp / "inventory.yaml"
-    # other sessions' domains may be on the daemon too: only ours has to scan cleanly
-    cli("scan", "-c", URI, "--output-file", str(inventory), "-o", "json")
-    names = [vm["name"] for vm in yaml.safe_load(inventory.read_text())["vms"]]
-    assert guest.name in names
-    plan_file = tmp / "plan.yaml"
-    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--s3",
-        f"s3://{bucket}/cut", "--endpoint-url", s3.endpoint, "--by", "list", "--wave",
-        guest.name, ok=True)
-    data = yaml.safe_load(plan_file.read_text())
-    data["convert"]["forceShare"] = True  # the guest runs while it is staged
-    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
-    result = cli("migrate", str(plan_file), "--wave", "1", "--stage", "--kubeconfig",
-                 str(cluster.kubeconfig), "-o", "json")
-    assert result.exit_code == 0, result.stderr
-    return plan_file
 
 
 def cutover_history(journal: Journal, key: str) -> list[tuple[str, str]]:

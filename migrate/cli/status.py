@@ -49,11 +49,13 @@ def status_cmd(plan_file: str, wave: int | None, output: str) -> None:
     statuses = plan_status(plan, wave)
     rows = []
     for s in statuses:
-        error = (s.error or "").replace("\n", " ")
+        error = (s.error or (f"next: {s.next}" if s.next else "")).replace("\n", " ")
+        if not s.next:  # an unfinished cutover's way forward is never cut short
+            error = error[:80] + ("…" if len(error) > 80 else "")
         rows.append([s.wave, s.vm, f"{s.namespace}/{s.name}", s.phase, s.state,
                      _count(s.steps["convert"]), _count(s.steps["upload"]),
                      _count(s.steps["import"]), human_size(s.bytes_moved),
-                     _seconds(s.seconds), error[:80] + ("…" if len(error) > 80 else "")])
+                     _seconds(s.seconds), error])
     emit({"plan": str(plan.path), "journal": str(plan.journal_path),
           "vms": [s.to_data() for s in statuses]}, output, HEADERS, rows)
     if output == "table":
