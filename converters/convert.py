@@ -23,7 +23,6 @@ output is read from disk once at most (usually it is still in the page cache).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from converters import qemuimg
+from converters.checksum import sha256_file
 from migrate.errors import UsageError, VmmoveError
 from migrate.imageinfo import ImageError, image_info
 from migrate.model import VM, Disk, Inventory, PowerState
@@ -332,12 +332,6 @@ def _is_current(step: Step | None, job: DiskJob, options: ConvertOptions) -> boo
 
 
 # -- work ------------------------------------------------------------------------------------
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """``sha256:<hex>`` of a file's bytes."""
-    with open(path, "rb") as fh:
-        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def allocated_bytes(path: str | os.PathLike[str]) -> int:

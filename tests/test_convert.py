@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from converters.checksum import sha256_file
 from converters.convert import (
     CONVERTED,
     FAILED,
@@ -19,7 +20,6 @@ from converters.convert import (
     VERIFIED,
     ConvertOptions,
     convert_disks,
-    sha256_file,
 )
 from migrate.model import Disk, Inventory, PowerState
 from migrate.serialize import load_inventory

@@ -12,11 +12,10 @@ tests can count bytes without either knowing the backend.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -148,32 +147,6 @@ class Backend(ABC):
     def describe(self) -> str:
         """The destination in one short phrase, for messages."""
         return self.name
-
-
-def parse_checksum(checksum: str | None) -> str | None:
-    """The hex digest of a ``sha256:<hex>`` checksum, or None for any other form."""
-    if checksum and checksum.startswith("sha256:") and len(checksum) == 71:
-        return checksum[7:].lower()
-    return None
-
-
-def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None,
-                limit: int | None = None) -> Any:
-    """A sha256 object over ``path`` (its first ``limit`` bytes), read in bounded chunks."""
-    digest = hashlib.sha256()
-    remaining = limit
-    with open(path, "rb", buffering=0) as fh:
-        while remaining is None or remaining > 0:
-            want = READ_CHUNK * 8 if remaining is None else min(READ_CHUNK * 8, remaining)
-            chunk = fh.read(want)
-            if not chunk:
-                break
-            digest.update(chunk)
-            if remaining is not None:
-                remaining -= len(chunk)
-            if on_bytes:
-                on_bytes(len(chunk))
-    return digest
 
 
 def run_transfers(backend: Backend, items: Sequence[TransferItem], journal: Journal,

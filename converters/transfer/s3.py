@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 
 import yaml
 
+from converters.checksum import parse_checksum, sha256_file
 from converters.transfer.base import (
     RESUMED,
     SKIPPED,
@@ -50,8 +51,6 @@ from converters.transfer.base import (
     TransferError,
     TransferItem,
     TransferResult,
-    parse_checksum,
-    sha256_file,
 )
 from migrate.errors import UsageError
 from migrate.naming import dns1123_label
@@ -324,7 +323,7 @@ class S3Backend(Backend):
             progress.on_queued(item, item.size, item.size)
             return str(completed)
         if remote and item.path is not None:  # hash locally (reading only) and compare
-            local = sha256_file(item.path).hexdigest()
+            local = parse_checksum(sha256_file(item.path))
             if local == remote:
                 progress.on_queued(item, item.size, item.size)
                 return local
