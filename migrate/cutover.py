@@ -310,6 +310,8 @@ def commands_for(plan: Plan, p: PlannedVM) -> dict[str, str]:
 def next_action(plan: Plan, p: PlannedVM, step: str, source_stopped: bool) -> str:
     """What to do when a cutover stopped at (or during) ``step``."""
     c = commands_for(plan, p)
+    if step == "preflight":
+        return f"nothing was changed yet: run `{c['cutover']}`"
     if step == "stop" and not source_stopped:
         return (f"the source was being SHUT DOWN (`virsh -c {p.vm.source.location} domstate "
                 f"{p.vm.name}` tells): run `{c['cutover']}` to go on, or `{c['rollback']}` to "
@@ -399,7 +401,8 @@ class Cutover:
         except CutoverError as exc:
             stopped = source_stopped or self._source_stopped(p)
             message = str(exc) if str(exc).startswith(p.vm.name) else f"{p.vm.name}: {exc}"
-            hint = next_action(self.plan, p, "failed", stopped)  # the state asked just now
+            hint = next_action(self.plan, p, "preflight" if step == "preflight" else "failed",
+                               stopped)  # the state asked just now
             j.fail(KIND_CUTOVER, item, message)
             j.fail(KIND_CUTOVER, p.key, f"{step}: {message} — {hint}", step=step, next=hint)
             raise CutoverError(f"{message} — {hint}") from None
