@@ -41,7 +41,8 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
     with the journal's; only a disk that differs is converted and sent again.
     """
     from converters import qemuimg
-    from converters.convert import CONVERTED, FAILED, ConvertOptions, convert_disks, sha256_file
+    from converters.checksum import sha256_file
+    from converters.convert import CONVERTED, FAILED, ConvertOptions, convert_disks
     from migrate.apply import KIND_IMPORT, watch_imports
     from migrate.cli._plan_stages import (
         ImportBars,
