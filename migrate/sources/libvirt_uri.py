@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from queue import Empty, Queue
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -315,45 +313,6 @@ def _snapshot_counts(conn: Any, domains: list[Any]) -> dict[str, int]:
     return counts
 
 
-def _xml_descs(domains: list[Any], flags: int) -> Iterator[tuple[Any, str | Exception]]:
-    """Each domain with its XML (or the error), fetched on a helper thread, in order.
-
-    libvirt-python releases the GIL inside its calls, so while libvirt (or the remote
-    daemon) produces the next domain's XML, this thread parses the previous one: a scan
-    then takes about as long as the bare ``XMLDesc`` loop rather than that plus parsing.
-    """
-    done = object()
-    queue: Queue[Any] = Queue(maxsize=64)
-    stop = threading.Event()
-
-    def fetch() -> None:
-        try:
-            for dom in domains:
-                if stop.is_set():
-                    return
-                try:
-                    item: tuple[Any, str | Exception] = (dom, dom.XMLDesc(flags))
-                except Exception as exc:  # handed to the consumer, which decides
-                    item = (dom, exc)
-                queue.put(item)
-        finally:
-            queue.put(done)
-
-    worker = threading.Thread(target=fetch, name="libvirt-xml", daemon=True)
-    worker.start()
-    try:
-        while (item := queue.get()) is not done:
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                queue.get(timeout=0.1)
-            except Empty:
-                pass
-        worker.join()
-
-
 def scan_connection(
     conn: Any, uri: str, jobs: int | None = None
 ) -> tuple[list[VM], list[ScanError]]:
@@ -370,13 +329,13 @@ def scan_connection(
     vms: list[VM] = []
     errors: list[ScanError] = []
     to_probe: list[tuple[VM, Disk, bool]] = []
-    for dom, xml in _xml_descs(domains, libvirt.VIR_DOMAIN_XML_INACTIVE):
-        if isinstance(xml, Exception):
-            if not isinstance(xml, libvirt.libvirtError):
-                raise xml
-            if xml.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+    for dom in domains:
+        try:
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 continue  # undefined while we were scanning
-            errors.append(ScanError(uri, f"domain '{dom.name()}': {one_line(xml)}"))
+            errors.append(ScanError(uri, f"domain '{dom.name()}': {one_line(exc)}"))
             continue
         try:
             vm = parse_domain_xml(xml, source)
