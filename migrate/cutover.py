@@ -245,8 +245,8 @@ def set_run_strategy(kube: Kube, namespace: str, name: str, strategy: str) -> di
                               content_type="application/merge-patch+json",
                               _request_timeout=kube.options.request_timeout)
 
-    return kube._retrying(f"patch VirtualMachine {namespace}/{name} runStrategy={strategy}",
-                          call).to_dict()
+    return kube.retrying(f"patch VirtualMachine {namespace}/{name} runStrategy={strategy}",
+                         call).to_dict()
 
 
 def get_vmi(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:

@@ -125,7 +125,7 @@ class Kube:
         cfg.retries = 1  # urllib3: one reconnect, so an unreachable API fails in seconds
         self.server = cfg.host
         self.api_client = client.ApiClient(cfg)
-        self._cache_dir = tempfile.mkdtemp(prefix="vmmove-discovery-")
+        self._cache_dir: str | None = None  # discovery cache, made with the DynamicClient
         self._dyn: Any = None
         self._resources: dict[tuple[str, str], Any] = {}
 
@@ -135,7 +135,8 @@ class Kube:
             self.api_client.close()
         except Exception:  # pragma: no cover - best effort
             pass
-        shutil.rmtree(self._cache_dir, ignore_errors=True)
+        if self._cache_dir is not None:
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
 
     def __enter__(self) -> Kube:
         return self
@@ -147,8 +148,11 @@ class Kube:
     def where(self) -> str:
         return f"{self.server} (context {self.context})"
 
-    def _fail(self, exc: BaseException, what: str) -> KubeError:
-        """One line for any client failure during ``what``."""
+    def failure(self, exc: BaseException, what: str) -> KubeError:
+        """One line for any client failure during ``what`` (unreachable API, refused
+        credentials, an API status): callers that use the client directly (e.g. through
+        ``CustomObjectsApi`` on :attr:`api_client`) raise it, so every cluster error
+        reads the same whoever made the request."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -170,11 +174,13 @@ class Kube:
         if self._dyn is None:
             from kubernetes.dynamic import DynamicClient
 
+            if self._cache_dir is None:
+                self._cache_dir = tempfile.mkdtemp(prefix="vmmove-discovery-")
             try:
                 self._dyn = DynamicClient(self.api_client,
                                           cache_file=os.path.join(self._cache_dir, "d.json"))
             except Exception as exc:
-                raise self._fail(exc, f"discovery at {self.where}") from None
+                raise self.failure(exc, f"discovery at {self.where}") from None
         return self._dyn
 
     # -- discovery ------------------------------------------------------------------------
@@ -194,7 +200,7 @@ class Kube:
             except KubeError:
                 raise
             except Exception as exc:
-                raise self._fail(exc, f"discovery of {api_version} {kind}") from None
+                raise self.failure(exc, f"discovery of {api_version} {kind}") from None
         return self._resources[key]
 
     def check_apis(self, required: dict[tuple[str, str], str] | None = None) -> None:
@@ -212,7 +218,11 @@ class Kube:
                             + "; ".join(missing))
 
     # -- requests -------------------------------------------------------------------------
-    def _retrying(self, what: str, call: Any) -> Any:
+    def retrying(self, what: str, call: Any) -> Any:
+        """``call()``, repeated on 409/429/5xx with backoff (``options.retries``); a final
+        failure becomes one :class:`KubeError` line naming ``what`` (a 409 a
+        :class:`ConflictError`).  Only for requests that are safe to repeat: apply, get,
+        list, a merge patch, a delete that tolerates 404."""
         from kubernetes.client.exceptions import ApiException
         from kubernetes.dynamic.exceptions import DynamicApiError
 
@@ -234,9 +244,9 @@ class Kube:
                     raise ConflictError(
                         f"{what}: conflict: {_message(exc)} (another field manager owns these "
                         "fields; rerun with --force-conflicts to take them over)") from None
-                raise self._fail(exc, what) from None
+                raise self.failure(exc, what) from None
             except Exception as exc:
-                raise self._fail(exc, what) from None
+                raise self.failure(exc, what) from None
 
     def apply(self, obj: dict[str, Any], *, dry_run: bool = False,
               force: bool = False) -> dict[str, Any]:
@@ -258,7 +268,7 @@ class Kube:
             return self.dynamic.server_side_apply(resource, body=obj, name=name,
                                                   namespace=namespace, **kwargs)
 
-        return self._retrying(what, call).to_dict()
+        return self.retrying(what, call).to_dict()
 
     def get(self, api_version: str, kind: str, name: str,
             namespace: str | None = None) -> dict[str, Any] | None:
@@ -273,7 +283,7 @@ class Kube:
             except NotFoundError:
                 return None
 
-        found = self._retrying(f"get {kind} {name}", call)
+        found = self.retrying(f"get {kind} {name}", call)
         return found.to_dict() if found is not None else None
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
@@ -284,7 +294,7 @@ class Kube:
             return resource.get(namespace=namespace, label_selector=label_selector,
                                 _request_timeout=self.options.request_timeout)
 
-        found = self._retrying(f"list {kind} in {namespace or 'all namespaces'}", call)
+        found = self.retrying(f"list {kind} in {namespace or 'all namespaces'}", call)
         return [item for item in found.to_dict().get("items") or []]
 
     def watch(self, api_version: str, kind: str, namespace: str | None = None,

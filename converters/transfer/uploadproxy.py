@@ -75,6 +75,7 @@ class UploadProxyBackend(Backend):
             raise UsageError(f"{options.url}: not an upload proxy URL; expected https://host[:port]")
         self._parsed = parsed
         self._api: Any = None
+        self._kube: Any = None  # migrate.kube.Kube, from prepare()
         self.namespace = options.namespace or "default"
 
     def describe(self) -> str:
@@ -82,43 +83,33 @@ class UploadProxyBackend(Backend):
 
     # -- Kubernetes ---------------------------------------------------------------------------
     def prepare(self) -> None:
-        from kubernetes import client, config
-        from kubernetes.config.config_exception import ConfigException
+        """Connect as every vmmove command does (:class:`migrate.kube.Kube`: kubeconfig,
+        $KUBECONFIG, context, namespace); the DataVolume and token calls then go through
+        ``CustomObjectsApi`` on that connection, without discovery."""
+        from kubernetes import client
+
+        from migrate.kube import Kube, KubeError, KubeOptions
 
         o = self.options
-        where = o.kubeconfig or "~/.kube/config"
-        cfg = client.Configuration()
         try:
-            config.load_kube_config(config_file=o.kubeconfig, context=o.context,
-                                    client_configuration=cfg)
-            contexts, active = config.list_kube_config_contexts(config_file=o.kubeconfig)
-        except (ConfigException, OSError) as exc:
-            raise UsageError(f"{where}: cannot load the kubeconfig: {exc}") from None
-        chosen = next((c for c in contexts if c.get("name") == o.context), active) \
-            if o.context else active
-        self.namespace = o.namespace or (chosen or {}).get("context", {}).get("namespace") \
-            or "default"
-        self._api = client.CustomObjectsApi(client.ApiClient(cfg))
+            self._kube = Kube(KubeOptions(o.kubeconfig, o.context, o.namespace))
+        except KubeError as exc:
+            raise UsageError(f"cannot load the kubeconfig: {exc}") from None
+        self.namespace = self._kube.namespace
+        self._api = client.CustomObjectsApi(self._kube.api_client)
 
     def _k8s(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-        """One API call; failures become one line naming ``what``."""
+        """One API call, not retried (a create is not safe to repeat); a failure becomes
+        the connection's one line (:meth:`migrate.kube.Kube.failure`) naming ``what``."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError as Urllib3Error
 
         try:
             return call(*args, **kwargs)
-        except ApiException as exc:
-            reason = exc.reason or ""
-            try:
-                import json
-
-                reason = json.loads(exc.body or "{}").get("message") or reason
-            except (ValueError, AttributeError):
-                pass
-            raise TransferError(f"{what}: Kubernetes API said {exc.status} {reason}".rstrip()) \
-                from None
-        except Urllib3Error as exc:
-            raise TransferError(f"{what}: cannot reach the Kubernetes API server ({exc})") from None
+        except (ApiException, Urllib3Error, OSError) as exc:
+            message = str(self._kube.failure(exc, what))
+            raise TransferError(message if message.startswith(what)
+                                else f"{what}: {message}") from None
 
     def _get_dv(self, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -197,6 +188,10 @@ class UploadProxyBackend(Backend):
                                                timeout=300)
         return http.client.HTTPConnection(p.hostname, p.port or 80, timeout=300)
 
+    def _tls_failed(self, label: str, exc: ssl.SSLError) -> TransferError:
+        return TransferError(f"{label}: {self.options.url}: TLS failed ({exc.reason}); "
+                             "--insecure accepts a self-signed proxy")
+
     def _path(self) -> str:
         return self._parsed.path.rstrip("/") + UPLOAD_PATH
 
@@ -208,8 +203,7 @@ class UploadProxyBackend(Backend):
             resp.read()
             return resp.status
         except ssl.SSLError as exc:
-            raise TransferError(f"{label}: {self.options.url}: TLS failed ({exc.reason}); "
-                                "--insecure accepts a self-signed proxy") from None
+            raise self._tls_failed(label, exc) from None
         except OSError as exc:
             raise TransferError(f"{label}: cannot reach {self.options.url}: "
                                 f"{exc.strerror or exc}") from None
@@ -247,8 +241,7 @@ class UploadProxyBackend(Backend):
             text = resp.read().decode(errors="replace")[:200]
             return resp.status, digest.hexdigest(), text
         except ssl.SSLError as exc:
-            raise TransferError(f"{item.label}: {self.options.url}: TLS failed ({exc.reason}); "
-                                "--insecure accepts a self-signed proxy") from None
+            raise self._tls_failed(item.label, exc) from None
         except OSError as exc:
             raise TransferError(f"{item.label}: upload to {self.options.url} broke off: "
                                 f"{exc.strerror or exc}") from None

@@ -139,7 +139,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
                  if i.item.rsplit("/", 1)[-1] in converted]
         resource = kube.resource(*DATA_VOLUME)
         for i in items:
-            kube._retrying(f"delete DataVolume {i.namespace}/{i.dv}", lambda i=i: _delete(
+            kube.retrying(f"delete DataVolume {i.namespace}/{i.dv}", lambda i=i: _delete(
                 resource, i.namespace, i.dv))
             journal.reset(KIND_IMPORT, i.item)
         states = watch_imports(kube, items, journal, timeout=import_timeout,
