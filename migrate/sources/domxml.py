@@ -13,7 +13,6 @@ Malformed input never escapes as a traceback: every problem becomes one
 
 from __future__ import annotations
 
-import os
 import re
 from pyexpat import ExpatError
 from xml.etree.ElementTree import Element, ParseError, TreeBuilder
@@ -34,7 +33,7 @@ from migrate.model import (
     Source,
     SourceKind,
 )
-from migrate.sources import SourceError
+from migrate.sources import SourceError, read_bounded
 
 LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
@@ -810,13 +809,5 @@ def parse_domain_xml(text: str | bytes, source: Source) -> VM:
 
 def read_domain_xml(path: str) -> VM:
     """One VM from a domain XML file (``virsh dumpxml`` output, /etc/libvirt/qemu/*.xml)."""
-    abspath = os.path.abspath(path)
-    try:
-        size = os.path.getsize(abspath)
-        if size > MAX_XML_BYTES:
-            raise SourceError(f"{abspath}: {size} bytes is far too large for a domain XML")
-        with open(abspath, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise SourceError(f"{abspath}: {exc.strerror or exc}") from None
+    abspath, data = read_bounded(path, MAX_XML_BYTES, "a domain XML")
     return parse_domain_xml(data, Source(SourceKind.DOMAIN_XML, abspath))

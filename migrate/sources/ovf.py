@@ -33,7 +33,7 @@ from migrate.model import (
     Source,
     SourceKind,
 )
-from migrate.sources import SourceError
+from migrate.sources import SourceError, read_bounded
 from migrate.sources.vmware_os import guest_from_ovf, is_64bit
 from migrate.sources.vmx import disk_target, unique_target
 
@@ -780,15 +780,7 @@ def parse_ovf(data: str | bytes, path: str, *, kind_: SourceKind = SourceKind.OV
 
 def read_ovf(path: str) -> list[VM]:
     """VMs of the OVF descriptor at ``path``: one per VirtualSystem, vApps included."""
-    path = os.path.abspath(path)
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_OVF_BYTES:
-            raise SourceError(f"{path}: {size} bytes is far too large for an OVF descriptor")
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_OVF_BYTES + 1)
-    except OSError as exc:
-        raise SourceError(f"{path}: {exc.strerror or exc}") from None
+    path, data = read_bounded(path, MAX_OVF_BYTES, "an OVF descriptor")
     if not data.strip():
         raise SourceError(f"{path}: empty file, not an OVF descriptor")
     return parse_ovf(data, path)

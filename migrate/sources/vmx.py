@@ -27,7 +27,7 @@ from migrate.model import (
     Source,
     SourceKind,
 )
-from migrate.sources import SourceError
+from migrate.sources import SourceError, read_bounded
 from migrate.sources import vmdk
 from migrate.sources.vmware_os import from_vmware
 
@@ -358,15 +358,7 @@ def _devices(cfg: VmxConfig) -> list[Device]:
 
 def read_vmx(path: str) -> VM:
     """The VM a ``.vmx`` describes; :class:`SourceError` naming the file when it is bad input."""
-    path = os.path.abspath(path)
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_VMX_BYTES:
-            raise SourceError(f"{path}: {size} bytes is far too large for a .vmx file")
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_VMX_BYTES + 1)
-    except OSError as exc:
-        raise SourceError(f"{path}: {exc.strerror or exc}") from None
+    path, data = read_bounded(path, MAX_VMX_BYTES, "a .vmx file")
     cfg = parse_vmx_text(_decode(data, path), path)
     return vm_from_config(cfg)
 
