@@ -26,7 +26,6 @@ import os
 import shutil
 import stat
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,6 +36,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 import yaml
+
+from tests.kube_support import Reconciler
 
 CACHE = Path(os.environ.get("VMMOVE_GUEST_CACHE", "/var/cache/vmmove-guest"))
 UP_MARKER = "VMMOVE-GUEST-UP"
@@ -283,7 +284,7 @@ def boot_guest(factory: Any, base: str, *, ignore_power: bool = False,
 # -- KubeVirt, played on the test API ---------------------------------------------------------
 
 
-class KubeVirt:
+class KubeVirt(Reconciler):
     """virt-controller's part of a cutover, on a :class:`tests.plan_support.Cluster`.
 
     When a VirtualMachine's ``runStrategy`` is ``Always`` it creates its
@@ -303,21 +304,7 @@ class KubeVirt:
         self.agent = agent
         self.hold: set[str] = set()
         self.events: list[tuple[str, str]] = []  # (action, name)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kubevirt", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self._reconcile()
-            except Exception:
-                if self._stop.is_set():
-                    return
+        self.start("kubevirt")
 
     def _reconcile(self) -> None:
         vmis = self.cluster.objects(self.vmi)

@@ -16,6 +16,8 @@ Reusable by every area that talks to a cluster (upload, apply, cutover):
   ``HEAD``/``POST /v1beta1/upload-async``, stores the bytes per PVC and then marks the
   DataVolume ``Succeeded``.  ``reject_first_post=True`` answers the first POST with 401
   (an expired token) to exercise the token refresh.
+* :class:`Reconciler` — the background loop every played controller shares (CDI here,
+  virt-controller and the importer in tests/plan_support.py and tests/guest_support.py).
 
 Fixtures: ``kube_api`` (function scope: a fresh, empty API) and ``cdi`` (a Cdi on it).
 Import them into a test module with ``from tests.kube_support import kube_api, cdi``.
@@ -33,6 +35,7 @@ import ssl
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,38 @@ CDI = "cdi.kubevirt.io/v1beta1"
 DV = kmock.resource("cdi.kubevirt.io", "v1beta1", "datavolumes")
 UTR = kmock.resource("upload.cdi.kubevirt.io", "v1beta1", "uploadtokenrequests")
 BIND_IMMEDIATE = "cdi.kubevirt.io/storage.bind.immediate.requested"
+
+
+class Reconciler(ABC):
+    """A controller played by a background thread: :meth:`_reconcile` every ``interval``
+    seconds from :meth:`start` until :meth:`stop`, as Kubernetes controllers loop.
+
+    An error in a pass is forgotten (the next pass tries again) unless the controller is
+    stopping, when it ends the loop: the API server may already be gone.
+    """
+
+    interval: float = 0.05
+
+    def start(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._reconcile()
+            except Exception:
+                if self._stop.is_set():
+                    return
+
+    @abstractmethod
+    def _reconcile(self) -> None:
+        """One pass: make the objects on the API what this controller wants them to be."""
 
 
 class _Emulator(kmock.KubernetesEmulator):
@@ -202,7 +237,7 @@ class ProxyRequest:
 
 
 @dataclass
-class Cdi:
+class Cdi(Reconciler):
     """CDI's part in an upload: DataVolume phases, upload tokens, the upload proxy."""
 
     api: KubeApi
@@ -218,12 +253,10 @@ class Cdi:
     def __post_init__(self) -> None:
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self.api.declare(DV, "DataVolume")
         self.api.declare(UTR, "UploadTokenRequest")
         self.api.call(self._install_token_reaction)
-        self._controller = threading.Thread(target=self._reconcile, name="cdi", daemon=True)
-        self._controller.start()
+        self.start("cdi")
         self.cert, key = self_signed(self.folder)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(self.cert, key)
@@ -235,10 +268,9 @@ class Cdi:
         self._server_thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
         self.server.shutdown()
         self.server.server_close()
-        self._controller.join(5)
+        super().stop()
 
     # -- cdi-apiserver: tokens ----------------------------------------------------------------
     def _install_token_reaction(self) -> None:
@@ -260,22 +292,17 @@ class Cdi:
 
     # -- cdi-controller: DataVolume phases ----------------------------------------------------
     def _reconcile(self) -> None:
-        while not self._stop.wait(0.05):
-            try:
-                dvs = self.api.objects(DV)
-            except Exception:  # the loop is shutting down
-                return
-            for (ns, name), dv in dvs.items():
-                if "upload" not in ((dv.get("spec") or {}).get("source") or {}):
-                    continue
-                phase = (dv.get("status") or {}).get("phase")
-                annotations = (dv.get("metadata") or {}).get("annotations") or {}
-                if phase in (None, "Pending", "WaitForFirstConsumer"):
-                    bound = not self.wffc or annotations.get(BIND_IMMEDIATE) == "true"
-                    new = "UploadReady" if bound else "WaitForFirstConsumer"
-                    if new != phase:
-                        self.api.patch(DV, ns, name, {"status": {"phase": new,
-                                                                 "progress": "N/A"}})
+        for (ns, name), dv in self.api.objects(DV).items():
+            if "upload" not in ((dv.get("spec") or {}).get("source") or {}):
+                continue
+            phase = (dv.get("status") or {}).get("phase")
+            annotations = (dv.get("metadata") or {}).get("annotations") or {}
+            if phase in (None, "Pending", "WaitForFirstConsumer"):
+                bound = not self.wffc or annotations.get(BIND_IMMEDIATE) == "true"
+                new = "UploadReady" if bound else "WaitForFirstConsumer"
+                if new != phase:
+                    self.api.patch(DV, ns, name, {"status": {"phase": new,
+                                                             "progress": "N/A"}})
 
     def phase(self, name: str, namespace: str | None = None) -> str | None:
         dv = self.api.get(DV, namespace or self.api.namespace, name)

@@ -31,7 +31,6 @@ import datetime
 import itertools
 import json
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from migrate.model import Inventory
 from migrate.plan import load_plan
 from migrate.serialize import save_inventory
 from migrate.workdir import disk_item
-from tests.kube_support import DV, KubeApi, _Emulator
+from tests.kube_support import DV, KubeApi, Reconciler, _Emulator
 
 NS = kmock.resource("", "v1", "namespaces")
 SECRET = kmock.resource("", "v1", "secrets")
@@ -261,7 +260,7 @@ class Script:
 
 
 @dataclass
-class Controllers:
+class Controllers(Reconciler):
     """virt-controller and CDI's importer for the DataVolumes of applied VirtualMachines."""
 
     cluster: Cluster
@@ -272,22 +271,8 @@ class Controllers:
     phases: dict[str, list[str]] = field(default_factory=dict)  # every phase each DV went through
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
         self._ticks: dict[str, int] = {}
-        self._thread = threading.Thread(target=self._run, name="controllers", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self._reconcile()
-            except Exception:  # the server is stopping
-                if self._stop.is_set():
-                    return
+        self.start("controllers")
 
     def _reconcile(self) -> None:
         for (ns, name), vm in self.cluster.objects(VMR).items():
