@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from typing import Any
 
 import click
@@ -103,7 +105,7 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
             _, objects = outcome_rows(wave, outcome_box["outcome"])
             click.echo("", err=True)
             emit(None, "table", ["WAVE", "OBJECT", "RESULT", "DETAIL"], objects,
-                 out=click.get_text_stream("stderr"))
+                 out=sys.stderr)
     else:
         emit(data, output)
     failed = [r for r in results if r.status == "failed"]
