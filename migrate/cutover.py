@@ -43,6 +43,7 @@ from typing import Any
 from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
 from migrate.errors import UsageError, VmmoveError
 from migrate.kube import VIRTUAL_MACHINE, Kube
+from migrate.model import VM
 from migrate.plan import Plan, PlannedVM
 from migrate.state import DONE, RUNNING, Journal
 from migrate.workdir import disk_item
@@ -63,7 +64,9 @@ class CutoverOptions:
     shutdown_timeout: float = 300.0
     force: bool = False  # destroy the source when the ACPI shutdown times out
     verify_timeout: float = 600.0
-    guest_agent: bool = False  # require the AgentConnected condition
+    # Require the AgentConnected condition: True/False, or None to require it exactly when
+    # the source VM had a QEMU guest agent channel (see has_guest_agent).
+    guest_agent: bool | None = None
     verify_command: str | None = None
     poll: float = 0.5
 
@@ -258,6 +261,16 @@ def agent_connected(vmi: dict[str, Any]) -> bool:
         if cond.get("type") == "AgentConnected" and str(cond.get("status")) == "True":
             return True
     return False
+
+
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+
+def has_guest_agent(vm: VM) -> bool:
+    """Whether the source VM had a QEMU guest agent channel: then its agent is expected to
+    connect on KubeVirt too, and verification waits for it."""
+    return any(d.kind == "channel" and d.details.get("name") == GUEST_AGENT_CHANNEL
+               for d in vm.devices)
 
 
 def wait_running(kube: Kube, namespace: str, name: str, timeout: float, agent: bool,
@@ -523,8 +536,8 @@ class Cutover:
 
     def _verify(self, p: PlannedVM) -> dict[str, Any]:
         o = self.options
-        data = wait_running(self.kube, p.namespace, p.name, o.verify_timeout, o.guest_agent,
-                            o.poll)
+        agent = has_guest_agent(p.vm) if o.guest_agent is None else o.guest_agent
+        data = wait_running(self.kube, p.namespace, p.name, o.verify_timeout, agent, o.poll)
         if o.verify_command:
             env = {**os.environ, "VMMOVE_VM": p.vm.name, "VMMOVE_NAME": p.name,
                    "VMMOVE_NAMESPACE": p.namespace, "KUBECONFIG": self.kube.kubeconfig}

@@ -178,8 +178,8 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
         "source is compared with it (`qemu-img compare`) and its checksum checked; only a "
         "disk that changed is sent again.")
     add("4. **Start the target** — `runStrategy: Always`.")
-    add("5. **Verify** — the VirtualMachineInstance reaches Running (`--guest-agent`: and "
-        "its agent connects; `--verify-command CMD`: and CMD exits 0).")
+    add("5. **Verify** — the VirtualMachineInstance reaches Running (and its guest agent "
+        "connects when the source had one; `--verify-command CMD`: and CMD exits 0).")
     add("6. **Done** — the downtime (step 2 start to step 5 end) is in the journal and "
         f"in `vmmove report {plan_ref}`.")
     add("")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from migrate.cutover import parse_at
-from migrate.errors import UsageError
+from migrate.errors import UsageError, VmmoveError
 from migrate.plan import load_plan
 from migrate.report import MIB, Rate, Throughput
 from migrate.runbook import DEFAULT_BOOT, DEFAULT_STOP, estimate
@@ -156,3 +156,42 @@ def test_estimate_adds_stop_sync_and_boot() -> None:
     full = estimate(p, t, "full")  # 1/(1/100 + 1/50) MiB/s = 33.3 MiB/s
     assert full.sync == pytest.approx(18.0) and full.total == pytest.approx(9 + 18 + 20)
     assert estimate(p, t, "verify").sync == pytest.approx(6.0)
+
+
+AGENT_DOMAIN = """<domain type='kvm'><name>{name}</name><memory>1048576</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='q35'>hvm</type></os><devices>{channel}</devices></domain>"""
+AGENT_CHANNEL = ("<channel type='unix'><source mode='bind'/>"
+                 "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>")
+
+
+def test_verify_waits_for_the_guest_agent_when_the_source_had_one(
+        cluster: Cluster, kubevirt: KubeVirt) -> None:
+    """The guest agent is awaited exactly when the source VM had a QEMU guest agent channel
+    (read by the real domain XML parser); a target whose agent never connects fails
+    verification with a line that says so."""
+    from migrate.cutover import has_guest_agent, wait_running
+    from migrate.kube import Kube, KubeOptions
+    from migrate.model import Source, SourceKind
+    from migrate.sources.domxml import parse_domain_xml
+
+    source = Source(SourceKind.DOMAIN_XML, "/dev/null")
+    with_agent = parse_domain_xml(AGENT_DOMAIN.format(name="a", channel=AGENT_CHANNEL), source)
+    without = parse_domain_xml(AGENT_DOMAIN.format(name="b", channel=""), source)
+    assert has_guest_agent(with_agent) and not has_guest_agent(without)
+
+    def start(name: str) -> None:
+        cluster.create(VMR, "vms", {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+                                    "metadata": {"name": name, "namespace": "vms"},
+                                    "spec": {"runStrategy": "Always"}})
+
+    with Kube(KubeOptions(kubeconfig=str(cluster.kubeconfig))) as kube:
+        start("up")
+        running = wait_running(kube, "vms", "up", 10, has_guest_agent(with_agent), 0.05)
+        assert running["phase"] == "Running" and running["agent"] is True
+        kubevirt.agent = False  # from now on VMIs run without their agent connecting
+        start("mute")
+        with pytest.raises(VmmoveError, match="runs but its guest agent did not connect"):
+            wait_running(kube, "vms", "mute", 1.5, has_guest_agent(with_agent), 0.05)
+        # a source without the channel does not make verification wait for an agent
+        assert wait_running(kube, "vms", "mute", 10, has_guest_agent(without), 0.05)["agent"] \
+            is False

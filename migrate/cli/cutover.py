@@ -195,8 +195,9 @@ def _seconds(value: float | None) -> str:
 @click.option("--verify-timeout", type=click.FloatRange(min=1), default=600.0,
               show_default=True, metavar="SECONDS",
               help="How long the VirtualMachineInstance may take to reach Running.")
-@click.option("--guest-agent", is_flag=True,
-              help="Also wait for the guest agent to connect (AgentConnected condition).")
+@click.option("--guest-agent/--no-guest-agent", default=None,
+              help="Wait for the guest agent to connect (AgentConnected condition). Default: "
+                   "wait exactly when the source VM had a QEMU guest agent channel.")
 @click.option("--verify-command", metavar="CMD",
               help="A shell command run after the target runs (env: VMMOVE_VM, VMMOVE_NAME, "
                    "VMMOVE_NAMESPACE, KUBECONFIG); non-zero fails the verification.")
