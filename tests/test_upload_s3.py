@@ -9,7 +9,9 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -247,6 +249,21 @@ def _run_upload(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
                             cwd=Path(__file__).resolve().parents[1])
 
 
+def _wait_with_rusage(proc: subprocess.Popen[Any], timeout: float) -> tuple[int, int]:
+    """Reap ``proc`` with os.wait4: (exit code, its own peak RSS in bytes); bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss * 1024
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"uploader still running after {timeout:g}s")
+        time.sleep(0.1)
+
+
 def _parts_stored(server: SeaweedFS, bucket: str, key: str) -> int:
     client = server.client(retries=1)
     try:
@@ -313,7 +330,7 @@ def test_killed_upload_resumes_sending_only_missing_parts(
 @pytest.mark.slow
 def test_server_restart_during_upload_is_retried_to_completion(
         tmp_path: Path, s3_env: dict[str, str]) -> None:
-    import resource
+    from tests.s3_support import subprocess_env
 
     server = SeaweedFS(tmp_path / "private-s3")
     server.start()
@@ -324,15 +341,22 @@ def test_server_restart_during_upload_is_retried_to_completion(
         image = make_qcow2(folder / "r.qcow2", "128M", [(0x81, 0, 30), (0x92, 64, 34)])
         key = "r.qcow2"
         env = server.env(tmp_path)
-        proc = _run_upload([str(folder), "--s3", f"s3://{bucket}", "--endpoint-url",
-                            server.endpoint, "--parallel", "2", "--max-bandwidth", "16MB/s"], env)
-        _wait_parts(server, bucket, key, 2, proc)
-        assert proc.poll() is None  # still uploading when the server goes away
-        server.stop()
-        server.start()
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        logs = tmp_path / "uploader.log"
+        with open(logs, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "from migrate.cli import run; run()", "upload",
+                 str(folder), "--s3", f"s3://{bucket}", "--endpoint-url", server.endpoint,
+                 "--parallel", "2", "--max-bandwidth", "16MB/s"],
+                env=subprocess_env(env), stdout=log, stderr=log,
+                cwd=Path(__file__).resolve().parents[1])
+            _wait_parts(server, bucket, key, 2, proc)
+            assert proc.poll() is None  # still uploading when the server goes away
+            server.stop()
+            server.start()
+            status, peak = _wait_with_rusage(proc, timeout=240)
+        assert status == 0, logs.read_text()
+        # The uploader's own peak (wait4), not RUSAGE_CHILDREN, which also holds every
+        # process this test run has reaped: the S3 servers stopped above among them.
         assert peak < 256 * MiB, f"uploader peak RSS {peak / MiB:.0f} MiB"
         fetched = tmp_path / "fetched.qcow2"
         head = server.download(bucket, key, fetched)
