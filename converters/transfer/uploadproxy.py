@@ -63,6 +63,9 @@ class ProxyOptions:
     wait_timeout: float = 300.0
     poll_interval: float = 1.0
     token_retries: int = 2
+    #: how a TLS error tells the operator to accept a self-signed proxy (a plan says it
+    #: with ``transfer.insecure``, the command line with ``--insecure``)
+    insecure_hint: str = "--insecure"
 
 
 class UploadProxyBackend(Backend):
@@ -190,7 +193,7 @@ class UploadProxyBackend(Backend):
 
     def _tls_failed(self, label: str, exc: ssl.SSLError) -> TransferError:
         return TransferError(f"{label}: {self.options.url}: TLS failed ({exc.reason}); "
-                             "--insecure accepts a self-signed proxy")
+                             f"{self.options.insecure_hint} accepts a self-signed proxy")
 
     def _path(self) -> str:
         return self._parsed.path.rstrip("/") + UPLOAD_PATH

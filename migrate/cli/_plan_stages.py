@@ -99,7 +99,8 @@ def backend_for(plan: Plan, kube: KubeArgs | None = None,
         return UploadProxyBackend(ProxyOptions(
             url=t.upload_proxy, kubeconfig=k.kubeconfig, context=k.context,
             namespace=namespace or k.namespace or plan.namespace, insecure=t.insecure,
-            storage_class=t.storage_class, force_bind=t.force_bind))
+            storage_class=t.storage_class, force_bind=t.force_bind,
+            insecure_hint=f"transfer.insecure: true in {plan.path.name}"))
     raise UsageError(f"{plan.path}: no transfer target: set transfer.s3 (s3://BUCKET/PREFIX) "
                      "or transfer.uploadProxy (https://…)")
 
