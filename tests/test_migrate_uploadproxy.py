@@ -7,8 +7,14 @@ a self-signed certificate)."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
+import os
+import signal
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +184,79 @@ def test_one_wave_through_the_upload_proxy(cli: Any, tmp_path: Path, shared: Pat
             # refused (TLS) in the first run, done in the second, not started again after
             assert statuses.count("done") == 1 and statuses[-1] == "done", (item, statuses)
         assert {s.data["result"] for s in journal.steps("apply")} == {"unchanged"}
+
+
+class SlowAnswerCdi(Cdi):
+    """CDI whose proxy, having stored the bytes and marked the DataVolume Succeeded, is
+    slow to answer the POST: the moment a killed vmmove leaves no record of the upload."""
+
+    def __post_init__(self) -> None:
+        self.stored = threading.Event()
+        self.delay = 30.0
+        super().__post_init__()
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        base: Any = super()._handler()
+        cdi = self
+
+        class Slow(base):  # type: ignore[misc, valid-type]
+            def _answer(self, status: int, text: str = "") -> None:
+                if self.command == "POST" and status == 200 and not cdi.stored.is_set():
+                    cdi.stored.set()
+                    time.sleep(cdi.delay)
+                super()._answer(status, text)
+
+        return Slow
+
+
+def test_killed_after_the_proxy_took_the_bytes_resumes(cli: Any, tmp_path: Path,
+                                                       cluster: Cluster,
+                                                       controllers: Controllers,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "cdi"
+    folder.mkdir()
+    slow = SlowAnswerCdi(cluster, folder)
+    try:
+        node = write_node(tmp_path / "node.xml",
+                          make_images(tmp_path / "images", {"app": [("vda", "qcow2", 8),
+                                                                    ("vdb", "qcow2", 8)]}))
+        cli("scan", "-c", node, "--output-file", str(tmp_path / "inventory.yaml"), ok=True)
+        plan_file = tmp_path / "plan.yaml"
+        cli("plan", str(tmp_path / "inventory.yaml"), "--out", str(plan_file), "-n", "vms",
+            "--network", "network:default=pod", "--cdi-uploadproxy", slow.proxy_url, ok=True)
+        # The proxy's certificate trusted as a CA (OpenSSL's SSL_CERT_FILE), not skipped.
+        monkeypatch.setenv("SSL_CERT_FILE", str(slow.cert))
+        assert load_plan(plan_file).transfer.insecure is False
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        proc = subprocess.Popen([sys.executable, "-c", "from migrate.cli import run; run()",
+                                 "migrate", str(plan_file), "--wave", "1", "--stage"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True,
+                                cwd=str(Path(__file__).resolve().parents[1]))
+        try:
+            assert slow.stored.wait(60), "the first image never reached the proxy"
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        slow.delay = 0.0
+        (first,) = [dv for (_, dv), obj in slow.api.objects(DV).items()
+                    if obj["status"]["phase"] == "Succeeded"]
+        with Journal(load_plan(plan_file).workdir / "vmmove-journal.sqlite") as journal:
+            killed = {s.data.get("dv"): s.status for s in journal.steps("upload")}
+        assert killed[first] == "running"  # CDI has the bytes; the journal does not know
+
+        result = migrate(cli, plan_file, cluster)
+        assert all(s["status"] == "done" for s in json.loads(result.stdout))
+        posts = [r for r in slow.proxy_requests if r.method == "POST"]
+        assert len(posts) == 2 and all(r.status == 200 for r in posts)  # the first not resent
+        plan = load_plan(plan_file)
+        with Journal(plan.workdir / "vmmove-journal.sqlite") as journal:
+            converts = {s.item: s for s in journal.steps("convert")}
+            uploads = {s.item: s for s in journal.steps("upload")}
+        assert len(uploads) == 2
+        for item, up in uploads.items():
+            assert up.status == DONE and up.checksum == converts[item].checksum
+            assert sha256_file(slow.received[up.data["dv"]]) == up.checksum
+        assert first in {up.data["dv"] for up in uploads.values()}
+    finally:
+        slow.stop()

@@ -16,7 +16,9 @@ The protocol, step by step (CDI v1.66):
 
 The image is streamed from the file in 1 MiB reads (memory stays flat).  An upload is not
 resumable on CDI's side: a rerun sends the whole image again, unless the DataVolume has
-already Succeeded with the same image (journal checksum), which is skipped.
+already Succeeded with the same image (journal checksum), which is skipped — also when
+the run that sent it was killed before recording it (the checksum being sent is
+journalled, as ``sending``, before each POST).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from converters.transfer.base import (
 )
 from migrate.errors import UsageError
 from migrate.state import Journal, Step
+from migrate.workdir import KIND_UPLOAD
 
 CDI_GROUP, CDI_VERSION, DV_PLURAL = "cdi.kubevirt.io", "v1beta1", "datavolumes"
 UPLOAD_GROUP, UPLOAD_VERSION, UTR_PLURAL = "upload.cdi.kubevirt.io", "v1beta1", "uploadtokenrequests"
@@ -268,6 +271,14 @@ class UploadProxyBackend(Backend):
                         and (item.checksum in (None, step.checksum))):
                     progress.on_queued(item, item.size, item.size)
                     return self._result(item, name, SKIPPED, step.checksum, 0)
+                ours = ((dv.get("metadata") or {}).get("annotations") or {}).get(
+                    "vmmove.io/source") == item.item
+                if (ours and item.checksum and step.data.get("dv") == name
+                        and step.data.get("sending") == item.checksum):
+                    # An earlier run was stopped after the proxy took these very bytes and
+                    # before it could record them: the DataVolume holds this image.
+                    progress.on_queued(item, item.size, item.size)
+                    return self._result(item, name, SKIPPED, item.checksum, 0)
                 raise TransferError(f"{where}: already holds an image (Succeeded); delete it "
                                     "to upload again")
             annotations = (dv.get("metadata") or {}).get("annotations") or {}
@@ -291,6 +302,10 @@ class UploadProxyBackend(Backend):
                 raise TransferError(f"{label}: upload proxy {self.options.url} answered {status} "
                                     "to the probe")
             break
+        # Say what is about to be sent before sending it: a run killed after CDI took the
+        # bytes (the DataVolume Succeeded) but before the journal recorded it resumes on this.
+        journal.update(KIND_UPLOAD, item.item, dv=name, namespace=self.namespace,
+                       sending=item.checksum)
         while True:
             progress.on_queued(item, item.size, 0)
             status, digest, text = self._post(item, token, progress)
@@ -305,6 +320,9 @@ class UploadProxyBackend(Backend):
             break
         checksum = f"sha256:{digest}"
         if item.checksum and item.checksum != checksum:
+            # CDI may still fill the DataVolume with these bytes: a rerun must not take
+            # them for the converted image.
+            journal.update(KIND_UPLOAD, item.item, sending=checksum)
             raise TransferError(f"{label}: the bytes sent do not match the recorded checksum "
                                 f"{item.checksum[:19]}…: the image changed since conversion")
         self._wait_phase(name, {"Succeeded"}, label)
