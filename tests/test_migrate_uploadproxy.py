@@ -86,7 +86,7 @@ def test_one_wave_through_the_upload_proxy(cli: Any, tmp_path: Path, shared: Pat
     plan_file = tmp_path / "plan.yaml"
     cli("plan", str(tmp_path / "inventory.yaml"), "--out", str(plan_file), "-n", "vms",
         "--network", "network:default=pod", "--cdi-uploadproxy", proxy.proxy_url,
-        "--by", "list", "--wave", ",".join(VMS), ok=True)
+        "--storage-class", "fast-ssd", "--by", "list", "--wave", ",".join(VMS), ok=True)
     plan = load_plan(plan_file)
     assert plan.transfer.backend == "upload" and plan.transfer.upload_proxy == proxy.proxy_url
 
@@ -140,10 +140,13 @@ def test_one_wave_through_the_upload_proxy(cli: Any, tmp_path: Path, shared: Pat
     assert {name for _, name in dvs} == dv_names and len(dvs) == len(disks)
     assert all(dv["spec"]["source"] == {"upload": {}} and dv["status"]["phase"] == "Succeeded"
                for dv in dvs.values())
+    # the plan's storage map holds for the disks that arrive through the proxy too
+    assert {dv["spec"]["storage"].get("storageClassName") for dv in dvs.values()} == {"fast-ssd"}
+    validator = SchemaValidator(shared / "schemas")
+    assert all(validator.data_volume(dv) == [] for dv in dvs.values())
     assert controllers.created == []
 
     # The VMs reference them by name, with no template, and pass the strict schemas.
-    validator = SchemaValidator(shared / "schemas")
     vms = cluster.objects(VMR)
     assert set(vms) == {("vms", "web"), ("vms", "db")}
     for p in plan.wave(1):

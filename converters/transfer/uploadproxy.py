@@ -60,6 +60,7 @@ class ProxyOptions:
     insecure: bool = False
     storage_class: str | None = None
     access_mode: str | None = None  # ReadWriteOnce | ReadWriteMany | …
+    access_modes: tuple[str, ...] | None = None  # a plan's storage map; access_mode wins
     volume_mode: str | None = None  # Filesystem | Block
     size: int | None = None  # DataVolume size; default: the image's virtual size
     force_bind: bool = False
@@ -135,8 +136,9 @@ class UploadProxyBackend(Backend):
         storage: dict[str, Any] = {"resources": {"requests": {"storage": str(size)}}}
         if o.storage_class:
             storage["storageClassName"] = o.storage_class
-        if o.access_mode:
-            storage["accessModes"] = [o.access_mode]
+        if o.access_mode or o.access_modes:
+            storage["accessModes"] = [o.access_mode] if o.access_mode \
+                else list(o.access_modes or ())
         if o.volume_mode:
             storage["volumeMode"] = o.volume_mode
         meta: dict[str, Any] = {"name": name, "namespace": self.namespace,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from manifests.generate import ManifestSet
     from migrate.apply import Applied, ImportState, VmObjects
     from migrate.kube import Kube
+    from migrate.mapping import StorageTarget
 
 
 def data_disks(p: PlannedVM) -> list[Any]:
@@ -82,8 +83,12 @@ class KubeArgs:
 
 
 def backend_for(plan: Plan, kube: KubeArgs | None = None,
-                namespace: str | None = None) -> Backend:
-    """The transfer backend the plan names (S3 or the CDI upload proxy)."""
+                namespace: str | None = None, storage: StorageTarget | None = None) -> Backend:
+    """The transfer backend the plan names (S3 or the CDI upload proxy).
+
+    ``storage``: the plan's storage map resolved for the disks this backend fills through
+    the upload proxy (their DataVolumes are the VMs' disks); ``transfer.storageClass``
+    still names the class when set."""
     t = plan.transfer
     if t.s3:
         from converters.transfer.s3 import S3Backend, S3Options
@@ -96,10 +101,12 @@ def backend_for(plan: Plan, kube: KubeArgs | None = None,
         from converters.transfer.uploadproxy import ProxyOptions, UploadProxyBackend
 
         k = kube or KubeArgs()
+        s = storage or plan.maps.storage.default
         return UploadProxyBackend(ProxyOptions(
             url=t.upload_proxy, kubeconfig=k.kubeconfig, context=k.context,
             namespace=namespace or k.namespace or plan.namespace, insecure=t.insecure,
-            storage_class=t.storage_class, force_bind=t.force_bind,
+            storage_class=t.storage_class or s.storage_class, volume_mode=s.volume_mode,
+            access_modes=s.access_modes, force_bind=t.force_bind,
             insecure_hint=f"transfer.insecure: true in {plan.path.name}"))
     raise UsageError(f"{plan.path}: no transfer target: set transfer.s3 (s3://BUCKET/PREFIX) "
                      "or transfer.uploadProxy (https://…)")
@@ -190,11 +197,25 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
     todo = [i for i in items if i.item not in done]
     if not todo:
         return f"upload: {len(items)} image(s) uploaded before, nothing to send"
-    backend.prepare()
+    groups: list[tuple[Backend, list[TransferItem]]] = [(backend, todo)]
+    if plan.transfer.upload_proxy:
+        # The proxy's DataVolumes become the VMs' disks: each gets the storage the plan's
+        # map gives its disk, as a dataVolumeTemplate would (one backend per setting).
+        disks = {disk_item(p.vm, d): d for p in vms for d in data_disks(p)}
+        by_target: dict[Any, list[TransferItem]] = {}
+        for i in todo:
+            by_target.setdefault(plan.maps.storage.resolve(disks[i.item]), []).append(i)
+        groups = [(backend_for(plan, kube, namespace=sorted(namespaces)[0], storage=target),
+                   group) for target, group in by_target.items()]
+    for b, _ in groups:
+        b.prepare()
     bars = _UploadBars(sum(i.size for i in todo), len(todo))
+    results: list[Any] = []
     try:
         with plan.journal() as journal:
-            results = run_transfers(backend, todo, journal, bars, redo=redo)  # type: ignore[arg-type]
+            for b, group in groups:
+                results += run_transfers(b, group, journal, bars,  # type: ignore[arg-type]
+                                         redo=redo)
     finally:
         bars.close()
     failed = [r for r in results if not r.ok]
