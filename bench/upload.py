@@ -50,17 +50,32 @@ client.upload_file(path, bucket, key, Config=TransferConfig())
 
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Run a process; (seconds, its own peak RSS in bytes)."""
+    """Run a process; (seconds, its own peak RSS in bytes).
+
+    The peak is the process image's VmHWM, sampled while it runs: a child's ru_maxrss
+    (wait4) would start at this benchmark's own high-water mark, inherited across fork
+    and exec, and so overstate the uploader.
+    """
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}): {err[-2000:]}")
-    return seconds, usage.ru_maxrss * 1024
+    with tempfile.TemporaryFile() as err_file:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err_file,
+                                cwd=ROOT)
+        peak = 0
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+            except (OSError, ValueError):
+                pass  # exiting
+            time.sleep(0.02)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            err_file.seek(0)
+            err = err_file.read().decode(errors="replace")
+            raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}): {err[-2000:]}")
+    return seconds, peak
 
 
 def random_fill(path: Path, size: int, offset: int = 0) -> None:
