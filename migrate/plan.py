@@ -412,6 +412,12 @@ def _transfer(data: dict[str, Any], problems: _Problems) -> TransferSettings:
     )
     if t.s3 and t.upload_proxy:
         problems.add(w, "choose one of s3 and uploadProxy, not both")
+    if not t.upload_proxy:  # never silently ignored: they mean something only for the proxy
+        for key in ("insecure", "storageClass", "forceBind"):
+            if sec.get(key) not in (None, False):
+                problems.add(f"{w}.{key}", "goes with transfer.uploadProxy (for S3 the "
+                                           "storage map names the storage class)"
+                             if key == "storageClass" else "goes with transfer.uploadProxy")
     if t.s3:
         parsed = urllib.parse.urlparse(t.s3)
         if parsed.scheme != "s3" or not parsed.netloc:

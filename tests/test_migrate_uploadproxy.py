@@ -263,3 +263,23 @@ def test_killed_after_the_proxy_took_the_bytes_resumes(cli: Any, tmp_path: Path,
         assert first in {up.data["dv"] for up in uploads.values()}
     finally:
         slow.stop()
+
+
+def test_upload_proxy_keys_without_the_proxy_are_refused(tmp_path: Path) -> None:
+    from migrate.model import Inventory
+    from migrate.plan import PlanError
+    from migrate.serialize import save_inventory
+
+    save_inventory(Inventory(), tmp_path / "inventory.yaml")
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump({
+        "apiVersion": "vmmove.io/v1alpha1", "kind": "Plan", "inventory": "inventory.yaml",
+        "transfer": {"s3": "s3://images/vms", "insecure": True, "storageClass": "fast",
+                     "forceBind": True}, "waves": []}))
+    with pytest.raises(PlanError) as err:
+        load_plan(plan_file)
+    problems = err.value.problems
+    assert "transfer.insecure: goes with transfer.uploadProxy" in problems
+    assert "transfer.forceBind: goes with transfer.uploadProxy" in problems
+    assert any(p.startswith("transfer.storageClass: goes with transfer.uploadProxy")
+               for p in problems)
