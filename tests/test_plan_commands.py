@@ -82,6 +82,10 @@ def test_upload_a_wave_of_a_plan(tmp_path: Path, cli: Any, s3_server: SeaweedFS,
         "--endpoint-url", s3_server.endpoint, ok=True)
     early = cli("upload", str(plan_file), "--wave", "1")
     assert early.exit_code == 1 and "one/vda" in early.stderr and "not converted" in early.stderr
+    # transfer flags with a plan are refused, not silently ignored: the plan decides them
+    clash = cli("upload", str(plan_file), "--wave", "1", "--insecure", "--s3", "s3://other/x")
+    assert clash.exit_code == 2 and clash.stderr.count("\n") == 1
+    assert "--s3, --insecure: a plan names its own" in clash.stderr
     cli("convert", "--batch", str(plan_file), "--wave", "1", ok=True)
     result = cli("upload", str(plan_file), "--wave", "1")
     assert result.exit_code == 0, result.stderr
