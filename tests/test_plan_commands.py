@@ -85,7 +85,11 @@ def test_upload_a_wave_of_a_plan(tmp_path: Path, cli: Any, s3_server: SeaweedFS,
     # transfer flags with a plan are refused, not silently ignored: the plan decides them
     clash = cli("upload", str(plan_file), "--wave", "1", "--insecure", "--s3", "s3://other/x")
     assert clash.exit_code == 2 and clash.stderr.count("\n") == 1
-    assert "--s3, --insecure: a plan names its own" in clash.stderr
+    assert "--s3, --insecure: set by the plan" in clash.stderr
+    refused = cli("convert", "--batch", str(plan_file), "--wave", "1", "--to", str(tmp_path / "x"),
+                  "--no-verify")
+    assert refused.exit_code == 2 and "--to, --verify/--no-verify: set by the plan" in refused.stderr
+    assert not (tmp_path / "x").exists()
     cli("convert", "--batch", str(plan_file), "--wave", "1", ok=True)
     result = cli("upload", str(plan_file), "--wave", "1")
     assert result.exit_code == 0, result.stderr

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from migrate.cli.options import output_format
+from migrate.cli.options import output_format, refuse_with_plan
 from migrate.errors import UsageError, VmmoveError
 from migrate.output import emit, human_size
 
@@ -201,8 +201,9 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
     if inventory is not None and is_plan_file(inventory):
         from migrate.cli._plan_stages import plan_convert_args
 
+        refuse_with_plan(inventory, ("workdir", "fmt", "compress", "verify", "force_share"))
         plan, plan_disks, plan_options = plan_convert_args(inventory, wave, vms)
-        workdir = workdir or str(plan.workdir)
+        workdir = str(plan.workdir)
         batch, vms = True, ()
     elif wave is not None:
         raise UsageError("--wave goes with a PLAN (vmmove plan), not an inventory")

@@ -67,3 +67,27 @@ def aws(f: F) -> F:
         "--profile", default=None, help="AWS shared-config profile (default: $AWS_PROFILE)."
     )(f)
     return f
+
+
+def refuse_with_plan(plan: str, names: tuple[str, ...]) -> None:
+    """Refuse options the plan decides when they were given on the command line.
+
+    A plan is the one place its work folder, transfer target and conversion settings are
+    written down; a flag that silently lost to the plan would mislead, so it is an error
+    naming every such flag.
+    """
+    ctx = click.get_current_context()
+    given = [p for p in ctx.command.params
+             if p.name in names
+             and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        from migrate.errors import UsageError
+
+        def flag(p: click.Parameter) -> str:
+            name = next((o for o in reversed(p.opts) if o.startswith("--")), p.opts[0])
+            secondary = getattr(p, "secondary_opts", [])
+            return f"{name}/{secondary[0]}" if secondary else name
+
+        flags = ", ".join(flag(p) for p in given)
+        raise UsageError(f"{plan}: {flags}: set by the plan (its workdir, transfer and convert "
+                         "keys); edit the plan instead")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from migrate.cli.options import aws, kube, output_format
+from migrate.cli.options import aws, kube, output_format, refuse_with_plan
 from migrate.errors import UsageError, VmmoveError
 from migrate.output import emit, human_size
 
@@ -284,23 +284,10 @@ def _data(r: TransferResult) -> dict[str, Any]:
             "seconds": round(r.seconds, 3), "error": r.error, **r.journal_data()}
 
 
-#: Options a plan decides itself (its work folder and transfer section): given with a PLAN,
-#: they are refused rather than silently ignored.
+#: Options a plan decides itself (its work folder and transfer section).
 PLAN_DECIDES = ("workdir", "s3", "secret_name", "parallel", "max_bandwidth", "profile",
                 "endpoint_url", "region", "proxy", "insecure", "storage_class", "access_mode",
                 "volume_mode", "size", "force_bind", "wait_timeout", "as_is", "follow")
-
-
-def _refuse_plan_overrides(plan: str) -> None:
-    ctx = click.get_current_context()
-    given = [p for p in ctx.command.params
-             if p.name in PLAN_DECIDES
-             and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
-    if given:
-        flags = ", ".join(p.opts[-1] if p.opts[-1].startswith("--") else p.opts[0]
-                          for p in given)
-        raise UsageError(f"{plan}: {flags}: a plan names its own work folder and transfer "
-                         "target (its workdir and transfer keys); edit the plan instead")
 
 
 @click.command("upload")
@@ -381,7 +368,7 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
 
         if vms:
             raise UsageError("with a PLAN, the wave says which VMs to upload (--wave N)")
-        _refuse_plan_overrides(source)
+        refuse_with_plan(source, PLAN_DECIDES)
         click.echo(plan_upload(source, wave, KubeArgs(kw["kubeconfig"], kw["context"],
                                                       kw["namespace"]), redo))
         return
