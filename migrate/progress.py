@@ -42,4 +42,7 @@ def log(message: str) -> None:
     """A timestamped line on stderr when no bar is shown (non-TTY), nothing otherwise."""
     if not interactive():
         stamp = time.strftime("%H:%M:%S")
-        print(f"{stamp} {message}", file=sys.stderr, flush=True)
+        # one write per line: print() writes the text and the newline separately, so lines
+        # logged from several threads (parallel cutover) could interleave
+        sys.stderr.write(f"{stamp} {message}\n")
+        sys.stderr.flush()
