@@ -22,6 +22,13 @@ the first step not done; steps that are done are not repeated (the stop is reche
 source started again by hand before the sync is stopped again, after the sync it is an
 error, since its new writes would be lost).
 
+Several VMs of a wave run their steps 2-6 at once (:func:`run_parallel`, ``--jobs``), only
+after every selected VM passed its preflight.  Each worker opens its own libvirt connection
+(:class:`Source`); the Kubernetes client is shared, its resources resolved once beforehand
+(:func:`prepare_kube`: the client's lazy discovery is not thread-safe, its requests are);
+the journal is thread-safe.  The final sync is given by the caller, which serialises what
+in it is not safe to run twice at once.
+
 Rollback (kind ``rollback``, item ``<vm key>``) halts the target (``runStrategy: Halted``),
 waits (bounded) for its VirtualMachineInstance to go, and only then starts the source
 again when the cutover found it running: two copies of one VM must never run at once.
@@ -35,14 +42,16 @@ import datetime
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
 from migrate.errors import UsageError, VmmoveError
-from migrate.kube import VIRTUAL_MACHINE, Kube
+from migrate.kube import DATA_VOLUME, VIRTUAL_MACHINE, Kube
 from migrate.model import VM
 from migrate.plan import Plan, PlannedVM
 from migrate.state import DONE, RUNNING, Journal
@@ -50,6 +59,11 @@ from migrate.workdir import disk_item
 
 STEPS = ("preflight", "stop", "sync", "start", "verify", "done")
 VMI = ("kubevirt.io/v1", "VirtualMachineInstance")
+#: ``--jobs`` default: VMs cut over (or rolled back) at once, at most this many.  Small on
+#: purpose: the operator watches every VM that is down at once, full final syncs take turns
+#: anyway (they convert and upload through one work folder), and the Kubernetes client's
+#: connection pool (10) stays larger than the workers.
+DEFAULT_JOBS = 4
 #: Test-only: pause (sleep) right after a step is journalled done (``stop``) or started
 #: (``start:sync``), so a fault test can kill the process at that exact point.
 PAUSE_ENV = "VMMOVE_TEST_PAUSE_AT"
@@ -85,6 +99,30 @@ Log = Callable[[str], None]
 
 def step_item(key: str, step: str) -> str:
     return f"{key}/{step}"
+
+
+def default_jobs(count: int) -> int:
+    """``--jobs`` when not given: ``min(DEFAULT_JOBS, VMs selected)``, at least 1."""
+    return max(1, min(DEFAULT_JOBS, count))
+
+
+def locked_log(log: Log) -> Log:
+    """``log`` made safe for several workers: each event one whole line, never interleaved."""
+    lock = threading.Lock()
+
+    def write(message: str) -> None:
+        with lock:
+            log(message)
+
+    return write
+
+
+def prepare_kube(kube: Kube) -> None:
+    """Resolve every resource the workers use while still on one thread: the client's
+    discovery (a lazy cache it writes to a file) is not thread-safe; requests through
+    resolved resources are (urllib3's pool)."""
+    for api in (VIRTUAL_MACHINE, VMI, DATA_VOLUME):
+        kube.resource(*api)
 
 
 def _pause(point: str) -> None:
@@ -400,6 +438,8 @@ class Cutover:
                  options: CutoverOptions, log: Log) -> None:
         self.plan, self.kube, self.journal, self.sync = plan, kube, journal, sync
         self.options, self.log = options, log
+        #: Set on Ctrl-C while workers run: each stops before its next step (journalled).
+        self.cancelled = threading.Event()
 
     # each step: (PlannedVM) -> data to journal
     def _step(self, p: PlannedVM, step: str, fn: Callable[[], dict[str, Any]],
@@ -410,6 +450,8 @@ class Cutover:
         j.start(KIND_CUTOVER, item)
         _pause(f"start:{step}")
         try:
+            if self.cancelled.is_set():
+                raise CutoverError(f"{p.vm.name}: interrupted before the {step} step")
             data = fn()
         except CutoverError as exc:
             stopped = source_stopped or self._source_stopped(p)
@@ -528,6 +570,58 @@ class Cutover:
         self.log(f"{p.vm.name}: cut over to {p.namespace}/{p.name}; downtime {downtime:.1f}s")
         return result
 
+    def run_parallel(self, todo: Sequence[PlannedVM], jobs: int) -> list[VmCutover]:
+        """Steps 2-6 for each VM of ``todo`` (all past their preflight), ``jobs`` at once.
+
+        One VM's failure is its own result and never stops the others.  ``jobs`` 1 runs
+        them one after another on this thread, as before.  On Ctrl-C the running VMs stop
+        before their next step (each journalled, with its next action) and the VMs not
+        started yet are not started; the interrupt is raised again once all have stopped.
+        """
+        if jobs <= 1 or len(todo) <= 1:
+            return [self._run_one(p) for p in todo]
+        results: dict[str, VmCutover] = {}
+        with ThreadPoolExecutor(max_workers=min(jobs, len(todo)),
+                                thread_name_prefix="cutover") as pool:
+            futures = {p.key: pool.submit(self._run_one, p) for p in todo}
+            try:
+                for key, future in futures.items():
+                    results[key] = future.result()
+            except BaseException:
+                self.cancelled.set()
+                self.log(f"interrupted: {sum(not f.done() for f in futures.values())} VM(s) "
+                         "still running stop before their next step")
+                for f in futures.values():
+                    f.cancel()
+                raise
+        return [results[p.key] for p in todo]
+
+    def _run_one(self, p: PlannedVM) -> VmCutover:
+        """:meth:`run_vm` with every failure as this VM's result."""
+        failed = VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}", "failed")
+        if self.cancelled.is_set():
+            failed.error = f"{p.vm.name}: not started (interrupted); nothing was changed"
+            return failed
+        try:
+            return self.run_vm(p)
+        except CutoverError as exc:
+            failed.error = str(exc)
+        except VmmoveError as exc:  # outside any step (e.g. the source host unreachable)
+            failed.error = str(self._fail_top(p, "stop", CutoverError(
+                f"{p.vm.name}: {exc}"), self._source_stopped(p)))
+        except Exception as exc:  # a bug in one worker must not take the others down
+            if threading.current_thread() is threading.main_thread():
+                raise
+            failed.error = str(self._fail_top(p, "unexpected", CutoverError(
+                f"{p.vm.name}: unexpected {type(exc).__name__}: {exc}"),
+                self._source_stopped(p)))
+        for step in STEPS:  # how far it got, for the table
+            found = self.journal.get(KIND_CUTOVER, step_item(p.key, step))
+            if found is not None:
+                failed.steps[step] = found.status
+        self.log(f"{p.vm.name}: not cut over (the error is repeated at the end)")
+        return failed
+
     def _fail_top(self, p: PlannedVM, step: str, exc: CutoverError,
                   stopped: bool) -> CutoverError:
         hint = next_action(self.plan, p, "failed", stopped)  # the state asked just now
@@ -633,6 +727,28 @@ def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
     log(f"{p.vm.name}: rolled back (target {target_action}, source {source_action})")
     return VmRollback(p.key, p.vm.name, f"{p.namespace}/{p.name}", target_action,
                       source_action, seconds)
+
+
+def rollback_many(plan: Plan, vms: Sequence[PlannedVM], kube: Kube, journal: Journal,
+                  options: RollbackOptions, log: Log,
+                  jobs: int) -> list[VmRollback | CutoverError]:
+    """:func:`rollback_vm` for each VM, ``jobs`` at once; each VM's outcome or its error,
+    in the order given (one VM's failure never stops the others)."""
+    def one(p: PlannedVM) -> VmRollback | CutoverError:
+        try:
+            return rollback_vm(plan, p, kube, journal, options, log)
+        except CutoverError as exc:
+            return exc
+        except Exception as exc:  # a bug in one worker must not take the others down
+            if threading.current_thread() is threading.main_thread():
+                raise
+            return CutoverError(f"{p.vm.name}: unexpected {type(exc).__name__}: {exc}")
+
+    if jobs <= 1 or len(vms) <= 1:
+        return [one(p) for p in vms]
+    with ThreadPoolExecutor(max_workers=min(jobs, len(vms)),
+                            thread_name_prefix="rollback") as pool:
+        return list(pool.map(one, vms))
 
 
 def select_vms(plan: Plan, wave: int, refs: tuple[str, ...] | list[str]) -> list[PlannedVM]:

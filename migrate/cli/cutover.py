@@ -7,6 +7,7 @@ D's converter and F's transfer backends, which :mod:`migrate.cutover` may not im
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,14 @@ if TYPE_CHECKING:
 
 HEADERS = ["VM", "TARGET", "STATUS", "DOWNTIME", "SYNC", "STEPS", "NEXT / ERROR"]
 ROLLBACK_HEADERS = ["VM", "TARGET", "STATUS", "TARGET ACTION", "SOURCE ACTION", "ERROR"]
+#: The part of a final sync that sends disks again (convert, upload) runs for one VM at a
+#: time: the converter takes the work folder's journal lock for its run and removes partial
+#: outputs it finds there (another VM's, mid-write), and the upload sends the whole wave's
+#: converted images, so it must not run while another VM's disk is being converted.
+#: The comparison of unchanged disks and the re-import watch run in parallel.
+SEND_LOCK = threading.Lock()
+JOBS_HELP = ("How many VMs at once (default: min({n}, VMs selected)). Each keeps its own "
+             "steps, journal items and downtime; one VM's failure does not stop the others.")
 
 
 # -- the final sync ------------------------------------------------------------------------------
@@ -42,21 +51,13 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
     """
     from converters import qemuimg
     from converters.checksum import sha256_file
-    from converters.convert import CONVERTED, FAILED, ConvertOptions, convert_disks
     from migrate.apply import KIND_IMPORT, watch_imports
-    from migrate.cli._plan_stages import (
-        ImportBars,
-        build_manifests,
-        data_disks,
-        upload_wave,
-        vm_objects,
-    )
+    from migrate.cli._plan_stages import ImportBars, build_manifests, data_disks, vm_objects
     from migrate.cutover import CutoverError
     from migrate.kube import DATA_VOLUME
-    from migrate.model import Inventory, PowerState
     from migrate.progress import log
     from migrate.state import DONE
-    from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
+    from migrate.workdir import KIND_CONVERT, disk_item
 
     started = time.monotonic()
     disks = data_disks(p)
@@ -92,48 +93,18 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
     else:
         redo = [d.target for d in disks]
     converted: list[str] = []
+    sent, upload_seconds, lock_wait = 0, 0.0, 0.0
     if redo:
-        stopped_vm = dataclasses.replace(p.vm, power_state=PowerState.SHUTOFF)
-        inventory = Inventory(vms=[stopped_vm if v is p.vm else v for v in plan.inventory.vms],
-                              scanned_at=plan.inventory.scanned_at)
-        c = plan.convert
-        options = ConvertOptions(format=c.format, compress=c.compress, verify=True,
-                                 force_share=False, redo=True)
-        if c.jobs:
-            options.jobs = c.jobs
-        results = convert_disks(inventory, (), plan.workdir, options,
-                                disks=[(p.key, t) for t in redo])
-        failed = [r for r in results if r.status == FAILED]
-        if failed:
-            raise CutoverError(f"{p.vm.name}: final sync: convert failed: "
-                               + " | ".join(str(r.error) for r in failed))
-        for r in results:
-            converted.append(r.disk)
-            report.setdefault(r.disk, {}).update(
-                status="converted" if r.status == CONVERTED else r.status,
-                checksum=r.checksum, bytes=r.allocated, convert_seconds=r.seconds,
-                compare="identical" if r.verified else None)
-    sent = 0
+        t_lock = time.monotonic()
+        with SEND_LOCK:
+            lock_wait = time.monotonic() - t_lock
+            if lock_wait >= 1:
+                log(f"{p.vm.name}: final sync: waited {lock_wait:.0f}s for another VM's "
+                    "sync to send its disks")
+            converted, sent, upload_seconds = _send_again(plan, kube_args, p, journal, redo,
+                                                          report)
     reimported: list[str] = []
     if converted:
-        if plan.transfer.backend != "s3":
-            raise CutoverError(f"{p.vm.name}: final sync needs the disks sent again, which "
-                               "vmmove does through an S3 transfer target only (the plan uses "
-                               f"{plan.transfer.backend or 'none'}); stage the VM shut off, "
-                               "or use transfer.s3")
-        t0 = time.monotonic()
-        summary = upload_wave(plan, p.wave, kube_args)
-        upload_seconds = time.monotonic() - t0
-        log(f"{p.vm.name}: final sync: {summary}")
-        for target in converted:
-            up = journal.get(KIND_UPLOAD, disk_item(p.vm, next(d for d in disks
-                                                                if d.target == target)))
-            if up is None or up.status != DONE or up.checksum != report[target]["checksum"]:
-                raise CutoverError(f"{p.vm.name}/{target}: final sync: the upload does not "
-                                   "hold the new image's checksum")
-            report[target]["uploaded"] = up.checksum
-            report[target]["sent"] = int(up.data.get("sent") or up.bytes or 0)
-            sent += report[target]["sent"]
         objects = vm_objects(plan, build_manifests(plan, [p]))
         items = [i for o in objects for i in o.imports
                  if i.item.rsplit("/", 1)[-1] in converted]
@@ -153,7 +124,67 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
             report[target]["upload_seconds"] = round(upload_seconds, 3)
     return {"mode": mode, "disks": report, "bytes": sent,
             "converted": converted, "reimported": reimported,
+            "lock_wait_seconds": round(lock_wait, 3),
             "seconds": round(time.monotonic() - started, 3)}
+
+
+def _send_again(plan: Plan, kube_args: Any, p: PlannedVM, journal: Journal,
+                redo: list[str], report: dict[str, dict[str, Any]]
+                ) -> tuple[list[str], int, float]:
+    """Convert the disks ``redo`` from the stopped source and upload them (the caller holds
+    :data:`SEND_LOCK`); the disks converted, bytes sent, upload seconds."""
+    from converters.convert import CONVERTED, FAILED, ConvertOptions, convert_disks
+    from migrate.cli._plan_stages import data_disks, upload_wave
+    from migrate.cutover import CutoverError
+    from migrate.model import Inventory, PowerState
+    from migrate.progress import log
+    from migrate.state import DONE
+    from migrate.workdir import KIND_UPLOAD, disk_item
+
+    disks = data_disks(p)
+    converted: list[str] = []
+    stopped_vm = dataclasses.replace(p.vm, power_state=PowerState.SHUTOFF)
+    inventory = Inventory(vms=[stopped_vm if v is p.vm else v for v in plan.inventory.vms],
+                          scanned_at=plan.inventory.scanned_at)
+    c = plan.convert
+    options = ConvertOptions(format=c.format, compress=c.compress, verify=True,
+                             force_share=False, redo=True)
+    if c.jobs:
+        options.jobs = c.jobs
+    results = convert_disks(inventory, (), plan.workdir, options,
+                            disks=[(p.key, t) for t in redo])
+    failed = [r for r in results if r.status == FAILED]
+    if failed:
+        raise CutoverError(f"{p.vm.name}: final sync: convert failed: "
+                           + " | ".join(str(r.error) for r in failed))
+    for r in results:
+        converted.append(r.disk)
+        report.setdefault(r.disk, {}).update(
+            status="converted" if r.status == CONVERTED else r.status,
+            checksum=r.checksum, bytes=r.allocated, convert_seconds=r.seconds,
+            compare="identical" if r.verified else None)
+    sent = 0
+    upload_seconds = 0.0
+    if converted:
+        if plan.transfer.backend != "s3":
+            raise CutoverError(f"{p.vm.name}: final sync needs the disks sent again, which "
+                               "vmmove does through an S3 transfer target only (the plan uses "
+                               f"{plan.transfer.backend or 'none'}); stage the VM shut off, "
+                               "or use transfer.s3")
+        t0 = time.monotonic()
+        summary = upload_wave(plan, p.wave, kube_args)
+        upload_seconds = time.monotonic() - t0
+        log(f"{p.vm.name}: final sync: {summary}")
+        for target in converted:
+            up = journal.get(KIND_UPLOAD, disk_item(p.vm, next(d for d in disks
+                                                                if d.target == target)))
+            if up is None or up.status != DONE or up.checksum != report[target]["checksum"]:
+                raise CutoverError(f"{p.vm.name}/{target}: final sync: the upload does not "
+                                   "hold the new image's checksum")
+            report[target]["uploaded"] = up.checksum
+            report[target]["sent"] = int(up.data.get("sent") or up.bytes or 0)
+            sent += report[target]["sent"]
+    return converted, sent, upload_seconds
 
 
 def _exists(path: str) -> bool:
@@ -204,21 +235,26 @@ def _seconds(value: float | None) -> str:
 @click.option("--import-timeout", type=click.FloatRange(min=1), default=3600.0,
               show_default=True, metavar="SECONDS",
               help="How long a re-import of a synced disk may take.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+              help=JOBS_HELP.format(n=4) + " Every preflight passes before any source stops;"
+                   " full final syncs send their disks one VM at a time.")
 @kube_options
 @output_format()
 def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
                 shutdown_timeout: float, force: bool, verify_timeout: float,
                 guest_agent: bool, verify_command: str | None, import_timeout: float,
-                kubeconfig: str | None, context: str | None, namespace: str | None,
-                output: str) -> None:
+                jobs: int | None, kubeconfig: str | None, context: str | None,
+                namespace: str | None, output: str) -> None:
     """Switch VMs from their libvirt host to KubeVirt: preflight, stop the source, final
     sync, start the target, verify, done — each step journalled.
 
     \b
     vmmove cutover plan.yaml --wave 1
     vmmove cutover plan.yaml --wave 1 web-01 --at 02:00 --shutdown-timeout 120
+    vmmove cutover plan.yaml --wave 2 --jobs 8
 
-    Rerun the same command after any failure or interruption: it resumes at the step where
+    The preflight of every VM runs first; no source is stopped unless all pass. Then up to
+    --jobs VMs go through their steps at once, each with its own downtime. Rerun the same command after any failure or interruption: it resumes at the step where
     it stopped and repeats nothing that is done. The source is only ever shut down (never
     undefined, its disks never written); `vmmove rollback` starts it again. Downtime is
     measured from the shutdown to the verified start and recorded in the journal.
@@ -231,7 +267,10 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
         CutoverError,
         CutoverOptions,
         VmCutover,
+        default_jobs,
+        locked_log,
         parse_at,
+        prepare_kube,
         select_vms,
         wait_until,
     )
@@ -249,8 +288,10 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
                              verify_timeout=verify_timeout, guest_agent=guest_agent,
                              verify_command=verify_command)
     results: list[VmCutover] = []
+    log = locked_log(log)
     kube = connect(kubeconfig, context)
     try:
+        prepare_kube(kube)
         with plan_lock(plan):
             journal = plan.journal()
             try:
@@ -269,14 +310,27 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
                     except CutoverError as exc:
                         results.append(VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}",
                                                  "failed", error=str(exc)))
+                refused = [r.vm for r in results if r.status == "failed"]
+                if refused and todo:
+                    # No source stops unless every VM of the selection passed its preflight.
+                    names = " ".join(p.vm.name for p in todo)
+                    log(f"no source stopped: the preflight of {', '.join(refused)} failed")
+                    for p in todo:
+                        results.append(VmCutover(
+                            p.key, p.vm.name, f"{p.namespace}/{p.name}", "not started",
+                            steps={"preflight": "done"},
+                            next=f"preflight passed, nothing was changed: fix the preflight of "
+                                 f"{', '.join(refused)} and rerun, or cut over only the VMs "
+                                 f"that passed: `vmmove cutover {plan.path} --wave {wave} "
+                                 f"{names}`"))
+                    todo = []
                 if todo and when is not None:
                     wait_until(when, log)
-                for p in todo:
-                    try:
-                        results.append(run.run_vm(p))
-                    except CutoverError as exc:
-                        results.append(VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}",
-                                                 "failed", error=str(exc)))
+                if todo:
+                    n = jobs or default_jobs(len(todo))
+                    if n > 1 and len(todo) > 1:
+                        log(f"cutting over {len(todo)} VM(s), {min(n, len(todo))} at once")
+                    results += run.run_parallel(todo, n)
             finally:
                 journal.close()
     finally:
@@ -288,11 +342,15 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
              (r.error or r.next or "")[:160]] for r in results]
     emit([r.to_data() for r in results], output, HEADERS, rows)
     failed = [r for r in results if r.status == "failed"]
+    waiting = [r for r in results if r.status == "not started"]
     if failed:
         for r in failed:
             click.echo(f"vmmove: error: {r.error}", err=True)
-        raise VmmoveError(f"cutover: {len(failed)} of {len(results)} VM(s) not cut over; "
-                          "see the errors above (vmmove status shows what to do next)")
+        raise VmmoveError(
+            f"cutover: {len(failed)} of {len(results)} VM(s) failed"
+            + (f", {len(waiting)} not started (no source is stopped unless every preflight "
+               "passes)" if waiting else "")
+            + "; see the errors above (vmmove status shows what to do next)")
 
 
 def _downtime(journal: Journal, p: PlannedVM) -> float | None:
@@ -312,11 +370,13 @@ def _downtime(journal: Journal, p: PlannedVM) -> float | None:
               metavar="SECONDS",
               help="How long to wait for the target's VirtualMachineInstance to go before "
                    "giving up (the source is then NOT started).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+              help=JOBS_HELP.format(n=4))
 @kube_options
 @output_format()
 def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float,
-                 kubeconfig: str | None, context: str | None, namespace: str | None,
-                 output: str) -> None:
+                 jobs: int | None, kubeconfig: str | None, context: str | None,
+                 namespace: str | None, output: str) -> None:
     """Halt the target VMs and start the sources again; safe at any point, and to repeat.
 
     \b
@@ -327,7 +387,14 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
     source domain is started again, if the cutover had found it running (a VM that was
     off stays off). The target's objects and disks stay in the cluster for the next try.
     """
-    from migrate.cutover import CutoverError, RollbackOptions, rollback_vm, select_vms
+    from migrate.cutover import (
+        RollbackOptions,
+        default_jobs,
+        locked_log,
+        prepare_kube,
+        rollback_many,
+        select_vms,
+    )
     from migrate.kube import connect
     from migrate.pipeline import plan_lock
     from migrate.plan import load_plan
@@ -340,23 +407,22 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
     data, rows, errors = [], [], []
     kube = connect(kubeconfig, context)
     try:
+        prepare_kube(kube)
         with plan_lock(plan):
             with plan.journal() as journal:
-                for p in chosen:
-                    try:
-                        r = rollback_vm(plan, p, kube, journal, RollbackOptions(timeout), log)
-                    except CutoverError as exc:
-                        errors.append(str(exc))
-                        data.append({"key": p.key, "vm": p.vm.name, "status": "failed",
-                                     "error": str(exc)})
-                        rows.append([p.vm.name, f"{p.namespace}/{p.name}", "failed", "-", "-",
-                                     str(exc)[:160]])
-                        continue
-                    data.append({**r.to_data(), "status": "rolled back"})
-                    rows.append([r.vm, r.target, "rolled back", r.target_action,
-                                 r.source_action, ""])
+                outcomes = rollback_many(plan, chosen, kube, journal, RollbackOptions(timeout),
+                                         locked_log(log), jobs or default_jobs(len(chosen)))
     finally:
         kube.close()
+    for p, r in zip(chosen, outcomes):
+        if isinstance(r, Exception):
+            errors.append(str(r))
+            data.append({"key": p.key, "vm": p.vm.name, "status": "failed", "error": str(r)})
+            rows.append([p.vm.name, f"{p.namespace}/{p.name}", "failed", "-", "-",
+                         str(r)[:160]])
+            continue
+        data.append({**r.to_data(), "status": "rolled back"})
+        rows.append([r.vm, r.target, "rolled back", r.target_action, r.source_action, ""])
     emit(data, output, ROLLBACK_HEADERS, rows)
     if errors:
         for e in errors:
