@@ -77,6 +77,41 @@ def estimate(p: PlannedVM, t: Throughput, mode: str) -> Estimate:
     return Estimate(stop, p.vm.data_bytes() / rate, boot, mode, rate)
 
 
+@dataclass
+class Slot:
+    """Where one VM falls in the wave's window when ``jobs`` VMs are cut over at once."""
+
+    start: float  # its source stops this long after the first stop
+    end: float  # its target is verified
+    wait: float  # spent waiting for another VM's full final sync to send its disks
+
+    @property
+    def downtime(self) -> float:
+        return self.end - self.start
+
+
+def schedule(estimates: list[Estimate], jobs: int) -> list[Slot]:
+    """Each VM's place in the window, as ``vmmove cutover --jobs`` runs them: in plan order,
+    a VM starts when one of ``jobs`` workers is free (the first ``jobs`` at once); a
+    ``full`` final sync sends its disks one VM at a time, so it may wait for another's.
+    Since every VM's stop is estimated alike, the syncs queue in start order."""
+    free = [0.0] * max(1, jobs)
+    send_free = 0.0
+    slots = []
+    for e in estimates:
+        worker = min(range(len(free)), key=free.__getitem__)
+        start = free[worker]
+        ready = start + e.stop
+        wait = 0.0
+        if e.mode == "full":
+            wait = max(0.0, send_free - ready)
+            send_free = ready + wait + e.sync
+        end = ready + wait + e.sync + e.boot
+        free[worker] = end
+        slots.append(Slot(start, end, wait))
+    return slots
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -89,8 +124,11 @@ def _q(text: str) -> str:
 
 
 def wave_runbook(plan: Plan, wave: int, journal: Journal,
-                 now: datetime.datetime | None = None) -> str:
-    """The Markdown runbook of one wave."""
+                 now: datetime.datetime | None = None, jobs: int | None = None) -> str:
+    """The Markdown runbook of one wave, for ``vmmove cutover --jobs jobs`` (default: the
+    cutover's own default for this wave's size)."""
+    from migrate.cutover import default_jobs
+
     from migrate.assessment import assess
     from migrate.assessment.concern import Severity
 
@@ -106,6 +144,10 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
     back = f"vmmove rollback {plan_ref} --wave {wave}"
     when = (now or datetime.datetime.now().astimezone()).isoformat(timespec="minutes")
     total = sum(e.total for e in estimates.values())
+    jobs = jobs or default_jobs(len(vms))
+    slots = dict(zip(estimates, schedule(list(estimates.values()), jobs)))
+    window = max((s.end for s in slots.values()), default=0.0)
+    jobs_flag = f" --jobs {jobs}"
     lines: list[str] = []
     add = lines.append
 
@@ -120,7 +162,10 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
     add(f"{len(vms)} VM(s) move from libvirt to KubeVirt in this wave"
         + (f"; {len(skipped)} skipped: " + ", ".join(
             f"{p.vm.name} ({p.entry.note or 'skip'})" for p in skipped) if skipped else "")
-        + f". Expected downtime if cut over one after another: {_duration(total)}.")
+        + f". Expected window with `--jobs {jobs}` ({min(jobs, len(vms))} VM(s) at once): "
+        f"**{_duration(window)}** from the first source stopped to the last target verified"
+        + (f" (one after another: {_duration(total)})" if min(jobs, len(vms)) > 1 else "")
+        + ".")
     add("")
     add("| VM | source | target | disks | data | final sync | expected downtime |")
     add("|---|---|---|---|---|---|---|")
@@ -129,7 +174,7 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
         disks = [d for d in p.vm.disks if d.device in ("disk", "lun")]
         add(f"| {p.vm.name} | `{p.vm.source.location}` | `{p.namespace}/{p.name}` | "
             f"{len(disks)} | {human_size(p.vm.data_bytes())} | {e.mode} | "
-            f"{_duration(e.total)} |")
+            f"{_duration(slots[p.key].downtime)} |")
     add("")
     add("## Prerequisites")
     add("")
@@ -161,11 +206,13 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
         "after any failure or interruption and it resumes where it stopped:")
     add("")
     add("```sh")
-    add(f"{cut} --at HH:MM          # preflight now, stop the sources at HH:MM")
+    add(f"{cut}{jobs_flag} --at HH:MM   # preflight now, stop the sources at HH:MM")
     add("```")
     add("")
-    add("Or one VM at a time: append its name. What each step does, and how to check it "
-        "by hand:")
+    add(f"Every VM's preflight passes before any source is stopped; then {jobs} VM(s) go "
+        "through steps 2–6 at once, the next starting when one finishes; each keeps its own "
+        "downtime, and one VM's failure does not stop the others. Or one VM at a time: "
+        "append its name. What each step does, and how to check it by hand:")
     add("")
     add("1. **Preflight** — no critical concern, VirtualMachine applied, every disk "
         "imported, source reachable. Nothing is changed.")
@@ -221,13 +268,27 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
         add(f"- measured start→Running: {len(t.boot_seconds)}, longest "
             f"{max(t.boot_seconds):.1f} s")
     add("")
-    add("| VM | data | sync | stop | sync time | start+verify | expected downtime |")
-    add("|---|---|---|---|---|---|---|")
+    add("| VM | data | sync | stop | sync time | start+verify | expected downtime | "
+        "stops at | verified at |")
+    add("|---|---|---|---|---|---|---|---|---|")
     for p in vms:
-        e = estimates[p.key]
+        e, slot = estimates[p.key], slots[p.key]
+        wait = f" (+{_duration(slot.wait)} waiting to send)" if slot.wait >= 1 else ""
         add(f"| {p.vm.name} | {human_size(p.vm.data_bytes())} | {e.mode} | "
             f"{_duration(e.stop)} | {_duration(e.sync)} | {_duration(e.boot)} | "
-            f"**{_duration(e.total)}** |")
+            f"**{_duration(slot.downtime)}**{wait} | +{_duration(slot.start)} | "
+            f"+{_duration(slot.end)} |")
+    add("")
+    parallel = min(jobs, len(vms)) > 1
+    add(f"**Wave window with `--jobs {jobs}`: {_duration(window)}**"
+        + (f" (one after another: {_duration(total)})" if parallel else "")
+        + f". How: the VMs start in the order above on {jobs} worker(s), the first "
+        f"{min(jobs, len(vms))} at once and each next one when a worker is free; a `full` "
+        "final sync sends its disks (convert, upload) one VM at a time, so a VM may wait for "
+        "another's, and that wait is downtime (shown beside it). `stops at`/`verified at` "
+        "count from the first source stopped. With equal VMs this is the longest VM of each "
+        f"batch of {jobs}, batch after batch. Another `--jobs` (or `vmmove runbook --jobs`) "
+        "changes it.")
     add("")
     add("## Verification")
     add("")
@@ -268,7 +329,8 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
     return "\n".join(lines)
 
 
-def write_runbooks(plan: Plan, out: Path, waves: list[int] | None = None) -> list[Path]:
+def write_runbooks(plan: Plan, out: Path, waves: list[int] | None = None,
+                   jobs: int | None = None) -> list[Path]:
     """One ``wave-<N>.md`` per wave (with VMs to move) in ``out``; the files written."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -279,6 +341,6 @@ def write_runbooks(plan: Plan, out: Path, waves: list[int] | None = None) -> lis
             if not plan.wave(n):
                 continue
             path = out / f"wave-{n}.md"
-            atomic_write(path, wave_runbook(plan, n, journal))
+            atomic_write(path, wave_runbook(plan, n, journal, jobs=jobs))
             written.append(path)
     return written

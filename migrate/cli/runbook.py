@@ -17,14 +17,18 @@ REPORT_HEADERS = ["WAVE", "VM", "TARGET", "DATA", "CONVERTED", "CONVERT", "UPLOA
               help="Folder for the runbooks: one wave-<N>.md per wave.")
 @click.option("--wave", type=click.IntRange(min=1), multiple=True, metavar="N",
               help="Only wave N (repeatable; default: every wave).")
-def runbook_cmd(plan_file: str, out: str, wave: tuple[int, ...]) -> None:
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+              help="The `vmmove cutover --jobs` the runbook plans for: how many VMs are cut "
+                   "over at once, which sets the wave's window (default: as cutover, "
+                   "min(4, VMs in the wave)).")
+def runbook_cmd(plan_file: str, out: str, wave: tuple[int, ...], jobs: int | None) -> None:
     """Write one Markdown runbook per wave: scope, prerequisites checklist, every step with
     its vmmove, kubectl and virsh commands, expected downtime per VM, verification,
     rollback and sign-off.
 
     \b
     vmmove runbook plan.yaml --out runbooks/
-    vmmove runbook plan.yaml --out runbooks/ --wave 2
+    vmmove runbook plan.yaml --out runbooks/ --wave 2 --jobs 8
 
     Downtime estimates use the throughput the plan's journal measured in earlier
     conversions, uploads, imports and cutovers (regenerate after a rehearsal); the
@@ -38,7 +42,7 @@ def runbook_cmd(plan_file: str, out: str, wave: tuple[int, ...]) -> None:
     plan = load_plan(plan_file)
     for n in wave:
         plan.wave(n)  # unknown wave: one error line before anything is written
-    for path in write_runbooks(plan, Path(out), list(wave) or None):
+    for path in write_runbooks(plan, Path(out), list(wave) or None, jobs):
         click.echo(str(path))
 
 
