@@ -14,6 +14,7 @@ import pytest
 
 from migrate.plan import load_plan
 from migrate.runbook import Estimate, schedule
+from tests.conftest import qemu_io
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
 from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
@@ -141,6 +142,9 @@ def test_one_target_never_runs_the_others_are_cut_over(
 
     stuck = plan.planned("bravo")
     kubevirt.hold.add(stuck.name)  # its VirtualMachineInstance never leaves Scheduling
+    # alpha's and charlie's disks change after staging: both are sent again, at once
+    for name, fmt in (("alpha", "qcow2"), ("charlie", "raw")):
+        qemu_io(plan.planned(name).vm.disks[0].path, "write -P 0x5a 1M 64k", fmt)
 
     result = cli(*base, "--verify-timeout", "3", ok=False)
     assert result.exit_code != 0
@@ -171,6 +175,22 @@ def test_one_target_never_runs_the_others_are_cut_over(
     for name in ("alpha", "charlie"):
         p = plan.planned(name)
         assert cluster.get(kubevirt.vmi, "vms", p.name)["status"]["phase"] == "Running"
+    # the two re-sends took turns (the converter's work-folder lock, the wave-wide upload),
+    # each VM converted, uploaded and re-imported its own changed disk
+    with plan.journal() as journal:
+        sends = []
+        for name in ("alpha", "charlie"):
+            p = plan.planned(name)
+            sync = journal.get("cutover", f"{p.key}/sync")
+            assert sync.data["converted"] == ["vda"] and sync.data["reimported"] == [
+                f"{p.name}-vda"], sync.data
+            assert sync.data["disks"]["vda"]["uploaded"] == sync.data["disks"]["vda"]["checksum"]
+            convert = journal.get("convert", f"{p.key}/vda")
+            upload = journal.get("upload", f"{p.key}/vda")
+            assert upload.checksum == convert.checksum
+            sends.append((convert.started, upload.finished))
+        first, second = sorted(sends)
+        assert second[0] >= first[1] - 0.01  # the second convert began after the first upload
 
     # the rerun resumes only the failed VM once its target runs
     kubevirt.hold.discard(stuck.name)
