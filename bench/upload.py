@@ -34,7 +34,7 @@ from migrate.model import VM, Disk, Inventory, Source, SourceKind  # noqa: E402
 from migrate.serialize import save_inventory  # noqa: E402
 from migrate.state import Journal  # noqa: E402
 from migrate.workdir import KIND_UPLOAD, journal_path  # noqa: E402
-from tests.s3_support import SeaweedFS, subprocess_env  # noqa: E402
+from tests.s3_support import SeaweedFS, subprocess_env, wait_peak_rss  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -50,26 +50,12 @@ client.upload_file(path, bucket, key, Config=TransferConfig())
 
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Run a process; (seconds, its own peak RSS in bytes).
-
-    The peak is the process image's VmHWM, sampled while it runs: a child's ru_maxrss
-    (wait4) would start at this benchmark's own high-water mark, inherited across fork
-    and exec, and so overstate the uploader.
-    """
+    """Run a process; (seconds, its own peak RSS in bytes: VmHWM, see wait_peak_rss)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile() as err_file:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err_file,
                                 cwd=ROOT)
-        peak = 0
-        status = Path(f"/proc/{proc.pid}/status")
-        while proc.poll() is None:
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak = max(peak, int(line.split()[1]) * 1024)
-            except (OSError, ValueError):
-                pass  # exiting
-            time.sleep(0.02)
+        peak = wait_peak_rss(proc, timeout=3600)
         seconds = time.perf_counter() - start
         if proc.returncode != 0:
             err_file.seek(0)

@@ -214,3 +214,28 @@ def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _AWS_VARS}
     env.update(extra)
     return env
+
+
+def wait_peak_rss(proc: subprocess.Popen[Any], timeout: float, poll: float = 0.02) -> int:
+    """Wait for ``proc`` (bounded) and return its own peak RSS in bytes.
+
+    The peak is the kernel's VmHWM of the process image, read while it runs (it only
+    grows). Not ru_maxrss from wait4: on Linux a child's ru_maxrss starts at the parent's
+    high-water mark across fork and exec, so it would report the parent's size.
+    """
+    deadline = time.monotonic() + timeout
+    peak = 0
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except (OSError, ValueError):
+            pass  # exiting
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise TimeoutError(f"{proc.args!r} still running after {timeout:g}s")
+        time.sleep(poll)
+    return peak

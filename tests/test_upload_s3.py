@@ -9,9 +9,7 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -249,31 +247,6 @@ def _run_upload(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
                             cwd=Path(__file__).resolve().parents[1])
 
 
-def _wait_with_peak_rss(proc: subprocess.Popen[Any], timeout: float) -> tuple[int, int]:
-    """Wait for ``proc``: (exit code, its own peak RSS in bytes); bounded.
-
-    The peak is the kernel's VmHWM of the process image, read while it runs (it only
-    grows). Not ru_maxrss: on Linux a child's ru_maxrss starts at the parent's high-water
-    mark across fork and exec, so it would report pytest's own size.
-    """
-    deadline = time.monotonic() + timeout
-    peak = 0
-    status = Path(f"/proc/{proc.pid}/status")
-    while proc.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) * 1024)
-        except (OSError, ValueError):
-            pass  # exiting
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"uploader still running after {timeout:g}s")
-        time.sleep(0.05)
-    return proc.returncode, peak
-
-
 def _parts_stored(server: SeaweedFS, bucket: str, key: str) -> int:
     client = server.client(retries=1)
     try:
@@ -340,7 +313,7 @@ def test_killed_upload_resumes_sending_only_missing_parts(
 @pytest.mark.slow
 def test_server_restart_during_upload_is_retried_to_completion(
         tmp_path: Path, s3_env: dict[str, str]) -> None:
-    from tests.s3_support import subprocess_env
+    from tests.s3_support import subprocess_env, wait_peak_rss
 
     server = SeaweedFS(tmp_path / "private-s3")
     server.start()
@@ -363,8 +336,8 @@ def test_server_restart_during_upload_is_retried_to_completion(
             assert proc.poll() is None  # still uploading when the server goes away
             server.stop()
             server.start()
-            status, peak = _wait_with_peak_rss(proc, timeout=240)
-        assert status == 0, logs.read_text()
+            peak = wait_peak_rss(proc, timeout=240)
+        assert proc.returncode == 0, logs.read_text()
         assert 0 < peak < 256 * MiB, f"uploader peak RSS {peak / MiB:.0f} MiB"
         fetched = tmp_path / "fetched.qcow2"
         head = server.download(bucket, key, fetched)
