@@ -56,7 +56,7 @@ def convert_wave(plan: Plan, wave: int, redo: bool = False) -> str:
     if c.jobs:
         options.jobs = c.jobs
     disks = [d for p in vms for d in data_disks(p)]
-    progress = BarProgress(sum(estimate(d) for d in disks), len(disks))
+    progress = BarProgress(sum(estimate(d) for d in disks), len(disks), verify=c.verify)
     try:
         results = convert_disks(plan.inventory, (), plan.workdir, options, progress,
                                 disks=pairs)
