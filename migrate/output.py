@@ -23,6 +23,17 @@ def human_size(n: int | None) -> str:
     return f"{size:.1f}P"
 
 
+def rfc3339(epoch: float | None) -> str | None:
+    """Epoch seconds as an RFC 3339 UTC time with milliseconds (``2026-11-30T00:31:02.125Z``),
+    the form programs reading ``-o json|yaml`` parse; None stays None."""
+    if epoch is None:
+        return None
+    from datetime import datetime, timezone
+
+    when = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A plain, aligned text table like kubectl's (two spaces between columns)."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]

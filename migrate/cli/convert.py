@@ -10,7 +10,7 @@ import click
 
 from migrate.cli.options import output_format, refuse_with_plan
 from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit, human_size
+from migrate.output import emit, human_size, rfc3339
 from migrate.progress import ConvertProgress as BarProgress
 from migrate.progress import disk_estimate as estimate
 
@@ -49,7 +49,8 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
          "output": s.data.get("output"), "format": s.data.get("format"),
          "virtual_size": s.data.get("virtual_size"), "allocated": s.data.get("allocated"),
          "verified": s.data.get("verified"), "checksum": s.checksum,
-         "started": s.started, "finished": s.finished, "seconds": s.data.get("seconds"),
+         "started": rfc3339(s.started), "finished": rfc3339(s.finished),
+         "seconds": s.data.get("seconds"),
          "error": s.error}
         for s in steps
     ]
@@ -57,9 +58,9 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
         [d["vm"] or d["item"], d["disk"] or "", d["status"], d["format"] or "-",
          human_size(d["allocated"]), {True: "yes", False: "no", None: "-"}[d["verified"]],
          (d["checksum"] or "-")[:19],
-         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["finished"])) if d["finished"]
+         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.finished)) if s.finished
          else "-", d["error"] or (Path(d["output"]).name if d["output"] else "")]
-        for d in data
+        for d, s in zip(data, steps)
     ]
     emit(data, output, ["VM", "DISK", "STATUS", "FORMAT", "ALLOCATED", "VERIFIED", "CHECKSUM",
                         "FINISHED", "OUTPUT/ERROR"], rows)

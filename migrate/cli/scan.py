@@ -12,16 +12,8 @@ from migrate.model import VM, Inventory
 from migrate.output import emit, human_size
 
 TABLE_HEADERS = [
-    "NAME", "SOURCE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE", "CONCERNS",
+    "NAME", "HOST/FILE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE", "CONCERNS",
 ]
-
-
-def _source(vm: VM) -> str:
-    location = vm.source.location
-    if location.startswith("/"):
-        rel = os.path.relpath(location)
-        location = rel if not rel.startswith("..") else location
-    return f"{location}#{vm.source.member}" if vm.source.member else location
 
 
 def _disks(vm: VM) -> str:
@@ -57,11 +49,12 @@ def _firmware(vm: VM) -> str:
     return text
 
 
-def table_row(vm: VM, concerns: str = "") -> list[str]:
-    """One table row; the column order is TABLE_HEADERS (``concerns``: the assessment summary)."""
+def table_row(vm: VM, concerns: str = "", source: str | None = None) -> list[str]:
+    """One table row; the column order is TABLE_HEADERS (``concerns``: the assessment
+    summary; ``source``: the short name of where the VM was read, see ``source_labels``)."""
     return [
         vm.name,
-        _source(vm),
+        source if source is not None else vm.source.location,
         vm.power_state.value,
         str(vm.vcpus),
         human_size(vm.memory),
@@ -82,8 +75,15 @@ def render(inv: Inventory, fmt: str) -> None:
             return
         from migrate.assessment import summaries
 
+        from migrate.sources.scan import source_labels
+
         concerns = summaries(inv)
-        emit(None, "table", TABLE_HEADERS, [table_row(vm, concerns[vm.key]) for vm in inv.vms])
+        labels, legend = source_labels(inv.vms)
+        emit(None, "table", TABLE_HEADERS,
+             [table_row(vm, concerns[vm.key], labels[vm.key]) for vm in inv.vms])
+        if len(legend) > 1:  # several hosts: say which is which (one is the -c given)
+            for label, location in legend:
+                click.echo(f"{label}: {location}", err=True)
     else:
         emit(to_data(inv), fmt)
 
@@ -146,7 +146,11 @@ def scan_cmd(
     from migrate.serialize import save_inventory
     from migrate.sources.scan import scan
 
+    from migrate.sources.libvirt_uri import check_uri
+
     uri_list = list(uris) or ([] if paths else ["qemu:///system"])
+    for uri in uri_list:
+        check_uri(uri)  # a mistyped URI: one line, before anything is scanned
     inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout)
     if output_file:
         save_inventory(inv, output_file)

@@ -369,8 +369,17 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
         if vms:
             raise UsageError("with a PLAN, the wave says which VMs to upload (--wave N)")
         refuse_with_plan(source, PLAN_DECIDES)
-        click.echo(plan_upload(source, wave, KubeArgs(kw["kubeconfig"], kw["context"],
-                                                      kw["namespace"]), redo))
+        summary = plan_upload(source, wave, KubeArgs(kw["kubeconfig"], kw["context"],
+                                                     kw["namespace"]), redo)
+        if output == "table":
+            click.echo(summary)
+            return
+        from migrate.cli._plan_stages import wave_upload_records
+        from migrate.plan import load_plan
+
+        click.echo(summary, err=True)
+        assert wave is not None  # plan_upload refused a missing --wave
+        emit(wave_upload_records(load_plan(source), wave), output)
         return
     if wave is not None:
         raise UsageError("--wave goes with a PLAN (vmmove plan) as SOURCE")

@@ -112,6 +112,40 @@ def _readonly_refused(exc: Any) -> bool:
     return exc.get_error_code() == libvirt.VIR_ERR_OPERATION_DENIED or "read-only" in text or "readonly" in text
 
 
+#: libvirt's hypervisor drivers (the part of a URI's scheme before ``+transport``), from
+#: https://libvirt.org/uri.html and the driver pages; anything else is a typo.
+DRIVERS = ("qemu", "test", "esx", "vpx", "gsx", "xen", "libxl", "lxc", "vbox", "vmwareplayer",
+           "vmwarews", "vmwarefusion", "hyperv", "bhyve", "ch", "openvz", "vz", "parallels")
+TRANSPORTS = ("", "ssh", "libssh", "libssh2", "tcp", "tls", "unix", "ext")
+
+
+def check_uri(uri: str) -> None:
+    """Refuse, before libvirt sees it, a URI whose mistake libvirt reports misleadingly.
+
+    An unknown scheme (``bogus://x``) would be tried as a remote TLS connection and fail
+    on a missing CA certificate; ``test://x/node.xml`` (two slashes) reads ``x`` as a
+    host and looks for ``/node.xml``.  Raises :class:`SourceError` naming the URI.
+    """
+    parts = urlsplit(uri)
+    if not parts.scheme:
+        raise SourceError(f"{uri}: cannot connect: not a libvirt URI (expected e.g. "
+                          "qemu:///system, qemu+ssh://root@host/system, test:///path/node.xml)")
+    driver, _, transport = parts.scheme.partition("+")
+    if driver not in DRIVERS:
+        raise SourceError(f"{uri}: cannot connect: unknown libvirt driver {driver!r} "
+                          f"(known: {', '.join(DRIVERS)}); for a local KVM host use "
+                          "qemu:///system")
+    if transport not in TRANSPORTS:
+        raise SourceError(f"{uri}: cannot connect: unknown libvirt transport {transport!r} "
+                          f"(known: {', '.join(t for t in TRANSPORTS if t)})")
+    if driver == "test" and parts.netloc:
+        raise SourceError(
+            f"{uri}: cannot connect: test URIs take no host: {parts.netloc!r} was read as a "
+            f"host name; write the node file's absolute path after three slashes, "
+            f"test:///{parts.netloc}{parts.path} (or test://$PWD/{parts.netloc}{parts.path} "
+            "for a path relative to this folder)")
+
+
 def open_readonly(uri: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     """A read-only libvirt connection, or SourceError naming the URI within ``timeout`` s.
 
@@ -122,6 +156,7 @@ def open_readonly(uri: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     hang for minutes), so the open runs in a daemon thread that is abandoned, and its
     connection closed if it ever arrives, when time runs out.
     """
+    check_uri(uri)
     parts = urlsplit(uri)
     if parts.scheme == "test" and parts.path not in ("", "/default"):
         # The test driver's own parse error comes with libxml2 noise on stderr: check first.
