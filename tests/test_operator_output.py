@@ -127,3 +127,62 @@ def test_scan_table_names_hosts_shortly_with_a_legend(tmp_path: Path, cli: Any) 
     assert all(not label.startswith("test:") for label in rows.values())
     legend = dict(line.split(": ", 1) for line in result.stderr.splitlines())
     assert legend[rows["alpha"]] == first and legend[rows["beta"]] == second
+
+
+# -- --dry-run and -v ------------------------------------------------------------------------------
+
+
+def test_migrate_dry_run_lists_the_steps_in_order_with_measured_estimates(
+        tmp_path: Path, cli: Any, monkeypatch: Any) -> None:
+    plan_file = _wave_plan(tmp_path, cli, "--s3", "s3://images/w", "--endpoint-url",
+                           "http://127.0.0.1:9")
+    cli("convert", "--batch", str(plan_file), "--wave", "1", ok=True)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    result = cli("migrate", str(plan_file), "--wave", "1", "--stage", "--dry-run", "-o", "json",
+                 ok=True)
+    steps = json.loads(result.stdout)
+    assert [(s["order"], s["vm"], s["step"]) for s in steps] == [
+        (1, "one", "convert"), (2, "one", "upload"), (3, "one", "manifests"),
+        (4, "one", "apply"), (5, "one", "import")]
+    convert, upload = steps[0], steps[1]
+    assert convert["state"] == "done before (skipped)" and convert["seconds"] is None
+    assert upload["state"] == "to do" and "s3://images/w" in upload["what"]
+    assert upload["seconds"] > 0 and "assumed" in upload["basis"]
+    # the import estimate uses nothing measured either; the convert rate is measured now
+    table = cli("migrate", str(plan_file), "--wave", "2", "--stage", "--dry-run", ok=True)
+    assert "convert measured at" in table.stdout and "dry run, nothing was done" in table.stderr
+    # nothing ran: no upload record, no manifests folder, the cluster never asked
+    status = json.loads(cli("status", str(plan_file), "-o", "json", ok=True).stdout)
+    assert [v["phase"] for v in status["vms"]] == ["converted", "scanned"]
+    assert not (tmp_path / "plan.work" / "manifests").exists()
+
+
+def test_cutover_dry_run_stops_nothing(tmp_path: Path, cli: Any) -> None:
+    vms, _ = scan_uri(f"test://{FIXTURES}/libvirt/node.xml")
+    plan_file = staged(tmp_path, Inventory(vms=vms), [["web-01", "legacy-i440fx"]])
+    result = cli("cutover", str(plan_file), "--wave", "1", "--dry-run", "-o", "yaml", ok=True)
+    steps = yaml.safe_load(result.stdout)
+    assert [(s["vm"], s["step"]) for s in steps] == [
+        (vm, step) for vm in ("web-01", "legacy-i440fx")
+        for step in ("preflight", "stop", "sync", "start", "verify")]
+    sync = steps[2]
+    assert sync["what"].startswith("verify:") and sync["seconds"] > 0
+    assert all(s["state"] == "to do" for s in steps)
+    # the domains are untouched: web-01 still running on the node
+    again = scan_uri(f"test://{FIXTURES}/libvirt/node.xml")[0]
+    assert {v.name: v.power_state.value for v in again}["web-01"] == "running"
+
+
+def test_verbose_logs_commands_underneath_never_passwords(tmp_path: Path, cli: Any) -> None:
+    plan_file = _wave_plan(tmp_path, cli)
+    result = cli("-v", "convert", "--batch", str(plan_file), "--wave", "2", ok=True)
+    traced = [Path(t.split(" ", 1)[0]).name + " " + t.split(" ", 1)[1] for t in
+              (ln.split(" + ", 1)[1] for ln in result.stderr.splitlines() if " + " in ln)]
+    assert any(t.startswith("qemu-img convert -p") and "two-vda.raw" in t for t in traced), traced
+    assert any(t.startswith("qemu-img compare -p") for t in traced), traced
+    assert any(t.startswith("qemu-img measure") for t in traced), traced
+    quiet = cli("convert", "--batch", str(plan_file), "--wave", "2", ok=True)
+    assert "qemu-img" not in quiet.stderr
+    scanned = cli("-v", "scan", "-c", "qemu+tcp://admin:s3cret@127.0.0.1:1/system")
+    assert "libvirt.openAuth('qemu+tcp://admin:***@127.0.0.1:1/system" in scanned.stderr
+    assert "s3cret" not in scanned.stderr

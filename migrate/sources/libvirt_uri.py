@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from migrate.model import VM, Disk, PowerState, ScanError, Source, SourceKind
 from migrate.sources import SourceError
+from migrate.progress import trace_call, without_password
 from migrate.sources.diskprobe import probe_disks, size_problem
 from migrate.sources.domxml import parse_domain_xml, parse_xml
 
@@ -127,6 +128,7 @@ def check_uri(uri: str) -> None:
     host and looks for ``/node.xml``.  Raises :class:`SourceError` naming the URI.
     """
     parts = urlsplit(uri)
+    uri = without_password(uri)
     if not parts.scheme:
         raise SourceError(f"{uri}: cannot connect: not a libvirt URI (expected e.g. "
                           "qemu:///system, qemu+ssh://root@host/system, test:///path/node.xml)")
@@ -157,15 +159,18 @@ def open_readonly(uri: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     connection closed if it ever arrives, when time runs out.
     """
     check_uri(uri)
+    shown = without_password(uri)  # errors name the URI, never its password
     parts = urlsplit(uri)
     if parts.scheme == "test" and parts.path not in ("", "/default"):
         # The test driver's own parse error comes with libxml2 noise on stderr: check first.
         if not os.path.isfile(parts.path):
-            raise SourceError(f"{uri}: cannot connect: no such node file {parts.path}")
+            raise SourceError(f"{shown}: cannot connect: no such node file {parts.path}")
     libvirt = _libvirt()
     target_uri = _noninteractive(uri)
     outcome: dict[str, Any] = {}
     lock = threading.Lock()
+
+    trace_call(f"libvirt.openAuth({without_password(target_uri)!r}, VIR_CONNECT_RO)")
 
     def opener() -> None:
         try:
@@ -195,9 +200,9 @@ def open_readonly(uri: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
         if "conn" in outcome:
             return outcome["conn"]
         if "error" in outcome:
-            raise SourceError(f"{uri}: cannot connect: {outcome['error']}")
+            raise SourceError(f"{shown}: cannot connect: {outcome['error']}")
         outcome["abandoned"] = True
-    raise SourceError(f"{uri}: cannot connect: no answer within {timeout:g} s")
+    raise SourceError(f"{shown}: cannot connect: no answer within {timeout:g} s")
 
 
 # --------------------------------------------------------------------------- volumes
@@ -355,6 +360,7 @@ def scan_connection(
     libvirt = _libvirt()
     local = is_local(conn.getURI() or uri)
     test_driver = _driver(conn.getURI() or uri) == "test"
+    trace_call(f"listAllDomains(0) on {without_password(uri)}")
     domains = sorted(conn.listAllDomains(0), key=lambda d: d.name())
     states = _states(conn, domains)
     snapshots = _snapshot_counts(conn, domains)
@@ -419,7 +425,8 @@ def scan_uri(
     try:
         conn = open_readonly(uri, timeout)
     except SourceError as exc:
-        return [], [ScanError(uri, str(exc).removeprefix(f"{uri}: "))]
+        return [], [ScanError(uri, str(exc).removeprefix(f"{uri}: ")
+                              .removeprefix(f"{without_password(uri)}: "))]
     libvirt = _libvirt()
     try:
         return scan_connection(conn, uri, jobs)

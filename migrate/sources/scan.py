@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from migrate import __version__
 from migrate.errors import VmmoveError
 from migrate.model import VM, Inventory, ScanError, SourceKind
-from migrate.progress import bar
+from migrate.progress import bar, without_password
 from migrate.sources import SourceError
 
 DESCRIPTORS = (".xml", ".ovf", ".ova", ".vmx")
@@ -35,7 +35,8 @@ def _error(location: str, exc: BaseException) -> ScanError:
     else:  # a reader bug: still one line, never a traceback
         message = f"unexpected {type(exc).__name__}: {exc}"
     message = _one_line(message)
-    for prefix in (f"{location}: ", f"{os.path.basename(location)}: "):
+    for prefix in (f"{location}: ", f"{without_password(location)}: ",
+                   f"{os.path.basename(location)}: "):
         if message.startswith(prefix):
             message = message[len(prefix) :]
             break
@@ -167,7 +168,9 @@ def scan(
         assert result is not None
         vms, errors = result
         inventory.vms.extend(vms)
-        inventory.errors.extend(ScanError(e.source, _one_line(e.message)) for e in errors)
+        # a URI's password (user:password@host) is never printed nor written
+        inventory.errors.extend(ScanError(without_password(e.source), _one_line(e.message))
+                                for e in errors)
     return inventory
 
 
