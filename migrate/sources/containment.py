@@ -91,10 +91,10 @@ def inside(root: str, real: str) -> bool:
 
 @dataclass(frozen=True)
 class Member:
-    """A byte range of an OVA archive."""
+    """A member of an OVA archive: its normalised name and byte range in the .ova."""
 
     name: str
-    offset: int
+    offset: int  # where the member's data starts in the .ova
     size: int
 
 
@@ -136,8 +136,7 @@ class Export:
         if members is None:
             from migrate.sources.ova import scan_archive
 
-            archive = scan_archive(path)
-            members = {n: Member(n, m.offset, m.size) for n, m in archive.members.items()}
+            members = scan_archive(path).members
         return cls(root=None, label=path, archive=os.path.realpath(path), members=members)
 
     # -- references ----------------------------------------------------------------------
@@ -449,7 +448,7 @@ def open_path(export: Export, path: str, fmt: str | None, *,
         top = export.member_window(path)
         return open_chain(export, top, top.format or fmt, force_share=force_share)
     base = export.root or os.path.dirname(os.path.abspath(path))
-    top = export.resolve(path, base, "disk")
+    top = export.resolve(path, base, "file")
     return open_chain(export, top, fmt, force_share=force_share)
 
 

@@ -18,6 +18,7 @@ from migrate.errors import VmmoveError
 from migrate.model import VM, Inventory, ScanError
 from migrate.progress import bar
 from migrate.sources import SourceError
+from migrate.sources.containment import inside
 
 DESCRIPTORS = (".xml", ".ovf", ".ova", ".vmx")
 Result = tuple[list[VM], list[ScanError]]
@@ -89,7 +90,8 @@ def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
     """Descriptor files under ``path`` (sorted, recursive); other files are skipped.
 
     An explicit file is always yielded, whatever its extension, so that an unknown one is
-    reported; a missing path yields its error.
+    reported; a missing path yields its error, and so does a descriptor found in the
+    folder that is a link to a file outside it (containment: docs/security.md).
     """
     abspath = os.path.abspath(path)
     if os.path.isfile(abspath):
@@ -102,6 +104,8 @@ def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
     def onerror(exc: OSError) -> None:
         raise exc
 
+    real_top = os.path.realpath(abspath)
+
     try:
         for root, dirs, files in os.walk(abspath, onerror=onerror):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -109,7 +113,13 @@ def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
                 if name.startswith("."):
                     continue  # editor and partial-write files
                 if os.path.splitext(name)[1].lower() in DESCRIPTORS:
-                    yield os.path.join(root, name), None
+                    found = os.path.join(root, name)
+                    if not inside(real_top, os.path.realpath(found)):
+                        # e.g. evil.vmx -> /etc/shadow: never read, never quoted
+                        yield found, ScanError(found, "a link to a file outside the scanned "
+                                                      "folder; not read")
+                        continue
+                    yield found, None
     except OSError as exc:
         where = exc.filename or abspath
         yield where, ScanError(where, exc.strerror or str(exc))
