@@ -352,6 +352,7 @@ def _check_vmdk(export: Export, layer: Layer) -> None:
     data = _read(layer, 0, MAX_DESCRIPTOR_BYTES + 1)
     if len(data) > MAX_DESCRIPTOR_BYTES:
         raise ContainmentError(f"{layer.name}: not a VMDK descriptor or sparse VMDK")
+    data = data.split(b"\0", 1)[0]  # qemu reads the descriptor as a C string: so does this
     try:
         desc = parse_descriptor(data.decode("utf-8", errors="replace"), layer.name)
     except VmdkError as exc:

@@ -81,7 +81,9 @@ def _with_disk_errors(path: str, vms: list[VM]) -> Result:
         for disk in vm.disks:
             if not disk.error or disk.device not in ("disk", "lun"):
                 continue
-            where = f"{disk.path}: " if disk.path and disk.path not in disk.error else ""
+            # an OVA disk's path is vmmove's json: window: the error names the member instead
+            where = (f"{disk.path}: " if disk.path and disk.path not in disk.error
+                     and not disk.path.startswith("json:") else "")
             errors.append(ScanError(path, _one_line(f"VM '{vm.name}': disk {disk.target}: {where}{disk.error}")))
     return vms, errors
 
