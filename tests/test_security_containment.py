@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -229,6 +230,38 @@ def test_a_chain_inside_the_export_is_converted_through_the_checked_chain(
         "backing": {"driver": "qcow2",
                     "file": {"driver": "file", "filename": str(export / "base" / "vm-base.qcow2")},
                     "backing": None}}, separators=(",", ":"))
+
+
+def sparse_vmdk_with_embedded_extent(path: Path, extent: Path) -> None:
+    """A sparse VMDK (KDMV) whose header says capacity 0: qemu then reads its embedded
+    descriptor as a descriptor file and opens the extent named there."""
+    qemu_img("create", "-q", "-f", "vmdk", str(path), "1M")
+    data = bytearray(path.read_bytes())
+    (desc_offset,) = struct.unpack_from("<Q", data, 28)
+    (desc_size,) = struct.unpack_from("<Q", data, 36)
+    text = vmdk_descriptor(str(extent)).encode().ljust(desc_size * 512, b"\0")
+    data[desc_offset * 512:(desc_offset + desc_size) * 512] = text
+    struct.pack_into("<Q", data, 12, 0)
+    path.write_bytes(bytes(data))
+
+
+def test_02_a_sparse_vmdk_whose_embedded_descriptor_names_a_host_file_is_refused(
+        cli, tmp_path: Path, secret: Path) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    disk = export / "vm.vmdk"
+    sparse_vmdk_with_embedded_extent(disk, secret)
+    # control: qemu-img left alone does open the host file as the disk's data
+    info = json.loads(qemu_img("info", "--output=json", "-f", "vmdk", str(disk)).stdout)
+    assert info["format-specific"]["data"]["extents"][0]["filename"] == str(secret)
+    vmx(export, "sparse", "vm.vmdk")
+    scanned, converted, inv, work = scan_and_convert(cli, tmp_path, str(export))
+    [line] = error_lines(scanned)
+    assert line == (f"vmmove: error: {export / 'sparse.vmx'}: VM 'sparse': disk sda: disk {disk}: "
+                    "sparse VMDK with capacity 0 and an embedded descriptor naming other files: "
+                    "not supported")
+    assert converted is not None and converted.exit_code == 1
+    assert not list(work.glob("*.qcow2")) and secret_bytes_in(work) == 0
 
 
 # -- case 03: OVA members' own backing files and extents -------------------------------------
