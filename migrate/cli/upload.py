@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 import threading
 import time
@@ -122,16 +120,15 @@ def _destination(r: TransferResult) -> str:
 @contextmanager
 def _upload_lock(journal_file: Path) -> Iterator[None]:
     """One upload run per work folder; a conversion may run beside it (its own lock)."""
-    fd = os.open(f"{journal_file}.upload.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    from migrate.files import LockBusy, run_lock
+
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise VmmoveError(f"{journal_file.parent}: another vmmove upload is running "
-                              "on this work folder") from None
-        yield
-    finally:
-        os.close(fd)
+        with run_lock(f"{journal_file}.upload.lock",
+                      f"{journal_file.parent}: another vmmove upload is running on this "
+                      "work folder"):
+            yield
+    except LockBusy as exc:
+        raise VmmoveError(str(exc).split(" (pid")[0]) from None
 
 
 # -- what to upload -----------------------------------------------------------------------------
