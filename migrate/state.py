@@ -86,6 +86,7 @@ class Journal:
         self.path = Path(path)
         # The journal records guest-derived names and paths: private, in a private folder
         # (docs/security.md); its -wal and -shm files take the database file's mode.
+        fresh = str(path) != ":memory:" and not self.path.exists()
         if str(path) != ":memory:":
             private_dir(self.path.parent)
             create_private(self.path)
@@ -99,6 +100,9 @@ class Journal:
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             self._db.close()
+            if fresh:  # nothing half-written: a journal that could not start is not left
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             raise self._failure(exc) from None
 
     def _failure(self, exc: sqlite3.Error) -> Exception:

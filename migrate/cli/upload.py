@@ -14,7 +14,7 @@ import click
 
 from migrate.cli.options import aws, kube, output_format, refuse_with_plan
 from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit, human_size
+from migrate.output import emit, error_line, human_size
 
 if TYPE_CHECKING:
     from converters.transfer.base import Backend, TransferItem, TransferResult
@@ -414,7 +414,7 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
             progress.close()
     for r in results:
         if not r.ok:
-            click.echo(f"vmmove: error: {r.error}", err=True)
+            click.echo(error_line(r.error), err=True)
     emit([_data(r) for r in results], output,
          ["ITEM", "BACKEND", "STATUS", "SIZE", "SENT", "TIME", "DESTINATION/ERROR"],
          _rows(results))

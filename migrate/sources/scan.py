@@ -9,6 +9,7 @@ fails becomes one :class:`ScanError` line and never stops the others.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -85,13 +86,33 @@ def _with_disk_errors(path: str, vms: list[VM]) -> Result:
     return vms, errors
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"))
+
+
+def special_kind(path: str) -> str | None:
+    """``"a FIFO"``, ``"a socket"``, ``"a … device"`` for a special file (after symlinks),
+    else ``None``.  Opening one could block for ever (a FIFO) or read a device."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
 def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
     """Descriptor files under ``path`` (sorted, recursive); other files are skipped.
 
     An explicit file is always yielded, whatever its extension, so that an unknown one is
-    reported; a missing path yields its error.
+    reported; a missing path yields its error.  Special files (FIFOs, sockets, devices)
+    named like descriptors are never opened: each yields one error line saying it was
+    skipped.
     """
     abspath = os.path.abspath(path)
+    kind = special_kind(abspath)
+    if kind:
+        yield abspath, ScanError(abspath, f"{kind}, not a file: skipped")
+        return
     if os.path.isfile(abspath):
         yield abspath, None
         return
@@ -109,7 +130,10 @@ def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
                 if name.startswith("."):
                     continue  # editor and partial-write files
                 if os.path.splitext(name)[1].lower() in DESCRIPTORS:
-                    yield os.path.join(root, name), None
+                    found = os.path.join(root, name)
+                    kind = special_kind(found)
+                    yield found, (ScanError(found, f"{kind}, not a file: skipped")
+                                  if kind else None)
     except OSError as exc:
         where = exc.filename or abspath
         yield where, ScanError(where, exc.strerror or str(exc))
