@@ -57,7 +57,7 @@ def error_line(message: Any) -> str:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A plain, aligned text table like kubectl's (two spaces between columns); every
-    cell is :func:`escape`\ d."""
+    cell is escaped (:func:`escape`)."""
     cells = [[escape(h) for h in headers]] + [["" if c is None else escape(c) for c in r]
                                              for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
