@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,23 @@ def test_one_wave_through_the_upload_proxy(cli: Any, tmp_path: Path, shared: Pat
         assert {s.data["result"] for s in journal.steps("apply")} == {"unchanged"}
 
 
+@contextmanager
+def staging(plan_file: Path, cluster: Cluster) -> Iterator[subprocess.Popen[bytes]]:
+    """``vmmove migrate PLAN --wave 1 --stage`` in its own process group, SIGKILLed (with
+    its qemu-img children) when the block ends."""
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    proc = subprocess.Popen([sys.executable, "-c", "from migrate.cli import run; run()",
+                             "migrate", str(plan_file), "--wave", "1", "--stage"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True,
+                            cwd=str(Path(__file__).resolve().parents[1]))
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
 class SlowAnswerCdi(Cdi):
     """CDI whose proxy, having stored the bytes and marked the DataVolume Succeeded, is
     slow to answer the POST: the moment a killed vmmove leaves no record of the upload."""
@@ -230,17 +248,8 @@ def test_killed_after_the_proxy_took_the_bytes_resumes(cli: Any, tmp_path: Path,
         # The proxy's certificate trusted as a CA (OpenSSL's SSL_CERT_FILE), not skipped.
         monkeypatch.setenv("SSL_CERT_FILE", str(slow.cert))
         assert load_plan(plan_file).transfer.insecure is False
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-        proc = subprocess.Popen([sys.executable, "-c", "from migrate.cli import run; run()",
-                                 "migrate", str(plan_file), "--wave", "1", "--stage"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True,
-                                cwd=str(Path(__file__).resolve().parents[1]))
-        try:
+        with staging(plan_file, cluster):
             assert slow.stored.wait(60), "the first image never reached the proxy"
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
         slow.delay = 0.0
         (first,) = [dv for (_, dv), obj in slow.api.objects(DV).items()
                     if obj["status"]["phase"] == "Succeeded"]
@@ -306,17 +315,10 @@ def test_killed_mid_post_sends_the_image_again(cli: Any, tmp_path: Path, cluster
         cli("plan", str(tmp_path / "inventory.yaml"), "--out", str(plan_file), "-n", "vms",
             "--network", "network:default=pod", "--cdi-uploadproxy", cdi.proxy_url, ok=True)
         monkeypatch.setenv("SSL_CERT_FILE", str(cdi.cert))
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-        proc = subprocess.Popen([sys.executable, "-c", "from migrate.cli import run; run()",
-                                 "migrate", str(plan_file), "--wave", "1", "--stage"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True,
-                                cwd=str(Path(__file__).resolve().parents[1]))
         try:
-            assert cdi.stalled.wait(120), "the image never reached the proxy"
+            with staging(plan_file, cluster):
+                assert cdi.stalled.wait(120), "the image never reached the proxy"
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
             cdi.release.set()
         deadline = time.monotonic() + 30
         while not any(r.cut for r in cdi.proxy_requests) and time.monotonic() < deadline:
