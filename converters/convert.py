@@ -47,7 +47,7 @@ from typing import Any, Protocol
 from converters import qemuimg
 from converters.checksum import sha256_file
 from migrate.errors import UsageError, VmmoveError
-from migrate.files import PRIVATE_FILE, private_dir, write_failure
+from migrate.files import new_private_file, private_dir, write_failure
 from migrate.imageinfo import ImageError, image_info
 from migrate.model import VM, Disk, Inventory, PowerState
 from migrate.state import DONE, Journal, JournalLocked, Step
@@ -556,7 +556,7 @@ class Runner:
         total = job.required or job.virtual_size or 0
         self.progress.started(job, total)
         try:
-            _create_private(temp)  # qemu-img truncates it and keeps its mode: 0600
+            new_private_file(temp)  # qemu-img truncates it and keeps its mode: 0600
             qemuimg.convert(
                 job.disk.path, job.source_format, str(temp), opts.format,
                 compress=opts.compression, force_share=opts.force_share, flags=opts.flags,
@@ -643,16 +643,6 @@ def _full(message: str) -> bool:
 
 def _source_of(identity: str | None) -> str:
     return (identity or "?").split("|", 2)[-1] or "?"
-
-
-def _create_private(path: Path) -> None:
-    """Create ``path`` empty, mode 0600 whatever the umask, failing if anything is there."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 PRIVATE_FILE)
-    try:
-        os.fchmod(fd, PRIVATE_FILE)
-    finally:
-        os.close(fd)
 
 
 def _name_disk(job: DiskJob, message: str) -> str:

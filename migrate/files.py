@@ -127,6 +127,18 @@ def create_private(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def new_private_file(path: str | os.PathLike[str]) -> None:
+    """Create ``path`` empty with mode 0600 whatever the umask; fail (``OSError``) if
+    anything, a link included, is already there.  For files another program then writes
+    into (qemu-img keeps an existing file's mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
+
+
 def write_failure(path: str | os.PathLike[str], exc: OSError) -> WriteError:
     """One line for a failed write of ``path`` (the file vmmove writes, never a source)."""
     why = exc.strerror or str(exc)
