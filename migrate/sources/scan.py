@@ -9,6 +9,7 @@ fails becomes one :class:`ScanError` line and never stops the others.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -88,14 +89,34 @@ def _with_disk_errors(path: str, vms: list[VM]) -> Result:
     return vms, errors
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"))
+
+
+def special_kind(path: str) -> str | None:
+    """``"a FIFO"``, ``"a socket"``, ``"a … device"`` for a special file (after symlinks),
+    else ``None``.  Opening one could block for ever (a FIFO) or read a device."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
 def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
     """Descriptor files under ``path`` (sorted, recursive); other files are skipped.
 
     An explicit file is always yielded, whatever its extension, so that an unknown one is
     reported; a missing path yields its error, and so does a descriptor found in the
-    folder that is a link to a file outside it (containment: docs/security.md).
+    folder that is a link to a file outside it (containment: docs/security.md).  Special
+    files (FIFOs, sockets, devices) named like descriptors are never opened: each yields one
+    error line saying it was skipped.
     """
     abspath = os.path.abspath(path)
+    kind = special_kind(abspath)
+    if kind:
+        yield abspath, ScanError(abspath, f"{kind}, not a file: skipped")
+        return
     if os.path.isfile(abspath):
         yield abspath, None
         return
@@ -121,7 +142,9 @@ def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
                         yield found, ScanError(found, "a link to a file outside the scanned "
                                                       "folder; not read")
                         continue
-                    yield found, None
+                    kind = special_kind(found)
+                    yield found, (ScanError(found, f"{kind}, not a file: skipped")
+                                  if kind else None)
     except OSError as exc:
         where = exc.filename or abspath
         yield where, ScanError(where, exc.strerror or str(exc))
