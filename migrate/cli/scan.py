@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
 from migrate.cli.options import connect, output_format
 from migrate.model import VM, Inventory
-from migrate.output import emit, human_size
+from migrate.output import emit, error_line, escape, human_size
 
 TABLE_HEADERS = [
     "NAME", "HOST/FILE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE", "CONCERNS",
@@ -74,7 +73,6 @@ def render(inv: Inventory, fmt: str) -> None:
             click.echo("No VMs found.", err=True)
             return
         from migrate.assessment import summaries
-
         from migrate.sources.scan import source_labels
 
         concerns = summaries(inv)
@@ -83,7 +81,7 @@ def render(inv: Inventory, fmt: str) -> None:
              [table_row(vm, concerns[vm.key], labels[vm.key]) for vm in inv.vms])
         if len(legend) > 1:  # several hosts: say which is which (one is the -c given)
             for label, location in legend:
-                click.echo(f"{label}: {location}", err=True)
+                click.echo(escape(f"{label}: {location}"), err=True)
     else:
         emit(to_data(inv), fmt)
 
@@ -144,9 +142,8 @@ def scan_cmd(
     line each; the rest is still scanned and the exit status is 1.
     """
     from migrate.serialize import save_inventory
-    from migrate.sources.scan import scan
-
     from migrate.sources.libvirt_uri import check_uri
+    from migrate.sources.scan import scan
 
     uri_list = list(uris) or ([] if paths else ["qemu:///system"])
     for uri in uri_list:
@@ -157,7 +154,7 @@ def scan_cmd(
     render(inv, output)
     sys.stdout.flush()
     for err in inv.errors:
-        click.echo(f"vmmove: error: {err}", err=True)
+        click.echo(error_line(err), err=True)
     if inv.errors:
         ctx.exit(1)
 
