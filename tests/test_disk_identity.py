@@ -117,3 +117,94 @@ def test_shared_target_disks_scan_convert_and_manifest_apart(cli, tmp_path: Path
     assert dvs["esx-vm-sata-sda"]["spec"]["storage"]["resources"]["requests"]["storage"] == "32Mi"
     volumes = {v["name"]: v["dataVolume"]["name"] for v in spec["volumes"]}
     assert volumes == {"scsi-sda": "esx-vm-scsi-sda", "sata-sda": "esx-vm-sata-sda"}
+
+
+# ---------------------------------------------------------------- kind 10: same name and UUID
+
+
+def _copies(tmp_path: Path, count: int) -> Path:
+    """``count`` exports of one VM (same name, same UUID) in their own folders, each with its
+    own disk image of a different size, so a merge would show."""
+    src = tmp_path / "exports"
+    for i in range(count):
+        folder = src / f"copy{i}"
+        folder.mkdir(parents=True)
+        image = folder / "disk.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", str(image), f"{16 + 8 * i}M")
+        xml = esx_domain("app", _disk(image, "sda", "scsi")).replace(
+            "00:50:56:aa:bb:01", f"00:50:56:aa:bb:{i + 1:02x}")
+        (folder / "app.xml").write_text(xml)
+    return src
+
+
+def test_copies_sharing_name_and_uuid_stay_apart_through_every_step(cli, tmp_path: Path, shared: Path) -> None:  # type: ignore[no-untyped-def]
+    src = _copies(tmp_path, 3)
+    inv_file = tmp_path / "inventory.json"
+    cli("scan", str(src), "-o", "json", "--output-file", str(inv_file), ok=True)
+    inv = load_inventory(inv_file)
+    keys = [vm.key for vm in inv.vms]
+    assert len(inv.vms) == 3 and len(set(keys)) == 3
+    assert all(k.startswith(f"{UUID}@") and len(k) == len(UUID) + 9 for k in keys)
+    # the key depends on the source alone: scanning the folders in another order keeps it
+    again = tmp_path / "again.json"
+    cli("scan", *(str(src / f"copy{i}") for i in (2, 0, 1)), "-o", "json", "--output-file", str(again), ok=True)
+    assert {vm.source.location: vm.key for vm in load_inventory(again).vms} == {
+        vm.source.location: vm.key for vm in inv.vms}
+
+    data = json.loads(cli("assess", str(inv_file), "-o", "json", "--fail-on", "never", ok=True).stdout)
+    assert len(data) == 3
+    assert sorted(e["source"] for e in data.values()) == sorted(vm.source.location for vm in inv.vms)
+    assert sorted(e["key"] for e in data.values()) == sorted(keys)
+    assert all(label == f"app ({e['key']})" for label, e in data.items())
+    assert not any(c["id"] == "duplicate-vm" for e in data.values() for c in e["concerns"])
+    targets = sorted(e["target"] for e in data.values())
+    assert len(set(targets)) == 3 and all(t.startswith("app-") for t in targets)
+
+    plan_file = tmp_path / "plan.yaml"
+    cli("plan", str(inv_file), "--out", str(plan_file), "--by", "size", "--network", "bridge:VM Network=pod", ok=True)
+    plan = yaml.safe_load(plan_file.read_text())
+    assert sorted(e for w in plan["waves"] for e in w["vms"]) == sorted(keys)
+    cli("plan", "--check", str(plan_file), ok=True)
+
+    work = tmp_path / "work"
+    rows = json.loads(cli("convert", str(inv_file), "--batch", "--to", str(work), "-o", "json", ok=True).stdout)
+    assert sorted(r["item"] for r in rows) == sorted(f"{k}/sda" for k in keys)
+    images = sorted(p.name for p in work.glob("*.qcow2"))
+    assert images == sorted(f"{t}-sda.qcow2" for t in targets)
+
+    out = tmp_path / "out"
+    cli("manifests", str(inv_file), "--out", str(out), "--workdir", str(work), "--network", "bridge:VM Network=pod",
+        "--http-base", "http://images.example/", "--validate-schemas", str(shared / "schemas"), ok=True)
+    validator = schema_validator(shared)
+    sizes = {}
+    for target in targets:
+        manifest = yaml.safe_load((out / "default" / f"{target}.yaml").read_text())
+        assert validator.virtual_machine(manifest) == []
+        (dv,) = manifest["spec"]["dataVolumeTemplates"]
+        sizes[target] = dv["spec"]["storage"]["resources"]["requests"]["storage"]
+    assert sorted(sizes.values()) == ["16Mi", "24Mi", "32Mi"]
+    # one VM of the three, by its key
+    one = keys[1]
+    rows = json.loads(cli("assess", str(inv_file), one, "-o", "json", "--fail-on", "never", ok=True).stdout)
+    assert [e["key"] for e in rows.values()] == [one]
+
+
+def test_one_file_scanned_twice_is_still_one_vm_reported_as_duplicate(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = _copies(tmp_path, 1)
+    inv_file = tmp_path / "inventory.json"
+    cli("scan", str(src), str(src / "copy0" / "app.xml"), "-o", "json", "--output-file", str(inv_file), ok=True)
+    inv = load_inventory(inv_file)
+    assert [vm.key for vm in inv.vms] == [UUID, UUID]
+    data = json.loads(cli("assess", str(inv_file), "-o", "json", "--fail-on", "never", ok=True).stdout)
+    (entry,) = data.values()
+    assert [c["message"] for c in entry["concerns"] if c["id"] == "duplicate-vm"] == [
+        f"2 VMs in the inventory share the UUID {UUID}"]
+
+
+def test_names_of_copies_with_one_valid_name_all_get_a_suffix() -> None:
+    from migrate.naming import assign_names
+
+    names = assign_names([("u@1", "app"), ("u@2", "app"), ("v", "other")])
+    assert names["v"] == "other"
+    assert names["u@1"] != names["u@2"] and all(names[k].startswith("app-") for k in ("u@1", "u@2"))
+    assert assign_names([("u@2", "app"), ("u@1", "app")]) == {k: names[k] for k in ("u@2", "u@1")}

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from migrate import __version__
 from migrate.errors import VmmoveError
-from migrate.model import VM, Inventory, ScanError
+from migrate.model import VM, Inventory, ScanError, distinguish
 from migrate.progress import bar
 from migrate.sources import SourceError
 
@@ -167,4 +167,5 @@ def scan(
         vms, errors = result
         inventory.vms.extend(vms)
         inventory.errors.extend(ScanError(e.source, _one_line(e.message)) for e in errors)
+    distinguish(inventory.vms)
     return inventory
