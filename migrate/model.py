@@ -33,6 +33,7 @@ class SourceKind(str, Enum):
     OVF = "ovf"
     OVA = "ova"
     VMX = "vmx"
+    PVE = "pve"  # a Proxmox VE qemu-server/<vmid>.conf file
 
 
 @dataclass

@@ -41,9 +41,20 @@ def _error(location: str, exc: BaseException) -> ScanError:
     return ScanError(location, message or type(exc).__name__)
 
 
-def read_file(path: str) -> Result:
-    """The VMs of one descriptor file, chosen by extension."""
+def read_file(path: str, pve_storage: dict[str, str] | None = None) -> Result:
+    """The VMs of one descriptor file, chosen by extension (``<vmid>.conf``: Proxmox VE,
+    its disks found through ``pve_storage``, storage ID → local folder)."""
     ext = os.path.splitext(path)[1].lower()
+    if ext == ".conf":
+        from migrate.sources.pve import read_pve_config
+
+        from migrate.sources.diskprobe import probe_disks
+
+        vm = read_pve_config(path, pve_storage)
+        # The Proxmox host may still run the VM: read images shared (-U), as for domain XML;
+        # a failed probe is kept in disk.error, which _with_disk_errors reports.
+        probe_disks((vm, d, True) for d in vm.disks if not d.error)
+        return _with_disk_errors(path, [vm])
     if ext == ".xml":
         from migrate.sources.diskprobe import probe_disks
         from migrate.sources.domxml import read_domain_xml
@@ -65,7 +76,8 @@ def read_file(path: str) -> Result:
 
         return _with_disk_errors(path, [read_vmx(path)])
     raise SourceError(
-        f"{path}: unknown kind of file (expected a domain .xml, .ovf, .ova or .vmx)"
+        f"{path}: unknown kind of file (expected a domain .xml, .ovf, .ova, .vmx or a "
+        "Proxmox VE <vmid>.conf)"
     )
 
 
@@ -83,6 +95,14 @@ def _with_disk_errors(path: str, vms: list[VM]) -> Result:
             where = f"{disk.path}: " if disk.path and disk.path not in disk.error else ""
             errors.append(ScanError(path, _one_line(f"VM '{vm.name}': disk {disk.target}: {where}{disk.error}")))
     return vms, errors
+
+
+def _pve_config(folder: str, name: str) -> bool:
+    """A Proxmox VE VM configuration in a folder walk: ``<vmid>.conf``, not under ``lxc/``
+    (containers' configurations have the same names)."""
+    from migrate.sources.pve import CONF_NAME
+
+    return bool(CONF_NAME.match(name)) and os.path.basename(folder) != "lxc"
 
 
 def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
@@ -108,7 +128,7 @@ def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
             for name in sorted(files):
                 if name.startswith("."):
                     continue  # editor and partial-write files
-                if os.path.splitext(name)[1].lower() in DESCRIPTORS:
+                if os.path.splitext(name)[1].lower() in DESCRIPTORS or _pve_config(root, name):
                     yield os.path.join(root, name), None
     except OSError as exc:
         where = exc.filename or abspath
@@ -127,8 +147,10 @@ def scan(
     paths: list[str],
     jobs: int | None = None,
     timeout: float | None = None,
+    pve_storage: dict[str, str] | None = None,
 ) -> Inventory:
-    """Read every libvirt URI and every file (folders recursively) into one inventory."""
+    """Read every libvirt URI and every file (folders recursively) into one inventory;
+    ``pve_storage`` maps Proxmox VE storage IDs to local folders (``--pve-storage``)."""
     from migrate.sources.libvirt_uri import DEFAULT_TIMEOUT, scan_uri
 
     limit = timeout or DEFAULT_TIMEOUT
@@ -142,7 +164,7 @@ def scan(
             if error is not None:
                 slots.append(([], [error]))
             else:
-                tasks.append((len(slots), found, lambda f=found: read_file(f)))
+                tasks.append((len(slots), found, lambda f=found: read_file(f, pve_storage)))
                 slots.append(None)
 
     workers = max(1, min(jobs or 8, len(tasks) or 1))
