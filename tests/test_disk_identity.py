@@ -157,6 +157,13 @@ def test_copies_sharing_name_and_uuid_stay_apart_through_every_step(cli, tmp_pat
     assert sorted(e["key"] for e in data.values()) == sorted(keys)
     assert all(label == f"app ({e['key']})" for label, e in data.items())
     assert not any(c["id"] == "duplicate-vm" for e in data.values() for c in e["concerns"])
+    for entry in data.values():
+        (copies,) = [c for c in entry["concerns"] if c["id"] == "vm-copies"]
+        assert copies["severity"] == "warning"
+        others = sorted(e["source"] for e in data.values() if e is not entry)
+        assert copies["message"] == (
+            f"3 VMs from different sources share the UUID {UUID}; this one ({entry['source']}) is "
+            f"{entry['key']}, the others are in {', '.join(others)}")
     targets = sorted(e["target"] for e in data.values())
     assert len(set(targets)) == 3 and all(t.startswith("app-") for t in targets)
 
@@ -199,6 +206,7 @@ def test_one_file_scanned_twice_is_still_one_vm_reported_as_duplicate(cli, tmp_p
     (entry,) = data.values()
     assert [c["message"] for c in entry["concerns"] if c["id"] == "duplicate-vm"] == [
         f"2 VMs in the inventory share the UUID {UUID}"]
+    assert not any(c["id"] == "vm-copies" for c in entry["concerns"])
 
 
 def test_names_of_copies_with_one_valid_name_all_get_a_suffix() -> None:
