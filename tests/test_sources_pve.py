@@ -274,7 +274,10 @@ def test_scan_assess_convert_manifests(cli, pve: dict[str, Path], tmp_path: Path
     assert sorted(p.name for p in work.glob("*.qcow2")) == ["dc01-sata0.qcow2", "web-01-scsi0.qcow2", "web-01-scsi1.qcow2"]
 
     out = tmp_path / "out"
+    maps = tmp_path / "maps.yaml"  # a Proxmox storage ID is the disk's pool: pool:<storage ID>
+    maps.write_text('storage:\n  storageClass: standard\n  overrides:\n    "pool:local-lvm": {storageClass: fast}\n')
     cli("manifests", str(inv_file), "--vm", "DC01", "--vm", "web-01", "--out", str(out), "--workdir", str(work),
+        "--map", str(maps),
         "--network", "bridge:vmbr0=pod", "--network", "bridge:vmbr0/vlan20=multus:vms/vlan20",
         "--network", "bridge:vmbr1=multus:vms/lan", "--http-base", "http://images.example/",
         "--validate-schemas", str(shared / "schemas"), ok=True)
@@ -290,6 +293,9 @@ def test_scan_assess_convert_manifests(cli, pve: dict[str, Path], tmp_path: Path
     assert win["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"] == WIN_UUID
     assert [(d["name"], d["disk"]["bus"]) for d in domain["devices"]["disks"]] == [("sata0", "sata")]
     assert domain["devices"]["interfaces"][0]["macAddress"] == "bc:24:11:5e:00:01"
+    assert [t["spec"]["storage"]["storageClassName"] for t in win["spec"]["dataVolumeTemplates"]] == ["fast"]
+    assert [t["spec"]["storage"]["storageClassName"] for t in web["spec"]["dataVolumeTemplates"]] == [
+        "standard", "standard"]
     sizes = {t["metadata"]["name"]: t["spec"]["storage"]["resources"]["requests"]["storage"]
              for t in web["spec"]["dataVolumeTemplates"]}
     assert sizes == {"web-01-scsi0": "16Mi", "web-01-scsi1": "8Mi"}
