@@ -176,11 +176,13 @@ def test_snapshot_sections_never_replace_the_current_configuration(pve: dict[str
     ("/dev/sdb", "host device /dev/sdb is passed through directly"),
     ("/etc/shadow", "host path /etc/shadow is passed through directly"),
     ("vm-102-disk-0", "is not a Proxmox volume ID"),
+    ("local-lvm:vm-104-disk-0,size=99999999T", "size=99999999T is absurd"),
 ])
 def test_volume_names_never_leave_their_storage(tmp_path: Path, volume: str, expected: str) -> None:
     conf = tmp_path / "qemu-server" / "104.conf"
     conf.parent.mkdir()
-    conf.write_text(f"name: evil\nmemory: 512\nscsi0: {volume},size=1G\n")
+    size = "" if "size=" in volume else ",size=1G"
+    conf.write_text(f"name: evil\nmemory: 512\nscsi0: {volume}{size}\n")
     vm = read_pve_config(str(conf), {"local": str(tmp_path / "vz"), "local-lvm": str(tmp_path / "pve")})
     (disk,) = vm.disks
     assert disk.error is not None and expected in disk.error

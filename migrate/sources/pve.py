@@ -46,6 +46,7 @@ from migrate.model import (
     SourceKind,
 )
 from migrate.sources import SourceError, read_bounded
+from migrate.sources.diskprobe import MAX_DISK
 
 MAX_CONF_BYTES = 1024**2  # a real config is a few KiB; snapshots make it grow, not to MiBs
 MAX_MEMORY_MIB = 64 * 1024**2  # 64 TiB, the ceiling every reader uses
@@ -264,6 +265,10 @@ def _disk(key: str, value: str, storage: dict[str, str], scsihw: str | None) -> 
         disk.controller_model = _SCSIHW.get(scsihw or "lsi", scsihw or "lsi")
     if opts.get("size"):
         disk.virtual_size = parse_size(opts["size"])
+        if disk.virtual_size is not None and disk.virtual_size > MAX_DISK:
+            disk.virtual_size = None
+            disk.error = f"size={opts['size']} is absurd (more than 1 PiB)"
+            return disk
     disk.serial = opts.get("serial") or None
     disk.readonly = opts.get("ro") == "1" or device == "cdrom"
     disk.shareable = opts.get("shared") == "1"
