@@ -358,7 +358,7 @@ def source_chain(vm: VM, disk: Disk, force_share: bool = False) -> Chain:
     path = disk.path or ""
     fmt = declared_format(disk)
     try:
-        export = Export.of(vm.source)
+        export = Export.of(vm.source, disk)
         chain = open_path(export, path, fmt, force_share=force_share)
         if export.trusted:
             check_agreement(chain, disk.backing_chain, path)

@@ -43,6 +43,9 @@ class Source:
     kind: SourceKind
     location: str  # libvirt URI, or an absolute file path
     member: str | None = None  # OVF inside an OVA, VirtualSystem id inside a vApp OVF
+    # Proxmox VE: storage ID -> the local folder its volumes were found in (--pve-storage);
+    # these folders, not the .conf's, are where the VM's disks may be (containment).
+    storage: dict[str, str] | None = None
 
 
 @dataclass

@@ -80,13 +80,13 @@ def test_two_disks_with_one_target_on_one_bus_are_still_refused(tmp_path: Path) 
 
 
 def test_shared_target_disks_scan_convert_and_manifest_apart(cli, tmp_path: Path, shared: Path) -> None:  # type: ignore[no-untyped-def]
-    scsi = tmp_path / "data-scsi.qcow2"
-    sata = tmp_path / "data-sata.qcow2"
+    (tmp_path / "src").mkdir()  # the export: the XML and the images it names
+    scsi = tmp_path / "src" / "data-scsi.qcow2"
+    sata = tmp_path / "src" / "data-sata.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", str(scsi), "16M")
     qemu_img("create", "-q", "-f", "qcow2", str(sata), "32M")
-    iso = tmp_path / "tools.iso"
+    iso = tmp_path / "src" / "tools.iso"
     iso.write_bytes(b"\0" * 4096)
-    (tmp_path / "src").mkdir()
     (tmp_path / "src" / "esx.xml").write_text(esx_domain("esx-vm", "\n".join([
         _disk(scsi, "sda", "scsi"), _disk(sata, "sda", "sata"), _disk(iso, "sdb", "sata", "cdrom", "raw")])))
     inv = tmp_path / "inventory.json"

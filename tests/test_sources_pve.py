@@ -316,3 +316,56 @@ def test_bad_storage_options_are_usage_errors(cli, tmp_path: Path) -> None:  # t
                              (f"-bad={tmp_path}", "is not a Proxmox storage ID")):
         result = cli("scan", str(conf), "--pve-storage", option, ok=False)
         assert result.exit_code == 2 and expected in result.stderr, result.stderr
+
+
+def _loop_device(image: Path) -> str:
+    """A loop block device over ``image`` (root and loop support needed, else skip)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("losetup") is None:
+        pytest.skip("losetup is not installed")
+    done = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"no loop device here: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def test_block_storage_volumes_may_be_links_to_devices_but_nothing_else_leaves(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    backing = tmp_path / "lv.img"
+    qemu_img("create", "-q", "-f", "raw", str(backing), "8M")
+    device = _loop_device(backing)
+    try:
+        vg = tmp_path / "dev-vg"  # /dev/<vg>: links to /dev/dm-N, here to a loop device
+        vg.mkdir()
+        (vg / "vm-107-disk-0").symlink_to(device)
+        (vg / "vm-107-disk-1").symlink_to("/etc/hostname")  # a link to a host file
+        vz = tmp_path / "vz"
+        (vz / "images" / "107").mkdir(parents=True)
+        (vz / "images" / "107" / "vm-107-disk-2.raw").symlink_to("/etc/hostname")
+        conf = tmp_path / "qemu-server" / "107.conf"
+        conf.parent.mkdir()
+        conf.write_text("name: db\nmemory: 1024\nscsi0: lvm:vm-107-disk-0,size=8M\n"
+                        "scsi1: lvm:vm-107-disk-1,size=1M\nscsi2: local:107/vm-107-disk-2.raw,size=1M\n")
+        inv_file = tmp_path / "inventory.json"
+        result = cli("scan", str(conf), "--pve-storage", f"lvm={vg}", "--pve-storage", f"local={vz}",
+                     "--output-file", str(inv_file), "-o", "json")
+        assert result.exit_code == 1
+        vm = load_inventory(inv_file).vms[0]
+        assert vm.source.storage == {"local": str(vz), "lvm": str(vg)}
+        lv, host_link, dir_link = vm.disks
+        assert (lv.error, lv.source_type, lv.virtual_size) == (None, "block", 8 * 2**20)
+        assert host_link.error is not None and "outside the export" in host_link.error
+        assert dir_link.error is not None and "outside the export" in dir_link.error
+        errors = [line for line in result.stderr.splitlines() if line.startswith("vmmove: error:")]
+        assert len(errors) == 2 and all("VM 'db': disk scsi" in e for e in errors)
+        work = tmp_path / "work"
+        rows = json.loads(cli("convert", str(inv_file), "db", "--to", str(work), "-o", "json").stdout)
+        status = {r["disk"]: r["status"] for r in rows}
+        assert status["scsi0"] == "converted"
+        assert status["scsi1"] != "converted" and status["scsi2"] != "converted"
+        assert [p.name for p in work.glob("*.qcow2")] == ["db-scsi0.qcow2"]
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)

@@ -46,6 +46,7 @@ from migrate.model import (
     SourceKind,
 )
 from migrate.sources import SourceError, read_bounded
+from migrate.sources.containment import inside
 from migrate.sources.diskprobe import MAX_DISK
 
 MAX_CONF_BYTES = 1024**2  # a real config is a few KiB; snapshots make it grow, not to MiBs
@@ -205,19 +206,19 @@ def parse_size(text: str) -> int | None:
 
 
 def _inside(root: str, relative: str) -> str | None:
-    """``root/relative`` when it stays inside ``root`` (lexically: LVM and ZFS device nodes
-    are symlinks out of their folder by design), else None.
+    """``root/relative`` when it stays inside ``root``, else None.
 
-    TODO(sec-contain): swap for the shared containment helper of migrate/sources when it lands.
+    Lexical (:func:`migrate.sources.containment.inside` on normalised names): LVM and ZFS
+    device nodes are links out of their folder by design.  The containment module checks
+    the real files again when the images are opened (``Export.of`` for a Proxmox disk).
     """
     if not relative or "\0" in relative or os.path.isabs(relative):
         return None
-    parts = relative.split("/")
-    if any(p in ("", ".", "..") for p in parts):
+    if any(p in ("", ".", "..") for p in relative.split("/")):
         return None
     base = os.path.normpath(root)
     path = os.path.normpath(os.path.join(base, relative))
-    return path if path.startswith(base.rstrip("/") + "/") else None
+    return path if path != base and inside(base, path) else None
 
 
 _FILE_FORMATS = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "iso": "raw", "img": "raw"}
@@ -561,7 +562,11 @@ def read_pve_config(path: str, storage: dict[str, str] | None = None) -> VM:
         conf, snapshots, pending = parse_config(text)
         if not conf:
             raise _Bad("no configuration options (empty, or only snapshot sections)")
-        return _vm(conf, snapshots, pending, match.group(1), Source(SourceKind.PVE, abspath), storage or {})
+        source = Source(SourceKind.PVE, abspath)
+        vm = _vm(conf, snapshots, pending, match.group(1), source, storage or {})
+        used = {d.pool: (storage or {})[d.pool] for d in vm.disks if d.pool in (storage or {})}
+        source.storage = dict(sorted(used.items())) or None
+        return vm
     except _Bad as exc:
         vmid = match.group(1)
         raise SourceError(f"{abspath}: VM {vmid}: {exc}") from None
