@@ -114,6 +114,14 @@ def render(inv: Inventory, fmt: str) -> None:
     metavar="SECONDS",
     help="Give up on a libvirt host that has not answered after this long.",
 )
+@click.option(
+    "--pve-storage",
+    "pve_storage",
+    multiple=True,
+    metavar="ID=PATH",
+    help="Where a Proxmox VE storage's volumes are on this machine, for <vmid>.conf files "
+    "(repeat: --pve-storage local-lvm=/dev/pve --pve-storage local=/var/lib/vz).",
+)
 @click.pass_context
 def scan_cmd(
     ctx: click.Context,
@@ -123,12 +131,14 @@ def scan_cmd(
     output_file: str | None,
     jobs: int | None,
     connect_timeout: float,
+    pve_storage: tuple[str, ...],
 ) -> None:
     """Inventory VMs from libvirt hosts and offline descriptors.
 
     \b
-    PATH is a libvirt domain XML (.xml), an OVF (.ovf), an OVA (.ova) or a VMware .vmx,
-    or a folder searched recursively for them. With neither PATH nor -c, the local
+    PATH is a libvirt domain XML (.xml), an OVF (.ovf), an OVA (.ova), a VMware .vmx or
+    a Proxmox VE qemu-server/<vmid>.conf (its disks found through --pve-storage), or a
+    folder searched recursively for them. With neither PATH nor -c, the local
     libvirt (qemu:///system) is read, like virsh.
 
     \b
@@ -141,14 +151,21 @@ def scan_cmd(
     Problems (unreachable host, bad file, missing disk image) are printed on stderr, one
     line each; the rest is still scanned and the exit status is 1.
     """
+    from migrate.errors import UsageError
     from migrate.serialize import save_inventory
+    from migrate.sources import SourceError
     from migrate.sources.libvirt_uri import check_uri
+    from migrate.sources.pve import parse_storage_map
     from migrate.sources.scan import scan
 
+    try:
+        storage = parse_storage_map(pve_storage)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
     uri_list = list(uris) or ([] if paths else ["qemu:///system"])
     for uri in uri_list:
         check_uri(uri)  # a mistyped URI: one line, before anything is scanned
-    inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout)
+    inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout, pve_storage=storage)
     if output_file:
         save_inventory(inv, output_file)
     render(inv, output)
