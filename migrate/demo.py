@@ -41,8 +41,7 @@ DEMO_KEY, DEMO_SECRET = "vmmove-demo", "vmmove-demo-secret"
 
 DOMAIN_XML = """<domain type='kvm' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
   <name>{name}</name>
-  <uuid>{uuid}</uuid>
-  <metadata>{metadata}</metadata>
+  <uuid>{uuid}</uuid>{metadata}
   <memory unit='MiB'>{memory}</memory>
   <vcpu>{vcpus}</vcpu>
   <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type><boot dev='hd'/></os>
@@ -101,8 +100,9 @@ def write_node(path: Path, vms: Sequence[NodeVm]) -> str:
     lines = []
     for vm in vms:
         disks = "\n".join(DISK_XML.format(fmt=f, path=p, target=t) for t, p, f in vm.disks)
-        metadata = (f"<libosinfo:libosinfo xmlns:libosinfo='{LIBOSINFO}'><libosinfo:os "
-                    f"id='{vm.os_id}'/></libosinfo:libosinfo>" if vm.os_id else "")
+        metadata = (f"\n  <metadata><libosinfo:libosinfo xmlns:libosinfo='{LIBOSINFO}'>"
+                    f"<libosinfo:os id='{vm.os_id}'/></libosinfo:libosinfo></metadata>"
+                    if vm.os_id else "")
         atomic_write(folder / f"{vm.name}.xml", DOMAIN_XML.format(
             name=vm.name, uuid=vm.uuid, disks=disks, mac=vm.mac, memory=vm.memory_mib,
             vcpus=vm.vcpus, metadata=metadata))
