@@ -143,8 +143,14 @@ class ItemBars:
     # events ---------------------------------------------------------------------------------
     def start(self, key: str, label: str, size: int, weight: int, phase: str,
               share: float = 1.0) -> None:
-        """An item starts its first phase (``share`` of its weight) on a bar of ``size``."""
+        """An item starts its first phase (``share`` of its weight) on a bar of ``size``;
+        an item started again (a retry from the start) starts over, counted once."""
         with self.lock:
+            old = self.bars.pop(key, None)
+            if old is not None:
+                old.close()
+                self.free_slots.append(self.slots.pop(key))
+                self.free_slots.sort()
             slot = self.free_slots.pop(0) if self.free_slots else self._new_slot()
             self.slots[key] = slot
             self.bars[key] = bar(max(int(size), 0), f"{label} {phase}", position=slot,
@@ -193,10 +199,11 @@ class ItemBars:
             log(f"{label}: {phase} {quarter * 25}%")
 
     def finish(self, key: str, weight: int) -> None:
-        """The item is over (done, failed or skipped): its whole weight counts."""
+        """The item is over (done, failed or skipped): ``weight`` of it counts (its whole
+        weight when done; 0 for a failed item that should not count)."""
         with self.lock:
             if key in self.weights:
-                weight = self.weights.pop(key)
+                self.weights.pop(key)
                 for table in (self.shares, self.phase_share, self.fraction, self.logged,
                               self.phase_name):
                     table.pop(key, None)
@@ -207,6 +214,13 @@ class ItemBars:
                 self.free_slots.sort()
                 b.close()
             self._move(self.overall, self._position())
+
+    def grow(self, extra: int) -> None:
+        """More work became known (``upload --follow``): the overall total grows."""
+        with self.lock:
+            self.total += max(int(extra), 0)
+            self.overall.total = self.total
+            self.overall.refresh()
 
     def _new_slot(self) -> int:
         slot = self.next_slot
@@ -274,8 +288,64 @@ class ConvertProgress:
             extra = f", verified, {result.checksum}" if result.verified else ""
             log(f"{job.label}: {result.status} → {result.output} "
                 f"({human_size(result.allocated)}{extra})")
-        else:
-            log(f"failed: {result.error}")
+        else:  # the error itself is printed once, with the results
+            log(f"{job.label}: failed")
+
+    def close(self) -> None:
+        self.bars.close()
+
+
+class UploadProgress:
+    """Transfer progress (:class:`converters.transfer.base.Subscriber`): an overall bar and
+    one per image in flight, log lines when stderr is not a terminal.
+
+    Bytes are counted at most once per image: s3transfer reports a part again when it
+    retries it, and a transfer may restart from the start (an expired upload token), so
+    each image's bar is set from its bytes sent, capped at its size, never past it.
+    A failed image no longer counts in the overall bar.
+    """
+
+    def __init__(self, total: int, count: int) -> None:
+        self.bars = ItemBars(total, f"upload {count} image(s)")
+        self.lock = threading.Lock()
+        self.sizes: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+
+    def grow(self, extra: int) -> None:
+        """An image joined the batch after it started (``--follow``)."""
+        self.bars.grow(extra)
+
+    def on_queued(self, item: Any, total: int, already: int) -> None:
+        from migrate.output import human_size
+
+        with self.lock:
+            self.sizes[item.item] = max(int(total), 1)
+            self.done[item.item] = int(already)
+        self.bars.start(item.item, item.label, total, total, "upload")
+        self.bars.advance(item.item, item.label, already / max(int(total), 1))
+        note = f", {human_size(already)} already there" if already else ""
+        log(f"{item.label}: sending {human_size(total - already)} of {human_size(total)}{note}")
+
+    def on_progress(self, item: Any, bytes_transferred: int) -> None:
+        with self.lock:
+            done = self.done.get(item.item, 0) + int(bytes_transferred)
+            self.done[item.item] = done
+            fraction = min(1.0, done / self.sizes.get(item.item, 1))
+        self.bars.advance(item.item, item.label, fraction)
+
+    def on_done(self, item: Any, result: Any) -> None:
+        from migrate.output import human_size
+
+        with self.lock:
+            size = self.sizes.pop(item.item, 0)
+            self.done.pop(item.item, None)
+        self.bars.finish(item.item, size if result.ok else 0)
+        if result.ok:
+            where = getattr(result, "url", None) or (
+                f"{result.namespace}/{result.dv}" if getattr(result, "dv", None) else "-")
+            log(f"{item.label}: {result.status} → {where} ({human_size(result.sent)} sent)")
+        else:  # the error itself is printed once, with the results
+            log(f"{item.label}: failed")
 
     def close(self) -> None:
         self.bars.close()

@@ -102,3 +102,20 @@ def test_piped_convert_logs_verification_progress(tmp_path: Path) -> None:
         # converting, then verifying, then the result line, in that order
         assert kinds.index("converting") < kinds.index("verifying") < kinds.index("converted"), mine
     assert "\r" not in proc.stderr  # no bar drawn into a pipe
+
+
+def test_a_failed_disk_is_reported_once_in_a_pipe(tmp_path: Path) -> None:
+    good = _raw_disk(tmp_path, "good", 8)
+    bad = tmp_path / "bad.qcow2"
+    bad.write_bytes(b"QFI\xfb" + b"\0" * 60)  # a qcow2 header cut short
+    inv = inventory_file(tmp_path, [vm("web", [disk("vda", good, "raw"),
+                                               disk("vdb", bad, "qcow2")])])
+    proc = subprocess.run([sys.executable, "-c", RUN, "convert", str(inv), "--batch", "--to",
+                           str(tmp_path / "work")], capture_output=True, text=True,
+                          env=_env(), timeout=300)
+    assert proc.returncode == 1
+    errors = [ln for ln in proc.stderr.splitlines() if "web/vdb" in ln]
+    # the progress log says which disk failed; the reason is printed once, as an error line
+    assert [ln.split(" ", 1)[1] for ln in errors if not ln.startswith("vmmove:")] == \
+        ["web/vdb: failed"], proc.stderr
+    assert len([ln for ln in errors if ln.startswith("vmmove: error: web/vdb")]) == 1

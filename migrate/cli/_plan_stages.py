@@ -10,7 +10,6 @@ them are idempotent: the journal says what is already done.  ``vmmove migrate``,
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,36 +140,6 @@ def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem]
     return items, missing
 
 
-class _UploadBars:
-    """An overall tqdm bar for a wave's uploads, log lines when not on a terminal."""
-
-    def __init__(self, total: int, count: int) -> None:
-        from migrate.progress import bar
-
-        self.lock = threading.Lock()
-        self.bar = bar(total, f"upload {count} image(s)")
-
-    def on_queued(self, item: Any, total: int, already: int) -> None:
-        from migrate.progress import log
-
-        with self.lock:
-            self.bar.update(already)
-        log(f"{item.label}: uploading {human_size(total - already)}"
-            + (f" ({human_size(already)} already there)" if already else ""))
-
-    def on_progress(self, item: Any, bytes_transferred: int) -> None:
-        with self.lock:
-            self.bar.update(bytes_transferred)
-
-    def on_done(self, item: Any, result: Any) -> None:
-        from migrate.progress import log
-
-        log(f"{item.label}: {result.status}" + (f": {result.error}" if result.error else ""))
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
                 redo: bool = False) -> str:
     """Send the wave's converted images to the plan's transfer target."""
@@ -209,7 +178,9 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
                    group) for target, group in by_target.items()]
     for b, _ in groups:
         b.prepare()
-    bars = _UploadBars(sum(i.size for i in todo), len(todo))
+    from migrate.progress import UploadProgress
+
+    bars = UploadProgress(sum(i.size for i in todo), len(todo))
     results: list[Any] = []
     try:
         with plan.journal() as journal:
