@@ -63,6 +63,16 @@ def test_an_inventory_given_where_a_plan_goes(tmp_path: Path, cli: Any) -> None:
             in result.stderr, result.stderr
 
 
+def test_a_plan_given_where_an_inventory_goes(tmp_path: Path, cli: Any) -> None:
+    plan_file = _wave_plan(tmp_path, cli)
+    for args in (["assess", str(plan_file)],
+                 ["manifests", str(plan_file), "--out", str(tmp_path / "m")]):
+        result = cli(*args)
+        assert result.exit_code != 0 and result.stderr.count("\n") == 1, result.stderr
+        assert "this is a plan (vmmove plan), not an inventory" in result.stderr
+        assert "inv.yaml" in result.stderr
+
+
 # -- -o json|yaml -----------------------------------------------------------------------------
 
 
