@@ -116,6 +116,13 @@ def render(inv: Inventory, fmt: str) -> None:
     metavar="SECONDS",
     help="Give up on a libvirt host that has not answered after this long.",
 )
+@click.option(
+    "--ovf-configuration",
+    default=None,
+    metavar="NAME",
+    help="Read OVF/OVA descriptors with this DeploymentOptionSection configuration instead "
+    "of the one marked default; a descriptor that offers no such configuration is an error.",
+)
 @click.pass_context
 def scan_cmd(
     ctx: click.Context,
@@ -125,6 +132,7 @@ def scan_cmd(
     output_file: str | None,
     jobs: int | None,
     connect_timeout: float,
+    ovf_configuration: str | None,
 ) -> None:
     """Inventory VMs from libvirt hosts and offline descriptors.
 
@@ -147,7 +155,8 @@ def scan_cmd(
     from migrate.sources.scan import scan
 
     uri_list = list(uris) or ([] if paths else ["qemu:///system"])
-    inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout)
+    inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout,
+               ovf_configuration=ovf_configuration)
     if output_file:
         save_inventory(inv, output_file)
     render(inv, output)

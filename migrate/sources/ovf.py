@@ -29,6 +29,8 @@ from migrate.model import (
     Device,
     Disk,
     Nic,
+    Packing,
+    Piece,
     PowerState,
     Source,
     SourceKind,
@@ -148,7 +150,11 @@ class FileRef:
     href: str
     size: int | None = None
     compression: str | None = None
-    chunked: bool = False
+    chunk_size: int | None = None
+
+    @property
+    def chunked(self) -> bool:
+        return self.chunk_size is not None
 
 
 @dataclass
@@ -170,9 +176,87 @@ class Location:
     size: int | None = None  # bytes of the file (or archive member)
     fmt_path: Callable[[str | None], str] | None = None  # path for a given qemu format
     error: str | None = None
+    pieces: list[Piece] | None = None  # the stored pieces of a compressed or chunked file
 
 
 Locator = Callable[[FileRef], Location]
+
+MAX_CHUNKS = 1_000_000  # 64 TiB in 64 MiB chunks; ovftool's default chunk is 2 GiB
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def chunk_name(href: str, index: int) -> str:
+    """DSP0243 §5.3: chunk ``index`` of ``href`` is ``href.NNNNNNNNN`` (nine digits, from 0)."""
+    return f"{href}.{index:09d}"
+
+
+def packed_location(ref: FileRef, label: str, find: Callable[[str], Piece | None],
+                    display: str | None) -> Location:
+    """Where the pieces of a compressed and/or chunked file are, checked against ``ref``.
+
+    ``find(name)`` gives the piece stored under a file name, or None.  Problems (a missing
+    chunk, chunk sizes that contradict ``ovf:chunkSize``, a total that differs from
+    ``ovf:size``, a "gzip" file without the gzip magic) come back as the location's error:
+    they are that disk's problem, never the whole descriptor's.
+    """
+    if ref.compression and ref.compression.lower() != "gzip":
+        return Location(path=display, exists=False, size=ref.size,
+                        error=f"{ref.href}: ovf:compression {ref.compression!r} is not one "
+                              "DSP0243 defines (only gzip)")
+    pieces: list[Piece] = []
+    if ref.chunk_size is not None:
+        if ref.chunk_size <= 0:
+            return Location(path=display, exists=False, size=ref.size,
+                            error=f"{ref.href}: ovf:chunkSize {ref.chunk_size} is not positive")
+        expected = -(-ref.size // ref.chunk_size) if ref.size is not None else None
+        if expected is not None and expected > MAX_CHUNKS:
+            return Location(path=display, exists=False, size=ref.size,
+                            error=f"{ref.href}: {expected} chunks is absurd")
+        index = 0
+        while expected is None or index < expected:
+            piece = find(chunk_name(ref.href, index))
+            if piece is None:
+                break
+            pieces.append(piece)
+            index += 1
+            if index > MAX_CHUNKS:
+                break
+        if not pieces or (expected is not None and len(pieces) < expected):
+            return Location(path=display, exists=False, size=ref.size,
+                            error=f"{ref.href}: chunk {chunk_name(ref.href, len(pieces))} "
+                                  "is missing from the package")
+        for n, piece in enumerate(pieces[:-1]):
+            if piece.size != ref.chunk_size:
+                return Location(path=display, exists=False, size=ref.size,
+                                error=f"{ref.href}: chunk {chunk_name(ref.href, n)} is "
+                                      f"{piece.size} bytes, not the ovf:chunkSize {ref.chunk_size}")
+        if pieces[-1].size > ref.chunk_size or pieces[-1].size == 0:
+            return Location(path=display, exists=False, size=ref.size,
+                            error=f"{ref.href}: last chunk is {pieces[-1].size} bytes "
+                                  f"(ovf:chunkSize {ref.chunk_size})")
+    else:
+        piece = find(ref.href)
+        if piece is None:
+            return Location(path=display, exists=False, size=ref.size,
+                            error=f"{ref.href}: not in the package")
+        pieces.append(piece)
+    total = sum(p.size for p in pieces)
+    if ref.size is not None and total != ref.size:
+        return Location(path=display, exists=False, size=total,
+                        error=f"{ref.href}: the package holds {total} bytes of it but the "
+                              f"descriptor says ovf:size {ref.size}")
+    if ref.compression:
+        try:
+            with open(pieces[0].path, "rb") as fh:
+                fh.seek(pieces[0].offset)
+                magic = fh.read(2)
+        except OSError as exc:
+            return Location(path=display, exists=False, size=total,
+                            error=f"{ref.href}: {exc.strerror or exc}")
+        if magic != GZIP_MAGIC:
+            return Location(path=display, exists=False, size=total,
+                            error=f"{ref.href}: declared gzip-compressed but is not a gzip stream")
+    return Location(path=display, exists=True, size=total, pieces=pieces)
 
 
 @dataclass
@@ -216,24 +300,37 @@ def default_locator(ovf_path: str) -> Locator:
     """Files of a plain OVF: beside the descriptor (``file:`` and ``http(s):`` hrefs too)."""
     folder = os.path.dirname(os.path.abspath(ovf_path))
 
+    def candidates_of(href: str) -> list[str]:
+        parsed = urllib.parse.urlsplit(href)
+        if parsed.scheme == "file":
+            return [urllib.parse.unquote(parsed.path)]
+        candidates = [os.path.normpath(os.path.join(folder, href))]
+        decoded = urllib.parse.unquote(href)
+        if decoded != href:
+            candidates.append(os.path.normpath(os.path.join(folder, decoded)))
+        return candidates
+
+    def find(name: str) -> Piece | None:
+        for candidate in candidates_of(name):
+            if os.path.isfile(candidate):
+                return Piece(candidate, 0, os.path.getsize(candidate))
+        return None
+
     def locate(ref: FileRef) -> Location:
         href = ref.href
         parsed = urllib.parse.urlsplit(href)
         if parsed.scheme in ("http", "https", "ftp"):
             return Location(path=href, exists=False, size=ref.size)
-        if parsed.scheme == "file":
-            candidates = [urllib.parse.unquote(parsed.path)]
-        else:
-            candidates = [os.path.normpath(os.path.join(folder, href))]
-            decoded = urllib.parse.unquote(href)
-            if decoded != href:
-                candidates.append(os.path.normpath(os.path.join(folder, decoded)))
+        candidates = candidates_of(href)
+        if ref.compression or ref.chunked:
+            return packed_location(ref, ovf_path, find, candidates[0])
         for candidate in candidates:
             if os.path.isfile(candidate):
                 size = os.path.getsize(candidate)
-                if ref.size is not None and ref.size != size and not ref.chunked:
-                    raise SourceError(f"{ovf_path}: {href} is {size} bytes but the descriptor "
-                                      f"says {ref.size}")
+                if ref.size is not None and ref.size != size:
+                    return Location(path=candidate, exists=True, size=size,
+                                    error=f"{href} is {size} bytes but the descriptor says "
+                                          f"ovf:size {ref.size} (truncated or replaced)")
                 return Location(path=candidate, exists=True, size=size)
         return Location(path=candidates[0], exists=False, size=ref.size)
 
@@ -277,9 +374,12 @@ def _references(env: Element, path: str) -> dict[str, FileRef]:
             if size_text is not None and size_text.strip() != "":
                 size = _int(size_text, f"size of file {href!r}", path, 0, MAX_FILE)
             compression = attr(f, "compression")
+            chunk_text = attr(f, "chunkSize")
+            chunk = (_int(chunk_text, f"chunkSize of file {href!r}", path, 0, MAX_FILE)
+                     if chunk_text is not None and chunk_text.strip() else None)
             files[fid] = FileRef(fid, href, size,
                                  compression if compression not in (None, "", "identity") else None,
-                                 attr(f, "chunkSize") is not None)
+                                 chunk)
     return files
 
 
@@ -402,10 +502,22 @@ def _items(vhs: Element, configuration: str | None, path: str) -> list[Item]:
     return items
 
 
-def _default_configuration(env: Element) -> str | None:
+def _pick_configuration(env: Element, wanted: str | None, path: str) -> str | None:
+    """The DeploymentOptionSection configuration to read (DSP0243 §9.8).
+
+    ``wanted`` (``vmmove scan --ovf-configuration``) when the descriptor offers it, else the
+    configuration marked ``ovf:default="true"``, else the first listed.  A descriptor without
+    the section has no configurations: ``wanted`` is then ignored.
+    """
     for section in env:
         if kind(section) == "DeploymentOptionSection":
             configs = [c for c in section if local(c.tag) == "Configuration"]
+            ids = [attr(c, "id") for c in configs if attr(c, "id")]
+            if wanted is not None:
+                if wanted not in ids:
+                    raise SourceError(f"{path}: no deployment configuration {wanted!r} "
+                                      f"(the descriptor offers {', '.join(ids) or 'none'})")
+                return wanted
             for c in configs:
                 if (attr(c, "default") or "").lower() == "true":
                     return attr(c, "id")
@@ -711,12 +823,12 @@ class _VMBuilder:
         if loc.error:
             disk.error = loc.error
             return
-        if ref.compression:
-            disk.error = (f"{ref.href}: {ref.compression}-compressed in the package; "
-                          "decompress it before conversion")
-            return
-        if ref.chunked:
-            disk.error = f"{ref.href}: split into chunks in the package; join them before conversion"
+        if loc.pieces is not None:
+            # Compressed or chunked (DSP0243 §5.3): qemu-img cannot read it in place; convert
+            # joins/decompresses it into its work folder.  Sizes come from the DiskSection.
+            disk.packing = Packing(href=ref.href, pieces=loc.pieces,
+                                   compression=ref.compression.lower() if ref.compression else None,
+                                   chunk_size=ref.chunk_size, size=ref.size)
             return
         if loc.exists and self.inspect and disk.device == "disk" and disk.path:
             try:
@@ -750,11 +862,13 @@ def _virtual_systems(el: Element, out: list[Element]) -> None:
 
 def parse_ovf(data: str | bytes, path: str, *, kind_: SourceKind = SourceKind.OVF,
               member: str | None = None, locate: Locator | None = None,
-              inspect: bool = True) -> list[VM]:
+              inspect: bool = True, configuration: str | None = None) -> list[VM]:
     """VMs of an OVF descriptor's text; ``locate`` finds referenced files (OVA members…).
 
     ``path`` names the descriptor (or the archive holding it) in messages and in
-    :attr:`Source.location`; ``inspect`` runs ``qemu-img info`` on disk files present.
+    :attr:`Source.location`; ``inspect`` runs ``qemu-img info`` on disk files present;
+    ``configuration`` names the DeploymentOptionSection configuration to read (default:
+    the one marked ``ovf:default="true"``, else the first; DSP0243 §9.8).
     """
     label = f"{path}: {member}" if member else path
     root = parse_xml(data, label)
@@ -763,7 +877,7 @@ def parse_ovf(data: str | bytes, path: str, *, kind_: SourceKind = SourceKind.OV
         raise SourceError(f"{label}: not an OVF descriptor (root element {root.tag!r})")
     files = _references(root, label)
     disks = _disks(root, files, label)
-    configuration = _default_configuration(root)
+    configuration = _pick_configuration(root, configuration, label)
     systems: list[Element] = []
     _virtual_systems(root, systems)
     if not systems:
@@ -778,9 +892,9 @@ def parse_ovf(data: str | bytes, path: str, *, kind_: SourceKind = SourceKind.OV
     return vms
 
 
-def read_ovf(path: str) -> list[VM]:
+def read_ovf(path: str, configuration: str | None = None) -> list[VM]:
     """VMs of the OVF descriptor at ``path``: one per VirtualSystem, vApps included."""
     path, data = read_bounded(path, MAX_OVF_BYTES, "an OVF descriptor")
     if not data.strip():
         raise SourceError(f"{path}: empty file, not an OVF descriptor")
-    return parse_ovf(data, path)
+    return parse_ovf(data, path, configuration=configuration)

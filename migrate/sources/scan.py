@@ -41,8 +41,12 @@ def _error(location: str, exc: BaseException) -> ScanError:
     return ScanError(location, message or type(exc).__name__)
 
 
-def read_file(path: str) -> Result:
-    """The VMs of one descriptor file, chosen by extension."""
+def read_file(path: str, ovf_configuration: str | None = None) -> Result:
+    """The VMs of one descriptor file, chosen by extension.
+
+    ``ovf_configuration`` names the DeploymentOptionSection configuration OVF/OVA
+    descriptors are read with (default: the one they mark default).
+    """
     ext = os.path.splitext(path)[1].lower()
     if ext == ".xml":
         from migrate.sources.diskprobe import probe_disks
@@ -55,11 +59,11 @@ def read_file(path: str) -> Result:
     if ext == ".ovf":
         from migrate.sources.ovf import read_ovf
 
-        return _with_disk_errors(path, list(read_ovf(path)))
+        return _with_disk_errors(path, list(read_ovf(path, ovf_configuration)))
     if ext == ".ova":
         from migrate.sources.ova import read_ova
 
-        return _with_disk_errors(path, list(read_ova(path)))
+        return _with_disk_errors(path, list(read_ova(path, ovf_configuration)))
     if ext == ".vmx":
         from migrate.sources.vmx import read_vmx
 
@@ -81,7 +85,12 @@ def _with_disk_errors(path: str, vms: list[VM]) -> Result:
             if not disk.error or disk.device not in ("disk", "lun"):
                 continue
             where = f"{disk.path}: " if disk.path and disk.path not in disk.error else ""
+            if disk.path and disk.path.startswith("json:"):
+                where = ""  # a qemu pseudo-filename says nothing the error does not
             errors.append(ScanError(path, _one_line(f"VM '{vm.name}': disk {disk.target}: {where}{disk.error}")))
+    problems = next((vm.metadata["ova.manifest.problems"] for vm in vms
+                     if vm.metadata.get("ova.manifest.problems")), "")
+    errors.extend(ScanError(path, _one_line(line)) for line in problems.splitlines() if line)
     return vms, errors
 
 
@@ -127,8 +136,12 @@ def scan(
     paths: list[str],
     jobs: int | None = None,
     timeout: float | None = None,
+    ovf_configuration: str | None = None,
 ) -> Inventory:
-    """Read every libvirt URI and every file (folders recursively) into one inventory."""
+    """Read every libvirt URI and every file (folders recursively) into one inventory.
+
+    ``ovf_configuration``: see :func:`read_file`.
+    """
     from migrate.sources.libvirt_uri import DEFAULT_TIMEOUT, scan_uri
 
     limit = timeout or DEFAULT_TIMEOUT
@@ -142,7 +155,8 @@ def scan(
             if error is not None:
                 slots.append(([], [error]))
             else:
-                tasks.append((len(slots), found, lambda f=found: read_file(f)))
+                tasks.append((len(slots), found,
+                              lambda f=found: read_file(f, ovf_configuration)))
                 slots.append(None)
 
     workers = max(1, min(jobs or 8, len(tasks) or 1))

@@ -75,8 +75,15 @@ def _unquote(value: str) -> str:
 
 
 def parse_descriptor(text: str, name: str) -> Descriptor:
-    """Parse a VMDK text descriptor; raise :class:`VmdkError` naming ``name`` when malformed."""
-    if "\x00" in text:
+    """Parse a VMDK text descriptor; raise :class:`VmdkError` naming ``name`` when malformed.
+
+    A descriptor may be followed by NUL padding: ``qemu-img create -o subformat=
+    twoGbMaxExtentSparse`` (or ``monolithicFlat``) pads it to a whole sector, and qemu's
+    vmdk driver reads the text up to the first NUL.  NULs followed by anything else are
+    binary data, not a descriptor.
+    """
+    text, nul, rest = text.partition("\x00")
+    if nul and rest.strip("\x00"):
         raise VmdkError(f"{name}: not a VMDK descriptor (binary data)")
     desc = Descriptor()
     seen_marker = False
