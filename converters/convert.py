@@ -39,7 +39,7 @@ from converters import qemuimg
 from converters.checksum import sha256_file
 from migrate.errors import UsageError, VmmoveError
 from migrate.imageinfo import ImageError, image_info
-from migrate.model import VM, Disk, Inventory, PowerState
+from migrate.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk, Inventory, PowerState
 from migrate.state import DONE, Journal, JournalLocked, Step
 from migrate.workdir import KIND_CONVERT, disk_item, image_basename, journal_path, target_names
 
@@ -109,10 +109,21 @@ class DiskJob:
     required: int | None = None  # qemu-img measure
     fingerprint: list[list[Any]] | None = None  # (path, size, mtime_ns) of every layer
     probed: bool = False
+    scratch: Path | None = None  # a packed OVF file rebuilt in the work folder (removed after)
 
     @property
     def label(self) -> str:
         return f"{self.vm.name}/{self.disk.target}"
+
+    @property
+    def source(self) -> str:
+        """What qemu-img reads: the scratch copy of a packed file, else the disk's path."""
+        return str(self.scratch) if self.scratch is not None else (self.disk.path or "")
+
+    def discard_scratch(self) -> None:
+        if self.scratch is not None:
+            self.scratch.unlink(missing_ok=True)
+            self.scratch = None
 
 
 @dataclass
@@ -207,14 +218,17 @@ def _temp_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
 
 
-_TEMP_RE = re.compile(r"^\..+\.(qcow2|raw)\.\d+-[0-9a-f]{8}\.part$")
+_TEMP_RE = re.compile(r"^\..+\.(qcow2|raw|unpacked)\.\d+-[0-9a-f]{8}\.part$")
+_SCRATCH_SUFFIX = ".unpacked"
 
 
 def remove_stale_temps(workdir: Path) -> list[Path]:
-    """Delete partial outputs left by an earlier run (the caller holds the journal lock)."""
+    """Delete partial outputs and scratch copies left by an earlier run (the caller holds
+    the journal lock)."""
     removed = []
     for entry in workdir.iterdir() if workdir.is_dir() else ():
-        if _TEMP_RE.match(entry.name) and entry.is_file():
+        scratch = entry.name.startswith(".") and entry.name.endswith(_SCRATCH_SUFFIX)
+        if (_TEMP_RE.match(entry.name) or scratch) and entry.is_file():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
@@ -237,9 +251,12 @@ def _json_driver(path: str) -> str | None:
     return driver if driver in qemuimg.SOURCE_FORMATS else None
 
 
-def resolve_format(disk: Disk, force_share: bool) -> tuple[str, bool]:
-    """The source format to pass with ``-f``, and whether it had to be probed."""
-    path = disk.path or ""
+def resolve_format(disk: Disk, force_share: bool, path: str | None = None) -> tuple[str, bool]:
+    """The source format to pass with ``-f``, and whether it had to be probed.
+
+    ``path`` is what qemu-img reads when it is not ``disk.path`` (a scratch copy).
+    """
+    path = path or disk.path or ""
     if is_pseudo(path):
         driver = _json_driver(path)
         if driver:
@@ -275,9 +292,52 @@ def _fingerprint(paths: Iterable[str]) -> list[list[Any]] | None:
     return prints
 
 
+def refusal(disk: Disk) -> str | None:
+    """Why the scan's record says this disk's data cannot be converted, or None.
+
+    Convert honours what scan recorded: a disk with a scan ``error`` is never handed to
+    qemu-img (its reason is the reason), nor is a raw device map, a vSAN object or a host
+    CD-ROM, which hold no image at all.
+    """
+    if disk.error:
+        return f"the scan could not read it: {disk.error}"
+    if disk.layout in (RDM_PHYSICAL, RDM_VIRTUAL):
+        return (f"{disk.path or 'it'} is a VMware raw device map: its data is on a SAN LUN, not in "
+                "a file; have the storage team copy the LUN (or present it to the cluster), or "
+                "leave the disk out")
+    if disk.layout == VSAN:
+        return (f"{disk.path or 'it'} names a vSAN object: there is no local data to read; export "
+                "the VM through vCenter (OVF export or VDDK) instead of copying the folder")
+    if disk.layout == HOST_CDROM:
+        return "a host CD-ROM drive passed through: there is no image to convert"
+    return None
+
+
+def _unpack(job: DiskJob, workdir: Path) -> None:
+    """Rebuild a packed (compressed/chunked) OVF file in the work folder for qemu-img."""
+    from converters.unpack import UnpackError, unpack
+
+    packing = job.disk.packing
+    assert packing is not None
+    capacity = job.disk.virtual_size or 0
+    # A converted image is at most its capacity plus format metadata; gzip beyond that is a bomb.
+    limit = capacity + capacity // 8 + 64 * 1024**2 if capacity else (packing.size or 0) * 1024
+    name = f".{job.output.stem}{_SCRATCH_SUFFIX}"
+    try:
+        job.scratch = unpack(packing, workdir, name, limit)
+    except UnpackError as exc:
+        raise DiskError(str(exc)) from None
+
+
 def prepare(job: DiskJob, options: ConvertOptions) -> None:
     """Check the source and measure it; raise :class:`DiskError` naming what is wrong."""
     disk, path = job.disk, job.disk.path
+    reason = refusal(disk)
+    if reason:
+        raise DiskError(f"{job.label}: {reason}")
+    if disk.packing is not None:
+        _unpack(job, job.output.parent)
+        path = job.source
     if not path:
         raise DiskError(f"{job.label}: the disk has no source file")
     if disk.source_type not in ("file", "block", "volume") and not is_pseudo(path):
@@ -289,7 +349,7 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
         raise DiskError(
             f"{job.label}: VM is {job.vm.power_state.value}; {CONSISTENT_COPY_HINT}")
     try:
-        fmt, probed = resolve_format(disk, options.force_share)
+        fmt, probed = resolve_format(disk, options.force_share, path)
         # Three small read-only qemu-img runs, side by side: this is per-disk latency
         # a one-disk conversion pays in full.
         with ThreadPoolExecutor(max_workers=3) as pool:
@@ -313,7 +373,10 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
     # Raw output stays sparse, so it needs the data, like qcow2 without its small metadata:
     # the qcow2 measure is the estimate for both (qemu-img's raw estimate is the full size).
     job.required = measured.required
-    job.fingerprint = _fingerprint([path, *(b.path for b in info.backing_chain)])
+    if disk.packing is not None:  # the stored pieces, not the scratch copy made just now
+        job.fingerprint = _fingerprint(dict.fromkeys(p.path for p in disk.packing.pieces))
+    else:
+        job.fingerprint = _fingerprint([path, *(b.path for b in info.backing_chain)])
 
 
 def _is_current(step: Step | None, job: DiskJob, options: ConvertOptions) -> bool:
@@ -341,13 +404,13 @@ def allocated_bytes(path: str | os.PathLike[str]) -> int:
 def _verify(job: DiskJob, image: Path, options: ConvertOptions,
             canceller: qemuimg.Canceller) -> tuple[str, qemuimg.CompareResult]:
     """qemu-img compare source↔output while this thread hashes the output."""
-    assert job.disk.path and job.source_format
+    assert job.source and job.source_format
     outcome: dict[str, Any] = {}
 
     def run_compare() -> None:
         try:
             outcome["result"] = qemuimg.compare(
-                job.disk.path, job.source_format, str(image), options.format,
+                job.source, job.source_format, str(image), options.format,
                 force_share=options.force_share, canceller=canceller)
         except BaseException as exc:  # carried to the calling thread
             outcome["error"] = exc
@@ -390,8 +453,14 @@ class Runner:
 
     def run_one(self, job: DiskJob) -> DiskResult:
         """Convert (or verify, or skip) one prepared disk; never raises for disk problems."""
+        try:
+            return self._run_one(job)
+        finally:
+            job.discard_scratch()
+
+    def _run_one(self, job: DiskJob) -> DiskResult:
         opts = self.options
-        assert job.disk.path and job.source_format
+        assert job.source and job.source_format
         step = self.journal.get(KIND_CONVERT, job.item)
         if _is_current(step, job, opts):
             assert step is not None
@@ -418,7 +487,7 @@ class Runner:
         self.progress.started(job, total)
         try:
             qemuimg.convert(
-                job.disk.path, job.source_format, str(temp), opts.format,
+                job.source, job.source_format, str(temp), opts.format,
                 compress=opts.compression, force_share=opts.force_share, flags=opts.flags,
                 on_progress=lambda f: self.progress.advanced(job, f), canceller=self.canceller)
             checksum, verified = None, False
@@ -542,6 +611,9 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
                       output_path(folder, names, vm, disk, options.format))
         if disk.device not in ("disk", "lun"):
             results[index] = runner._result(job, IGNORED, note=f"{disk.device}: nothing to convert")
+        elif disk.layout == HOST_CDROM:
+            results[index] = runner._result(
+                job, IGNORED, note="host CD-ROM passthrough: nothing to convert (dropped)")
         else:
             jobs.append((index, job))
 
@@ -552,7 +624,11 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
             try:
                 prepare(job, options)
             except VmmoveError as exc:
+                job.discard_scratch()
                 return _name_disk(job, str(exc))
+            except BaseException:
+                job.discard_scratch()
+                raise
             return None
 
         errors = list(pool.map(prep, [job for _, job in jobs]))
@@ -566,6 +642,10 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
 
         if options.check_space:
             todo = _fit_space(runner, folder, todo, results)
+        kept = {id(job) for _, job in todo}
+        for _, job in jobs:
+            if id(job) not in kept:
+                job.discard_scratch()
 
         futures: dict[Future[DiskResult], int] = {
             pool.submit(runner.run_one, job): index for index, job in todo}

@@ -27,6 +27,7 @@ from migrate.model import (
     BackingFile,
     CpuTopology,
     Device,
+    MULTI_FILE,
     Disk,
     Nic,
     Packing,
@@ -839,6 +840,11 @@ class _VMBuilder:
             disk.virtual_size = info.virtual_size
             if info.backing_chain:
                 disk.backing_chain = info.backing_chain
+            if info.format == "vmdk" and not disk.path.startswith("json:"):
+                from migrate.sources.vmdk import text_descriptor
+
+                if text_descriptor(disk.path):
+                    disk.layout = MULTI_FILE  # its data is in extent files beside it
 
 
 def _stem(path: str) -> str:

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from migrate.imageinfo import ImageError, image_info
-from migrate.model import BackingFile
+from migrate.model import MULTI_FILE, RDM_PHYSICAL, RDM_VIRTUAL, VSAN, BackingFile
 
 SECTOR = 512
 MAX_DISK_BYTES = 64 * 1024**4  # 64 TiB: VMware's own limit is 62 TiB
@@ -65,6 +65,27 @@ class DiskFacts:
     backing_chain: list[BackingFile] = field(default_factory=list)
     create_type: str | None = None
     error: str | None = None
+    layout: str | None = None  # migrate.model layouts: multi-file, rdm-physical, rdm-virtual, vsan
+
+
+def layout_of(desc: Descriptor) -> str:
+    """What a text descriptor's data is (VMware Virtual Disk Format 1.1, createType/extents).
+
+    ``vmfsPassthroughRawDeviceMap`` (extent ``VMFSRDM``) is a physical-mode raw device map,
+    ``vmfsRawDeviceMap`` (extent ``VMFSRAW``) a virtual-mode one: the data is on a SAN LUN
+    and the ``-rdmp``/``-rdm`` file is only a mapping stub.  An extent naming a
+    ``vsan://`` object is a vSAN disk with no local data.  Any other descriptor keeps its
+    data in extent files beside it (several files, not one image).
+    """
+    create = (desc.create_type or "").lower()
+    types = {e.type.upper() for e in desc.extents}
+    if create == "vmfspassthroughrawdevicemap" or "VMFSRDM" in types:
+        return RDM_PHYSICAL
+    if create == "vmfsrawdevicemap" or "VMFSRAW" in types:
+        return RDM_VIRTUAL
+    if any((e.filename or "").lower().startswith("vsan://") for e in desc.extents):
+        return VSAN
+    return MULTI_FILE
 
 
 def _unquote(value: str) -> str:
@@ -128,6 +149,15 @@ def parse_descriptor(text: str, name: str) -> Descriptor:
 def _sniff(path: str) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(4)
+
+
+def text_descriptor(path: str) -> bool:
+    """True when ``path`` is a VMDK text descriptor (its data in other files), not a sparse
+    VMDK that holds its own data."""
+    try:
+        return _sniff(path) not in SPARSE_MAGICS
+    except OSError:
+        return False
 
 
 def _read_text_descriptor(path: str) -> Descriptor:
@@ -194,6 +224,11 @@ def _extent_bytes(desc: Descriptor, folder: str, name: str) -> tuple[int, str | 
 
 def _inspect_descriptor_chain(path: str) -> DiskFacts:
     desc = _read_text_descriptor(path)
+    layout = layout_of(desc)
+    if layout != MULTI_FILE:
+        # No image data here: an RDM's stub or a vSAN object id. The size is the LUN's/object's.
+        return DiskFacts(format=None, virtual_size=desc.virtual_size, allocated_size=0,
+                         create_type=desc.create_type, layout=layout)
     folder = os.path.dirname(os.path.abspath(path))
     allocated, error = _extent_bytes(desc, folder, path)
     facts = DiskFacts(
@@ -201,6 +236,7 @@ def _inspect_descriptor_chain(path: str) -> DiskFacts:
         allocated_size=allocated,
         create_type=desc.create_type,
         error=error,
+        layout=layout,
     )
     seen = {os.path.realpath(path)}
     hint, here = desc.parent_hint, folder
