@@ -14,7 +14,7 @@ from migrate.assessment.facts import (
     is_windows,
 )
 from migrate.assessment.registry import Context, Hit, rule
-from migrate.mapping import KUBEVIRT_DISK_BUSES, target_disk_bus
+from migrate.mapping import target_disk_bus
 from migrate.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN
 
 HOSTONLY_REMEDY = (
@@ -24,7 +24,6 @@ HOSTONLY_REMEDY = (
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 
-KUBEVIRT_BUSES = set(KUBEVIRT_DISK_BUSES)  # KubeVirt v1.9 DiskTarget.bus
 VIRTIO_SCSI = {"virtio-scsi", "virtio", "virtio-transitional", "virtio-non-transitional"}
 
 
@@ -224,11 +223,16 @@ def disk_bus_ide(vm: VM, ctx: Context) -> Iterator[Hit]:
     "Make sure the guest has a sata (ahci) driver, or virtio drivers if the plan picks virtio.",
 )
 def disk_bus_other(vm: VM, ctx: Context) -> Iterator[Hit]:
-    """KubeVirt has only virtio, sata, scsi and usb disk buses; others (xen, nvme, sd) change."""
+    """KubeVirt has only virtio, sata, scsi and usb disk buses; others (xen, nvme, sd) change.
+
+    The bus named is :func:`migrate.mapping.target_disk_bus`'s, the one the manifest uses
+    (a read-only SATA disk moves to scsi as well).
+    """
     windows, source = is_windows(vm), hostonly_initramfs(vm)
     for disk in data_disks(vm):
-        if disk.bus and disk.bus not in KUBEVIRT_BUSES and disk.bus != "ide":
-            bus = target_disk_bus(disk, windows).bus
+        choice = target_disk_bus(disk, windows)
+        if disk.bus and disk.bus != "ide" and choice.reason:
+            bus = choice.bus
             remedy = _hostonly(vm, source, bus)
             if remedy is None:
                 remedy = ("Linux: virtio_blk ships with the kernel; check it is in the initramfs "
@@ -278,11 +282,15 @@ def scsi_controller(vm: VM, ctx: Context) -> Iterator[Hit]:
 )
 def cdrom(vm: VM, ctx: Context) -> Iterator[Hit]:
     """A KubeVirt cdrom needs a volume of its own; the source host's ISO files are not copied."""
+    windows = is_windows(vm)
     for disk in vm.disks:
-        if disk.device == "cdrom":
+        if disk.device == "cdrom" and disk.layout != HOST_CDROM:
             media = f"with {disk_where(disk)}" if has_source(disk) else "empty"
             note = f" ({disk.error})" if disk.error else ""
-            yield Hit(f"cdrom {disk.target} ({media}){note} is not converted", subject=disk.target)
+            choice = target_disk_bus(disk, windows)
+            kept = f"; kept with --keep-cdroms, its {choice.reason}" if choice.reason else ""
+            yield Hit(f"cdrom {disk.target} ({media}){note} is not converted{kept}",
+                      subject=disk.target)
 
 
 @rule("floppy", INFO, "Copy anything the guest still needs from the floppy image into a disk.")
