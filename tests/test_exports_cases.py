@@ -23,6 +23,7 @@ import yaml
 from migrate.serialize import load_inventory
 from tests.conftest import Cli, qemu_img, qemu_io
 from tests.manifests_support import schema_validator
+from tests.offline_support import error_lines
 
 BASE = "http://images.example.test/vms"
 MiB, GiB = 1024**2, 1024**3
@@ -96,10 +97,6 @@ def identical(a: Path | str, fmt_a: str, b: Path | str, fmt_b: str = "qcow2") ->
     proc = subprocess.run(["qemu-img", "compare", "-f", fmt_a, "-F", fmt_b, str(a), str(b)],
                           capture_output=True, text=True)
     return proc.returncode == 0
-
-
-def error_lines(result: Any) -> list[str]:
-    return [ln for ln in result.stderr.splitlines() if ln.startswith("vmmove: error:")]
 
 
 def vmdk(path: Path, size: str, subformat: str, *writes: str) -> Path:
