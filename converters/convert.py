@@ -329,13 +329,23 @@ def _unpack(job: DiskJob, workdir: Path) -> None:
         raise DiskError(str(exc)) from None
 
 
-def prepare(job: DiskJob, options: ConvertOptions) -> None:
-    """Check the source and measure it; raise :class:`DiskError` naming what is wrong."""
+def prepare(job: DiskJob, options: ConvertOptions, done: Step | None = None) -> None:
+    """Check the source and measure it; raise :class:`DiskError` naming what is wrong.
+
+    ``done`` is the journal's step for the disk: a packed file whose finished, verified
+    image is recorded from the same pieces is not rebuilt just to be skipped.
+    """
     disk, path = job.disk, job.disk.path
     reason = refusal(disk)
     if reason:
         raise DiskError(f"{job.label}: {reason}")
     if disk.packing is not None:
+        job.fingerprint = _fingerprint(dict.fromkeys(p.path for p in disk.packing.pieces))
+        if (_is_current(done, job, options) and done is not None
+                and (done.data.get("verified") or not options.verify)):
+            job.source_format = done.data.get("source_format")
+            job.virtual_size = done.data.get("virtual_size")
+            return
         _unpack(job, job.output.parent)
         path = job.source
     if not path:
@@ -622,7 +632,7 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="convert") as pool:
         def prep(job: DiskJob) -> str | None:
             try:
-                prepare(job, options)
+                prepare(job, options, runner.journal.get(KIND_CONVERT, job.item))
             except VmmoveError as exc:
                 job.discard_scratch()
                 return _name_disk(job, str(exc))

@@ -195,6 +195,8 @@ def test_01_gzip_member_is_decompressed_converted_and_served_as_the_converted_im
     out = run.work / "conv" / "appliance-sda.qcow2"
     assert identical(data, "vmdk", out)  # the gzip's content, not the gzip bytes
     assert [p.name for p in (run.work / "conv").iterdir() if "unpacked" in p.name] == []
+    again = cli("convert", str(run.work / "inv.yaml"), "--batch", "--to", str(run.work / "conv"), "-o", "json")
+    assert again.exit_code == 0 and [r["status"] for r in yaml.safe_load(again.stdout)] == ["skipped"]
     assert run.manifests.exit_code == 0, run.manifests.stderr
     assert dv_urls(run.vms["appliance"]) == {"sda": f"{BASE}/appliance-sda.qcow2"}
 
