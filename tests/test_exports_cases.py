@@ -219,8 +219,8 @@ def test_01_convert_refuses_what_the_scan_could_not_read_before_qemu_img(
                                  "d.vmdk: declared gzip-compressed but is not a gzip stream"]
     conv = cli("convert", str(inv), "--batch", "--to", str(tmp_path / "c"))
     assert conv.exit_code == 1
-    assert ("appliance/sda: the scan could not read it: d.vmdk: declared gzip-compressed but is "
-            "not a gzip stream") in conv.stderr
+    assert ("appliance/sda: d.vmdk: declared gzip-compressed but is not a gzip stream (as the "
+            "scan recorded; not handed to qemu-img)") in conv.stderr
     assert "Could not open" not in conv.stderr and "json:" not in conv.stderr
 
 

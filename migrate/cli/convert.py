@@ -11,7 +11,7 @@ import click
 
 from migrate.cli.options import output_format, refuse_with_plan
 from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit, human_size
+from migrate.output import emit, error_line, human_size
 
 if TYPE_CHECKING:
     from converters.convert import DiskJob, DiskResult
@@ -236,7 +236,7 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
         progress.close()
     for r in results:
         if r.status == FAILED:
-            click.echo(f"vmmove: error: {r.error}", err=True)
+            click.echo(error_line(r.error), err=True)
     emit([_result_data(r) for r in results], output,
          ["VM", "DISK", "STATUS", "FORMAT", "SIZE", "ALLOCATED", "VERIFIED", "TIME",
           "OUTPUT/ERROR"], _rows(results))

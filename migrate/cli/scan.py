@@ -9,7 +9,7 @@ import click
 
 from migrate.cli.options import connect, output_format
 from migrate.model import VM, Inventory
-from migrate.output import emit, human_size
+from migrate.output import emit, error_line, human_size
 
 TABLE_HEADERS = [
     "NAME", "SOURCE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE", "CONCERNS",
@@ -162,7 +162,7 @@ def scan_cmd(
     render(inv, output)
     sys.stdout.flush()
     for err in inv.errors:
-        click.echo(f"vmmove: error: {err}", err=True)
+        click.echo(error_line(err), err=True)
     if inv.errors:
         ctx.exit(1)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from migrate.model import VM, Piece, SourceKind
 from migrate.sources import SourceError
+from migrate.sources.containment import Export, Member, open_chain, protocol_of
 from migrate.sources.ovf import (MAX_FILE, MAX_OVF_BYTES, FileRef, Location, chunk_name,
                                  packed_location, parse_ovf)
 
@@ -29,13 +30,6 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 HASH_CHUNK = 1024 * 1024
 DIGESTS = {"SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512", "MD5": "md5"}
 _MF_LINE = re.compile(r"^\s*(?P<algo>[A-Za-z0-9]+)\s*\((?P<name>.+)\)\s*=\s*(?P<hex>[0-9A-Fa-f]+)\s*$")
-
-
-@dataclass
-class Member:
-    name: str
-    offset: int  # where the member's data starts in the .ova
-    size: int
 
 
 @dataclass
@@ -241,6 +235,7 @@ def _locator(archive: Archive, ovf_dir: str, problems: dict[str, str] | None = N
     """Find referenced files among the members; ``problems`` (member name → manifest
     problem) become the error of the disk stored in that member."""
     problems = problems or {}
+    export = Export.of_archive(archive.path, archive.members)
 
     def key_of(name: str) -> str:
         return posixpath.normpath(posixpath.join(ovf_dir, name.replace("\\", "/")))
@@ -251,8 +246,10 @@ def _locator(archive: Archive, ovf_dir: str, problems: dict[str, str] | None = N
 
     def locate(ref: FileRef) -> Location:
         key = key_of(ref.href)
-        if "://" in ref.href:
-            return Location(path=ref.href, exists=False, size=ref.size)
+        if protocol_of(ref.href):
+            return Location(path=None, exists=False, size=ref.size,
+                            error=f"{archive.path}: href {ref.href!r} is a protocol name, not "
+                                  "a member of the archive")
         if ref.compression or ref.chunked:
             loc = packed_location(ref, archive.path, find, f"{archive.path}#{key}")
             names = ([key] if not ref.chunked else
@@ -272,8 +269,10 @@ def _locator(archive: Archive, ovf_dir: str, problems: dict[str, str] | None = N
             return Location(path=f"{archive.path}#{key}", exists=False, size=member.size,
                             error=f"{ref.href} is {member.size} bytes in the archive but the "
                                   f"descriptor says ovf:size {ref.size} (truncated or replaced)")
+        top = export.resolve(key, "", "member")
         return Location(path=None, exists=True, size=member.size,
-                        fmt_path=lambda fmt: member_json(archive.path, member, fmt))
+                        fmt_path=lambda fmt: member_json(archive.path, member, fmt),
+                        open=lambda fmt: open_chain(export, top, fmt))
     return locate
 
 

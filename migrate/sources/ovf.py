@@ -21,7 +21,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml
 from defusedxml import ElementTree as DET
 
-from migrate.imageinfo import ImageError, image_info
+from migrate.errors import VmmoveError
 from migrate.model import (
     VM,
     BackingFile,
@@ -38,6 +38,14 @@ from migrate.model import (
     SourceKind,
 )
 from migrate.sources import SourceError, read_bounded
+from migrate.sources.containment import (
+    FORMATS as QEMU_FORMATS,
+    Chain,
+    ContainmentError,
+    Export,
+    MissingFile,
+    open_chain,
+)
 from migrate.sources.vmware_os import from_vmware, guest_from_ovf, is_64bit
 from migrate.sources.vmx import disk_target, unique_target
 
@@ -203,6 +211,8 @@ class Location:
     size: int | None = None  # bytes of the file (or archive member)
     fmt_path: Callable[[str | None], str] | None = None  # path for a given qemu format
     error: str | None = None
+    #: opens the file's checked chain for a given qemu format (containment.open_chain)
+    open: Callable[[str | None], Chain] | None = None
     pieces: list[Piece] | None = None  # the stored pieces of a compressed or chunked file
 
 
@@ -324,42 +334,61 @@ def _format_of(uri: str | None, href: str | None) -> str | None:
 
 
 def default_locator(ovf_path: str) -> Locator:
-    """Files of a plain OVF: beside the descriptor (``file:`` and ``http(s):`` hrefs too)."""
+    """Files of a plain OVF: inside the descriptor's folder (the export), after symlinks.
+
+    ``http(s):``/``ftp:`` hrefs stay network disks, ``file:`` URLs and other protocol names
+    are refused, and so is any href that resolves outside the folder
+    (:mod:`migrate.sources.containment`): such a disk gets an error, never opened.
+    """
+    export = Export.of_descriptor(ovf_path)
     folder = os.path.dirname(os.path.abspath(ovf_path))
 
-    def candidates_of(href: str) -> list[str]:
-        parsed = urllib.parse.urlsplit(href)
-        if parsed.scheme == "file":
-            return [urllib.parse.unquote(parsed.path)]
-        candidates = [os.path.normpath(os.path.join(folder, href))]
+    def names_of(href: str) -> list[str]:
         decoded = urllib.parse.unquote(href)
-        if decoded != href:
-            candidates.append(os.path.normpath(os.path.join(folder, decoded)))
-        return candidates
+        return [href] if decoded == href else [href, decoded]
 
     def find(name: str) -> Piece | None:
-        for candidate in candidates_of(name):
-            if os.path.isfile(candidate):
-                return Piece(candidate, 0, os.path.getsize(candidate))
+        """A chunk or compressed file inside the export (containment applies), or None."""
+        for candidate in names_of(name):
+            try:
+                layer = export.resolve(candidate, folder, "href")
+            except ContainmentError:
+                continue
+            assert layer.real is not None
+            return Piece(layer.real, 0, os.path.getsize(layer.real))
         return None
 
     def locate(ref: FileRef) -> Location:
         href = ref.href
         parsed = urllib.parse.urlsplit(href)
         if parsed.scheme in ("http", "https", "ftp"):
-            return Location(path=href, exists=False, size=ref.size)
-        candidates = candidates_of(href)
+            return Location(path=href, exists=False, size=ref.size,
+                            error=f"href {href!r} is a URL: vmmove reads only files inside the "
+                                  "export; download it beside the descriptor")
         if ref.compression or ref.chunked:
-            return packed_location(ref, ovf_path, find, candidates[0])
-        for candidate in candidates:
-            if os.path.isfile(candidate):
-                size = os.path.getsize(candidate)
-                if ref.size is not None and ref.size != size:
-                    return Location(path=candidate, exists=True, size=size,
-                                    error=f"{href} is {size} bytes but the descriptor says "
-                                          f"ovf:size {ref.size} (truncated or replaced)")
-                return Location(path=candidate, exists=True, size=size)
-        return Location(path=candidates[0], exists=False, size=ref.size)
+            return packed_location(ref, ovf_path, find,
+                                   os.path.normpath(os.path.join(folder, href)))
+        problem = None
+        for name in names_of(href):
+            try:
+                layer = export.resolve(name, folder, "href")
+            except MissingFile:
+                continue
+            except ContainmentError as exc:
+                problem = problem or str(exc)
+                continue
+            assert layer.real is not None
+            size = os.path.getsize(layer.real)
+            if ref.size is not None and ref.size != size:
+                return Location(path=layer.name, exists=True, size=size,
+                                error=f"{href} is {size} bytes but the descriptor says "
+                                      f"ovf:size {ref.size} (truncated or replaced)")
+            return Location(path=layer.name, exists=True, size=size,
+                            open=lambda fmt, top=layer: open_chain(export, top, fmt))
+        if problem:
+            return Location(path=None, exists=False, size=ref.size, error=problem)
+        return Location(path=os.path.normpath(os.path.join(folder, href)), exists=False,
+                        size=ref.size)
 
     return locate
 
@@ -1073,9 +1102,8 @@ class _VMBuilder:
     def _fill_file(self, disk: Disk, ref: FileRef, fmt: str | None, populated: int | None) -> None:
         loc = self.locate(ref)
         if self.dialect == "ovirt" and not loc.exists:
-            # oVirt OVAs keep volumes under images/; an export storage domain keeps the OVF in
-            # master/vms/<vm>/ and the volumes in images/ at its top.
-            for alt in (f"images/{ref.href}", f"../../../images/{ref.href}"):
+            # oVirt OVAs keep volumes under images/ beside the descriptor
+            for alt in (f"images/{ref.href}",):
                 other = self.locate(replace(ref, href=alt))
                 if other.exists:
                     loc = other
@@ -1096,19 +1124,19 @@ class _VMBuilder:
                                    compression=ref.compression.lower() if ref.compression else None,
                                    chunk_size=ref.chunk_size, size=ref.size)
             return
-        if loc.exists and self.inspect and disk.device == "disk" and disk.path:
+        if loc.exists and self.inspect and disk.device == "disk" and loc.open:
             try:
-                info = image_info(disk.path, fmt=None if disk.path.startswith("json:") else fmt)
-            except ImageError as exc:
+                chain = loc.open(fmt if fmt in QEMU_FORMATS else None)
+            except VmmoveError as exc:  # unreadable, or a reference outside the export
                 disk.error = str(exc)
                 return
-            disk.virtual_size = info.virtual_size
-            if info.backing_chain:
-                disk.backing_chain = info.backing_chain
-            if info.format == "vmdk" and not disk.path.startswith("json:"):
+            disk.virtual_size = chain.virtual_size
+            if chain.backing_files:
+                disk.backing_chain = chain.backing_files
+            if chain.format == "vmdk" and not (disk.path or "").startswith("json:"):
                 from migrate.sources.vmdk import text_descriptor
 
-                if text_descriptor(disk.path):
+                if disk.path and text_descriptor(disk.path):
                     disk.layout = MULTI_FILE  # its data is in extent files beside it
 
 

@@ -9,6 +9,7 @@ fails becomes one :class:`ScanError` line and never stops the others.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -18,6 +19,7 @@ from migrate.errors import VmmoveError
 from migrate.model import VM, Inventory, ScanError
 from migrate.progress import bar
 from migrate.sources import SourceError
+from migrate.sources.containment import inside
 
 DESCRIPTORS = (".xml", ".ovf", ".ova", ".vmx")
 Result = tuple[list[VM], list[ScanError]]
@@ -84,9 +86,9 @@ def _with_disk_errors(path: str, vms: list[VM]) -> Result:
         for disk in vm.disks:
             if not disk.error or disk.device not in ("disk", "lun"):
                 continue
-            where = f"{disk.path}: " if disk.path and disk.path not in disk.error else ""
-            if disk.path and disk.path.startswith("json:"):
-                where = ""  # a qemu pseudo-filename says nothing the error does not
+            # an OVA disk's path is vmmove's json: window: the error names the member instead
+            where = (f"{disk.path}: " if disk.path and disk.path not in disk.error
+                     and not disk.path.startswith("json:") else "")
             errors.append(ScanError(path, _one_line(f"VM '{vm.name}': disk {disk.target}: {where}{disk.error}")))
     problems = next((vm.metadata["ova.manifest.problems"] for vm in vms
                      if vm.metadata.get("ova.manifest.problems")), "")
@@ -94,13 +96,34 @@ def _with_disk_errors(path: str, vms: list[VM]) -> Result:
     return vms, errors
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"))
+
+
+def special_kind(path: str) -> str | None:
+    """``"a FIFO"``, ``"a socket"``, ``"a … device"`` for a special file (after symlinks),
+    else ``None``.  Opening one could block for ever (a FIFO) or read a device."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
 def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
     """Descriptor files under ``path`` (sorted, recursive); other files are skipped.
 
     An explicit file is always yielded, whatever its extension, so that an unknown one is
-    reported; a missing path yields its error.
+    reported; a missing path yields its error, and so does a descriptor found in the
+    folder that is a link to a file outside it (containment: docs/security.md).  Special
+    files (FIFOs, sockets, devices) named like descriptors are never opened: each yields one
+    error line saying it was skipped.
     """
     abspath = os.path.abspath(path)
+    kind = special_kind(abspath)
+    if kind:
+        yield abspath, ScanError(abspath, f"{kind}, not a file: skipped")
+        return
     if os.path.isfile(abspath):
         yield abspath, None
         return
@@ -111,6 +134,8 @@ def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
     def onerror(exc: OSError) -> None:
         raise exc
 
+    real_top = os.path.realpath(abspath)
+
     try:
         for root, dirs, files in os.walk(abspath, onerror=onerror):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -118,7 +143,15 @@ def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
                 if name.startswith("."):
                     continue  # editor and partial-write files
                 if os.path.splitext(name)[1].lower() in DESCRIPTORS:
-                    yield os.path.join(root, name), None
+                    found = os.path.join(root, name)
+                    if not inside(real_top, os.path.realpath(found)):
+                        # e.g. evil.vmx -> /etc/shadow: never read, never quoted
+                        yield found, ScanError(found, "a link to a file outside the scanned "
+                                                      "folder; not read")
+                        continue
+                    kind = special_kind(found)
+                    yield found, (ScanError(found, f"{kind}, not a file: skipped")
+                                  if kind else None)
     except OSError as exc:
         where = exc.filename or abspath
         yield where, ScanError(where, exc.strerror or str(exc))
