@@ -297,3 +297,15 @@ def test_unpack_gzip_members_chunks_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(UnpackError, match="descriptor says ovf:size 7"):
         unpack(_packing(tmp_path, b"abc", compression=None, size=7), tmp_path, "s", 100)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("f.")) == ["x"]
+
+
+def test_a_bad_digest_of_a_member_no_disk_reads_is_one_scan_line(cli: Cli, tmp_path: Path) -> None:
+    disk = b"KDMV" + b"\0" * 1020
+    ovf = ovf_text(disk_size=len(disk)).encode()
+    mf = manifest({"app.ovf": ovf, "disk1.vmdk": disk, "app.cert": b"other"})
+    ova = _ova(tmp_path / "app.ova", [("app.ovf", ovf), ("app.mf", mf), ("disk1.vmdk", disk),
+                                      ("app.cert", b"tampered")])
+    [vm] = read_ova(str(ova))
+    assert "checksum" not in (vm.disks[0].error or "")  # the disk member itself is fine
+    assert vm.metadata["ova.manifest"] == "app.mf: 2 digests verified"
+    assert vm.metadata["ova.manifest.problems"].startswith("SHA256 checksum mismatch for app.cert")

@@ -231,10 +231,13 @@ def member_json(ova_path: str, member: Member, fmt: str | None) -> str:
     return "json:" + json.dumps(spec)
 
 
-def _locator(archive: Archive, ovf_dir: str, problems: dict[str, str] | None = None):
+def _locator(archive: Archive, ovf_dir: str, problems: dict[str, str] | None = None,
+             seen: set[str] | None = None):
     """Find referenced files among the members; ``problems`` (member name → manifest
-    problem) become the error of the disk stored in that member."""
-    problems = problems or {}
+    problem) become the error of the disk stored in that member, whose name goes to
+    ``seen``."""
+    problems = problems if problems is not None else {}
+    seen = seen if seen is not None else set()
     export = Export.of_archive(archive.path, archive.members)
 
     def key_of(name: str) -> str:
@@ -251,9 +254,10 @@ def _locator(archive: Archive, ovf_dir: str, problems: dict[str, str] | None = N
                             error=f"{archive.path}: href {ref.href!r} is a protocol name, not "
                                   "a member of the archive")
         if ref.compression or ref.chunked:
-            loc = packed_location(ref, archive.path, find, f"{archive.path}#{key}")
+            loc = packed_location(ref, find, f"{archive.path}#{key}")
             names = ([key] if not ref.chunked else
                      [key_of(chunk_name(ref.href, n)) for n in range(len(loc.pieces or []))])
+            seen.update(n for n in names if n in problems)
             bad = next((problems[n] for n in names if n in problems), None)
             if bad and not loc.error:
                 loc.error, loc.exists = bad, False
@@ -263,6 +267,7 @@ def _locator(archive: Archive, ovf_dir: str, problems: dict[str, str] | None = N
             return Location(path=f"{archive.path}#{key}", exists=False, size=ref.size,
                             error=f"{archive.path}: {ref.href} is not in the archive")
         if key in problems:
+            seen.add(key)
             return Location(path=f"{archive.path}#{key}", exists=False, size=member.size,
                             error=problems[key])
         if ref.size is not None and ref.size != member.size:
@@ -289,9 +294,12 @@ def read_ova(path: str, configuration: str | None = None) -> list[VM]:
     check = verify_manifest(archive) if archive.manifest else ManifestCheck()
     assert archive.descriptor is not None
     name, data = archive.descriptor
+    seen: set[str] = set()
     vms = parse_ovf(data, path, kind_=SourceKind.OVA, member=name,
-                    locate=_locator(archive, posixpath.dirname(name), check.problems),
+                    locate=_locator(archive, posixpath.dirname(name), check.problems, seen),
                     configuration=configuration)
+    # problems of members no disk reads (a certificate, an unreferenced file)
+    check.general.extend(m for k, m in check.problems.items() if k not in seen)
     for vm in vms:
         if archive.manifest:
             vm.metadata["ova.manifest"] = f"{archive.manifest[0]}: {check.verified} digests verified"

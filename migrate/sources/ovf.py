@@ -227,7 +227,7 @@ def chunk_name(href: str, index: int) -> str:
     return f"{href}.{index:09d}"
 
 
-def packed_location(ref: FileRef, label: str, find: Callable[[str], Piece | None],
+def packed_location(ref: FileRef, find: Callable[[str], Piece | None],
                     display: str | None) -> Location:
     """Where the pieces of a compressed and/or chunked file are, checked against ``ref``.
 
@@ -366,7 +366,7 @@ def default_locator(ovf_path: str) -> Locator:
                             error=f"href {href!r} is a URL: vmmove reads only files inside the "
                                   "export; download it beside the descriptor")
         if ref.compression or ref.chunked:
-            return packed_location(ref, ovf_path, find,
+            return packed_location(ref, find,
                                    os.path.normpath(os.path.join(folder, href)))
         problem = None
         for name in names_of(href):
