@@ -48,8 +48,16 @@ from converters import qemuimg
 from converters.checksum import sha256_file
 from migrate.errors import UsageError, VmmoveError
 from migrate.files import new_private_file, private_dir, write_failure
-from migrate.imageinfo import ImageError, image_info
+from migrate.imageinfo import ImageError
 from migrate.model import VM, Disk, Inventory, PowerState
+from migrate.sources.containment import (
+    Chain,
+    ContainmentError,
+    Export,
+    MissingFile,
+    check_agreement,
+    open_path,
+)
 from migrate.state import DONE, Journal, JournalLocked, Step
 from migrate.workdir import (
     KIND_CONVERT,
@@ -127,6 +135,7 @@ class DiskJob:
     required: int | None = None  # qemu-img measure
     fingerprint: list[list[Any]] | None = None  # (path, size, mtime_ns) of every layer
     probed: bool = False
+    source_name: str | None = None  # the checked chain as qemu opens it (json:, by vmmove)
 
     @property
     def label(self) -> str:
@@ -210,8 +219,7 @@ def select_disks(
         missing = [ref for ref in vms if inventory.find(ref) is None]
         if missing:
             raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        picked = [inventory.find(ref) for ref in dict.fromkeys(vms)]
-        selected = [vm for vm in picked if vm is not None]
+        selected = list({id(vm): vm for ref in vms for vm in inventory.find_all(ref)}.values())
     else:
         selected = list(inventory.vms)
     return [(vm, disk) for vm in selected for disk in vm.disks]
@@ -241,6 +249,11 @@ def unique_output(path: Path, item: str, identity: str,
         if owner is None or (owner[0] == item and owner[1] in (None, identity)):
             return candidate
     raise VmmoveError(f"{path}: no free output name (journal corrupt?)")
+
+
+def is_pseudo(path: str) -> bool:
+    """qemu ``json:{...}`` pseudo-filenames (disks inside OVA archives): not host files."""
+    return path.startswith("json:")
 
 
 def check_workdir(folder: Path, pairs: Iterable[tuple[VM, Disk]]) -> None:
@@ -323,56 +336,65 @@ def remove_stale_temps(workdir: Path) -> list[Path]:
 # -- preparation -----------------------------------------------------------------------------
 
 
-def is_pseudo(path: str) -> bool:
-    """qemu ``json:{...}`` pseudo-filenames (disks inside OVA archives): not host files."""
-    return path.startswith("json:")
+def declared_format(disk: Disk) -> str | None:
+    """The disk's declared format as a qemu driver name (None: undeclared, sniffed)."""
+    if not disk.format:
+        return None
+    fmt = _FORMAT_ALIASES.get(disk.format.lower(), disk.format.lower())
+    if fmt not in qemuimg.SOURCE_FORMATS:
+        raise DiskError(f"{disk.path}: unknown image format {disk.format!r}")
+    return fmt
 
 
-def _json_driver(path: str) -> str | None:
-    try:
-        spec = json.loads(path[len("json:"):])
-    except json.JSONDecodeError:
-        raise DiskError(f"{path[:60]}…: not a valid qemu json: filename") from None
-    driver = spec.get("driver") if isinstance(spec, dict) else None
-    return driver if driver in qemuimg.SOURCE_FORMATS else None
+def source_chain(vm: VM, disk: Disk, force_share: bool = False) -> Chain:
+    """The disk's image and backing chain, checked (:mod:`migrate.sources.containment`).
 
-
-def resolve_format(disk: Disk, force_share: bool) -> tuple[str, bool]:
-    """The source format to pass with ``-f``, and whether it had to be probed."""
+    An offline source's files must all lie inside its export (an OVA disk is the ``json:``
+    window vmmove built over one member); a live libvirt host's image headers must agree
+    with the chain the inventory recorded from libvirt.  The result's
+    :meth:`~migrate.sources.containment.Chain.qemu_name` is what every qemu-img run opens.
+    Raises :class:`DiskError` (refusal) or :class:`ImageError` (unreadable layer).
+    """
     path = disk.path or ""
-    if is_pseudo(path):
-        driver = _json_driver(path)
-        if driver:
-            return driver, False
-    if disk.format:
-        fmt = _FORMAT_ALIASES.get(disk.format.lower(), disk.format.lower())
-        if fmt not in qemuimg.SOURCE_FORMATS:
-            raise DiskError(f"{path}: unknown image format {disk.format!r}")
-        return fmt, False
-    info = image_info(path, force_share=force_share)
-    fmt = info.format
-    expected = _EXTENSION_FORMATS.get(Path(path).suffix.lower()) if not is_pseudo(path) else None
-    if fmt == "raw" and expected:
+    fmt = declared_format(disk)
+    try:
+        export = Export.of(vm.source, disk)
+        chain = open_path(export, path, fmt, force_share=force_share)
+        if export.trusted:
+            check_agreement(chain, disk.backing_chain, path)
+    except MissingFile as exc:
+        if exc.path == os.path.normpath(path):
+            raise DiskError(f"{path}: source image not found") from None
+        raise DiskError(str(exc)) from None
+    except ContainmentError as exc:
+        raise DiskError(str(exc)) from None
+    except ImageError:
+        raise
+    except VmmoveError as exc:  # an OVA that no longer reads as one
+        raise DiskError(str(exc)) from None
+    return chain
+
+
+def _check_format(path: str, chain: Chain, probed: bool) -> None:
+    expected = _EXTENSION_FORMATS.get(Path(path).suffix.lower()) if probed else None
+    if chain.format == "raw" and expected and not path.startswith("json:"):
         raise DiskError(
             f"{path}: not a valid {expected} image (no {expected} header: corrupt, truncated "
             "or not a disk image)")
-    if fmt not in qemuimg.SOURCE_FORMATS:
-        raise DiskError(f"{path}: unsupported image format {fmt!r}")
-    return fmt, True
+    if chain.format not in qemuimg.SOURCE_FORMATS:
+        raise DiskError(f"{path}: unsupported image format {chain.format!r}")
 
 
 def _fingerprint(paths: Iterable[str]) -> list[list[Any]] | None:
     """(path, size, mtime_ns) of each file layer: a source that changes is converted again."""
     prints: list[list[Any]] = []
     for path in paths:
-        if not path or is_pseudo(path):
-            return None
         try:
             st = os.stat(path)
         except OSError:
             return None
         prints.append([path, st.st_size, st.st_mtime_ns])
-    return prints
+    return prints or None
 
 
 def prepare(job: DiskJob, options: ConvertOptions) -> None:
@@ -380,24 +402,24 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
     disk, path = job.disk, job.disk.path
     if not path:
         raise DiskError(f"{job.label}: the disk has no source file")
-    if disk.source_type not in ("file", "block", "volume") and not is_pseudo(path):
+    if disk.source_type not in ("file", "block", "volume"):
         raise DiskError(f"{job.label}: {disk.source_type} disks ({disk.protocol or path}) cannot "
                         "be read from here; export the image to a file first")
-    if not is_pseudo(path) and not os.path.exists(path):
-        raise DiskError(f"{path}: source image not found")
     if job.vm.power_state in IN_USE_STATES and not options.force_share:
         raise DiskError(
             f"{job.label}: VM is {job.vm.power_state.value}; {CONSISTENT_COPY_HINT}")
     try:
-        fmt, probed = resolve_format(disk, options.force_share)
-        # Three small read-only qemu-img runs, side by side: this is per-disk latency
+        probed = declared_format(disk) is None
+        chain = source_chain(job.vm, disk, options.force_share)
+        _check_format(path, chain, probed)
+        fmt, name = chain.format, chain.qemu_name()
+        # Two small read-only qemu-img runs, side by side: this is per-disk latency
         # a one-disk conversion pays in full.
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            f_info = pool.submit(image_info, path, options.force_share, fmt)
-            f_check = pool.submit(qemuimg.check, path, fmt, force_share=options.force_share)
-            f_measure = pool.submit(qemuimg.measure, path, fmt, "qcow2",
-                                    force_share=options.force_share)
-            info = f_info.result()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            f_check = pool.submit(qemuimg.check, name, fmt, force_share=options.force_share,
+                                  label=path)
+            f_measure = pool.submit(qemuimg.measure, name, fmt, "qcow2",
+                                    force_share=options.force_share, label=path)
             problem = f_check.result()
             if problem:
                 raise DiskError(f"{path}: {problem}")
@@ -409,18 +431,19 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
             raise DiskError(f"{exc}; the image is in use: {CONSISTENT_COPY_HINT}") from None
         raise DiskError(str(exc)) from None
     job.source_format, job.probed = fmt, probed
-    job.virtual_size = info.virtual_size
+    job.source_name = name
+    job.virtual_size = chain.virtual_size
     # Raw output stays sparse, so it needs the data, like qcow2 without its small metadata:
     # the qcow2 measure is the estimate for both (qemu-img's raw estimate is the full size).
     job.required = measured.required
-    job.fingerprint = _fingerprint([path, *(b.path for b in info.backing_chain)])
+    layers = chain.real_paths()
+    job.fingerprint = _fingerprint(layers)
     work = job.output.parent.resolve()
-    for layer in (b.path for b in info.backing_chain):
-        if layer and not is_pseudo(layer):
-            where = Path(layer).resolve().parent
-            if where == work or work in where.parents:
-                raise DiskError(f"{job.label}: backing file {layer} is in the work folder "
-                                f"{job.output.parent}; convert into a folder of its own")
+    for layer in layers[1:]:
+        where = Path(layer).resolve().parent
+        if where == work or work in where.parents:
+            raise DiskError(f"{job.label}: backing file {layer} is in the work folder "
+                            f"{job.output.parent}; convert into a folder of its own")
 
 
 def _is_current(step: Step | None, job: DiskJob, options: ConvertOptions) -> bool:
@@ -454,14 +477,14 @@ def allocated_bytes(path: str | os.PathLike[str]) -> int:
 def _verify(job: DiskJob, image: Path, options: ConvertOptions,
             canceller: qemuimg.Canceller) -> tuple[str, qemuimg.CompareResult]:
     """qemu-img compare source↔output while this thread hashes the output."""
-    assert job.disk.path and job.source_format
+    assert job.disk.path and job.source_format and job.source_name
     outcome: dict[str, Any] = {}
 
     def run_compare() -> None:
         try:
             outcome["result"] = qemuimg.compare(
-                job.disk.path, job.source_format, str(image), options.format,
-                force_share=options.force_share, canceller=canceller)
+                job.source_name, job.source_format, str(image), options.format,
+                force_share=options.force_share, canceller=canceller, label=job.disk.path)
         except BaseException as exc:  # carried to the calling thread
             outcome["error"] = exc
 
@@ -512,7 +535,7 @@ class Runner:
     def run_one(self, job: DiskJob) -> DiskResult:
         """Convert (or verify, or skip) one prepared disk; never raises for disk problems."""
         opts = self.options
-        assert job.disk.path and job.source_format
+        assert job.disk.path and job.source_format and job.source_name
         step = self.journal.get(KIND_CONVERT, job.item)
         note = None
         if step is not None and not opts.redo \
@@ -558,9 +581,10 @@ class Runner:
         try:
             new_private_file(temp)  # qemu-img truncates it and keeps its mode: 0600
             qemuimg.convert(
-                job.disk.path, job.source_format, str(temp), opts.format,
+                job.source_name, job.source_format, str(temp), opts.format,
                 compress=opts.compression, force_share=opts.force_share, flags=opts.flags,
-                on_progress=lambda f: self.progress.advanced(job, f), canceller=self.canceller)
+                on_progress=lambda f: self.progress.advanced(job, f), canceller=self.canceller,
+                label=job.disk.path)
             checksum, verified = None, False
             if opts.verify:
                 checksum, compared = _verify(job, temp, opts, self.canceller)

@@ -8,6 +8,7 @@ from migrate.assessment.concern import Severity
 from migrate.assessment.facts import DATA_DEVICES, data_disks, disk_where, has_source, is_windows
 from migrate.assessment.registry import Context, Hit, rule
 from migrate.model import VM
+from migrate.sources.containment import outside
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 
@@ -53,11 +54,29 @@ def disk_size_unknown(vm: VM, ctx: Context) -> Iterator[Hit]:
             yield Hit(f"size of disk {disk.target} ({disk_where(disk)}) is unknown", subject=disk.target)
 
 
+@rule(
+    "backing-outside-export",
+    CRITICAL,
+    "Copy the backing file into the export beside the disk (or flatten the image there with "
+    "qemu-img convert), fix the reference, and rescan; vmmove never reads a file an offline "
+    "export names outside itself.",
+)
+def backing_outside_export(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A backing file outside an offline export would be read from this host's files, not
+    the export's: containment refuses it (docs/security.md)."""
+    for disk in data_disks(vm):
+        far = [b.path for b in disk.backing_chain if outside(vm.source, b.path)]
+        if far:
+            yield Hit(f"disk {disk.target} names backing file {far[0]}, outside its export "
+                      f"({vm.source.location}): refused", subject=disk.target)
+
+
 @rule("backing-chain", INFO, "Nothing to do: convert reads through the chain.")
 def backing_chain(vm: VM, ctx: Context) -> Iterator[Hit]:
     """CDI refuses a qcow2 with a backing file, so the chain is flattened into one image."""
     for disk in data_disks(vm):
-        if disk.backing_chain:
+        if disk.backing_chain and not any(outside(vm.source, b.path)
+                                          for b in disk.backing_chain):
             n = len(disk.backing_chain)
             yield Hit(
                 f"disk {disk.target} sits on {n} backing file(s) "

@@ -51,6 +51,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
     """
     from converters import qemuimg
     from converters.checksum import sha256_file
+    from converters.convert import source_chain
     from migrate.apply import KIND_IMPORT, watch_imports
     from migrate.cli._plan_stages import ImportBars, build_manifests, data_disks, vm_objects
     from migrate.cutover import CutoverError
@@ -77,10 +78,14 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
             output = step.data.get("output") or ""
             entry: dict[str, Any] = {"staged_checksum": step.checksum}
             same_file = bool(output) and _exists(output) and sha256_file(output) == step.checksum
-            compared = qemuimg.compare(str(d.path), str(step.data.get("source_format")
-                                                       or d.format or "raw"),
-                                       output, str(step.data.get("format")),
-                                       ) if same_file else None
+            compared = None
+            if same_file:
+                try:  # the source as convert reads it: the checked chain, never the headers
+                    chain = source_chain(p.vm, d)
+                except VmmoveError as exc:
+                    raise CutoverError(f"{p.vm.name}/{d.target}: {exc}") from None
+                compared = qemuimg.compare(chain.qemu_name(), chain.format, output,
+                                           str(step.data.get("format")), label=d.path)
             if same_file and compared is not None and compared.identical:
                 entry.update(status="unchanged", compare="identical", checksum=step.checksum)
             else:

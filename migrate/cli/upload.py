@@ -202,7 +202,7 @@ def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_
         missing = [v for v in vms if inv.find(v) is None]
         if missing:
             raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        chosen = [vm for v in vms if (vm := inv.find(v)) is not None]
+        chosen = list({id(vm): vm for v in vms for vm in inv.find_all(v)}.values())
     else:
         chosen = list(inv.vms)
     names = target_names(inv)

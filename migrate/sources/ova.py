@@ -22,19 +22,13 @@ from dataclasses import dataclass, field
 
 from migrate.model import VM, SourceKind
 from migrate.sources import SourceError
+from migrate.sources.containment import Export, Member, open_chain, protocol_of
 from migrate.sources.ovf import MAX_FILE, MAX_OVF_BYTES, FileRef, Location, parse_ovf
 
 MAX_MANIFEST_BYTES = 1024 * 1024
 HASH_CHUNK = 1024 * 1024
 DIGESTS = {"SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512", "MD5": "md5"}
 _MF_LINE = re.compile(r"^\s*(?P<algo>[A-Za-z0-9]+)\s*\((?P<name>.+)\)\s*=\s*(?P<hex>[0-9A-Fa-f]+)\s*$")
-
-
-@dataclass
-class Member:
-    name: str
-    offset: int  # where the member's data starts in the .ova
-    size: int
 
 
 @dataclass
@@ -193,10 +187,14 @@ def member_json(ova_path: str, member: Member, fmt: str | None) -> str:
 
 
 def _locator(archive: Archive, ovf_dir: str):
+    export = Export.of_archive(archive.path, archive.members)
+
     def locate(ref: FileRef) -> Location:
         key = posixpath.normpath(posixpath.join(ovf_dir, ref.href.replace("\\", "/")))
-        if "://" in ref.href:
-            return Location(path=ref.href, exists=False, size=ref.size)
+        if protocol_of(ref.href):
+            return Location(path=None, exists=False, size=ref.size,
+                            error=f"{archive.path}: href {ref.href!r} is a protocol name, not "
+                                  "a member of the archive")
         member = archive.members.get(key)
         if member is None:
             return Location(path=None, exists=False, size=ref.size,
@@ -204,8 +202,10 @@ def _locator(archive: Archive, ovf_dir: str):
         if ref.size is not None and ref.size != member.size:
             raise SourceError(f"{archive.path}: {ref.href} is {member.size} bytes in the archive "
                               f"but the descriptor says {ref.size}")
+        top = export.resolve(key, "", "member")
         return Location(path=None, exists=True, size=member.size,
-                        fmt_path=lambda fmt: member_json(archive.path, member, fmt))
+                        fmt_path=lambda fmt: member_json(archive.path, member, fmt),
+                        open=lambda fmt: open_chain(export, top, fmt))
     return locate
 
 

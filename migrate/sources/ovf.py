@@ -21,7 +21,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml
 from defusedxml import ElementTree as DET
 
-from migrate.imageinfo import ImageError, image_info
+from migrate.errors import VmmoveError
 from migrate.model import (
     VM,
     BackingFile,
@@ -34,6 +34,14 @@ from migrate.model import (
     SourceKind,
 )
 from migrate.sources import SourceError, read_bounded
+from migrate.sources.containment import (
+    FORMATS as QEMU_FORMATS,
+    Chain,
+    ContainmentError,
+    Export,
+    MissingFile,
+    open_chain,
+)
 from migrate.sources.vmware_os import guest_from_ovf, is_64bit
 from migrate.sources.vmx import disk_target, unique_target
 
@@ -170,6 +178,8 @@ class Location:
     size: int | None = None  # bytes of the file (or archive member)
     fmt_path: Callable[[str | None], str] | None = None  # path for a given qemu format
     error: str | None = None
+    #: opens the file's checked chain for a given qemu format (containment.open_chain)
+    open: Callable[[str | None], Chain] | None = None
 
 
 Locator = Callable[[FileRef], Location]
@@ -213,29 +223,46 @@ def _format_of(uri: str | None, href: str | None) -> str | None:
 
 
 def default_locator(ovf_path: str) -> Locator:
-    """Files of a plain OVF: beside the descriptor (``file:`` and ``http(s):`` hrefs too)."""
+    """Files of a plain OVF: inside the descriptor's folder (the export), after symlinks.
+
+    ``http(s):``/``ftp:`` hrefs stay network disks, ``file:`` URLs and other protocol names
+    are refused, and so is any href that resolves outside the folder
+    (:mod:`migrate.sources.containment`): such a disk gets an error, never opened.
+    """
+    export = Export.of_descriptor(ovf_path)
     folder = os.path.dirname(os.path.abspath(ovf_path))
 
     def locate(ref: FileRef) -> Location:
         href = ref.href
         parsed = urllib.parse.urlsplit(href)
         if parsed.scheme in ("http", "https", "ftp"):
-            return Location(path=href, exists=False, size=ref.size)
-        if parsed.scheme == "file":
-            candidates = [urllib.parse.unquote(parsed.path)]
-        else:
-            candidates = [os.path.normpath(os.path.join(folder, href))]
-            decoded = urllib.parse.unquote(href)
-            if decoded != href:
-                candidates.append(os.path.normpath(os.path.join(folder, decoded)))
-        for candidate in candidates:
-            if os.path.isfile(candidate):
-                size = os.path.getsize(candidate)
-                if ref.size is not None and ref.size != size and not ref.chunked:
-                    raise SourceError(f"{ovf_path}: {href} is {size} bytes but the descriptor "
-                                      f"says {ref.size}")
-                return Location(path=candidate, exists=True, size=size)
-        return Location(path=candidates[0], exists=False, size=ref.size)
+            return Location(path=href, exists=False, size=ref.size,
+                            error=f"href {href!r} is a URL: vmmove reads only files inside the "
+                                  "export; download it beside the descriptor")
+        names = [href]
+        decoded = urllib.parse.unquote(href)
+        if decoded != href:
+            names.append(decoded)
+        problem = None
+        for name in names:
+            try:
+                layer = export.resolve(name, folder, "href")
+            except MissingFile:
+                continue
+            except ContainmentError as exc:
+                problem = problem or str(exc)
+                continue
+            assert layer.real is not None
+            size = os.path.getsize(layer.real)
+            if ref.size is not None and ref.size != size and not ref.chunked:
+                raise SourceError(f"{ovf_path}: {href} is {size} bytes but the descriptor "
+                                  f"says {ref.size}")
+            return Location(path=layer.name, exists=True, size=size,
+                            open=lambda fmt, top=layer: open_chain(export, top, fmt))
+        if problem:
+            return Location(path=None, exists=False, size=ref.size, error=problem)
+        return Location(path=os.path.normpath(os.path.join(folder, href)), exists=False,
+                        size=ref.size)
 
     return locate
 
@@ -718,15 +745,15 @@ class _VMBuilder:
         if ref.chunked:
             disk.error = f"{ref.href}: split into chunks in the package; join them before conversion"
             return
-        if loc.exists and self.inspect and disk.device == "disk" and disk.path:
+        if loc.exists and self.inspect and disk.device == "disk" and loc.open:
             try:
-                info = image_info(disk.path, fmt=None if disk.path.startswith("json:") else fmt)
-            except ImageError as exc:
+                chain = loc.open(fmt if fmt in QEMU_FORMATS else None)
+            except VmmoveError as exc:  # unreadable, or a reference outside the export
                 disk.error = str(exc)
                 return
-            disk.virtual_size = info.virtual_size
-            if info.backing_chain:
-                disk.backing_chain = info.backing_chain
+            disk.virtual_size = chain.virtual_size
+            if chain.backing_files:
+                disk.backing_chain = chain.backing_files
 
 
 def _stem(path: str) -> str:

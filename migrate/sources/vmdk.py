@@ -4,9 +4,11 @@ A VMware disk is either a small text *descriptor* naming its extents
 (``RW 4192256 SPARSE "x-s001.vmdk"``) and its parent (``parentFileNameHint``), or a
 sparse file with the descriptor embedded (magic ``KDMV``), which ``qemu-img info`` reads
 whole.  Scan only needs sizes and the backing chain, so descriptors are parsed here and
-sparse files go through :func:`migrate.imageinfo.image_info`.  Problems with a disk never
-stop a scan: they come back as :attr:`DiskFacts.error` so that the VM is still listed and
-assessment can flag the disk.
+sparse files go through :func:`migrate.sources.containment.open_chain` (qemu-img, one
+layer at a time).  Every extent and parent a descriptor names is resolved by
+:meth:`migrate.sources.containment.Export.resolve`: inside the export's folder after
+symlinks, no protocol names.  Problems with a disk never stop a scan: they come back as
+:attr:`DiskFacts.error` so that the VM is still listed and assessment can flag the disk.
 """
 
 from __future__ import annotations
@@ -15,8 +17,15 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from migrate.imageinfo import ImageError, image_info
+from migrate.errors import VmmoveError
 from migrate.model import BackingFile
+from migrate.sources.containment import (
+    ContainmentError,
+    Export,
+    Layer,
+    MissingFile,
+    open_chain,
+)
 
 SECTOR = 512
 MAX_DISK_BYTES = 64 * 1024**4  # 64 TiB: VMware's own limit is 62 TiB
@@ -100,8 +109,8 @@ def parse_descriptor(text: str, name: str) -> Descriptor:
             desc.extents.append(Extent(match["access"], sectors, match["type"], match["file"]))
             continue
         kv = _KEYVAL.match(line)
-        if kv is None:
-            raise VmdkError(f"{name}: line {number}: not a descriptor line: {line[:60]!r}")
+        if kv is None:  # the line's text is not quoted: the file may be anyone's
+            raise VmdkError(f"{name}: line {number}: not a descriptor line")
         key, value = kv["key"].lower(), _unquote(kv["value"])
         if key == "createtype":
             desc.create_type = value
@@ -132,63 +141,74 @@ def _read_text_descriptor(path: str) -> Descriptor:
     return parse_descriptor(data.decode("utf-8", errors="replace"), path)
 
 
-def inspect(path: str) -> DiskFacts:
-    """Sizes and snapshot chain of the VMDK at ``path`` (descriptor or sparse file)."""
-    if not os.path.exists(path):
-        return DiskFacts(error=f"{path}: disk file is missing")
-    if not os.path.isfile(path):
-        return DiskFacts(error=f"{path}: not a regular file")
+def inspect(path: str, export: Export | None = None) -> DiskFacts:
+    """Sizes and snapshot chain of the VMDK at ``path`` (descriptor or sparse file).
+
+    ``export`` is where the files may be (default: the VMDK's own folder); a disk, extent
+    or parent outside it is an error, never opened.
+    """
+    export = export or Export.of_descriptor(path)
     try:
-        magic = _sniff(path)
+        top = export.resolve(path, os.path.dirname(os.path.abspath(path)), "file")
+    except MissingFile:
+        return DiskFacts(error=f"{path}: disk file is missing")
+    except ContainmentError as exc:
+        return DiskFacts(error=str(exc))
+    assert top.real is not None
+    try:
+        magic = _sniff(top.real)
     except OSError as exc:
         return DiskFacts(error=f"{path}: {exc.strerror or exc}")
     if magic in SPARSE_MAGICS:
-        return _inspect_sparse(path)
+        return _inspect_sparse(export, top)
     try:
-        return _inspect_descriptor_chain(path)
+        return _inspect_descriptor_chain(export, path)
     except VmdkError as exc:
         return DiskFacts(error=str(exc))
     except OSError as exc:
         return DiskFacts(error=f"{path}: {exc.strerror or exc}")
 
 
-def _inspect_sparse(path: str) -> DiskFacts:
+def _inspect_sparse(export: Export, top: Layer) -> DiskFacts:
     try:
-        info = image_info(path, fmt="vmdk")
-    except ImageError as exc:
+        chain = open_chain(export, top, "vmdk")
+    except VmmoveError as exc:
         return DiskFacts(error=str(exc))
-    create_type = None
-    top = info.raw[0] if info.raw else {}
-    data = top.get("format-specific", {}).get("data", {})
-    if isinstance(data, dict):
-        create_type = data.get("create-type")
+    data = chain.top.info.get("format-specific", {}).get("data", {})
+    create_type = data.get("create-type") if isinstance(data, dict) else None
+    assert top.real is not None
     return DiskFacts(
-        virtual_size=info.virtual_size,
-        allocated_size=os.path.getsize(path),
-        backing_chain=info.backing_chain,
+        virtual_size=chain.virtual_size,
+        allocated_size=os.path.getsize(top.real),
+        backing_chain=chain.backing_files,
         create_type=create_type,
     )
 
 
-def _extent_bytes(desc: Descriptor, folder: str, name: str) -> tuple[int, str | None]:
-    """Sum of the sizes of the extent files present, and a message for the first missing one."""
-    total, missing = 0, None
+def _extent_bytes(export: Export, desc: Descriptor, folder: str, name: str) -> tuple[int, str | None]:
+    """Sum of the sizes of the extent files present, and a message for the first problem
+    (missing, or refused: outside the export, a protocol name)."""
+    total, problem = 0, None
     for extent in desc.extents:
         if not extent.filename:
             continue
-        extent_path = os.path.join(folder, extent.filename)
         try:
-            total += os.path.getsize(extent_path)
-        except OSError:
-            if missing is None:
-                missing = f"{name}: extent file {extent.filename!r} is missing"
-    return total, missing
+            layer = export.resolve(extent.filename, folder, f"extent of {name}")
+        except MissingFile:
+            problem = problem or f"{name}: extent file {extent.filename!r} is missing"
+            continue
+        except ContainmentError as exc:
+            problem = problem or str(exc)
+            continue
+        assert layer.real is not None
+        total += os.path.getsize(layer.real)
+    return total, problem
 
 
-def _inspect_descriptor_chain(path: str) -> DiskFacts:
+def _inspect_descriptor_chain(export: Export, path: str) -> DiskFacts:
     desc = _read_text_descriptor(path)
     folder = os.path.dirname(os.path.abspath(path))
-    allocated, error = _extent_bytes(desc, folder, path)
+    allocated, error = _extent_bytes(export, desc, folder, path)
     facts = DiskFacts(
         virtual_size=desc.virtual_size,
         allocated_size=allocated,
@@ -196,33 +216,38 @@ def _inspect_descriptor_chain(path: str) -> DiskFacts:
         error=error,
     )
     seen = {os.path.realpath(path)}
-    hint, here = desc.parent_hint, folder
+    hint, here, child = desc.parent_hint, folder, path
     while hint:
-        parent = hint if os.path.isabs(hint) else os.path.join(here, hint)
-        parent = os.path.abspath(parent)
+        try:
+            layer = export.resolve(hint, here, f"parent of {child}")
+        except MissingFile as exc:
+            facts.backing_chain.append(BackingFile(path=exc.path, format="vmdk"))
+            facts.error = facts.error or f"{path}: parent disk {exc.path} is missing"
+            break
+        except ContainmentError as exc:
+            facts.error = facts.error or str(exc)
+            break
+        assert layer.real is not None
+        parent = layer.name
         facts.backing_chain.append(BackingFile(path=parent, format="vmdk"))
         if len(facts.backing_chain) > MAX_CHAIN:
             facts.error = facts.error or f"{path}: snapshot chain longer than {MAX_CHAIN} layers"
             break
-        real = os.path.realpath(parent)
-        if real in seen:
+        if layer.real in seen:
             facts.error = facts.error or f"{path}: snapshot chain loops back to {parent}"
             break
-        seen.add(real)
-        if not os.path.isfile(parent):
-            facts.error = facts.error or f"{path}: parent disk {parent} is missing"
-            break
-        if _sniff(parent) in SPARSE_MAGICS:
+        seen.add(layer.real)
+        if _sniff(layer.real) in SPARSE_MAGICS:
             try:
-                info = image_info(parent, fmt="vmdk")
-            except ImageError as exc:
+                chain = open_chain(export, layer, "vmdk")
+            except VmmoveError as exc:
                 facts.error = facts.error or str(exc)
                 break
-            facts.backing_chain.extend(info.backing_chain)
+            facts.backing_chain.extend(chain.backing_files)
             break
-        parent_desc = _read_text_descriptor(parent)
-        _, missing = _extent_bytes(parent_desc, os.path.dirname(parent), parent)
+        parent_desc = _read_text_descriptor(layer.real)
+        _, missing = _extent_bytes(export, parent_desc, os.path.dirname(parent), parent)
         if missing and facts.error is None:
             facts.error = missing
-        hint, here = parent_desc.parent_hint, os.path.dirname(parent)
+        hint, here, child = parent_desc.parent_hint, os.path.dirname(parent), parent
     return facts

@@ -29,6 +29,7 @@ from migrate.model import (
 )
 from migrate.sources import SourceError, read_bounded
 from migrate.sources import vmdk
+from migrate.sources.containment import Export, protocol_of
 from migrate.sources.vmware_os import from_vmware
 
 MAX_VMX_BYTES = 4 * 1024 * 1024  # real .vmx files are a few KiB
@@ -101,7 +102,8 @@ def parse_vmx_text(text: str, path: str) -> VmxConfig:
             continue
         match = _LINE.match(line)
         if match is None:
-            raise SourceError(f"{path}: line {number}: expected key = \"value\", found {line[:60]!r}")
+            # The line's text is not quoted: the file may not be a .vmx (or not the user's).
+            raise SourceError(f"{path}: line {number}: expected key = \"value\"")
         value = match["value"]
         if value.startswith('"'):
             if len(value) < 2 or not value.endswith('"'):
@@ -182,8 +184,9 @@ def _uuid(value: str | None, path: str) -> str | None:
 
 
 def _resolve(file_name: str, folder: str) -> str:
-    """Datastore paths (``[ds] dir/x.vmdk``) and absolute paths stay; others join the folder."""
-    if file_name.startswith("[") or os.path.isabs(file_name):
+    """Datastore paths (``[ds] dir/x.vmdk``), absolute paths and protocol names (refused
+    later, by containment) stay; others join the folder."""
+    if file_name.startswith("[") or os.path.isabs(file_name) or protocol_of(file_name):
         return file_name
     return os.path.normpath(os.path.join(folder, file_name))
 
@@ -363,9 +366,18 @@ def read_vmx(path: str) -> VM:
     return vm_from_config(cfg)
 
 
-def vm_from_config(cfg: VmxConfig, inspect: Callable[[str], vmdk.DiskFacts] = vmdk.inspect) -> VM:
+def vm_from_config(cfg: VmxConfig,
+                   inspect: Callable[[str], vmdk.DiskFacts] | None = None) -> VM:
+    """The VM of a parsed .vmx; ``inspect`` reads a disk (default: :func:`vmdk.inspect`
+    confined to the .vmx's folder, the export)."""
     path = cfg.path
     folder = os.path.dirname(path)
+    if inspect is None:
+        export = Export.of_descriptor(path)
+
+        def inspect(disk_path: str) -> vmdk.DiskFacts:
+            return vmdk.inspect(disk_path, export)
+
     stem = os.path.splitext(os.path.basename(path))[0]
 
     name = cfg.get("displayName")
