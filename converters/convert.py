@@ -23,7 +23,6 @@ output is read from disk once at most (usually it is still in the page cache).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets

@@ -52,7 +52,8 @@ FORMATS = frozenset({"raw", "qcow2", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc"
 #: Formats whose header may name a backing file.
 BACKING_FORMATS = frozenset({"qcow2", "qcow", "qed", "vmdk"})
 MAX_CHAIN = 64  # layers; deeper is a loop or a hostile header
-MAX_DESCRIPTOR_BYTES = 1024 * 1024
+MAX_DESCRIPTOR_BYTES = 1024 * 1024  # real VMDK descriptors are a few hundred bytes
+SPARSE_MAGICS = (b"KDMV", b"COWD")  # VMDK 4 and VMDK 3 (COWD) sparse headers
 _SPARSE_EXTENTS = ("SPARSE", "VMFSSPARSE", "SESPARSE")
 
 
@@ -316,7 +317,7 @@ def sniff(layer: Layer) -> str:
         return "qcow" if head[4:8] == b"\x00\x00\x00\x01" else "qcow2"
     if head[:4] == b"QED\x00":
         return "qed"
-    if head[:4] in (b"KDMV", b"COWD") or head.lstrip().lower().startswith(b"# disk descriptor"):
+    if head[:4] in SPARSE_MAGICS or head.lstrip().lower().startswith(b"# disk descriptor"):
         return "vmdk"
     if head[:8] == b"vhdxfile":
         return "vhdx"
@@ -344,7 +345,7 @@ def _check_sparse_header(layer: Layer, offset: int, what: str) -> None:
 def _check_vmdk(export: Export, layer: Layer) -> None:
     """Check what a VMDK makes qemu open besides itself: a text descriptor's extents."""
     head = _read(layer, 0, 4)
-    if head in (b"KDMV", b"COWD"):
+    if head in SPARSE_MAGICS:
         _check_sparse_header(layer, 0, "disk")
         return
     from migrate.sources.vmdk import VmdkError, parse_descriptor
