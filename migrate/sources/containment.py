@@ -119,7 +119,11 @@ class Export:
 
     @classmethod
     def of(cls, source: Source) -> Export:
-        """The export of a VM's source (reads an OVA's tar headers to list its members)."""
+        """The export of a VM's source (reads an OVA's tar headers to list its members).
+
+        Every kind but a live libvirt host is untrusted; a kind not named here is confined
+        to its descriptor's folder (deny by default).
+        """
         if source.kind == SourceKind.LIBVIRT:
             return cls(root=None, label=source.location)
         if source.kind == SourceKind.OVA:
@@ -134,6 +138,8 @@ class Export:
 
     @classmethod
     def of_archive(cls, path: str, members: dict[str, Member] | None = None) -> Export:
+        """An OVA: references must name its ``members`` (read from its tar headers when not
+        given; :class:`~migrate.sources.SourceError` when it is no longer a sound archive)."""
         if members is None:
             from migrate.sources.ova import scan_archive
 
