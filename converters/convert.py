@@ -8,6 +8,12 @@ Rules it keeps, and why:
 
 * sources are only ever read (qemu-img opens them read-only; ``-U`` only with
   ``force_share``), so a failed or cancelled run costs nothing but time;
+* sources are never replaced: a work folder that equals or contains a source disk's
+  folder is refused, and an output only ever replaces a file the journal says vmmove
+  created there (same inode), never a symlink, never a source (docs/security.md);
+* outputs are named ``<vm>-<disk>.<fmt>``; a name the journal already gives another VM
+  (two inventories sharing a work folder) gets a suffix from the VM's identity (UUID and
+  source), so one VM's output never replaces another's;
 * outputs are written to a hidden temporary name in the work folder, verified there, and
   renamed only when complete, so ``DIR/<name>.<fmt>`` exists only for a finished disk;
 * every step is in the work folder's journal (:mod:`migrate.workdir`), so a rerun after a
@@ -23,9 +29,12 @@ output is read from disk once at most (usually it is still in the page cache).
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -37,6 +46,7 @@ from typing import Any, Protocol
 from converters import qemuimg
 from converters.checksum import sha256_file
 from migrate.errors import UsageError, VmmoveError
+from migrate.files import new_private_file, private_dir, write_failure
 from migrate.imageinfo import ImageError
 from migrate.model import VM, Disk, Inventory, PowerState
 from migrate.sources.containment import (
@@ -48,7 +58,14 @@ from migrate.sources.containment import (
     open_path,
 )
 from migrate.state import DONE, Journal, JournalLocked, Step
-from migrate.workdir import KIND_CONVERT, disk_item, image_basename, journal_path, target_names
+from migrate.workdir import (
+    KIND_CONVERT,
+    disk_item,
+    image_basename,
+    journal_path,
+    target_names,
+    vm_identity,
+)
 
 #: Power states in which a disk is held open by the hypervisor.
 IN_USE_STATES = {PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN,
@@ -110,6 +127,7 @@ class DiskJob:
     disk: Disk
     item: str  # journal item, <vm key>/<disk target>
     output: Path
+    identity: str = ""  # the source VM's identity (migrate.workdir.vm_identity)
     # Filled in by preparation:
     source_format: str | None = None
     virtual_size: int | None = None
@@ -200,8 +218,7 @@ def select_disks(
         missing = [ref for ref in vms if inventory.find(ref) is None]
         if missing:
             raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        picked = [inventory.find(ref) for ref in dict.fromkeys(vms)]
-        selected = [vm for vm in picked if vm is not None]
+        selected = list({id(vm): vm for ref in vms for vm in inventory.find_all(ref)}.values())
     else:
         selected = list(inventory.vms)
     return [(vm, disk) for vm in selected for disk in vm.disks]
@@ -209,6 +226,93 @@ def select_disks(
 
 def output_path(workdir: Path, names: dict[str, str], vm: VM, disk: Disk, fmt: str) -> Path:
     return (workdir / f"{image_basename(names[vm.key], disk)}.{fmt}").absolute()
+
+
+def _claimed_outputs(journal: Journal) -> dict[str, tuple[str, str | None]]:
+    """Output path → (journal item, VM identity) of every convert step that names one."""
+    return {str(st.data["output"]): (st.item, st.data.get("identity"))
+            for st in journal.steps(KIND_CONVERT) if st.data.get("output")}
+
+
+def unique_output(path: Path, item: str, identity: str,
+                  claimed: dict[str, tuple[str, str | None]]) -> Path:
+    """``path``, or ``<stem>-<6 hex of the identity>.<fmt>`` when the journal gives
+    ``path`` to another disk or VM (two inventories with a VM of the same name)."""
+    owner = claimed.get(str(path))
+    if owner is None or (owner[0] == item and owner[1] in (None, identity)):
+        return path
+    digest = hashlib.sha256(f"{identity}\0{item}".encode()).hexdigest()
+    for size in (6, 12, 64):
+        candidate = path.with_name(f"{path.stem}-{digest[:size]}{path.suffix}")
+        owner = claimed.get(str(candidate))
+        if owner is None or (owner[0] == item and owner[1] in (None, identity)):
+            return candidate
+    raise VmmoveError(f"{path}: no free output name (journal corrupt?)")
+
+
+def is_pseudo(path: str) -> bool:
+    """qemu ``json:{...}`` pseudo-filenames (disks inside OVA archives): not host files."""
+    return path.startswith("json:")
+
+
+def check_workdir(folder: Path, pairs: Iterable[tuple[VM, Disk]]) -> None:
+    """Refuse a work folder that equals or contains the folder of a source disk.
+
+    Converting into the sources' folder is how an output named ``<vm>-<disk>.<fmt>`` could
+    replace another VM's source; one line names the folder and the first source in it.
+    Raises :class:`UsageError`.
+    """
+    work = folder.resolve()
+    for vm, disk in pairs:
+        if disk.device not in ("disk", "lun") or not disk.path or is_pseudo(disk.path):
+            continue
+        where = Path(disk.path).resolve().parent
+        if where == work or work in where.parents:
+            raise UsageError(
+                f"{folder}: the work folder {'is' if where == work else 'contains'} the folder "
+                f"of {vm.name}/{disk.target}'s source disk {disk.path}; convert into a folder "
+                "of its own, outside the sources' folders")
+
+
+def _inode(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_output(job: DiskJob, step: Step | None) -> None:
+    """Refuse to replace ``job.output`` unless vmmove created it; raise :class:`DiskError`.
+
+    ``step`` is the disk's convert step (:func:`unique_output` already steered clear of
+    outputs other disks' steps name).  Refused: a symbolic link, wherever it points; a
+    file that is one of the source's layers (a hard link); a file the step does not name,
+    or whose inode differs from the one recorded when vmmove renamed it into place (a
+    step written before inodes were recorded counts when it is done).
+    """
+    out = job.output
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise DiskError(f"{job.label}: {out} is a symbolic link vmmove did not create; "
+                        "move it away or convert to another folder")
+    layers = [job.disk.path or "", *(p[0] for p in job.fingerprint or [])]
+    if any(_inode(layer) == (st.st_dev, st.st_ino) for layer in layers if layer):
+        raise DiskError(f"{job.label}: {out} is the source disk itself (same file); "
+                        "convert to another folder")
+    data = step.data if step is not None else {}
+    recorded = data.get("inode")
+    if recorded:
+        ours = list(recorded) == [st.st_dev, st.st_ino]
+    else:  # a journal from before inodes were recorded
+        ours = step is not None and step.status == DONE and "size" not in data
+    if not (ours and data.get("output") == str(out) and stat.S_ISREG(st.st_mode)):
+        raise DiskError(f"{job.label}: {out} exists and vmmove did not create it (the work "
+                        "folder's journal does not name it); move it away or convert to "
+                        "another folder")
 
 
 def _temp_path(output: Path) -> Path:
@@ -253,7 +357,7 @@ def source_chain(vm: VM, disk: Disk, force_share: bool = False) -> Chain:
     path = disk.path or ""
     fmt = declared_format(disk)
     try:
-        export = Export.of(vm.source)
+        export = Export.of(vm.source, disk)
         chain = open_path(export, path, fmt, force_share=force_share)
         if export.trusted:
             check_agreement(chain, disk.backing_chain, path)
@@ -331,7 +435,14 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
     # Raw output stays sparse, so it needs the data, like qcow2 without its small metadata:
     # the qcow2 measure is the estimate for both (qemu-img's raw estimate is the full size).
     job.required = measured.required
-    job.fingerprint = _fingerprint(chain.real_paths())
+    layers = chain.real_paths()
+    job.fingerprint = _fingerprint(layers)
+    work = job.output.parent.resolve()
+    for layer in layers[1:]:
+        where = Path(layer).resolve().parent
+        if where == work or work in where.parents:
+            raise DiskError(f"{job.label}: backing file {layer} is in the work folder "
+                            f"{job.output.parent}; convert into a folder of its own")
 
 
 def _is_current(step: Step | None, job: DiskJob, options: ConvertOptions) -> bool:
@@ -339,9 +450,15 @@ def _is_current(step: Step | None, job: DiskJob, options: ConvertOptions) -> boo
     if step is None or step.status != DONE or options.redo:
         return False
     data = step.data
+    try:
+        size = os.lstat(job.output).st_size if job.output.is_file() else None
+    except OSError:
+        size = None
     return (
         data.get("output") == str(job.output)
-        and job.output.is_file()
+        and size is not None
+        and data.get("size") in (None, size)  # journals before "size" was recorded
+        and data.get("identity") in (None, job.identity)
         and data.get("format") == options.format
         and bool(data.get("compressed")) == options.compress
         and data.get("source") == job.disk.path
@@ -386,6 +503,8 @@ class Runner:
 
     def __init__(self, journal: Journal, options: ConvertOptions, progress: Progress) -> None:
         self.journal = journal
+        #: output path → (item, identity) as the journal records them (see unique_output)
+        self.claimed = _claimed_outputs(journal)
         self.options = options
         self.progress = progress
         self.canceller = qemuimg.Canceller()
@@ -393,6 +512,12 @@ class Runner:
     def _result(self, job: DiskJob, status: str, **kw: Any) -> DiskResult:
         return DiskResult(vm=job.vm.name, disk=job.disk.target, item=job.item, status=status,
                           source=job.disk.path, format=self.options.format, **kw)
+
+    def _refuse(self, job: DiskJob, error: str) -> DiskResult:
+        """Fail a disk without touching its journal step (it may be another VM's)."""
+        result = self._result(job, FAILED, error=error)
+        self.progress.finished(job, result)
+        return result
 
     def _fail(self, job: DiskJob, error: str) -> DiskResult:
         self.journal.fail(KIND_CONVERT, job.item, error, vm=job.vm.name, disk=job.disk.target,
@@ -411,16 +536,32 @@ class Runner:
         opts = self.options
         assert job.disk.path and job.source_format and job.source_name
         step = self.journal.get(KIND_CONVERT, job.item)
+        note = None
+        if step is not None and not opts.redo \
+                and step.data.get("identity") not in (None, job.identity):
+            return self._refuse(job, (
+                f"{job.label}: the work folder's journal holds another VM under this key "
+                f"({step.item}, from {_source_of(step.data.get('identity'))}); convert it into "
+                "a work folder of its own, or pass --redo to replace that VM's output"))
         if _is_current(step, job, opts):
             assert step is not None
             if step.data.get("verified") or not opts.verify:
-                skipped = self._from_step(job, SKIPPED, step, "already converted")
-                self.progress.finished(job, skipped)
-                return skipped
-            return self._verify_existing(job, step)
-        note = None
-        if step is not None and step.status == DONE and not opts.redo:
-            note = "source or options changed since the last conversion: converted again"
+                # A skip vouches for the file as it is now: its size was checked, its checksum
+                # is checked here (a file replaced or changed since is converted again).
+                if step.checksum is None or sha256_file(job.output) == step.checksum:
+                    skipped = self._from_step(job, SKIPPED, step, "already converted")
+                    self.progress.finished(job, skipped)
+                    return skipped
+                note = "the output changed since it was converted (checksum): converted again"
+            else:
+                return self._verify_existing(job, step)
+        elif step is not None and step.status == DONE and not opts.redo:
+            note = ("the output is missing or changed, or the source or options changed, since "
+                    "the last conversion: converted again")
+        try:
+            check_output(job, step)
+        except DiskError as exc:
+            return self._refuse(job, str(exc))
         if step is not None and step.checksum:
             # A fresh conversion must not inherit the old output's checksum.
             self.journal.reset(KIND_CONVERT, job.item)
@@ -430,11 +571,14 @@ class Runner:
             source_format=job.source_format, output=str(job.output), format=opts.format,
             compressed=opts.compress, virtual_size=job.virtual_size, required=job.required,
             fingerprint=job.fingerprint, probed=job.probed, force_share=opts.force_share,
-            verified=False, flags=list(opts.flags))
+            verified=False, flags=list(opts.flags), identity=job.identity,
+            inode=list(_inode(job.output) or ()) or None)  # checked ours above: replaceable
+        self.claimed[str(job.output)] = (job.item, job.identity)
         temp = _temp_path(job.output)
         total = job.required or job.virtual_size or 0
         self.progress.started(job, total)
         try:
+            new_private_file(temp)  # qemu-img truncates it and keeps its mode: 0600
             qemuimg.convert(
                 job.source_name, job.source_format, str(temp), opts.format,
                 compress=opts.compression, force_share=opts.force_share, flags=opts.flags,
@@ -456,16 +600,21 @@ class Runner:
                 finally:
                     os.close(fd)
             allocated = allocated_bytes(temp)
+            size = os.stat(temp).st_size
+            check_output(job, self.journal.get(KIND_CONVERT, job.item))
             os.replace(temp, job.output)
+            inode = list(_inode(job.output) or ())
         except BaseException as exc:
             temp.unlink(missing_ok=True)
             if self.canceller.cancelled.is_set():
                 self.journal.fail(KIND_CONVERT, job.item, "interrupted: rerun to convert it")
                 result = self._result(job, FAILED, error=f"{job.label}: interrupted")
+            elif isinstance(exc, qemuimg.QemuImgError) and _full(str(exc)):
+                result = self._fail(job, f"{job.label}: {write_failure(job.output, _ENOSPC)}")
             elif isinstance(exc, VmmoveError):
                 result = self._fail(job, _name_disk(job, str(exc)))
             elif isinstance(exc, OSError):
-                result = self._fail(job, f"{job.label}: {exc.strerror or exc}")
+                result = self._fail(job, f"{job.label}: {write_failure(job.output, exc)}")
             else:
                 self.journal.fail(KIND_CONVERT, job.item, "interrupted: rerun to convert it")
                 raise
@@ -475,7 +624,7 @@ class Runner:
         self.journal.done(
             KIND_CONVERT, job.item, bytes=allocated, checksum=checksum, allocated=allocated,
             verified=verified, seconds=round(seconds, 3),
-            compare="identical" if verified else None)
+            compare="identical" if verified else None, size=size, inode=inode)
         result = self._result(
             job, CONVERTED, output=str(job.output), virtual_size=job.virtual_size,
             allocated=allocated, verified=verified, checksum=checksum, seconds=seconds,
@@ -507,6 +656,18 @@ class Runner:
         return result
 
 
+_ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _full(message: str) -> bool:
+    """qemu-img's message for a full disk or quota (it names the source, not the output)."""
+    return "No space left on device" in message or "Disk quota exceeded" in message
+
+
+def _source_of(identity: str | None) -> str:
+    return (identity or "?").split("|", 2)[-1] or "?"
+
+
 def _name_disk(job: DiskJob, message: str) -> str:
     """Make sure an error line names the disk (VM/target), not just its file."""
     return message if message.startswith(job.label) else f"{job.label}: {message}"
@@ -534,9 +695,10 @@ def convert_disks(
     options = options or ConvertOptions()
     progress = progress or NoProgress()
     folder = Path(workdir).absolute()
-    folder.mkdir(parents=True, exist_ok=True)
     names = target_names(inventory)
     pairs = select_disks(inventory, vms, disks)
+    check_workdir(folder, pairs)
+    private_dir(folder)
     journal = Journal(journal_path(folder))
     try:
         with journal.exclusive():
@@ -557,8 +719,10 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
     results: dict[int, DiskResult] = {}
     jobs: list[tuple[int, DiskJob]] = []
     for index, (vm, disk) in enumerate(pairs):
-        job = DiskJob(vm, disk, disk_item(vm, disk),
-                      output_path(folder, names, vm, disk, options.format))
+        item, identity = disk_item(vm, disk), vm_identity(vm)
+        path = unique_output(output_path(folder, names, vm, disk, options.format), item,
+                             identity, runner.claimed)
+        job = DiskJob(vm, disk, item, path, identity)
         if disk.device not in ("disk", "lun"):
             results[index] = runner._result(job, IGNORED, note=f"{disk.device}: nothing to convert")
         else:

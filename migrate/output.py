@@ -1,7 +1,14 @@
-"""Rendering results for people (tables) and for programs (JSON, YAML)."""
+"""Rendering results for people (tables) and for programs (JSON, YAML).
+
+Text meant for a terminal (tables, log lines, error lines, progress bars) goes through
+:func:`escape`: names and descriptions come from untrusted descriptors, and a newline,
+carriage return, ESC/CSI/OSC sequence or C1 control in a VM name must neither forge an
+error line nor drive the terminal.  JSON and YAML keep the text exact (they quote it).
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
@@ -23,9 +30,36 @@ def human_size(n: int | None) -> str:
     return f"{size:.1f}P"
 
 
+#: C0 controls, DEL, C1 controls, and the Unicode line/paragraph separators.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100
+                                else f"\\u{ord(char):04x}")
+
+
+def escape(text: Any) -> str:
+    """``text`` for a terminal: every control character shown as an escape.
+
+    ``\\n``, ``\\r``, ``\\t``, ``\\e`` (ESC) and ``\\xNN`` / ``\\uNNNN`` for the other C0, DEL, C1
+    (0x80-0x9f: CSI, OSC…) and U+2028/U+2029 characters; everything else is unchanged.
+    """
+    return _CONTROL_RE.sub(_escaped, str(text))
+
+
+def error_line(message: Any) -> str:
+    """The one line an error is printed as: ``vmmove: error: <message>``, escaped."""
+    return f"vmmove: error: {escape(message)}"
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A plain, aligned text table like kubectl's (two spaces between columns)."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    """A plain, aligned text table like kubectl's (two spaces between columns); every
+    cell is escaped (:func:`escape`)."""
+    cells = [[escape(h) for h in headers]] + [["" if c is None else escape(c) for c in r]
+                                             for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines) + "\n"

@@ -204,8 +204,7 @@ class S3Backend(Backend):
             },
         }
         path = Path(o.workdir) / f"{name}.secret.yaml"
-        atomic_write(path, yaml.safe_dump(manifest, sort_keys=False))  # mkstemp: mode 0600
-        os.chmod(path, 0o600)
+        atomic_write(path, yaml.safe_dump(manifest, sort_keys=False), private=True)
         self.secret_name, self.secret_file = name, path
 
     def key_for(self, item: TransferItem) -> str:

@@ -16,7 +16,7 @@ import click
 from migrate.cli.options import kube as kube_options
 from migrate.cli.options import output_format
 from migrate.errors import VmmoveError
-from migrate.output import emit
+from migrate.output import emit, error_line
 
 if TYPE_CHECKING:
     from migrate.kube import Kube
@@ -350,7 +350,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
     waiting = [r for r in results if r.status == "not started"]
     if failed:
         for r in failed:
-            click.echo(f"vmmove: error: {r.error}", err=True)
+            click.echo(error_line(r.error), err=True)
         raise VmmoveError(
             f"cutover: {len(failed)} of {len(results)} VM(s) failed"
             + (f", {len(waiting)} not started (no source is stopped unless every preflight "
@@ -431,7 +431,7 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
     emit(data, output, ROLLBACK_HEADERS, rows)
     if errors:
         for e in errors:
-            click.echo(f"vmmove: error: {e}", err=True)
+            click.echo(error_line(e), err=True)
         raise VmmoveError(f"rollback: {len(errors)} of {len(chosen)} VM(s) not rolled back; "
                           "fix the cause and rerun (rollback is safe to repeat)")
 

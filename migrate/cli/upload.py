@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 import threading
 import time
@@ -16,7 +14,7 @@ import click
 
 from migrate.cli.options import aws, kube, output_format, refuse_with_plan
 from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit, human_size
+from migrate.output import emit, error_line, human_size
 
 if TYPE_CHECKING:
     from converters.transfer.base import Backend, TransferItem, TransferResult
@@ -122,16 +120,15 @@ def _destination(r: TransferResult) -> str:
 @contextmanager
 def _upload_lock(journal_file: Path) -> Iterator[None]:
     """One upload run per work folder; a conversion may run beside it (its own lock)."""
-    fd = os.open(f"{journal_file}.upload.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    from migrate.files import LockBusy, run_lock
+
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise VmmoveError(f"{journal_file.parent}: another vmmove upload is running "
-                              "on this work folder") from None
-        yield
-    finally:
-        os.close(fd)
+        with run_lock(f"{journal_file}.upload.lock",
+                      f"{journal_file.parent}: another vmmove upload is running on this "
+                      "work folder"):
+            yield
+    except LockBusy as exc:
+        raise VmmoveError(str(exc).split(" (pid")[0]) from None
 
 
 # -- what to upload -----------------------------------------------------------------------------
@@ -205,7 +202,7 @@ def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_
         missing = [v for v in vms if inv.find(v) is None]
         if missing:
             raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        chosen = [vm for v in vms if (vm := inv.find(v)) is not None]
+        chosen = list({id(vm): vm for v in vms for vm in inv.find_all(v)}.values())
     else:
         chosen = list(inv.vms)
     names = target_names(inv)
@@ -417,7 +414,7 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
             progress.close()
     for r in results:
         if not r.ok:
-            click.echo(f"vmmove: error: {r.error}", err=True)
+            click.echo(error_line(r.error), err=True)
     emit([_data(r) for r in results], output,
          ["ITEM", "BACKEND", "STATUS", "SIZE", "SENT", "TIME", "DESTINATION/ERROR"],
          _rows(results))

@@ -82,7 +82,7 @@ def probe_disk(disk: Disk, force_share: bool, missing_is_error: bool = True,
             disk.error = f"{odd[:80]!r} is {kind}, not a file in the export; refused"
             return f"disk {disk.target}: {disk.error}" if disk.device in DATA_DEVICES else None
         return None
-    export = Export.of(source)
+    export = Export.of(source, disk)
     fmt = disk.format if disk.format in QEMU_FORMATS else None
     try:
         if trusted and not os.path.exists(path):
