@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -230,8 +229,7 @@ def select_disks(
         missing = [ref for ref in vms if inventory.find(ref) is None]
         if missing:
             raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        picked = [inventory.find(ref) for ref in dict.fromkeys(vms)]
-        selected = [vm for vm in picked if vm is not None]
+        selected = list({id(vm): vm for ref in vms for vm in inventory.find_all(ref)}.values())
     else:
         selected = list(inventory.vms)
     return [(vm, disk) for vm in selected for disk in vm.disks]
@@ -381,7 +379,7 @@ def source_chain(vm: VM, disk: Disk, force_share: bool = False) -> Chain:
     path = disk.path or ""
     fmt = declared_format(disk)
     try:
-        export = Export.of(vm.source)
+        export = Export.of(vm.source, disk)
         chain = open_path(export, path, fmt, force_share=force_share)
         if export.trusted:
             check_agreement(chain, disk.backing_chain, path)

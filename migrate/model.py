@@ -8,6 +8,7 @@ is a plain dataclass so that an inventory round-trips through JSON or YAML witho
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -32,6 +33,7 @@ class SourceKind(str, Enum):
     OVF = "ovf"
     OVA = "ova"
     VMX = "vmx"
+    PVE = "pve"  # a Proxmox VE qemu-server/<vmid>.conf file
 
 
 @dataclass
@@ -41,6 +43,9 @@ class Source:
     kind: SourceKind
     location: str  # libvirt URI, or an absolute file path
     member: str | None = None  # OVF inside an OVA, VirtualSystem id inside a vApp OVF
+    # Proxmox VE: storage ID -> the local folder its volumes were found in (--pve-storage);
+    # these folders, not the .conf's, are where the VM's disks may be (containment).
+    storage: dict[str, str] | None = None
 
 
 @dataclass
@@ -220,11 +225,17 @@ class VM:
     snapshots: int = 0
     features: list[str] = field(default_factory=list)  # acpi, apic, smm, hyperv, pae, …
     metadata: dict[str, str] = field(default_factory=dict)  # free-form facts from the source
+    # Set by :func:`distinguish` when another VM of the inventory has this VM's UUID (or
+    # name) but comes from another source: 8 hex digits of the source's SHA-1.
+    instance: str | None = None
 
     @property
     def key(self) -> str:
-        """A stable identity for journals and plans: the UUID when known, else the name."""
-        return self.uuid or self.name
+        """A stable identity for journals and plans: the UUID when known, else the name;
+        ``<uuid or name>@<instance>`` when VMs from different sources share that (see
+        :func:`distinguish`)."""
+        base = self.uuid or self.name
+        return f"{base}@{self.instance}" if self.instance else base
 
     def data_bytes(self) -> int:
         """Bytes of data held by the VM's disks: allocated size, or virtual when unknown."""
@@ -233,6 +244,31 @@ class VM:
             if disk.device in ("disk", "lun"):
                 total += disk.allocated_size or disk.virtual_size or 0
         return total
+
+
+def source_id(source: Source) -> str:
+    """8 hex digits naming a source (kind, location, member): the ``@…`` of a VM key."""
+    text = f"{source.kind.value}\0{source.location}\0{source.member or ''}"
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
+def distinguish(vms: list[VM]) -> None:
+    """Key VMs that share a UUID (or, without one, a name) by their source as well.
+
+    Copies of one VM exported to different files (or seen through a libvirt host and an
+    XML dump) are different VMs to migrate: each gets ``instance`` = :func:`source_id` of
+    its source, so ``VM.key`` becomes ``<uuid>@<8 hex>`` for every member of the group,
+    whatever the scan order.  VMs from one source (a file scanned twice) keep one key: they
+    are the same VM, which the ``duplicate-vm`` concern reports.  A UUID shared only by VMs
+    of one source, or not shared at all, leaves the key as it was.  Idempotent.
+    """
+    groups: dict[str, list[VM]] = {}
+    for vm in vms:
+        groups.setdefault(vm.uuid or vm.name, []).append(vm)
+    for members in groups.values():
+        ids = {source_id(vm.source) for vm in members}
+        for vm in members:
+            vm.instance = source_id(vm.source) if len(ids) > 1 else None
 
 
 @dataclass
@@ -256,9 +292,21 @@ class Inventory:
     vmmove_version: str | None = None
     format_version: int = 1
 
+    def __post_init__(self) -> None:
+        distinguish(self.vms)
+
     def find(self, ref: str) -> VM | None:
-        """A VM by name or UUID."""
+        """A VM by key (:attr:`VM.key`), else by name or UUID (the first that has it)."""
+        for vm in self.vms:
+            if vm.key == ref:
+                return vm
         for vm in self.vms:
             if vm.name == ref or vm.uuid == ref:
                 return vm
         return None
+
+    def find_all(self, ref: str) -> list[VM]:
+        """Every VM ``ref`` names: the one with that key, else all with that name or UUID
+        (copies of one VM from different files share both)."""
+        exact = [vm for vm in self.vms if vm.key == ref]
+        return exact or [vm for vm in self.vms if ref in (vm.name, vm.uuid)]

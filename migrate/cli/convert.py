@@ -120,7 +120,7 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
         missing = [v for v in vms if inv.find(v) is None]
         if missing:
             raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        prefixes = [vm.key for v in vms if (vm := inv.find(v)) is not None]
+        prefixes = list(dict.fromkeys(vm.key for v in vms for vm in inv.find_all(v)))
     steps = convert_status(workdir, prefixes)
     data = [
         {"item": s.item, "vm": s.data.get("vm"), "disk": s.data.get("disk"), "status": s.status,

@@ -131,7 +131,8 @@ def manifests_cmd(
         missing = [r for r in vms if inv.find(r) is None]
         if missing:
             raise UsageError(f"{inventory}: no VM named {', '.join(missing)}")
-        selected = [vm for vm in inv.vms if vm.name in vms or vm.uuid in vms]
+        picked = {id(vm) for r in vms for vm in inv.find_all(r)}
+        selected = [vm for vm in inv.vms if id(vm) in picked]
     if output != "table" and len(selected) != 1:
         raise UsageError(f"-o {output} prints one VM; {len(selected)} selected (use --vm NAME)")
     maps = load_maps(map_file) if map_file else Maps()

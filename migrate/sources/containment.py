@@ -44,7 +44,7 @@ from typing import Any
 
 from migrate.errors import VmmoveError
 from migrate.imageinfo import ImageError, qemu_img
-from migrate.model import BackingFile, Source, SourceKind
+from migrate.model import BackingFile, Disk, Source, SourceKind
 
 #: Formats a layer may have (qemu driver names); ``vpc`` is VHD.
 FORMATS = frozenset({"raw", "qcow2", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc", "parallels",
@@ -52,7 +52,8 @@ FORMATS = frozenset({"raw", "qcow2", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc"
 #: Formats whose header may name a backing file.
 BACKING_FORMATS = frozenset({"qcow2", "qcow", "qed", "vmdk"})
 MAX_CHAIN = 64  # layers; deeper is a loop or a hostile header
-MAX_DESCRIPTOR_BYTES = 1024 * 1024
+MAX_DESCRIPTOR_BYTES = 1024 * 1024  # real VMDK descriptors are a few hundred bytes
+SPARSE_MAGICS = (b"KDMV", b"COWD")  # VMDK 4 and VMDK 3 (COWD) sparse headers
 _SPARSE_EXTENTS = ("SPARSE", "VMFSSPARSE", "SESPARSE")
 
 
@@ -104,26 +105,51 @@ class Export:
 
     ``root`` is the real path of the export's folder (``None``: a live libvirt host, whose
     paths are trusted); ``archive`` the real path of an OVA whose ``members`` hold the
-    disks.
+    disks.  ``volumes`` is the folder, as the operator named it, of a Proxmox VE block
+    storage (``/dev/<vg>``, ``/dev/zvol/<pool>``): its entries are links to block devices
+    by design, so a name lexically inside it may lead to a block device outside ``root``.
     """
 
     root: str | None
     label: str
     archive: str | None = None
     members: dict[str, Member] = field(default_factory=dict)
+    volumes: str | None = None
 
     @property
     def trusted(self) -> bool:
         return self.root is None and self.archive is None
 
     @classmethod
-    def of(cls, source: Source) -> Export:
-        """The export of a VM's source (reads an OVA's tar headers to list its members)."""
+    def of(cls, source: Source, disk: Disk | None = None) -> Export:
+        """The export of a VM's source (reads an OVA's tar headers to list its members).
+
+        A Proxmox VE disk's export is the folder its storage is mapped to
+        (``Source.storage[disk.pool]``, from ``--pve-storage``), not the .conf's folder.
+        Every kind but a live libvirt host is untrusted; a kind not named here is confined
+        to its descriptor's folder (deny by default).
+        """
         if source.kind == SourceKind.LIBVIRT:
             return cls(root=None, label=source.location)
         if source.kind == SourceKind.OVA:
             return cls.of_archive(source.location)
+        if source.kind == SourceKind.PVE:
+            folder = (source.storage or {}).get(disk.pool or "") if disk is not None else None
+            if folder is not None:
+                named = os.path.normpath(folder)
+                return cls(root=os.path.realpath(named), volumes=named,
+                           label=f"{named} (Proxmox storage '{disk.pool}')")  # type: ignore[union-attr]
         return cls.of_descriptor(source.location)
+
+    def _volume(self, path: str, real: str) -> bool:
+        """Whether ``path`` is a block-device volume of a Proxmox block storage: named
+        inside its folder, leading to a block device (see ``volumes``)."""
+        if self.volumes is None or not inside(self.volumes, os.path.normpath(path)):
+            return False
+        try:
+            return stat.S_ISBLK(os.stat(real).st_mode)
+        except OSError:
+            return False
 
     @classmethod
     def of_descriptor(cls, descriptor: str) -> Export:
@@ -133,6 +159,8 @@ class Export:
 
     @classmethod
     def of_archive(cls, path: str, members: dict[str, Member] | None = None) -> Export:
+        """An OVA: references must name its ``members`` (read from its tar headers when not
+        given; :class:`~migrate.sources.SourceError` when it is no longer a sound archive)."""
         if members is None:
             from migrate.sources.ova import scan_archive
 
@@ -155,7 +183,7 @@ class Export:
             return self._member(name, base, what)
         path = os.path.normpath(name if os.path.isabs(name) else os.path.join(base, name))
         real = os.path.realpath(path)
-        if self.root is not None and not inside(self.root, real):
+        if self.root is not None and not inside(self.root, real) and not self._volume(path, real):
             via = "" if real == path else f" (through a link, to {real})"
             raise ContainmentError(f"{what} {name!r}: outside the export {self.label}{via}")
         try:
@@ -166,7 +194,7 @@ class Export:
             raise ContainmentError(f"{what} {path}: {exc.strerror or exc}") from None
         if stat.S_ISREG(st.st_mode):
             driver = "file"
-        elif stat.S_ISBLK(st.st_mode) and self.trusted:
+        elif stat.S_ISBLK(st.st_mode) and (self.trusted or self._volume(path, real)):
             driver = "host_device"
         else:
             raise ContainmentError(f"{what} {path}: not a regular file")
@@ -316,7 +344,7 @@ def sniff(layer: Layer) -> str:
         return "qcow" if head[4:8] == b"\x00\x00\x00\x01" else "qcow2"
     if head[:4] == b"QED\x00":
         return "qed"
-    if head[:4] in (b"KDMV", b"COWD") or head.lstrip().lower().startswith(b"# disk descriptor"):
+    if head[:4] in SPARSE_MAGICS or head.lstrip().lower().startswith(b"# disk descriptor"):
         return "vmdk"
     if head[:8] == b"vhdxfile":
         return "vhdx"
@@ -344,7 +372,7 @@ def _check_sparse_header(layer: Layer, offset: int, what: str) -> None:
 def _check_vmdk(export: Export, layer: Layer) -> None:
     """Check what a VMDK makes qemu open besides itself: a text descriptor's extents."""
     head = _read(layer, 0, 4)
-    if head in (b"KDMV", b"COWD"):
+    if head in SPARSE_MAGICS:
         _check_sparse_header(layer, 0, "disk")
         return
     from migrate.sources.vmdk import VmdkError, parse_descriptor
@@ -482,5 +510,9 @@ def outside(vm_source: Source, path: str) -> bool:
         return not (path.startswith(f"{vm_source.location}:") or path.startswith("json:"))
     if protocol_of(path) is not None:
         return True
+    if vm_source.kind == SourceKind.PVE:  # inside one of the mapped storages
+        return not any(inside(os.path.realpath(folder), os.path.realpath(path))
+                       or inside(os.path.normpath(folder), os.path.normpath(path))
+                       for folder in (vm_source.storage or {}).values())
     root = os.path.realpath(os.path.dirname(os.path.abspath(vm_source.location)))
     return not inside(root, os.path.realpath(path))

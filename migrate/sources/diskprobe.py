@@ -82,7 +82,7 @@ def probe_disk(disk: Disk, force_share: bool, missing_is_error: bool = True,
             disk.error = f"{odd[:80]!r} is {kind}, not a file in the export; refused"
             return f"disk {disk.target}: {disk.error}" if disk.device in DATA_DEVICES else None
         return None
-    export = Export.of(source)
+    export = Export.of(source, disk)
     fmt = disk.format if disk.format in QEMU_FORMATS else None
     try:
         if trusted and not os.path.exists(path):
@@ -106,8 +106,9 @@ def probe_disk(disk: Disk, force_share: bool, missing_is_error: bool = True,
     disk.format = chain.format
     disk.virtual_size = chain.virtual_size
     disk.allocated_size = chain.actual_size
-    if chain.backing_files:
-        disk.backing_chain = chain.backing_files
+    # The checked header chain (which agreed with libvirt's, if libvirt gave one) replaces
+    # whatever the XML claimed: an offline XML's <backingStore> is not evidence.
+    disk.backing_chain = chain.backing_files
     return size_problem(disk)
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from migrate import __version__
 from migrate.errors import VmmoveError
-from migrate.model import VM, Inventory, ScanError
+from migrate.model import VM, Inventory, ScanError, distinguish
 from migrate.progress import bar
 from migrate.sources import SourceError
 from migrate.sources.containment import inside
@@ -43,13 +43,24 @@ def _error(location: str, exc: BaseException) -> ScanError:
     return ScanError(location, message or type(exc).__name__)
 
 
-def read_file(path: str, ovf_configuration: str | None = None) -> Result:
-    """The VMs of one descriptor file, chosen by extension.
+def read_file(path: str, pve_storage: dict[str, str] | None = None,
+              ovf_configuration: str | None = None) -> Result:
+    """The VMs of one descriptor file, chosen by extension (``<vmid>.conf``: Proxmox VE,
+    its disks found through ``pve_storage``, storage ID → local folder).
 
     ``ovf_configuration`` names the DeploymentOptionSection configuration OVF/OVA
     descriptors are read with (default: the one they mark default).
     """
     ext = os.path.splitext(path)[1].lower()
+    if ext == ".conf":
+        from migrate.sources.diskprobe import probe_disks
+        from migrate.sources.pve import read_pve_config
+
+        vm = read_pve_config(path, pve_storage)
+        # The Proxmox host may still run the VM: read images shared (-U), as for domain XML;
+        # a failed probe is kept in disk.error, which _with_disk_errors reports.
+        probe_disks((vm, d, True) for d in vm.disks if not d.error)
+        return _with_disk_errors(path, [vm])
     if ext == ".xml":
         from migrate.sources.diskprobe import probe_disks
         from migrate.sources.domxml import read_domain_xml
@@ -71,7 +82,8 @@ def read_file(path: str, ovf_configuration: str | None = None) -> Result:
 
         return _with_disk_errors(path, [read_vmx(path)])
     raise SourceError(
-        f"{path}: unknown kind of file (expected a domain .xml, .ovf, .ova or .vmx)"
+        f"{path}: unknown kind of file (expected a domain .xml, .ovf, .ova, .vmx or a "
+        "Proxmox VE <vmid>.conf)"
     )
 
 
@@ -110,6 +122,14 @@ def special_kind(path: str) -> str | None:
     return next((what for test, what in _SPECIAL if test(mode)), None)
 
 
+def _pve_config(folder: str, name: str) -> bool:
+    """A Proxmox VE VM configuration in a folder walk: ``<vmid>.conf``, not under ``lxc/``
+    (containers' configurations have the same names)."""
+    from migrate.sources.pve import CONF_NAME
+
+    return bool(CONF_NAME.match(name)) and os.path.basename(folder) != "lxc"
+
+
 def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
     """Descriptor files under ``path`` (sorted, recursive); other files are skipped.
 
@@ -142,7 +162,7 @@ def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
             for name in sorted(files):
                 if name.startswith("."):
                     continue  # editor and partial-write files
-                if os.path.splitext(name)[1].lower() in DESCRIPTORS:
+                if os.path.splitext(name)[1].lower() in DESCRIPTORS or _pve_config(root, name):
                     found = os.path.join(root, name)
                     if not inside(real_top, os.path.realpath(found)):
                         # e.g. evil.vmx -> /etc/shadow: never read, never quoted
@@ -169,12 +189,12 @@ def scan(
     paths: list[str],
     jobs: int | None = None,
     timeout: float | None = None,
+    pve_storage: dict[str, str] | None = None,
     ovf_configuration: str | None = None,
 ) -> Inventory:
-    """Read every libvirt URI and every file (folders recursively) into one inventory.
-
-    ``ovf_configuration``: see :func:`read_file`.
-    """
+    """Read every libvirt URI and every file (folders recursively) into one inventory;
+    ``pve_storage`` maps Proxmox VE storage IDs to local folders (``--pve-storage``);
+    ``ovf_configuration``: see :func:`read_file`."""
     from migrate.sources.libvirt_uri import DEFAULT_TIMEOUT, scan_uri
 
     limit = timeout or DEFAULT_TIMEOUT
@@ -189,7 +209,7 @@ def scan(
                 slots.append(([], [error]))
             else:
                 tasks.append((len(slots), found,
-                              lambda f=found: read_file(f, ovf_configuration)))
+                              lambda f=found: read_file(f, pve_storage, ovf_configuration)))
                 slots.append(None)
 
     workers = max(1, min(jobs or 8, len(tasks) or 1))
@@ -214,4 +234,5 @@ def scan(
         vms, errors = result
         inventory.vms.extend(vms)
         inventory.errors.extend(ScanError(e.source, _one_line(e.message)) for e in errors)
+    distinguish(inventory.vms)
     return inventory

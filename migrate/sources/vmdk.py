@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from migrate.errors import VmmoveError
 from migrate.model import MULTI_FILE, RDM_PHYSICAL, RDM_VIRTUAL, VSAN, BackingFile
 from migrate.sources.containment import (
+    MAX_CHAIN,
+    MAX_DESCRIPTOR_BYTES,
+    SPARSE_MAGICS,
     ContainmentError,
     Export,
     Layer,
@@ -29,9 +32,6 @@ from migrate.sources.containment import (
 
 SECTOR = 512
 MAX_DISK_BYTES = 64 * 1024**4  # 64 TiB: VMware's own limit is 62 TiB
-MAX_DESCRIPTOR_BYTES = 1024 * 1024  # real descriptors are a few hundred bytes
-MAX_CHAIN = 64  # snapshot chains beyond this are a loop or a corrupt hint
-SPARSE_MAGICS = (b"KDMV", b"COWD")
 
 _EXTENT = re.compile(
     r'^(?P<access>RW|RDONLY|NOACCESS)\s+(?P<sectors>\S+)\s+(?P<type>[A-Z]+)'
