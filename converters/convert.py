@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -49,7 +48,7 @@ from converters.checksum import sha256_file
 from migrate.errors import UsageError, VmmoveError
 from migrate.files import new_private_file, private_dir, write_failure
 from migrate.imageinfo import ImageError
-from migrate.model import VM, Disk, Inventory, PowerState
+from migrate.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk, Inventory, PowerState
 from migrate.sources.containment import (
     Chain,
     ContainmentError,
@@ -136,6 +135,17 @@ class DiskJob:
     fingerprint: list[list[Any]] | None = None  # (path, size, mtime_ns) of every layer
     probed: bool = False
     source_name: str | None = None  # the checked chain as qemu opens it (json:, by vmmove)
+    scratch: Path | None = None  # a packed OVF file rebuilt in the work folder (removed after)
+
+    def discard_scratch(self) -> None:
+        """Remove the rebuilt copy of a packed file (and its private folder), if any."""
+        if self.scratch is not None:
+            self.scratch.unlink(missing_ok=True)
+            try:
+                self.scratch.parent.rmdir()
+            except OSError:
+                pass
+            self.scratch = None
 
     @property
     def label(self) -> str:
@@ -329,14 +339,25 @@ def _temp_path(output: Path) -> Path:
 
 
 _TEMP_RE = re.compile(r"^\..+\.(qcow2|raw)\.\d+-[0-9a-f]{8}\.part$")
+_SCRATCH_RE = re.compile(r"^\.unpack-\d+-[0-9a-f]{8}$")  # folders of rebuilt packed files
 
 
 def remove_stale_temps(workdir: Path) -> list[Path]:
-    """Delete partial outputs left by an earlier run (the caller holds the journal lock)."""
+    """Delete partial outputs and rebuilt packed files left by an earlier run (the caller
+    holds the journal lock)."""
     removed = []
     for entry in workdir.iterdir() if workdir.is_dir() else ():
-        if _TEMP_RE.match(entry.name) and entry.is_file():
+        if _TEMP_RE.match(entry.name) and entry.is_file() and not entry.is_symlink():
             entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif _SCRATCH_RE.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            for inner in entry.iterdir():
+                if inner.is_file() and not inner.is_symlink():
+                    inner.unlink(missing_ok=True)
+            try:
+                entry.rmdir()
+            except OSError:
+                continue
             removed.append(entry)
     return removed
 
@@ -405,9 +426,61 @@ def _fingerprint(paths: Iterable[str]) -> list[list[Any]] | None:
     return prints or None
 
 
-def prepare(job: DiskJob, options: ConvertOptions) -> None:
-    """Check the source and measure it; raise :class:`DiskError` naming what is wrong."""
+def refusal(disk: Disk) -> str | None:
+    """Why the scan's record says this disk's data cannot be converted, or None.
+
+    Convert honours what scan recorded: a disk with a scan ``error`` is never handed to
+    qemu-img (its reason is the reason), nor is a raw device map, a vSAN object or a host
+    CD-ROM, which hold no image at all.
+    """
+    if disk.error:
+        return f"{disk.error} (as the scan recorded; not handed to qemu-img)"
+    if disk.layout in (RDM_PHYSICAL, RDM_VIRTUAL):
+        return (f"{disk.path or 'it'} is a VMware raw device map: its data is on a SAN LUN, not in "
+                "a file; have the storage team copy the LUN (or present it to the cluster), or "
+                "leave the disk out")
+    if disk.layout == VSAN:
+        return (f"{disk.path or 'it'} names a vSAN object: there is no local data to read; export "
+                "the VM through vCenter (OVF export or VDDK) instead of copying the folder")
+    if disk.layout == HOST_CDROM:
+        return "a host CD-ROM drive passed through: there is no image to convert"
+    return None
+
+
+def _unpack(job: DiskJob, workdir: Path) -> Chain:
+    """Rebuild a packed (compressed/chunked) OVF file in a private folder of the work folder
+    and open it as an export of its own: the rebuilt image may name no other file."""
+    from converters.unpack import UnpackError, unpack
+
+    packing = job.disk.packing
+    assert packing is not None
+    capacity = job.disk.virtual_size or 0
+    # A converted image is at most its capacity plus format metadata; gzip beyond that is a bomb.
+    limit = capacity + capacity // 8 + 64 * 1024**2 if capacity else (packing.size or 0) * 1024
+    folder = workdir / f".unpack-{os.getpid()}-{secrets.token_hex(4)}"
+    folder.mkdir(mode=0o700)
+    try:
+        job.scratch = unpack(packing, folder, Path(packing.href).name or "disk", limit)
+    except UnpackError as exc:
+        folder.rmdir()
+        raise DiskError(str(exc)) from None
+    export = Export.of_descriptor(str(job.scratch))
+    return open_path(export, str(job.scratch), declared_format(job.disk))
+
+
+def prepare(job: DiskJob, options: ConvertOptions, done: Step | None = None) -> None:
+    """Check the source and measure it; raise :class:`DiskError` naming what is wrong.
+
+    ``done`` is the journal's step for the disk: a packed file whose finished, verified
+    image is recorded from the same pieces is not rebuilt just to be skipped.
+    """
     disk, path = job.disk, job.disk.path
+    reason = refusal(disk)
+    if reason:
+        raise DiskError(f"{job.label}: {reason}")
+    if disk.packing is not None:
+        _prepare_packed(job, options, done)
+        return
     if not path:
         raise DiskError(f"{job.label}: the disk has no source file")
     if disk.source_type not in ("file", "block", "volume"):
@@ -452,6 +525,32 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
         if where == work or work in where.parents:
             raise DiskError(f"{job.label}: backing file {layer} is in the work folder "
                             f"{job.output.parent}; convert into a folder of its own")
+
+
+def _prepare_packed(job: DiskJob, options: ConvertOptions, done: Step | None) -> None:
+    """:func:`prepare` for a gzip/chunked OVF file: rebuild it, then measure the copy."""
+    packing = job.disk.packing
+    assert packing is not None
+    job.fingerprint = _fingerprint(dict.fromkeys(p.path for p in packing.pieces))
+    if (done is not None and _is_current(done, job, options)
+            and (done.data.get("verified") or not options.verify)):
+        job.source_format = done.data.get("source_format")
+        job.source_name = job.disk.path  # never opened: the step is skipped
+        job.virtual_size = done.data.get("virtual_size")
+        return
+    try:
+        chain = _unpack(job, job.output.parent)
+        fmt, name = chain.format, chain.qemu_name()
+        problem = qemuimg.check(name, fmt, label=packing.href)
+        if problem:
+            raise DiskError(f"{packing.href}: {problem}")
+        measured = qemuimg.measure(name, fmt, "qcow2", label=packing.href)
+    except ContainmentError as exc:
+        raise DiskError(str(exc)) from None
+    except (ImageError, qemuimg.QemuImgError) as exc:
+        raise DiskError(str(exc)) from None
+    job.source_format, job.probed, job.source_name = fmt, False, name
+    job.virtual_size, job.required = chain.virtual_size, measured.required
 
 
 def _is_current(step: Step | None, job: DiskJob, options: ConvertOptions) -> bool:
@@ -561,6 +660,13 @@ class Runner:
             seconds=step.duration, note=note)
 
     def run_one(self, job: DiskJob) -> DiskResult:
+        """Convert (or verify, or skip) one prepared disk; never raises for disk problems."""
+        try:
+            return self._run_one(job)
+        finally:
+            job.discard_scratch()
+
+    def _run_one(self, job: DiskJob) -> DiskResult:
         """Convert (or verify, or skip) one prepared disk; never raises for disk problems."""
         opts = self.options
         assert job.disk.path and job.source_format and job.source_name
@@ -755,6 +861,9 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
         job = DiskJob(vm, disk, item, path, identity)
         if disk.device not in ("disk", "lun"):
             results[index] = runner._result(job, IGNORED, note=f"{disk.device}: nothing to convert")
+        elif disk.layout == HOST_CDROM:
+            results[index] = runner._result(
+                job, IGNORED, note="host CD-ROM passthrough: nothing to convert (dropped)")
         else:
             jobs.append((index, job))
 
@@ -763,9 +872,13 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="convert") as pool:
         def prep(job: DiskJob) -> str | None:
             try:
-                prepare(job, options)
+                prepare(job, options, runner.journal.get(KIND_CONVERT, job.item))
             except VmmoveError as exc:
+                job.discard_scratch()
                 return _name_disk(job, str(exc))
+            except BaseException:
+                job.discard_scratch()
+                raise
             return None
 
         errors = list(pool.map(prep, [job for _, job in jobs]))
@@ -779,6 +892,10 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
 
         if options.check_space:
             todo = _fit_space(runner, folder, todo, results)
+        kept = {id(job) for _, job in todo}
+        for _, job in jobs:
+            if id(job) not in kept:
+                job.discard_scratch()
 
         futures: dict[Future[DiskResult], int] = {
             pool.submit(runner.run_one, job): index for index, job in todo}

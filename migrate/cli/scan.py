@@ -115,6 +115,13 @@ def render(inv: Inventory, fmt: str) -> None:
     help="Give up on a libvirt host that has not answered after this long.",
 )
 @click.option(
+    "--ovf-configuration",
+    default=None,
+    metavar="NAME",
+    help="Read OVF/OVA descriptors with this DeploymentOptionSection configuration instead "
+    "of the one marked default; a descriptor that offers no such configuration is an error.",
+)
+@click.option(
     "--pve-storage",
     "pve_storage",
     multiple=True,
@@ -131,6 +138,7 @@ def scan_cmd(
     output_file: str | None,
     jobs: int | None,
     connect_timeout: float,
+    ovf_configuration: str | None,
     pve_storage: tuple[str, ...],
 ) -> None:
     """Inventory VMs from libvirt hosts and offline descriptors.
@@ -165,7 +173,8 @@ def scan_cmd(
     uri_list = list(uris) or ([] if paths else ["qemu:///system"])
     for uri in uri_list:
         check_uri(uri)  # a mistyped URI: one line, before anything is scanned
-    inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout, pve_storage=storage)
+    inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout, pve_storage=storage,
+               ovf_configuration=ovf_configuration)
     if output_file:
         save_inventory(inv, output_file)
     render(inv, output)

@@ -18,7 +18,7 @@ from migrate.progress import UploadProgress as BarProgress
 
 if TYPE_CHECKING:
     from converters.transfer.base import Backend, TransferItem, TransferResult
-    from migrate.model import Inventory
+    from migrate.model import VM, Disk, Inventory
     from migrate.state import Journal
 
 #: File name endings ``vmmove upload DIR`` treats as disk images.
@@ -68,8 +68,8 @@ def _upload_lock(journal_file: Path) -> Iterator[None]:
 def _folder_items(folder: Path, journal: Journal, need_info: bool) -> list[TransferItem]:
     """Every image file of a folder; checksums from the folder's convert records."""
     from converters.transfer.base import TransferItem
-    from migrate.imageinfo import ImageError, image_info
     from migrate.naming import dns1123_label
+    from migrate.sources.containment import Export, open_path
     from migrate.state import DONE
     from migrate.workdir import KIND_CONVERT
 
@@ -88,10 +88,10 @@ def _folder_items(folder: Path, journal: Journal, need_info: bool) -> list[Trans
         virtual = step.data.get("virtual_size") if step else None
         fmt = step.data.get("format") if step else None
         if need_info and virtual is None:
-            try:
-                info = image_info(str(path))
-                virtual, fmt = info.virtual_size, info.format
-            except ImageError:
+            try:  # read as an export: no header may lead outside the folder or to the network
+                chain = open_path(Export.of_descriptor(str(path)), str(path), None)
+                virtual, fmt = chain.virtual_size, chain.format
+            except VmmoveError:
                 virtual = None
         stem = path.name.split(".")[0] or path.name
         items.append(TransferItem(
@@ -103,24 +103,29 @@ def _folder_items(folder: Path, journal: Journal, need_info: bool) -> list[Trans
     return items
 
 
-def _as_is_problem(path: str) -> tuple[str | None, Any]:
-    """Why a source image cannot go to CDI unconverted (None when it can), and its info."""
-    from migrate.imageinfo import ImageError, image_info
+def _as_is_problem(vm: VM, disk: Disk) -> tuple[str | None, Any]:
+    """Why a source disk cannot go to CDI unconverted (None when it can), and its checked
+    chain (:func:`converters.convert.source_chain`: contained, headers never followed)."""
+    from converters.convert import source_chain
 
     try:
-        info = image_info(path)
-    except ImageError as exc:
+        chain = source_chain(vm, disk)
+    except VmmoveError as exc:
         return str(exc), None
-    if info.format not in AS_IS_FORMATS:
-        return f"format {info.format} is not one CDI imports", info
-    if info.backing_chain:
-        return "has a backing file (CDI refuses those): convert it", info
-    if info.format == "vmdk":
-        specific = (info.raw[0].get("format-specific") or {}).get("data") or {}
+    if chain.top.real is None:
+        return "inside an OVA archive: convert it", chain
+    if chain.format not in AS_IS_FORMATS:
+        return f"format {chain.format} is not one CDI imports", chain
+    if len(chain.layers) > 1:
+        return "has a backing file (CDI refuses those): convert it", chain
+    if chain.top.data_file is not None:
+        return "has an external data file: convert it", chain
+    if chain.format == "vmdk":
+        specific = (chain.top.info.get("format-specific") or {}).get("data") or {}
         create_type = specific.get("create-type")
         if create_type not in SINGLE_FILE_VMDK:
-            return f"vmdk {create_type or '?'} is not a single-file vmdk: convert it", info
-    return None, info
+            return f"vmdk {create_type or '?'} is not a single-file vmdk: convert it", chain
+    return None, chain
 
 
 def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_is: bool,
@@ -161,13 +166,14 @@ def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_
                     label=f"{label} ({output.name})"))
                 continue
             if as_is and disk.path and disk.source_type == "file":
-                problem, info = _as_is_problem(disk.path)
+                problem, chain = _as_is_problem(vm, disk)
                 if problem is None:
                     path = Path(disk.path)
+                    real = Path(chain.top.real)  # the checked file, links resolved
                     items.append(TransferItem(
                         item=item, name=f"{image_basename(names[vm.key], disk)}{path.suffix}",
-                        size=path.stat().st_size, path=path, virtual_size=info.virtual_size,
-                        format=info.format, dv_name=dv_name, label=f"{label} ({path.name})"))
+                        size=real.stat().st_size, path=real, virtual_size=chain.virtual_size,
+                        format=chain.format, dv_name=dv_name, label=f"{label} ({path.name})"))
                     continue
                 not_ready.append((label, problem))
                 continue

@@ -45,9 +45,14 @@ def _error(location: str, exc: BaseException) -> ScanError:
     return ScanError(location, message or type(exc).__name__)
 
 
-def read_file(path: str, pve_storage: dict[str, str] | None = None) -> Result:
+def read_file(path: str, pve_storage: dict[str, str] | None = None,
+              ovf_configuration: str | None = None) -> Result:
     """The VMs of one descriptor file, chosen by extension (``<vmid>.conf``: Proxmox VE,
-    its disks found through ``pve_storage``, storage ID → local folder)."""
+    its disks found through ``pve_storage``, storage ID → local folder).
+
+    ``ovf_configuration`` names the DeploymentOptionSection configuration OVF/OVA
+    descriptors are read with (default: the one they mark default).
+    """
     ext = os.path.splitext(path)[1].lower()
     if ext == ".conf":
         from migrate.sources.diskprobe import probe_disks
@@ -69,11 +74,11 @@ def read_file(path: str, pve_storage: dict[str, str] | None = None) -> Result:
     if ext == ".ovf":
         from migrate.sources.ovf import read_ovf
 
-        return _with_disk_errors(path, list(read_ovf(path)))
+        return _with_disk_errors(path, list(read_ovf(path, ovf_configuration)))
     if ext == ".ova":
         from migrate.sources.ova import read_ova
 
-        return _with_disk_errors(path, list(read_ova(path)))
+        return _with_disk_errors(path, list(read_ova(path, ovf_configuration)))
     if ext == ".vmx":
         from migrate.sources.vmx import read_vmx
 
@@ -99,6 +104,9 @@ def _with_disk_errors(path: str, vms: list[VM]) -> Result:
             where = (f"{disk.path}: " if disk.path and disk.path not in disk.error
                      and not disk.path.startswith("json:") else "")
             errors.append(ScanError(path, _one_line(f"VM '{vm.name}': disk {disk.target}: {where}{disk.error}")))
+    problems = next((vm.metadata["ova.manifest.problems"] for vm in vms
+                     if vm.metadata.get("ova.manifest.problems")), "")
+    errors.extend(ScanError(path, _one_line(line)) for line in problems.splitlines() if line)
     return vms, errors
 
 
@@ -184,9 +192,11 @@ def scan(
     jobs: int | None = None,
     timeout: float | None = None,
     pve_storage: dict[str, str] | None = None,
+    ovf_configuration: str | None = None,
 ) -> Inventory:
     """Read every libvirt URI and every file (folders recursively) into one inventory;
-    ``pve_storage`` maps Proxmox VE storage IDs to local folders (``--pve-storage``)."""
+    ``pve_storage`` maps Proxmox VE storage IDs to local folders (``--pve-storage``);
+    ``ovf_configuration``: see :func:`read_file`."""
     from migrate.sources.libvirt_uri import DEFAULT_TIMEOUT, scan_uri
 
     limit = timeout or DEFAULT_TIMEOUT
@@ -200,7 +210,8 @@ def scan(
             if error is not None:
                 slots.append(([], [error]))
             else:
-                tasks.append((len(slots), found, lambda f=found: read_file(f, pve_storage)))
+                tasks.append((len(slots), found,
+                              lambda f=found: read_file(f, pve_storage, ovf_configuration)))
                 slots.append(None)
 
     workers = max(1, min(jobs or 8, len(tasks) or 1))
