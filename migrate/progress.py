@@ -105,7 +105,8 @@ class ItemBars:
     (0..1) and weight, clamped to the bar's total, instead of adding float deltas: deltas
     accumulate rounding past the total (tqdm then warns "clamping frac to range [0, 1]"
     mid-bar), and a phase that restarts an item's fraction (verification after conversion)
-    would count twice.  ``phases`` splits an item's weight: conversion then verification.
+    would count twice.  An item's weight may be split into phases (the ``share`` of
+    :meth:`start` and :meth:`next_phase`): conversion, then verification.
     When stderr is not a terminal the bars are silent and each item logs a line per
     quarter of each phase instead.
     """
