@@ -296,16 +296,22 @@ def plot_figure(reports: list[VmReport], title: str) -> Any:
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 7.5), layout="constrained")
         fig.suptitle(title, fontweight="bold")
         rates = [vm_rates(r) for r in reports]
-        for offset, (name, colour, values) in enumerate((
-                ("convert", "#4477aa", [c for c, _ in rates]),
-                ("upload (bytes sent)", "#66ccee", [u for _, u in rates]))):
-            xs = [i - 0.2 + 0.4 * offset for i, v in zip(x, values) if v is not None]
+        series = [(name, colour, values) for name, colour, values in (
+            ("convert", "#4477aa", [c for c, _ in rates]),
+            ("upload (bytes sent)", "#66ccee", [u for _, u in rates]))
+            if any(v is not None for v in values)]  # a series never measured: no legend
+        bar_w = 0.8 / max(1, len(series))
+        for n, (name, colour, values) in enumerate(series):
+            shift = (n - (len(series) - 1) / 2) * bar_w
+            xs = [i + shift for i, v in zip(x, values) if v is not None]
             vs = [v for v in values if v is not None]
-            bars = top.bar(xs, vs, 0.4, label=name, color=colour)
+            bars = top.bar(xs, vs, bar_w, label=name, color=colour)
             top.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
         top.set_title("Throughput per VM (measured)")
         top.set_ylabel("MiB/s")
-        top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        if series:
+            top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+                       frameon=False)
         stacks = [("stop", "#ccbb44", [r.stop_seconds for r in reports]),
                   ("final sync", "#ee6677", [r.sync_seconds for r in reports]),
                   ("start → verified", "#aa3377", [r.boot_seconds for r in reports])]
@@ -331,10 +337,13 @@ def plot_figure(reports: list[VmReport], title: str) -> Any:
         for ax in (top, bottom):
             ax.set_xticks(x, labels, rotation=30 if len(reports) > 6 else 0,
                           ha="right" if len(reports) > 6 else "center")
+            ax.set_xlim(-0.6, len(reports) - 0.4)
             ax.grid(axis="y", color="#dddddd")
             ax.set_axisbelow(True)
             ax.margins(y=0.15)
             if not any(p.get_height() for p in ax.patches):
+                ax.set_ylim(0, 1)
+                ax.set_yticks([])
                 ax.text(0.5, 0.5, "not measured yet", transform=ax.transAxes,
                         ha="center", va="center", color="#777777")
         return fig
