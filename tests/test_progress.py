@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 from tests.convert_support import MiB, disk, inventory_file, vm
+from tests.s3_support import SeaweedFS, s3_bucket, s3_server  # noqa: F401
 
 WARN = ["-W", "error"]
 RUN = "from migrate.cli import run; run()"
@@ -54,13 +55,14 @@ def _convert_args(tmp_path: Path) -> list[str]:
     return ["convert", str(inv), "--batch", "--jobs", "2", "--to", str(tmp_path / "work")]
 
 
-def run_in_terminal(args: list[str]) -> tuple[int, str]:
+def run_in_terminal(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
     """``vmmove ARGS`` with stdout and stderr on a pseudo-terminal, warnings as errors."""
     leader, follower = pty.openpty()
     # a terminal 160 columns wide (a new pty is 0x0, where tqdm draws nothing)
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
     proc = subprocess.Popen([sys.executable, *WARN, "-c", RUN, *args],
-                            stdin=follower, stdout=follower, stderr=follower, env=_env(),
+                            stdin=follower, stdout=follower, stderr=follower,
+                            env={**_env(), **(env or {})},
                             close_fds=True)
     os.close(follower)
     chunks = []
@@ -119,3 +121,23 @@ def test_a_failed_disk_is_reported_once_in_a_pipe(tmp_path: Path) -> None:
     assert [ln.split(" ", 1)[1] for ln in errors if not ln.startswith("vmmove:")] == \
         ["web/vdb: failed"], proc.stderr
     assert len([ln for ln in errors if ln.startswith("vmmove: error: web/vdb")]) == 1
+
+
+def test_terminal_upload_of_a_wave_draws_bars_within_their_totals(
+        tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str) -> None:
+    # several images, one larger than a multipart part: many progress callbacks per image
+    disks = [disk(f"vd{c}", _raw_disk(tmp_path, c, mib), "raw")
+             for c, mib in (("a", 40), ("b", 12), ("c", 24))]
+    inv = inventory_file(tmp_path, [vm("web", disks)])
+    plan_file = tmp_path / "plan.yaml"
+    run = [sys.executable, "-c", RUN]
+    subprocess.run([*run, "plan", str(inv), "--out", str(plan_file), "--network", "*=pod",
+                    "--s3", f"s3://{s3_bucket}/t", "--endpoint-url", s3_server.endpoint],
+                   check=True, capture_output=True, env=_env())
+    subprocess.run([*run, "convert", "--batch", str(plan_file), "--wave", "1"], check=True,
+                   capture_output=True, env=_env())
+    code, screen = run_in_terminal(["upload", str(plan_file), "--wave", "1"],
+                                   s3_server.env(tmp_path))
+    assert code == 0, screen
+    assert "TqdmWarning" not in screen and "clamping frac" not in screen, screen
+    assert "upload 3 image(s): 100%" in screen and "web/vda" in screen, screen
