@@ -15,7 +15,7 @@ from typing import Any
 from migrate.apply import KIND_CUTOVER, KIND_IMPORT
 from migrate.plan import Plan, PlannedVM
 from migrate.report import Rate, Throughput, measure
-from migrate.runbook import DEFAULT_RATE, estimate, sync_mode
+from migrate.runbook import DEFAULT_RATE, estimate, schedule, sync_mode
 from migrate.state import DONE, Journal
 from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
 
@@ -112,12 +112,14 @@ def cutover_steps(plan: Plan, vms: list[PlannedVM]) -> list[DryStep]:
                                      DONE_BEFORE if done else TO_DO,
                                      None if done else seconds, basis))
 
-            measured = "measured" if t.stop_seconds else "nothing measured yet: assumed"
-            booted = "measured" if t.boot_seconds else "nothing measured yet: assumed"
+            stopped = (f"slowest shutdown measured ({len(t.stop_seconds)})" if t.stop_seconds
+                       else "no shutdown measured yet: assumed")
+            booted = (f"slowest start measured ({len(t.boot_seconds)})" if t.boot_seconds
+                      else "no start measured yet: assumed")
             add("preflight", f"check {p.namespace}/{p.name} exists, imported, and the "
                 f"source {p.vm.source.location} answers", None, "")
             add("stop", f"ACPI shutdown of {p.vm.name} on {p.vm.source.location}", e.stop,
-                f"slowest shutdown {measured}")
+                stopped)
             what = ("convert, upload and re-import every disk (staging read it running)"
                     if mode == "full" else "qemu-img compare the stopped source with the "
                     "staged images; send only a disk that differs")
@@ -125,8 +127,18 @@ def cutover_steps(plan: Plan, vms: list[PlannedVM]) -> list[DryStep]:
                 f"{p.vm.data_bytes() / 2**20:.0f} MiB at {e.rate / 2**20:.0f} MiB/s")
             add("start", f"start {p.namespace}/{p.name} (runStrategy Always)", None, "")
             add("verify", "wait for the VirtualMachineInstance to run (and the guest "
-                "agent, when the source had one)", e.boot, f"slowest boot {booted}")
+                "agent, when the source had one)", e.boot, booted)
     return steps
+
+
+def cutover_window(plan: Plan, vms: list[PlannedVM], jobs: int) -> float:
+    """The wave's window with ``jobs`` VMs at once, as the runbook computes it
+    (:func:`migrate.runbook.schedule`): first stop to last verified start, in seconds."""
+    with Journal(plan.journal_path) as journal:
+        t = measure(journal)
+        estimates = [estimate(p, t, sync_mode(p, journal)) for p in vms]
+    slots = schedule(estimates, jobs)
+    return max((s.end for s in slots), default=0.0)
 
 
 def total_seconds(steps: list[DryStep]) -> float:
@@ -137,9 +149,9 @@ def total_seconds(steps: list[DryStep]) -> float:
 HEADERS = ["#", "VM", "STEP", "STATE", "ESTIMATE", "WHAT", "BASIS"]
 
 
-def show(steps: list[DryStep], fmt: str, title: str) -> None:
+def show(steps: list[DryStep], fmt: str, title: str, window: str | None = None) -> None:
     """Print the steps (table, JSON or YAML) on stdout and, for the table, a summary
-    line (what is left, the estimated time) on stderr."""
+    line (what is left, the estimated time, and ``window`` when given) on stderr."""
     import sys
 
     from migrate.output import duration, emit
@@ -151,4 +163,4 @@ def show(steps: list[DryStep], fmt: str, title: str) -> None:
         left = sum(1 for s in steps if s.state == TO_DO)
         sys.stderr.write(f"{title}: dry run, nothing was done; {left} of {len(steps)} step(s) "
                          f"to do, about {duration(total_seconds(steps))} one after the "
-                         "other\n")
+                         f"other{'; ' + window if window else ''}\n")

@@ -178,6 +178,8 @@ def test_cutover_dry_run_stops_nothing(tmp_path: Path, cli: Any) -> None:
     sync = steps[2]
     assert sync["what"].startswith("verify:") and sync["seconds"] > 0
     assert all(s["state"] == "to do" for s in steps)
+    table = cli("cutover", str(plan_file), "--wave", "1", "--dry-run", "--jobs", "1", ok=True)
+    assert "with --jobs 1" in table.stderr and "nothing was done" in table.stderr
     # the domains are untouched: web-01 still running on the node
     again = scan_uri(f"test://{FIXTURES}/libvirt/node.xml")[0]
     assert {v.name: v.power_state.value for v in again}["web-01"] == "running"

@@ -293,9 +293,12 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
         plan.use_namespace(namespace)
     chosen = select_vms(plan, wave, vms)
     if dry_run:
-        from migrate.dryrun import cutover_steps, show
+        from migrate.dryrun import cutover_steps, cutover_window, show
+        from migrate.output import duration
 
-        show(cutover_steps(plan, chosen), output, f"cutover wave {wave}")
+        n = jobs or default_jobs(len(chosen))
+        window = f"the window about {duration(cutover_window(plan, chosen, n))} with --jobs {n}"
+        show(cutover_steps(plan, chosen), output, f"cutover wave {wave}", window)
         return
     when = parse_at(at) if at else None
     options = CutoverOptions(shutdown_timeout=shutdown_timeout, force=force,
