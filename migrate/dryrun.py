@@ -116,18 +116,16 @@ def cutover_steps(plan: Plan, vms: list[PlannedVM]) -> list[DryStep]:
                        else "no shutdown measured yet: assumed")
             booted = (f"slowest start measured ({len(t.boot_seconds)})" if t.boot_seconds
                       else "no start measured yet: assumed")
-            add("preflight", f"check {p.namespace}/{p.name} exists, imported, and the "
-                f"source {p.vm.source.location} answers", None, "")
-            add("stop", f"ACPI shutdown of {p.vm.name} on {p.vm.source.location}", e.stop,
-                stopped)
-            what = ("convert, upload and re-import every disk (staging read it running)"
-                    if mode == "full" else "qemu-img compare the stopped source with the "
-                    "staged images; send only a disk that differs")
+            add("preflight", f"{p.namespace}/{p.name} imported; the source host answers",
+                None, "")
+            add("stop", f"ACPI shutdown on {p.vm.source.location}", e.stop, stopped)
+            what = ("convert, upload, re-import every disk (staged while running)"
+                    if mode == "full" else "compare with the staged images; resend what differs")
             add("sync", f"{mode}: {what}", e.sync,
                 f"{p.vm.data_bytes() / 2**20:.0f} MiB at {e.rate / 2**20:.0f} MiB/s")
-            add("start", f"start {p.namespace}/{p.name} (runStrategy Always)", None, "")
-            add("verify", "wait for the VirtualMachineInstance to run (and the guest "
-                "agent, when the source had one)", e.boot, booted)
+            add("start", f"{p.namespace}/{p.name}: runStrategy Always", None, "")
+            add("verify", "the VMI runs (and its guest agent, if the source had one)",
+                e.boot, booted)
     return steps
 
 
