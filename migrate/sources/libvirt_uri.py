@@ -149,7 +149,15 @@ def check_uri(uri: str) -> None:
 
 
 def open_readonly(uri: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
-    """A read-only libvirt connection, or SourceError naming the URI within ``timeout`` s.
+    """A read-only libvirt connection, or SourceError naming the URI within ``timeout`` s."""
+    return open_connection(uri, timeout, readonly=True)
+
+
+def open_connection(uri: str, timeout: float = DEFAULT_TIMEOUT, readonly: bool = True) -> Any:
+    """A libvirt connection, or SourceError naming the URI within ``timeout`` s.
+
+    ``readonly=False`` only for the backup API (remote point-in-time copies,
+    :mod:`migrate.clients.backup`): scanning stays read-only.
 
     Read-only where the driver allows it; a driver that refuses read-only connections is
     opened normally (vmmove issues only reads).
@@ -175,9 +183,10 @@ def open_readonly(uri: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     def opener() -> None:
         try:
             try:
-                conn = libvirt.openAuth(target_uri, _credentials(uri), libvirt.VIR_CONNECT_RO)
+                conn = libvirt.openAuth(target_uri, _credentials(uri),
+                                        libvirt.VIR_CONNECT_RO if readonly else 0)
             except libvirt.libvirtError as exc:
-                if not _readonly_refused(exc):
+                if not readonly or not _readonly_refused(exc):
                     raise
                 # a driver without read-only connections: vmmove still only reads
                 conn = libvirt.openAuth(target_uri, _credentials(uri), 0)

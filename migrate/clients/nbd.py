@@ -1,0 +1,207 @@
+"""NBD exports on a source host and reads from them: ``qemu-nbd``, ``nbdcopy``, URLs, PSKs.
+
+A disk is read remotely through an NBD export, never from its file:
+
+* a shut-off VM's disk: :func:`serve_remote` starts ``qemu-nbd --read-only`` on the host
+  over SSH (the image opened read-only, in the format libvirt declares, with its backing
+  chain as the image headers name it), listening on a UNIX socket in a private folder of
+  the host (operator reads, forwarded back by :class:`migrate.clients.ssh.Forward`) or
+  on TCP with TLS-PSK (in-cluster workers, ``direct`` mode);
+* a running VM's disk: libvirt's backup job exports it (:mod:`migrate.clients.backup`);
+  for ``direct`` mode the same :func:`serve_remote` re-exports that UNIX export on TCP
+  with TLS (``qemu-nbd`` opens the backup export as an NBD client).
+
+Reads go through qemu-img (``nbd+unix:///EXPORT?socket=…``) and libnbd's ``nbdcopy``
+(``nbds://USER@HOST:PORT/EXPORT?tls-psk-file=…``).  :func:`guest_sha256` is the
+checksum of the guest-visible bytes (the raw disk as the guest sees it, holes read as
+zeros), the one checksum compared on both ends of every remote copy.
+
+PSK files are qemu's and libnbd's format (``USER:HEX``, one line, ``keys.psk`` in the
+``tls-creds-psk`` folder); a fresh 256-bit key per export (:func:`new_psk`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shlex
+import subprocess
+from dataclasses import dataclass
+from typing import IO
+from urllib.parse import quote
+
+from migrate.clients import ssh
+from migrate.errors import VmmoveError
+
+PSK_USER = "vmmove"
+PSK_FILE = "keys.psk"  # the file name qemu's tls-creds-psk looks for in its folder
+CHUNK = 1 << 20
+
+
+class NbdError(VmmoveError):
+    """An NBD export could not be started or read."""
+
+
+def new_psk(user: str = PSK_USER) -> bytes:
+    """A PSK file's content: ``USER:<64 hex digits>\\n`` (256 random bits)."""
+    return f"{user}:{secrets.token_hex(32)}\n".encode()
+
+
+def unix_url(socket: str | os.PathLike[str], export: str) -> str:
+    """The qemu/libnbd URL of ``export`` on a local UNIX socket."""
+    return f"nbd+unix:///{quote(export)}?socket={quote(str(socket))}"
+
+
+def tls_url(host: str, port: int, export: str, psk_file: str, user: str = PSK_USER) -> str:
+    """The libnbd URL of a TLS-PSK export (``nbds://``)."""
+    return (f"nbds://{quote(user)}@{host}:{port}/{quote(export)}"
+            f"?tls-psk-file={quote(psk_file)}")
+
+
+@dataclass
+class RemoteExport:
+    """A ``qemu-nbd`` running on a host; :meth:`stop` ends it (and removes its folder)."""
+
+    target: ssh.SshTarget
+    folder: str  # private folder on the host: pid file, socket, PSK
+    export: str
+    socket: str | None = None  # UNIX socket on the host
+    port: int | None = None  # TCP port (TLS)
+    psk: bytes | None = None
+
+    def stop(self) -> None:
+        pid = f"{self.folder}/qemu-nbd.pid"
+        ssh.run(self.target, ["sh", "-c", 'test -f "$1" && kill "$(cat "$1")"; true', "sh",
+                              pid], check=False, timeout=30)
+        ssh.remove_dir(self.target, self.folder)
+
+
+def serve_remote(target: ssh.SshTarget, image: str, fmt: str | None, export: str, *,
+                 image_opts: str | None = None, port: int | None = None,
+                 bind: str = "0.0.0.0", folder: str | None = None,
+                 share: bool = False) -> RemoteExport:
+    """Start ``qemu-nbd --read-only`` on the host for ``image`` (a path, in format ``fmt``)
+    or ``image_opts`` (qemu ``--image-opts``, e.g. a backup job's NBD export).
+
+    Without ``port``: a UNIX socket ``<folder>/nbd.sock``.  With ``port``: TCP on
+    ``bind:port`` with TLS-PSK (a new key, written to the host through stdin, returned in
+    :attr:`RemoteExport.psk` for the Secret).  ``qemu-nbd --fork`` returns once the socket
+    listens; ``--persistent`` serves any number of connections until :meth:`stop`.
+    ``share``: open an image a running QEMU holds (``--force-share``; only for
+    ``--inconsistent-copy``).
+    Raises :class:`NbdError` (one line naming the host and image).
+    """
+    folder = folder or ssh.make_temp_dir(target, mode="700")
+    args = ["qemu-nbd", "--read-only", "--persistent", "--fork", "--shared=8",
+            f"--pid-file={folder}/qemu-nbd.pid", f"--export-name={export}"]
+    if share:
+        args.append("--force-share")
+    psk = None
+    if port:
+        psk = new_psk()
+        ssh.run(target, ["mkdir", "-m", "700", "-p", f"{folder}/psk"])
+        ssh.write_file(target, f"{folder}/psk/{PSK_FILE}", psk)
+        args += [f"--bind={bind}", f"--port={port}",
+                 f"--object=tls-creds-psk,id=tls0,endpoint=server,dir={folder}/psk",
+                 "--tls-creds=tls0"]
+        socket = None
+    else:
+        socket = f"{folder}/nbd.sock"
+        args.append(f"--socket={socket}")
+    if image_opts:
+        args += ["--image-opts", image_opts]
+    else:
+        if fmt:
+            args.append(f"--format={fmt}")
+        args.append(image)
+    try:
+        ssh.run(target, args, timeout=60)
+    except ssh.SshError as exc:
+        ssh.remove_dir(target, folder)
+        raise NbdError(f"{target.label}: cannot export {image_opts or image} with qemu-nbd: "
+                       f"{str(exc).split(': ', 2)[-1]}") from None
+    return RemoteExport(target, folder, export, socket=socket, port=port, psk=psk)
+
+
+def nbd_image_opts(socket: str, export: str) -> str:
+    """qemu ``--image-opts`` that open an NBD export on a UNIX socket as a raw disk."""
+    for value in (socket, export):
+        if "," in value:
+            raise NbdError(f"{value!r}: a comma cannot appear in qemu image options")
+    return f"driver=raw,file.driver=nbd,file.server.type=unix,file.server.path={socket}," \
+           f"file.export={export}"
+
+
+def _nbdcopy(url: str, dest: str, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["nbdcopy", *(extra or []), "--", url, dest],
+                            stdout=subprocess.PIPE if dest == "-" else subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+
+def _said(proc: subprocess.Popen[bytes]) -> str:
+    text = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit {proc.returncode}"
+
+
+def guest_sha256(url: str, label: str = "") -> tuple[str, int]:
+    """``(sha256:<hex>, bytes)`` of an NBD export's whole guest view (holes as zeros).
+
+    Read with ``nbdcopy URL -`` (block status skips reading holes on the wire; the
+    zeros are still hashed).  Raises :class:`NbdError` naming ``label``.
+    """
+    proc = _nbdcopy(url, "-")
+    return _hash_stream(proc, label or url)
+
+
+def file_sha256(path: str | os.PathLike[str], fmt: str = "raw") -> tuple[str, int]:
+    """``(sha256:<hex>, bytes)`` of a local image's guest view (qcow2 read through a
+    captive ``qemu-nbd``; raw files and block devices read directly)."""
+    if fmt == "raw":
+        digest, total = hashlib.sha256(), 0
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK * 4):
+                digest.update(chunk)
+                total += len(chunk)
+        return f"sha256:{digest.hexdigest()}", total
+    proc = subprocess.Popen(
+        ["nbdcopy", "--", "[", "qemu-nbd", "--read-only", "--format", fmt, str(path), "]", "-"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    return _hash_stream(proc, str(path))
+
+
+def _hash_stream(proc: subprocess.Popen[bytes], label: str) -> tuple[str, int]:
+    digest, total = hashlib.sha256(), 0
+    out: IO[bytes] = proc.stdout  # type: ignore[assignment]
+    try:
+        while chunk := out.read(CHUNK * 4):
+            digest.update(chunk)
+            total += len(chunk)
+    finally:
+        out.close()
+        proc.wait()
+    if proc.returncode != 0:
+        raise NbdError(f"{label}: reading the NBD export failed: {_said(proc)}")
+    if proc.stderr:
+        proc.stderr.close()
+    return f"sha256:{digest.hexdigest()}", total
+
+
+def copy(url: str, dest: str | os.PathLike[str], label: str = "",
+         requests: int | None = None) -> None:
+    """Write an export's guest view into ``dest`` (a raw file, created sparse, or a block
+    device) with ``nbdcopy``; holes stay holes (zeroed ranges are punched or skipped).
+    Raises :class:`NbdError` naming ``label``."""
+    extra = [f"--requests={requests}"] if requests else []
+    proc = _nbdcopy(url, str(dest), extra)
+    proc.wait()
+    if proc.returncode != 0:
+        raise NbdError(f"{label or url}: copy failed: {_said(proc)}")
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def describe(cmd: list[str]) -> str:
+    """A command line for logs (never holds secrets: PSKs travel in files)."""
+    return shlex.join(cmd)
