@@ -393,11 +393,14 @@ class VmCutover:
     sync_mode: str | None = None
     error: str | None = None
     next: str | None = None
+    #: warm: what a full copy of the disks took (the first round), against the downtime
+    full_copy_seconds: float | None = None
 
     def to_data(self) -> dict[str, Any]:
         return {"key": self.key, "vm": self.vm, "target": self.target, "status": self.status,
                 "steps": self.steps, "downtime": self.downtime, "syncMode": self.sync_mode,
-                "error": self.error, "next": self.next}
+                "error": self.error, "next": self.next,
+                "fullCopySeconds": self.full_copy_seconds}
 
 
 def critical_concerns(plan: Plan, p: PlannedVM) -> list[str]:
@@ -421,6 +424,10 @@ def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal) -> dict[st
     if not_imported:
         problems.append(f"disk(s) {', '.join(not_imported)} not imported yet (vmmove apply "
                         "watches the imports)")
+    from migrate.warm import is_warm, preflight_problems
+
+    if is_warm(plan, p):  # a warm VM: a recent enough precopy round (warm.maxRoundAge)
+        problems += preflight_problems(plan, p, journal)
     obj = kube.get(*VIRTUAL_MACHINE, p.name, p.namespace)
     if obj is None:
         problems.append(f"VirtualMachine {p.namespace}/{p.name} is not in the cluster at "
@@ -569,10 +576,13 @@ class Cutover:
         if not is_done("done"):
             self._step(p, "done", lambda: {"downtime": downtime}, True)
             result.steps["done"] = "done"
+        saved = sync.data.get("full_copy_seconds")
         j.done(KIND_CUTOVER, p.key, step="done", next=None, downtime=downtime,
                source_was_off=was_off, sync_mode=sync.data.get("mode"),
-               stopped_at=stop.started, verified_at=verify.finished)
+               stopped_at=stop.started, verified_at=verify.finished,
+               full_copy_seconds=saved)
         result.downtime = downtime
+        result.full_copy_seconds = saved
         result.sync_mode = sync.data.get("mode")
         self.log(f"{p.vm.name}: cut over to {p.namespace}/{p.name}; downtime {downtime:.1f}s")
         return result
@@ -721,6 +731,13 @@ def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
     except BaseException:
         journal.fail(KIND_ROLLBACK, p.key, "interrupted: rerun vmmove rollback")
         raise
+    start = journal.get(KIND_CUTOVER, step_item(p.key, "start"))
+    if start is not None:  # the target may have written its volumes: no delta can follow
+        from migrate.warm import KIND_WARM
+
+        if journal.get(KIND_WARM, p.key) is not None:
+            journal.update(KIND_WARM, p.key, full_reason="rolled back after the target "
+                           "started (it may have written its volumes)")
     # The next cutover starts again from the preflight; the history keeps this one.
     for step in STEPS:
         if journal.get(KIND_CUTOVER, step_item(p.key, step)) is not None:

@@ -67,14 +67,15 @@ _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _NAME_CHOICE = re.compile(r"^(auto|none|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
 
 TOP_KEYS = ("apiVersion", "kind", "inventory", "workdir", "namespace", "networks", "storage",
-            "transfer", "convert", "defaults", "waves")
+            "transfer", "convert", "defaults", "waves", "warm")
 TRANSFER_KEYS = ("s3", "endpointUrl", "profile", "region", "secretName", "parallel",
                  "uploadProxy", "insecure", "storageClass", "forceBind")
 CONVERT_KEYS = ("format", "compress", "verify", "jobs", "forceShare")
+WARM_KEYS = ("default", "volumes", "maxRoundAge")
 DEFAULT_KEYS = ("runStrategy", "preference", "instancetype", "keepCdroms", "timezone")
 WAVE_KEYS = ("name", "vms")
 VM_KEYS = ("vm", "targetName", "namespace", "runStrategy", "preference", "instancetype",
-           "skip", "note")
+           "skip", "note", "warm")
 
 
 class PlanError(UsageError):
@@ -122,6 +123,18 @@ class ConvertSettings:
 
 
 @dataclass
+class WarmSettings:
+    """Warm migration (docs/warm-migration.md): ``default`` marks every VM warm unless
+    its entry says ``warm: false``; ``volumes`` is where the target volumes are written
+    (``<volumes>/<namespace>/<DataVolume>/disk.img``); ``max_round_age`` (seconds) is the
+    oldest precopy round a cutover accepts."""
+
+    default: bool = False
+    volumes: Path | None = None
+    max_round_age: float = 3600.0
+
+
+@dataclass
 class Defaults:
     """Plan-wide manifest choices; a VM entry may override the first three."""
 
@@ -144,6 +157,7 @@ class VmEntry:
     instancetype: str | None = None
     skip: bool = False
     note: str | None = None
+    warm: bool | None = None  # None: the plan's warm.default
 
 
 @dataclass
@@ -189,6 +203,7 @@ class Plan:
     defaults: Defaults
     waves: list[Wave]
     vms: list[PlannedVM] = field(default_factory=list)  # every planned VM, in wave order
+    warm: WarmSettings = field(default_factory=WarmSettings)
 
     # -- lookups ----------------------------------------------------------------------------
     def wave_numbers(self) -> list[int]:
@@ -363,7 +378,7 @@ def load_plan(path: str | os.PathLike[str], inventory: Inventory | None = None) 
     waves = _waves(data.get("waves"), problems)
 
     plan = Plan(plan_path, inv_path, inventory or Inventory(), workdir.absolute(), namespace,
-                maps, transfer, convert, defaults, waves)
+                maps, transfer, convert, defaults, waves, warm=_warm(data, base, problems))
     if inventory is not None:
         plan.vms = _resolve(plan, problems)
         _check_vms(plan, problems)
@@ -434,6 +449,18 @@ def _transfer(data: dict[str, Any], problems: _Problems) -> TransferSettings:
     if not 1 <= t.parallel <= 64:
         problems.add(f"{w}.parallel", f"{t.parallel} is not between 1 and 64")
     return t
+
+
+def _warm(data: dict[str, Any], base: Path, problems: _Problems) -> WarmSettings:
+    sec = _section(data, "warm", problems, WARM_KEYS)
+    w = "warm"
+    volumes = _typed(sec, "volumes", str, w, problems)
+    age = _typed(sec, "maxRoundAge", (int, float), w, problems, 3600)
+    if age is not None and age <= 0:
+        problems.add(f"{w}.maxRoundAge", "must be a positive number of seconds")
+    return WarmSettings(default=_typed(sec, "default", bool, w, problems, False),
+                        volumes=(base / volumes).absolute() if volumes else None,
+                        max_round_age=float(age or 3600))
 
 
 def _convert(data: dict[str, Any], problems: _Problems) -> ConvertSettings:
@@ -534,6 +561,7 @@ def _entry(item: Any, where: str, problems: _Problems) -> VmEntry | None:
         instancetype=_typed(item, "instancetype", str, where, problems),
         skip=_typed(item, "skip", bool, where, problems, False),
         note=_typed(item, "note", str, where, problems),
+        warm=_typed(item, "warm", bool, where, problems),
     )
     if entry.target_name is not None and not is_dns1123_label(entry.target_name):
         problems.add(f"{where}.targetName", f"{entry.target_name!r} is not a DNS-1123 label")

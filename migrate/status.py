@@ -17,6 +17,7 @@ from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
 from migrate.output import rfc3339
 from migrate.plan import Plan, PlannedVM
 from migrate.state import DONE, FAILED, RUNNING, Journal, Step
+from migrate.warm import KIND_WARM, disk_method, outlook
 from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
 
 SCANNED = "scanned"
@@ -64,6 +65,7 @@ class VmStatus:
     seconds: float | None = None  # first start to last finish
     steps: dict[str, StepTiming] = field(default_factory=dict)
     next: str | None = None  # an unfinished cutover: what the operator does next
+    warm: dict[str, Any] | None = None  # a warm VM's rounds: age, delta, predicted final sync
 
     def to_data(self) -> dict[str, Any]:
         return {"wave": self.wave, "vm": self.vm, "key": self.key, "name": self.name,
@@ -71,7 +73,8 @@ class VmStatus:
                 "error": self.error, "bytesMoved": self.bytes_moved,
                 "bytesSent": self.bytes_sent,
                 "seconds": round(self.seconds, 3) if self.seconds is not None else None,
-                "steps": {k: s.to_data() for k, s in self.steps.items()}, "next": self.next}
+                "steps": {k: s.to_data() for k, s in self.steps.items()}, "next": self.next,
+                "warm": self.warm}
 
 
 def _timing(kind: str, steps: list[Step | None]) -> StepTiming:
@@ -142,6 +145,15 @@ def vm_status(p: PlannedVM, journal: Journal) -> VmStatus:
     starts = [s.started for s in present if s.started is not None]
     ends = [s.finished for s in present if s.finished is not None]
     uploads = [s for s in per_kind[KIND_UPLOAD] if s is not None and s.status == DONE]
+    warm = None
+    chain = journal.get(KIND_WARM, p.key)
+    if chain is not None:
+        rounds = sorted(journal.steps(KIND_WARM, prefix=f"{p.key}/round/"),
+                        key=lambda s: s.updated)
+        warm = outlook(chain.data, [disk_method(vm, d)[0] for d in disks])
+        if rounds and rounds[-1].status == FAILED:  # the last round failed
+            failed.append(rounds[-1])
+            state = "failed"
     return VmStatus(
         wave=p.wave, vm=vm.name, key=p.key, name=p.name, namespace=p.namespace,
         phase=phase, state=state, error=failed[-1].error if failed else None,
@@ -151,6 +163,7 @@ def vm_status(p: PlannedVM, journal: Journal) -> VmStatus:
         steps=timings,
         next=(cut.data.get("next") if cut is not None and cut.status != DONE
               and phase != ROLLED_BACK else None),
+        warm=warm,
     )
 
 

@@ -152,6 +152,7 @@ class DomainFactory:
             libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
             | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA  # warm tests make checkpoints
         )
         for name in self.names:
             try:

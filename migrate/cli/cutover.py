@@ -60,6 +60,15 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
     from migrate.state import DONE
     from migrate.workdir import KIND_CONVERT, disk_item
 
+    from migrate.warm import Warm, WarmError, is_warm
+
+    if is_warm(plan, p):  # the final delta since the last precopy round, checked
+        try:
+            data = Warm(plan, journal, log).final(p)
+        except WarmError as exc:
+            raise CutoverError(str(exc)) from None
+        data["full_copy_seconds"] = _full_copy_seconds(journal, p)
+        return data
     started = time.monotonic()
     disks = data_disks(p)
     staged = {d.target: journal.get(KIND_CONVERT, disk_item(p.vm, d)) for d in disks}
@@ -190,6 +199,15 @@ def _send_again(plan: Plan, kube_args: Any, p: PlannedVM, journal: Journal,
             report[target]["sent"] = int(up.data.get("sent") or up.bytes or 0)
             sent += report[target]["sent"]
     return converted, sent, upload_seconds
+
+
+def _full_copy_seconds(journal: Journal, p: PlannedVM) -> float | None:
+    """What the last full precopy round of ``p`` took: the downtime a cold cutover would
+    have spent copying."""
+    from migrate.warm import done_rounds
+
+    full = [s for s in done_rounds(journal, p) if s.data.get("round_kind") == "full"]
+    return float(full[-1].data.get("seconds") or 0) if full else None
 
 
 def _exists(path: str) -> bool:
@@ -354,7 +372,9 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
         kube.close()
     order = {p.key: i for i, p in enumerate(chosen)}
     results.sort(key=lambda r: order[r.key])
-    rows = [[r.vm, r.target, r.status, _seconds(r.downtime), r.sync_mode or "-",
+    rows = [[r.vm, r.target, r.status, _seconds(r.downtime) + (
+        f" (full copy {_seconds(r.full_copy_seconds)})" if r.full_copy_seconds else ""),
+             r.sync_mode or "-",
              " ".join(f"{k}:{v}" for k, v in r.steps.items()) or "-",
              (r.error or r.next or "")[:160]] for r in results]
     emit([r.to_data() for r in results], output, HEADERS, rows)

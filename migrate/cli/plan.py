@@ -86,6 +86,12 @@ def _rows(plan: Any) -> tuple[list[dict[str, Any]], list[list[Any]]]:
               help="Work folder of the plan (images and journal), relative to the plan file "
                    "(default: <plan name>.work beside it).")
 @click.option("--force", is_flag=True, help="Overwrite an existing plan file.")
+@click.option("--warm", is_flag=True,
+              help="Mark the VMs for warm migration (precopy rounds with vmmove sync, a "
+                   "final delta at cutover); says which method each disk gets.")
+@click.option("--warm-volumes", default=None, metavar="DIR",
+              help="With --warm: where the target volumes are written "
+                   "(DIR/<namespace>/<DataVolume>/disk.img), relative to the plan file.")
 @output_format()
 def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
              waves: tuple[str, ...], max_vms: int | None, max_size: str | None,
@@ -93,7 +99,7 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
              storage_class: str | None, s3: str | None, endpoint_url: str | None,
              profile: str | None, region: str | None, proxy: str | None, run_strategy: str,
              preference: str, skip_blocked: bool, workdir: str | None, force: bool,
-             output: str) -> None:
+             warm: bool, warm_volumes: str | None, output: str) -> None:
     """Put the VMs of INVENTORY into waves, in a plan file you edit and then run.
 
     \b
@@ -175,6 +181,11 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
                          storage=storage, transfer=transfer,
                          defaults={"runStrategy": run_strategy, "preference": preference},
                          skip=skip, workdir=workdir)
+    if warm:
+        data["warm"] = {"default": True, **({"volumes": warm_volumes} if warm_volumes else {}),
+                        "maxRoundAge": 3600}
+    elif warm_volumes:
+        raise UsageError("--warm-volumes goes with --warm")
     save_plan(data, out)
     try:
         plan = load_plan(out, inventory=inv)
@@ -186,8 +197,22 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
         return
     rows_data, rows = _rows(plan)
     emit(rows_data, output, HEADERS, rows)
+    if warm:
+        _warm_methods(plan)
     click.echo(f"{out}: written, {len(plan.waves)} wave(s); review it, then "
                f"vmmove migrate {out} --wave 1 --stage", err=True)
+
+
+def _warm_methods(plan: Any) -> None:
+    """Say, per disk of each warm VM, which change-tracking method it gets (stderr)."""
+    from migrate.warm import data_disks, disk_method, is_warm
+
+    for p in plan.vms:
+        if p.skip or not is_warm(plan, p):
+            continue
+        for d in data_disks(p.vm):
+            method, why = disk_method(p.vm, d)
+            click.echo(f"warm {p.vm.name}/{d.target}: {method} ({why})", err=True)
 
 
 commands = [plan_cmd]

@@ -16,6 +16,13 @@ def _count(step: object) -> str:
     return f"{done}/{total}" if total else "-"
 
 
+def _warm(w: dict | None) -> str:
+    if not w or not w.get("rounds"):
+        return "-" if not w else "no round yet"
+    return (f"round {w['rounds']}, {duration(w['age'])} ago, delta {human_size(w['delta'])}, "
+            f"final sync ~{duration(w['predicted'])}")
+
+
 @click.command("status")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
@@ -46,8 +53,13 @@ def status_cmd(plan_file: str, wave: int | None, output: str) -> None:
                      _count(s.steps["convert"]), _count(s.steps["upload"]),
                      _count(s.steps["import"]), human_size(s.bytes_moved),
                      duration(s.seconds), error])
+    if any(s.warm for s in statuses):  # warm VMs: their precopy outlook
+        headers = [*HEADERS, "WARM (last round age, delta, predicted final sync)"]
+        rows = [[*row, _warm(s.warm)] for row, s in zip(rows, statuses)]
+    else:
+        headers = HEADERS
     emit({"plan": str(plan.path), "journal": str(plan.journal_path),
-          "vms": [s.to_data() for s in statuses]}, output, HEADERS, rows)
+          "vms": [s.to_data() for s in statuses]}, output, headers, rows)
     if output == "table":
         for number, counts in sorted(summary(statuses).items()):
             parts = ", ".join(f"{n} {phase}" for phase, n in counts.items())

@@ -1,0 +1,300 @@
+"""Change tracking on a libvirt host for warm migration: checkpoints, incremental backup
+jobs, and dirty-bitmap exports of a stopped disk.
+
+* A **checkpoint** (``virDomainCheckpointCreateXML``, libvirt ≥ 5.6) puts a persistent
+  dirty bitmap of the same name into each chosen qcow2 disk; vmmove creates it together
+  with a pull backup job (``virDomainBackupBegin(dom, backupXML, checkpointXML)``) so the
+  bitmap starts exactly at the point in time the job exports.  vmmove's checkpoints are
+  named ``vmmove-<tag>-<round>`` (:func:`checkpoint_name`); :func:`ours` tells them from
+  the domain's own, which vmmove never touches.
+* A round's job (:func:`begin_round`) exports every disk of the VM on one UNIX socket:
+  qcow2 disks with a checkpoint from the previous round are ``incremental`` (their export
+  carries the dirty bitmap ``vmmove-<disk>`` as the NBD meta context
+  ``qemu:dirty-bitmap:vmmove-<disk>``); the others ``backupmode='full'``.
+* After the guest shut down, :func:`serve_stopped` exports a disk with ``qemu-nbd
+  --read-only`` (with ``-B BITMAP`` for the final delta of a qcow2 disk).
+* :func:`remove_checkpoints` deletes vmmove's checkpoints: through libvirt while the domain
+  runs; when it is off (libvirt 9 cannot delete checkpoints of an inactive domain) with
+  ``qemu-img bitmap --remove`` on the image, then the checkpoint's metadata only.
+
+Everything vmmove puts on the host for one VM lives in one folder,
+:func:`scratch_dir` (``/var/tmp/vmmove-<tag>-<vm>``: the job's socket and scratch files,
+``qemu-nbd``'s socket and PID file), removed by :func:`remove_scratch`.  Local hosts only
+(``qemu:///system``); remote hosts go through :mod:`migrate.clients.ssh` (issue 14).
+Shapes: libvirt's ``formatcheckpoint``/``formatbackup``, ../shared/design/warm-migration.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import libvirt
+
+from migrate.clients.backup import BackupError, BackupJob, NoBackupSupport, checkpoint_xml, qemu_owner
+from migrate.errors import VmmoveError
+from migrate.sources.domxml import parse_xml
+
+PREFIX = "vmmove-"
+SCRATCH_ROOT = Path(os.environ.get("VMMOVE_HOST_SCRATCH", "/var/tmp"))
+EXPORT_BITMAP = "vmmove-{disk}"  # the job's temporary export bitmap (removed with the job)
+
+
+class CheckpointError(VmmoveError):
+    """A checkpoint or a dirty-bitmap export could not be made or removed."""
+
+
+def plan_tag(workdir: str | os.PathLike[str]) -> str:
+    """8 hex digits naming one plan's work folder: keeps two plans' checkpoints apart."""
+    return hashlib.sha256(str(Path(workdir).absolute()).encode()).hexdigest()[:8]
+
+
+def checkpoint_name(tag: str, round_no: int) -> str:
+    """``vmmove-<tag>-<round>``."""
+    return f"{PREFIX}{tag}-{round_no}"
+
+
+def ours(name: str, tag: str) -> bool:
+    """Whether a checkpoint or bitmap named ``name`` is one of this plan's."""
+    return re.fullmatch(re.escape(f"{PREFIX}{tag}-") + r"\d+", name) is not None
+
+
+def _msg(exc: libvirt.libvirtError) -> str:
+    return " ".join((exc.get_error_message() or str(exc)).split())
+
+
+def scratch_dir(tag: str, vm_key: str) -> Path:
+    """The host folder of one VM's warm jobs (deterministic, so clean finds it)."""
+    vm = hashlib.sha256(vm_key.encode()).hexdigest()[:8]
+    return SCRATCH_ROOT / f"{PREFIX}{tag}-{vm}"
+
+
+def make_scratch(dom: Any, folder: Path) -> Path:
+    """Create ``folder`` (mode 0700) owned by the domain's QEMU user, which writes the
+    job's socket and scratch files there."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    owner = qemu_owner(dom)
+    if owner and os.geteuid() == 0:
+        os.chown(folder, *owner)
+    return folder
+
+
+def remove_scratch(folder: Path) -> bool:
+    """Stop any ``qemu-nbd`` whose PID file is in ``folder``, then remove the folder;
+    True when something was there."""
+    if not folder.exists():
+        return False
+    for pid_file in folder.glob("*.pid"):
+        _kill_pid_file(pid_file)
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
+def _kill_pid_file(pid_file: Path) -> None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if b"qemu-nbd" not in cmdline:  # a recycled PID is never signalled
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(50):
+        if not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.1)
+
+
+# -- checkpoints --------------------------------------------------------------------------
+
+
+def list_checkpoints(dom: Any) -> list[str]:
+    """Names of every checkpoint of the domain (vmmove's and its own)."""
+    try:
+        return [c.getName() for c in dom.listAllCheckpoints(0)]
+    except libvirt.libvirtError as exc:
+        raise CheckpointError(f"{dom.name()}: cannot list checkpoints: {_msg(exc)}") from None
+
+
+def image_bitmaps(path: str) -> list[str]:
+    """Names of the persistent bitmaps in a qcow2 image (``qemu-img info``, shared read)."""
+    proc = subprocess.run(["qemu-img", "info", "-U", "--output=json", "-f", "qcow2", path],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise CheckpointError(f"{path}: qemu-img info failed: {proc.stderr.strip()[-200:]}")
+    data = (json.loads(proc.stdout).get("format-specific") or {}).get("data") or {}
+    return [b.get("name", "") for b in data.get("bitmaps") or []]
+
+
+def remove_checkpoints(dom: Any, names: list[str], images: dict[str, str]) -> list[str]:
+    """Delete the checkpoints ``names`` (each must be vmmove's) and their bitmaps.
+
+    Running domain: ``virDomainCheckpointDelete``.  Stopped domain: ``qemu-img bitmap
+    --remove`` on each qcow2 image of ``images`` (target → path) holding the bitmap, then
+    ``VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY``.  Names already gone are skipped; the
+    names removed are returned.
+    """
+    assert all(n.startswith(PREFIX) for n in names), names
+    existing = set(list_checkpoints(dom))
+    active = bool(dom.isActive())
+    removed = []
+    for name in names:
+        if not active:
+            for path in images.values():
+                if name in image_bitmaps(path):
+                    proc = subprocess.run(["qemu-img", "bitmap", "--remove", "-f", "qcow2",
+                                           path, name], capture_output=True, text=True,
+                                          timeout=120)
+                    if proc.returncode != 0:
+                        raise CheckpointError(f"{path}: cannot remove bitmap {name}: "
+                                              f"{proc.stderr.strip()[-200:]}")
+        if name not in existing:
+            if not active:
+                removed.append(name)
+            continue
+        try:
+            cp = dom.checkpointLookupByName(name, 0)
+            cp.delete(0 if active else libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+        except libvirt.libvirtError as exc:
+            if name in set(list_checkpoints(dom)):
+                raise CheckpointError(f"{dom.name()}: cannot delete checkpoint {name}: "
+                                      f"{_msg(exc)}") from None
+        removed.append(name)
+    return removed
+
+
+# -- backup jobs ----------------------------------------------------------------------------
+
+
+def round_backup_xml(disks: dict[str, bool], socket: str, incremental: str | None,
+                     scratch: str) -> str:
+    """``<domainbackup mode='pull'>`` for one warm round.
+
+    ``disks``: target → whether that disk is read incrementally (its export then carries
+    the dirty bitmap ``vmmove-<target>``); the others are exported in full
+    (``backupmode='full'``).  ``incremental``: the previous round's checkpoint.
+    """
+    parts = ["<domainbackup mode='pull'>"]
+    if incremental and any(disks.values()):
+        parts.append(f"<incremental>{_text(incremental)}</incremental>")
+    parts.append(f"<server transport='unix' socket={quoteattr(socket)}/><disks>")
+    for disk, incr in disks.items():
+        mode = (f" backupmode='incremental' incremental={quoteattr(incremental)}"
+                f" exportbitmap={quoteattr(EXPORT_BITMAP.format(disk=disk))}"
+                if incr and incremental else " backupmode='full'")
+        parts.append(f"<disk name={quoteattr(disk)} backup='yes' type='file' "
+                     f"exportname={quoteattr(disk)}{mode}>"
+                     f"<scratch file={quoteattr(f'{scratch}/{disk}.scratch.qcow2')}/></disk>")
+    parts.append("</disks></domainbackup>")
+    return "".join(parts)
+
+
+def _text(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def begin_round(dom: Any, disks: dict[str, bool], folder: Path, incremental: str | None,
+                checkpoint: str | None, bitmap_disks: list[str],
+                skip_disks: list[str]) -> BackupJob:
+    """Start a round's pull job exporting ``disks`` on ``folder/backup.sock``, creating
+    ``checkpoint`` (a bitmap on ``bitmap_disks``, none on ``skip_disks``) at its start.
+    Raises :class:`BackupError` (:class:`NoBackupSupport` when the host cannot)."""
+    socket = str(folder / "backup.sock")
+    abort_stale(dom, str(folder))
+    xml = round_backup_xml(disks, socket, incremental, str(folder))
+    cp = checkpoint_xml(checkpoint, bitmap_disks, tuple(skip_disks)) if checkpoint else None
+    name = dom.name()
+    try:
+        dom.backupBegin(xml, cp, 0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT,
+                                    libvirt.VIR_ERR_OPERATION_UNSUPPORTED):
+            raise NoBackupSupport(f"{name}: the host cannot run a backup job: "
+                                  f"{_msg(exc)}") from None
+        raise BackupError(f"{name}: cannot start the backup job: {_msg(exc)}") from None
+    job = BackupJob(dom, name, socket)
+    try:
+        job.exports = job.describe()
+    except BackupError:
+        job.abort()
+        raise
+    return job
+
+
+def abort_stale(dom: Any, folder: str) -> bool:
+    """End a pull job a killed vmmove run left with its socket in ``folder``."""
+    try:
+        xml = dom.backupGetXMLDesc(0)
+    except libvirt.libvirtError:
+        return False
+    server = parse_xml(xml, "backup XML").find("server")
+    if server is None or not (server.get("socket") or "").startswith(folder + "/"):
+        return False
+    try:
+        dom.abortJob()
+    except libvirt.libvirtError:
+        pass
+    for _ in range(100):  # the job ends asynchronously
+        try:
+            dom.backupGetXMLDesc(0)
+        except libvirt.libvirtError:
+            return True
+        time.sleep(0.1)
+    return True
+
+
+# -- a stopped disk ----------------------------------------------------------------------
+
+
+@dataclass
+class StoppedExport:
+    socket: str
+    export: str
+    bitmap: str | None
+
+
+@contextmanager
+def serve_stopped(path: str, fmt: str, folder: Path, name: str,
+                  bitmap: str | None = None) -> Iterator[StoppedExport]:
+    """``qemu-nbd --read-only`` of a stopped disk on ``folder/<name>.sock`` (with ``-B
+    bitmap``: its dirty bitmap as ``qemu:dirty-bitmap:<bitmap>``), stopped on exit."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    socket, pid_file = folder / f"{name}.sock", folder / f"{name}.pid"
+    _kill_pid_file(pid_file)
+    socket.unlink(missing_ok=True)
+    args = ["qemu-nbd", "--read-only", "--persistent", "--fork", "--shared=4",
+            f"--pid-file={pid_file}", f"--socket={socket}", f"--export-name={name}",
+            "--cache=none", "--aio=threads"]
+    if not path.startswith("json:"):  # a json: name (a checked chain) carries its drivers
+        args.append(f"--format={fmt}")
+    if bitmap:
+        args.append(f"--bitmap={bitmap}")
+    proc = subprocess.run([*args, path], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        said = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        raise CheckpointError(f"{path}: cannot export the stopped disk"
+                              + (f" with bitmap {bitmap}" if bitmap else "") + f": {said[0]}")
+    try:
+        yield StoppedExport(str(socket), name, bitmap)
+    finally:
+        _kill_pid_file(pid_file)
+        pid_file.unlink(missing_ok=True)
+        socket.unlink(missing_ok=True)

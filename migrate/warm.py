@@ -1,0 +1,600 @@
+"""Warm migration: precopy rounds while the source runs, a final delta while it is down.
+
+A warm VM (plan ``warm: true``, ``vmmove plan --warm``) keeps its target volumes close to
+the running source with ``vmmove sync`` rounds; its cutover then copies only what changed
+since the last round (docs/warm-migration.md).  Each disk gets one method, said at plan
+time (:func:`disk_method`):
+
+* ``bitmap``: a qcow2 file of a VM on a libvirt host.  Round 1 is a full pull backup job
+  that creates checkpoint ``vmmove-<tag>-1``; round *n* is an incremental job from the
+  previous round's checkpoint creating ``vmmove-<tag>-<n>`` and copying exactly the
+  extents its dirty bitmap marks; the previous checkpoint is then deleted.  The final
+  delta, after the ACPI shutdown, is the last checkpoint's persistent bitmap exported by
+  ``qemu-nbd -B``.
+* ``hash``: every other disk (raw files, LVM, block devices, offline sources).  Each round
+  reads the whole disk (a full pull job's point-in-time export when the VM runs), hashes
+  it per MiB and writes only blocks whose hash changed (:mod:`converters.delta`).
+
+Journal (kind ``warm``): item ``<vm key>`` holds the chain — ``round`` (last round done),
+``checkpoint`` (its checkpoint, the base of the next round), ``sizes`` (disk → bytes at that
+round), ``full_reason`` (why the next round must be full), and the last round's figures;
+item ``<vm key>/round/<n>`` one round (kind of round, per-disk changed bytes, seconds).
+Invariant: the journal's checkpoint is the newest round *finished*; any other vmmove
+checkpoint on the host is a leftover of a killed round and is deleted before the next.
+
+Target volumes: a PVC as the writer sees it — ``disk.img`` of a Filesystem-mode volume,
+under ``warm.volumes`` (``<dir>/<namespace>/<DataVolume>/disk.img``), written in place.
+Local libvirt hosts (``qemu:///system``) and offline sources; see the docs for limits.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from converters import delta
+from migrate.errors import UsageError, VmmoveError
+from migrate.model import VM, Disk, SourceKind
+from migrate.plan import Plan, PlannedVM
+from migrate.state import DONE, Journal
+
+KIND_WARM = "warm"
+BITMAP, HASH = "bitmap", "hash"
+#: A cutover's preflight wants a round no older than this (plan ``warm.maxRoundAge``).
+DEFAULT_MAX_AGE = 3600.0
+#: Fixed cost of a final sync per disk (export, connect, verify) in the prediction.
+OVERHEAD = 1.0
+
+
+class WarmError(VmmoveError):
+    """A warm round or final delta cannot go on; one line naming the VM and disk."""
+
+
+def data_disks(vm: VM) -> list[Disk]:
+    return [d for d in vm.disks if d.device in ("disk", "lun")]
+
+
+def disk_method(vm: VM, disk: Disk) -> tuple[str, str]:
+    """``(method, why)`` for one disk: ``bitmap`` for a qcow2 file of a libvirt VM (its
+    image can carry a persistent dirty bitmap), else ``hash``."""
+    fmt = (disk.format or "raw").lower()
+    if vm.source.kind != SourceKind.LIBVIRT:
+        return HASH, f"offline {vm.source.kind.value} source: re-read and hashed at cutover"
+    if disk.source_type != "file":
+        return HASH, f"{disk.source_type} disk cannot carry a bitmap"
+    if fmt != "qcow2":
+        return HASH, f"{fmt} image cannot carry a bitmap"
+    return BITMAP, "qcow2 on a libvirt host: checkpoints + incremental backup"
+
+
+def is_warm(plan: Plan, p: PlannedVM) -> bool:
+    entry = getattr(p.entry, "warm", None)
+    return bool(plan.warm.default if entry is None else entry)
+
+
+def vm_item(p: PlannedVM) -> str:
+    return p.key
+
+
+def round_item(p: PlannedVM, n: int) -> str:
+    return f"{p.key}/round/{n}"
+
+
+def volume_path(plan: Plan, p: PlannedVM, disk: Disk) -> Path:
+    """Where the disk's target volume is written (``warm.volumes``)."""
+    if plan.warm.volumes is None:
+        raise UsageError(f"{plan.path}: warm VM {p.vm.name} needs warm.volumes (where the "
+                         "target volumes are written) in the plan")
+    from migrate.cli._plan_stages import build_manifests, vm_objects
+
+    for obj in vm_objects(plan, build_manifests(plan, [p])):
+        for imp in obj.imports:
+            if imp.item.rsplit("/", 1)[-1] == disk.target:
+                return plan.warm.volumes / imp.namespace / imp.dv / "disk.img"
+    raise WarmError(f"{p.vm.name}/{disk.target}: no DataVolume for this disk in the manifests")
+
+
+@dataclass
+class DiskRound:
+    target: str
+    method: str
+    full: bool
+    changed: int = 0
+    read: int = 0
+    extents: int = 0
+    size: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+
+    def to_data(self) -> dict[str, Any]:
+        return {"method": self.method, "full": self.full, "changed": self.changed,
+                "read": self.read, "extents": self.extents, "size": self.size,
+                "seconds": round(self.seconds, 3), "reason": self.reason}
+
+
+@dataclass
+class RoundResult:
+    vm: str
+    round: int
+    kind: str  # full | incremental | final
+    disks: list[DiskRound] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> int:
+        return sum(d.changed for d in self.disks)
+
+    def to_data(self) -> dict[str, Any]:
+        return {"vm": self.vm, "round": self.round, "kind": self.kind,
+                "changed": self.changed, "seconds": round(self.seconds, 3),
+                "disks": {d.target: d.to_data() for d in self.disks}}
+
+
+def _libvirt_domain(p: PlannedVM) -> tuple[Any, Any]:
+    """A read-write connection and the domain (the backup API needs read-write)."""
+    from migrate.clients import backup
+
+    vm = p.vm
+    try:
+        conn = backup.open_rw(vm.source.location)
+    except VmmoveError as exc:
+        raise WarmError(f"{vm.name}: cannot reach the source host: {exc}") from None
+    try:
+        import libvirt
+
+        dom = (conn.lookupByUUIDString(vm.uuid) if vm.uuid else conn.lookupByName(vm.name))
+    except libvirt.libvirtError:
+        conn.close()
+        raise WarmError(f"{vm.name}: no such domain on {vm.source.location}") from None
+    return conn, dom
+
+
+class Warm:
+    """Warm rounds and final deltas of a plan's VMs (the caller holds the plan lock)."""
+
+    def __init__(self, plan: Plan, journal: Journal, log: Any = None) -> None:
+        from migrate.clients.checkpoint import plan_tag
+
+        self.plan, self.journal = plan, journal
+        self.log = log or (lambda _m: None)
+        self.tag = plan_tag(plan.workdir)
+        self._pending_checkpoint: str | None = None
+        self._volumes: dict[tuple[str, str], Path] = {}
+
+    # -- state ---------------------------------------------------------------------------
+    def state(self, p: PlannedVM) -> dict[str, Any]:
+        step = self.journal.get(KIND_WARM, vm_item(p))
+        return dict(step.data) if step is not None else {}
+
+    def hashes(self, p: PlannedVM, disk: Disk) -> delta.BlockHashes:
+        from migrate.clients.checkpoint import scratch_dir
+
+        name = scratch_dir(self.tag, p.key).name
+        return delta.BlockHashes(self.plan.workdir / "warm" / name / f"{_safe(disk.target)}.hashes")
+
+    def require_full(self, p: PlannedVM, reason: str) -> None:
+        """The next round must copy every disk in full (e.g. the target ran: rollback)."""
+        if self.journal.get(KIND_WARM, vm_item(p)) is not None:
+            self.journal.update(KIND_WARM, vm_item(p), full_reason=reason)
+
+    # -- a round -------------------------------------------------------------------------
+    def sync(self, p: PlannedVM, full: bool = False) -> RoundResult:
+        """One precopy round for ``p`` (running or not); journalled."""
+        st = self.state(p)
+        n = int(st.get("round") or 0) + 1
+        reason = st.get("full_reason") or ("asked (--full)" if full else "")
+        if n == 1:
+            reason = "first round"
+        item = round_item(p, n)
+        self.journal.update(KIND_WARM, vm_item(p), wave=p.wave)
+        self.journal.start(KIND_WARM, item, round=n)
+        started = time.monotonic()
+        try:
+            result = self._run(p, n, st, reason, final=False)
+        except BaseException as exc:
+            msg = str(exc) if isinstance(exc, VmmoveError) else \
+                f"interrupted ({type(exc).__name__}): rerun vmmove sync"
+            self.journal.fail(KIND_WARM, item, msg)
+            self.journal.update(KIND_WARM, vm_item(p), last_error=msg)
+            raise
+        result.seconds = time.monotonic() - started
+        data = result.to_data()
+        data["round_kind"] = data.pop("kind")  # ``kind`` names the journal kind
+        self.journal.done(KIND_WARM, item, bytes=result.changed, **data)
+        self._record(p, result, st)
+        return result
+
+    def final(self, p: PlannedVM) -> dict[str, Any]:
+        """The final delta of a stopped source, applied and checked; what to journal.
+
+        Raises :class:`WarmError` when a volume's guest-visible checksum differs from the
+        source's (the target must not start then)."""
+        st = self.state(p)
+        if not st.get("round"):
+            raise WarmError(f"{p.vm.name}: no precopy round was run (vmmove sync first)")
+        started = time.monotonic()
+        result = self._run(p, int(st["round"]), st, st.get("full_reason") or "", final=True)
+        result.seconds = time.monotonic() - started
+        sums = self.verify(p)
+        self.journal.update(KIND_WARM, vm_item(p), final=result.to_data(), verified=sums)
+        cleaned = self.cleanup(p)
+        return {"mode": "warm", "bytes": result.changed, "seconds": round(result.seconds, 3),
+                "disks": {d.target: {**d.to_data(), **sums[d.target]} for d in result.disks},
+                "cleaned": cleaned}
+
+    def _run(self, p: PlannedVM, n: int, st: dict[str, Any], reason: str,
+             final: bool) -> RoundResult:
+        from migrate.clients import backup
+        from migrate.clients.checkpoint import (
+            begin_round,
+            checkpoint_name,
+            list_checkpoints,
+            make_scratch,
+            ours,
+            remove_checkpoints,
+            scratch_dir,
+        )
+
+        vm = p.vm
+        disks = data_disks(vm)
+        methods = {d.target: disk_method(vm, d)[0] for d in disks}
+        base = st.get("checkpoint")
+        folder = scratch_dir(self.tag, p.key)
+        result = RoundResult(vm.name, n, "final" if final else "incremental")
+        self._pending_checkpoint = None
+        if vm.source.kind != SourceKind.LIBVIRT:
+            for d in disks:
+                result.disks.append(self._stopped_disk(p, d, HASH, None, reason or ""))
+            if any(r.full for r in result.disks) and not final:
+                result.kind = "full"
+            return result
+        conn, dom = _libvirt_domain(p)
+        try:
+            cps = list_checkpoints(dom)
+            stale = [c for c in cps if ours(c, self.tag) and c != base]
+            if base and base not in cps and not reason:
+                reason = f"checkpoint {base} is gone from the host (deleted behind vmmove's back)"
+                self.log(f"{vm.name}: {reason}: a full round")
+            if reason:
+                base = None
+            running = backup.is_active(dom)
+            images = {d.target: d.path or "" for d in disks if methods[d.target] == BITMAP}
+            if final or not running:
+                if running:
+                    raise WarmError(f"{vm.name}: the source still runs; the final delta "
+                                    "needs it stopped")
+                if stale:
+                    remove_checkpoints(dom, stale, images)
+                for d in disks:
+                    bitmap = base if methods[d.target] == BITMAP and base else None
+                    why = reason or ("" if bitmap or methods[d.target] == HASH else
+                                     "no checkpoint to start from")
+                    result.disks.append(self._stopped_disk(p, d, methods[d.target], bitmap,
+                                                           why))
+                if not final and any(r.full for r in result.disks):
+                    result.kind = "full"
+                self._pending_checkpoint = base  # a stopped domain's bitmap keeps recording
+                return result
+            if stale:  # a killed round's checkpoint: never the base
+                remove_checkpoints(dom, stale, images)
+            make_scratch(dom, folder)
+            bitmap_disks = [d.target for d in disks if methods[d.target] == BITMAP]
+            plain = [d.target for d in disks if methods[d.target] != BITMAP]
+            new_cp = checkpoint_name(self.tag, n) if bitmap_disks else None
+            incr = {d.target: bool(base) and methods[d.target] == BITMAP for d in disks}
+            try:
+                job = begin_round(dom, incr, folder, base, new_cp, bitmap_disks, plain)
+            except backup.BackupError as exc:
+                if base and "bitmap" in str(exc).lower() or base and "checkpoint" in str(exc).lower():
+                    reason = f"the host lost checkpoint {base}'s bitmap ({exc})"
+                    self.log(f"{vm.name}: {reason}: a full round")
+                    if new_cp in list_checkpoints(dom):
+                        remove_checkpoints(dom, [new_cp], images)
+                    base = None
+                    incr = {t: False for t in incr}
+                    job = begin_round(dom, incr, folder, None, new_cp, bitmap_disks, plain)
+                else:
+                    raise WarmError(f"{vm.name}: {exc}") from None
+            try:
+                for d in disks:
+                    export = next(e for e in job.exports if e.disk == d.target)
+                    result.disks.append(self._live_disk(p, d, methods[d.target], job.socket,
+                                                        export, incr[d.target], reason))
+            finally:
+                job.abort()
+            if any(d.full for d in result.disks):
+                result.kind = "full"
+            if base and base != new_cp:
+                remove_checkpoints(dom, [base], images)
+            self._pending_checkpoint = new_cp
+            return result
+        finally:
+            conn.close()
+
+    def _record(self, p: PlannedVM, result: RoundResult, before: dict[str, Any]) -> None:
+        rounds = list(before.get("history") or [])[-9:]
+        rounds.append({"round": result.round, "at": time.time(), "changed": result.changed,
+                       "seconds": round(result.seconds, 3), "kind": result.kind,
+                       "read": sum(d.read for d in result.disks)})
+        checkpoint, self._pending_checkpoint = self._pending_checkpoint, None
+        self.journal.update(KIND_WARM, vm_item(p), round=result.round, checkpoint=checkpoint,
+                            sizes={d.target: d.size for d in result.disks}, full_reason=None,
+                            last_error=None, history=rounds, last_at=time.time(),
+                            last_changed=result.changed, last_seconds=round(result.seconds, 3))
+        self.log(f"{p.vm.name}: round {result.round} ({result.kind}): "
+                 f"{result.changed} bytes changed in {result.seconds:.1f}s")
+
+    # -- per disk ------------------------------------------------------------------------
+    def _check_size(self, p: PlannedVM, disk: Disk, size: int) -> None:
+        sizes = self.state(p).get("sizes") or {}
+        old = sizes.get(disk.target)
+        if old and int(old) != size:
+            raise WarmError(
+                f"{p.vm.name}/{disk.target}: the source disk was resized from {old} to {size} "
+                "bytes since the last round; a warm copy cannot follow a resize. Remedy: "
+                "re-scan and re-plan the VM, stage it again (its volume then has the new "
+                f"size), then run `vmmove sync {self.plan.path} --wave {p.wave} {p.vm.name} "
+                "--full`")
+
+    def volume(self, p: PlannedVM, disk: Disk) -> Path:
+        key = (p.key, disk.target)
+        if key not in self._volumes:
+            self._volumes[key] = volume_path(self.plan, p, disk)
+        return self._volumes[key]
+
+    def _target(self, p: PlannedVM, disk: Disk, size: int, full: bool) -> int:
+        path = self.volume(p, disk)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return delta.open_target(path, size, fresh=full)
+
+    def _live_disk(self, p: PlannedVM, disk: Disk, method: str, socket: str, export: Any,
+                   incremental: bool, reason: str) -> DiskRound:
+        from migrate.clients.nbdwire import BASE_ALLOCATION, NbdClient, dirty_context
+
+        t0 = time.monotonic()
+        contexts: tuple[str, ...] = (BASE_ALLOCATION,)
+        if incremental and export.bitmap:
+            contexts += (dirty_context(export.bitmap),)
+        out = DiskRound(disk.target, method, full=not incremental and method == BITMAP,
+                        reason=reason)
+        with NbdClient(socket, export.export, contexts) as src:
+            out.size = src.size
+            self._check_size(p, disk, src.size)
+            out.changed, out.read, out.extents, full = self._copy(
+                p, disk, src, method, dirty_context(export.bitmap) if len(contexts) > 1
+                else None)
+            out.full = full
+        out.seconds = time.monotonic() - t0
+        return out
+
+    def _stopped_disk(self, p: PlannedVM, disk: Disk, method: str, bitmap: str | None,
+                      reason: str) -> DiskRound:
+        from converters.convert import source_chain
+        from migrate.clients.checkpoint import CheckpointError, scratch_dir, serve_stopped
+        from migrate.clients.nbdwire import BASE_ALLOCATION, NbdClient, dirty_context
+
+        t0 = time.monotonic()
+        try:
+            chain = source_chain(p.vm, disk)
+        except VmmoveError as exc:
+            raise WarmError(f"{p.vm.name}/{disk.target}: {exc}") from None
+        name = _safe(disk.target)
+        folder = scratch_dir(self.tag, p.key)
+        out = DiskRound(disk.target, method, full=False, reason=reason)
+        try:
+            cm = serve_stopped(chain.qemu_name(), chain.format, folder, name, bitmap)
+            served = cm.__enter__()
+        except CheckpointError as exc:
+            if not bitmap:
+                raise WarmError(f"{p.vm.name}/{disk.target}: {exc}") from None
+            out.reason = f"bitmap {bitmap} lost ({exc}): the whole disk is copied"
+            self.log(f"{p.vm.name}/{disk.target}: {out.reason}")
+            bitmap = None
+            cm = serve_stopped(chain.qemu_name(), chain.format, folder, name, None)
+            served = cm.__enter__()
+        try:
+            contexts: tuple[str, ...] = (BASE_ALLOCATION,)
+            if bitmap:
+                contexts += (dirty_context(bitmap),)
+            with NbdClient(served.socket, served.export, contexts) as src:
+                out.size = src.size
+                self._check_size(p, disk, src.size)
+                out.changed, out.read, out.extents, out.full = self._copy(
+                    p, disk, src, method, dirty_context(bitmap) if bitmap else None)
+        finally:
+            cm.__exit__(None, None, None)
+        out.seconds = time.monotonic() - t0
+        return out
+
+    def _copy(self, p: PlannedVM, disk: Disk, src: Any, method: str,
+              dirty: str | None) -> tuple[int, int, int, bool]:
+        """Write the round's delta of one disk; (changed, read, extents, was_full)."""
+        from migrate.clients.nbdwire import BASE_ALLOCATION, STATE_DIRTY, STATE_ZERO
+
+        size = src.size
+        alloc = src.block_status(BASE_ALLOCATION)
+        holes = [(e.offset, e.length) for e in alloc if e.flags & STATE_ZERO]
+        if method == HASH:
+            store = self.hashes(p, disk)
+            old = store.load(size)
+            if old is not None and self.state(p).get("full_reason"):
+                old = None
+            fd = self._target(p, disk, size, full=old is None)
+            try:
+                digests, stats = delta.hash_sync(src, size, old, fd, holes)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            store.save(digests)
+            return stats.changed, stats.read, stats.extents, old is None
+        if dirty is None:  # full copy: data extents; the fresh target reads zeros elsewhere
+            data = [(e.offset, e.length) for e in alloc if not e.flags & STATE_ZERO]
+            fd = self._target(p, disk, size, full=True)
+            zero: list[tuple[int, int]] = []
+        else:
+            marked = [(e.offset, e.length) for e in src.block_status(dirty)
+                      if e.flags & STATE_DIRTY]
+            data, zero = _split(marked, holes)
+            fd = self._target(p, disk, size, full=False)
+        try:
+            stats = delta.copy_extents(src, data, fd, zero)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return stats.changed, stats.read, stats.extents, dirty is None
+
+    # -- checks and cleanup --------------------------------------------------------------
+    def verify(self, p: PlannedVM) -> dict[str, dict[str, Any]]:
+        """Guest-visible sha256 of each stopped source disk and its volume; raise
+        :class:`WarmError` when one differs."""
+        from converters.convert import source_chain
+        from migrate.clients.nbd import file_sha256
+
+        out: dict[str, dict[str, Any]] = {}
+        for d in data_disks(p.vm):
+            chain = source_chain(p.vm, d)
+            source, _n = file_sha256(d.path or "", chain.format) if not \
+                chain.qemu_name().startswith("json:") or chain.format in ("raw", "qcow2") else \
+                _chain_sha256(chain)
+            target, _m = file_sha256(self.volume(p, d), "raw")
+            out[d.target] = {"source_sha256": source, "volume_sha256": target}
+            if source != target:
+                raise WarmError(
+                    f"{p.vm.name}/{d.target}: the volume's guest-visible checksum {target} "
+                    f"differs from the source's {source} after the final delta; the target "
+                    "was NOT started. Run vmmove rollback, then vmmove sync --full and cut "
+                    "over again")
+        return out
+
+    def cleanup(self, p: PlannedVM) -> list[str]:
+        """Remove what vmmove left on the host for ``p``: this plan's checkpoints (and
+        their bitmaps), its scratch folder; never the domain's own checkpoints."""
+        from migrate.clients.checkpoint import (
+            abort_stale,
+            list_checkpoints,
+            ours,
+            remove_checkpoints,
+            remove_scratch,
+            scratch_dir,
+        )
+
+        removed: list[str] = []
+        folder = scratch_dir(self.tag, p.key)
+        if p.vm.source.kind == SourceKind.LIBVIRT:
+            conn, dom = _libvirt_domain(p)
+            try:
+                if abort_stale(dom, str(folder)):
+                    removed.append("backup job")
+                mine = [c for c in list_checkpoints(dom) if ours(c, self.tag)]
+                images = {d.target: d.path or "" for d in data_disks(p.vm)
+                          if disk_method(p.vm, d)[0] == BITMAP}
+                if not dom.isActive():  # bitmaps without metadata (a killed delete)
+                    from migrate.clients.checkpoint import image_bitmaps
+
+                    for path in images.values():
+                        mine += [b for b in image_bitmaps(path)
+                                 if ours(b, self.tag) and b not in mine]
+                removed += [f"checkpoint {c}" for c in remove_checkpoints(dom, mine, images)]
+            finally:
+                conn.close()
+        if remove_scratch(folder):
+            removed.append(f"folder {folder}")
+        if self.journal.get(KIND_WARM, vm_item(p)) is not None:
+            self.journal.update(KIND_WARM, vm_item(p), checkpoint=None,
+                                full_reason="the checkpoints were removed (cleanup)")
+        return removed
+
+    # -- status --------------------------------------------------------------------------
+    def outlook(self, p: PlannedVM, now: float | None = None) -> dict[str, Any]:
+        """The last round's age and delta, and the predicted final-sync seconds."""
+        return outlook(self.state(p), [disk_method(p.vm, d)[0] for d in data_disks(p.vm)],
+                       now)
+
+
+def outlook(st: dict[str, Any], methods: list[str], now: float | None = None) -> dict[str, Any]:
+    """From a VM's warm state: ``age`` (s), ``delta`` (bytes of the last round),
+    ``predicted`` (s) of the final sync: the change rate between the last two rounds times
+    the time since the last one, at the last round's write speed; a hash disk is read
+    whole, at the speed its last round read."""
+    now = now or time.time()
+    hist = st.get("history") or []
+    if not hist:
+        return {"rounds": 0, "age": None, "delta": None, "predicted": None}
+    last = hist[-1]
+    age = max(0.0, now - float(last["at"]))
+    size = sum(int(v) for v in (st.get("sizes") or {}).values())
+    rate = 0.0
+    if len(hist) >= 2:
+        interval = max(1e-3, float(last["at"]) - float(hist[-2]["at"]))
+        rate = int(last["changed"]) / interval
+    expected = min(size, rate * age) if size else rate * age
+    seconds = max(1e-3, float(last["seconds"]))
+    speed = max(1.0, max(int(last["changed"]), int(last.get("read") or 0)) / seconds)
+    predicted = OVERHEAD * len(methods) + expected / speed
+    if HASH in methods:
+        predicted += size / speed
+    return {"rounds": int(st.get("round") or 0), "age": round(age, 1),
+            "delta": int(last["changed"]), "expected": int(expected),
+            "predicted": round(predicted, 1)}
+
+
+def _split(marked: list[tuple[int, int]],
+           holes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Dirty extents cut into those to read and those the source reads as zeros."""
+    data: list[tuple[int, int]] = []
+    zero: list[tuple[int, int]] = []
+    hs = delta.merge_extents(holes)
+    for off, length in delta.merge_extents(marked):
+        pos, end = off, off + length
+        for h_off, h_len in hs:
+            h_end = h_off + h_len
+            if h_end <= pos or h_off >= end:
+                continue
+            if h_off > pos:
+                data.append((pos, h_off - pos))
+            zero.append((max(pos, h_off), min(end, h_end) - max(pos, h_off)))
+            pos = min(end, h_end)
+            if pos >= end:
+                break
+        if pos < end:
+            data.append((pos, end - pos))
+    return data, zero
+
+
+def _chain_sha256(chain: Any) -> tuple[str, int]:
+    import subprocess
+
+    from migrate.clients.nbd import _hash_stream
+
+    proc = subprocess.Popen(["nbdcopy", "--", "[", "qemu-nbd", "--read-only",
+                             chain.qemu_name(), "]", "-"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    return _hash_stream(proc, "source chain")
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text) or "disk"
+
+
+def preflight_problems(plan: Plan, p: PlannedVM, journal: Journal,
+                       now: float | None = None) -> list[str]:
+    """Why a warm VM's cutover must not stop its source: no round, or the last one too old."""
+    step = journal.get(KIND_WARM, vm_item(p))
+    st = dict(step.data) if step else {}
+    hint = f"run `vmmove sync {plan.path} --wave {p.wave} {p.vm.name}`"
+    if not st.get("round"):
+        return [f"warm VM without a precopy round: {hint}"]
+    if st.get("full_reason"):
+        return [f"warm VM needs a full round ({st['full_reason']}): {hint}"]
+    age = (now or time.time()) - float(st.get("last_at") or 0)
+    if age > plan.warm.max_round_age:
+        return [f"last precopy round is {age:.0f}s old (warm.maxRoundAge "
+                f"{plan.warm.max_round_age:g}s): {hint}"]
+    return []
+
+
+def done_rounds(journal: Journal, p: PlannedVM) -> list[Any]:
+    return [s for s in journal.steps(KIND_WARM, prefix=f"{p.key}/round/") if s.status == DONE]

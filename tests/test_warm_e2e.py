@@ -1,0 +1,247 @@
+"""Warm migration end to end on real components: two running TCG guests on the system
+libvirtd (one qcow2 disk: bitmap method, one raw disk: hash method), real checkpoints and
+backup jobs, the final delta after a real ACPI shutdown, kmock playing the cluster.
+
+scan → plan --warm → stage → sync ×2 (writes between rounds through the running QEMU's
+block layer, as a guest's writes go) → cutover → verify (volumes checksum-equal to the
+sources, nothing left on the host) → rollback → sync → cutover again; plus the faults a
+warm chain meets: a checkpoint deleted behind vmmove's back, a disk resized."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from migrate.clients.checkpoint import PREFIX, plan_tag, scratch_dir
+from migrate.plan import load_plan
+from migrate.state import DONE
+from migrate.warm import KIND_WARM
+from tests.guest_support import (
+    SHUTDOWN_OFFSET,
+    SHUTDOWN_TAG,
+    Guest,
+    KubeVirt,
+    boot_guest,
+    build_initramfs,
+    guest_domain_xml,
+    guest_files,
+    kubevirt,  # noqa: F401
+)
+from tests.libvirtd_support import DomainFactory, libvirt_domains, libvirtd  # noqa: F401
+from tests.plan_support import Cluster, Controllers, cluster, controllers  # noqa: F401
+from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+
+pytestmark = pytest.mark.slow
+SHUT_OFF = 5
+HMP_DISK = "/machine/peripheral/virtio-disk0/virtio-backend"
+
+
+def boot_raw_guest(factory: DomainFactory, base: str, disk_mib: int = 16) -> Guest:
+    """The test guest on a raw disk (it cannot carry a bitmap: the hash method)."""
+    files = guest_files()
+    folder = factory.image_dir()
+    kernel = folder / "vmlinuz"
+    shutil.copyfile(files.kernel, kernel)
+    initrd = build_initramfs(files, folder / "initrd.gz")
+    disk = folder / f"{base}.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), f"{disk_mib}M"],
+                   check=True)
+    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 4M 1M", str(disk)],
+                   check=True, capture_output=True)
+    for path in (kernel, initrd, disk):
+        path.chmod(0o644)
+    serial = folder / "serial.log"
+    dom = factory.define(guest_domain_xml(factory.name(base), kernel, initrd, disk, serial,
+                                          disk_format="raw"))
+    dom.create()
+    guest = Guest(factory.name(base), dom, disk, serial)
+    guest.wait_up()
+    return guest
+
+
+def write(guest: Guest, command: str) -> None:
+    """A write into the running guest's disk through QEMU's block layer (dirty bitmaps
+    see it as they see the guest's own writes)."""
+    import libvirt_qemu
+
+    said = libvirt_qemu.qemuMonitorCommand(guest.dom, f'qemu-io -d {HMP_DISK} "{command}"',
+                                           libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+    assert not said.strip(), said
+
+
+def checkpoints(guest: Guest) -> list[str]:
+    return [c.getName() for c in guest.dom.listAllCheckpoints(0)]
+
+
+def bitmaps(path: Path) -> list[str]:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    data = (json.loads(out).get("format-specific") or {}).get("data") or {}
+    return [b["name"] for b in data.get("bitmaps") or []]
+
+
+def same(source: Path, fmt: str, volume: Path) -> bool:
+    proc = subprocess.run(["qemu-img", "compare", "-U", "-f", fmt, "-F", "raw", str(source),
+                           str(volume)], capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def test_warm_wave_end_to_end(cli: Any, tmp_path: Path, libvirt_domains: DomainFactory,
+                              s3_server: SeaweedFS, s3_bucket: str, s3_env: dict[str, str],
+                              cluster: Cluster, controllers: Controllers,
+                              kubevirt: KubeVirt) -> None:
+    qc = boot_guest(libvirt_domains, "warmq")
+    raw = boot_raw_guest(libvirt_domains, "warmr")
+    # a checkpoint of the domain's own: vmmove must never touch it
+    qc.dom.checkpointCreateXML("<domaincheckpoint><name>owner-cp</name></domaincheckpoint>", 0)
+
+    inventory = tmp_path / "inventory.yaml"
+    cli("scan", "-c", "qemu:///system", "--output-file", str(inventory), "-o", "json")
+    plan_file = tmp_path / "plan.yaml"
+    result = cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--s3",
+                 f"s3://{s3_bucket}/warm", "--endpoint-url", s3_server.endpoint, "--by", "list",
+                 "--wave", f"{qc.name},{raw.name}", "--warm", "--warm-volumes", "volumes",
+                 ok=True)
+    assert f"warm {qc.name}/vda: bitmap" in result.stderr
+    assert f"warm {raw.name}/vda: hash" in result.stderr
+    data = yaml.safe_load(plan_file.read_text())
+    data["convert"]["forceShare"] = True  # staged while running (the cold path's copy)
+    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    kube = ["--kubeconfig", str(cluster.kubeconfig)]
+    stage = cli("migrate", str(plan_file), "--wave", "1", "--stage", *kube, "-o", "json")
+    assert stage.exit_code == 0, stage.stderr
+    plan = load_plan(plan_file)
+    pq, pr = plan.wave(1)
+    tag = plan_tag(plan.workdir)
+
+    # the cutover refuses a warm VM without a round, before stopping anything
+    refused = cli("cutover", str(plan_file), "--wave", "1", *kube, "-o", "json")
+    assert refused.exit_code != 0 and "without a precopy round" in refused.stderr
+    assert qc.state() != SHUT_OFF and raw.state() != SHUT_OFF
+
+    # round 1: full
+    r1 = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
+    assert r1.exit_code == 0, r1.stderr
+    rounds = {r["vm"]: r for r in json.loads(r1.stdout)}
+    assert rounds[qc.name]["kind"] == "full" and rounds[raw.name]["kind"] == "full"
+    assert rounds[qc.name]["disks"]["vda"]["method"] == "bitmap"
+    assert rounds[raw.name]["disks"]["vda"]["method"] == "hash"
+    assert checkpoints(qc) == ["owner-cp", f"{PREFIX}{tag}-1"] or \
+        sorted(checkpoints(qc)) == sorted(["owner-cp", f"{PREFIX}{tag}-1"])
+
+    # the guests' disks change: 256 KiB at 6 MiB on both
+    write(qc, "write -P 0xa1 6M 256k")
+    write(raw, "write -P 0xa1 6M 256k")
+    r2 = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
+    assert r2.exit_code == 0, r2.stderr
+    rounds = {r["vm"]: r for r in json.loads(r2.stdout)}
+    q2, h2 = rounds[qc.name], rounds[raw.name]
+    assert q2["kind"] == "incremental" and h2["kind"] == "incremental"
+    # bitmap: the dirty clusters (64 KiB granularity) and nothing like the whole disk
+    assert 256 << 10 <= q2["changed"] <= 1 << 20, q2
+    # hash: whole disk read, only the 1 MiB block holding the change sent
+    assert h2["changed"] == 1 << 20 and h2["disks"]["vda"]["read"] <= 16 << 20, h2
+    assert sorted(checkpoints(qc)) == sorted(["owner-cp", f"{PREFIX}{tag}-2"])
+
+    status = cli("status", str(plan_file), "-o", "json")
+    warm = {v["vm"]: v["warm"] for v in json.loads(status.stdout)["vms"]}
+    assert warm[qc.name]["rounds"] == 2 and warm[qc.name]["delta"] == q2["changed"]
+    assert warm[qc.name]["predicted"] is not None and warm[qc.name]["age"] >= 0
+
+    # a write after the last round: the final delta must carry it (and the shutdown marker)
+    write(qc, "write -P 0xb2 9M 64k")
+    write(raw, "write -P 0xb2 9M 64k")
+    cut = cli("cutover", str(plan_file), "--wave", "1", *kube, "--shutdown-timeout", "120",
+              "--verify-timeout", "60", "--no-guest-agent", "-o", "json")
+    assert cut.exit_code == 0, cut.stderr
+    rows = {r["vm"]: r for r in json.loads(cut.stdout)}
+    assert rows[qc.name]["syncMode"] == "warm" and rows[qc.name]["fullCopySeconds"] > 0
+    assert qc.state() == SHUT_OFF and raw.state() == SHUT_OFF
+    vq = Path(plan.warm.volumes) / "vms" / f"{pq.name}-vda" / "disk.img"
+    vr = Path(plan.warm.volumes) / "vms" / f"{pr.name}-vda" / "disk.img"
+    assert same(qc.disk, "qcow2", vq) and same(raw.disk, "raw", vr)
+    assert SHUTDOWN_TAG in vq.read_bytes()[SHUTDOWN_OFFSET:SHUTDOWN_OFFSET + 64]
+    with plan.journal() as journal:
+        sync = journal.get("cutover", f"{pq.key}/sync")
+        assert sync is not None and sync.status == DONE
+        d = sync.data["disks"]["vda"]
+        assert d["source_sha256"] == d["volume_sha256"]
+        assert 64 << 10 <= (sync.data["disks"]["vda"]["changed"]) <= 2 << 20  # a delta
+    # nothing of vmmove's left on the host; the domain's own checkpoint kept
+    assert checkpoints(qc) == ["owner-cp"]
+    assert bitmaps(qc.disk) == ["owner-cp"]
+    assert not scratch_dir(tag, pq.key).exists() and not scratch_dir(tag, pr.key).exists()
+
+    # rollback: the sources run again; the target ran, so the next round must be full
+    back = cli("rollback", str(plan_file), "--wave", "1", *kube, "-o", "json")
+    assert back.exit_code == 0, back.stderr
+    qc.wait_up(count=2)
+    raw.wait_up(count=2)
+    again = cli("cutover", str(plan_file), "--wave", "1", *kube, "-o", "json")
+    assert again.exit_code != 0 and "needs a full round" in again.stderr
+    r3 = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
+    assert r3.exit_code == 0, r3.stderr
+    assert {r["kind"] for r in json.loads(r3.stdout)} == {"full"}
+    write(qc, "write -P 0xc3 10M 128k")
+    cut2 = cli("cutover", str(plan_file), "--wave", "1", *kube, "--shutdown-timeout", "120",
+               "--verify-timeout", "60", "--no-guest-agent", "-o", "json")
+    assert cut2.exit_code == 0, cut2.stderr
+    assert same(qc.disk, "qcow2", vq) and same(raw.disk, "raw", vr)
+    assert checkpoints(qc) == ["owner-cp"]
+    with plan.journal() as journal:
+        history = [h["status"] for h in journal.history(KIND_WARM)
+                   if h["item"].startswith(pq.key + "/round/")]
+        assert history.count("done") == 3
+        cut_history = [h["item"].rsplit("/", 1)[-1] for h in journal.history("cutover")
+                       if h["item"].startswith(pq.key + "/") and h["status"] == DONE]
+        assert cut_history.count("sync") == 2 and cut_history.count("verify") == 2
+
+
+def test_warm_faults(cli: Any, tmp_path: Path, libvirt_domains: DomainFactory,
+                     s3_server: SeaweedFS, s3_bucket: str, s3_env: dict[str, str],
+                     cluster: Cluster, controllers: Controllers) -> None:
+    """A checkpoint deleted behind vmmove's back means a full round; a lost bitmap too; a
+    disk resized between rounds is refused with the remedy."""
+    qc = boot_guest(libvirt_domains, "warmf")
+    inventory = tmp_path / "inventory.yaml"
+    cli("scan", "-c", "qemu:///system", "--output-file", str(inventory), "-o", "json")
+    plan_file = tmp_path / "plan.yaml"
+    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--s3",
+        f"s3://{s3_bucket}/warmf", "--endpoint-url", s3_server.endpoint, "--by", "list",
+        "--wave", qc.name, "--warm", "--warm-volumes", "volumes", ok=True)
+    plan = load_plan(plan_file)
+    tag = plan_tag(plan.workdir)
+    ok = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
+    assert ok.exit_code == 0, ok.stderr
+    # deleted behind vmmove's back
+    qc.dom.checkpointLookupByName(f"{PREFIX}{tag}-1", 0).delete(0)
+    write(qc, "write -P 0xd4 7M 64k")
+    r = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
+    assert r.exit_code == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert row["kind"] == "full" and "gone from the host" in row["disks"]["vda"]["reason"]
+    assert f"{PREFIX}{tag}-2" in checkpoints(qc)
+    # resized between rounds: refused, with the remedy, nothing changed on the chain
+    qc.dom.blockResize("vda", 32 << 20, 0)
+    bad = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
+    assert bad.exit_code != 0
+    assert "resized from 16777216 to 33554432" in bad.stderr and "--full" in bad.stderr
+    assert f"{PREFIX}{tag}-2" in checkpoints(qc)
+    status = cli("status", str(plan_file), "-o", "json")
+    (vm,) = json.loads(status.stdout)["vms"]
+    assert vm["state"] == "failed" and "resized" in vm["error"]
+    # clean up what vmmove left (vmmove clean would): only vmmove's checkpoints go
+    from migrate.warm import Warm
+
+    with plan.journal() as journal:
+        removed = Warm(plan, journal).cleanup(plan.wave(1)[0])
+    assert any(f"{PREFIX}{tag}-" in r for r in removed)
+    assert not [c for c in checkpoints(qc) if c.startswith(PREFIX)]
+    time.sleep(0)
