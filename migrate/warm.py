@@ -90,7 +90,17 @@ def volume_path(plan: Plan, p: PlannedVM, disk: Disk) -> Path:
                          "target volumes are written) in the plan")
     from migrate.cli._plan_stages import build_manifests, vm_objects
 
-    for obj in vm_objects(plan, build_manifests(plan, [p])):
+    try:
+        objects = vm_objects(plan, build_manifests(plan, [p]))
+    except VmmoveError:  # not staged yet: the DataVolume name manifests will give it
+        from manifests.generate import dns1123_label
+        from migrate.naming import assign_names
+        from migrate.workdir import image_basename
+
+        names = assign_names((d.target, dns1123_label(image_basename(p.name, d)))
+                             for d in data_disks(p.vm))
+        return plan.warm.volumes / p.namespace / names[disk.target] / "disk.img"
+    for obj in objects:
         for imp in obj.imports:
             if imp.item.rsplit("/", 1)[-1] == disk.target:
                 return plan.warm.volumes / imp.namespace / imp.dv / "disk.img"

@@ -229,7 +229,7 @@ def test_warm_faults(cli: Any, tmp_path: Path, libvirt_domains: DomainFactory,
     assert row["kind"] == "full" and "gone from the host" in row["disks"]["vda"]["reason"]
     assert f"{PREFIX}{tag}-2" in checkpoints(qc)
     # resized between rounds: refused, with the remedy, nothing changed on the chain
-    qc.dom.blockResize("vda", 32 << 20, 0)
+    qc.dom.blockResize("vda", 32 << 20, 1)  # VIR_DOMAIN_BLOCK_RESIZE_BYTES
     bad = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
     assert bad.exit_code != 0
     assert "resized from 16777216 to 33554432" in bad.stderr and "--full" in bad.stderr
