@@ -26,9 +26,13 @@ HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
                    "and watch the imports.")
 @click.option("--redo", is_flag=True,
               help="Convert and upload again what the journal records as done.")
+@click.option("--dry-run", is_flag=True,
+              help="Only list what --stage would run, in order, with time estimates from "
+                   "the journal's measurements; nothing is converted, sent or applied.")
 @apply_options
 @output_format()
-def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: str | None,
+def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: bool,
+                kubeconfig: str | None,
                 context: str | None, namespace: str | None, force_conflicts: bool,
                 wait: bool, timeout: float, max_restarts: int, output: str) -> None:
     """Run one wave of a plan end to end.
@@ -36,6 +40,7 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
     \b
     vmmove migrate plan.yaml --wave 1 --stage
     vmmove migrate plan.yaml --wave 1 --stage --context prod --no-wait
+    vmmove migrate plan.yaml --wave 1 --stage --dry-run      # what would run, how long
 
     Every step records its progress in the plan's journal and skips what is done, so
     after a failure, a crash, SIGKILL or Ctrl-C the same command resumes: converted disks
@@ -68,6 +73,11 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
     if plan.transfer.backend is None:
         raise UsageError(f"{plan.path}: no transfer target: set transfer.s3 or "
                          "transfer.uploadProxy")
+    if dry_run:
+        from migrate.dryrun import migrate_steps, show
+
+        show(migrate_steps(plan, wave, redo), output, f"migrate wave {wave}")
+        return
     kube_client = connect(kubeconfig, context)  # fail now, not after hours of conversion
     outcome_box: dict[str, Any] = {}
 
