@@ -25,6 +25,11 @@ Rules it keeps, and why:
 The checksum recorded for an output is ``sha256:<hex>`` of the output file's bytes (the
 file upload sends), computed while ``qemu-img compare`` reads the same file, so the
 output is read from disk once at most (usually it is still in the page cache).
+
+Disks of remote libvirt hosts (``qemu+ssh://``) are read as NBD exports over SSH
+(:mod:`migrate.sources.remote_disks`: a backup job's point-in-time export for a running
+VM, ``qemu-nbd --read-only`` for a shut-off one) and verified by the sha256 of the guest
+view on both ends (``guest_checksum`` in the journal) instead of ``qemu-img compare``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +51,12 @@ from typing import Any, Protocol
 
 from converters import qemuimg
 from converters.checksum import sha256_file
+from migrate.clients.nbd import file_sha256, guest_sha256
 from migrate.errors import UsageError, VmmoveError
 from migrate.files import new_private_file, private_dir, write_failure
 from migrate.imageinfo import ImageError
 from migrate.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk, Inventory, PowerState
+from migrate.sources.remote_disks import RemoteReads, is_remote
 from migrate.sources.containment import (
     Chain,
     ContainmentError,
@@ -73,7 +81,7 @@ IN_USE_STATES = {PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN,
 
 CONSISTENT_COPY_HINT = (
     "a consistent copy needs the VM shut off, or the staged cutover "
-    "(pass --force-share to copy it anyway, reading with qemu-img -U)"
+    "(pass --inconsistent-copy to copy it anyway while it writes, reading with qemu-img -U)"
 )
 
 #: Extensions that promise a container format: a file with one of these that qemu-img
@@ -100,7 +108,7 @@ class ConvertOptions:
     format: str = "qcow2"  # qcow2 | raw
     compress: bool = False  # zstd-compressed qcow2 clusters
     verify: bool = True  # qemu-img compare + sha256 of the output
-    force_share: bool = False  # read disks of running VMs (qemu-img -U)
+    force_share: bool = False  # --inconsistent-copy: read disks of running VMs (qemu-img -U)
     jobs: int = field(default_factory=default_jobs)
     redo: bool = False  # convert again even if the journal says done
     flags: tuple[str, ...] = qemuimg.FAST_FLAGS
@@ -135,6 +143,7 @@ class DiskJob:
     fingerprint: list[list[Any]] | None = None  # (path, size, mtime_ns) of every layer
     probed: bool = False
     source_name: str | None = None  # the checked chain as qemu opens it (json:, by vmmove)
+    remote: bool = False  # on a remote libvirt host: read through an NBD lease
     scratch: Path | None = None  # a packed OVF file rebuilt in the work folder (removed after)
 
     def discard_scratch(self) -> None:
@@ -404,6 +413,16 @@ def source_chain(vm: VM, disk: Disk, force_share: bool = False) -> Chain:
     return chain
 
 
+def _prepare_remote(job: DiskJob) -> None:
+    """A disk on a remote host: nothing to open here; sizes are what libvirt reported
+    (the export is the raw guest view, its size is checked when it is read)."""
+    declared_format(job.disk)  # an unknown declared format fails now, not on the host
+    job.remote = True
+    job.source_format = "raw"
+    job.virtual_size = job.disk.virtual_size
+    job.required = job.disk.allocated_size or job.disk.virtual_size
+
+
 def _check_format(path: str, chain: Chain, probed: bool) -> None:
     expected = _EXTENSION_FORMATS.get(Path(path).suffix.lower()) if probed else None
     if chain.format == "raw" and expected and not path.startswith("json:"):
@@ -486,6 +505,9 @@ def prepare(job: DiskJob, options: ConvertOptions, done: Step | None = None) -> 
     if disk.source_type not in ("file", "block", "volume"):
         raise DiskError(f"{job.label}: {disk.source_type} disks ({disk.protocol or path}) cannot "
                         "be read from here; export the image to a file first")
+    if is_remote(job.vm):
+        _prepare_remote(job)
+        return
     if job.vm.power_state in IN_USE_STATES and not options.force_share:
         raise DiskError(
             f"{job.label}: VM is {job.vm.power_state.value}; {CONSISTENT_COPY_HINT}")
@@ -636,6 +658,7 @@ class Runner:
         self.options = options
         self.progress = progress
         self.canceller = qemuimg.Canceller()
+        self.remote: RemoteReads | None = None  # set by _run_batch when a disk is remote
 
     def _result(self, job: DiskJob, status: str, **kw: Any) -> DiskResult:
         return DiskResult(vm=job.vm.name, disk=job.disk.target, item=job.item, status=status,
@@ -669,7 +692,7 @@ class Runner:
     def _run_one(self, job: DiskJob) -> DiskResult:
         """Convert (or verify, or skip) one prepared disk; never raises for disk problems."""
         opts = self.options
-        assert job.disk.path and job.source_format and job.source_name
+        assert job.disk.path and job.source_format and (job.source_name or job.remote)
         step = self.journal.get(KIND_CONVERT, job.item)
         note = None
         if step is not None and not opts.redo \
@@ -712,15 +735,19 @@ class Runner:
         temp = _temp_path(job.output)
         total = job.required or job.virtual_size or 0
         self.progress.started(job, total)
+        guest: dict[str, Any] = {}
         try:
             new_private_file(temp)  # qemu-img truncates it and keeps its mode: 0600
-            qemuimg.convert(
-                job.source_name, job.source_format, str(temp), opts.format,
-                compress=opts.compression, force_share=opts.force_share, flags=opts.flags,
-                on_progress=lambda f: self.progress.advanced(job, f), canceller=self.canceller,
-                label=job.disk.path)
-            checksum, verified = None, False
-            if opts.verify:
+            with self._source(job, guest):
+                qemuimg.convert(
+                    job.source_name or "", job.source_format, str(temp), opts.format,
+                    compress=opts.compression, force_share=opts.force_share and not job.remote,
+                    flags=opts.flags, on_progress=lambda f: self.progress.advanced(job, f),
+                    canceller=self.canceller, label=job.disk.path)
+                if opts.verify and job.remote:
+                    guest.update(_verify_remote(job, temp, opts.format))
+            checksum, verified = guest.get("checksum"), "guest_checksum" in guest
+            if opts.verify and not job.remote:
                 checksum, compared = _verify(job, temp, opts, self.canceller, self.progress)
                 if not compared.identical:
                     hint = (" (the source is in use and changed during the copy; "
@@ -728,6 +755,7 @@ class Runner:
                     raise DiskError(f"{job.label}: output differs from the source: "
                                     f"{compared.message}{hint}")
                 verified = True
+            if verified:
                 # Durable before the journal says done (qemu-img's convert cache is unsafe).
                 fd = os.open(temp, os.O_RDONLY)
                 try:
@@ -759,13 +787,32 @@ class Runner:
         self.journal.done(
             KIND_CONVERT, job.item, bytes=allocated, checksum=checksum, allocated=allocated,
             verified=verified, seconds=round(seconds, 3),
-            compare="identical" if verified else None, size=size, inode=inode)
+            compare="identical" if verified else None, size=size, inode=inode,
+            **{k: v for k, v in guest.items() if k != "checksum"})
         result = self._result(
             job, CONVERTED, output=str(job.output), virtual_size=job.virtual_size,
             allocated=allocated, verified=verified, checksum=checksum, seconds=seconds,
             note=note)
         self.progress.finished(job, result)
         return result
+
+    @contextmanager
+    def _source(self, job: DiskJob, guest: dict[str, Any]) -> Iterator[None]:
+        """Hold a remote disk's NBD lease around the copy (local disks: nothing to hold);
+        a failed read is explained by the lease (SSH lost, VM shut down, job ended)."""
+        if not job.remote:
+            yield
+            return
+        assert self.remote is not None
+        with self.remote.lease(job.vm, job.disk) as lease:
+            job.source_name = lease.url
+            guest.update(copy=lease.kind, copy_note=lease.note)
+            try:
+                yield
+            except (qemuimg.QemuImgError, VmmoveError) as exc:
+                if self.canceller.cancelled.is_set():
+                    raise
+                raise DiskError(lease.failure(str(exc))) from None
 
     def _verify_existing(self, job: DiskJob, step: Step) -> DiskResult:
         """A disk converted with --no-verify earlier: verify it now instead of converting."""
@@ -852,6 +899,18 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
                progress: Progress) -> list[DiskResult]:
     remove_stale_temps(folder)
     runner = Runner(journal, options, progress)
+    if any(is_remote(vm) for vm, _ in pairs):
+        runner.remote = RemoteReads(pairs, inconsistent=options.force_share)
+        try:
+            return _run_jobs(runner, folder, names, pairs, options, progress)
+        finally:
+            runner.remote.close()
+    return _run_jobs(runner, folder, names, pairs, options, progress)
+
+
+def _run_jobs(runner: Runner, folder: Path, names: dict[str, str],
+              pairs: list[tuple[VM, Disk]], options: ConvertOptions,
+              progress: Progress) -> list[DiskResult]:
     results: dict[int, DiskResult] = {}
     jobs: list[tuple[int, DiskJob]] = []
     for index, (vm, disk) in enumerate(pairs):
@@ -911,6 +970,25 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
                 fut.cancel()
             raise
     return [results[i] for i in sorted(results)]
+
+
+def _verify_remote(job: DiskJob, image: Path, fmt: str) -> dict[str, Any]:
+    """Guest-view sha256 of the remote export and of the output, read side by side, and
+    the output file's sha256 (what upload sends); :class:`DiskError` when they differ."""
+    assert job.source_name
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        f_source = pool.submit(guest_sha256, job.source_name, job.label)
+        f_output = pool.submit(file_sha256, image, fmt)
+        f_file = pool.submit(sha256_file, image)
+        (source, size), (output, _) = f_source.result(), f_output.result()
+        checksum = f_file.result()
+    if source != output:
+        raise DiskError(f"{job.label}: the copy differs from the host's export (guest data "
+                        f"{output} here, {source} on the host)")
+    if job.virtual_size and size != job.virtual_size:
+        raise DiskError(f"{job.label}: the host exported {size} bytes, libvirt reported "
+                        f"{job.virtual_size}")
+    return {"checksum": checksum, "guest_checksum": source, "guest_bytes": size}
 
 
 def _fit_space(runner: Runner, folder: Path, todo: list[tuple[int, DiskJob]],

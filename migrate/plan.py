@@ -70,7 +70,7 @@ TOP_KEYS = ("apiVersion", "kind", "inventory", "workdir", "namespace", "networks
             "transfer", "convert", "defaults", "waves", "warm")
 TRANSFER_KEYS = ("s3", "endpointUrl", "profile", "region", "secretName", "parallel",
                  "uploadProxy", "insecure", "storageClass", "forceBind")
-CONVERT_KEYS = ("format", "compress", "verify", "jobs", "forceShare")
+CONVERT_KEYS = ("format", "compress", "verify", "jobs", "inconsistentCopy", "forceShare")
 WARM_KEYS = ("default", "volumes", "maxRoundAge")
 DEFAULT_KEYS = ("runStrategy", "preference", "instancetype", "keepCdroms", "timezone")
 WAVE_KEYS = ("name", "vms")
@@ -471,7 +471,8 @@ def _convert(data: dict[str, Any], problems: _Problems) -> ConvertSettings:
         compress=_typed(sec, "compress", bool, w, problems, False),
         verify=_typed(sec, "verify", bool, w, problems, True),
         jobs=_typed(sec, "jobs", int, w, problems),
-        force_share=_typed(sec, "forceShare", bool, w, problems, False),
+        force_share=bool(_typed(sec, "inconsistentCopy", bool, w, problems, False)
+                         or _typed(sec, "forceShare", bool, w, problems, False)),
     )
     if c.format not in CONVERT_FORMATS:
         problems.add(f"{w}.format", f"{c.format!r} is not one of {', '.join(CONVERT_FORMATS)}")

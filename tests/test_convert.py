@@ -217,14 +217,15 @@ def test_bad_inputs_fail_their_disk_only(cli, tmp_path: Path) -> None:
         "good": "done", **{name: "failed" for name in expected}}
 
 
-def test_running_vm_is_refused_unless_force_share(cli, tmp_path: Path) -> None:
+def test_running_vm_is_refused_unless_inconsistent_copy(cli, tmp_path: Path) -> None:
     src, _ = make_image(tmp_path, "qcow2", "live")
     inv = inventory_file(tmp_path, [vm("live", [disk("vda", src, "qcow2")], PowerState.RUNNING)])
     refused = cli("convert", str(inv), "live", "--to", str(tmp_path / "w"), ok=False)
     assert "live/vda: VM is running" in refused.stderr
     assert "consistent copy needs the VM shut off, or the staged cutover" in refused.stderr
-    assert "--force-share" in refused.stderr
-    ok = cli("convert", str(inv), "live", "--to", str(tmp_path / "w"), "--force-share", ok=True)
+    assert "--inconsistent-copy" in refused.stderr
+    ok = cli("convert", str(inv), "live", "--to", str(tmp_path / "w"), "--inconsistent-copy",
+             ok=True)
     assert "converted" in ok.stdout
 
 

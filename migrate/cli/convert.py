@@ -89,9 +89,12 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Compare each output with its source (qemu-img compare) and record the "
                    "sha256 of the output in the journal.")
-@click.option("--force-share", is_flag=True,
-              help="Read disks of running VMs (qemu-img -U). The copy is not consistent: "
-                   "shut the VM off, or use the staged cutover, for one that is.")
+@click.option("--inconsistent-copy", "--force-share", "force_share", is_flag=True,
+              help="Read disks of running VMs while they write (qemu-img -U locally, "
+                   "qemu-nbd --force-share on a remote host that cannot run a backup job). "
+                   "The copy is never one moment's state: shut the VM off, or use the staged "
+                   "cutover, for one that is. (--force-share is its old name.) Running VMs "
+                   "of qemu+ssh:// hosts are copied consistently without it (backup API).")
 @click.option("--redo", is_flag=True,
               help="Convert again even disks the journal records as done.")
 @click.option("--status", "show_status", is_flag=True,

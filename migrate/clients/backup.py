@@ -181,6 +181,20 @@ class BackupJob:
             pass
 
 
+def abort_stale(dom: Any, marker: str = "/vmmove.") -> bool:
+    """End a pull job an earlier vmmove run left behind (its socket path holds ``marker``:
+    the run's SSH connection was cut before it could end the job); True when one was."""
+    try:
+        xml = dom.backupGetXMLDesc(0)
+    except libvirt.libvirtError:
+        return False
+    server = parse_xml(xml, "backup XML").find("server")
+    if server is None or marker not in (server.get("socket") or ""):
+        return False
+    BackupJob(dom, dom.name(), server.get("socket") or "").abort()
+    return True
+
+
 def _freeze(dom: Any) -> tuple[bool, str]:
     """Freeze the guest's filesystems when its agent answers; (frozen, note)."""
     try:

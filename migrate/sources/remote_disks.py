@@ -27,6 +27,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ BACKUP = "backup"  # point in time: libvirt backup job
 OFFLINE = "qemu-nbd"  # shut-off VM: qemu-nbd --read-only
 INCONSISTENT = "inconsistent"  # running VM read with --force-share (explicitly asked)
 
+SETTLE = 2.0  # seconds to let libvirt notice a domain that died under the copy
 NO_BACKUP_HINT = ("shut the VM down for a consistent copy, or pass --inconsistent-copy to read "
                   "it while it writes (the copy is then never one moment's state)")
 
@@ -81,10 +83,18 @@ class Lease:
             return f"{label}: the SSH connection to {s.target.label} was lost during the copy; " \
                    "rerun to copy it again"
         if s is not None and s.dom is not None and self.kind == BACKUP:
-            if not backup.is_active(s.dom):
-                return f"{label}: the VM shut down during the copy; rerun to copy it again " \
-                       "(it is then read shut off)"
-            if s.job is not None and not s.job.running():
+            # libvirt learns of a QEMU that died a moment after its sockets closed
+            deadline = time.monotonic() + SETTLE
+            ended = False
+            while True:
+                if not backup.is_active(s.dom):
+                    return f"{label}: the VM shut down during the copy; rerun to copy it " \
+                           "again (it is then read shut off)"
+                ended = ended or (s.job is not None and not s.job.running())
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.1)
+            if ended:
                 return f"{label}: the backup job was ended on the host during the copy; " \
                        "rerun to copy it again"
         return f"{label}: {what}"
@@ -222,6 +232,7 @@ class RemoteReads:
             if owner:  # QEMU creates the socket: the folder must be its user's
                 ssh.run(target, ["chown", f"{owner[0]}:{owner[1]}", session.host_folder])
             socket = f"{session.host_folder}/backup.sock"
+            backup.abort_stale(dom)  # a job an earlier, cut-off run could not end
             disks = sorted(self._pending.get(vm.key) or ())
             session.job = backup.BackupJob.begin(dom, disks, socket, freeze=self.freeze,
                                                scratch_dir=session.host_folder)
