@@ -239,6 +239,7 @@ class Warm:
              final: bool) -> RoundResult:
         from migrate.clients import backup
         from migrate.clients.checkpoint import (
+            abort_stale,
             begin_round,
             checkpoint_name,
             list_checkpoints,
@@ -263,6 +264,7 @@ class Warm:
             return result
         conn, dom = _libvirt_domain(p)
         try:
+            abort_stale(dom, str(folder))  # a killed run's job holds the stale checkpoint
             cps = list_checkpoints(dom)
             stale = [c for c in cps if ours(c, self.tag) and c != base]
             if base and base not in cps and not reason:
@@ -309,6 +311,7 @@ class Warm:
                 else:
                     raise WarmError(f"{vm.name}: {exc}") from None
             try:
+                _pause("warm:round")
                 for d in disks:
                     export = next(e for e in job.exports if e.disk == d.target)
                     result.disks.append(self._live_disk(p, d, methods[d.target], job.socket,
@@ -410,6 +413,7 @@ class Warm:
             if bitmap:
                 contexts += (dirty_context(bitmap),)
             with NbdClient(served.socket, served.export, contexts) as src:
+                _pause("warm:final")
                 out.size = src.size
                 self._check_size(p, disk, src.size)
                 out.changed, out.read, out.extents, out.full = self._copy(
@@ -583,6 +587,12 @@ def _chain_sha256(chain: Any) -> tuple[str, int]:
                              chain.qemu_name(), "]", "-"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     return _hash_stream(proc, "source chain")
+
+
+def _pause(point: str) -> None:
+    from migrate.cutover import _pause as pause  # the cutover's test hook (PAUSE_ENV)
+
+    pause(point)
 
 
 def _safe(text: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,61 @@ def test_warm_faults(cli: Any, tmp_path: Path, libvirt_domains: DomainFactory,
     assert any(f"{PREFIX}{tag}-" in r for r in removed)
     assert not [c for c in checkpoints(qc) if c.startswith(PREFIX)]
     time.sleep(0)
+
+
+def test_warm_killed_during_round_and_final_delta(
+        cli: Any, tmp_path: Path, libvirt_domains: DomainFactory, s3_server: SeaweedFS,
+        s3_bucket: str, s3_env: dict[str, str], cluster: Cluster, controllers: Controllers,
+        kubevirt: KubeVirt) -> None:
+    """SIGKILL inside a round (job running, its checkpoint made) and inside the final delta
+    (source down, qemu-nbd serving the bitmap): each rerun resumes, the chain stays
+    consistent, the volume ends equal to the source, nothing is left on the host."""
+    from tests.s3_support import subprocess_env
+    from tests.test_cutover_faults import run_until_pause
+
+    qc = boot_guest(libvirt_domains, "warmk")
+    inventory = tmp_path / "inventory.yaml"
+    cli("scan", "-c", "qemu:///system", "--output-file", str(inventory), "-o", "json")
+    plan_file = tmp_path / "plan.yaml"
+    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--s3",
+        f"s3://{s3_bucket}/warmk", "--endpoint-url", s3_server.endpoint, "--by", "list",
+        "--wave", qc.name, "--warm", "--warm-volumes", "volumes", ok=True)
+    data = yaml.safe_load(plan_file.read_text())
+    data["convert"]["forceShare"] = True
+    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    kube = ["--kubeconfig", str(cluster.kubeconfig)]
+    assert cli("migrate", str(plan_file), "--wave", "1", "--stage", *kube).exit_code == 0
+    plan = load_plan(plan_file)
+    (p,) = plan.wave(1)
+    tag = plan_tag(plan.workdir)
+    assert cli("sync", str(plan_file), "--wave", "1").exit_code == 0
+    env = subprocess_env(s3_env)
+    vmmove = [sys.executable, "-c", "from migrate.cli import run; run()"]
+
+    write(qc, "write -P 0xe5 6M 128k")
+    run_until_pause([*vmmove, "sync", str(plan_file), "--wave", "1"], env, "warm:round",
+                    tmp_path / "kill1.log")
+    assert f"{PREFIX}{tag}-2" in checkpoints(qc)  # made with the killed job
+    with plan.journal() as journal:
+        assert journal.get(KIND_WARM, p.key).data["checkpoint"] == f"{PREFIX}{tag}-1"
+    rerun = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
+    assert rerun.exit_code == 0, rerun.stderr
+    (row,) = json.loads(rerun.stdout)
+    assert row["round"] == 2 and row["kind"] == "incremental" and row["changed"] >= 128 << 10
+    assert sorted(c for c in checkpoints(qc) if c.startswith(PREFIX)) == [f"{PREFIX}{tag}-2"]
+
+    write(qc, "write -P 0xf6 8M 64k")
+    run_until_pause([*vmmove, "cutover", str(plan_file), "--wave", "1", *kube,
+                     "--no-guest-agent"], env, "warm:final", tmp_path / "kill2.log")
+    assert qc.state() == SHUT_OFF
+    done = cli("cutover", str(plan_file), "--wave", "1", *kube, "--no-guest-agent",
+               "-o", "json")
+    assert done.exit_code == 0, done.stderr
+    vol = Path(plan.warm.volumes) / "vms" / f"{p.name}-vda" / "disk.img"
+    assert same(qc.disk, "qcow2", vol)
+    assert not [c for c in checkpoints(qc) if c.startswith(PREFIX)]
+    assert not [b for b in bitmaps(qc.disk) if b.startswith(PREFIX)]
+    assert not scratch_dir(tag, p.key).exists()
+    leftovers = subprocess.run(["pgrep", "-f", str(scratch_dir(tag, p.key))],
+                               capture_output=True, text=True).stdout
+    assert not leftovers.strip()
