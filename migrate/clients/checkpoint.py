@@ -117,10 +117,14 @@ def _kill_pid_file(pid_file: Path) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    for _ in range(50):
-        if not Path(f"/proc/{pid}").exists():
+    for _ in range(100):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
             return
-        time.sleep(0.1)
+        if state in ("Z", "X"):  # exited (a zombie until its parent reaps it)
+            return
+        time.sleep(0.02)
 
 
 # -- checkpoints --------------------------------------------------------------------------
@@ -282,7 +286,7 @@ def serve_stopped(path: str, fmt: str, folder: Path, name: str,
     socket.unlink(missing_ok=True)
     args = ["qemu-nbd", "--read-only", "--persistent", "--fork", "--shared=4",
             f"--pid-file={pid_file}", f"--socket={socket}", f"--export-name={name}",
-            "--cache=none", "--aio=threads"]
+            ]
     if not path.startswith("json:"):  # a json: name (a checked chain) carries its drivers
         args.append(f"--format={fmt}")
     if bitmap:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket as _socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from migrate.errors import VmmoveError
 
@@ -85,13 +86,17 @@ class NbdClient:
 
     # -- wire -----------------------------------------------------------------------------
     def _recv(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self._sock.recv(min(n - len(buf), 4 << 20))
-            if not chunk:
+        return bytes(self._recv_into(bytearray(n)))
+
+    def _recv_into(self, buf: bytearray | memoryview) -> bytearray | memoryview:
+        view = memoryview(buf)
+        got = 0
+        while got < len(view):
+            n = self._sock.recv_into(view[got:], len(view) - got)
+            if not n:
                 raise NbdWireError(f"{self.label}: the server closed the connection")
-            buf += chunk
-        return bytes(buf)
+            got += n
+        return buf
 
     def _option(self, opt: int, data: bytes) -> None:
         self._sock.sendall(struct.pack(">QII", IHAVEOPT, opt, len(data)) + data)
@@ -144,8 +149,11 @@ class NbdClient:
                                        offset, length))
         return self._handle
 
-    def _replies(self, handle: int):  # type: ignore[no-untyped-def]
-        """Yield ``(type, payload)`` of one request's structured replies until DONE."""
+    def _replies(self, handle: int, sink: Any = None):  # type: ignore[no-untyped-def]
+        """Yield ``(type, payload)`` of one request's structured replies until DONE.
+
+        ``sink(offset, length) -> memoryview``: where an ``OFFSET_DATA`` chunk's data go
+        (read straight into it; the payload yielded is then only the 8-byte offset)."""
         while True:
             (magic,) = struct.unpack(">I", self._recv(4))
             if magic == SIMPLE_REPLY_MAGIC:
@@ -157,6 +165,16 @@ class NbdClient:
             if magic != STRUCTURED_REPLY_MAGIC:
                 raise NbdWireError(f"{self.label}: bad reply magic {magic:#x}")
             flags, kind, got, length = struct.unpack(">HHQI", self._recv(16))
+            if kind == REPLY_OFFSET_DATA and sink is not None and length > 8:
+                payload = self._recv(8)
+                (at,) = struct.unpack(">Q", payload)
+                self._recv_into(sink(at, length - 8))
+                if got != handle:
+                    raise NbdWireError(f"{self.label}: reply for another request")
+                yield kind, payload
+                if flags & REPLY_FLAG_DONE:
+                    return
+                continue
             payload = self._recv(length) if length else b""
             if got != handle:
                 raise NbdWireError(f"{self.label}: reply for another request")
@@ -172,16 +190,20 @@ class NbdClient:
     def pread(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` (holes as zeros), in requests of ≤ 32 MiB."""
         out = bytearray(length)
+        view = memoryview(out)
         done = 0
+
+        def sink(at: int, n: int) -> memoryview:
+            if at < offset or at + n > offset + length:
+                raise NbdWireError(f"{self.label}: data outside the range asked")
+            return view[at - offset:at - offset + n]
+
         while done < length:
             n = min(MAX_REQUEST, length - done)
             base = offset + done
             handle = self._request(CMD_READ, base, n)
-            for kind, payload in self._replies(handle):
-                if kind == REPLY_OFFSET_DATA:
-                    (at,) = struct.unpack(">Q", payload[:8])
-                    out[at - offset:at - offset + len(payload) - 8] = payload[8:]
-                elif kind == REPLY_OFFSET_HOLE:
+            for kind, payload in self._replies(handle, sink):
+                if kind == REPLY_OFFSET_HOLE:
                     at, hole = struct.unpack(">QI", payload[:12])
                     out[at - offset:at - offset + hole] = bytes(hole)
             done += n
