@@ -162,4 +162,34 @@ def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
                                   removed=history + [done])
                     journal.done(KIND_CLEAN, item, bytes=sum(
                         int(v or 0) for k, v in done.items() if k.endswith("_bytes")))
+            removals += _clean_warm(plan, p, journal)
     return removals
+
+
+def _clean_warm(plan: Plan, p: PlannedVM, journal: Journal) -> list[Removal]:
+    """A warm VM: what vmmove left on its host (this plan's ``vmmove-`` checkpoints and
+    bitmaps, the scratch folder) and its block hashes in the work folder; never the
+    domain's own checkpoints (:meth:`migrate.warm.Warm.cleanup`)."""
+    from migrate.errors import VmmoveError
+    from migrate.warm import KIND_WARM, Warm, data_disks
+
+    if journal.get(KIND_WARM, p.key) is None:
+        return []
+    warm = Warm(plan, journal)
+    out: list[Removal] = []
+    try:
+        removed = warm.cleanup(p)
+    except VmmoveError as exc:
+        return [Removal(p.vm.name, "-", "host", p.vm.source.location, None, FAILED, str(exc))]
+    for what in removed or ["nothing left"]:
+        out.append(Removal(p.vm.name, "-", "host", what, None,
+                           REMOVED if removed else GONE, ""))
+    for d in data_disks(p.vm):
+        store = warm.hashes(p, d)
+        if store.path.exists():
+            size = store.path.stat().st_size
+            store.remove()
+            out.append(Removal(p.vm.name, d.target, "hashes", str(store.path), size,
+                               REMOVED, ""))
+    journal.update(KIND_WARM, p.key, cleaned=removed)
+    return out

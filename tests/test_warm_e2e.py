@@ -13,7 +13,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -238,14 +237,14 @@ def test_warm_faults(cli: Any, tmp_path: Path, libvirt_domains: DomainFactory,
     status = cli("status", str(plan_file), "-o", "json")
     (vm,) = json.loads(status.stdout)["vms"]
     assert vm["state"] == "failed" and "resized" in vm["error"]
-    # clean up what vmmove left (vmmove clean would): only vmmove's checkpoints go
-    from migrate.warm import Warm
-
-    with plan.journal() as journal:
-        removed = Warm(plan, journal).cleanup(plan.wave(1)[0])
-    assert any(f"{PREFIX}{tag}-" in r for r in removed)
-    assert not [c for c in checkpoints(qc) if c.startswith(PREFIX)]
-    time.sleep(0)
+    # vmmove clean removes what vmmove left on the host (the domain's own checkpoint stays)
+    qc.dom.checkpointCreateXML("<domaincheckpoint><name>owner-cp</name></domaincheckpoint>", 0)
+    cleaned = cli("clean", str(plan_file), "--wave", "1", "--force", "--images", "-o", "json")
+    assert cleaned.exit_code == 0, cleaned.stderr
+    rows = json.loads(cleaned.stdout)
+    assert any(r["what"] == "host" and f"{PREFIX}{tag}-" in r["where"] for r in rows), rows
+    assert checkpoints(qc) == ["owner-cp"]
+    assert not scratch_dir(tag, plan.wave(1)[0].key).exists()
 
 
 def test_warm_killed_during_round_and_final_delta(
