@@ -106,16 +106,14 @@ def bitmap_sync(image: str, bitmap: str, target: Path, folder: Path) -> tuple[fl
     return time.monotonic() - t0, stats.changed
 
 
-def hash_sync(image: str, target: Path, folder: Path,
+def hash_sync(image: str, target: Path, _folder: Path,
               old: list[bytes] | None) -> tuple[float, int, list[bytes]]:
     t0 = time.monotonic()
-    with serve_stopped(image, "raw", folder, "hash") as ex, \
-            NbdClient(ex.socket, ex.export, (BASE_ALLOCATION,)) as src:
-        holes = [(e.offset, e.length) for e in src.block_status(BASE_ALLOCATION)
-                 if e.flags & STATE_ZERO]
+    with delta.FileReader(image) as src:  # a stopped raw disk here: read directly
+        holes = src.holes()
         fd = delta.open_target(target, src.size, fresh=old is None)
         try:
-            digests, stats = delta.hash_sync(src, src.size, old, fd, holes)
+            digests, stats = delta.hash_sync(src, src.size, old, fd, holes, old is None)
             os.fsync(fd)
         finally:
             os.close(fd)
