@@ -275,23 +275,33 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: int,
             flush()
 
     per_read = READ // BLOCK
+    windows = [range(first, min(count, first + per_read)) for first in range(0, count, per_read)]
+
+    def read(blocks: range) -> tuple[list[int], list[memoryview]]:
+        need = [b for b in blocks if b not in zero_blocks]
+        parts: list[memoryview] = []
+        for run_first, run_last in _runs(need):  # one read per run of blocks to read
+            lo, hi = run_first * BLOCK, min(size, (run_last + 1) * BLOCK)
+            view = memoryview(reader.pread(lo, hi - lo))
+            stats.read += hi - lo
+            parts += [view[(b - run_first) * BLOCK:min(size, (b + 1) * BLOCK) - lo]
+                      for b in range(run_first, run_last + 1)]
+        return need, parts
+
     pool = ThreadPoolExecutor(THREADS, thread_name_prefix="hash")
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="read")  # reads the next window
     try:
-        for first in range(0, count, per_read):
-            blocks = range(first, min(count, first + per_read))
-            need = [b for b in blocks if b not in zero_blocks]
-            parts: list[memoryview] = []
-            for run_first, run_last in _runs(need):  # one read per run of blocks to read
-                lo, hi = run_first * BLOCK, min(size, (run_last + 1) * BLOCK)
-                view = memoryview(reader.pread(lo, hi - lo))
-                stats.read += hi - lo
-                parts += [view[(b - run_first) * BLOCK:min(size, (b + 1) * BLOCK) - lo]
-                          for b in range(run_first, run_last + 1)]
+        pending = ahead.submit(read, windows[0]) if windows else None
+        for i, blocks in enumerate(windows):
+            assert pending is not None
+            need, parts = pending.result()
+            pending = ahead.submit(read, windows[i + 1]) if i + 1 < len(windows) else None
             hashed = dict(zip(need, pool.map(block_digest, parts)))
             by_block = dict(zip(need, parts))
             for b in blocks:
                 one(b, by_block.get(b), hashed.get(b))
     finally:
+        ahead.shutdown()
         pool.shutdown()
     flush()
     return digests, stats

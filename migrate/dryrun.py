@@ -104,7 +104,7 @@ def cutover_steps(plan: Plan, vms: list[PlannedVM]) -> list[DryStep]:
         t: Throughput = measure(journal)
         for p in vms:
             mode = sync_mode(p, journal)
-            e = estimate(p, t, mode)
+            e = estimate(p, t, mode, journal)
 
             def add(step: str, what: str, seconds: float | None, basis: str) -> None:
                 done = journal.is_done(KIND_CUTOVER, f"{p.key}/{step}")
@@ -120,7 +120,8 @@ def cutover_steps(plan: Plan, vms: list[PlannedVM]) -> list[DryStep]:
                 None, "")
             add("stop", f"ACPI shutdown on {p.vm.source.location}", e.stop, stopped)
             what = ("convert, upload, re-import every disk (staged while running)"
-                    if mode == "full" else "compare with the staged images; resend what differs")
+                    if mode == "full" else "the delta since the last precopy round"
+                    if mode == "warm" else "compare with the staged images; resend what differs")
             add("sync", f"{mode}: {what}", e.sync,
                 f"{p.vm.data_bytes() / 2**20:.0f} MiB at {e.rate / 2**20:.0f} MiB/s")
             add("start", f"{p.namespace}/{p.name}: runStrategy Always", None, "")
@@ -134,7 +135,7 @@ def cutover_window(plan: Plan, vms: list[PlannedVM], jobs: int) -> float:
     (:func:`migrate.runbook.schedule`): first stop to last verified start, in seconds."""
     with Journal(plan.journal_path) as journal:
         t = measure(journal)
-        estimates = [estimate(p, t, sync_mode(p, journal)) for p in vms]
+        estimates = [estimate(p, t, sync_mode(p, journal), journal) for p in vms]
     slots = schedule(estimates, jobs)
     return max((s.end for s in slots), default=0.0)
 

@@ -13,6 +13,7 @@ import datetime
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from migrate.files import make_dirs
 from migrate.output import human_size
@@ -61,7 +62,12 @@ def _rate(t: Throughput, mode: str) -> tuple[float, str]:
 
 
 def sync_mode(p: PlannedVM, journal: Journal) -> str:
-    """``full`` when the staged copy read a running disk, else ``verify``."""
+    """``warm`` for a VM with precopy rounds (its final delta), ``full`` when the staged
+    copy read a running disk, else ``verify``."""
+    from migrate.warm import KIND_WARM
+
+    if journal.get(KIND_WARM, p.key) is not None:
+        return "warm"
     for d in p.vm.disks:
         if d.device not in ("disk", "lun"):
             continue
@@ -71,11 +77,26 @@ def sync_mode(p: PlannedVM, journal: Journal) -> str:
     return "verify"
 
 
-def estimate(p: PlannedVM, t: Throughput, mode: str) -> Estimate:
+def estimate(p: PlannedVM, t: Throughput, mode: str,
+             journal: Journal | None = None) -> Estimate:
+    """``warm`` (with ``journal``): the final sync its rounds predict
+    (:func:`migrate.warm.outlook`); else the VM's data at the mode's rate."""
     rate, _ = _rate(t, mode)
     stop = max(t.stop_seconds) if t.stop_seconds else DEFAULT_STOP
     boot = max(t.boot_seconds) if t.boot_seconds else DEFAULT_BOOT
+    if mode == "warm" and journal is not None:
+        w = warm_outlook(p, journal)
+        if w.get("predicted") is not None:
+            sync = float(w["predicted"])
+            return Estimate(stop, sync, boot, mode, (w.get("expected") or 0) / max(sync, 1e-3))
     return Estimate(stop, p.vm.data_bytes() / rate, boot, mode, rate)
+
+
+def warm_outlook(p: PlannedVM, journal: Journal) -> dict[str, Any]:
+    from migrate.warm import KIND_WARM, data_disks, disk_method, outlook
+
+    step = journal.get(KIND_WARM, p.key)
+    return outlook(step.data if step else {}, [disk_method(p.vm, d)[0] for d in data_disks(p.vm)])
 
 
 @dataclass
@@ -138,7 +159,7 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
     name = next(w.name for w in plan.waves if w.number == wave)
     t = measure(journal)
     modes = {p.key: sync_mode(p, journal) for p in vms}
-    estimates = {p.key: estimate(p, t, modes[p.key]) for p in vms}
+    estimates = {p.key: estimate(p, t, modes[p.key], journal) for p in vms}
     concerns = assess(plan.inventory, [p.vm for p in vms])
     plan_ref = _q(str(plan.path))
     cut = f"vmmove cutover {plan_ref} --wave {wave}"
@@ -291,6 +312,9 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
         f"batch of {jobs}, batch after batch. Another `--jobs` (or `vmmove runbook --jobs`) "
         "changes it.")
     add("")
+    warm = [p for p in vms if modes[p.key] == "warm"]
+    if warm:
+        _warm_timeline(plan_ref, wave, warm, journal, estimates, add)
     add("## Verification")
     add("")
     add(f"- [ ] `vmmove status {plan_ref} --wave {wave}` shows every VM `cut over`.")
@@ -328,6 +352,45 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
         add(f"| {role} | | | |")
     add("")
     return "\n".join(lines)
+
+
+def _warm_timeline(plan_ref: str, wave: int, vms: list[PlannedVM], journal: Journal,
+                   estimates: dict[str, Estimate], add: Any) -> None:
+    """The warm VMs' precopy rounds, the final delta their change rate predicts, and the
+    downtime window it leaves (docs/warm-migration.md)."""
+    from migrate.warm import KIND_WARM, data_disks, disk_method
+
+    add("## Warm timeline")
+    add("")
+    add(f"Precopy rounds run while the sources keep running (`vmmove sync {plan_ref} --wave "
+        f"{wave} --every 30m --until <cutover time>`); the cutover then stops each source "
+        "and copies only what changed since the last round. The cutover refuses a VM whose "
+        "last round is older than `warm.maxRoundAge`: run one last round shortly before.")
+    add("")
+    add("| VM | disks (method) | rounds | last round | last delta | change rate | "
+        "expected final delta | final sync | downtime window |")
+    add("|---|---|---|---|---|---|---|---|---|")
+    for p in vms:
+        step = journal.get(KIND_WARM, p.key)
+        st = step.data if step else {}
+        hist = st.get("history") or []
+        w = warm_outlook(p, journal)
+        methods = ", ".join(f"{d.target} ({disk_method(p.vm, d)[0]})" for d in data_disks(p.vm))
+        rate = "-"
+        if len(hist) >= 2:
+            interval = max(1e-3, float(hist[-1]["at"]) - float(hist[-2]["at"]))
+            rate = f"{human_size(int(hist[-1]['changed'] / interval * 3600))}/h"
+        last = (f"round {hist[-1]['round']} ({hist[-1]['kind']}, "
+                f"{float(hist[-1]['seconds']):.1f} s)") if hist else "none yet"
+        e = estimates[p.key]
+        add(f"| {p.vm.name} | {methods} | {len(hist)} | {last} | "
+            f"{human_size(w.get('delta')) if hist else '-'} | {rate} | "
+            f"{human_size(w.get('expected')) if hist else '-'} | "
+            f"{_duration(e.sync) if hist else '-'} | **{_duration(e.total)}** |")
+    add("")
+    add("The downtime window is stop + final sync + start and verify. RAM state is not "
+        "carried: the source is shut down, as in a cold cutover.")
+    add("")
 
 
 def write_runbooks(plan: Plan, out: Path, waves: list[int] | None = None,

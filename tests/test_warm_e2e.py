@@ -155,6 +155,14 @@ def test_warm_wave_end_to_end(cli: Any, tmp_path: Path, libvirt_domains: DomainF
     assert warm[qc.name]["rounds"] == 2 and warm[qc.name]["delta"] == q2["changed"]
     assert warm[qc.name]["predicted"] is not None and warm[qc.name]["age"] >= 0
 
+    # the runbook shows the warm timeline: rounds, expected final delta, downtime window
+    book = tmp_path / "runbooks"
+    cli("runbook", str(plan_file), "--out", str(book), ok=True)
+    text = (book / "wave-1.md").read_text()
+    assert "## Warm timeline" in text and f"vmmove sync {plan.path} --wave 1" in text
+    assert f"| {qc.name} | vda (bitmap) | 2 | round 2 (incremental" in text
+    assert f"| {raw.name} | vda (hash) | 2 |" in text
+
     # a write after the last round: the final delta must carry it (and the shutdown marker)
     write(qc, "write -P 0xb2 9M 64k")
     write(raw, "write -P 0xb2 9M 64k")
@@ -162,6 +170,9 @@ def test_warm_wave_end_to_end(cli: Any, tmp_path: Path, libvirt_domains: DomainF
               "--verify-timeout", "60", "--no-guest-agent", "-o", "json")
     assert cut.exit_code == 0, cut.stderr
     rows = {r["vm"]: r for r in json.loads(cut.stdout)}
+    print(f"warm cutover downtime: {rows[qc.name]['downtime']:.1f}s (qcow2), "
+          f"{rows[raw.name]['downtime']:.1f}s (raw); full copy "
+          f"{rows[qc.name]['fullCopySeconds']:.2f}s / {rows[raw.name]['fullCopySeconds']:.2f}s")
     assert rows[qc.name]["syncMode"] == "warm" and rows[qc.name]["fullCopySeconds"] > 0
     assert qc.state() == SHUT_OFF and raw.state() == SHUT_OFF
     vq = Path(plan.warm.volumes) / "vms" / f"{pq.name}-vda" / "disk.img"
