@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,8 @@ class Kubelet(Reconciler):
     running: dict[tuple[str, str], RunningPod] = field(default_factory=dict)  # (ns, job)
     pods_started: list[str] = field(default_factory=list)
     loops: dict[str, str] = field(default_factory=dict)  # claim → /dev/loopN
+    #: called with (namespace, job) before each pod starts (tests break things there)
+    before_start: Callable[[str, str], None] | None = None
 
     def __post_init__(self) -> None:
         self.cluster.declare(JOB, "Job")
@@ -161,6 +163,8 @@ class Kubelet(Reconciler):
                "spec": template["spec"], "status": {"phase": "Pending"}}
         self.cluster.create(POD, ns, pod)
         self.pods_started.append(pod_name)
+        if self.before_start is not None:
+            self.before_start(ns, job_name)
         spec = template["spec"]
         container = spec["containers"][0]
         folder = self.folder / "pods" / pod_name

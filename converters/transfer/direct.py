@@ -48,6 +48,9 @@ BACKEND = "direct"
 DV_TIMEOUT = 600.0  # seconds for a blank DataVolume to be ready
 JOB_TIMEOUT = 6 * 3600.0
 POLL = 0.25
+#: Container waiting reasons kubelet does not get out of by itself.
+STUCK_REASONS = {"CreateContainerConfigError", "CreateContainerError", "ErrImagePull",
+                 "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 
 
 class DirectError(VmmoveError):
@@ -233,6 +236,10 @@ class DirectTransfer:
                     or conditions["Failed"].get("reason") or "failed"
                 raise DirectError(f"{d.label}: worker Job {d.namespace}/{name} failed after "
                                   f"{attempts} attempt(s): {why}")
+            stuck = self._stuck(d, name)
+            if stuck:
+                raise DirectError(f"{d.label}: worker Job {d.namespace}/{name}: its pod cannot "
+                                  f"start: {stuck}")
             if time.monotonic() > deadline:
                 raise DirectError(f"{d.label}: worker Job {name} still running after "
                                   f"{JOB_TIMEOUT:.0f}s")
@@ -246,6 +253,16 @@ class DirectTransfer:
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
         state = (statuses[0].get("state") or {}) if statuses else {}
         return state.get("terminated") or {}
+
+    def _stuck(self, d: DirectDisk, name: str) -> str:
+        """A pod that will never run by itself (kubelet: a missing Secret or key, an image
+        that cannot be pulled): its reason and message; empty when none is stuck."""
+        for pod in self._pods(d, name):
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                waiting = (cs.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") in STUCK_REASONS:
+                    return f"{waiting['reason']}: {waiting.get('message') or ''}".strip()
+        return ""
 
     def _result(self, d: DirectDisk, name: str) -> dict[str, Any]:
         for pod in self._pods(d, name):
