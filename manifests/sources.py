@@ -33,6 +33,7 @@ S3 = "s3"
 HTTP = "http"
 UPLOAD = "upload"
 BLANK = "blank"
+DIRECT = "direct"  # transfer mode direct: a worker Job filled the DataVolume ``dv`` in place
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ class SourceResolver:
             if not data.get("url"):
                 return MissingSource("http transfer record has no url")
             return DiskSource(HTTP, url=data["url"], checksum=step.checksum, size=size, origin="journal")
-        if backend == UPLOAD:
+        if backend in (UPLOAD, DIRECT):
             if not data.get("dv"):
                 return MissingSource("upload transfer record has no DataVolume name (dv)")
             return DiskSource(

@@ -55,6 +55,7 @@ from migrate.mapping import (
 )
 from migrate.model import VM, Inventory, SourceKind
 from migrate.naming import is_dns1123_label
+from migrate.plan_workers import WorkerSettings, parse_workers
 from migrate.serialize import InventoryError, atomic_write, load_inventory
 from migrate.state import Journal
 from migrate.workdir import journal_path, target_names
@@ -67,9 +68,10 @@ _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _NAME_CHOICE = re.compile(r"^(auto|none|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
 
 TOP_KEYS = ("apiVersion", "kind", "inventory", "workdir", "namespace", "networks", "storage",
-            "transfer", "convert", "defaults", "waves", "warm")
+            "transfer", "convert", "defaults", "waves", "workers", "warm")
 TRANSFER_KEYS = ("s3", "endpointUrl", "profile", "region", "secretName", "parallel",
-                 "uploadProxy", "insecure", "storageClass", "forceBind")
+                 "uploadProxy", "insecure", "storageClass", "forceBind", "mode")
+TRANSFER_MODES = ("s3", "upload", "direct")  # direct: in-cluster workers (docs/remote-hosts.md)
 CONVERT_KEYS = ("format", "compress", "verify", "jobs", "inconsistentCopy", "forceShare")
 WARM_KEYS = ("default", "volumes", "maxRoundAge")
 DEFAULT_KEYS = ("runStrategy", "preference", "instancetype", "keepCdroms", "timezone")
@@ -107,9 +109,12 @@ class TransferSettings:
     insecure: bool = False
     storage_class: str | None = None  # upload proxy DataVolumes
     force_bind: bool = False
+    mode: str | None = None  # "direct": in-cluster workers; else implied by s3/uploadProxy
 
     @property
     def backend(self) -> str | None:
+        if self.mode == "direct":
+            return "direct"
         return "s3" if self.s3 else "upload" if self.upload_proxy else None
 
 
@@ -203,6 +208,7 @@ class Plan:
     defaults: Defaults
     waves: list[Wave]
     vms: list[PlannedVM] = field(default_factory=list)  # every planned VM, in wave order
+    workers: WorkerSettings = field(default_factory=WorkerSettings)  # transfer mode direct
     warm: WarmSettings = field(default_factory=WarmSettings)
 
     # -- lookups ----------------------------------------------------------------------------
@@ -376,9 +382,11 @@ def load_plan(path: str | os.PathLike[str], inventory: Inventory | None = None) 
     convert = _convert(data, problems)
     defaults = _defaults(data, problems)
     waves = _waves(data.get("waves"), problems)
+    workers = parse_workers(data.get("workers"), problems.add)
 
     plan = Plan(plan_path, inv_path, inventory or Inventory(), workdir.absolute(), namespace,
-                maps, transfer, convert, defaults, waves, warm=_warm(data, base, problems))
+                maps, transfer, convert, defaults, waves, workers=workers,
+                warm=_warm(data, base, problems))
     if inventory is not None:
         plan.vms = _resolve(plan, problems)
         _check_vms(plan, problems)
@@ -428,7 +436,13 @@ def _transfer(data: dict[str, Any], problems: _Problems) -> TransferSettings:
         insecure=_typed(sec, "insecure", bool, w, problems, False),
         storage_class=_typed(sec, "storageClass", str, w, problems),
         force_bind=_typed(sec, "forceBind", bool, w, problems, False),
+        mode=_typed(sec, "mode", str, w, problems),
     )
+    if t.mode is not None and t.mode not in TRANSFER_MODES:
+        problems.add(f"{w}.mode", f"{t.mode!r} is not one of {', '.join(TRANSFER_MODES)}")
+    if t.mode == "direct" and (t.s3 or t.upload_proxy):
+        problems.add(f"{w}.mode", "direct writes the disks from in-cluster workers: remove "
+                                  "s3/uploadProxy")
     if t.s3 and t.upload_proxy:
         problems.add(w, "choose one of s3 and uploadProxy, not both")
     if not t.upload_proxy:  # never silently ignored: they mean something only for the proxy

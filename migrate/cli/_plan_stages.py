@@ -48,6 +48,9 @@ def convert_wave(plan: Plan, wave: int, redo: bool = False) -> str:
     from migrate.cli.convert import BarProgress, estimate
 
     vms = wave_vms(plan, wave)
+    if plan.transfer.backend == "direct":
+        return ("convert: nothing to convert here (transfer mode direct: in-cluster workers "
+                "copy the disks from their hosts)")
     pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
     c = plan.convert
     options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
@@ -148,6 +151,8 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
     from migrate.state import DONE
 
     vms = wave_vms(plan, wave)
+    if plan.transfer.backend == "direct":
+        return direct_wave(plan, wave, kube, redo=redo)
     items, missing = transfer_items(plan, vms)
     if missing:
         raise VmmoveError(f"upload: {len(missing)} disk(s) not converted yet "
@@ -202,6 +207,41 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
     return (f"upload to {backend.describe()}: "
             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             + f", {human_size(sent)} sent")
+
+
+# -- transfer mode direct --------------------------------------------------------------------
+
+
+def direct_wave(plan: Plan, wave: int, kube: KubeArgs | None = None, redo: bool = False,
+                max_inflight: int | None = None) -> str:
+    """Have in-cluster worker Jobs write the wave's disks from their hosts
+    (converters/transfer/direct.py); one line per failed disk."""
+    from converters.transfer.direct import DirectDisk, DirectTransfer
+    from migrate.kube import connect
+    from migrate.progress import log
+
+    vms = wave_vms(plan, wave)
+    disks = [DirectDisk(p.vm, d, p.name, p.namespace) for p in vms for d in data_disks(p)]
+    settings = plan.workers
+    if max_inflight:
+        settings.max_inflight = max_inflight
+    k = kube or KubeArgs()
+    client = connect(k.kubeconfig, k.context, check=False)
+    try:
+        with plan.journal() as journal:
+            results = DirectTransfer(client, journal, plan.maps.storage, settings, redo=redo,
+                                     on_event=log).run(disks)
+    finally:
+        client.close()
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise VmmoveError(f"direct: {len(failed)} of {len(results)} disk(s) failed: "
+                          + " | ".join(str(r.error) for r in failed))
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return "direct (in-cluster workers): " + ", ".join(
+        f"{n} {s}" for s, n in sorted(counts.items()))
 
 
 # -- manifests -------------------------------------------------------------------------------

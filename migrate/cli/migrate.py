@@ -29,10 +29,14 @@ HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
 @click.option("--dry-run", is_flag=True,
               help="Only list what --stage would run, in order, with time estimates from "
                    "the journal's measurements; nothing is converted, sent or applied.")
+@click.option("--max-inflight", type=click.IntRange(min=1), metavar="N",
+              help="Transfer mode direct: at most N worker Jobs at once in this wave "
+                   "(default: the plan's workers.maxInflight; per source host: "
+                   "workers.maxInflightPerHost).")
 @apply_options
 @output_format()
 def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: bool,
-                kubeconfig: str | None,
+                max_inflight: int | None, kubeconfig: str | None,
                 context: str | None, namespace: str | None, force_conflicts: bool,
                 wait: bool, timeout: float, max_restarts: int, output: str) -> None:
     """Run one wave of a plan end to end.
@@ -66,6 +70,8 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: boo
         raise UsageError("migrate: say what to run: --stage (convert → upload → manifests "
                          "→ apply)")
     plan = load_plan(plan_file)
+    if max_inflight:
+        plan.workers.max_inflight = max_inflight
     if namespace:
         plan.use_namespace(namespace)
     if not plan.wave(wave):

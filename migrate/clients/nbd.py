@@ -37,6 +37,9 @@ from migrate.errors import VmmoveError
 PSK_USER = "vmmove"
 PSK_FILE = "keys.psk"  # the file name qemu's tls-creds-psk looks for in its folder
 CHUNK = 1 << 20
+#: nbdcopy to a pipe serializes its requests: large ones keep a TLS connection busy (with
+#: its default 256 KiB requests a TLS export streams at a few MB/s); 2×2×32 MiB in memory.
+STREAM_OPTIONS = ["--request-size=33554432", "--requests=2", "--connections=2"]
 
 
 class NbdError(VmmoveError):
@@ -151,7 +154,7 @@ def guest_sha256(url: str, label: str = "") -> tuple[str, int]:
     Read with ``nbdcopy URL -`` (block status skips reading holes on the wire; the
     zeros are still hashed).  Raises :class:`NbdError` naming ``label``.
     """
-    proc = _nbdcopy(url, "-")
+    proc = _nbdcopy(url, "-", STREAM_OPTIONS)
     return _hash_stream(proc, label or url)
 
 
@@ -166,7 +169,7 @@ def file_sha256(path: str | os.PathLike[str], fmt: str = "raw") -> tuple[str, in
                 total += len(chunk)
         return f"sha256:{digest.hexdigest()}", total
     proc = subprocess.Popen(
-        ["nbdcopy", "--", "[", "qemu-nbd", "--read-only", "--format", fmt, str(path), "]", "-"],
+        ["nbdcopy", *STREAM_OPTIONS, "--", "[", "qemu-nbd", "--read-only", "--format", fmt, str(path), "]", "-"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     return _hash_stream(proc, str(path))
 
@@ -186,6 +189,17 @@ def _hash_stream(proc: subprocess.Popen[bytes], label: str) -> tuple[str, int]:
     if proc.stderr:
         proc.stderr.close()
     return f"sha256:{digest.hexdigest()}", total
+
+
+def export_size(url: str, label: str = "") -> int:
+    """The export's size in bytes (``nbdinfo --size``); :class:`NbdError` naming ``label``."""
+    proc = subprocess.run(["nbdinfo", "--size", "--", url], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    if proc.returncode != 0:
+        said = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        raise NbdError(f"{label or url}: cannot open the export: "
+                       f"{said[-1] if said else proc.returncode}")
+    return int(proc.stdout.strip())
 
 
 def copy(url: str, dest: str | os.PathLike[str], label: str = "",
