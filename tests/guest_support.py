@@ -259,31 +259,33 @@ class Guest:
 
 
 def boot_guest(factory: Any, base: str, *, ignore_power: bool = False,
-               disk_mib: int = 16, ticker: bool = False, data_mib: int = 1) -> Guest:
+               disk_mib: int = 16, ticker: bool = False, data_mib: int = 1,
+               disk_format: str = "qcow2") -> Guest:
     """Define and start a guest through ``factory`` (a libvirtd_support DomainFactory),
     wait for its serial marker; every file lives in a folder the factory removes.
 
     ``ticker``: the guest writes ``VMMOVE-TICK <i>`` (8 digits) for i = 1, 2, … without
     pause, tick i at ``TICK_OFFSET + (i % 16) MiB`` of its disk, fsync'd, then echoes it on
     the serial console (needs ``disk_mib`` ≥ 18).  ``data_mib``: MiB of 0x5a data at 4 MiB.
+    ``disk_format``: ``qcow2`` or ``raw`` (a disk that cannot carry a dirty bitmap).
     """
     files = guest_files()
     folder = factory.image_dir()
     kernel = folder / "vmlinuz"
     shutil.copyfile(files.kernel, kernel)
     initrd = build_initramfs(files, folder / "initrd.gz")
-    disk = folder / f"{base}.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), f"{disk_mib}M"],
+    disk = folder / f"{base}.{disk_format}"
+    subprocess.run(["qemu-img", "create", "-q", "-f", disk_format, str(disk), f"{disk_mib}M"],
                    check=True)
     # some data beyond the markers, so the copy has something to carry
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 4M {data_mib}M", str(disk)],
-                   check=True, capture_output=True)
+    subprocess.run(["qemu-io", "-f", disk_format, "-c", f"write -P 0x5a 4M {data_mib}M",
+                    str(disk)], check=True, capture_output=True)
     for path in (kernel, initrd, disk):
         path.chmod(0o644)
     serial = folder / "serial.log"
     name = factory.name(base)
     dom = factory.define(guest_domain_xml(
-        name, kernel, initrd, disk, serial,
+        name, kernel, initrd, disk, serial, disk_format=disk_format,
         cmdline=" ".join(flag for flag, on in (("vmmove.ignore_power", ignore_power),
                                                 ("vmmove.ticker", ticker)) if on)))
     started = time.monotonic()

@@ -10,7 +10,6 @@ warm chain meets: a checkpoint deleted behind vmmove's back, a disk resized."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +28,6 @@ from tests.guest_support import (
     Guest,
     KubeVirt,
     boot_guest,
-    build_initramfs,
-    guest_domain_xml,
-    guest_files,
     kubevirt,  # noqa: F401
 )
 from tests.libvirtd_support import DomainFactory, libvirt_domains, libvirtd  # noqa: F401
@@ -41,29 +37,6 @@ from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F4
 pytestmark = pytest.mark.slow
 SHUT_OFF = 5
 HMP_DISK = "/machine/peripheral/virtio-disk0/virtio-backend"
-
-
-def boot_raw_guest(factory: DomainFactory, base: str, disk_mib: int = 16) -> Guest:
-    """The test guest on a raw disk (it cannot carry a bitmap: the hash method)."""
-    files = guest_files()
-    folder = factory.image_dir()
-    kernel = folder / "vmlinuz"
-    shutil.copyfile(files.kernel, kernel)
-    initrd = build_initramfs(files, folder / "initrd.gz")
-    disk = folder / f"{base}.raw"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), f"{disk_mib}M"],
-                   check=True)
-    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 4M 1M", str(disk)],
-                   check=True, capture_output=True)
-    for path in (kernel, initrd, disk):
-        path.chmod(0o644)
-    serial = folder / "serial.log"
-    dom = factory.define(guest_domain_xml(factory.name(base), kernel, initrd, disk, serial,
-                                          disk_format="raw"))
-    dom.create()
-    guest = Guest(factory.name(base), dom, disk, serial)
-    guest.wait_up()
-    return guest
 
 
 def write(guest: Guest, command: str) -> None:
@@ -93,30 +66,40 @@ def same(source: Path, fmt: str, volume: Path) -> bool:
     return proc.returncode == 0
 
 
+def warm_plan(cli: Any, tmp_path: Path, names: list[str], s3: SeaweedFS, bucket: str,
+              stage_with: Cluster | None = None) -> tuple[Path, str]:
+    """scan → plan --warm (the guests in one wave, volumes beside the plan) → optionally
+    migrate --stage (read while running, as the cold path's copy); the plan file and what
+    plan said on stderr."""
+    inventory = tmp_path / "inventory.yaml"
+    cli("scan", "-c", "qemu:///system", "--output-file", str(inventory), "-o", "json")
+    plan_file = tmp_path / "plan.yaml"
+    made = cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--s3",
+               f"s3://{bucket}/{tmp_path.name}", "--endpoint-url", s3.endpoint, "--by", "list",
+               "--wave", ",".join(names), "--warm", "--warm-volumes", "volumes", ok=True)
+    if stage_with is not None:
+        data = yaml.safe_load(plan_file.read_text())
+        data["convert"]["forceShare"] = True
+        plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+        staged = cli("migrate", str(plan_file), "--wave", "1", "--stage", "--kubeconfig",
+                     str(stage_with.kubeconfig), "-o", "json")
+        assert staged.exit_code == 0, staged.stderr
+    return plan_file, made.stderr
+
+
 def test_warm_wave_end_to_end(cli: Any, tmp_path: Path, libvirt_domains: DomainFactory,
                               s3_server: SeaweedFS, s3_bucket: str, s3_env: dict[str, str],
                               cluster: Cluster, controllers: Controllers,
                               kubevirt: KubeVirt) -> None:
     qc = boot_guest(libvirt_domains, "warmq")
-    raw = boot_raw_guest(libvirt_domains, "warmr")
+    raw = boot_guest(libvirt_domains, "warmr", disk_format="raw")
     # a checkpoint of the domain's own: vmmove must never touch it
     qc.dom.checkpointCreateXML("<domaincheckpoint><name>owner-cp</name></domaincheckpoint>", 0)
 
-    inventory = tmp_path / "inventory.yaml"
-    cli("scan", "-c", "qemu:///system", "--output-file", str(inventory), "-o", "json")
-    plan_file = tmp_path / "plan.yaml"
-    result = cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--s3",
-                 f"s3://{s3_bucket}/warm", "--endpoint-url", s3_server.endpoint, "--by", "list",
-                 "--wave", f"{qc.name},{raw.name}", "--warm", "--warm-volumes", "volumes",
-                 ok=True)
-    assert f"warm {qc.name}/vda: bitmap" in result.stderr
-    assert f"warm {raw.name}/vda: hash" in result.stderr
-    data = yaml.safe_load(plan_file.read_text())
-    data["convert"]["forceShare"] = True  # staged while running (the cold path's copy)
-    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    plan_file, said = warm_plan(cli, tmp_path, [qc.name, raw.name], s3_server, s3_bucket,
+                                stage_with=cluster)
+    assert f"warm {qc.name}/vda: bitmap" in said and f"warm {raw.name}/vda: hash" in said
     kube = ["--kubeconfig", str(cluster.kubeconfig)]
-    stage = cli("migrate", str(plan_file), "--wave", "1", "--stage", *kube, "-o", "json")
-    assert stage.exit_code == 0, stage.stderr
     plan = load_plan(plan_file)
     pq, pr = plan.wave(1)
     tag = plan_tag(plan.workdir)
@@ -221,12 +204,7 @@ def test_warm_faults(cli: Any, tmp_path: Path, libvirt_domains: DomainFactory,
     """A checkpoint deleted behind vmmove's back means a full round; a lost bitmap too; a
     disk resized between rounds is refused with the remedy."""
     qc = boot_guest(libvirt_domains, "warmf")
-    inventory = tmp_path / "inventory.yaml"
-    cli("scan", "-c", "qemu:///system", "--output-file", str(inventory), "-o", "json")
-    plan_file = tmp_path / "plan.yaml"
-    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--s3",
-        f"s3://{s3_bucket}/warmf", "--endpoint-url", s3_server.endpoint, "--by", "list",
-        "--wave", qc.name, "--warm", "--warm-volumes", "volumes", ok=True)
+    plan_file, _ = warm_plan(cli, tmp_path, [qc.name], s3_server, s3_bucket)
     plan = load_plan(plan_file)
     tag = plan_tag(plan.workdir)
     ok = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
@@ -269,17 +247,9 @@ def test_warm_killed_during_round_and_final_delta(
     from tests.test_cutover_faults import run_until_pause
 
     qc = boot_guest(libvirt_domains, "warmk")
-    inventory = tmp_path / "inventory.yaml"
-    cli("scan", "-c", "qemu:///system", "--output-file", str(inventory), "-o", "json")
-    plan_file = tmp_path / "plan.yaml"
-    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--s3",
-        f"s3://{s3_bucket}/warmk", "--endpoint-url", s3_server.endpoint, "--by", "list",
-        "--wave", qc.name, "--warm", "--warm-volumes", "volumes", ok=True)
-    data = yaml.safe_load(plan_file.read_text())
-    data["convert"]["forceShare"] = True
-    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    plan_file, _ = warm_plan(cli, tmp_path, [qc.name], s3_server, s3_bucket,
+                             stage_with=cluster)
     kube = ["--kubeconfig", str(cluster.kubeconfig)]
-    assert cli("migrate", str(plan_file), "--wave", "1", "--stage", *kube).exit_code == 0
     plan = load_plan(plan_file)
     (p,) = plan.wave(1)
     tag = plan_tag(plan.workdir)

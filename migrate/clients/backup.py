@@ -121,11 +121,15 @@ class BackupJob:
     @classmethod
     def begin(cls, dom: Any, disks: list[str], socket: str, *, incremental: str | None = None,
               checkpoint: str | None = None, freeze: bool = True,
-              scratch_dir: str | None = None) -> BackupJob:
-        """Start the job; raise :class:`NoBackupSupport` or :class:`BackupError`."""
+              scratch_dir: str | None = None, xml: str | None = None) -> BackupJob:
+        """Start the job; raise :class:`NoBackupSupport` or :class:`BackupError`.
+
+        ``xml``: a ready ``<domainbackup>`` instead of :func:`backup_xml`'s (warm rounds
+        choose full or incremental per disk: :func:`migrate.clients.checkpoint.
+        round_backup_xml`)."""
         name = dom.name()
         job = cls(dom, name, socket)
-        xml = backup_xml(disks, socket, incremental, scratch_dir)
+        xml = xml or backup_xml(disks, socket, incremental, scratch_dir)
         if freeze:
             job.frozen, job.note = _freeze(dom)
         try:

@@ -43,7 +43,7 @@ from xml.sax.saxutils import quoteattr
 
 import libvirt
 
-from migrate.clients.backup import BackupError, BackupJob, NoBackupSupport, checkpoint_xml, qemu_owner
+from migrate.clients.backup import BackupJob, checkpoint_xml, qemu_owner
 from migrate.errors import VmmoveError
 from migrate.sources.domxml import parse_xml
 
@@ -219,28 +219,15 @@ def begin_round(dom: Any, disks: dict[str, bool], folder: Path, incremental: str
                 checkpoint: str | None, bitmap_disks: list[str],
                 skip_disks: list[str]) -> BackupJob:
     """Start a round's pull job exporting ``disks`` on ``folder/backup.sock``, creating
-    ``checkpoint`` (a bitmap on ``bitmap_disks``, none on ``skip_disks``) at its start.
-    Raises :class:`BackupError` (:class:`NoBackupSupport` when the host cannot)."""
+    ``checkpoint`` (a bitmap on ``bitmap_disks``, none on ``skip_disks``) at its start;
+    filesystems frozen around the start when the guest agent answers.  Raises
+    :class:`~migrate.clients.backup.BackupError` (``NoBackupSupport`` when the host
+    cannot)."""
     socket = str(folder / "backup.sock")
     abort_stale(dom, str(folder))
-    xml = round_backup_xml(disks, socket, incremental, str(folder))
     cp = checkpoint_xml(checkpoint, bitmap_disks, tuple(skip_disks)) if checkpoint else None
-    name = dom.name()
-    try:
-        dom.backupBegin(xml, cp, 0)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT,
-                                    libvirt.VIR_ERR_OPERATION_UNSUPPORTED):
-            raise NoBackupSupport(f"{name}: the host cannot run a backup job: "
-                                  f"{_msg(exc)}") from None
-        raise BackupError(f"{name}: cannot start the backup job: {_msg(exc)}") from None
-    job = BackupJob(dom, name, socket)
-    try:
-        job.exports = job.describe()
-    except BackupError:
-        job.abort()
-        raise
-    return job
+    return BackupJob.begin(dom, list(disks), socket, checkpoint=cp,
+                           xml=round_backup_xml(disks, socket, incremental, str(folder)))
 
 
 def abort_stale(dom: Any, folder: str) -> bool:
