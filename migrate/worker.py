@@ -134,3 +134,152 @@ def run_worker(source: str, psk_file: str, dest: str, size: int,
     if result:
         Path(result).write_text(json.dumps(out))
     return out
+
+
+# -- warm migration: deltas written in place (issue 15, docs/warm-migration.md) -------------
+#
+# A warm round's worker does not rewrite the volume: it writes only what changed since the
+# last round, in place, into the PVC that earlier rounds filled.  Two ways, as the round's
+# method says:
+#
+# * ``--extents FILE`` (bitmap method): JSON ``{"data": [[offset, length], …], "zero":
+#   [[offset, length], …]}`` from the host's dirty bitmap; each data run is read from the
+#   export and written at the same offset (``qemu-img convert -n`` between two raw windows,
+#   the source over NBD with TLS-PSK), each zero run is written as zeros;
+# * ``--compare`` (hash method, done where the volume is): the whole export is streamed
+#   (``nbdcopy URL -``) and compared per MiB with the volume; differing blocks are written.
+#
+# ``--verify`` (the final delta) then compares the guest-view sha256 of the export and of
+# the volume.  A killed pod leaves a partly applied delta; the retried pod applies it again
+# from the same export (writes are idempotent).
+
+DELTA_BLOCK = 1 << 20
+
+
+def _psk_object(psk_file: str) -> str:
+    folder = os.path.dirname(os.path.abspath(psk_file))
+    if os.path.basename(psk_file) != nbd.PSK_FILE or "," in folder:
+        raise WorkerError(f"{psk_file}: qemu reads a PSK from a folder's {nbd.PSK_FILE}")
+    return f"tls-creds-psk,id=tls0,endpoint=client,dir={folder},username={nbd.PSK_USER}"
+
+
+def _window(source: str, offset: int, length: int) -> str:
+    """qemu image options: ``length`` bytes at ``offset`` of the TLS export ``source``."""
+    parts = urlsplit(source)
+    export = parts.path.lstrip("/")
+    for value in (parts.hostname or "", export):
+        if "," in value:
+            raise WorkerError(f"--source {source!r}: a comma cannot appear in qemu options")
+    return (f"driver=raw,offset={offset},size={length},file.driver=nbd,"
+            f"file.server.type=inet,file.server.host={parts.hostname},"
+            f"file.server.port={parts.port},file.export={export},file.tls-creds=tls0")
+
+
+def _copy_run(source: str, psk_file: str, dest: str, offset: int, length: int) -> None:
+    import subprocess
+
+    if "," in dest:
+        raise WorkerError(f"{dest}: a comma cannot appear in qemu options")
+    proc = subprocess.run(
+        ["qemu-img", "convert", "-n", "--object", _psk_object(psk_file), "--image-opts",
+         _window(source, offset, length), "--target-image-opts",
+         f"driver=raw,offset={offset},size={length},file.driver=file,file.filename={dest}"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=3600)
+    if proc.returncode != 0:
+        said = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        raise WorkerError(f"{dest}: writing {length} bytes at {offset} failed: "
+                          f"{said[-1] if said else proc.returncode}")
+
+
+def _compare_into(url: str, dest: str, size: int, label: str) -> int:
+    """Stream the export, write the MiB blocks that differ from ``dest``; bytes written."""
+    import subprocess
+
+    proc = subprocess.Popen(["nbdcopy", "--", url, "-"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    changed, offset = 0, 0
+    with open(dest, "r+b", buffering=0) as out:
+        while offset < size:
+            block = proc.stdout.read(min(DELTA_BLOCK, size - offset))
+            if not block:
+                break
+            have = os.pread(out.fileno(), len(block), offset)
+            if have != block:
+                os.pwrite(out.fileno(), block, offset)
+                changed += len(block)
+            offset += len(block)
+        os.fsync(out.fileno())
+    proc.stdout.close()
+    proc.wait()
+    if proc.returncode != 0 or offset != size:
+        said = proc.stderr.read().decode(errors="replace").strip().splitlines() \
+            if proc.stderr else []
+        raise WorkerError(f"{label}: reading the export failed: "
+                          f"{said[-1] if said else f'{offset} of {size} bytes'}")
+    return changed
+
+
+def run_delta(source: str, psk_file: str, dest: str, size: int, *,
+              extents_file: str | None = None, compare: bool = False, verify: bool = False,
+              result: str | None = None) -> dict[str, Any]:
+    """Apply one warm round's delta in place (see above); the result object
+    (``changed`` bytes, ``bytes`` = size, ``dest``, and ``checksum`` with ``verify``)."""
+    if not os.access(psk_file, os.R_OK):
+        raise WorkerError(f"{psk_file}: PSK file missing or unreadable (the Job's Secret "
+                          "must hold keys.psk)")
+    if bool(extents_file) == compare:
+        raise WorkerError("a delta takes exactly one of --extents FILE and --compare")
+    url = source_url(source, psk_file)
+    label = f"{dest} from {source}"
+    exported = nbd.export_size(url, label)
+    if exported != size:
+        raise WorkerError(f"{label}: the export holds {exported} bytes, expected {size}")
+    try:
+        st = os.stat(dest)
+    except OSError as exc:
+        raise WorkerError(f"{dest}: {exc.strerror} (a delta goes into the volume the first "
+                          "round filled)") from None
+    if stat.S_ISREG(st.st_mode) and st.st_size < size:
+        raise WorkerError(f"{dest}: holds {st.st_size} bytes, the disk {size}")
+    changed = 0
+    if extents_file:
+        try:
+            runs = json.loads(Path(extents_file).read_text())
+            data = [(int(o), int(n)) for o, n in runs.get("data", [])]
+            zero = [(int(o), int(n)) for o, n in runs.get("zero", [])]
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise WorkerError(f"{extents_file}: not an extents file: {exc}") from None
+        bad = [(o, n) for o, n in data + zero if o < 0 or n <= 0 or o + n > size]
+        if bad:
+            raise WorkerError(f"{extents_file}: extent {bad[0]} is outside the disk ({size})")
+        for offset, length in data:
+            _copy_run(source, psk_file, dest, offset, length)
+            changed += length
+        fd = os.open(dest, os.O_WRONLY)
+        try:
+            for offset, length in zero:
+                done = 0
+                while done < length:
+                    n = min(CHUNK, length - done)
+                    os.pwrite(fd, bytes(n), offset + done)
+                    done += n
+                changed += length
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    else:
+        changed = _compare_into(url, dest, size, label)
+    out: dict[str, Any] = {"changed": changed, "bytes": size, "dest": dest}
+    if verify:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            f_source = pool.submit(nbd.guest_sha256, url, label)
+            f_dest = pool.submit(_sha256_prefix, dest, size)
+            (src_sum, _n), dest_sum = f_source.result(), f_dest.result()
+        if src_sum != dest_sum:
+            raise WorkerError(f"{label}: the volume differs from the export after the delta "
+                              f"({dest_sum} in the volume, {src_sum} exported)")
+        out["checksum"] = dest_sum
+    if result:
+        Path(result).write_text(json.dumps(out))
+    return out

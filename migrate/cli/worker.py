@@ -17,11 +17,23 @@ import click
 @click.option("--size", required=True, type=click.IntRange(min=1), help="Disk size in bytes.")
 @click.option("--result", type=click.Path(dir_okay=False),
               help="Where to write the JSON result (the container's terminationMessagePath).")
-def worker_cmd(source: str, psk_file: str, dest: str, size: int, result: str | None) -> None:
+@click.option("--extents", "extents", type=click.Path(dir_okay=False), default=None,
+              help="Warm round: write only these extents (JSON data/zero runs) in place.")
+@click.option("--compare", is_flag=True,
+              help="Warm round: stream the export, write the MiB blocks that differ.")
+@click.option("--verify", is_flag=True,
+              help="Warm final delta: then compare the export's and the volume's sha256.")
+def worker_cmd(source: str, psk_file: str, dest: str, size: int, result: str | None,
+               extents: str | None, compare: bool, verify: bool) -> None:
     """Write one disk from a source host's NBD export into a PVC, verified (run by the
-    Jobs of transfer mode direct; see docs/remote-hosts.md)."""
-    from migrate.worker import run_worker
+    Jobs of transfer mode direct; see docs/remote-hosts.md). With --extents or --compare,
+    a warm round's delta in place (docs/warm-migration.md)."""
+    from migrate.worker import run_delta, run_worker
 
+    if extents or compare:
+        click.echo(json.dumps(run_delta(source, psk_file, dest, size, extents_file=extents,
+                                        compare=compare, verify=verify, result=result)))
+        return
     click.echo(json.dumps(run_worker(source, psk_file, dest, size, result)))
 
 
