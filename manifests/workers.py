@@ -68,12 +68,18 @@ def worker_args(source_url: str, size: int, block: bool) -> list[str]:
 
 
 def worker_job(name: str, namespace: str, *, claim: str, secret: str, source_url: str,
-               size: int, block: bool, settings: WorkerSettings, item: str) -> dict[str, Any]:
-    """The Job that runs ``vmmove worker`` once (retried up to ``backoffLimit`` times)."""
+               size: int, block: bool, settings: WorkerSettings, item: str,
+               extra_args: tuple[str, ...] = (),
+               extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The Job that runs ``vmmove worker`` once (retried up to ``backoffLimit`` times).
+
+    Warm rounds (docs/warm-migration.md): ``extra_args`` follow the worker's arguments
+    (``--extents``, ``--compare``, ``--verify``) and ``extra_keys`` are more keys of the
+    Secret mounted beside the PSK (the round's ``extents.json``)."""
     container: dict[str, Any] = {
         "name": "worker", "image": settings.image, "imagePullPolicy": "IfNotPresent",
         "command": ["vmmove", "worker"],
-        "args": worker_args(source_url, size, block),
+        "args": worker_args(source_url, size, block) + list(extra_args),
         "terminationMessagePath": RESULT_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",  # a failure: its last line
         "volumeMounts": [{"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}],
@@ -95,7 +101,8 @@ def worker_job(name: str, namespace: str, *, claim: str, secret: str, source_url
         "volumes": [
             {"name": "disk", "persistentVolumeClaim": {"claimName": claim}},
             {"name": "tls", "secret": {"secretName": secret, "defaultMode": 0o400,
-                                       "items": [{"key": PSK_KEY, "path": PSK_KEY}]}},
+                                       "items": [{"key": k, "path": k}
+                                                 for k in (PSK_KEY, *extra_keys)]}},
         ],
     }
     if settings.node_selector:

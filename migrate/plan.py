@@ -73,7 +73,8 @@ TRANSFER_KEYS = ("s3", "endpointUrl", "profile", "region", "secretName", "parall
                  "uploadProxy", "insecure", "storageClass", "forceBind", "mode")
 TRANSFER_MODES = ("s3", "upload", "direct")  # direct: in-cluster workers (docs/remote-hosts.md)
 CONVERT_KEYS = ("format", "compress", "verify", "jobs", "inconsistentCopy", "forceShare")
-WARM_KEYS = ("default", "volumes", "maxRoundAge")
+WARM_KEYS = ("default", "volumes", "maxRoundAge", "writer")
+WARM_WRITERS = ("local", "worker")
 DEFAULT_KEYS = ("runStrategy", "preference", "instancetype", "keepCdroms", "timezone")
 WAVE_KEYS = ("name", "vms")
 VM_KEYS = ("vm", "targetName", "namespace", "runStrategy", "preference", "instancetype",
@@ -137,6 +138,9 @@ class WarmSettings:
     default: bool = False
     volumes: Path | None = None
     max_round_age: float = 3600.0
+    #: ``local``: vmmove writes the volumes itself; ``worker``: a Job per disk and round
+    #: runs ``vmmove worker`` in the cluster, reading the host's TLS export
+    writer: str = "local"
 
 
 @dataclass
@@ -472,9 +476,13 @@ def _warm(data: dict[str, Any], base: Path, problems: _Problems) -> WarmSettings
     age = _typed(sec, "maxRoundAge", (int, float), w, problems, 3600)
     if age is not None and age <= 0:
         problems.add(f"{w}.maxRoundAge", "must be a positive number of seconds")
+    writer = _typed(sec, "writer", str, w, problems, "local")
+    if writer not in WARM_WRITERS:
+        problems.add(f"{w}.writer", f"{writer!r} is not one of {', '.join(WARM_WRITERS)}")
+        writer = "local"
     return WarmSettings(default=_typed(sec, "default", bool, w, problems, False),
                         volumes=(base / volumes).absolute() if volumes else None,
-                        max_round_age=float(age or 3600))
+                        max_round_age=float(age or 3600), writer=writer)
 
 
 def _convert(data: dict[str, Any], problems: _Problems) -> ConvertSettings:

@@ -84,11 +84,8 @@ def round_item(p: PlannedVM, n: int) -> str:
     return f"{p.key}/round/{n}"
 
 
-def volume_path(plan: Plan, p: PlannedVM, disk: Disk) -> Path:
-    """Where the disk's target volume is written (``warm.volumes``)."""
-    if plan.warm.volumes is None:
-        raise UsageError(f"{plan.path}: warm VM {p.vm.name} needs warm.volumes (where the "
-                         "target volumes are written) in the plan")
+def claim(plan: Plan, p: PlannedVM, disk: Disk) -> tuple[str, str]:
+    """``(namespace, DataVolume)`` holding the disk's target volume (its PVC's name)."""
     from migrate.cli._plan_stages import build_manifests, vm_objects
 
     try:
@@ -100,12 +97,21 @@ def volume_path(plan: Plan, p: PlannedVM, disk: Disk) -> Path:
 
         names = assign_names((d.target, dns1123_label(image_basename(p.name, d)))
                              for d in data_disks(p.vm))
-        return plan.warm.volumes / p.namespace / names[disk.target] / "disk.img"
+        return p.namespace, names[disk.target]
     for obj in objects:
         for imp in obj.imports:
             if imp.item.rsplit("/", 1)[-1] == disk.target:
-                return plan.warm.volumes / imp.namespace / imp.dv / "disk.img"
+                return imp.namespace, imp.dv
     raise WarmError(f"{p.vm.name}/{disk.target}: no DataVolume for this disk in the manifests")
+
+
+def volume_path(plan: Plan, p: PlannedVM, disk: Disk) -> Path:
+    """Where vmmove writes the disk's target volume itself (``warm.volumes``)."""
+    if plan.warm.volumes is None:
+        raise UsageError(f"{plan.path}: warm VM {p.vm.name} needs warm.volumes (where the "
+                         "target volumes are written) in the plan, or warm.writer worker")
+    namespace, dv = claim(plan, p, disk)
+    return plan.warm.volumes / namespace / dv / "disk.img"
 
 
 @dataclass
@@ -119,11 +125,14 @@ class DiskRound:
     size: int = 0
     seconds: float = 0.0
     reason: str = ""
+    writer: str = "local"
+    checksum: str | None = None  # the volume's sha256, as a verifying worker reported it
 
     def to_data(self) -> dict[str, Any]:
         return {"method": self.method, "full": self.full, "changed": self.changed,
                 "read": self.read, "extents": self.extents, "size": self.size,
-                "seconds": round(self.seconds, 3), "reason": self.reason}
+                "seconds": round(self.seconds, 3), "reason": self.reason,
+                "writer": self.writer, "checksum": self.checksum}
 
 
 @dataclass
@@ -166,13 +175,18 @@ def _libvirt_domain(p: PlannedVM) -> tuple[Any, Any]:
 class Warm:
     """Warm rounds and final deltas of a plan's VMs (the caller holds the plan lock)."""
 
-    def __init__(self, plan: Plan, journal: Journal, log: Any = None) -> None:
+    def __init__(self, plan: Plan, journal: Journal, log: Any = None, kube: Any = None) -> None:
         from migrate.clients.checkpoint import plan_tag
 
         self.plan, self.journal = plan, journal
         self.log = log or (lambda _m: None)
+        self.kube = kube  # warm.writer worker: the cluster the worker Jobs run in
+        if plan.warm.writer == "worker" and kube is None:
+            raise UsageError(f"{plan.path}: warm.writer worker runs Jobs in the cluster: give "
+                             "--kubeconfig (or KUBECONFIG)")
         self.tag = plan_tag(plan.workdir)
         self._pending_checkpoint: str | None = None
+        self._final = False  # the run under way is a final delta (workers then verify)
         self._volumes: dict[tuple[str, str], Path] = {}
 
     # -- state ---------------------------------------------------------------------------
@@ -227,9 +241,18 @@ class Warm:
         if not st.get("round"):
             raise WarmError(f"{p.vm.name}: no precopy round was run (vmmove sync first)")
         started = time.monotonic()
-        result = self._run(p, int(st["round"]), st, st.get("full_reason") or "", final=True)
+        self._final = True
+        try:
+            result = self._run(p, int(st["round"]), st, st.get("full_reason") or "",
+                               final=True)
+        finally:
+            self._final = False
         result.seconds = time.monotonic() - started
-        sums = self.verify(p)
+        if self.plan.warm.writer == "worker":  # each worker compared export and volume
+            sums = {d.target: {"volume_sha256": d.checksum, "verified_by": "worker"}
+                    for d in result.disks}
+        else:
+            sums = self.verify(p)
         self.journal.update(KIND_WARM, vm_item(p), final=result.to_data(), verified=sums)
         cleaned = self.cleanup(p)
         return {"mode": "warm", "bytes": result.changed, "seconds": round(result.seconds, 3),
@@ -379,7 +402,7 @@ class Warm:
             self._check_size(p, disk, src.size)
             out.changed, out.read, out.extents, full = self._copy(
                 p, disk, src, method, dirty_context(export.bitmap) if len(contexts) > 1
-                else None)
+                else None, origin=("nbd", socket, export.export), out=out)
             out.full = full
         out.seconds = time.monotonic() - t0
         return out
@@ -405,7 +428,8 @@ class Warm:
                 out.size = src.size
                 self._check_size(p, disk, src.size)
                 out.changed, out.read, out.extents, out.full = self._copy(
-                    p, disk, src, method, None, holes=src.holes())
+                    p, disk, src, method, None, holes=src.holes(),
+                    origin=("file", plain, "raw"), out=out)
             out.seconds = time.monotonic() - t0
             return out
         try:
@@ -428,22 +452,46 @@ class Warm:
                 out.size = src.size
                 self._check_size(p, disk, src.size)
                 out.changed, out.read, out.extents, out.full = self._copy(
-                    p, disk, src, method, dirty_context(bitmap) if bitmap else None)
+                    p, disk, src, method, dirty_context(bitmap) if bitmap else None,
+                    origin=("nbd", served.socket, served.export), out=out)
         finally:
             cm.__exit__(None, None, None)
         out.seconds = time.monotonic() - t0
         return out
 
     def _copy(self, p: PlannedVM, disk: Disk, src: Any, method: str, dirty: str | None,
-              holes: list[tuple[int, int]] | None = None) -> tuple[int, int, int, bool]:
+              holes: list[tuple[int, int]] | None = None, *, origin: tuple[str, str, str],
+              out: DiskRound) -> tuple[int, int, int, bool]:
         """Write the round's delta of one disk; (changed, read, extents, was_full).
-        ``holes``: given for a local file (else asked with NBD block status)."""
+        ``holes``: given for a local file (else asked with NBD block status).  ``origin``:
+        where a worker reads the source (``("nbd", socket, export)`` or ``("file", path,
+        format)``); ``out``: the disk's round, told what a verifying worker found."""
         from migrate.clients.nbdwire import BASE_ALLOCATION, STATE_DIRTY, STATE_ZERO
 
         size = src.size
         alloc = src.block_status(BASE_ALLOCATION) if holes is None else []
         if holes is None:
             holes = [(e.offset, e.length) for e in alloc if e.flags & STATE_ZERO]
+        if self.plan.warm.writer == "worker":
+            if method == HASH:
+                extents = None  # the worker compares the export with the volume
+                full = self.state(p).get("full_reason") is not None or \
+                    not self.state(p).get("round")
+            elif dirty is None:  # every extent, zeros too: the volume may hold anything
+                extents = {"data": [[e.offset, e.length] for e in alloc
+                                    if not e.flags & STATE_ZERO], "zero": [list(h) for h in holes]}
+                full = True
+            else:
+                marked = [(e.offset, e.length) for e in src.block_status(dirty)
+                          if e.flags & STATE_DIRTY]
+                data, zero = _split(marked, holes)
+                extents = {"data": [list(e) for e in delta.merge_extents(data, gap=1 << 20)],
+                           "zero": [list(e) for e in zero]}
+                full = False
+            got = self._worker(p, disk, origin, size, extents, final=self._final)
+            out.writer, out.checksum = "worker", got.get("checksum")
+            runs = len(extents["data"]) + len(extents["zero"]) if extents else 0
+            return int(got.get("changed") or 0), 0, runs, full
         if method == HASH:
             store = self.hashes(p, disk)
             old = store.load(size)
@@ -473,6 +521,93 @@ class Warm:
         finally:
             os.close(fd)
         return stats.changed, stats.read, stats.extents, dirty is None
+
+    # -- in-cluster workers (warm.writer worker) ------------------------------------------
+    def _worker(self, p: PlannedVM, disk: Disk, origin: tuple[str, str, str], size: int,
+                extents: dict[str, Any] | None, final: bool) -> dict[str, Any]:
+        """Run one worker Job writing this round's delta of ``disk`` into its PVC, from a
+        TLS export of ``origin`` on this host; the worker's result."""
+        import base64
+        import json as _json
+
+        from converters.transfer.direct import DirectDisk, DirectTransfer
+        from manifests.workers import TLS_MOUNT, psk_secret, worker_job
+        from migrate.clients.checkpoint import free_port, scratch_dir, serve_tls
+        from migrate.clients.nbd import PSK_USER, nbd_image_opts
+        from migrate.naming import dns1123_label
+
+        self._require_halted(p)
+        _ns, pvc = claim(self.plan, p, disk)
+        w = self.plan.workers
+        bind = w.source_address or "127.0.0.1"
+        port = free_port(bind, *w.port_range)
+        name = _safe(disk.target)
+        folder = scratch_dir(self.tag, p.key)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        kind, where, what = origin
+        serve = (serve_tls(folder, name, bind, port, path=where, fmt=what) if kind == "file"
+                 else serve_tls(folder, name, bind, port, image_opts=nbd_image_opts(where, what)))
+        d = DirectDisk(p.vm, disk, p.name, p.namespace)
+        dt = DirectTransfer(self.kube, self.journal, self.plan.maps.storage, w)
+        job_name = dns1123_label(f"vmmove-warm-{pvc}")
+        secret_name = dns1123_label(f"vmmove-warm-{pvc}")
+        block = self.plan.maps.storage.resolve(disk).volume_mode == "Block"
+        args: list[str] = (["--extents", f"{TLS_MOUNT}/extents.json"] if extents is not None
+                           else ["--compare"]) + (["--verify"] if final else [])
+        with serve as psk:
+            secret = psk_secret(secret_name, p.namespace, psk, d.item)
+            keys: tuple[str, ...] = ()
+            if extents is not None:
+                secret["data"]["extents.json"] = base64.b64encode(
+                    _json.dumps(extents).encode()).decode()
+                keys = ("extents.json",)
+            dt._delete("batch/v1", "Job", job_name, p.namespace)  # an earlier run's
+            self.kube.apply(secret)
+            try:
+                self.kube.apply(worker_job(
+                    job_name, p.namespace, claim=pvc, secret=secret_name,
+                    source_url=f"nbds://{PSK_USER}@{bind}:{port}/{name}", size=size,
+                    block=block, settings=w, item=d.item, extra_args=tuple(args),
+                    extra_keys=keys))
+                return self._wait_worker(dt, d, job_name)
+            finally:
+                dt._delete("batch/v1", "Job", job_name, p.namespace)
+                dt._delete("v1", "Secret", secret_name, p.namespace)
+
+    def _require_halted(self, p: PlannedVM) -> None:
+        """No worker writes a volume the target VM may be using."""
+        from migrate.cutover import get_vmi
+        from migrate.kube import VIRTUAL_MACHINE
+
+        vm = self.kube.get(*VIRTUAL_MACHINE, p.name, p.namespace)
+        strategy = ((vm or {}).get("spec") or {}).get("runStrategy")
+        if vm is not None and strategy != "Halted" or get_vmi(self.kube, p.namespace, p.name):
+            raise WarmError(f"{p.vm.name}: the target VirtualMachine {p.namespace}/{p.name} is "
+                            f"not Halted (runStrategy {strategy}); no worker writes its "
+                            "volumes while it may run: vmmove rollback first")
+
+    def _wait_worker(self, dt: Any, d: Any, name: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 6 * 3600
+        while True:
+            job = self.kube.get("batch/v1", "Job", name, d.namespace)
+            if job is None:
+                raise WarmError(f"{d.label}: worker Job {d.namespace}/{name} was deleted")
+            status = job.get("status") or {}
+            done = {c.get("type") for c in status.get("conditions") or []
+                    if c.get("status") == "True"}
+            if "Complete" in done or status.get("succeeded"):
+                result = dt._result(d, name)
+                if "changed" not in result:
+                    raise WarmError(f"{d.label}: worker Job {name} succeeded without a result")
+                return result
+            if "Failed" in done:
+                raise WarmError(f"{d.label}: worker Job {d.namespace}/{name} failed: "
+                                f"{dt._pod_failure(d, name) or 'see its pod'}")
+            stuck = dt._stuck(d, name)
+            if stuck or time.monotonic() > deadline:
+                raise WarmError(f"{d.label}: worker Job {d.namespace}/{name}: "
+                                f"{stuck or 'still running after 6 h'}")
+            time.sleep(0.25)
 
     # -- checks and cleanup --------------------------------------------------------------
     def verify(self, p: PlannedVM) -> dict[str, dict[str, Any]]:

@@ -33,6 +33,7 @@ from tests.guest_support import (
 from tests.libvirtd_support import DomainFactory, libvirt_domains, libvirtd  # noqa: F401
 from tests.plan_support import Cluster, Controllers, cluster, controllers  # noqa: F401
 from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.workers_support import JOB, SECRET, Kubelet, kubelet  # noqa: F401
 
 pytestmark = pytest.mark.slow
 SHUT_OFF = 5
@@ -284,3 +285,59 @@ def test_warm_killed_during_round_and_final_delta(
     leftovers = subprocess.run(["pgrep", "-f", str(scratch_dir(tag, p.key))],
                                capture_output=True, text=True).stdout
     assert not leftovers.strip()
+
+
+def test_warm_rounds_written_by_worker_jobs(
+        cli: Any, tmp_path: Path, libvirt_domains: DomainFactory, s3_server: SeaweedFS,
+        s3_bucket: str, s3_env: dict[str, str], cluster: Cluster, controllers: Controllers,
+        kubevirt: KubeVirt, kubelet: Kubelet) -> None:
+    """warm.writer worker: every round's delta (and the final one, verified) is written
+    into the PVC by `vmmove worker` run from a Job (the test kubelet runs it in a mount
+    namespace), reading this host's TLS export; the VM stays Halted meanwhile."""
+    qc = boot_guest(libvirt_domains, "warmw")
+    raw = boot_guest(libvirt_domains, "warmv", disk_format="raw")
+    plan_file, _ = warm_plan(cli, tmp_path, [qc.name, raw.name], s3_server, s3_bucket,
+                             stage_with=cluster)
+    data = yaml.safe_load(plan_file.read_text())
+    data["warm"]["writer"] = "worker"
+    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    plan = load_plan(plan_file)
+    pq, pr = plan.wave(1)
+    kube = ["--kubeconfig", str(cluster.kubeconfig)]
+    pvc_q = kubelet.pvc(f"{pq.name}-vda") / "disk.img"
+    pvc_r = kubelet.pvc(f"{pr.name}-vda") / "disk.img"
+
+    r1 = cli("sync", str(plan_file), "--wave", "1", *kube, "-o", "json")
+    assert r1.exit_code == 0, r1.stderr
+    rounds = {r["vm"]: r for r in json.loads(r1.stdout)}
+    assert {r["kind"] for r in rounds.values()} == {"full"}
+    assert rounds[qc.name]["disks"]["vda"]["writer"] == "worker"
+    assert rounds[qc.name]["disks"]["vda"]["read"] == 0  # no data through vmmove
+    assert same(qc.disk, "qcow2", pvc_q) and same(raw.disk, "raw", pvc_r)
+
+    write(qc, "write -P 0x71 6M 256k")
+    write(raw, "write -P 0x71 6M 256k")
+    r2 = cli("sync", str(plan_file), "--wave", "1", *kube, "-o", "json")
+    assert r2.exit_code == 0, r2.stderr
+    rounds = {r["vm"]: r for r in json.loads(r2.stdout)}
+    assert {r["kind"] for r in rounds.values()} == {"incremental"}
+    assert 256 << 10 <= rounds[qc.name]["changed"] <= 2 << 20
+    assert rounds[raw.name]["changed"] == 1 << 20  # the worker compared: one MiB block
+    for pvc in (pvc_q, pvc_r):  # (a running qcow2's metadata may still sit in QEMU's cache)
+        with open(pvc, "rb") as fh:
+            fh.seek(6 << 20)
+            assert fh.read(256 << 10) == b"\x71" * (256 << 10)
+    assert same(raw.disk, "raw", pvc_r)
+
+    write(qc, "write -P 0x72 9M 64k")
+    cut = cli("cutover", str(plan_file), "--wave", "1", *kube, "--shutdown-timeout", "120",
+              "--verify-timeout", "60", "--no-guest-agent", "-o", "json")
+    assert cut.exit_code == 0, cut.stderr
+    assert same(qc.disk, "qcow2", pvc_q) and same(raw.disk, "raw", pvc_r)
+    with plan.journal() as journal:
+        sync = journal.get("cutover", f"{pq.key}/sync")
+        assert sync is not None and sync.data["disks"]["vda"]["verified_by"] == "worker"
+        assert sync.data["disks"]["vda"]["volume_sha256"].startswith("sha256:")
+    assert not cluster.objects(JOB) and not [
+        n for (_ns, n) in cluster.objects(SECRET) if n.startswith("vmmove-warm-")]
+    assert not [c for c in checkpoints(qc) if c.startswith(PREFIX)]

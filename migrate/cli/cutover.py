@@ -64,7 +64,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
 
     if is_warm(plan, p):  # the final delta since the last precopy round, checked
         try:
-            data = Warm(plan, journal, log).final(p)
+            data = Warm(plan, journal, log, kube).final(p)
         except WarmError as exc:
             raise CutoverError(str(exc)) from None
         data["full_copy_seconds"] = _full_copy_seconds(journal, p)

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from migrate.cli.options import kube as kube_options
 from migrate.cli.options import output_format
 from migrate.errors import UsageError, VmmoveError
 from migrate.output import emit, error_line, human_size
@@ -33,9 +34,11 @@ def parse_every(text: str) -> float:
               help="Repeat rounds (30m, 2h, 90s) until --until or Ctrl-C.")
 @click.option("--until", "until", metavar="TIME",
               help="With --every: start no round after TIME (ISO 8601, or HH:MM).")
+@kube_options
 @output_format()
 def sync_cmd(plan_file: str, vms: tuple[str, ...], wave: int, full: bool, every: str | None,
-             until: str | None, output: str) -> None:
+             until: str | None, kubeconfig: str | None, context: str | None,
+             namespace: str | None, output: str) -> None:
     """Run a precopy round for the warm VMs of a wave while their sources keep running.
 
     \b
@@ -46,7 +49,8 @@ def sync_cmd(plan_file: str, vms: tuple[str, ...], wave: int, full: bool, every:
     only what changed since the previous one (bitmap disks: the host's dirty bitmap;
     hash disks: blocks whose hash changed). Each round is journalled with its changed
     bytes and duration; `vmmove status` shows the last round's age and delta and the
-    predicted final-sync time.
+    predicted final-sync time. With warm.writer worker the deltas are written by worker
+    Jobs in the cluster (--kubeconfig).
     """
     from migrate.cutover import parse_at, select_vms
     from migrate.pipeline import plan_lock
@@ -55,6 +59,8 @@ def sync_cmd(plan_file: str, vms: tuple[str, ...], wave: int, full: bool, every:
     from migrate.warm import Warm, is_warm
 
     plan = load_plan(plan_file)
+    if namespace:
+        plan.use_namespace(namespace)
     chosen = select_vms(plan, wave, vms)
     cold = [p.vm.name for p in chosen if not is_warm(plan, p)]
     if vms and cold:
@@ -67,13 +73,18 @@ def sync_cmd(plan_file: str, vms: tuple[str, ...], wave: int, full: bool, every:
     if until and interval is None:
         raise UsageError("--until goes with --every")
     deadline = parse_at(until).timestamp() if until else None
+    kube = None
+    if plan.warm.writer == "worker":
+        from migrate.kube import connect
+
+        kube = connect(kubeconfig, context)
     data, rows, errors = [], [], []
     first = True
     while True:
         started = time.time()
         with plan_lock(plan):
             with plan.journal() as journal:
-                warm = Warm(plan, journal, log)
+                warm = Warm(plan, journal, log, kube)
                 for p in chosen:
                     try:
                         r = warm.sync(p, full=full and first)
@@ -96,6 +107,8 @@ def sync_cmd(plan_file: str, vms: tuple[str, ...], wave: int, full: bool, every:
             break
         log(f"next round at {time.strftime('%H:%M:%S', time.localtime(wake))}")
         time.sleep(max(0.0, wake - time.time()))
+    if kube is not None:
+        kube.close()
     emit(data, output, HEADERS, rows)
     if errors:
         for e in errors:

@@ -252,6 +252,62 @@ def abort_stale(dom: Any, folder: str) -> bool:
     return True
 
 
+# -- exports for in-cluster workers ------------------------------------------------------
+
+
+def free_port(bind: str, low: int, high: int) -> int:
+    """A TCP port in ``[low, high]`` nothing listens on at ``bind`` (``workers.portRange``)."""
+    import socket
+
+    for port in range(low, high + 1):
+        with socket.socket() as s:
+            try:
+                s.bind((bind, port))
+            except OSError:
+                continue
+            return port
+    raise CheckpointError(f"no free port in workers.portRange {low}-{high} on {bind}")
+
+
+@contextmanager
+def serve_tls(folder: Path, name: str, bind: str, port: int, *, path: str | None = None,
+              fmt: str | None = None, image_opts: str | None = None) -> Iterator[bytes]:
+    """``qemu-nbd --read-only`` with TLS-PSK on ``bind:port`` exporting ``name``: a disk
+    image (``path`` in ``fmt``) or another export (``image_opts``, e.g. a backup job's
+    UNIX export); a fresh PSK (yielded, for the worker's Secret), all removed on exit."""
+    from migrate.clients.nbd import PSK_FILE, new_psk
+
+    keys = folder / f"{name}-tls"
+    pid_file = folder / f"{name}-tls.pid"
+    _kill_pid_file(pid_file)
+    shutil.rmtree(keys, ignore_errors=True)
+    keys.mkdir(mode=0o700, parents=True)
+    psk = new_psk()
+    (keys / PSK_FILE).write_bytes(psk)
+    args = ["qemu-nbd", "--read-only", "--persistent", "--fork", "--shared=4",
+            f"--pid-file={pid_file}", f"--export-name={name}", f"--bind={bind}",
+            f"--port={port}", f"--object=tls-creds-psk,id=tls0,endpoint=server,dir={keys}",
+            "--tls-creds=tls0"]
+    if image_opts:
+        args += ["--image-opts", image_opts]
+    else:
+        assert path is not None
+        if not path.startswith("json:"):
+            args.append(f"--format={fmt}")
+        args.append(path)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        shutil.rmtree(keys, ignore_errors=True)
+        said = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        raise CheckpointError(f"{path or name}: cannot export for the worker: {said[0]}")
+    try:
+        yield psk
+    finally:
+        _kill_pid_file(pid_file)
+        pid_file.unlink(missing_ok=True)
+        shutil.rmtree(keys, ignore_errors=True)
+
+
 # -- a stopped disk ----------------------------------------------------------------------
 
 
