@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,8 @@ def test_warm_faults(cli: Any, tmp_path: Path, libvirt_domains: DomainFactory,
                      s3_server: SeaweedFS, s3_bucket: str, s3_env: dict[str, str],
                      cluster: Cluster, controllers: Controllers) -> None:
     """A checkpoint deleted behind vmmove's back means a full round; a lost bitmap too; a
-    disk resized between rounds is refused with the remedy."""
+    host reboot (clean shutdown and start) keeps the chain; a disk resized between rounds
+    is refused with the remedy; vmmove clean leaves only the domain's own checkpoint."""
     qc = boot_guest(libvirt_domains, "warmf")
     plan_file, _ = warm_plan(cli, tmp_path, [qc.name], s3_server, s3_bucket)
     plan = load_plan(plan_file)
@@ -218,12 +220,36 @@ def test_warm_faults(cli: Any, tmp_path: Path, libvirt_domains: DomainFactory,
     (row,) = json.loads(r.stdout)
     assert row["kind"] == "full" and "gone from the host" in row["disks"]["vda"]["reason"]
     assert f"{PREFIX}{tag}-2" in checkpoints(qc)
+    # the host lost the bitmap (the checkpoint's metadata is still there): a full round
+    import libvirt_qemu
+
+    libvirt_qemu.qemuMonitorCommand(qc.dom, json.dumps({
+        "execute": "block-dirty-bitmap-remove",
+        "arguments": {"node": "libvirt-1-format", "name": f"{PREFIX}{tag}-2"}}), 0)
+    lost = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
+    assert lost.exit_code == 0, lost.stderr
+    (row,) = json.loads(lost.stdout)
+    assert row["kind"] == "full" and "lost" in row["disks"]["vda"]["reason"], row
+    # the host rebooted (a clean shutdown, then started): the bitmap persisted in the qcow2
+    qc.dom.shutdown()
+    for _ in range(600):
+        if qc.state() == SHUT_OFF:
+            break
+        time.sleep(0.1)
+    qc.dom.create()
+    qc.wait_up(count=2)
+    write(qc, "write -P 0xd5 11M 64k")
+    again = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
+    assert again.exit_code == 0, again.stderr
+    (row,) = json.loads(again.stdout)
+    assert row["kind"] == "incremental" and row["changed"] < 4 << 20, row
+    assert checkpoints(qc) == [f"{PREFIX}{tag}-4"]
     # resized between rounds: refused, with the remedy, nothing changed on the chain
     qc.dom.blockResize("vda", 32 << 20, 1)  # VIR_DOMAIN_BLOCK_RESIZE_BYTES
     bad = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
     assert bad.exit_code != 0
     assert "resized from 16777216 to 33554432" in bad.stderr and "--full" in bad.stderr
-    assert f"{PREFIX}{tag}-2" in checkpoints(qc)
+    assert f"{PREFIX}{tag}-4" in checkpoints(qc)
     status = cli("status", str(plan_file), "-o", "json")
     (vm,) = json.loads(status.stdout)["vms"]
     assert vm["state"] == "failed" and "resized" in vm["error"]

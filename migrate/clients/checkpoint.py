@@ -176,7 +176,13 @@ def remove_checkpoints(dom: Any, names: list[str], images: dict[str, str]) -> li
             continue
         try:
             cp = dom.checkpointLookupByName(name, 0)
-            cp.delete(0 if active else libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+            try:
+                cp.delete(0 if active else libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+            except libvirt.libvirtError:
+                # a checkpoint whose bitmap the host lost: only its metadata is left to go
+                if not active or any(name in image_bitmaps(p) for p in images.values()):
+                    raise
+                cp.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
         except libvirt.libvirtError as exc:
             if name in set(list_checkpoints(dom)):
                 raise CheckpointError(f"{dom.name()}: cannot delete checkpoint {name}: "
