@@ -209,3 +209,52 @@ def test_sync_rounds_of_an_offline_vmx_source_whose_flat_vmdk_changes(
     status = json.loads(cli("status", str(plan_file), "-o", "json", ok=True).stdout)
     (vm,) = status["vms"]
     assert vm["warm"]["rounds"] == 2 and vm["warm"]["delta"] == MiB
+
+
+def test_sync_every_until_repeats_rounds(cli: Any, tmp_path: Path) -> None:
+    import datetime
+
+    export = tmp_path / "export"
+    export.mkdir()
+    vmx, _flat = _flat_vmx(export)
+    inventory = tmp_path / "inventory.yaml"
+    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
+    plan_file = tmp_path / "plan.yaml"
+    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--warm",
+        "--warm-volumes", "volumes", ok=True)
+    until = (datetime.datetime.now().astimezone() + datetime.timedelta(seconds=1.5))
+    out = cli("sync", str(plan_file), "--wave", "1", "--every", "1s", "--until",
+              until.isoformat(timespec="milliseconds"), "-o", "json", ok=True)
+    rounds = json.loads(out.stdout)
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert [r["kind"] for r in rounds] == ["full", "incremental"] and rounds[1]["changed"] == 0
+    bad = cli("sync", str(plan_file), "--wave", "1", "--every", "soon", ok=False)
+    assert "--every 'soon'" in bad.stderr
+    assert "--until goes with --every" in cli("sync", str(plan_file), "--wave", "1",
+                                              "--until", "02:00", ok=False).stderr
+
+
+def test_cutover_preflight_wants_a_recent_round(tmp_path: Path) -> None:
+    from migrate.model import Inventory
+    from migrate.state import Journal
+    from migrate.warm import KIND_WARM, preflight_problems
+
+    vm = VM("web", Source(SourceKind.LIBVIRT, "qemu:///system"), uuid="u-1",
+            disks=[Disk("vda", path="/x.qcow2", format="qcow2", virtual_size=MiB)])
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text("vms: []\n")
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump({
+        "apiVersion": "vmmove.io/v1alpha1", "kind": "Plan", "inventory": "inventory.yaml",
+        "warm": {"default": True, "maxRoundAge": 600}, "waves": [{"name": "w", "vms": ["web"]}]}))
+    plan = load_plan(plan_file, inventory=Inventory(vms=[vm]))
+    (p,) = plan.wave(1)
+    with Journal(tmp_path / "j.sqlite") as journal:
+        assert "without a precopy round" in preflight_problems(plan, p, journal)[0]
+        journal.update(KIND_WARM, p.key, round=2, last_at=1000.0)
+        (old,) = preflight_problems(plan, p, journal, now=1000.0 + 601)
+        assert "601s old (warm.maxRoundAge 600s)" in old and f"vmmove sync {plan.path}" in old
+        assert preflight_problems(plan, p, journal, now=1000.0 + 599) == []
+        journal.update(KIND_WARM, p.key, full_reason="rolled back after the target started")
+        assert "needs a full round (rolled back" in preflight_problems(plan, p, journal,
+                                                                       now=1001.0)[0]

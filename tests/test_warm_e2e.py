@@ -32,7 +32,7 @@ from tests.guest_support import (
     kubevirt,  # noqa: F401
 )
 from tests.libvirtd_support import DomainFactory, libvirt_domains, libvirtd  # noqa: F401
-from tests.plan_support import Cluster, Controllers, cluster, controllers  # noqa: F401
+from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
 from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
 from tests.workers_support import JOB, SECRET, Kubelet, kubelet  # noqa: F401
 
@@ -186,6 +186,21 @@ def test_warm_wave_end_to_end(cli: Any, tmp_path: Path, libvirt_domains: DomainF
     assert r3.exit_code == 0, r3.stderr
     assert {r["kind"] for r in json.loads(r3.stdout)} == {"full"}
     write(qc, "write -P 0xc3 10M 128k")
+    # a volume that went wrong outside the delta: the checksums differ, the target stays off
+    with open(vq, "r+b") as fh:
+        fh.seek(14 << 20)
+        fh.write(b"\x99" * 4096)
+    bad = cli("cutover", str(plan_file), "--wave", "1", *kube, "--shutdown-timeout", "120",
+              "--verify-timeout", "60", "--no-guest-agent", "-o", "json")
+    assert bad.exit_code != 0 and "guest-visible checksum" in bad.stderr
+    assert "target was NOT started" in bad.stderr and "vmmove rollback" in bad.stderr
+    vm = cluster.get(VMR, "vms", pq.name)
+    assert vm is not None and vm["spec"]["runStrategy"] == "Halted"
+    assert cli("rollback", str(plan_file), "--wave", "1", *kube).exit_code == 0
+    qc.wait_up(count=3)
+    raw.wait_up(count=3)
+    full = cli("sync", str(plan_file), "--wave", "1", "--full", "-o", "json")
+    assert full.exit_code == 0, full.stderr
     cut2 = cli("cutover", str(plan_file), "--wave", "1", *kube, "--shutdown-timeout", "120",
                "--verify-timeout", "60", "--no-guest-agent", "-o", "json")
     assert cut2.exit_code == 0, cut2.stderr
@@ -194,7 +209,7 @@ def test_warm_wave_end_to_end(cli: Any, tmp_path: Path, libvirt_domains: DomainF
     with plan.journal() as journal:
         history = [h["status"] for h in journal.history(KIND_WARM)
                    if h["item"].startswith(pq.key + "/round/")]
-        assert history.count("done") == 3
+        assert history.count("done") == 4
         cut_history = [h["item"].rsplit("/", 1)[-1] for h in journal.history("cutover")
                        if h["item"].startswith(pq.key + "/") and h["status"] == DONE]
         assert cut_history.count("sync") == 2 and cut_history.count("verify") == 2
