@@ -64,14 +64,19 @@ def convert_wave(plan: Plan, wave: int, redo: bool = False) -> str:
                                 disks=pairs)
     finally:
         progress.close()
-    failed = [r for r in results if r.status == FAILED]
+    return disk_summary("convert", results, FAILED)
+
+
+def disk_summary(step: str, results: list[Any], failed_status: str = "failed") -> str:
+    """``STEP: 2 converted, 1 skipped``, or :class:`VmmoveError` listing each failed disk."""
+    failed = [r for r in results if r.status == failed_status]
     if failed:
-        raise VmmoveError(f"convert: {len(failed)} of {len(results)} disk(s) failed: "
+        raise VmmoveError(f"{step}: {len(failed)} of {len(results)} disk(s) failed: "
                           + " | ".join(str(r.error) for r in failed))
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
-    return "convert: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return f"{step}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 
 # -- upload ----------------------------------------------------------------------------------
@@ -233,15 +238,7 @@ def direct_wave(plan: Plan, wave: int, kube: KubeArgs | None = None, redo: bool 
                                      on_event=log).run(disks)
     finally:
         client.close()
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        raise VmmoveError(f"direct: {len(failed)} of {len(results)} disk(s) failed: "
-                          + " | ".join(str(r.error) for r in failed))
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    return "direct (in-cluster workers): " + ", ".join(
-        f"{n} {s}" for s, n in sorted(counts.items()))
+    return disk_summary("direct (in-cluster workers)", results)
 
 
 # -- manifests -------------------------------------------------------------------------------

@@ -77,8 +77,8 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: boo
     if not plan.wave(wave):
         raise UsageError(f"{plan.path}: wave {wave} has no VM to migrate (all skipped)")
     if plan.transfer.backend is None:
-        raise UsageError(f"{plan.path}: no transfer target: set transfer.s3 or "
-                         "transfer.uploadProxy")
+        raise UsageError(f"{plan.path}: no transfer target: set transfer.s3, "
+                         "transfer.uploadProxy or transfer.mode: direct")
     if dry_run:
         from migrate.dryrun import migrate_steps, show
 
