@@ -52,6 +52,14 @@ CONSISTENT_COPY_HINT = (
     "(pass --force-share to copy it anyway, reading with qemu-img -U)"
 )
 
+
+def plan_share_hint(plan_name: str) -> str:
+    """The remedy for a running VM when a plan drives the conversion: the plan setting
+    (``convert.forceShare``), which ``vmmove plan --stage-running`` writes."""
+    return ("a consistent copy needs the VM shut off, or the staged cutover (set "
+            f"convert.forceShare: true in {plan_name}, or make the plan with vmmove plan "
+            "--stage-running, to copy it while it runs, reading with qemu-img -U)")
+
 #: Extensions that promise a container format: a file with one of these that qemu-img
 #: reads as raw is corrupt or not an image, and converting it "as raw" would be wrong.
 _EXTENSION_FORMATS = {".vmdk": "vmdk", ".qcow2": "qcow2", ".qcow": "qcow", ".vdi": "vdi",
@@ -81,6 +89,8 @@ class ConvertOptions:
     redo: bool = False  # convert again even if the journal says done
     flags: tuple[str, ...] = qemuimg.FAST_FLAGS
     check_space: bool = True
+    #: The remedy named when a disk is in use: the flag of the command that runs.
+    share_hint: str = CONSISTENT_COPY_HINT
 
     def __post_init__(self) -> None:
         if self.format not in qemuimg.OUTPUT_FORMATS:
@@ -287,7 +297,7 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
         raise DiskError(f"{path}: source image not found")
     if job.vm.power_state in IN_USE_STATES and not options.force_share:
         raise DiskError(
-            f"{job.label}: VM is {job.vm.power_state.value}; {CONSISTENT_COPY_HINT}")
+            f"{job.label}: VM is {job.vm.power_state.value}; {options.share_hint}")
     try:
         fmt, probed = resolve_format(disk, options.force_share)
         # Three small read-only qemu-img runs, side by side: this is per-disk latency
@@ -303,10 +313,10 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
                 raise DiskError(f"{path}: {problem}")
             measured = f_measure.result()
     except qemuimg.ImageInUse as exc:
-        raise DiskError(f"{exc}; the image is in use: {CONSISTENT_COPY_HINT}") from None
+        raise DiskError(f"{exc}; the image is in use: {options.share_hint}") from None
     except (ImageError, qemuimg.QemuImgError) as exc:
         if any(h in str(exc) for h in ("lock", "another process")):
-            raise DiskError(f"{exc}; the image is in use: {CONSISTENT_COPY_HINT}") from None
+            raise DiskError(f"{exc}; the image is in use: {options.share_hint}") from None
         raise DiskError(str(exc)) from None
     job.source_format, job.probed = fmt, probed
     job.virtual_size = info.virtual_size

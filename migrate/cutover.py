@@ -729,6 +729,31 @@ def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
                       source_action, seconds)
 
 
+def has_rollback_work(plan: Plan, journal: Journal, p: PlannedVM) -> bool:
+    """True when a rollback of ``p`` may have something to undo: the journal records a
+    cutover of it (begun, done or rolled back before), or its VirtualMachine was applied
+    with a runStrategy that starts it.  A VM never cut over (staged Halted, or never
+    staged) has nothing to roll back: its source was never touched, no target started."""
+    if journal.get(KIND_CUTOVER, p.key) is not None or journal.get(KIND_ROLLBACK, p.key):
+        return True
+    if journal.steps(KIND_CUTOVER, prefix=p.key + "/"):
+        return True
+    applied = journal.get(KIND_APPLY, p.key)
+    strategy = p.run_strategy or plan.defaults.run_strategy
+    return applied is not None and applied.status == DONE and strategy != "Halted"
+
+
+def rollback_scope(plan: Plan, vms: Sequence[PlannedVM]) -> tuple[list[PlannedVM],
+                                                                   list[PlannedVM]]:
+    """``vms`` split into those a rollback works on and those with nothing to roll back
+    (:func:`has_rollback_work`), each in the order given; reads the journal only."""
+    if not plan.journal_path.is_file():
+        return [], list(vms)
+    with plan.journal() as journal:
+        work = [p for p in vms if has_rollback_work(plan, journal, p)]
+    return work, [p for p in vms if p not in work]
+
+
 def rollback_many(plan: Plan, vms: Sequence[PlannedVM], kube: Kube, journal: Journal,
                   options: RollbackOptions, log: Log,
                   jobs: int) -> list[VmRollback | CutoverError]:

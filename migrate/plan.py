@@ -732,12 +732,15 @@ def generate_plan(
     defaults: dict[str, Any] | None = None,
     skip: Callable[[VM], str | None] | None = None,
     workdir: str | None = None,
+    stage_running: bool = False,
 ) -> dict[str, Any]:
     """A plan as plain data, ready for :func:`save_plan`.
 
     Every network the planned VMs use is listed under ``networks``; those not given a
     target are ``null``, which :func:`load_plan` reports until the operator maps them.
     ``skip(vm)`` returns a reason to plan a VM with ``skip: true`` (e.g. critical concerns).
+    ``stage_running`` writes ``convert.forceShare: true``: running VMs are staged while
+    they run (read with ``qemu-img -U``), the cutover's full final sync makes them whole.
     """
     plan_dir = Path(plan_path).absolute().parent
     inv_ref = os.path.relpath(Path(inventory_path).absolute(), plan_dir)
@@ -769,7 +772,7 @@ def generate_plan(
         data["storage"] = storage
     if transfer:
         data["transfer"] = transfer
-    data["convert"] = {"format": "qcow2"}
+    data["convert"] = {"format": "qcow2", "forceShare": bool(stage_running)}
     data["defaults"] = {"runStrategy": "Halted", "preference": "none", **(defaults or {})}
     data["waves"] = waves
     return data
@@ -793,10 +796,43 @@ def save_plan(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
     atomic_write(path, PLAN_HEADER.format(name=Path(path).name) + text)
 
 
+def critical_problems(plan: Plan) -> list[str]:
+    """The assessment's critical concerns of the plan's VMs that are not skipped, one
+    problem each (``waves[N] VM 'x': critical ID (subject): message — remediation``):
+    the cutover preflight refuses them, so ``plan --check`` reports them first.  A VM
+    planned ``skip: true`` (``vmmove plan --skip-blocked`` writes that, the concern ids
+    as its note) is not reported."""
+    from migrate.assessment import Severity, assess
+
+    active = [p for p in plan.vms if not p.skip]
+    if not active:
+        return []
+    found = assess(plan.inventory, [p.vm for p in active])
+    problems = []
+    for p in active:
+        for c in found.get(p.key, []):
+            if c.severity == Severity.CRITICAL:
+                subject = f" ({c.subject})" if c.subject else ""
+                problems.append(f"waves[{p.wave}] VM {p.vm.name!r}: critical {c.id}{subject}: "
+                                f"{c.message} — {c.remediation} Or plan it skip: true with a "
+                                "note (vmmove plan --skip-blocked does).")
+    return problems
+
+
+def check_plan(path: str | os.PathLike[str]) -> Plan:
+    """:func:`load_plan`, then the assessment's criticals of its VMs (``plan --check``):
+    raise :class:`PlanError` listing every problem of both kinds."""
+    plan = load_plan(path)
+    problems = critical_problems(plan)
+    if problems:
+        raise PlanError(plan.path, problems)
+    return plan
+
+
 def check_plan_file(path: str | os.PathLike[str]) -> list[str]:
-    """Every problem of a plan file (empty when it can run)."""
+    """Every problem of a plan file (empty when it can run), criticals included."""
     try:
-        load_plan(path)
+        check_plan(path)
     except PlanError as exc:
         return exc.problems
     return []

@@ -43,18 +43,28 @@ def wave_vms(plan: Plan, wave: int) -> list[PlannedVM]:
 # -- convert ---------------------------------------------------------------------------------
 
 
+def convert_options(plan: Plan, redo: bool = False) -> Any:
+    """The ConvertOptions of the plan's ``convert`` section; a running VM's remedy names
+    the plan setting (not a flag the plan's commands refuse)."""
+    from converters.convert import ConvertOptions, plan_share_hint
+
+    c = plan.convert
+    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
+                             force_share=c.force_share, redo=redo,
+                             share_hint=plan_share_hint(plan.path.name))
+    if c.jobs:
+        options.jobs = c.jobs
+    return options
+
+
 def convert_wave(plan: Plan, wave: int, redo: bool = False) -> str:
     """Convert every disk of the wave's VMs into the plan's work folder."""
-    from converters.convert import FAILED, ConvertOptions, convert_disks
+    from converters.convert import FAILED, convert_disks
     from migrate.cli.convert import BarProgress, estimate
 
     vms = wave_vms(plan, wave)
     pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
-    c = plan.convert
-    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
-                             force_share=c.force_share, redo=redo)
-    if c.jobs:
-        options.jobs = c.jobs
+    options = convert_options(plan, redo=redo)
     disks = [d for p in vms for d in data_disks(p)]
     progress = BarProgress(sum(estimate(d) for d in disks), len(disks))
     try:
@@ -415,7 +425,6 @@ def plan_convert_args(plan_file: str, wave: int | None, vms: tuple[str, ...]) ->
         Plan, list[tuple[str, str]], Any]:
     """For ``vmmove convert PLAN --wave N [VM…]``: the plan, its (vm key, disk) pairs and
     the ConvertOptions of its ``convert`` section."""
-    from converters.convert import ConvertOptions
     from migrate.plan import load_plan
 
     plan = load_plan(plan_file)
@@ -428,11 +437,7 @@ def plan_convert_args(plan_file: str, wave: int | None, vms: tuple[str, ...]) ->
         if unknown:
             raise UsageError(f"not in wave {wave} of {plan_file}: {', '.join(unknown)}")
         chosen = [p for p in chosen if {p.vm.name, p.vm.uuid, p.name} & set(vms)]
-    c = plan.convert
-    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
-                             force_share=c.force_share)
-    if c.jobs:
-        options.jobs = c.jobs
+    options = convert_options(plan)
     return plan, [(p.key, d.target) for p in chosen for d in data_disks(p)], options
 
 
