@@ -628,3 +628,47 @@ def convert_status(workdir: str | os.PathLike[str],
     if prefixes:
         steps = [s for s in steps if any(s.item.startswith(f"{p}/") for p in prefixes)]
     return steps
+
+
+def preflight_disks(inventory: Inventory, workdir: str | os.PathLike[str],
+                    options: ConvertOptions,
+                    disks: Iterable[tuple[str, str]]) -> tuple[list[str], int, int]:
+    """Before converting anything: every disk of ``disks`` (``(vm key, target)``) checked
+    as the conversion will check it (source there, readable, not in use unless
+    ``force_share``; ``qemu-img info``/``check``/``measure``), and the space the outputs
+    not converted yet need (``qemu-img measure``'s ``required``) against the space free in
+    ``workdir``.  Returns ``(problems, bytes needed, bytes free)``; nothing is written
+    (the journal is only read)."""
+    from migrate.output import human_size
+
+    folder = Path(workdir).absolute()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = _free_bytes(probe)
+    names = target_names(inventory)
+    jobs = [DiskJob(vm, disk, disk_item(vm, disk),
+                    output_path(folder, names, vm, disk, options.format))
+            for vm, disk in select_disks(inventory, (), disks)
+            if disk.device in ("disk", "lun")]
+    steps: dict[str, Step | None] = {}
+    if journal_path(folder).is_file():
+        with Journal(journal_path(folder)) as journal:
+            steps = {job.item: journal.get(KIND_CONVERT, job.item) for job in jobs}
+    todo = [job for job in jobs if not _is_current(steps.get(job.item), job, options)]
+
+    def prep(job: DiskJob) -> str | None:
+        try:
+            prepare(job, options)
+        except VmmoveError as exc:
+            return _name_disk(job, str(exc))
+        return None
+
+    with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="preflight") as pool:
+        problems = [e for e in pool.map(prep, todo) if e]
+    need = sum(job.required or 0 for job in todo)
+    if need > free:
+        problems.append(f"{folder}: not enough space: the {len(todo)} image(s) to convert "
+                        f"need {human_size(need)} (qemu-img measure), {human_size(free)} is "
+                        "free; free space or give the plan another workdir")
+    return problems, need, free

@@ -49,7 +49,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
+from migrate.apply import (
+    KIND_APPLY,
+    KIND_CUTOVER,
+    KIND_CUTOVER_PAST,
+    KIND_IMPORT,
+    KIND_ROLLBACK,
+)
 from migrate.errors import UsageError, VmmoveError
 from migrate.kube import DATA_VOLUME, VIRTUAL_MACHINE, Kube
 from migrate.model import VM
@@ -714,12 +720,18 @@ def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
     except BaseException:
         journal.fail(KIND_ROLLBACK, p.key, "interrupted: rerun vmmove rollback")
         raise
-    # The next cutover starts again from the preflight; the history keeps this one.
+    # The next cutover starts again from the preflight; what this one measured (its
+    # done steps, its downtime) is kept as kind cutover-past, the history keeps the rest.
     for step in STEPS:
-        if journal.get(KIND_CUTOVER, step_item(p.key, step)) is not None:
+        found = journal.get(KIND_CUTOVER, step_item(p.key, step))
+        if found is not None and found.status == DONE:
+            journal.archive(KIND_CUTOVER, step_item(p.key, step), KIND_CUTOVER_PAST)
+        elif found is not None:
             journal.reset(KIND_CUTOVER, step_item(p.key, step))
     top = journal.get(KIND_CUTOVER, p.key)
-    if top is not None and top.status != DONE:
+    if top is not None and top.status == DONE:
+        journal.archive(KIND_CUTOVER, p.key, KIND_CUTOVER_PAST)
+    elif top is not None:
         journal.update(KIND_CUTOVER, p.key, next=None, step="rolled back")
     seconds = round(time.monotonic() - started, 3)
     journal.done(KIND_ROLLBACK, p.key, target=target_action, source=source_action,

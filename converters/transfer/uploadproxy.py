@@ -88,6 +88,10 @@ class UploadProxyBackend(Backend):
     def describe(self) -> str:
         return f"upload proxy {self.options.url} (namespace {self.namespace})"
 
+    def target_of(self, item: TransferItem) -> dict[str, Any]:
+        return {"backend": self.name, "proxy": self.options.url,
+                "namespace": self.namespace, "dv": item.dv_name or item.name}
+
     # -- Kubernetes ---------------------------------------------------------------------------
     def prepare(self) -> None:
         """Connect as every vmmove command does (:class:`migrate.kube.Kube`: kubeconfig,

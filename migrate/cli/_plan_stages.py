@@ -57,14 +57,20 @@ def convert_options(plan: Plan, redo: bool = False) -> Any:
     return options
 
 
-def convert_wave(plan: Plan, wave: int, redo: bool = False) -> str:
-    """Convert every disk of the wave's VMs into the plan's work folder."""
+def convert_wave(plan: Plan, wave: int, redo: bool | set[str] = False) -> str:
+    """Convert every disk of the wave's VMs into the plan's work folder.  ``redo``: True
+    converts every disk again, a set of VM keys those VMs' disks."""
     from converters.convert import FAILED, convert_disks
     from migrate.cli.convert import BarProgress, estimate
 
     vms = wave_vms(plan, wave)
     pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
-    options = convert_options(plan, redo=redo)
+    if redo and redo is not True:
+        with plan.journal() as journal:
+            for item in redo_items(redo, vms):
+                if journal.get(KIND_CONVERT, item) is not None:
+                    journal.reset(KIND_CONVERT, item)
+    options = convert_options(plan, redo=redo is True)
     disks = [d for p in vms for d in data_disks(p)]
     progress = BarProgress(sum(estimate(d) for d in disks), len(disks))
     try:
@@ -181,9 +187,20 @@ class _UploadBars:
         self.bar.close()
 
 
+def redo_items(redo: bool | set[str], vms: list[PlannedVM]) -> set[str]:
+    """The disk items to do again: every disk of ``vms`` (``redo`` True), those of the
+    VMs whose keys ``redo`` holds, or none."""
+    if not redo:
+        return set()
+    return {disk_item(p.vm, d) for p in vms for d in data_disks(p)
+            if redo is True or p.key in redo}
+
+
 def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
-                redo: bool = False) -> str:
-    """Send the wave's converted images to the plan's transfer target."""
+                redo: bool | set[str] = False) -> str:
+    """Send the wave's converted images to the plan's transfer target (each where the
+    plan says now: a done transfer to another target is sent again).  ``redo``: True for
+    every VM, or the keys of the VMs to send again."""
     from converters.transfer.base import run_transfers
 
     from migrate.state import DONE
@@ -199,11 +216,12 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
         raise UsageError(f"{plan.path}: wave {wave}: the upload proxy fills DataVolumes in "
                          "one namespace; this wave spans " + ", ".join(sorted(namespaces)))
     with plan.journal() as journal:
-        # Done before with the same bytes to the same backend: not even asked again.
-        done = set() if redo else {
+        # Done before with the same bytes to the same target: not even asked again.
+        done = {
             i.item for i in items
-            if (s := journal.get(KIND_UPLOAD, i.item)) is not None and s.status == DONE
-            and s.checksum == i.checksum and s.data.get("backend") == backend.name}
+            if i.item not in redo_items(redo, vms)
+            and (s := journal.get(KIND_UPLOAD, i.item)) is not None and s.status == DONE
+            and s.checksum == i.checksum and s.data.get("target") == backend.target_of(i)}
     todo = [i for i in items if i.item not in done]
     if not todo:
         return f"upload: {len(items)} image(s) uploaded before, nothing to send"
@@ -224,8 +242,10 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
     try:
         with plan.journal() as journal:
             for b, group in groups:
-                results += run_transfers(b, group, journal, bars,  # type: ignore[arg-type]
-                                         redo=redo)
+                for i in group:  # redone: forget the earlier transfer first
+                    if i.item in redo_items(redo, vms):
+                        journal.reset(KIND_UPLOAD, i.item)
+                results += run_transfers(b, group, journal, bars)  # type: ignore[arg-type]
     finally:
         bars.close()
     failed = [r for r in results if not r.ok]
@@ -241,6 +261,61 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
     return (f"upload to {backend.describe()}: "
             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             + f", {human_size(sent)} sent")
+
+
+# -- preflight -------------------------------------------------------------------------------
+
+
+def _reachable(url: str, timeout: float = 5.0) -> str | None:
+    """None when a TCP connection to ``url``'s host and port opens, else why not."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"cannot reach {parts.hostname}:{port} ({exc.strerror or exc})"
+
+
+def preflight_wave(plan: Plan, wave: int, kube: KubeArgs,
+                   connect_kube: Any) -> tuple[list[str], Any]:
+    """Everything the wave will need, checked before the first byte is converted, every
+    problem reported (not only the first): the cluster (reachable, KubeVirt and CDI
+    served: ``connect_kube()``), the transfer target (S3: credentials, bucket, a probe
+    object put and deleted; upload proxy: reachable), every source disk as the
+    conversion reads it, and the work folder's free space against ``qemu-img measure``.
+    Returns ``(problems, the Kube client or None)``."""
+    from converters.convert import preflight_disks
+
+    problems: list[str] = []
+    client = None
+    try:
+        client = connect_kube()
+    except VmmoveError as exc:
+        problems.append(f"cluster: {exc}")
+    t = plan.transfer
+    try:
+        backend = backend_for(plan, kube)
+        if t.s3:
+            backend.probe()  # type: ignore[attr-defined]
+        elif t.upload_proxy:
+            why = _reachable(t.upload_proxy)
+            if why:
+                problems.append(f"transfer.uploadProxy {t.upload_proxy}: {why}")
+    except VmmoveError as exc:
+        problems.append(f"transfer: {exc}")
+    vms = wave_vms(plan, wave)
+    with plan.journal() as journal:  # disks uploaded already need no conversion
+        pairs = [(p.key, d.target) for p in vms for d in data_disks(p)
+                 if not journal.is_done(KIND_UPLOAD, disk_item(p.vm, d))]
+    if pairs:
+        found, _, _ = preflight_disks(plan.inventory, plan.workdir, convert_options(plan),
+                                      pairs)
+        problems += [f"convert: {p}" for p in found]
+    return problems, client
 
 
 # -- manifests -------------------------------------------------------------------------------

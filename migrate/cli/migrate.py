@@ -18,6 +18,7 @@ HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
 
 @click.command("migrate")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.argument("vms", nargs=-1, metavar="[VM]...")
 @click.option("--wave", type=click.IntRange(min=1), required=True, metavar="N",
               help="The wave to migrate.")
 @click.option("--stage", is_flag=True,
@@ -25,10 +26,12 @@ HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
                    "apply them (VMs stay as the plan's runStrategy says, Halted by default) "
                    "and watch the imports.")
 @click.option("--redo", is_flag=True,
-              help="Convert and upload again what the journal records as done.")
+              help="Convert and upload again what the journal records as done: the VMs "
+                   "named (vmmove migrate PLAN --wave N --stage --redo web-01), or the "
+                   "whole wave.")
 @apply_options
 @output_format()
-def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: str | None,
+def migrate_cmd(plan_file: str, vms: tuple[str, ...], wave: int, stage: bool, redo: bool, kubeconfig: str | None,
                 context: str | None, namespace: str | None, force_conflicts: bool,
                 wait: bool, timeout: float, max_restarts: int, output: str) -> None:
     """Run one wave of a plan end to end.
@@ -40,8 +43,10 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
     Every step records its progress in the plan's journal and skips what is done, so
     after a failure, a crash, SIGKILL or Ctrl-C the same command resumes: converted disks
     are not converted again, S3 uploads continue from the parts stored, applying again
-    changes nothing. Two runs on one plan at once are refused. The cluster is checked
-    (reachable, KubeVirt and CDI served) before any disk is converted.
+    changes nothing. Two runs on one plan at once are refused. Before any disk is
+    converted everything the wave needs is checked and every problem listed: the
+    cluster (KubeVirt and CDI served), the S3 bucket (a probe object written and
+    deleted) or the upload proxy, each source disk, and the work folder's free space.
     """
     from migrate.cli._plan_stages import (
         KubeArgs,
@@ -50,11 +55,12 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
         apply_wave,
         convert_wave,
         manifests_wave,
+        preflight_wave,
         upload_wave,
     )
     from migrate.kube import connect
     from migrate.pipeline import Stage, StageResult, run_stages
-    from migrate.plan import load_plan
+    from migrate.plan import PlanError, load_plan
     from migrate.progress import log
 
     if not stage:
@@ -68,7 +74,21 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
     if plan.transfer.backend is None:
         raise UsageError(f"{plan.path}: no transfer target: set transfer.s3 or "
                          "transfer.uploadProxy")
-    kube_client = connect(kubeconfig, context)  # fail now, not after hours of conversion
+    redo_keys: bool | set[str] = redo
+    if vms:
+        if not redo:
+            raise UsageError("migrate: VM names go with --redo (the VMs to do again)")
+        from migrate.cutover import select_vms
+
+        redo_keys = {p.key for p in select_vms(plan, wave, vms)}
+    args = KubeArgs(kubeconfig, context, namespace)
+    # every problem now, not one after hours of conversion
+    problems, kube_client = preflight_wave(plan, wave, args,
+                                           lambda: connect(kubeconfig, context))
+    if problems:
+        if kube_client is not None:
+            kube_client.close()
+        raise PlanError(plan.path, [f"wave {wave}: preflight: {p}" for p in problems])
     outcome_box: dict[str, Any] = {}
 
     def apply_stage() -> str:
@@ -80,10 +100,9 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
             raise VmmoveError("apply: " + " | ".join(errors))
         return apply_summary(outcome)
 
-    args = KubeArgs(kubeconfig, context, namespace)
     stages = [
-        Stage("convert", lambda: convert_wave(plan, wave, redo=redo)),
-        Stage("upload", lambda: upload_wave(plan, wave, args, redo=redo)),
+        Stage("convert", lambda: convert_wave(plan, wave, redo=redo_keys)),
+        Stage("upload", lambda: upload_wave(plan, wave, args, redo=redo_keys)),
         Stage("manifests", lambda: manifests_wave(plan, wave)),
         Stage("apply", apply_stage),
     ]
