@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from migrate.errors import VmmoveError
-from migrate.state import Journal, Step
+from migrate.state import MEASURED, Journal, Step
 from migrate.workdir import KIND_UPLOAD
 
 UPLOADED = "uploaded"  # sent in full in this run
@@ -180,11 +180,15 @@ def transfer_one(backend: Backend, item: TransferItem, journal: Journal,
     target = backend.target_of(item)
     old = journal.get(KIND_UPLOAD, item.item)
     # Redone, or going somewhere else: a new transfer (no resumption state of the old one).
+    kept: dict[str, Any] = {}
     if old is not None and ((redo and old.status == "done") or
                             old.data.get("target", target) != target):
+        if old.status == "done" and old.duration is not None:  # the link's last real rate
+            kept[MEASURED] = {"started": old.started, "finished": old.finished,
+                              "bytes": old.bytes}
         journal.reset(KIND_UPLOAD, item.item)
     step = journal.start(KIND_UPLOAD, item.item, backend=backend.name, name=item.name,
-                         fingerprint=item.fingerprint(), target=target)
+                         fingerprint=item.fingerprint(), target=target, **kept)
     started = time.monotonic()
     try:
         result = backend.transfer(item, step, journal, progress)

@@ -242,10 +242,9 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
     try:
         with plan.journal() as journal:
             for b, group in groups:
-                for i in group:  # redone: forget the earlier transfer first
-                    if i.item in redo_items(redo, vms):
-                        journal.reset(KIND_UPLOAD, i.item)
-                results += run_transfers(b, group, journal, bars)  # type: ignore[arg-type]
+                # redo: each item's earlier transfer forgotten (its measurement kept)
+                results += run_transfers(b, group, journal, bars,  # type: ignore[arg-type]
+                                         redo=bool(redo))
     finally:
         bars.close()
     failed = [r for r in results if not r.ok]
