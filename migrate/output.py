@@ -23,9 +23,36 @@ def human_size(n: int | None) -> str:
     return f"{size:.1f}P"
 
 
+def terminal_width() -> int | None:
+    """Columns of the terminal a table goes to: ``$COLUMNS``, else stdout's terminal;
+    None when stdout is no terminal (a file or pipe gets every character)."""
+    import os
+
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _cell(value: Any, width: int | None) -> str:
+    """One table cell on one line: a multi-line text shows its first line and how many
+    more there are; no cell is wider than the terminal (cut with …; -o yaml shows all)."""
+    text = "" if value is None else str(value)
+    if "\n" in text:
+        first, *rest = [line for line in text.splitlines() if line.strip()] or [""]
+        text = f"{first} (+{len(rest)} more line(s), -o yaml shows all)" if rest else first
+    if width is not None and len(text) > width:
+        text = text[: max(1, width - 1)] + "…"
+    return text
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A plain, aligned text table like kubectl's (two spaces between columns)."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    """A plain, aligned text table like kubectl's (two spaces between columns); each cell
+    on one line and, on a terminal, none wider than it (see :func:`_cell`)."""
+    width = terminal_width()
+    cells = [[str(h) for h in headers]] + [[_cell(c, width) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines) + "\n"

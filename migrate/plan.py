@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from migrate.errors import UsageError
+from migrate.errors import UsageError, listed
 from migrate.mapping import (
     POD,
     MappingError,
@@ -84,9 +84,8 @@ class PlanError(UsageError):
         self.path = str(path)
         self.problems = list(problems)
         count = len(self.problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{self.path}: {count} problem{'s' if count != 1 else ''}, "
-                         f"nothing was run:\n{lines}")
+        super().__init__(listed(f"{self.path}: {count} problem{'s' if count != 1 else ''}, "
+                                "nothing was run", self.problems))
 
 
 # -- the model -----------------------------------------------------------------------------

@@ -332,3 +332,22 @@ def test_runbook_after_cutover_and_rollback_keeps_the_measurements(
     again = cli("cutover", str(plan_file), "--wave", "1", *kube, "-o", "json")
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)[0]["status"] == "done"
+
+
+# -- 4. batch output: one line per problem, no cell over the terminal ------------------------------
+
+
+def test_table_cells_fit_the_terminal_and_stay_on_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from migrate.errors import ProblemsError
+    from migrate.output import table
+
+    error = str(ProblemsError("convert: 2 of 2 disk(s) failed", ["a: " + "x" * 300, "b: gone"]))
+    assert error.splitlines()[1:] == ["  - a: " + "x" * 300, "  - b: gone"]
+    monkeypatch.setenv("COLUMNS", "80")
+    lines = table(["STAGE", "ERROR"], [["convert", error], ["upload", "y" * 500]]).splitlines()
+    assert len(lines) == 3  # one line per row: the multi-line error is summed up
+    assert "(+2 more line(s), -o yaml shows all)" in lines[1]
+    assert all(len(cell.strip()) <= 80 for line in lines for cell in line.split("  "))
+    assert lines[2].endswith("…")
+    monkeypatch.delenv("COLUMNS")  # not a terminal: a file gets every character
+    assert "y" * 500 in table(["STAGE", "ERROR"], [["upload", "y" * 500]])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from migrate.errors import UsageError, VmmoveError
+from migrate.errors import ProblemsError, UsageError, VmmoveError
 from migrate.output import human_size
 from migrate.plan import Plan, PlannedVM
 from migrate.status import KIND_MANIFESTS
@@ -80,8 +80,8 @@ def convert_wave(plan: Plan, wave: int, redo: bool | set[str] = False) -> str:
         progress.close()
     failed = [r for r in results if r.status == FAILED]
     if failed:
-        raise VmmoveError(f"convert: {len(failed)} of {len(results)} disk(s) failed: "
-                          + " | ".join(str(r.error) for r in failed))
+        raise ProblemsError(f"convert: {len(failed)} of {len(results)} disk(s) failed",
+                            [str(r.error) for r in failed])
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -249,8 +249,8 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
         bars.close()
     failed = [r for r in results if not r.ok]
     if failed:
-        raise VmmoveError(f"upload: {len(failed)} of {len(results)} image(s) failed: "
-                          + " | ".join(str(r.error) for r in failed))
+        raise ProblemsError(f"upload: {len(failed)} of {len(results)} image(s) failed",
+                            [str(r.error) for r in failed])
     sent = sum(r.sent for r in results)
     counts: dict[str, int] = {}
     for r in results:
@@ -341,8 +341,8 @@ def build_manifests(plan: Plan, vms: list[PlannedVM]) -> list[ManifestSet]:
                             scanned_at=plan.inventory.scanned_at)
     sets, failed = build_all([p.vm for p in vms], ctx)
     if failed:
-        raise VmmoveError(f"manifests: {len(failed)} of {len(vms)} VM(s) cannot get "
-                          "manifests: " + " | ".join(str(e) for e in failed))
+        raise ProblemsError(f"manifests: {len(failed)} of {len(vms)} VM(s) cannot get "
+                            "manifests", [str(e) for e in failed])
     return sets
 
 

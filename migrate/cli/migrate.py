@@ -10,7 +10,7 @@ import click
 
 from migrate.cli.apply import apply_options, outcome_rows
 from migrate.cli.options import output_format
-from migrate.errors import UsageError, VmmoveError
+from migrate.errors import ProblemsError, UsageError, VmmoveError
 from migrate.output import emit
 
 HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
@@ -97,7 +97,7 @@ def migrate_cmd(plan_file: str, vms: tuple[str, ...], wave: int, stage: bool, re
         outcome_box["outcome"] = outcome
         errors = apply_errors(outcome)
         if errors:
-            raise VmmoveError("apply: " + " | ".join(errors))
+            raise ProblemsError(f"apply: {len(errors)} problem(s)", errors)
         return apply_summary(outcome)
 
     stages = [
@@ -129,8 +129,8 @@ def migrate_cmd(plan_file: str, vms: tuple[str, ...], wave: int, stage: bool, re
         emit(data, output)
     failed = [r for r in results if r.status == "failed"]
     if failed:
-        raise VmmoveError(f"wave {wave}: {failed[0].stage} failed; fix it and rerun the same "
-                          f"command to resume ({failed[0].error})")
+        raise VmmoveError(f"wave {wave}: {failed[0].stage} failed (fix it and rerun the same "
+                          f"command to resume): {failed[0].error}")
     click.echo(f"wave {wave} staged: see vmmove status {plan_file}", err=True)
 
 
