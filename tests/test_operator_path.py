@@ -351,3 +351,109 @@ def test_table_cells_fit_the_terminal_and_stay_on_one_line(monkeypatch: pytest.M
     assert lines[2].endswith("…")
     monkeypatch.delenv("COLUMNS")  # not a terminal: a file gets every character
     assert "y" * 500 in table(["STAGE", "ERROR"], [["upload", "y" * 500]])
+
+
+# -- 6. remedies that exist: per-VM plan overrides ----------------------------------------------
+
+
+def _plan_settings() -> tuple[set[str], dict[str, tuple[str, ...]]]:
+    from migrate import plan as p
+
+    words = set(p.TOP_KEYS) | set(p.VM_KEYS) | set(p.DISK_KEYS) | set(p.NIC_KEYS)
+    sections = {"convert": p.CONVERT_KEYS, "defaults": p.DEFAULT_KEYS,
+                "transfer": p.TRANSFER_KEYS}
+    return words, sections
+
+
+def test_every_remediation_names_only_settings_the_plan_accepts() -> None:
+    from migrate.assessment import RULES
+
+    words, sections = _plan_settings()
+    device = re.compile(r"^((vd|sd|hd)[a-z]|nic[0-9]+)$")
+    wrong, named = [], 0
+    for rule in RULES.values():
+        text = rule.remediation
+        if "plan" not in text:
+            continue
+        found = 0
+        for dotted in re.findall(r"\b([a-z]+\.[a-zA-Z]+)\b", text):
+            section, key = dotted.split(".")
+            if section in sections:
+                found += 1
+                if key not in sections[section]:
+                    wrong.append(f"{rule.id}: {dotted} is not a plan setting")
+        for key in re.findall(r"[({,]\s*([a-z][a-zA-Z0-9]*):", text):
+            found += 1
+            if key not in words and not device.match(key):
+                wrong.append(f"{rule.id}: {key}: is not a plan key")
+        for word in re.findall(r"\b(preference|nodeSelector|networks|skip: true)\b", text):
+            found += 1
+        if "plan's network map" in text:
+            found += 1
+        if not found:
+            wrong.append(f"{rule.id}: mentions the plan but names no setting of it: {text}")
+        named += found
+    assert named >= 10
+    assert wrong == []
+
+
+OVERRIDES = {
+    "memory": "3Gi", "cpuModel": "Skylake-Server",
+    "disks": {"vda": {"bus": "sata", "size": "64Mi"}},
+    "nics": {"nic0": {"mac": "52:54:00:12:34:56", "model": "e1000e"}},
+    "labels": {"team": "db"}, "annotations": {"example.com/owner": "ops"},
+    "nodeSelector": {"kubernetes.io/hostname": "node-1"},
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "gpu", "operator": "In", "values": ["yes"]}]}]}}},
+}
+
+
+def test_per_vm_overrides_reach_the_manifests(cli: Any, tmp_path: Path) -> None:
+    inventory = _scan(cli, tmp_path, _node(tmp_path, {"db": [("vda", "qcow2", 4)]}))
+    plan_file = tmp_path / "plan.yaml"
+    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--network", "*=pod", ok=True)
+    data = yaml.safe_load(plan_file.read_text())
+    data["waves"][0]["vms"] = [{"vm": "db", **OVERRIDES}]
+    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    cli("plan", "--check", str(plan_file), ok=True)
+    plan = load_plan(plan_file)
+    (p,) = plan.wave(1)
+    with plan.journal() as journal:  # as if converted and uploaded
+        journal.start("upload", f"{p.key}/vda")
+        journal.done("upload", f"{p.key}/vda", backend="s3", url="http://s3:9000/b/db-vda.qcow2",
+                     size=1024, sent=1024, key="db-vda.qcow2")
+    cli("manifests", str(inventory), "--plan", str(plan_file), ok=True)
+    vm = yaml.safe_load((plan.manifests_dir / "vms" / "db.yaml").read_text())
+    tspec = vm["spec"]["template"]["spec"]
+    domain = tspec["domain"]
+    assert domain["memory"]["guest"] == "3Gi" and domain["cpu"]["model"] == "Skylake-Server"
+    assert domain["devices"]["disks"][0]["disk"]["bus"] == "sata"
+    (iface,) = domain["devices"]["interfaces"]
+    assert iface["macAddress"] == "52:54:00:12:34:56" and iface["model"] == "e1000e"
+    (dv,) = vm["spec"]["dataVolumeTemplates"]
+    assert dv["spec"]["storage"]["resources"]["requests"]["storage"] == "64Mi"
+    assert vm["metadata"]["labels"]["team"] == "db"
+    assert vm["spec"]["template"]["metadata"]["labels"]["team"] == "db"
+    assert vm["metadata"]["annotations"]["example.com/owner"] == "ops"
+    assert tspec["nodeSelector"] == {"kubernetes.io/hostname": "node-1"}
+    assert tspec["affinity"] == OVERRIDES["affinity"]
+
+    # strictly validated: every wrong override is listed at once
+    data["waves"][0]["vms"] = [{"vm": "db", "memory": "lots", "cpuModel": "bad model!",
+                                "disks": {"vdz": {"bus": "ide"}, "vda": {"size": "1Mi",
+                                                                         "speed": 1}},
+                                "nics": {"nic3": {"mac": "zz"}, "eth0": {}},
+                                "labels": {"vmmove.io/vm": "x", "bad key!": "v"},
+                                "affinity": {"nodeAfinity": {}}}]
+    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    bad = cli("plan", "--check", str(plan_file))
+    assert bad.exit_code != 0
+    for expected in ("memory: 'lots' is not a size", "cpuModel: 'bad model!'",
+                     "disks.vdz.bus: 'ide' is not one of virtio, sata, scsi, usb",
+                     "unknown key 'speed'", "nics.nic3.mac: 'zz' is not a usable MAC",
+                     "eth0: NICs are named nic0", "vmmove.io/ keys are vmmove's own",
+                     "'bad key!' is not a valid key", "unknown key 'nodeAfinity'",
+                     "disks.vdz: the VM has no such disk", "disks.vda.size: 1048576 bytes is "
+                     "smaller than the disk", "nics.nic3: the VM has 1 NIC(s)"):
+        assert expected in bad.stderr, expected

@@ -332,10 +332,16 @@ def build_manifests(plan: Plan, vms: list[PlannedVM]) -> list[ManifestSet]:
                                 keep_cdroms=d.keep_cdroms, preference=d.preference,
                                 instancetype=d.instancetype, timezone=d.timezone)
     names = {**target_names(plan.inventory), **plan.names()}
-    overrides = {p.key: VmOverrides(name=p.name, namespace=p.namespace,
-                                    run_strategy=p.entry.run_strategy,
-                                    preference=p.entry.preference,
-                                    instancetype=p.entry.instancetype) for p in vms}
+    overrides = {p.key: VmOverrides(
+        name=p.name, namespace=p.namespace, run_strategy=p.entry.run_strategy,
+        preference=p.entry.preference, instancetype=p.entry.instancetype,
+        memory=p.entry.memory, cpu_model=p.entry.cpu_model,
+        disk_bus={t: o["bus"] for t, o in p.entry.disks.items() if "bus" in o},
+        disk_size={t: o["size"] for t, o in p.entry.disks.items() if "size" in o},
+        nic_mac={i: o["mac"] for i, o in p.entry.nics.items() if "mac" in o},
+        nic_model={i: o["model"] for i, o in p.entry.nics.items() if "model" in o},
+        labels=p.entry.labels, annotations=p.entry.annotations,
+        node_selector=p.entry.node_selector, affinity=p.entry.affinity) for p in vms}
     ctx = GenerationContext(options=options, sources=SourceResolver.from_workdir(plan.workdir),
                             names=names, overrides=overrides,
                             scanned_at=plan.inventory.scanned_at)
