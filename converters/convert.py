@@ -326,6 +326,15 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
     job.fingerprint = _fingerprint([path, *(b.path for b in info.backing_chain)])
 
 
+def prepare_error(job: DiskJob, options: ConvertOptions) -> str | None:
+    """:func:`prepare`, its problem (naming the disk) as the answer instead of raised."""
+    try:
+        prepare(job, options)
+    except VmmoveError as exc:
+        return _name_disk(job, str(exc))
+    return None
+
+
 def _is_current(step: Step | None, job: DiskJob, options: ConvertOptions) -> bool:
     """A done step whose output is still there, in the asked format, from the same source."""
     if step is None or step.status != DONE or options.redo:
@@ -558,14 +567,7 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
     # Preparation (qemu-img info + measure) runs in the pool too: it is one small process
     # per disk, and a batch can have hundreds.
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="convert") as pool:
-        def prep(job: DiskJob) -> str | None:
-            try:
-                prepare(job, options)
-            except VmmoveError as exc:
-                return _name_disk(job, str(exc))
-            return None
-
-        errors = list(pool.map(prep, [job for _, job in jobs]))
+        errors = list(pool.map(lambda job: prepare_error(job, options), [job for _, job in jobs]))
         todo: list[tuple[int, DiskJob]] = []
         for (index, job), error in zip(jobs, errors):
             if error:
@@ -657,15 +659,8 @@ def preflight_disks(inventory: Inventory, workdir: str | os.PathLike[str],
             steps = {job.item: journal.get(KIND_CONVERT, job.item) for job in jobs}
     todo = [job for job in jobs if not _is_current(steps.get(job.item), job, options)]
 
-    def prep(job: DiskJob) -> str | None:
-        try:
-            prepare(job, options)
-        except VmmoveError as exc:
-            return _name_disk(job, str(exc))
-        return None
-
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="preflight") as pool:
-        problems = [e for e in pool.map(prep, todo) if e]
+        problems = [e for e in pool.map(lambda job: prepare_error(job, options), todo) if e]
     need = sum(job.required or 0 for job in todo)
     if need > free:
         problems.append(f"{folder}: not enough space: the {len(todo)} image(s) to convert "
