@@ -152,6 +152,10 @@ class Backend(ABC):
         """Where ``item`` goes, as the journal records it (``target``): S3 endpoint,
         bucket and key, or the upload proxy, namespace and DataVolume.  A done transfer
         to another target is not this one: it is sent again."""
+        return self.target_for(item.name, item.dv_name)
+
+    def target_for(self, name: str, dv_name: str | None = None) -> dict[str, Any]:
+        """:meth:`target_of` for an image file ``name`` (and its DataVolume name)."""
         return {"backend": self.name}
 
 

@@ -226,9 +226,10 @@ class S3Backend(Backend):
         os.chmod(path, 0o600)
         self.secret_name, self.secret_file = name, path
 
-    def target_of(self, item: TransferItem) -> dict[str, Any]:
+    def target_for(self, name: str, dv_name: str | None = None) -> dict[str, Any]:
         return {"backend": self.name, "endpoint": self.options.endpoint_url or "aws",
-                "bucket": self.bucket, "key": self.key_for(item)}
+                "bucket": self.bucket,
+                "key": f"{self.prefix}/{name}" if self.prefix else name}
 
     def key_for(self, item: TransferItem) -> str:
         return f"{self.prefix}/{item.name}" if self.prefix else item.name

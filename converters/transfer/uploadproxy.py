@@ -88,9 +88,9 @@ class UploadProxyBackend(Backend):
     def describe(self) -> str:
         return f"upload proxy {self.options.url} (namespace {self.namespace})"
 
-    def target_of(self, item: TransferItem) -> dict[str, Any]:
+    def target_for(self, name: str, dv_name: str | None = None) -> dict[str, Any]:
         return {"backend": self.name, "proxy": self.options.url,
-                "namespace": self.namespace, "dv": item.dv_name or item.name}
+                "namespace": self.namespace, "dv": dv_name or name}
 
     # -- Kubernetes ---------------------------------------------------------------------------
     def prepare(self) -> None:

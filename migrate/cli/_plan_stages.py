@@ -320,8 +320,47 @@ def preflight_wave(plan: Plan, wave: int, kube: KubeArgs,
 # -- manifests -------------------------------------------------------------------------------
 
 
+def elsewhere(plan: Plan, vms: list[PlannedVM]) -> list[str]:
+    """The disks of ``vms`` whose recorded upload went to another target than the plan's
+    (a one-off ``vmmove upload`` elsewhere, or the plan's target changed since), one
+    problem each: their manifests would import from the wrong place."""
+    from converters.transfer.base import TransferError
+    from migrate.naming import dns1123_label
+    from migrate.state import DONE
+
+    if plan.transfer.backend is None or not plan.journal_path.is_file():
+        return []
+    try:
+        by_ns = {ns: backend_for(plan, namespace=ns) for ns in {p.namespace for p in vms}}
+    except (TransferError, UsageError):
+        return []  # the transfer step reports a target it cannot use
+    problems = []
+    with plan.journal() as journal:
+        for p in vms:
+            for d in data_disks(p):
+                step = journal.get(KIND_UPLOAD, disk_item(p.vm, d))
+                if step is None or step.status != DONE or "target" not in step.data:
+                    continue
+                want = by_ns[p.namespace].target_for(
+                    str(step.data.get("name") or ""),
+                    dns1123_label(image_basename(p.name, d)))
+                if step.data["target"] != want:
+                    got = step.data["target"]
+                    problems.append(
+                        f"{p.vm.name}/{d.target}: uploaded to "
+                        + "/".join(str(v) for k, v in got.items() if k != "backend")
+                        + ", not to the plan's target; run vmmove upload "
+                        f"{plan.path.name} --wave {p.wave} to send it there")
+    return problems
+
+
 def build_manifests(plan: Plan, vms: list[PlannedVM]) -> list[ManifestSet]:
-    """The VirtualMachines (with DataVolume templates) and Secrets of ``vms``."""
+    """The VirtualMachines (with DataVolume templates) and Secrets of ``vms``; refused
+    (every problem listed) when a disk's upload went elsewhere than the plan says."""
+    stale = elsewhere(plan, vms)
+    if stale:
+        raise ProblemsError(f"manifests: {len(stale)} disk(s) not at the plan's transfer "
+                            "target", stale)
     from manifests.generate import GenerationContext, GenerationOptions, VmOverrides, build_all
     from manifests.sources import SourceResolver
     from migrate.workdir import target_names
