@@ -471,3 +471,37 @@ def test_per_vm_overrides_reach_the_manifests(cli: Any, tmp_path: Path) -> None:
                      "disks.vdz: the VM has no such disk", "disks.vda.size: 1048576 bytes is "
                      "smaller than the disk", "nics.nic3: the VM has 1 NIC(s)"):
         assert expected in bad.stderr, expected
+
+
+def test_preflight_checks_the_upload_proxy_and_the_work_folders_space(cli: Any,
+                                                                     tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import qemu_io
+
+    inventory = _scan(cli, tmp_path, _node(tmp_path, {"big": [("vda", "qcow2", 32)]}))
+    image = yaml.safe_load(inventory.read_text())["vms"][0]["disks"][0]["path"]
+    qemu_io(image, "write -P 0x77 0 24M", "qcow2")  # 24 MiB of data to convert
+    small = tmp_path / "small"  # a real 8 MiB file system as the work folder
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs for the work folder: {mounted.stderr.strip()}")
+    try:
+        plan_file = tmp_path / "plan.yaml"
+        cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--network", "*=pod",
+            "--cdi-uploadproxy", "https://127.0.0.1:9", "--workdir", str(small), ok=True)
+        result = cli("migrate", str(plan_file), "--wave", "1", "--stage", "--kubeconfig",
+                     str(tmp_path / "absent"))
+        assert result.exit_code != 0
+        err = result.stderr
+        assert "3 problems, nothing was run" in err
+        assert "preflight: cluster:" in err
+        assert ("preflight: transfer.uploadProxy https://127.0.0.1:9: cannot reach "
+                "127.0.0.1:9") in err
+        assert re.search(r"preflight: convert: \S+: not enough space: the 1 image\(s\) to "
+                         r"convert need 2\d\.\dM \(qemu-img measure\), [0-9.]+M is free", err)
+        assert list(small.iterdir()) == []  # nothing written
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

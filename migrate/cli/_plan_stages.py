@@ -307,9 +307,11 @@ def preflight_wave(plan: Plan, wave: int, kube: KubeArgs,
     except VmmoveError as exc:
         problems.append(f"transfer: {exc}")
     vms = wave_vms(plan, wave)
-    with plan.journal() as journal:  # disks uploaded already need no conversion
-        pairs = [(p.key, d.target) for p in vms for d in data_disks(p)
-                 if not journal.is_done(KIND_UPLOAD, disk_item(p.vm, d))]
+    pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
+    if plan.journal_path.is_file():  # disks uploaded already need no conversion
+        with plan.journal() as journal:
+            pairs = [(p.key, d.target) for p in vms for d in data_disks(p)
+                     if not journal.is_done(KIND_UPLOAD, disk_item(p.vm, d))]
     if pairs:
         found, _, _ = preflight_disks(plan.inventory, plan.workdir, convert_options(plan),
                                       pairs)
