@@ -108,9 +108,11 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
 
     The plan names the inventory, a work folder (its journal records every step),
     network and storage maps, the transfer target, and per-VM overrides (targetName,
-    namespace, runStrategy, preference, instancetype, skip). It is checked whenever it
-    is used: unknown keys, VMs missing from the inventory, unmapped networks, duplicate
-    target names and MAC collisions are all listed at once. See docs/plan.md.
+    namespace, runStrategy, preference, instancetype, memory, cpuModel, disks, nics,
+    labels, annotations, nodeSelector, affinity, skip). It is checked whenever it is
+    used: unknown keys, VMs missing from the inventory, unmapped networks, duplicate
+    target names and MAC collisions are all listed at once; --check adds the
+    assessment's critical concerns. See docs/plan.md.
     """
     from migrate.plan import (
         PlanError,
