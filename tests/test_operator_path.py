@@ -342,6 +342,9 @@ def test_runbook_after_cutover_and_rollback_keeps_the_measurements(
     assert vm["cutover"] == "rolled back"
     assert vm["downtime"] == cut["downtime"] and vm["bootSeconds"] == cut["bootSeconds"]
     assert back["throughput"]["bootSeconds"] == report["throughput"]["bootSeconds"]
+    status = json.loads(cli("status", str(plan_file), "-o", "json", ok=True).stdout)
+    (st,) = status["vms"]
+    assert st["phase"] == "rolled back" and st["steps"]["cutover"]["done"] == 1
     # the next cutover starts from the preflight again
     again = cli("cutover", str(plan_file), "--wave", "1", *kube, "-o", "json")
     assert again.exit_code == 0, again.stderr
