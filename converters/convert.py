@@ -8,6 +8,12 @@ Rules it keeps, and why:
 
 * sources are only ever read (qemu-img opens them read-only; ``-U`` only with
   ``force_share``), so a failed or cancelled run costs nothing but time;
+* sources are never replaced: a work folder that equals or contains a source disk's
+  folder is refused, and an output only ever replaces a file the journal says vmmove
+  created there (same inode), never a symlink, never a source (docs/security.md);
+* outputs are named ``<vm>-<disk>.<fmt>``; a name the journal already gives another VM
+  (two inventories sharing a work folder) gets a suffix from the VM's identity (UUID and
+  source), so one VM's output never replaces another's;
 * outputs are written to a hidden temporary name in the work folder, verified there, and
   renamed only when complete, so ``DIR/<name>.<fmt>`` exists only for a finished disk;
 * every step is in the work folder's journal (:mod:`migrate.workdir`), so a rerun after a
@@ -23,10 +29,12 @@ output is read from disk once at most (usually it is still in the page cache).
 
 from __future__ import annotations
 
-import json
+import errno
+import hashlib
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -38,10 +46,26 @@ from typing import Any, Protocol
 from converters import qemuimg
 from converters.checksum import sha256_file
 from migrate.errors import UsageError, VmmoveError
-from migrate.imageinfo import ImageError, image_info
-from migrate.model import VM, Disk, Inventory, PowerState
+from migrate.files import new_private_file, private_dir, write_failure
+from migrate.imageinfo import ImageError
+from migrate.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk, Inventory, PowerState
+from migrate.sources.containment import (
+    Chain,
+    ContainmentError,
+    Export,
+    MissingFile,
+    check_agreement,
+    open_path,
+)
 from migrate.state import DONE, Journal, JournalLocked, Step
-from migrate.workdir import KIND_CONVERT, disk_item, image_basename, journal_path, target_names
+from migrate.workdir import (
+    KIND_CONVERT,
+    disk_item,
+    image_basename,
+    journal_path,
+    target_names,
+    vm_identity,
+)
 
 #: Power states in which a disk is held open by the hypervisor.
 IN_USE_STATES = {PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN,
@@ -113,12 +137,25 @@ class DiskJob:
     disk: Disk
     item: str  # journal item, <vm key>/<disk target>
     output: Path
+    identity: str = ""  # the source VM's identity (migrate.workdir.vm_identity)
     # Filled in by preparation:
     source_format: str | None = None
     virtual_size: int | None = None
     required: int | None = None  # qemu-img measure
     fingerprint: list[list[Any]] | None = None  # (path, size, mtime_ns) of every layer
     probed: bool = False
+    source_name: str | None = None  # the checked chain as qemu opens it (json:, by vmmove)
+    scratch: Path | None = None  # a packed OVF file rebuilt in the work folder (removed after)
+
+    def discard_scratch(self) -> None:
+        """Remove the rebuilt copy of a packed file (and its private folder), if any."""
+        if self.scratch is not None:
+            self.scratch.unlink(missing_ok=True)
+            try:
+                self.scratch.parent.rmdir()
+            except OSError:
+                pass
+            self.scratch = None
 
     @property
     def label(self) -> str:
@@ -202,8 +239,7 @@ def select_disks(
         missing = [ref for ref in vms if inventory.find(ref) is None]
         if missing:
             raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        picked = [inventory.find(ref) for ref in dict.fromkeys(vms)]
-        selected = [vm for vm in picked if vm is not None]
+        selected = list({id(vm): vm for ref in vms for vm in inventory.find_all(ref)}.values())
     else:
         selected = list(inventory.vms)
     return [(vm, disk) for vm in selected for disk in vm.disks]
@@ -213,24 +249,26 @@ def output_path(workdir: Path, names: dict[str, str], vm: VM, disk: Disk, fmt: s
     return (workdir / f"{image_basename(names[vm.key], disk)}.{fmt}").absolute()
 
 
-def _temp_path(output: Path) -> Path:
-    return output.with_name(f".{output.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+def _claimed_outputs(journal: Journal) -> dict[str, tuple[str, str | None]]:
+    """Output path → (journal item, VM identity) of every convert step that names one."""
+    return {str(st.data["output"]): (st.item, st.data.get("identity"))
+            for st in journal.steps(KIND_CONVERT) if st.data.get("output")}
 
 
-_TEMP_RE = re.compile(r"^\..+\.(qcow2|raw)\.\d+-[0-9a-f]{8}\.part$")
-
-
-def remove_stale_temps(workdir: Path) -> list[Path]:
-    """Delete partial outputs left by an earlier run (the caller holds the journal lock)."""
-    removed = []
-    for entry in workdir.iterdir() if workdir.is_dir() else ():
-        if _TEMP_RE.match(entry.name) and entry.is_file():
-            entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
-
-
-# -- preparation -----------------------------------------------------------------------------
+def unique_output(path: Path, item: str, identity: str,
+                  claimed: dict[str, tuple[str, str | None]]) -> Path:
+    """``path``, or ``<stem>-<6 hex of the identity>.<fmt>`` when the journal gives
+    ``path`` to another disk or VM (two inventories with a VM of the same name)."""
+    owner = claimed.get(str(path))
+    if owner is None or (owner[0] == item and owner[1] in (None, identity)):
+        return path
+    digest = hashlib.sha256(f"{identity}\0{item}".encode()).hexdigest()
+    for size in (6, 12, 64):
+        candidate = path.with_name(f"{path.stem}-{digest[:size]}{path.suffix}")
+        owner = claimed.get(str(candidate))
+        if owner is None or (owner[0] == item and owner[1] in (None, identity)):
+            return candidate
+    raise VmmoveError(f"{path}: no free output name (journal corrupt?)")
 
 
 def is_pseudo(path: str) -> bool:
@@ -238,76 +276,233 @@ def is_pseudo(path: str) -> bool:
     return path.startswith("json:")
 
 
-def _json_driver(path: str) -> str | None:
+def check_workdir(folder: Path, pairs: Iterable[tuple[VM, Disk]]) -> None:
+    """Refuse a work folder that equals or contains the folder of a source disk.
+
+    Converting into the sources' folder is how an output named ``<vm>-<disk>.<fmt>`` could
+    replace another VM's source; one line names the folder and the first source in it.
+    Raises :class:`UsageError`.
+    """
+    work = folder.resolve()
+    for vm, disk in pairs:
+        if disk.device not in ("disk", "lun") or not disk.path or is_pseudo(disk.path):
+            continue
+        where = Path(disk.path).resolve().parent
+        if where == work or work in where.parents:
+            raise UsageError(
+                f"{folder}: the work folder {'is' if where == work else 'contains'} the folder "
+                f"of {vm.name}/{disk.target}'s source disk {disk.path}; convert into a folder "
+                "of its own, outside the sources' folders")
+
+
+def _inode(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     try:
-        spec = json.loads(path[len("json:"):])
-    except json.JSONDecodeError:
-        raise DiskError(f"{path[:60]}…: not a valid qemu json: filename") from None
-    driver = spec.get("driver") if isinstance(spec, dict) else None
-    return driver if driver in qemuimg.SOURCE_FORMATS else None
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
-def resolve_format(disk: Disk, force_share: bool) -> tuple[str, bool]:
-    """The source format to pass with ``-f``, and whether it had to be probed."""
+def check_output(job: DiskJob, step: Step | None) -> None:
+    """Refuse to replace ``job.output`` unless vmmove created it; raise :class:`DiskError`.
+
+    ``step`` is the disk's convert step (:func:`unique_output` already steered clear of
+    outputs other disks' steps name).  Refused: a symbolic link, wherever it points; a
+    file that is one of the source's layers (a hard link); a file the step does not name,
+    or whose inode differs from the one recorded when vmmove renamed it into place (a
+    step written before inodes were recorded counts when it is done).
+    """
+    out = job.output
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise DiskError(f"{job.label}: {out} is a symbolic link vmmove did not create; "
+                        "move it away or convert to another folder")
+    layers = [job.disk.path or "", *(p[0] for p in job.fingerprint or [])]
+    if any(_inode(layer) == (st.st_dev, st.st_ino) for layer in layers if layer):
+        raise DiskError(f"{job.label}: {out} is the source disk itself (same file); "
+                        "convert to another folder")
+    data = step.data if step is not None else {}
+    recorded = data.get("inode")
+    if recorded:
+        ours = list(recorded) == [st.st_dev, st.st_ino]
+    else:  # a journal from before inodes were recorded
+        ours = step is not None and step.status == DONE and "size" not in data
+    if not (ours and data.get("output") == str(out) and stat.S_ISREG(st.st_mode)):
+        raise DiskError(f"{job.label}: {out} exists and vmmove did not create it (the work "
+                        "folder's journal does not name it); move it away or convert to "
+                        "another folder")
+
+
+def _temp_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+
+
+_TEMP_RE = re.compile(r"^\..+\.(qcow2|raw)\.\d+-[0-9a-f]{8}\.part$")
+_SCRATCH_RE = re.compile(r"^\.unpack-\d+-[0-9a-f]{8}$")  # folders of rebuilt packed files
+
+
+def remove_stale_temps(workdir: Path) -> list[Path]:
+    """Delete partial outputs and rebuilt packed files left by an earlier run (the caller
+    holds the journal lock)."""
+    removed = []
+    for entry in workdir.iterdir() if workdir.is_dir() else ():
+        if _TEMP_RE.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif _SCRATCH_RE.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            for inner in entry.iterdir():
+                if inner.is_file() and not inner.is_symlink():
+                    inner.unlink(missing_ok=True)
+            try:
+                entry.rmdir()
+            except OSError:
+                continue
+            removed.append(entry)
+    return removed
+
+
+# -- preparation -----------------------------------------------------------------------------
+
+
+def declared_format(disk: Disk) -> str | None:
+    """The disk's declared format as a qemu driver name (None: undeclared, sniffed)."""
+    if not disk.format:
+        return None
+    fmt = _FORMAT_ALIASES.get(disk.format.lower(), disk.format.lower())
+    if fmt not in qemuimg.SOURCE_FORMATS:
+        raise DiskError(f"{disk.path}: unknown image format {disk.format!r}")
+    return fmt
+
+
+def source_chain(vm: VM, disk: Disk, force_share: bool = False) -> Chain:
+    """The disk's image and backing chain, checked (:mod:`migrate.sources.containment`).
+
+    An offline source's files must all lie inside its export (an OVA disk is the ``json:``
+    window vmmove built over one member); a live libvirt host's image headers must agree
+    with the chain the inventory recorded from libvirt.  The result's
+    :meth:`~migrate.sources.containment.Chain.qemu_name` is what every qemu-img run opens.
+    Raises :class:`DiskError` (refusal) or :class:`ImageError` (unreadable layer).
+    """
     path = disk.path or ""
-    if is_pseudo(path):
-        driver = _json_driver(path)
-        if driver:
-            return driver, False
-    if disk.format:
-        fmt = _FORMAT_ALIASES.get(disk.format.lower(), disk.format.lower())
-        if fmt not in qemuimg.SOURCE_FORMATS:
-            raise DiskError(f"{path}: unknown image format {disk.format!r}")
-        return fmt, False
-    info = image_info(path, force_share=force_share)
-    fmt = info.format
-    expected = _EXTENSION_FORMATS.get(Path(path).suffix.lower()) if not is_pseudo(path) else None
-    if fmt == "raw" and expected:
+    fmt = declared_format(disk)
+    try:
+        export = Export.of(vm.source, disk)
+        chain = open_path(export, path, fmt, force_share=force_share)
+        if export.trusted:
+            check_agreement(chain, disk.backing_chain, path)
+    except MissingFile as exc:
+        if exc.path == os.path.normpath(path):
+            raise DiskError(f"{path}: source image not found") from None
+        raise DiskError(str(exc)) from None
+    except ContainmentError as exc:
+        raise DiskError(str(exc)) from None
+    except ImageError:
+        raise
+    except VmmoveError as exc:  # an OVA that no longer reads as one
+        raise DiskError(str(exc)) from None
+    return chain
+
+
+def _check_format(path: str, chain: Chain, probed: bool) -> None:
+    expected = _EXTENSION_FORMATS.get(Path(path).suffix.lower()) if probed else None
+    if chain.format == "raw" and expected and not path.startswith("json:"):
         raise DiskError(
             f"{path}: not a valid {expected} image (no {expected} header: corrupt, truncated "
             "or not a disk image)")
-    if fmt not in qemuimg.SOURCE_FORMATS:
-        raise DiskError(f"{path}: unsupported image format {fmt!r}")
-    return fmt, True
+    if chain.format not in qemuimg.SOURCE_FORMATS:
+        raise DiskError(f"{path}: unsupported image format {chain.format!r}")
 
 
 def _fingerprint(paths: Iterable[str]) -> list[list[Any]] | None:
     """(path, size, mtime_ns) of each file layer: a source that changes is converted again."""
     prints: list[list[Any]] = []
     for path in paths:
-        if not path or is_pseudo(path):
-            return None
         try:
             st = os.stat(path)
         except OSError:
             return None
         prints.append([path, st.st_size, st.st_mtime_ns])
-    return prints
+    return prints or None
 
 
-def prepare(job: DiskJob, options: ConvertOptions) -> None:
-    """Check the source and measure it; raise :class:`DiskError` naming what is wrong."""
+def refusal(disk: Disk) -> str | None:
+    """Why the scan's record says this disk's data cannot be converted, or None.
+
+    Convert honours what scan recorded: a disk with a scan ``error`` is never handed to
+    qemu-img (its reason is the reason), nor is a raw device map, a vSAN object or a host
+    CD-ROM, which hold no image at all.
+    """
+    if disk.error:
+        return f"{disk.error} (as the scan recorded; not handed to qemu-img)"
+    if disk.layout in (RDM_PHYSICAL, RDM_VIRTUAL):
+        return (f"{disk.path or 'it'} is a VMware raw device map: its data is on a SAN LUN, not in "
+                "a file; have the storage team copy the LUN (or present it to the cluster), or "
+                "leave the disk out")
+    if disk.layout == VSAN:
+        return (f"{disk.path or 'it'} names a vSAN object: there is no local data to read; export "
+                "the VM through vCenter (OVF export or VDDK) instead of copying the folder")
+    if disk.layout == HOST_CDROM:
+        return "a host CD-ROM drive passed through: there is no image to convert"
+    return None
+
+
+def _unpack(job: DiskJob, workdir: Path) -> Chain:
+    """Rebuild a packed (compressed/chunked) OVF file in a private folder of the work folder
+    and open it as an export of its own: the rebuilt image may name no other file."""
+    from converters.unpack import UnpackError, unpack
+
+    packing = job.disk.packing
+    assert packing is not None
+    capacity = job.disk.virtual_size or 0
+    # A converted image is at most its capacity plus format metadata; gzip beyond that is a bomb.
+    limit = capacity + capacity // 8 + 64 * 1024**2 if capacity else (packing.size or 0) * 1024
+    folder = workdir / f".unpack-{os.getpid()}-{secrets.token_hex(4)}"
+    folder.mkdir(mode=0o700)
+    try:
+        job.scratch = unpack(packing, folder, Path(packing.href).name or "disk", limit)
+    except UnpackError as exc:
+        folder.rmdir()
+        raise DiskError(str(exc)) from None
+    export = Export.of_descriptor(str(job.scratch))
+    return open_path(export, str(job.scratch), declared_format(job.disk))
+
+
+def prepare(job: DiskJob, options: ConvertOptions, done: Step | None = None) -> None:
+    """Check the source and measure it; raise :class:`DiskError` naming what is wrong.
+
+    ``done`` is the journal's step for the disk: a packed file whose finished, verified
+    image is recorded from the same pieces is not rebuilt just to be skipped.
+    """
     disk, path = job.disk, job.disk.path
+    reason = refusal(disk)
+    if reason:
+        raise DiskError(f"{job.label}: {reason}")
+    if disk.packing is not None:
+        _prepare_packed(job, options, done)
+        return
     if not path:
         raise DiskError(f"{job.label}: the disk has no source file")
-    if disk.source_type not in ("file", "block", "volume") and not is_pseudo(path):
+    if disk.source_type not in ("file", "block", "volume"):
         raise DiskError(f"{job.label}: {disk.source_type} disks ({disk.protocol or path}) cannot "
                         "be read from here; export the image to a file first")
-    if not is_pseudo(path) and not os.path.exists(path):
-        raise DiskError(f"{path}: source image not found")
     if job.vm.power_state in IN_USE_STATES and not options.force_share:
         raise DiskError(
             f"{job.label}: VM is {job.vm.power_state.value}; {options.share_hint}")
     try:
-        fmt, probed = resolve_format(disk, options.force_share)
-        # Three small read-only qemu-img runs, side by side: this is per-disk latency
+        probed = declared_format(disk) is None
+        chain = source_chain(job.vm, disk, options.force_share)
+        _check_format(path, chain, probed)
+        fmt, name = chain.format, chain.qemu_name()
+        # Two small read-only qemu-img runs, side by side: this is per-disk latency
         # a one-disk conversion pays in full.
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            f_info = pool.submit(image_info, path, options.force_share, fmt)
-            f_check = pool.submit(qemuimg.check, path, fmt, force_share=options.force_share)
-            f_measure = pool.submit(qemuimg.measure, path, fmt, "qcow2",
-                                    force_share=options.force_share)
-            info = f_info.result()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            f_check = pool.submit(qemuimg.check, name, fmt, force_share=options.force_share,
+                                  label=path)
+            f_measure = pool.submit(qemuimg.measure, name, fmt, "qcow2",
+                                    force_share=options.force_share, label=path)
             problem = f_check.result()
             if problem:
                 raise DiskError(f"{path}: {problem}")
@@ -319,19 +514,59 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
             raise DiskError(f"{exc}; the image is in use: {options.share_hint}") from None
         raise DiskError(str(exc)) from None
     job.source_format, job.probed = fmt, probed
-    job.virtual_size = info.virtual_size
+    job.source_name = name
+    job.virtual_size = chain.virtual_size
     # Raw output stays sparse, so it needs the data, like qcow2 without its small metadata:
     # the qcow2 measure is the estimate for both (qemu-img's raw estimate is the full size).
     job.required = measured.required
-    job.fingerprint = _fingerprint([path, *(b.path for b in info.backing_chain)])
+    layers = chain.real_paths()
+    job.fingerprint = _fingerprint(layers)
+    work = job.output.parent.resolve()
+    for layer in layers[1:]:
+        where = Path(layer).resolve().parent
+        if where == work or work in where.parents:
+            raise DiskError(f"{job.label}: backing file {layer} is in the work folder "
+                            f"{job.output.parent}; convert into a folder of its own")
 
 
-def prepare_error(job: DiskJob, options: ConvertOptions) -> str | None:
-    """:func:`prepare`, its problem (naming the disk) as the answer instead of raised."""
+def _prepare_packed(job: DiskJob, options: ConvertOptions, done: Step | None) -> None:
+    """:func:`prepare` for a gzip/chunked OVF file: rebuild it, then measure the copy."""
+    packing = job.disk.packing
+    assert packing is not None
+    job.fingerprint = _fingerprint(dict.fromkeys(p.path for p in packing.pieces))
+    if (done is not None and _is_current(done, job, options)
+            and (done.data.get("verified") or not options.verify)):
+        job.source_format = done.data.get("source_format")
+        job.source_name = job.disk.path  # never opened: the step is skipped
+        job.virtual_size = done.data.get("virtual_size")
+        return
     try:
-        prepare(job, options)
+        chain = _unpack(job, job.output.parent)
+        fmt, name = chain.format, chain.qemu_name()
+        problem = qemuimg.check(name, fmt, label=packing.href)
+        if problem:
+            raise DiskError(f"{packing.href}: {problem}")
+        measured = qemuimg.measure(name, fmt, "qcow2", label=packing.href)
+    except ContainmentError as exc:
+        raise DiskError(str(exc)) from None
+    except (ImageError, qemuimg.QemuImgError) as exc:
+        raise DiskError(str(exc)) from None
+    job.source_format, job.probed, job.source_name = fmt, False, name
+    job.virtual_size, job.required = chain.virtual_size, measured.required
+
+
+def prepare_error(job: DiskJob, options: ConvertOptions,
+                  done: Step | None = None) -> str | None:
+    """:func:`prepare`, its problem (naming the disk) as the answer instead of raised; a
+    failed preparation leaves no rebuilt copy of a packed file behind."""
+    try:
+        prepare(job, options, done)
     except VmmoveError as exc:
+        job.discard_scratch()
         return _name_disk(job, str(exc))
+    except BaseException:
+        job.discard_scratch()
+        raise
     return None
 
 
@@ -340,9 +575,15 @@ def _is_current(step: Step | None, job: DiskJob, options: ConvertOptions) -> boo
     if step is None or step.status != DONE or options.redo:
         return False
     data = step.data
+    try:
+        size = os.lstat(job.output).st_size if job.output.is_file() else None
+    except OSError:
+        size = None
     return (
         data.get("output") == str(job.output)
-        and job.output.is_file()
+        and size is not None
+        and data.get("size") in (None, size)  # journals before "size" was recorded
+        and data.get("identity") in (None, job.identity)
         and data.get("format") == options.format
         and bool(data.get("compressed")) == options.compress
         and data.get("source") == job.disk.path
@@ -360,14 +601,14 @@ def allocated_bytes(path: str | os.PathLike[str]) -> int:
 def _verify(job: DiskJob, image: Path, options: ConvertOptions,
             canceller: qemuimg.Canceller) -> tuple[str, qemuimg.CompareResult]:
     """qemu-img compare source↔output while this thread hashes the output."""
-    assert job.disk.path and job.source_format
+    assert job.disk.path and job.source_format and job.source_name
     outcome: dict[str, Any] = {}
 
     def run_compare() -> None:
         try:
             outcome["result"] = qemuimg.compare(
-                job.disk.path, job.source_format, str(image), options.format,
-                force_share=options.force_share, canceller=canceller)
+                job.source_name, job.source_format, str(image), options.format,
+                force_share=options.force_share, canceller=canceller, label=job.disk.path)
         except BaseException as exc:  # carried to the calling thread
             outcome["error"] = exc
 
@@ -387,6 +628,8 @@ class Runner:
 
     def __init__(self, journal: Journal, options: ConvertOptions, progress: Progress) -> None:
         self.journal = journal
+        #: output path → (item, identity) as the journal records them (see unique_output)
+        self.claimed = _claimed_outputs(journal)
         self.options = options
         self.progress = progress
         self.canceller = qemuimg.Canceller()
@@ -394,6 +637,12 @@ class Runner:
     def _result(self, job: DiskJob, status: str, **kw: Any) -> DiskResult:
         return DiskResult(vm=job.vm.name, disk=job.disk.target, item=job.item, status=status,
                           source=job.disk.path, format=self.options.format, **kw)
+
+    def _refuse(self, job: DiskJob, error: str) -> DiskResult:
+        """Fail a disk without touching its journal step (it may be another VM's)."""
+        result = self._result(job, FAILED, error=error)
+        self.progress.finished(job, result)
+        return result
 
     def _fail(self, job: DiskJob, error: str) -> DiskResult:
         self.journal.fail(KIND_CONVERT, job.item, error, vm=job.vm.name, disk=job.disk.target,
@@ -409,19 +658,42 @@ class Runner:
 
     def run_one(self, job: DiskJob) -> DiskResult:
         """Convert (or verify, or skip) one prepared disk; never raises for disk problems."""
+        try:
+            return self._run_one(job)
+        finally:
+            job.discard_scratch()
+
+    def _run_one(self, job: DiskJob) -> DiskResult:
+        """Convert (or verify, or skip) one prepared disk; never raises for disk problems."""
         opts = self.options
-        assert job.disk.path and job.source_format
+        assert job.disk.path and job.source_format and job.source_name
         step = self.journal.get(KIND_CONVERT, job.item)
+        note = None
+        if step is not None and not opts.redo \
+                and step.data.get("identity") not in (None, job.identity):
+            return self._refuse(job, (
+                f"{job.label}: the work folder's journal holds another VM under this key "
+                f"({step.item}, from {_source_of(step.data.get('identity'))}); convert it into "
+                "a work folder of its own, or pass --redo to replace that VM's output"))
         if _is_current(step, job, opts):
             assert step is not None
             if step.data.get("verified") or not opts.verify:
-                skipped = self._from_step(job, SKIPPED, step, "already converted")
-                self.progress.finished(job, skipped)
-                return skipped
-            return self._verify_existing(job, step)
-        note = None
-        if step is not None and step.status == DONE and not opts.redo:
-            note = "source or options changed since the last conversion: converted again"
+                # A skip vouches for the file as it is now: its size was checked, its checksum
+                # is checked here (a file replaced or changed since is converted again).
+                if step.checksum is None or sha256_file(job.output) == step.checksum:
+                    skipped = self._from_step(job, SKIPPED, step, "already converted")
+                    self.progress.finished(job, skipped)
+                    return skipped
+                note = "the output changed since it was converted (checksum): converted again"
+            else:
+                return self._verify_existing(job, step)
+        elif step is not None and step.status == DONE and not opts.redo:
+            note = ("the output is missing or changed, or the source or options changed, since "
+                    "the last conversion: converted again")
+        try:
+            check_output(job, step)
+        except DiskError as exc:
+            return self._refuse(job, str(exc))
         if step is not None and step.checksum:
             # A fresh conversion must not inherit the old output's checksum.
             self.journal.reset(KIND_CONVERT, job.item)
@@ -431,15 +703,19 @@ class Runner:
             source_format=job.source_format, output=str(job.output), format=opts.format,
             compressed=opts.compress, virtual_size=job.virtual_size, required=job.required,
             fingerprint=job.fingerprint, probed=job.probed, force_share=opts.force_share,
-            verified=False, flags=list(opts.flags))
+            verified=False, flags=list(opts.flags), identity=job.identity,
+            inode=list(_inode(job.output) or ()) or None)  # checked ours above: replaceable
+        self.claimed[str(job.output)] = (job.item, job.identity)
         temp = _temp_path(job.output)
         total = job.required or job.virtual_size or 0
         self.progress.started(job, total)
         try:
+            new_private_file(temp)  # qemu-img truncates it and keeps its mode: 0600
             qemuimg.convert(
-                job.disk.path, job.source_format, str(temp), opts.format,
+                job.source_name, job.source_format, str(temp), opts.format,
                 compress=opts.compression, force_share=opts.force_share, flags=opts.flags,
-                on_progress=lambda f: self.progress.advanced(job, f), canceller=self.canceller)
+                on_progress=lambda f: self.progress.advanced(job, f), canceller=self.canceller,
+                label=job.disk.path)
             checksum, verified = None, False
             if opts.verify:
                 checksum, compared = _verify(job, temp, opts, self.canceller)
@@ -456,16 +732,21 @@ class Runner:
                 finally:
                     os.close(fd)
             allocated = allocated_bytes(temp)
+            size = os.stat(temp).st_size
+            check_output(job, self.journal.get(KIND_CONVERT, job.item))
             os.replace(temp, job.output)
+            inode = list(_inode(job.output) or ())
         except BaseException as exc:
             temp.unlink(missing_ok=True)
             if self.canceller.cancelled.is_set():
                 self.journal.fail(KIND_CONVERT, job.item, "interrupted: rerun to convert it")
                 result = self._result(job, FAILED, error=f"{job.label}: interrupted")
+            elif isinstance(exc, qemuimg.QemuImgError) and _full(str(exc)):
+                result = self._fail(job, f"{job.label}: {write_failure(job.output, _ENOSPC)}")
             elif isinstance(exc, VmmoveError):
                 result = self._fail(job, _name_disk(job, str(exc)))
             elif isinstance(exc, OSError):
-                result = self._fail(job, f"{job.label}: {exc.strerror or exc}")
+                result = self._fail(job, f"{job.label}: {write_failure(job.output, exc)}")
             else:
                 self.journal.fail(KIND_CONVERT, job.item, "interrupted: rerun to convert it")
                 raise
@@ -475,7 +756,7 @@ class Runner:
         self.journal.done(
             KIND_CONVERT, job.item, bytes=allocated, checksum=checksum, allocated=allocated,
             verified=verified, seconds=round(seconds, 3),
-            compare="identical" if verified else None)
+            compare="identical" if verified else None, size=size, inode=inode)
         result = self._result(
             job, CONVERTED, output=str(job.output), virtual_size=job.virtual_size,
             allocated=allocated, verified=verified, checksum=checksum, seconds=seconds,
@@ -507,6 +788,18 @@ class Runner:
         return result
 
 
+_ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _full(message: str) -> bool:
+    """qemu-img's message for a full disk or quota (it names the source, not the output)."""
+    return "No space left on device" in message or "Disk quota exceeded" in message
+
+
+def _source_of(identity: str | None) -> str:
+    return (identity or "?").split("|", 2)[-1] or "?"
+
+
 def _name_disk(job: DiskJob, message: str) -> str:
     """Make sure an error line names the disk (VM/target), not just its file."""
     return message if message.startswith(job.label) else f"{job.label}: {message}"
@@ -534,9 +827,10 @@ def convert_disks(
     options = options or ConvertOptions()
     progress = progress or NoProgress()
     folder = Path(workdir).absolute()
-    folder.mkdir(parents=True, exist_ok=True)
     names = target_names(inventory)
     pairs = select_disks(inventory, vms, disks)
+    check_workdir(folder, pairs)
+    private_dir(folder)
     journal = Journal(journal_path(folder))
     try:
         with journal.exclusive():
@@ -557,17 +851,24 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
     results: dict[int, DiskResult] = {}
     jobs: list[tuple[int, DiskJob]] = []
     for index, (vm, disk) in enumerate(pairs):
-        job = DiskJob(vm, disk, disk_item(vm, disk),
-                      output_path(folder, names, vm, disk, options.format))
+        item, identity = disk_item(vm, disk), vm_identity(vm)
+        path = unique_output(output_path(folder, names, vm, disk, options.format), item,
+                             identity, runner.claimed)
+        job = DiskJob(vm, disk, item, path, identity)
         if disk.device not in ("disk", "lun"):
             results[index] = runner._result(job, IGNORED, note=f"{disk.device}: nothing to convert")
+        elif disk.layout == HOST_CDROM:
+            results[index] = runner._result(
+                job, IGNORED, note="host CD-ROM passthrough: nothing to convert (dropped)")
         else:
             jobs.append((index, job))
 
     # Preparation (qemu-img info + measure) runs in the pool too: it is one small process
     # per disk, and a batch can have hundreds.
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="convert") as pool:
-        errors = list(pool.map(lambda job: prepare_error(job, options), [job for _, job in jobs]))
+        errors = list(pool.map(
+            lambda job: prepare_error(job, options, runner.journal.get(KIND_CONVERT, job.item)),
+            [job for _, job in jobs]))
         todo: list[tuple[int, DiskJob]] = []
         for (index, job), error in zip(jobs, errors):
             if error:
@@ -578,6 +879,10 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
 
         if options.check_space:
             todo = _fit_space(runner, folder, todo, results)
+        kept = {id(job) for _, job in todo}
+        for _, job in jobs:
+            if id(job) not in kept:
+                job.discard_scratch()
 
         futures: dict[Future[DiskResult], int] = {
             pool.submit(runner.run_one, job): index for index, job in todo}
@@ -649,19 +954,30 @@ def preflight_disks(inventory: Inventory, workdir: str | os.PathLike[str],
         probe = probe.parent
     free = _free_bytes(probe)
     names = target_names(inventory)
-    jobs = [DiskJob(vm, disk, disk_item(vm, disk),
-                    output_path(folder, names, vm, disk, options.format))
-            for vm, disk in select_disks(inventory, (), disks)
-            if disk.device in ("disk", "lun")]
+    pairs = [(vm, disk) for vm, disk in select_disks(inventory, (), disks)
+             if disk.device in ("disk", "lun") and disk.layout != HOST_CDROM]
     steps: dict[str, Step | None] = {}
+    claimed: dict[str, tuple[str, str | None]] = {}
     if journal_path(folder).is_file():
         with Journal(journal_path(folder)) as journal:
-            steps = {job.item: journal.get(KIND_CONVERT, job.item) for job in jobs}
+            claimed = _claimed_outputs(journal)
+            steps = {disk_item(vm, d): journal.get(KIND_CONVERT, disk_item(vm, d))
+                     for vm, d in pairs}
+    jobs = []
+    for vm, disk in pairs:
+        item, identity = disk_item(vm, disk), vm_identity(vm)
+        path = unique_output(output_path(folder, names, vm, disk, options.format), item,
+                             identity, claimed)
+        jobs.append(DiskJob(vm, disk, item, path, identity))
     todo = [job for job in jobs if not _is_current(steps.get(job.item), job, options)]
-
+    # A packed OVF file would have to be rebuilt (written) to be measured: its capacity
+    # is the estimate, and the conversion checks it.
+    packed = [job for job in todo if job.disk.packing is not None]
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="preflight") as pool:
-        problems = [e for e in pool.map(lambda job: prepare_error(job, options), todo) if e]
-    need = sum(job.required or 0 for job in todo)
+        problems = [e for e in pool.map(lambda job: prepare_error(job, options),
+                                        [j for j in todo if j not in packed]) if e]
+    need = sum(job.required or 0 for job in todo) + sum(
+        job.disk.virtual_size or 0 for job in packed)
     if need > free:
         problems.append(f"{folder}: not enough space: the {len(todo)} image(s) to convert "
                         f"need {human_size(need)} (qemu-img measure), {human_size(free)} is "

@@ -116,6 +116,8 @@ def _last_error(stderr: str, name: str) -> str:
     lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
     msg = lines[-1] if lines else "qemu-img failed"
     msg = msg.removeprefix("qemu-img: ")
+    if msg.startswith("Could not open 'json:"):  # vmmove's own json: chain: name the disk
+        msg = msg.split("': ", 1)[-1]
     # qemu-img repeats the file name first ("Could not open 'x': ..."); keep it short.
     return f"{name}: {msg}"
 
@@ -141,16 +143,21 @@ def _src(fmt: str, force_share: bool) -> list[str]:
 
 
 def measure(path: str, fmt: str, out_fmt: str = "qcow2", *, force_share: bool = False,
-            options: str | None = None) -> Measure:
-    """Space the converted image needs: allocated data plus the output's metadata."""
+            options: str | None = None, label: str | None = None) -> Measure:
+    """Space the converted image needs: allocated data plus the output's metadata.
+
+    ``path`` may be a ``json:`` chain (:mod:`migrate.sources.containment`); ``label``
+    names the image in errors then.
+    """
     args = ["measure", "--output=json", *_src(fmt, force_share), "-O", out_fmt]
     if options:
         args += ["-o", options]
-    data = json.loads(_run([*args, path], path))
+    data = json.loads(_run([*args, path], label or path))
     return Measure(required=int(data["required"]), fully_allocated=int(data["fully-allocated"]))
 
 
-def check(path: str, fmt: str, *, force_share: bool = False) -> str | None:
+def check(path: str, fmt: str, *, force_share: bool = False,
+          label: str | None = None) -> str | None:
     """``qemu-img check``: ``None`` when the image is sound, else what is wrong.
 
     Needed because a truncated qcow2 or vmdk still opens and converts "successfully":
@@ -164,11 +171,13 @@ def check(path: str, fmt: str, *, force_share: bool = False) -> str | None:
     if proc.returncode in (0, 3, 63):
         return None
     if any(hint in proc.stderr for hint in _LOCK_HINTS):
-        raise ImageInUse(_last_error(proc.stderr, path))
+        raise ImageInUse(_last_error(proc.stderr, label or path))
     text = proc.stderr + proc.stdout
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     problem = next((ln for ln in lines if ln.startswith("ERROR")), lines[-1] if lines else "")
     problem = problem.removeprefix("qemu-img: ").removeprefix("ERROR:").removeprefix("ERROR").strip()
+    if problem.startswith("Could not open 'json:"):
+        problem = problem.split("': ", 1)[-1]
     kind = "corrupt image" if proc.returncode == 2 else "image check failed"
     return f"{kind} ({problem or f'qemu-img check exit {proc.returncode}'})"
 
@@ -189,8 +198,11 @@ def data_bytes(extents: Sequence[Extent]) -> int:
 
 
 def compare(a: str, fmt_a: str, b: str, fmt_b: str, *, force_share: bool = False,
-            canceller: Canceller | None = None) -> CompareResult:
-    """``qemu-img compare``: exit 0 identical, 1 different, 2 (or other) an error."""
+            canceller: Canceller | None = None, label: str | None = None) -> CompareResult:
+    """``qemu-img compare``: exit 0 identical, 1 different, 2 (or other) an error.
+
+    ``label`` names ``a`` in errors when ``a`` is a ``json:`` chain.
+    """
     args = [*_launcher(), qemu_img(), "compare", "-f", fmt_a, "-F", fmt_b]
     if force_share:
         args.append("-U")
@@ -211,8 +223,9 @@ def compare(a: str, fmt_a: str, b: str, fmt_b: str, *, force_share: bool = False
     if proc.returncode == 1:
         return CompareResult(False, text or "Images differ.")
     if proc.returncode < 0:
-        raise QemuImgError(f"{a}: qemu-img compare was stopped (signal {-proc.returncode})")
-    _raise(stderr or text, a)
+        raise QemuImgError(f"{label or a}: qemu-img compare was stopped (signal "
+                           f"{-proc.returncode})")
+    _raise(stderr or text, label or a)
     raise AssertionError("unreachable")
 
 
@@ -261,8 +274,11 @@ def convert_args(src: str, src_fmt: str, dest: str, out_fmt: str, *, compress: s
 def convert(src: str, src_fmt: str, dest: str, out_fmt: str, *, compress: str | None = None,
             force_share: bool = False, flags: Sequence[str] = FAST_FLAGS,
             on_progress: Callable[[float], None] | None = None,
-            canceller: Canceller | None = None) -> None:
+            canceller: Canceller | None = None, label: str | None = None) -> None:
     """Convert ``src`` into a new image ``dest``; backing chains are read through (flattened).
+
+    ``src`` may be a ``json:`` chain built by :mod:`migrate.sources.containment`, the only
+    way vmmove hands an untrusted image to qemu-img; ``label`` names it in errors.
 
     ``dest`` is created (or overwritten) by qemu-img; callers write to a temporary name and
     rename afterwards, so a failure never leaves a complete-looking output behind.
@@ -293,6 +309,7 @@ def convert(src: str, src_fmt: str, dest: str, out_fmt: str, *, compress: str | 
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     if proc.returncode < 0:
-        raise QemuImgError(f"{src}: qemu-img convert was stopped (signal {-proc.returncode})")
+        raise QemuImgError(f"{label or src}: qemu-img convert was stopped (signal "
+                           f"{-proc.returncode})")
     if proc.returncode != 0:
-        _raise(stderr, src)
+        _raise(stderr, label or src)

@@ -25,8 +25,8 @@ from manifests.sources import BLANK, HTTP, S3, UPLOAD, DiskSource, MissingSource
 from manifests.validate import INTERFACE_MODELS, RESERVED_MAC, RUN_STRATEGIES, admission_errors
 from migrate import __version__
 from migrate.errors import VmmoveError
-from migrate.mapping import POD, NetworkMap, StorageMap
-from migrate.model import VM, Disk, Inventory, Nic
+from migrate.mapping import POD, NetworkMap, StorageMap, target_disk_bus
+from migrate.model import HOST_CDROM, VM, Disk, Inventory, Nic
 from migrate.naming import assign_names, dns1123_label
 from migrate.workdir import image_basename, target_names
 
@@ -138,7 +138,6 @@ _NOT_CARRIED = {
     "pci-passthrough", "usb-passthrough", "mdev", "scsi-passthrough", "smartcard", "redirdev",
     "filesystem", "shmem", "parallel", "watchdog", "sound",
 }
-_DISK_BUSES = {"virtio": "virtio", "ide": "sata", "sata": "sata", "scsi": "scsi", "usb": "usb"}
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -275,6 +274,10 @@ class _Builder:
             if disk.device == "floppy":
                 self.notes.append(f"disk {disk.target}: floppy dropped (KubeVirt has no floppy drive)")
                 continue
+            if disk.layout == HOST_CDROM:
+                self.notes.append(f"disk {disk.target}: host CD-ROM drive passthrough dropped "
+                                  "(no media to carry; attach an ISO DataVolume if needed)")
+                continue
             if disk.device == "cdrom":
                 if not self.opt.keep_cdroms:
                     self.notes.append(f"disk {disk.target}: cdrom dropped (--keep-cdroms keeps them)")
@@ -322,31 +325,22 @@ class _Builder:
         return ordered
 
     def disk_device(self, disk: Disk, name: str) -> dict[str, Any]:
-        src_bus = (disk.bus or "").lower()
-        bus = self.over.disk_bus.get(disk.target) or _DISK_BUSES.get(src_bus)
         if disk.target in self.over.disk_bus:
+            bus = self.over.disk_bus[disk.target]
             self.notes.append(f"disk {disk.target}: bus {bus} (the plan's)")
-        if bus is None:
-            guess = disk.target[:2]
-            bus = {"vd": "virtio", "sd": "scsi", "hd": "sata"}.get(guess) or ("sata" if self.windows else "virtio")
-            self.notes.append(f"disk {disk.target}: bus {disk.bus or 'unknown'} becomes {bus}")
+        else:
+            choice = target_disk_bus(disk, self.windows)  # the same rule the assessment states
+            bus = choice.bus
+            if choice.reason:
+                self.notes.append(f"disk {disk.target}: {choice.reason}")
         if disk.device == "lun":
             self.notes.append(f"disk {disk.target}: LUN passthrough becomes a plain disk on bus {bus}")
         entry: dict[str, Any] = {"name": name}
         if disk.device == "cdrom":
-            if bus not in ("sata", "scsi"):
-                self.notes.append(f"disk {disk.target}: cdrom bus {bus} becomes sata")
-                bus = "sata"
             entry["cdrom"] = {"bus": bus, "readonly": True}
         else:
             target: dict[str, Any] = {"bus": bus}
             if disk.readonly:
-                if bus == "sata":
-                    bus = "scsi"
-                    target["bus"] = bus
-                    self.notes.append(
-                        f"disk {disk.target}: read-only, and KubeVirt has no read-only SATA disks; bus scsi"
-                    )
                 target["readonly"] = True
             entry["disk"] = target
         if disk.shareable:

@@ -63,9 +63,8 @@ def render(obj: Any, fmt: str) -> str:
     return to_json(obj) if fmt == "json" else to_yaml(obj)
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    atomic_write(path, text)
-    os.chmod(path, mode)
+def _write(path: Path, text: str, private: bool = False) -> None:
+    atomic_write(path, text, private=private)
 
 
 def write_tree(sets: list[ManifestSet], out: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
@@ -76,7 +75,7 @@ def write_tree(sets: list[ManifestSet], out: str | os.PathLike[str]) -> list[tup
     runs for different ``--vm`` selections add up instead of forgetting each other.
     """
     root = Path(out)
-    files: dict[Path, tuple[str, int]] = {}
+    files: dict[Path, tuple[str, bool]] = {}
     rows: list[tuple[str, str, str]] = []
     namespaces: set[str] = set()
     for s in sorted(sets, key=lambda s: (s.namespace, s.name)):
@@ -85,7 +84,7 @@ def write_tree(sets: list[ManifestSet], out: str | os.PathLike[str]) -> list[tup
         path = root / ns / f"{s.name}.yaml"
         if path in files:
             raise VmmoveError(f"VirtualMachine {ns}/{s.name}: two VMs got the same name")
-        files[path] = (to_yaml(s.virtual_machine), 0o644)
+        files[path] = (to_yaml(s.virtual_machine), False)
         rows.append((ns, f"VirtualMachine/{s.name}", f"{ns}/{path.name}"))
         for secret in s.secrets:
             name = secret["metadata"]["name"]
@@ -95,11 +94,11 @@ def write_tree(sets: list[ManifestSet], out: str | os.PathLike[str]) -> list[tup
                 if files[spath][0] != text:
                     raise VmmoveError(f"Secret {ns}/{name}: two different manifests recorded for it")
                 continue
-            files[spath] = (text, 0o600)
+            files[spath] = (text, True)  # credentials: private
             rows.append((ns, f"Secret/{name}", f"{ns}/{spath.name}"))
     # fsync dominates writing a tree; concurrent fsyncs share the filesystem's journal commits
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="write") as pool:
-        for future in [pool.submit(_write, path, text, mode) for path, (text, mode) in files.items()]:
+        for future in [pool.submit(_write, path, text, private) for path, (text, private) in files.items()]:
             future.result()
     for ns in sorted(namespaces):
         folder = root / ns
@@ -110,8 +109,8 @@ def write_tree(sets: list[ManifestSet], out: str | os.PathLike[str]) -> list[tup
             "namespace": ns,
             "resources": resources,
         }
-        _write(folder / "kustomization.yaml", to_yaml(kustomization), 0o644)
+        _write(folder / "kustomization.yaml", to_yaml(kustomization))
     all_ns = sorted(p.parent.name for p in root.glob("*/kustomization.yaml"))
     top = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": all_ns}
-    _write(root / "kustomization.yaml", to_yaml(top), 0o644)
+    _write(root / "kustomization.yaml", to_yaml(top))
     return rows

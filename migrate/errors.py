@@ -29,5 +29,6 @@ class ProblemsError(VmmoveError):
     """Several problems of one step, each on its own line (:func:`listed`)."""
 
     def __init__(self, head: str, problems: list[str]) -> None:
+        self.head = head
         self.problems = list(problems)
         super().__init__(listed(head, self.problems))

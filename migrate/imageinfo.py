@@ -38,7 +38,12 @@ def qemu_img() -> str:
 
 
 def image_info(path: str, force_share: bool = False, fmt: str | None = None) -> ImageInfo:
-    """Read an image and its whole backing chain; ``force_share`` reads a disk in use (-U)."""
+    """Read an image and its whole backing chain; ``force_share`` reads a disk in use (-U).
+
+    qemu-img follows the chain the headers name (and probes the format when ``fmt`` is
+    None): use this only for images vmmove wrote itself.  Source images (any descriptor's,
+    any export's) are read through :func:`migrate.sources.containment.open_path`.
+    """
     args = [qemu_img(), "info", "--output=json", "--backing-chain"]
     if force_share:
         args.append("-U")

@@ -8,6 +8,7 @@ is a plain dataclass so that an inventory round-trips through JSON or YAML witho
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -32,6 +33,7 @@ class SourceKind(str, Enum):
     OVF = "ovf"
     OVA = "ova"
     VMX = "vmx"
+    PVE = "pve"  # a Proxmox VE qemu-server/<vmid>.conf file
 
 
 @dataclass
@@ -41,6 +43,9 @@ class Source:
     kind: SourceKind
     location: str  # libvirt URI, or an absolute file path
     member: str | None = None  # OVF inside an OVA, VirtualSystem id inside a vApp OVF
+    # Proxmox VE: storage ID -> the local folder its volumes were found in (--pve-storage);
+    # these folders, not the .conf's, are where the VM's disks may be (containment).
+    storage: dict[str, str] | None = None
 
 
 @dataclass
@@ -72,6 +77,42 @@ class BackingFile:
 
 
 @dataclass
+class Piece:
+    """A byte range of a file on the host: a whole chunk file, or a member inside an OVA."""
+
+    path: str
+    offset: int = 0
+    size: int = 0
+
+
+@dataclass
+class Packing:
+    """How an OVF package stores a disk file that is not an image as it stands.
+
+    DMTF DSP0243 (OVF 2.1.1) §5.3: with ``ovf:compression="gzip"`` the referenced file is a
+    gzip stream of the image; with ``ovf:chunkSize`` it is split into ``href.000000000``,
+    ``href.000000001``, … to be concatenated in order (chunking applies after compression).
+    ``vmmove convert`` joins/decompresses the pieces into its work folder before qemu-img
+    reads them.
+    """
+
+    href: str  # the file name the descriptor gives
+    pieces: list[Piece] = field(default_factory=list)  # in order
+    compression: str | None = None  # "gzip"
+    chunk_size: int | None = None  # bytes, when chunked
+    size: int | None = None  # ovf:size: bytes of the stored file (compressed, before chunking)
+
+
+#: Values of :attr:`Disk.layout`: data that is not one self-contained image file at ``path``.
+MULTI_FILE = "multi-file"  # a VMDK text descriptor whose data lives in extent files beside it
+RDM_PHYSICAL = "rdm-physical"  # VMware raw device map, pass-through (vmfsPassthroughRawDeviceMap)
+RDM_VIRTUAL = "rdm-virtual"  # VMware raw device map, virtual mode (vmfsRawDeviceMap)
+VSAN = "vsan"  # a vSAN object descriptor: the data is an object on the vSAN datastore
+HOST_CDROM = "host-cdrom"  # the source host's optical drive passed through (no media file)
+NOT_IMAGES = (RDM_PHYSICAL, RDM_VIRTUAL, VSAN, HOST_CDROM)  # never handed to qemu-img or CDI
+
+
+@dataclass
 class Disk:
     """A block device of the VM, as the guest sees it and where its data lives."""
 
@@ -94,6 +135,8 @@ class Disk:
     serial: str | None = None
     controller_model: str | None = None  # e.g. lsilogic, pvscsi, virtio-scsi
     error: str | None = None  # why the image could not be read, when it could not
+    layout: str | None = None  # None: one image file (or device, volume); else see MULTI_FILE…
+    packing: Packing | None = None  # an OVF package's compressed or chunked file
 
 
 @dataclass
@@ -182,11 +225,17 @@ class VM:
     snapshots: int = 0
     features: list[str] = field(default_factory=list)  # acpi, apic, smm, hyperv, pae, …
     metadata: dict[str, str] = field(default_factory=dict)  # free-form facts from the source
+    # Set by :func:`distinguish` when another VM of the inventory has this VM's UUID (or
+    # name) but comes from another source: 8 hex digits of the source's SHA-1.
+    instance: str | None = None
 
     @property
     def key(self) -> str:
-        """A stable identity for journals and plans: the UUID when known, else the name."""
-        return self.uuid or self.name
+        """A stable identity for journals and plans: the UUID when known, else the name;
+        ``<uuid or name>@<instance>`` when VMs from different sources share that (see
+        :func:`distinguish`)."""
+        base = self.uuid or self.name
+        return f"{base}@{self.instance}" if self.instance else base
 
     def data_bytes(self) -> int:
         """Bytes of data held by the VM's disks: allocated size, or virtual when unknown."""
@@ -195,6 +244,31 @@ class VM:
             if disk.device in ("disk", "lun"):
                 total += disk.allocated_size or disk.virtual_size or 0
         return total
+
+
+def source_id(source: Source) -> str:
+    """8 hex digits naming a source (kind, location, member): the ``@…`` of a VM key."""
+    text = f"{source.kind.value}\0{source.location}\0{source.member or ''}"
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
+def distinguish(vms: list[VM]) -> None:
+    """Key VMs that share a UUID (or, without one, a name) by their source as well.
+
+    Copies of one VM exported to different files (or seen through a libvirt host and an
+    XML dump) are different VMs to migrate: each gets ``instance`` = :func:`source_id` of
+    its source, so ``VM.key`` becomes ``<uuid>@<8 hex>`` for every member of the group,
+    whatever the scan order.  VMs from one source (a file scanned twice) keep one key: they
+    are the same VM, which the ``duplicate-vm`` concern reports.  A UUID shared only by VMs
+    of one source, or not shared at all, leaves the key as it was.  Idempotent.
+    """
+    groups: dict[str, list[VM]] = {}
+    for vm in vms:
+        groups.setdefault(vm.uuid or vm.name, []).append(vm)
+    for members in groups.values():
+        ids = {source_id(vm.source) for vm in members}
+        for vm in members:
+            vm.instance = source_id(vm.source) if len(ids) > 1 else None
 
 
 @dataclass
@@ -218,9 +292,21 @@ class Inventory:
     vmmove_version: str | None = None
     format_version: int = 1
 
+    def __post_init__(self) -> None:
+        distinguish(self.vms)
+
     def find(self, ref: str) -> VM | None:
-        """A VM by name or UUID."""
+        """A VM by key (:attr:`VM.key`), else by name or UUID (the first that has it)."""
+        for vm in self.vms:
+            if vm.key == ref:
+                return vm
         for vm in self.vms:
             if vm.name == ref or vm.uuid == ref:
                 return vm
         return None
+
+    def find_all(self, ref: str) -> list[VM]:
+        """Every VM ``ref`` names: the one with that key, else all with that name or UUID
+        (copies of one VM from different files share both)."""
+        exact = [vm for vm in self.vms if vm.key == ref]
+        return exact or [vm for vm in self.vms if ref in (vm.name, vm.uuid)]

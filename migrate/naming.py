@@ -10,7 +10,9 @@ users in docs/mapping.md:
    original name, so distinct long names stay distinct;
 3. collisions within an inventory: a name that needed no change keeps it; every other
    member of the collision gets the same hash suffix, so the result does not depend on
-   the order the VMs were scanned in.
+   the order the VMs were scanned in.  When several VMs have that same unchanged name
+   (copies of one VM from different files: different keys, one name), none keeps it:
+   each gets a suffix from its name and key.
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ def assign_names(names: Iterable[tuple[str, str]], limit: int = MAX_LABEL) -> di
         if len(members) == 1:
             result[members[0][0]] = base
             continue
+        keepers = sum(1 for _, original in members if original == base)
         for key, original in members:
-            if original == base:
+            if original == base and keepers == 1:
                 result[key] = base
                 continue
             candidate = _with_suffix(base, f"{original}\0{key}", limit)

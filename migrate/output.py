@@ -1,7 +1,14 @@
-"""Rendering results for people (tables) and for programs (JSON, YAML)."""
+"""Rendering results for people (tables) and for programs (JSON, YAML).
+
+Text meant for a terminal (tables, log lines, error lines, progress bars) goes through
+:func:`escape`: names and descriptions come from untrusted descriptors, and a newline,
+carriage return, ESC/CSI/OSC sequence or C1 control in a VM name must neither forge an
+error line nor drive the terminal.  JSON and YAML keep the text exact (they quote it).
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
@@ -23,6 +30,42 @@ def human_size(n: int | None) -> str:
     return f"{size:.1f}P"
 
 
+#: C0 controls, DEL, C1 controls, and the Unicode line/paragraph separators.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100
+                                else f"\\u{ord(char):04x}")
+
+
+def escape(text: Any) -> str:
+    """``text`` for a terminal: every control character shown as an escape.
+
+    ``\\n``, ``\\r``, ``\\t``, ``\\e`` (ESC) and ``\\xNN`` / ``\\uNNNN`` for the other C0, DEL, C1
+    (0x80-0x9f: CSI, OSC…) and U+2028/U+2029 characters; everything else is unchanged.
+    """
+    return _CONTROL_RE.sub(_escaped, str(text))
+
+
+def error_line(message: Any) -> str:
+    """The one line an error is printed as: ``vmmove: error: <message>``, escaped."""
+    return f"vmmove: error: {escape(message)}"
+
+
+def error_lines(exc: Any) -> list[str]:
+    """How an error is printed: one escaped line, or — for an error listing problems
+    (``head`` and ``problems``, as :class:`migrate.errors.ProblemsError` and plan errors
+    carry them) — the head line and one ``  - problem`` line each, every one escaped, so
+    no problem can forge a line of its own."""
+    head, problems = getattr(exc, "head", None), getattr(exc, "problems", None)
+    if head is None or not problems:
+        return [error_line(exc)]
+    return [error_line(f"{head}:")] + [f"  - {escape(p)}" for p in problems]
+
+
 def terminal_width() -> int | None:
     """Columns of the terminal a table goes to: ``$COLUMNS``, else stdout's terminal;
     None when stdout is no terminal (a file or pipe gets every character)."""
@@ -37,12 +80,10 @@ def terminal_width() -> int | None:
 
 
 def _cell(value: Any, width: int | None) -> str:
-    """One table cell on one line: a multi-line text shows its first line and how many
-    more there are; no cell is wider than the terminal (cut with …; -o yaml shows all)."""
-    text = "" if value is None else str(value)
-    if "\n" in text:
-        first, *rest = [line for line in text.splitlines() if line.strip()] or [""]
-        text = f"{first} (+{len(rest)} more line(s), -o yaml shows all)" if rest else first
+    """One table cell on one line: control characters escaped (:func:`escape`: a line
+    break shows as ``\\n``), and no cell wider than the terminal (cut with …; ``-o yaml``
+    shows all)."""
+    text = "" if value is None else escape(value)
     if width is not None and len(text) > width:
         text = text[: max(1, width - 1)] + "…"
     return text
@@ -50,9 +91,9 @@ def _cell(value: Any, width: int | None) -> str:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A plain, aligned text table like kubectl's (two spaces between columns); each cell
-    on one line and, on a terminal, none wider than it (see :func:`_cell`)."""
+    on one line, escaped and, on a terminal, no wider than it (see :func:`_cell`)."""
     width = terminal_width()
-    cells = [[str(h) for h in headers]] + [[_cell(c, width) for c in r] for r in rows]
+    cells = [[escape(h) for h in headers]] + [[_cell(c, width) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines) + "\n"

@@ -15,8 +15,6 @@ steps, which take it themselves).
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.errors import VmmoveError
+from migrate.files import LockBusy, private_dir, run_lock
 from migrate.plan import Plan
 from migrate.progress import log
 from migrate.state import DONE, Journal
@@ -40,24 +39,15 @@ class PlanLocked(VmmoveError):
 @contextmanager
 def plan_lock(plan: Plan) -> Iterator[None]:
     """Exclusive use of the plan's work folder for one run; refuse a concurrent one."""
-    plan.workdir.mkdir(parents=True, exist_ok=True)
-    path = plan.workdir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    private_dir(plan.workdir)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise PlanLocked(f"{plan.path}: another vmmove run is working on this plan"
-                         + (f" (pid {holder})" if holder else "")
-                         + "; wait for it to finish, or stop it, and rerun") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        with run_lock(plan.workdir / LOCK_NAME,
+                      f"{plan.path}: another vmmove run is working on this plan"):
+            yield
+    except LockBusy as exc:
+        holder = f" (pid {exc.holder})" if exc.holder.isdigit() else ""
+        raise PlanLocked(f"{plan.path}: another vmmove run is working on this plan{holder}"
+                         "; wait for it to finish, or stop it, and rerun") from None
 
 
 @dataclass
@@ -67,6 +57,8 @@ class StageResult:
     seconds: float
     summary: str = ""
     error: str | None = None
+    problems: list[str] = field(default_factory=list)  # an error listing problems: each
+    head: str | None = None  # ... and the line above them (see migrate.errors.listed)
 
 
 @dataclass
@@ -112,7 +104,9 @@ def run_stages(plan: Plan, wave: int, stages: list[Stage],
                 except VmmoveError as exc:
                     journal.fail(KIND_STAGE, item, str(exc))
                     result = StageResult(stage.name, "failed", time.monotonic() - started,
-                                         error=str(exc))
+                                         error=str(exc),
+                                         problems=list(getattr(exc, "problems", None) or []),
+                                         head=getattr(exc, "head", None))
                     results.append(result)
                     if on_result:
                         on_result(result)

@@ -92,8 +92,8 @@ class PlanError(UsageError):
         self.path = str(path)
         self.problems = list(problems)
         count = len(self.problems)
-        super().__init__(listed(f"{self.path}: {count} problem{'s' if count != 1 else ''}, "
-                                "nothing was run", self.problems))
+        self.head = f"{self.path}: {count} problem{'s' if count != 1 else ''}, nothing was run"
+        super().__init__(listed(self.head, self.problems))
 
 
 # -- the model -----------------------------------------------------------------------------
@@ -143,7 +143,7 @@ class Defaults:
 class VmEntry:
     """One VM of a wave as the plan names it, with its overrides."""
 
-    ref: str  # name or UUID in the inventory
+    ref: str  # name, UUID or key (uuid@source, when copies share both) in the inventory
     target_name: str | None = None
     namespace: str | None = None
     run_strategy: str | None = None
@@ -691,6 +691,8 @@ def _resolve(plan: Plan, problems: _Problems) -> list[PlannedVM]:
         index[vm.name].append(vm)
         if vm.uuid and vm.uuid != vm.name:
             index[vm.uuid].append(vm)
+        if vm.key not in (vm.name, vm.uuid):
+            index[vm.key].append(vm)
     for wave in plan.waves:
         for entry in wave.entries:
             where = f"waves[{wave.number}] VM {entry.ref!r}"
@@ -700,7 +702,8 @@ def _resolve(plan: Plan, problems: _Problems) -> list[PlannedVM]:
                 continue
             if len({vm.key for vm in matches}) > 1:
                 problems.add(where, "more than one VM of the inventory has this name; "
-                                    "name it by UUID")
+                                    "name it by UUID, or by its key (uuid@source, from "
+                                    "`vmmove assess -o json`) when they share the UUID too")
                 continue
             vm = matches[0]
             if vm.key in seen:
@@ -823,7 +826,11 @@ def group_vms(inventory: Inventory, by: str, *, explicit: list[list[str]] | None
         for i, names in enumerate(explicit):
             members = []
             for ref in names:
-                vm = inventory.find(ref)
+                found = inventory.find_all(ref)
+                if len({vm.key for vm in found}) > 1:
+                    raise UsageError(f"--wave {','.join(names)}: {len(found)} VMs answer to {ref!r}; "
+                                     f"name each by its key: {', '.join(vm.key for vm in found)}")
+                vm = found[0] if found else None
                 if vm is None:
                     raise UsageError(f"--wave {','.join(names)}: no VM {ref!r} in the inventory")
                 if vm.key in seen:
@@ -916,11 +923,18 @@ def generate_plan(
                               if net_map.resolve(nic) is None}):
         nets[attachment] = None
     name_counts = Counter(vm.name for vm in inventory.vms)
+    uuid_counts = Counter(vm.uuid for vm in inventory.vms if vm.uuid)
     waves = []
     for title, members in groups:
         entries: list[Any] = []
         for vm in members:
-            ref = vm.name if name_counts[vm.name] == 1 else (vm.uuid or vm.name)
+            # the shortest reference that names this VM alone: name, UUID, else its key
+            if name_counts[vm.name] == 1:
+                ref = vm.name
+            elif vm.uuid and uuid_counts[vm.uuid] == 1:
+                ref = vm.uuid
+            else:
+                ref = vm.key
             reason = skip(vm) if skip else None
             entries.append({"vm": ref, "skip": True, "note": reason} if reason else ref)
         waves.append({"name": _wave_name(title), "vms": entries})

@@ -13,6 +13,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from migrate.output import escape
+
 
 def interactive(stream: TextIO | None = None) -> bool:
     stream = stream or sys.stderr
@@ -27,7 +29,7 @@ def bar(total: float | None, desc: str, unit: str = "B", **kwargs: Any) -> tqdm:
     byte_units = unit == "B"
     return tqdm(
         total=total,
-        desc=desc,
+        desc=escape(desc),
         unit=unit,
         unit_scale=byte_units,
         unit_divisor=1024 if byte_units else 1000,
@@ -39,10 +41,11 @@ def bar(total: float | None, desc: str, unit: str = "B", **kwargs: Any) -> tqdm:
 
 
 def log(message: str) -> None:
-    """A timestamped line on stderr when no bar is shown (non-TTY), nothing otherwise."""
+    """A timestamped line on stderr when no bar is shown (non-TTY), nothing otherwise;
+    control characters escaped (:func:`migrate.output.escape`)."""
     if not interactive():
         stamp = time.strftime("%H:%M:%S")
         # one write per line: print() writes the text and the newline separately, so lines
         # logged from several threads (parallel cutover) could interleave
-        sys.stderr.write(f"{stamp} {message}\n")
+        sys.stderr.write(f"{stamp} {escape(message)}\n")
         sys.stderr.flush()

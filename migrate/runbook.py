@@ -14,6 +14,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from migrate.files import make_dirs
 from migrate.output import human_size
 from migrate.plan import Plan, PlannedVM
 from migrate.report import MIB, Throughput, measure
@@ -332,7 +333,7 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
 def write_runbooks(plan: Plan, out: Path, waves: list[int] | None = None,
                    jobs: int | None = None) -> list[Path]:
     """One ``wave-<N>.md`` per wave (with VMs to move) in ``out``; the files written."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     written = []
     numbers = waves or plan.wave_numbers()
     journal = plan.journal() if plan.journal_path.is_file() else Journal(":memory:")

@@ -110,19 +110,35 @@ def dumps(data: Any, fmt: str) -> str:
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def atomic_write(path: str | os.PathLike[str], text: str | bytes) -> None:
-    """Write a file under a temporary name beside it, fsync, then rename over ``path``."""
+def atomic_write(path: str | os.PathLike[str], text: str | bytes, *,
+                 private: bool = False) -> None:
+    """Write a file under a temporary name beside it, fsync, then rename over ``path``.
+
+    Mode: 0600 when ``private`` (credentials), else the umask's (a shared output), never
+    world-writable (:mod:`migrate.files`).  Missing parent folders are created.  A failed
+    write (full disk…) raises :class:`migrate.files.WriteError` naming ``path`` and leaves
+    nothing behind: ``path`` is the old file or absent, the temporary name is removed.
+    """
+    from migrate.files import PRIVATE_FILE, make_dirs, shared_mode, write_failure
+
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    make_dirs(target.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), PRIVATE_FILE if private else shared_mode())
             fh.write(text.encode() if isinstance(text, str) else text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise write_failure(target, exc) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -12,7 +12,6 @@ run on the same journal.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
@@ -23,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from migrate.files import LockBusy, WriteError, create_private, private_dir, run_lock
 
 PENDING = "pending"
 RUNNING = "running"
@@ -85,21 +86,38 @@ class Journal:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The journal records guest-derived names and paths: private, in a private folder
+        # (docs/security.md); its -wal and -shm files take the database file's mode.
+        fresh = str(path) != ":memory:" and not self.path.exists()
+        if str(path) != ":memory:":
+            private_dir(self.path.parent)
+            create_private(self.path)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             self.path, timeout=30, isolation_level=None, check_same_thread=False
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._lockfile: int | None = None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            self._db.close()
+            if fresh:  # nothing half-written: a journal that could not start is not left
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: sqlite3.Error) -> Exception:
+        """One line naming the journal for a SQLite failure (full disk, read-only, corrupt)."""
+        text = str(exc)
+        if "full" in text:
+            text = "No space left on device (free space, or use another work folder)"
+        return WriteError(f"{self.path}: cannot write the journal: {text}")
 
     # -- life cycle ---------------------------------------------------------------------
     def close(self) -> None:
         with self._lock:
             self._db.close()
-        self._release()
 
     def __enter__(self) -> Journal:
         return self
@@ -110,25 +128,12 @@ class Journal:
     @contextmanager
     def exclusive(self) -> Iterator[Journal]:
         """Hold the journal's run lock; raise :class:`JournalLocked` if another run has it."""
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise JournalLocked(f"{self.path}: another vmmove run is using this journal") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lockfile = fd
-        try:
-            yield self
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        if self._lockfile is not None:
-            fcntl.flock(self._lockfile, fcntl.LOCK_UN)
-            os.close(self._lockfile)
-            self._lockfile = None
+            with run_lock(f"{self.path}.lock",
+                          f"{self.path}: another vmmove run is using this journal"):
+                yield self
+        except LockBusy as exc:
+            raise JournalLocked(str(exc)) from None
 
     # -- reading ------------------------------------------------------------------------
     def get(self, kind: str, item: str) -> Step | None:
@@ -290,13 +295,24 @@ class Journal:
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._failure(exc) from None
         try:
             yield
+        except sqlite3.OperationalError as exc:
+            self._db.execute("ROLLBACK")
+            raise self._failure(exc) from None
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise self._failure(exc) from None
 
     def _log(self, at: float, kind: str, item: str, status: str, message: str | None) -> None:
         self._db.execute(

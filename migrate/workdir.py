@@ -8,8 +8,10 @@ talks about the same disk the same way.
 Journal kinds and the ``data`` each step records:
 
 * ``convert``: ``output`` (absolute path), ``format``, ``source``, ``virtual_size``,
-  ``allocated`` (bytes of the output), ``verified`` (qemu-img compare passed); the step's
-  ``checksum`` is ``sha256:<hex>`` of the output file.
+  ``allocated`` (bytes of the output), ``verified`` (qemu-img compare passed), ``size``
+  (bytes of the output file), ``inode`` (``[st_dev, st_ino]`` of the output vmmove renamed
+  into place: the only file it will replace), ``identity`` (:func:`vm_identity`); the
+  step's ``checksum`` is ``sha256:<hex>`` of the output file.
 * ``upload``: ``backend`` (``s3`` | ``upload`` | ``http``), ``url`` (for s3/http: the
   path-style URL CDI imports from), ``secret`` (name of the Secret manifest, s3 only),
   ``secret_file`` (where that Secret manifest was written), ``dv`` and ``namespace``
@@ -37,6 +39,19 @@ def journal_path(workdir: str | os.PathLike[str]) -> Path:
 def disk_item(vm: VM, disk: Disk) -> str:
     """The journal item of one disk: ``<vm key>/<disk target>``."""
     return f"{vm.key}/{disk.target}"
+
+
+def vm_identity(vm: VM) -> str:
+    """Who a VM is across inventories: ``<uuid>|<source kind>|<location>[#member]``.
+
+    Two inventories (two hosts, two exports) may hold VMs of the same name, or even the
+    same UUID (a cloned VM); the UUID and where the VM was read from together tell them
+    apart.  Recorded in convert steps as ``identity``.
+    """
+    src = vm.source
+    member = f"#{src.member}" if src.member else ""
+    kind = getattr(src.kind, "value", src.kind)
+    return f"{vm.uuid or vm.name}|{kind}|{src.location}{member}"
 
 
 def target_names(inventory: Inventory) -> dict[str, str]:

@@ -83,7 +83,10 @@ def sha256(path: Path) -> str:
 
 def vm(name: str, disks: list[Disk], state: PowerState = PowerState.SHUTOFF,
        uuid: str | None = None) -> VM:
-    return VM(name=name, uuid=uuid, source=Source(SourceKind.DOMAIN_XML, f"/etc/{name}.xml"),
+    """A VM as an offline domain XML beside its first disk (its export: that folder)."""
+    folder = next((Path(d.path).parent for d in disks if d.path and d.path.startswith("/")),
+                  Path("/etc"))
+    return VM(name=name, uuid=uuid, source=Source(SourceKind.DOMAIN_XML, f"{folder}/{name}.xml"),
               power_state=state, disks=disks)
 
 

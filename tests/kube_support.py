@@ -14,8 +14,11 @@ Reusable by every area that talks to a cluster (upload, apply, cutover):
   ``status.token`` (not stored, as cdi-apiserver does), and runs an HTTPS upload proxy
   (self-signed certificate made at test time) that checks ``Authorization: Bearer`` on
   ``HEAD``/``POST /v1beta1/upload-async``, stores the bytes per PVC and then marks the
-  DataVolume ``Succeeded``.  ``reject_first_post=True`` answers the first POST with 401
-  (an expired token) to exercise the token refresh.
+  DataVolume ``Succeeded``.  A POST cut short (client killed, connection lost) is kept
+  truncated and the DataVolume still marked ``Succeeded``, unanswered, as CDI's upload
+  server does: only the POST's full answer says CDI has the whole image.
+  ``reject_first_post=True`` answers the first POST with 401 (an expired token) to
+  exercise the token refresh; :meth:`Cdi.before_read` lets a test stall a POST mid-body.
 * :class:`Reconciler` — the background loop every played controller shares (CDI here,
   virt-controller and the importer in tests/plan_support.py and tests/guest_support.py).
 
@@ -233,7 +236,8 @@ class ProxyRequest:
     authorization: str | None
     received: int = 0  # body bytes read
     sha256: str | None = None
-    status: int = 0
+    status: int = 0  # -1: the request was cut short (no answer)
+    cut: bool = False
 
 
 @dataclass
@@ -304,6 +308,9 @@ class Cdi(Reconciler):
                     self.api.patch(DV, ns, name, {"status": {"phase": new,
                                                              "progress": "N/A"}})
 
+    def before_read(self, record: ProxyRequest) -> None:
+        """Called before each read of a POST body (1 MiB); tests override it to stall."""
+
     def phase(self, name: str, namespace: str | None = None) -> str | None:
         dv = self.api.get(DV, namespace or self.api.namespace, name)
         return ((dv or {}).get("status") or {}).get("phase")
@@ -349,7 +356,11 @@ class Cdi(Reconciler):
                 with open(target, "wb") as out:
                     remaining = length
                     while remaining:
-                        chunk = self.rfile.read(min(1 << 20, remaining))
+                        cdi.before_read(record)
+                        try:
+                            chunk = self.rfile.read(min(1 << 20, remaining))
+                        except OSError:  # the client is gone (killed, connection reset)
+                            chunk = b""
                         if not chunk:
                             break
                         digest.update(chunk)
@@ -358,6 +369,17 @@ class Cdi(Reconciler):
                         record.received += len(chunk)
                 record.sha256 = digest.hexdigest()
                 first_post = sum(1 for r in cdi.proxy_requests if r.method == "POST") == 1
+                if remaining and pvc is not None and self.path == "/v1beta1/upload-async":
+                    # A request cut short: like CDI's upload server, keep what arrived (a
+                    # prefix of the image) and let the DataVolume succeed with it; nobody is
+                    # left to answer.
+                    record.status = -1
+                    record.cut = True
+                    cdi.received[pvc[1]] = target
+                    cdi.api.patch(DV, pvc[0], pvc[1], {"status": {
+                        "phase": "Succeeded", "progress": "100.0%"}})
+                    self.close_connection = True
+                    return
                 if self.path != "/v1beta1/upload-async":
                     record.status = 404
                 elif pvc is None:

@@ -29,6 +29,8 @@ from migrate.model import (
     Inventory,
     Nic,
     PowerState,
+    Source,
+    SourceKind,
     Tuning,
 )
 from migrate.naming import dns1123_label
@@ -90,6 +92,11 @@ def guest(**kw: object) -> Mutation:
     return lambda vm: setattr(vm, "guest_os", GuestOS(**kw))  # type: ignore[arg-type]
 
 
+def offline(descriptor: str) -> Mutation:
+    """The VM as read from an offline domain XML file (its export: that file's folder)."""
+    return lambda vm: setattr(vm, "source", Source(SourceKind.DOMAIN_XML, descriptor))
+
+
 def both(*ms: Mutation) -> Mutation:
     def m(vm: VM) -> None:
         for x in ms:
@@ -130,6 +137,10 @@ POSITIVE: list[tuple[str, Mutation, str, str | None]] = [
     ("disk-no-source", disk0(path=None), "no source", "vda"),
     ("disk-size-unknown", disk0(virtual_size=None), "size of disk vda", "vda"),
     ("backing-chain", disk0(backing_chain=[BackingFile("/img/mid.qcow2"), BackingFile("/img/base.qcow2")]), "/img/base.qcow2", "vda"),
+    ("backing-outside-export", both(offline("/exports/web/web.xml"), disk0(
+        path="/exports/web/web.qcow2", backing_chain=[BackingFile("/exports/web/mid.qcow2"),
+                                                      BackingFile("/etc/shadow")])),
+     "backing file /etc/shadow, outside its export", "vda"),
     ("disk-shareable", disk0(shareable=True), "shared", "vda"),
     ("disk-network", disk0(source_type="network", protocol="rbd", path="pool/img", hosts=["mon1:6789"]), "rbd:pool/img on mon1:6789", "vda"),
     ("disk-block", disk0(source_type="block", path="/dev/vg0/web"), "/dev/vg0/web", "vda"),
@@ -138,7 +149,11 @@ POSITIVE: list[tuple[str, Mutation, str, str | None]] = [
     ("disk-block", disk0(source_type="nvme", path="0000:02:00.0"), "host NVMe namespace 0000:02:00.0", "vda"),
     ("disk-dir", disk0(source_type="dir", path="/srv/share"), "/srv/share", "vda"),
     ("disk-bus-ide", disk0(bus="ide", target="hda"), "hda on IDE becomes sata", "hda"),
-    ("disk-bus-other", disk0(bus="nvme"), "bus nvme becomes sata", "vda"),
+    ("disk-bus-other", disk0(bus="nvme"), "bus nvme becomes virtio", "vda"),  # Linux: the mapping's rule 3
+    ("disk-rdm", disk0(layout="rdm-physical", path="/vmfs/db_1.vmdk"), "physical (pass-through) raw device map", "vda"),
+    ("disk-vsan", disk0(layout="vsan", path="/exp/db_2.vmdk"), "vSAN object descriptor", "vda"),
+    ("cdrom-passthrough", add_disk(target="sdb", device="lun", source_type="block", layout="host-cdrom", path="/vmfs/devices/cdrom/mpx.vmhba0:C0:T0:L0"), "host CD-ROM drive /vmfs/devices/cdrom/mpx.vmhba0:C0:T0:L0", "sdb"),
+    ("initramfs-hostonly", both(attrs(hypervisor="vmware"), guest(id="centos7-64", name="CentOS 7 (64-bit)", family="linux", distro="centos")), "CentOS 7 (64-bit) guest from VMware", None),
     ("scsi-controller", disk0(bus="scsi", target="sda", controller_model="lsilogic"), "lsilogic", "sda"),
     ("cdrom", add_disk(target="sdb", device="cdrom", bus="sata", path="/iso/rhel.iso"), "/iso/rhel.iso", "sdb"),
     ("floppy", add_disk(target="fda", device="floppy", bus="fdc", path="/img/fd.img"), "floppy fda", "fda"),
@@ -162,6 +177,10 @@ POSITIVE: list[tuple[str, Mutation, str, str | None]] = [
 
 # (rule id, a near miss that must NOT raise it)
 NEGATIVE: list[tuple[str, Mutation]] = [
+    # a chain inside the export, and a live libvirt host's own chain, are not outside
+    ("backing-outside-export", both(offline("/exports/web/web.xml"), disk0(
+        backing_chain=[BackingFile("/exports/web/base/base.qcow2")]))),
+    ("backing-outside-export", disk0(backing_chain=[BackingFile("/var/lib/libvirt/base.qcow2")])),
     ("container", attrs(hypervisor="kvm", os_type="hvm")),
     ("xen-pv", attrs(hypervisor="xen", os_type="hvm")),
     ("xen-hvm", attrs(hypervisor="qemu")),
@@ -196,6 +215,11 @@ NEGATIVE: list[tuple[str, Mutation]] = [
     ("disk-block", disk0(source_type="volume", pool="default", volume="web.qcow2")),
     ("disk-vhost", disk0(source_type="network", protocol="nbd", hosts=["h:10809"])),
     ("disk-bus-other", disk0(bus="sata")),
+    ("disk-rdm", disk0(device="lun", source_type="block", path="/dev/sdb")),
+    ("disk-vsan", disk0(layout="multi-file")),
+    ("cdrom-passthrough", add_disk(target="sdb", device="cdrom", source_type="block", path="/dev/sr0")),
+    ("initramfs-hostonly", attrs(hypervisor="kvm")),
+    ("initramfs-hostonly", both(attrs(hypervisor="vmware"), guest(id="ubuntu-64", family="linux", distro="ubuntu"))),
     ("disk-bus-other", disk0(bus="usb")),
     ("disk-bus-other", disk0(bus="ide")),
     ("scsi-controller", disk0(bus="scsi", controller_model="virtio-scsi")),
@@ -243,7 +267,7 @@ def test_rule_stays_silent_on_a_near_miss(rule_id: str, mutate: Mutation) -> Non
 
 
 def test_every_rule_has_a_positive_test_a_docstring_and_a_doc_entry() -> None:
-    tested = {p[0] for p in POSITIVE} | {"duplicate-vm", "name-collision", "mac-duplicate"}
+    tested = {p[0] for p in POSITIVE} | {"duplicate-vm", "name-collision", "mac-duplicate", "vm-copies"}
     assert set(RULES) == tested
     doc = DOCS.read_text(encoding="utf-8")
     for rule in RULES.values():
@@ -260,6 +284,7 @@ def test_required_concerns_have_the_severity_the_issue_asks_for() -> None:
     for rule_id in critical:
         assert RULES[rule_id].severity is Severity.CRITICAL, rule_id
     assert RULES["backing-chain"].severity is Severity.INFO
+    assert RULES["backing-outside-export"].severity is Severity.CRITICAL
 
 
 # -- cross-inventory rules ----------------------------------------------------------------
@@ -419,7 +444,7 @@ CORPUS_EXPECTED = {
     "disk-drive-network-nbd-unix.xml": "disk-network",
     "disk-scsi-lun-passthrough.xml": "disk-lun",
     "disk-drive-shared.xml": "disk-shareable",
-    "disk-backing-chains.xml": "backing-chain",
+    "disk-backing-chains.xml": "backing-outside-export",  # an offline XML naming /tmp/… files
     "fs9p.xml": "filesystem-share",
     "disk-scsi-megasas.xml": "scsi-controller",
     "aarch64-acpi-uefi.xml": "arch-unsupported",

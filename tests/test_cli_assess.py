@@ -100,7 +100,7 @@ def test_json_output_holds_target_names_and_every_concern(cli, inv_file: Path) -
         "remediation": RULES["pci-passthrough"].remediation,
         "subject": "0000:3b:00.0",
     }
-    assert data["cache"] == {"target": "cache", "uuid": "u-cache", "source": "test:///default", "summary": "ready", "concerns": []}
+    assert data["cache"] == {"target": "cache", "key": "u-cache", "uuid": "u-cache", "source": "test:///default", "summary": "ready", "concerns": []}
 
 
 def test_yaml_output_and_selection_by_uuid(cli, inv_file: Path, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from converters.convert import (
     ConvertOptions,
     convert_disks,
 )
-from migrate.model import Disk, Inventory, PowerState
+from migrate.model import Disk, Inventory, PowerState, Source, SourceKind
 from migrate.serialize import load_inventory
 from migrate.state import DONE, Journal
 from migrate.workdir import KIND_CONVERT, journal_path
@@ -248,18 +248,28 @@ def test_disk_locked_by_another_process_is_refused_unless_force_share(tmp_path: 
         holder.wait()
 
 
-def test_qemu_json_pseudo_filename_is_passed_through(tmp_path: Path) -> None:
-    # A vmdk stored at an offset inside a bigger file, as disks inside an OVA (tar) are.
+def test_an_ova_disk_converts_in_place_but_json_names_from_elsewhere_are_refused(
+        tmp_path: Path) -> None:
+    # A vmdk read in place inside an OVA (tar) through the json: window vmmove builds;
+    # the very same json: name in a domain XML (any source but that archive) is refused.
+    from migrate.sources.ova import read_ova
+    from tests.offline_support import ovf_text, tar_bytes
+
     inner, _ = make_image(tmp_path, "vmdk-stream", "inner")
     archive = tmp_path / "appliance.ova"
-    archive.write_bytes(b"\0" * 1536 + inner.read_bytes())
-    spec = {"driver": "vmdk", "file": {"driver": "raw", "offset": 1536,
-                                       "size": inner.stat().st_size,
-                                       "file": {"driver": "file", "filename": str(archive)}}}
-    inv = Inventory(vms=[vm("ova", [disk("disk0", "json:" + json.dumps(spec), "vmdk")])])
-    (result,) = convert_disks(inv, [], tmp_path / "w")
-    assert result.status == CONVERTED and result.verified, result.error
-    assert_pattern(result.output, "qcow2")
+    archive.write_bytes(tar_bytes([("appliance.ovf", ovf_text("disk1.vmdk").encode()),
+                                   ("disk1.vmdk", inner.read_bytes())]))
+    (ova_vm,) = read_ova(str(archive))
+    window = ova_vm.disks[0].path
+    assert window.startswith("json:") and ova_vm.disks[0].error is None
+    forged = vm("xml", [disk("disk0", window, "vmdk")])
+    forged.source = Source(SourceKind.DOMAIN_XML, str(tmp_path / "xml.xml"))
+    inv = Inventory(vms=[ova_vm, forged])
+    converted, refused = convert_disks(inv, [], tmp_path / "w")
+    assert converted.status == CONVERTED and converted.verified, converted.error
+    assert_pattern(converted.output, "qcow2")
+    assert refused.status == FAILED and "a json: name, not a file in the export" in refused.error
+    assert not list((tmp_path / "w").glob("xml-*"))
 
 
 def test_second_convert_on_the_same_folder_is_refused(cli, tmp_path: Path) -> None:

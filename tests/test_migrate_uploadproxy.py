@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,23 @@ def test_one_wave_through_the_upload_proxy(cli: Any, tmp_path: Path, shared: Pat
         assert {s.data["result"] for s in journal.steps("apply")} == {"unchanged"}
 
 
+@contextmanager
+def staging(plan_file: Path, cluster: Cluster) -> Iterator[subprocess.Popen[bytes]]:
+    """``vmmove migrate PLAN --wave 1 --stage`` in its own process group, SIGKILLed (with
+    its qemu-img children) when the block ends."""
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    proc = subprocess.Popen([sys.executable, "-c", "from migrate.cli import run; run()",
+                             "migrate", str(plan_file), "--wave", "1", "--stage"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True,
+                            cwd=str(Path(__file__).resolve().parents[1]))
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
 class SlowAnswerCdi(Cdi):
     """CDI whose proxy, having stored the bytes and marked the DataVolume Succeeded, is
     slow to answer the POST: the moment a killed vmmove leaves no record of the upload."""
@@ -230,17 +248,8 @@ def test_killed_after_the_proxy_took_the_bytes_resumes(cli: Any, tmp_path: Path,
         # The proxy's certificate trusted as a CA (OpenSSL's SSL_CERT_FILE), not skipped.
         monkeypatch.setenv("SSL_CERT_FILE", str(slow.cert))
         assert load_plan(plan_file).transfer.insecure is False
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-        proc = subprocess.Popen([sys.executable, "-c", "from migrate.cli import run; run()",
-                                 "migrate", str(plan_file), "--wave", "1", "--stage"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True,
-                                cwd=str(Path(__file__).resolve().parents[1]))
-        try:
+        with staging(plan_file, cluster):
             assert slow.stored.wait(60), "the first image never reached the proxy"
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
         slow.delay = 0.0
         (first,) = [dv for (_, dv), obj in slow.api.objects(DV).items()
                     if obj["status"]["phase"] == "Succeeded"]
@@ -251,7 +260,10 @@ def test_killed_after_the_proxy_took_the_bytes_resumes(cli: Any, tmp_path: Path,
         result = migrate(cli, plan_file, cluster)
         assert all(s["status"] == "done" for s in json.loads(result.stdout))
         posts = [r for r in slow.proxy_requests if r.method == "POST"]
-        assert len(posts) == 2 and all(r.status == 200 for r in posts)  # the first not resent
+        # vmmove never had the proxy's answer for the first image: nothing tells it that CDI
+        # holds all of it, so the DataVolume is made again and the image sent again.
+        assert [r.status for r in posts] == [200, 200, 200]
+        assert posts[0].sha256 == posts[1].sha256 or posts[0].sha256 == posts[2].sha256
         plan = load_plan(plan_file)
         with Journal(plan.workdir / "vmmove-journal.sqlite") as journal:
             converts = {s.item: s for s in journal.steps("convert")}
@@ -263,6 +275,80 @@ def test_killed_after_the_proxy_took_the_bytes_resumes(cli: Any, tmp_path: Path,
         assert first in {up.data["dv"] for up in uploads.values()}
     finally:
         slow.stop()
+
+
+class StallingCdi(Cdi):
+    """CDI whose proxy stops reading a POST after ``after`` bytes until ``release`` is set:
+    the test kills vmmove there, so the request is cut short mid-image."""
+
+    def __post_init__(self) -> None:
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+        self.after = 4 << 20
+        super().__post_init__()
+
+    def before_read(self, record: Any) -> None:
+        if record.received >= self.after and not self.release.is_set():
+            self.stalled.set()
+            self.release.wait(60)
+
+
+def test_killed_mid_post_sends_the_image_again(cli: Any, tmp_path: Path, cluster: Cluster,
+                                               controllers: Controllers,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL in the middle of a POST: CDI keeps the prefix that arrived and marks the
+    DataVolume Succeeded (as CDI's upload server does).  The rerun must not count that as
+    the image: every DataVolume ends up holding exactly its converted image."""
+    from tests.conftest import qemu_io
+
+    folder = tmp_path / "cdi"
+    folder.mkdir()
+    cdi = StallingCdi(cluster, folder)
+    try:
+        images = make_images(tmp_path / "images", {"big": [("vda", "qcow2", 64)]})
+        # 48 MiB of data: more than the sockets between vmmove and the proxy can buffer, so
+        # killing vmmove really cuts the request.
+        qemu_io(images[0].disks[0][1], "write -P 0x5c 0 48M", "qcow2")
+        node = write_node(tmp_path / "node.xml", images)
+        cli("scan", "-c", node, "--output-file", str(tmp_path / "inventory.yaml"), ok=True)
+        plan_file = tmp_path / "plan.yaml"
+        cli("plan", str(tmp_path / "inventory.yaml"), "--out", str(plan_file), "-n", "vms",
+            "--network", "network:default=pod", "--cdi-uploadproxy", cdi.proxy_url, ok=True)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cdi.cert))
+        try:
+            with staging(plan_file, cluster):
+                assert cdi.stalled.wait(120), "the image never reached the proxy"
+        finally:
+            cdi.release.set()
+        deadline = time.monotonic() + 30
+        while not any(r.cut for r in cdi.proxy_requests) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (cut,) = [r for r in cdi.proxy_requests if r.method == "POST"]
+        assert cut.cut and cut.status == -1
+        (dv,) = [name for (_, name), obj in cdi.api.objects(DV).items()
+                 if obj["status"]["phase"] == "Succeeded"]
+        plan = load_plan(plan_file)
+        with Journal(plan.workdir / "vmmove-journal.sqlite") as journal:
+            (convert,) = journal.steps("convert")
+            (upload,) = journal.steps("upload")
+        image = Path(convert.data["output"])
+        # What CDI holds is a strict prefix of the image, though the DataVolume "Succeeded".
+        held = cdi.received[dv].read_bytes()
+        assert 0 < len(held) == cut.received < image.stat().st_size
+        assert image.read_bytes()[:len(held)] == held
+        assert upload.status == "running" and upload.data["sending"] == convert.checksum
+
+        result = migrate(cli, plan_file, cluster)
+        assert all(s["status"] == "done" for s in json.loads(result.stdout))
+        posts = [r for r in cdi.proxy_requests if r.method == "POST"]
+        assert [r.status for r in posts] == [-1, 200]
+        assert posts[1].received == image.stat().st_size
+        with Journal(plan.workdir / "vmmove-journal.sqlite") as journal:
+            (upload,) = journal.steps("upload")
+        assert upload.status == DONE and upload.checksum == convert.checksum
+        assert sha256_file(cdi.received[dv]) == convert.checksum
+    finally:
+        cdi.stop()
 
 
 def test_upload_proxy_keys_without_the_proxy_are_refused(tmp_path: Path) -> None:

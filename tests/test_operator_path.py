@@ -362,8 +362,8 @@ def test_table_cells_fit_the_terminal_and_stay_on_one_line(monkeypatch: pytest.M
     assert error.splitlines()[1:] == ["  - a: " + "x" * 300, "  - b: gone"]
     monkeypatch.setenv("COLUMNS", "80")
     lines = table(["STAGE", "ERROR"], [["convert", error], ["upload", "y" * 500]]).splitlines()
-    assert len(lines) == 3  # one line per row: the multi-line error is summed up
-    assert "(+2 more line(s), -o yaml shows all)" in lines[1]
+    assert len(lines) == 3  # one line per row: the multi-line error stays on its row
+    assert "convert: 2 of 2 disk(s) failed:\\n  - a: xxx" in lines[1]
     assert all(len(cell.strip()) <= 80 for line in lines for cell in line.split("  "))
     assert lines[2].endswith("…")
     monkeypatch.delenv("COLUMNS")  # not a terminal: a file gets every character
@@ -403,7 +403,7 @@ def test_every_remediation_names_only_settings_the_plan_accepts() -> None:
             found += 1
             if key not in words and not device.match(key):
                 wrong.append(f"{rule.id}: {key}: is not a plan key")
-        for word in re.findall(r"\b(preference|nodeSelector|networks|skip: true)\b", text):
+        for word in re.findall(r"\b(preference|nodeSelector|networks|skip: true|plan it by its key)\b", text):
             found += 1
         if "plan's network map" in text:
             found += 1

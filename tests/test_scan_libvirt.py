@@ -263,18 +263,18 @@ def test_locality_of_uris() -> None:
 
 
 def test_folder_walk_dispatch_and_errors(tmp_path: Path, cli) -> None:
-    img = tmp_path / "disk.qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", str(img), "64M")
     tree = tmp_path / "tree"
     (tree / "b-sub").mkdir(parents=True)
     (tree / ".hidden").mkdir()
+    img = tree / "disk.qcow2"  # inside the export: a domain XML names only files beside it
+    qemu_img("create", "-q", "-f", "qcow2", str(img), "64M")
     vm_xml = (
         "<domain type='kvm'><name>{name}</name><memory>65536</memory><os><type>hvm</type></os><devices>"
         "<disk type='file'><driver name='qemu' type='qcow2'/><source file='{path}'/><target dev='vda'/></disk>"
         "</devices></domain>"
     )
     (tree / "a.xml").write_text(vm_xml.format(name="a", path=img))
-    (tree / "b-sub" / "c.XML").write_text(vm_xml.format(name="c", path=tmp_path / "missing.qcow2"))
+    (tree / "b-sub" / "c.XML").write_text(vm_xml.format(name="c", path=tree / "b-sub" / "missing.qcow2"))
     (tree / "b-sub" / "d.xml").write_text("<network><name>n</name></network>")
     (tree / "b-sub" / "broken.xml").write_text("<domain><name>x")
     (tree / "notes.txt").write_text("ignored in a walk")

@@ -222,8 +222,7 @@ class S3Backend(Backend):
             },
         }
         path = Path(o.workdir) / f"{name}.secret.yaml"
-        atomic_write(path, yaml.safe_dump(manifest, sort_keys=False))  # mkstemp: mode 0600
-        os.chmod(path, 0o600)
+        atomic_write(path, yaml.safe_dump(manifest, sort_keys=False), private=True)
         self.secret_name, self.secret_file = name, path
 
     def target_for(self, name: str, dv_name: str | None = None) -> dict[str, Any]:

@@ -15,10 +15,15 @@ The protocol, step by step (CDI v1.66):
 5. wait for ``status.phase == Succeeded`` (CDI converts/resizes after receiving).
 
 The image is streamed from the file in 1 MiB reads (memory stays flat).  An upload is not
-resumable on CDI's side: a rerun sends the whole image again, unless the DataVolume has
-already Succeeded with the same image (journal checksum), which is skipped — also when
-the run that sent it was killed before recording it (the checksum being sent is
-journalled, as ``sending``, before each POST).
+resumable on CDI's side, and CDI cannot say how many bytes it took: a request cut short
+(vmmove killed, the connection lost) leaves a DataVolume that CDI marks ``Succeeded`` with
+whatever part of the image arrived.  So vmmove counts an upload done only on the POST's
+full answer: every byte of the image sent, then a 2xx from the proxy, then ``Succeeded``;
+only then is the journal step ``done`` (with the checksum of the bytes sent).  A rerun
+skips a ``Succeeded`` DataVolume only when that record says it holds this very image; a
+``Succeeded`` DataVolume vmmove made for this disk without such a record (a run stopped
+mid-POST, or before the answer) is deleted and the image sent again.  The checksum about
+to be sent is still journalled, as ``sending``, before each POST, for ``vmmove status``.
 """
 
 from __future__ import annotations
@@ -222,8 +227,10 @@ class UploadProxyBackend(Backend):
         finally:
             conn.close()
 
-    def _post(self, item: TransferItem, token: str, progress: Subscriber) -> tuple[int, str, str]:
-        """Stream the image; (HTTP status, sha256 hex of what was sent, response text)."""
+    def _post(self, item: TransferItem, token: str,
+              progress: Subscriber) -> tuple[int, str, str, int]:
+        """Stream the image; (HTTP status, sha256 hex of what was sent, response text, bytes
+        sent).  Fewer bytes than ``item.size`` sent means the proxy answered early."""
         conn = self._connection()
         digest = hashlib.sha256()
         try:
@@ -251,7 +258,7 @@ class UploadProxyBackend(Backend):
                     fh.close()
             resp = conn.getresponse()
             text = resp.read().decode(errors="replace")[:200]
-            return resp.status, digest.hexdigest(), text
+            return resp.status, digest.hexdigest(), text, item.size - remaining
         except ssl.SSLError as exc:
             raise self._tls_failed(item.label, exc) from None
         except OSError as exc:
@@ -273,20 +280,25 @@ class UploadProxyBackend(Backend):
                                     "delete it or choose another name")
             phase = (dv.get("status") or {}).get("phase")
             if phase == "Succeeded":
+                # The step's checksum is set when a run had the proxy's full answer; a later
+                # POST clears "answered" until it has its own (journals from before count).
                 if (step.data.get("dv") == name and step.checksum
+                        and step.data.get("answered", True) is True
                         and (item.checksum in (None, step.checksum))):
                     progress.on_queued(item, item.size, item.size)
                     return self._result(item, name, SKIPPED, step.checksum, 0)
-                ours = ((dv.get("metadata") or {}).get("annotations") or {}).get(
-                    "vmmove.io/source") == item.item
-                if (ours and item.checksum and step.data.get("dv") == name
-                        and step.data.get("sending") == item.checksum):
-                    # An earlier run was stopped after the proxy took these very bytes and
-                    # before it could record them: the DataVolume holds this image.
-                    progress.on_queued(item, item.size, item.size)
-                    return self._result(item, name, SKIPPED, item.checksum, 0)
-                raise TransferError(f"{where}: already holds an image (Succeeded); delete it "
-                                    "to upload again")
+                meta = dv.get("metadata") or {}
+                ours = ((meta.get("annotations") or {}).get("vmmove.io/source") == item.item
+                        and (meta.get("labels") or {}).get("app.kubernetes.io/managed-by")
+                        == "vmmove")
+                if not (ours and step.data.get("dv") == name):
+                    raise TransferError(f"{where}: already holds an image (Succeeded); delete "
+                                        "it to upload again")
+                # An earlier run sent to it and never had the proxy's full answer: CDI may hold
+                # any prefix of the image.  Start again from an empty DataVolume.
+                self._delete(name, where)
+                dv = None
+        if dv is not None:
             annotations = (dv.get("metadata") or {}).get("annotations") or {}
             if self.options.force_bind and annotations.get(BIND_IMMEDIATE) != "true":
                 self._k8s(where, self._api.patch_namespaced_custom_object,
@@ -311,10 +323,10 @@ class UploadProxyBackend(Backend):
         # Say what is about to be sent before sending it: a run killed after CDI took the
         # bytes (the DataVolume Succeeded) but before the journal recorded it resumes on this.
         journal.update(KIND_UPLOAD, item.item, dv=name, namespace=self.namespace,
-                       sending=item.checksum)
+                       sending=item.checksum, answered=False)
         while True:
             progress.on_queued(item, item.size, 0)
-            status, digest, text = self._post(item, token, progress)
+            status, digest, text, sent = self._post(item, token, progress)
             if status == 401 and refreshes < self.options.token_retries:
                 if item.stream is not None:
                     raise TransferError(f"{label}: token refused mid-upload and a stream "
@@ -323,6 +335,9 @@ class UploadProxyBackend(Backend):
                 continue
             if status >= 300:
                 raise TransferError(f"{label}: upload proxy answered {status}: {text.strip()}")
+            if sent != item.size:
+                raise TransferError(f"{label}: upload proxy answered {status} after {sent} of "
+                                    f"{item.size} bytes; rerun to send the image again")
             break
         checksum = f"sha256:{digest}"
         if item.checksum and item.checksum != checksum:
@@ -332,7 +347,19 @@ class UploadProxyBackend(Backend):
             raise TransferError(f"{label}: the bytes sent do not match the recorded checksum "
                                 f"{item.checksum[:19]}…: the image changed since conversion")
         self._wait_phase(name, {"Succeeded"}, label)
+        journal.update(KIND_UPLOAD, item.item, answered=True)
         return self._result(item, name, UPLOADED, checksum, item.size)
+
+    def _delete(self, name: str, where: str) -> None:
+        """Delete DataVolume ``name`` (vmmove's) and wait until it is gone."""
+        self._k8s(where, self._api.delete_namespaced_custom_object,
+                  CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL, name)
+        deadline = time.monotonic() + self.options.wait_timeout
+        while self._k8s(where, self._get_dv, name) is not None:
+            if time.monotonic() >= deadline:
+                raise TransferError(f"{where}: still there {self.options.wait_timeout:.0f}s "
+                                    "after vmmove deleted it to upload the image again")
+            time.sleep(self.options.poll_interval)
 
     def _result(self, item: TransferItem, name: str, status: str, checksum: str | None,
                 sent: int) -> TransferResult:

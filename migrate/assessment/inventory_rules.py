@@ -27,6 +27,28 @@ def duplicate_vm(vm: VM, ctx: Context) -> Iterator[Hit]:
 
 
 @rule(
+    "vm-copies",
+    WARNING,
+    "Migrate the copy you mean (plan it by its key, uuid@source) and leave the others out of "
+    "the plan; if several must run side by side, know that each keeps the source's firmware "
+    "UUID, and change their hostnames, IPs and MACs.",
+)
+def vm_copies(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """VMs sharing a UUID (or name) from different sources are copies: each moves on its own, with that one identity."""
+    others = [o for o in ctx.copies.get(vm.uuid or vm.name, []) if o.key != vm.key]
+    if others:
+        what = "UUID" if vm.uuid else "name (and no UUID)"
+        where = ", ".join(sorted({_where(o) for o in others}))
+        yield Hit(f"{len(others) + 1} VMs from different sources share the {what} {vm.uuid or vm.name}; "
+                  f"this one ({_where(vm)}) is {vm.key}, the others are in {where}")
+
+
+def _where(vm: VM) -> str:
+    src = vm.source
+    return f"{src.location}#{src.member}" if src.member else src.location
+
+
+@rule(
     "name-not-dns1123",
     INFO,
     "Nothing to do; the new name is used for the VirtualMachine, its DataVolumes and images.",

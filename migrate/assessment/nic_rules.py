@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from migrate.assessment.concern import Severity
-from migrate.assessment.facts import is_windows, nic_label
+from migrate.assessment.facts import hostonly_initramfs, is_windows, nic_label
 from migrate.assessment.registry import Context, Hit, normalize_mac, rule
 from migrate.model import VM
 
@@ -46,11 +46,17 @@ def kubevirt_nic_model(model: str | None) -> str | None:
 )
 def nic_model(vm: VM, ctx: Context) -> Iterator[Hit]:
     """KubeVirt emulates only e1000, e1000e, igb, ne2k_pci, pcnet, rtl8139 and virtio NICs."""
-    windows = is_windows(vm)
+    windows, source = is_windows(vm), hostonly_initramfs(vm)
+    remedy = None
+    if source:  # virtio_net is a module there, loaded from the root file system
+        remedy = ("RHEL-family guest: virtio_net loads from the root file system once the rebuilt "
+                  "initramfs (initramfs-hostonly) has found it; check ifcfg/NetworkManager files "
+                  "that name the old interface (ens192) or its driver.")
     for nic in vm.nics:
         if kubevirt_nic_model(nic.model) is None:
             to = "virtio (or e1000e)" if windows else "virtio"
-            yield Hit(f"NIC {nic_label(vm, nic)} model {nic.model} becomes {to}", subject=nic_label(vm, nic))
+            yield Hit(f"NIC {nic_label(vm, nic)} model {nic.model} becomes {to}",
+                      subject=nic_label(vm, nic), remediation=remedy)
 
 
 @rule(

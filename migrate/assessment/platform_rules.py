@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 
 from migrate.assessment.concern import Severity
-from migrate.assessment.facts import guest_known, is_windows
+from migrate.assessment.facts import guest_known, hostonly_initramfs, is_windows
 from migrate.assessment.registry import Context, Hit, rule
 from migrate.model import VM, PowerState
 
@@ -168,6 +168,24 @@ def guest_windows(vm: VM, ctx: Context) -> Iterator[Hit]:
         os = vm.guest_os
         name = (os.name or os.id) if os else None
         yield Hit(f"Windows guest ({name or 'Windows'}): Hyper-V enlightenments are added")
+
+
+@rule(
+    "initramfs-hostonly",
+    WARNING,
+    "Before cutover, in the guest: `dracut -f --regenerate-all --add-drivers 'virtio_blk "
+    "virtio_scsi ahci'` (every installed kernel; RHEL 5: mkinitrd --with=virtio_blk), then shut "
+    "it down; or convert the guest with virt-v2v-in-place.",
+)
+def initramfs_hostonly(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A RHEL-family guest from VMware/Hyper-V/Xen boots a host-only initramfs without virtio/AHCI."""
+    source = hostonly_initramfs(vm)
+    if source:
+        os = vm.guest_os
+        name = (os.name or os.id) if os else None
+        yield Hit(f"{name or 'RHEL-family'} guest from {source}: its host-only dracut initramfs has "
+                  f"only {source}'s storage drivers, not virtio_blk/virtio_scsi/ahci; without a "
+                  "rebuild it stops at 'dracut-initqueue timeout' on KubeVirt")
 
 
 @rule(

@@ -45,12 +45,16 @@ class Context:
     macs: dict[str, list[VM]] = field(default_factory=dict)  # MAC -> VMs using it (repeats)
     keys: Counter[str] = field(default_factory=Counter)  # VM.key -> how many VMs have it
     bases: dict[str, list[VM]] = field(default_factory=dict)  # DNS-1123 label -> VMs
+    copies: dict[str, list[VM]] = field(default_factory=dict)  # UUID (or name) -> VMs keyed apart by source
 
     @classmethod
     def of(cls, inventory: Inventory) -> Context:
         macs: dict[str, list[VM]] = defaultdict(list)
         bases: dict[str, list[VM]] = defaultdict(list)
+        copies: dict[str, list[VM]] = defaultdict(list)
         for vm in inventory.vms:
+            if vm.instance:  # see migrate.model.distinguish
+                copies[vm.uuid or vm.name].append(vm)
             for nic in vm.nics:
                 if nic.mac:
                     macs[normalize_mac(nic.mac)].append(vm)
@@ -61,6 +65,7 @@ class Context:
             macs=dict(macs),
             keys=Counter(vm.key for vm in inventory.vms),
             bases=dict(bases),
+            copies=dict(copies),
         )
 
     def target(self, vm: VM) -> str:

@@ -64,18 +64,21 @@ def convert_wave(plan: Plan, wave: int, redo: bool | set[str] = False) -> str:
     from migrate.cli.convert import BarProgress, estimate
 
     vms = wave_vms(plan, wave)
-    pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
-    if redo and redo is not True:
-        with plan.journal() as journal:
-            for item in redo_items(redo, vms):
-                if journal.get(KIND_CONVERT, item) is not None:
-                    journal.reset(KIND_CONVERT, item)
-    options = convert_options(plan, redo=redo is True)
+    again = redo_items(redo, vms)
+    # two batches when some VMs are redone: theirs with redo (the converter replaces its
+    # own outputs), the others as usual
+    batches = [(redo_flag, [(p.key, d.target) for p in vms for d in data_disks(p)
+                            if (disk_item(p.vm, d) in again) == redo_flag])
+               for redo_flag in (True, False)]
     disks = [d for p in vms for d in data_disks(p)]
     progress = BarProgress(sum(estimate(d) for d in disks), len(disks))
+    results: list[Any] = []
     try:
-        results = convert_disks(plan.inventory, (), plan.workdir, options, progress,
-                                disks=pairs)
+        for redo_flag, pairs in batches:
+            if pairs:
+                results += convert_disks(plan.inventory, (), plan.workdir,
+                                         convert_options(plan, redo=redo_flag), progress,
+                                         disks=pairs)
     finally:
         progress.close()
     failed = [r for r in results if r.status == FAILED]

@@ -8,7 +8,7 @@ import click
 
 from migrate.cli.options import kube, output_format
 from migrate.errors import VmmoveError
-from migrate.output import emit
+from migrate.output import emit, error_line
 
 if TYPE_CHECKING:
     from migrate.cli._plan_stages import ApplyOutcome
@@ -119,7 +119,7 @@ def apply_cmd(plan_file: str, wave: int | None, dry_run: str, kubeconfig: str | 
     emit(all_data, output, HEADERS, all_rows)
     if errors:
         for e in errors:
-            click.echo(f"vmmove: error: {e}", err=True)
+            click.echo(error_line(e), err=True)
         raise VmmoveError(f"apply: {len(errors)} problem(s); fix them and rerun "
                           "(what is applied stays applied)")
     if mode:

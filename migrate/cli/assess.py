@@ -26,10 +26,10 @@ def _list_rules(ctx: click.Context, param: click.Parameter, value: bool) -> None
 
 
 def _select(inventory: Any, path: str, refs: tuple[str, ...]) -> list[Any]:
-    """The VMs named (by name or UUID) on the command line, all of them when none is named."""
+    """The VMs named (by name, UUID or key) on the command line, all of them when none is named."""
     if not refs:
         return list(inventory.vms)
-    unknown = [r for r in refs if not any(r in (vm.name, vm.uuid) for vm in inventory.vms)]
+    unknown = [r for r in refs if not any(r in (vm.name, vm.uuid, vm.key) for vm in inventory.vms)]
     if unknown:
         names = [vm.name for vm in inventory.vms]
         known = ", ".join(names[:10]) + (f", … ({len(names)} in all)" if len(names) > 10 else "")
@@ -37,7 +37,7 @@ def _select(inventory: Any, path: str, refs: tuple[str, ...]) -> list[Any]:
             f"{path}: no VM named {', '.join(repr(u) for u in unknown)} in the inventory"
             f" (it has: {known or 'no VMs'})"
         )
-    return [vm for vm in inventory.vms if vm.name in refs or vm.uuid in refs]
+    return [vm for vm in inventory.vms if vm.name in refs or vm.uuid in refs or vm.key in refs]
 
 
 @click.command("assess")
@@ -87,9 +87,11 @@ def assess_cmd(inventory: str, vm_refs: tuple[str, ...], output: str, fail_on: s
         first.setdefault(vm.key, vm)
     results = [(first[key], concerns) for key, concerns in assess(inv, selected, context=ctx).items()]
 
-    if inv.errors:
+    # Sources that gave no VM at all; a disk problem of a listed VM is assessed with the VM.
+    unread = {e.source for e in inv.errors} - {vm.source.location for vm in inv.vms}
+    if unread:
         click.echo(
-            f"vmmove: note: {inventory} records {len(inv.errors)} source(s) the scan could not "
+            f"vmmove: note: {inventory} records {len(unread)} source(s) the scan could not "
             "read; they are not assessed",
             err=True,
         )
@@ -123,6 +125,7 @@ def assess_cmd(inventory: str, vm_refs: tuple[str, ...], output: str, fail_on: s
         data = {
             label(vm): {
                 "target": ctx.target(vm),
+                "key": vm.key,
                 "uuid": vm.uuid,
                 "source": vm.source.location,
                 "summary": summary(concerns),

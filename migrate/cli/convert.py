@@ -11,7 +11,7 @@ import click
 
 from migrate.cli.options import output_format, refuse_with_plan
 from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit, human_size
+from migrate.output import emit, error_line, human_size
 
 if TYPE_CHECKING:
     from converters.convert import DiskJob, DiskResult
@@ -120,7 +120,7 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
         missing = [v for v in vms if inv.find(v) is None]
         if missing:
             raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        prefixes = [vm.key for v in vms if (vm := inv.find(v)) is not None]
+        prefixes = list(dict.fromkeys(vm.key for v in vms for vm in inv.find_all(v)))
     steps = convert_status(workdir, prefixes)
     data = [
         {"item": s.item, "vm": s.data.get("vm"), "disk": s.data.get("disk"), "status": s.status,
@@ -236,7 +236,7 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
         progress.close()
     for r in results:
         if r.status == FAILED:
-            click.echo(f"vmmove: error: {r.error}", err=True)
+            click.echo(error_line(r.error), err=True)
     emit([_result_data(r) for r in results], output,
          ["VM", "DISK", "STATUS", "FORMAT", "SIZE", "ALLOCATED", "VERIFIED", "TIME",
           "OUTPUT/ERROR"], _rows(results))

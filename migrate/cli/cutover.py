@@ -16,7 +16,7 @@ import click
 from migrate.cli.options import kube as kube_options
 from migrate.cli.options import output_format
 from migrate.errors import VmmoveError
-from migrate.output import emit
+from migrate.output import emit, error_line
 
 if TYPE_CHECKING:
     from migrate.kube import Kube
@@ -51,6 +51,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
     """
     from converters import qemuimg
     from converters.checksum import sha256_file
+    from converters.convert import source_chain
     from migrate.apply import KIND_IMPORT, watch_imports
     from migrate.cli._plan_stages import ImportBars, build_manifests, data_disks, vm_objects
     from migrate.cutover import CutoverError
@@ -77,10 +78,14 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
             output = step.data.get("output") or ""
             entry: dict[str, Any] = {"staged_checksum": step.checksum}
             same_file = bool(output) and _exists(output) and sha256_file(output) == step.checksum
-            compared = qemuimg.compare(str(d.path), str(step.data.get("source_format")
-                                                       or d.format or "raw"),
-                                       output, str(step.data.get("format")),
-                                       ) if same_file else None
+            compared = None
+            if same_file:
+                try:  # the source as convert reads it: the checked chain, never the headers
+                    chain = source_chain(p.vm, d)
+                except VmmoveError as exc:
+                    raise CutoverError(f"{p.vm.name}/{d.target}: {exc}") from None
+                compared = qemuimg.compare(chain.qemu_name(), chain.format, output,
+                                           str(step.data.get("format")), label=d.path)
             if same_file and compared is not None and compared.identical:
                 entry.update(status="unchanged", compare="identical", checksum=step.checksum)
             else:
@@ -345,7 +350,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
     waiting = [r for r in results if r.status == "not started"]
     if failed:
         for r in failed:
-            click.echo(f"vmmove: error: {r.error}", err=True)
+            click.echo(error_line(r.error), err=True)
         raise VmmoveError(
             f"cutover: {len(failed)} of {len(results)} VM(s) failed"
             + (f", {len(waiting)} not started (no source is stopped unless every preflight "
@@ -438,7 +443,7 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
     emit(data, output, ROLLBACK_HEADERS, rows)
     if errors:
         for e in errors:
-            click.echo(f"vmmove: error: {e}", err=True)
+            click.echo(error_line(e), err=True)
         raise VmmoveError(f"rollback: {len(errors)} of {len(chosen)} VM(s) not rolled back; "
                           "fix the cause and rerun (rollback is safe to repeat)")
 

@@ -97,7 +97,7 @@ def manifests_cmd(
     from manifests.sources import SourceResolver
     from migrate.mapping import Maps, NetworkMap, StorageMap, load_maps
     from migrate.naming import is_dns1123_label
-    from migrate.output import table
+    from migrate.output import error_line, table
     from migrate.serialize import load_inventory
     from migrate.workdir import target_names
 
@@ -131,7 +131,8 @@ def manifests_cmd(
         missing = [r for r in vms if inv.find(r) is None]
         if missing:
             raise UsageError(f"{inventory}: no VM named {', '.join(missing)}")
-        selected = [vm for vm in inv.vms if vm.name in vms or vm.uuid in vms]
+        picked = {id(vm) for r in vms for vm in inv.find_all(r)}
+        selected = [vm for vm in inv.vms if id(vm) in picked]
     if output != "table" and len(selected) != 1:
         raise UsageError(f"-o {output} prints one VM; {len(selected)} selected (use --vm NAME)")
     maps = load_maps(map_file) if map_file else Maps()
@@ -185,7 +186,7 @@ def manifests_cmd(
         click.echo(table(["NAMESPACE", "OBJECT", "FILE"], rows), nl=False)
     sys.stdout.flush()
     for error in refused:
-        click.echo(f"vmmove: error: {error}", err=True)
+        click.echo(error_line(error), err=True)
     notes = sum(len(s.notes) for s in sets)
     click.echo(
         f"{len(sets)} of {len(selected)} VirtualMachine(s) written to {out} in {elapsed:.2f}s"

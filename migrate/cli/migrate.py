@@ -128,6 +128,9 @@ def migrate_cmd(plan_file: str, vms: tuple[str, ...], wave: int, stage: bool, re
     else:
         emit(data, output)
     failed = [r for r in results if r.status == "failed"]
+    if failed and failed[0].problems and failed[0].head:
+        raise ProblemsError(f"wave {wave}: {failed[0].stage} failed (fix it and rerun the "
+                            f"same command to resume): {failed[0].head}", failed[0].problems)
     if failed:
         raise VmmoveError(f"wave {wave}: {failed[0].stage} failed (fix it and rerun the same "
                           f"command to resume): {failed[0].error}")

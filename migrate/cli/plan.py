@@ -9,7 +9,7 @@ import click
 
 from migrate.cli.options import output_format
 from migrate.errors import UsageError
-from migrate.output import emit, human_size
+from migrate.output import emit, escape, human_size
 
 HEADERS = ["WAVE", "WAVE NAME", "VM", "TARGET", "NAMESPACE", "DISKS", "DATA", "NOTE"]
 
@@ -198,7 +198,7 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
         click.echo(f"{out}: written; {len(problems)} thing(s) to settle before it runs:",
                    err=True)
         for problem in problems:
-            click.echo(f"  - {problem}", err=True)
+            click.echo(f"  - {escape(problem)}", err=True)
         return
     rows_data, rows = _rows(plan)
     emit(rows_data, output, HEADERS, rows)

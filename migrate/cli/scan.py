@@ -9,7 +9,7 @@ import click
 
 from migrate.cli.options import connect, output_format
 from migrate.model import VM, Inventory
-from migrate.output import emit, human_size
+from migrate.output import emit, error_line, human_size
 
 TABLE_HEADERS = [
     "NAME", "SOURCE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE", "CONCERNS",
@@ -116,6 +116,21 @@ def render(inv: Inventory, fmt: str) -> None:
     metavar="SECONDS",
     help="Give up on a libvirt host that has not answered after this long.",
 )
+@click.option(
+    "--ovf-configuration",
+    default=None,
+    metavar="NAME",
+    help="Read OVF/OVA descriptors with this DeploymentOptionSection configuration instead "
+    "of the one marked default; a descriptor that offers no such configuration is an error.",
+)
+@click.option(
+    "--pve-storage",
+    "pve_storage",
+    multiple=True,
+    metavar="ID=PATH",
+    help="Where a Proxmox VE storage's volumes are on this machine, for <vmid>.conf files "
+    "(repeat: --pve-storage local-lvm=/dev/pve --pve-storage local=/var/lib/vz).",
+)
 @click.pass_context
 def scan_cmd(
     ctx: click.Context,
@@ -125,12 +140,15 @@ def scan_cmd(
     output_file: str | None,
     jobs: int | None,
     connect_timeout: float,
+    ovf_configuration: str | None,
+    pve_storage: tuple[str, ...],
 ) -> None:
     """Inventory VMs from libvirt hosts and offline descriptors.
 
     \b
-    PATH is a libvirt domain XML (.xml), an OVF (.ovf), an OVA (.ova) or a VMware .vmx,
-    or a folder searched recursively for them. With neither PATH nor -c, the local
+    PATH is a libvirt domain XML (.xml), an OVF (.ovf), an OVA (.ova), a VMware .vmx or
+    a Proxmox VE qemu-server/<vmid>.conf (its disks found through --pve-storage), or a
+    folder searched recursively for them. With neither PATH nor -c, the local
     libvirt (qemu:///system) is read, like virsh.
 
     \b
@@ -146,14 +164,23 @@ def scan_cmd(
     from migrate.serialize import save_inventory
     from migrate.sources.scan import scan
 
+    from migrate.errors import UsageError
+    from migrate.sources import SourceError
+    from migrate.sources.pve import parse_storage_map
+
+    try:
+        storage = parse_storage_map(pve_storage)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
     uri_list = list(uris) or ([] if paths else ["qemu:///system"])
-    inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout)
+    inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout, pve_storage=storage,
+               ovf_configuration=ovf_configuration)
     if output_file:
         save_inventory(inv, output_file)
     render(inv, output)
     sys.stdout.flush()
     for err in inv.errors:
-        click.echo(f"vmmove: error: {err}", err=True)
+        click.echo(error_line(err), err=True)
     if inv.errors:
         ctx.exit(1)
 

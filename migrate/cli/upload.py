@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 import threading
 import time
@@ -16,11 +14,11 @@ import click
 
 from migrate.cli.options import aws, kube, output_format, refuse_with_plan
 from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit, human_size
+from migrate.output import emit, error_line, human_size
 
 if TYPE_CHECKING:
     from converters.transfer.base import Backend, TransferItem, TransferResult
-    from migrate.model import Inventory
+    from migrate.model import VM, Disk, Inventory
     from migrate.state import Journal
 
 #: File name endings ``vmmove upload DIR`` treats as disk images.
@@ -122,24 +120,23 @@ def _destination(r: TransferResult) -> str:
 @contextmanager
 def _upload_lock(journal_file: Path) -> Iterator[None]:
     """One upload run per work folder; a conversion may run beside it (its own lock)."""
-    fd = os.open(f"{journal_file}.upload.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    from migrate.files import LockBusy, run_lock
+
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise VmmoveError(f"{journal_file.parent}: another vmmove upload is running "
-                              "on this work folder") from None
-        yield
-    finally:
-        os.close(fd)
+        with run_lock(f"{journal_file}.upload.lock",
+                      f"{journal_file.parent}: another vmmove upload is running on this "
+                      "work folder"):
+            yield
+    except LockBusy as exc:
+        raise VmmoveError(str(exc).split(" (pid")[0]) from None
 
 
 # -- what to upload -----------------------------------------------------------------------------
 def _folder_items(folder: Path, journal: Journal, need_info: bool) -> list[TransferItem]:
     """Every image file of a folder; checksums from the folder's convert records."""
     from converters.transfer.base import TransferItem
-    from migrate.imageinfo import ImageError, image_info
     from migrate.naming import dns1123_label
+    from migrate.sources.containment import Export, open_path
     from migrate.state import DONE
     from migrate.workdir import KIND_CONVERT
 
@@ -158,10 +155,10 @@ def _folder_items(folder: Path, journal: Journal, need_info: bool) -> list[Trans
         virtual = step.data.get("virtual_size") if step else None
         fmt = step.data.get("format") if step else None
         if need_info and virtual is None:
-            try:
-                info = image_info(str(path))
-                virtual, fmt = info.virtual_size, info.format
-            except ImageError:
+            try:  # read as an export: no header may lead outside the folder or to the network
+                chain = open_path(Export.of_descriptor(str(path)), str(path), None)
+                virtual, fmt = chain.virtual_size, chain.format
+            except VmmoveError:
                 virtual = None
         stem = path.name.split(".")[0] or path.name
         items.append(TransferItem(
@@ -173,24 +170,29 @@ def _folder_items(folder: Path, journal: Journal, need_info: bool) -> list[Trans
     return items
 
 
-def _as_is_problem(path: str) -> tuple[str | None, Any]:
-    """Why a source image cannot go to CDI unconverted (None when it can), and its info."""
-    from migrate.imageinfo import ImageError, image_info
+def _as_is_problem(vm: VM, disk: Disk) -> tuple[str | None, Any]:
+    """Why a source disk cannot go to CDI unconverted (None when it can), and its checked
+    chain (:func:`converters.convert.source_chain`: contained, headers never followed)."""
+    from converters.convert import source_chain
 
     try:
-        info = image_info(path)
-    except ImageError as exc:
+        chain = source_chain(vm, disk)
+    except VmmoveError as exc:
         return str(exc), None
-    if info.format not in AS_IS_FORMATS:
-        return f"format {info.format} is not one CDI imports", info
-    if info.backing_chain:
-        return "has a backing file (CDI refuses those): convert it", info
-    if info.format == "vmdk":
-        specific = (info.raw[0].get("format-specific") or {}).get("data") or {}
+    if chain.top.real is None:
+        return "inside an OVA archive: convert it", chain
+    if chain.format not in AS_IS_FORMATS:
+        return f"format {chain.format} is not one CDI imports", chain
+    if len(chain.layers) > 1:
+        return "has a backing file (CDI refuses those): convert it", chain
+    if chain.top.data_file is not None:
+        return "has an external data file: convert it", chain
+    if chain.format == "vmdk":
+        specific = (chain.top.info.get("format-specific") or {}).get("data") or {}
         create_type = specific.get("create-type")
         if create_type not in SINGLE_FILE_VMDK:
-            return f"vmdk {create_type or '?'} is not a single-file vmdk: convert it", info
-    return None, info
+            return f"vmdk {create_type or '?'} is not a single-file vmdk: convert it", chain
+    return None, chain
 
 
 def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_is: bool,
@@ -205,7 +207,7 @@ def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_
         missing = [v for v in vms if inv.find(v) is None]
         if missing:
             raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        chosen = [vm for v in vms if (vm := inv.find(v)) is not None]
+        chosen = list({id(vm): vm for v in vms for vm in inv.find_all(v)}.values())
     else:
         chosen = list(inv.vms)
     names = target_names(inv)
@@ -231,13 +233,14 @@ def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_
                     label=f"{label} ({output.name})"))
                 continue
             if as_is and disk.path and disk.source_type == "file":
-                problem, info = _as_is_problem(disk.path)
+                problem, chain = _as_is_problem(vm, disk)
                 if problem is None:
                     path = Path(disk.path)
+                    real = Path(chain.top.real)  # the checked file, links resolved
                     items.append(TransferItem(
                         item=item, name=f"{image_basename(names[vm.key], disk)}{path.suffix}",
-                        size=path.stat().st_size, path=path, virtual_size=info.virtual_size,
-                        format=info.format, dv_name=dv_name, label=f"{label} ({path.name})"))
+                        size=real.stat().st_size, path=real, virtual_size=chain.virtual_size,
+                        format=chain.format, dv_name=dv_name, label=f"{label} ({path.name})"))
                     continue
                 not_ready.append((label, problem))
                 continue
@@ -417,7 +420,7 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
             progress.close()
     for r in results:
         if not r.ok:
-            click.echo(f"vmmove: error: {r.error}", err=True)
+            click.echo(error_line(r.error), err=True)
     emit([_data(r) for r in results], output,
          ["ITEM", "BACKEND", "STATUS", "SIZE", "SENT", "TIME", "DESTINATION/ERROR"],
          _rows(results))

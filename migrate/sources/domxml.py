@@ -395,6 +395,32 @@ def _hostdev(el: Element) -> Device:
     return Device(kind="other", model=f"hostdev-{htype or 'unknown'}", details=details)
 
 
+def _qualify_shared_targets(disks: list[Disk]) -> None:
+    """Give disks that share a target name on different buses distinct ``bus:target`` names.
+
+    libvirt keeps targets unique per bus, not per domain: its ESX driver writes ``sda`` on
+    the SCSI bus and ``sda`` on the SATA bus for a VM with a SCSI disk and a SATA CD-ROM
+    (libvirt formatdomain, "target": *dev* is "the logical device name ... not guaranteed
+    to map to the device name in the guest OS"; esx_vmx.c numbers each bus from ``sda``).
+    Journals, image files and KubeVirt volume names key disks by ``Disk.target``, so every
+    member of such a group becomes ``<bus>:<target>`` (``scsi:sda``, ``sata:sda``): the
+    same for the same XML whatever the order of its ``<disk>`` elements.  Two disks with one
+    target on one bus are a broken domain: ``_Bad``.
+    """
+    groups: dict[str, list[Disk]] = {}
+    for disk in disks:
+        groups.setdefault(disk.target, []).append(disk)
+    for target, members in groups.items():
+        if len(members) == 1:
+            continue
+        buses = [d.bus or "" for d in members]
+        if len(set(buses)) != len(buses):
+            bus = next(b for b in buses if buses.count(b) > 1)
+            raise _Bad(f"two disks with target '{target}' on bus {bus or 'unknown'}")
+        for disk in members:
+            disk.target = f"{disk.bus}:{target}"
+
+
 def _device(el: Element) -> Device | None:
     tag = el.tag
     if tag == "hostdev":
@@ -710,16 +736,11 @@ def _domain_named(root: Element, source: Source, name: str) -> VM:
         for ctrl in devices.findall("controller"):
             idx = _int(ctrl.get("index"), "controller index", 0) or 0
             controllers[(ctrl.get("type") or "", idx)] = ctrl.get("model")
-        targets: set[str] = set()
         for child in devices:
             if not isinstance(child.tag, str):
                 continue  # comments
             if child.tag == "disk":
-                disk = _disk(child, len(vm.disks), controllers)
-                if disk.target in targets:
-                    raise _Bad(f"two disks with target '{disk.target}'")
-                targets.add(disk.target)
-                vm.disks.append(disk)
+                vm.disks.append(_disk(child, len(vm.disks), controllers))
             elif child.tag == "interface":
                 vm.nics.append(_nic(child, len(vm.nics)))
             elif child.tag == "emulator":
@@ -730,6 +751,7 @@ def _domain_named(root: Element, source: Source, name: str) -> VM:
                 device = _device(child)
                 if device is not None:
                     vm.devices.append(device)
+    _qualify_shared_targets(vm.disks)
     _apply_os_boot_order(os_el, vm)
 
     vm.guest_os = _libosinfo(root)

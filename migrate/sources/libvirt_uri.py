@@ -370,7 +370,10 @@ def _block_info(dom: Any, disk: Disk) -> None:
     """Sizes of a remote host's file through libvirt (virDomainGetBlockInfo), when it can."""
     libvirt = _libvirt()
     try:
-        capacity, allocation, _physical = dom.blockInfo(disk.target, 0)
+        # A target shared by two buses is qualified (``sata:sda``, see domxml): libvirt
+        # knows that disk by its source path instead.
+        device = disk.path if ":" in disk.target and disk.path else disk.target
+        capacity, allocation, _physical = dom.blockInfo(device, 0)
     except libvirt.libvirtError:
         return
     disk.virtual_size = int(capacity)

@@ -9,15 +9,17 @@ fails becomes one :class:`ScanError` line and never stops the others.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from migrate import __version__
 from migrate.errors import VmmoveError
-from migrate.model import VM, Inventory, ScanError
+from migrate.model import VM, Inventory, ScanError, distinguish
 from migrate.progress import bar
 from migrate.sources import SourceError
+from migrate.sources.containment import inside
 
 DESCRIPTORS = (".xml", ".ovf", ".ova", ".vmx")
 Result = tuple[list[VM], list[ScanError]]
@@ -41,9 +43,24 @@ def _error(location: str, exc: BaseException) -> ScanError:
     return ScanError(location, message or type(exc).__name__)
 
 
-def read_file(path: str) -> Result:
-    """The VMs of one descriptor file, chosen by extension."""
+def read_file(path: str, pve_storage: dict[str, str] | None = None,
+              ovf_configuration: str | None = None) -> Result:
+    """The VMs of one descriptor file, chosen by extension (``<vmid>.conf``: Proxmox VE,
+    its disks found through ``pve_storage``, storage ID → local folder).
+
+    ``ovf_configuration`` names the DeploymentOptionSection configuration OVF/OVA
+    descriptors are read with (default: the one they mark default).
+    """
     ext = os.path.splitext(path)[1].lower()
+    if ext == ".conf":
+        from migrate.sources.diskprobe import probe_disks
+        from migrate.sources.pve import read_pve_config
+
+        vm = read_pve_config(path, pve_storage)
+        # The Proxmox host may still run the VM: read images shared (-U), as for domain XML;
+        # a failed probe is kept in disk.error, which _with_disk_errors reports.
+        probe_disks((vm, d, True) for d in vm.disks if not d.error)
+        return _with_disk_errors(path, [vm])
     if ext == ".xml":
         from migrate.sources.diskprobe import probe_disks
         from migrate.sources.domxml import read_domain_xml
@@ -55,17 +72,18 @@ def read_file(path: str) -> Result:
     if ext == ".ovf":
         from migrate.sources.ovf import read_ovf
 
-        return _with_disk_errors(path, list(read_ovf(path)))
+        return _with_disk_errors(path, list(read_ovf(path, ovf_configuration)))
     if ext == ".ova":
         from migrate.sources.ova import read_ova
 
-        return _with_disk_errors(path, list(read_ova(path)))
+        return _with_disk_errors(path, list(read_ova(path, ovf_configuration)))
     if ext == ".vmx":
         from migrate.sources.vmx import read_vmx
 
         return _with_disk_errors(path, [read_vmx(path)])
     raise SourceError(
-        f"{path}: unknown kind of file (expected a domain .xml, .ovf, .ova or .vmx)"
+        f"{path}: unknown kind of file (expected a domain .xml, .ovf, .ova, .vmx or a "
+        "Proxmox VE <vmid>.conf)"
     )
 
 
@@ -80,18 +98,52 @@ def _with_disk_errors(path: str, vms: list[VM]) -> Result:
         for disk in vm.disks:
             if not disk.error or disk.device not in ("disk", "lun"):
                 continue
-            where = f"{disk.path}: " if disk.path and disk.path not in disk.error else ""
+            # an OVA disk's path is vmmove's json: window: the error names the member instead
+            where = (f"{disk.path}: " if disk.path and disk.path not in disk.error
+                     and not disk.path.startswith("json:") else "")
             errors.append(ScanError(path, _one_line(f"VM '{vm.name}': disk {disk.target}: {where}{disk.error}")))
+    problems = next((vm.metadata["ova.manifest.problems"] for vm in vms
+                     if vm.metadata.get("ova.manifest.problems")), "")
+    errors.extend(ScanError(path, _one_line(line)) for line in problems.splitlines() if line)
     return vms, errors
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"))
+
+
+def special_kind(path: str) -> str | None:
+    """``"a FIFO"``, ``"a socket"``, ``"a … device"`` for a special file (after symlinks),
+    else ``None``.  Opening one could block for ever (a FIFO) or read a device."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
+def _pve_config(folder: str, name: str) -> bool:
+    """A Proxmox VE VM configuration in a folder walk: ``<vmid>.conf``, not under ``lxc/``
+    (containers' configurations have the same names)."""
+    from migrate.sources.pve import CONF_NAME
+
+    return bool(CONF_NAME.match(name)) and os.path.basename(folder) != "lxc"
 
 
 def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
     """Descriptor files under ``path`` (sorted, recursive); other files are skipped.
 
     An explicit file is always yielded, whatever its extension, so that an unknown one is
-    reported; a missing path yields its error.
+    reported; a missing path yields its error, and so does a descriptor found in the
+    folder that is a link to a file outside it (containment: docs/security.md).  Special
+    files (FIFOs, sockets, devices) named like descriptors are never opened: each yields one
+    error line saying it was skipped.
     """
     abspath = os.path.abspath(path)
+    kind = special_kind(abspath)
+    if kind:
+        yield abspath, ScanError(abspath, f"{kind}, not a file: skipped")
+        return
     if os.path.isfile(abspath):
         yield abspath, None
         return
@@ -102,14 +154,24 @@ def walk(path: str) -> Iterator[tuple[str, ScanError | None]]:
     def onerror(exc: OSError) -> None:
         raise exc
 
+    real_top = os.path.realpath(abspath)
+
     try:
         for root, dirs, files in os.walk(abspath, onerror=onerror):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 if name.startswith("."):
                     continue  # editor and partial-write files
-                if os.path.splitext(name)[1].lower() in DESCRIPTORS:
-                    yield os.path.join(root, name), None
+                if os.path.splitext(name)[1].lower() in DESCRIPTORS or _pve_config(root, name):
+                    found = os.path.join(root, name)
+                    if not inside(real_top, os.path.realpath(found)):
+                        # e.g. evil.vmx -> /etc/shadow: never read, never quoted
+                        yield found, ScanError(found, "a link to a file outside the scanned "
+                                                      "folder; not read")
+                        continue
+                    kind = special_kind(found)
+                    yield found, (ScanError(found, f"{kind}, not a file: skipped")
+                                  if kind else None)
     except OSError as exc:
         where = exc.filename or abspath
         yield where, ScanError(where, exc.strerror or str(exc))
@@ -127,8 +189,12 @@ def scan(
     paths: list[str],
     jobs: int | None = None,
     timeout: float | None = None,
+    pve_storage: dict[str, str] | None = None,
+    ovf_configuration: str | None = None,
 ) -> Inventory:
-    """Read every libvirt URI and every file (folders recursively) into one inventory."""
+    """Read every libvirt URI and every file (folders recursively) into one inventory;
+    ``pve_storage`` maps Proxmox VE storage IDs to local folders (``--pve-storage``);
+    ``ovf_configuration``: see :func:`read_file`."""
     from migrate.sources.libvirt_uri import DEFAULT_TIMEOUT, scan_uri
 
     limit = timeout or DEFAULT_TIMEOUT
@@ -142,7 +208,8 @@ def scan(
             if error is not None:
                 slots.append(([], [error]))
             else:
-                tasks.append((len(slots), found, lambda f=found: read_file(f)))
+                tasks.append((len(slots), found,
+                              lambda f=found: read_file(f, pve_storage, ovf_configuration)))
                 slots.append(None)
 
     workers = max(1, min(jobs or 8, len(tasks) or 1))
@@ -167,4 +234,5 @@ def scan(
         vms, errors = result
         inventory.vms.extend(vms)
         inventory.errors.extend(ScanError(e.source, _one_line(e.message)) for e in errors)
+    distinguish(inventory.vms)
     return inventory

@@ -4,9 +4,11 @@ A VMware disk is either a small text *descriptor* naming its extents
 (``RW 4192256 SPARSE "x-s001.vmdk"``) and its parent (``parentFileNameHint``), or a
 sparse file with the descriptor embedded (magic ``KDMV``), which ``qemu-img info`` reads
 whole.  Scan only needs sizes and the backing chain, so descriptors are parsed here and
-sparse files go through :func:`migrate.imageinfo.image_info`.  Problems with a disk never
-stop a scan: they come back as :attr:`DiskFacts.error` so that the VM is still listed and
-assessment can flag the disk.
+sparse files go through :func:`migrate.sources.containment.open_chain` (qemu-img, one
+layer at a time).  Every extent and parent a descriptor names is resolved by
+:meth:`migrate.sources.containment.Export.resolve`: inside the export's folder after
+symlinks, no protocol names.  Problems with a disk never stop a scan: they come back as
+:attr:`DiskFacts.error` so that the VM is still listed and assessment can flag the disk.
 """
 
 from __future__ import annotations
@@ -15,14 +17,21 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from migrate.imageinfo import ImageError, image_info
-from migrate.model import BackingFile
+from migrate.errors import VmmoveError
+from migrate.model import MULTI_FILE, RDM_PHYSICAL, RDM_VIRTUAL, VSAN, BackingFile
+from migrate.sources.containment import (
+    MAX_CHAIN,
+    MAX_DESCRIPTOR_BYTES,
+    SPARSE_MAGICS,
+    ContainmentError,
+    Export,
+    Layer,
+    MissingFile,
+    open_chain,
+)
 
 SECTOR = 512
 MAX_DISK_BYTES = 64 * 1024**4  # 64 TiB: VMware's own limit is 62 TiB
-MAX_DESCRIPTOR_BYTES = 1024 * 1024  # real descriptors are a few hundred bytes
-MAX_CHAIN = 64  # snapshot chains beyond this are a loop or a corrupt hint
-SPARSE_MAGICS = (b"KDMV", b"COWD")
 
 _EXTENT = re.compile(
     r'^(?P<access>RW|RDONLY|NOACCESS)\s+(?P<sectors>\S+)\s+(?P<type>[A-Z]+)'
@@ -65,6 +74,27 @@ class DiskFacts:
     backing_chain: list[BackingFile] = field(default_factory=list)
     create_type: str | None = None
     error: str | None = None
+    layout: str | None = None  # migrate.model layouts: multi-file, rdm-physical, rdm-virtual, vsan
+
+
+def layout_of(desc: Descriptor) -> str:
+    """What a text descriptor's data is (VMware Virtual Disk Format 1.1, createType/extents).
+
+    ``vmfsPassthroughRawDeviceMap`` (extent ``VMFSRDM``) is a physical-mode raw device map,
+    ``vmfsRawDeviceMap`` (extent ``VMFSRAW``) a virtual-mode one: the data is on a SAN LUN
+    and the ``-rdmp``/``-rdm`` file is only a mapping stub.  An extent naming a
+    ``vsan://`` object is a vSAN disk with no local data.  Any other descriptor keeps its
+    data in extent files beside it (several files, not one image).
+    """
+    create = (desc.create_type or "").lower()
+    types = {e.type.upper() for e in desc.extents}
+    if create == "vmfspassthroughrawdevicemap" or "VMFSRDM" in types:
+        return RDM_PHYSICAL
+    if create == "vmfsrawdevicemap" or "VMFSRAW" in types:
+        return RDM_VIRTUAL
+    if any((e.filename or "").lower().startswith("vsan://") for e in desc.extents):
+        return VSAN
+    return MULTI_FILE
 
 
 def _unquote(value: str) -> str:
@@ -75,8 +105,15 @@ def _unquote(value: str) -> str:
 
 
 def parse_descriptor(text: str, name: str) -> Descriptor:
-    """Parse a VMDK text descriptor; raise :class:`VmdkError` naming ``name`` when malformed."""
-    if "\x00" in text:
+    """Parse a VMDK text descriptor; raise :class:`VmdkError` naming ``name`` when malformed.
+
+    A descriptor may be followed by NUL padding: ``qemu-img create -o subformat=
+    twoGbMaxExtentSparse`` (or ``monolithicFlat``) pads it to a whole sector, and qemu's
+    vmdk driver reads the text up to the first NUL.  NULs followed by anything else are
+    binary data, not a descriptor.
+    """
+    text, nul, rest = text.partition("\x00")
+    if nul and rest.strip("\x00"):
         raise VmdkError(f"{name}: not a VMDK descriptor (binary data)")
     desc = Descriptor()
     seen_marker = False
@@ -100,8 +137,8 @@ def parse_descriptor(text: str, name: str) -> Descriptor:
             desc.extents.append(Extent(match["access"], sectors, match["type"], match["file"]))
             continue
         kv = _KEYVAL.match(line)
-        if kv is None:
-            raise VmdkError(f"{name}: line {number}: not a descriptor line: {line[:60]!r}")
+        if kv is None:  # the line's text is not quoted: the file may be anyone's
+            raise VmdkError(f"{name}: line {number}: not a descriptor line")
         key, value = kv["key"].lower(), _unquote(kv["value"])
         if key == "createtype":
             desc.create_type = value
@@ -123,6 +160,15 @@ def _sniff(path: str) -> bytes:
         return fh.read(4)
 
 
+def text_descriptor(path: str) -> bool:
+    """True when ``path`` is a VMDK text descriptor (its data in other files), not a sparse
+    VMDK that holds its own data."""
+    try:
+        return _sniff(path) not in SPARSE_MAGICS
+    except OSError:
+        return False
+
+
 def _read_text_descriptor(path: str) -> Descriptor:
     size = os.path.getsize(path)
     if size > MAX_DESCRIPTOR_BYTES:
@@ -132,97 +178,119 @@ def _read_text_descriptor(path: str) -> Descriptor:
     return parse_descriptor(data.decode("utf-8", errors="replace"), path)
 
 
-def inspect(path: str) -> DiskFacts:
-    """Sizes and snapshot chain of the VMDK at ``path`` (descriptor or sparse file)."""
-    if not os.path.exists(path):
-        return DiskFacts(error=f"{path}: disk file is missing")
-    if not os.path.isfile(path):
-        return DiskFacts(error=f"{path}: not a regular file")
+def inspect(path: str, export: Export | None = None) -> DiskFacts:
+    """Sizes and snapshot chain of the VMDK at ``path`` (descriptor or sparse file).
+
+    ``export`` is where the files may be (default: the VMDK's own folder); a disk, extent
+    or parent outside it is an error, never opened.
+    """
+    export = export or Export.of_descriptor(path)
     try:
-        magic = _sniff(path)
+        top = export.resolve(path, os.path.dirname(os.path.abspath(path)), "file")
+    except MissingFile:
+        return DiskFacts(error=f"{path}: disk file is missing")
+    except ContainmentError as exc:
+        return DiskFacts(error=str(exc))
+    assert top.real is not None
+    try:
+        magic = _sniff(top.real)
     except OSError as exc:
         return DiskFacts(error=f"{path}: {exc.strerror or exc}")
     if magic in SPARSE_MAGICS:
-        return _inspect_sparse(path)
+        return _inspect_sparse(export, top)
     try:
-        return _inspect_descriptor_chain(path)
+        return _inspect_descriptor_chain(export, path)
     except VmdkError as exc:
         return DiskFacts(error=str(exc))
     except OSError as exc:
         return DiskFacts(error=f"{path}: {exc.strerror or exc}")
 
 
-def _inspect_sparse(path: str) -> DiskFacts:
+def _inspect_sparse(export: Export, top: Layer) -> DiskFacts:
     try:
-        info = image_info(path, fmt="vmdk")
-    except ImageError as exc:
+        chain = open_chain(export, top, "vmdk")
+    except VmmoveError as exc:
         return DiskFacts(error=str(exc))
-    create_type = None
-    top = info.raw[0] if info.raw else {}
-    data = top.get("format-specific", {}).get("data", {})
-    if isinstance(data, dict):
-        create_type = data.get("create-type")
+    data = chain.top.info.get("format-specific", {}).get("data", {})
+    create_type = data.get("create-type") if isinstance(data, dict) else None
+    assert top.real is not None
     return DiskFacts(
-        virtual_size=info.virtual_size,
-        allocated_size=os.path.getsize(path),
-        backing_chain=info.backing_chain,
+        virtual_size=chain.virtual_size,
+        allocated_size=os.path.getsize(top.real),
+        backing_chain=chain.backing_files,
         create_type=create_type,
     )
 
 
-def _extent_bytes(desc: Descriptor, folder: str, name: str) -> tuple[int, str | None]:
-    """Sum of the sizes of the extent files present, and a message for the first missing one."""
-    total, missing = 0, None
+def _extent_bytes(export: Export, desc: Descriptor, folder: str, name: str) -> tuple[int, str | None]:
+    """Sum of the sizes of the extent files present, and a message for the first problem
+    (missing, or refused: outside the export, a protocol name)."""
+    total, problem = 0, None
     for extent in desc.extents:
         if not extent.filename:
             continue
-        extent_path = os.path.join(folder, extent.filename)
         try:
-            total += os.path.getsize(extent_path)
-        except OSError:
-            if missing is None:
-                missing = f"{name}: extent file {extent.filename!r} is missing"
-    return total, missing
+            layer = export.resolve(extent.filename, folder, f"extent of {name}")
+        except MissingFile:
+            problem = problem or f"{name}: extent file {extent.filename!r} is missing"
+            continue
+        except ContainmentError as exc:
+            problem = problem or str(exc)
+            continue
+        assert layer.real is not None
+        total += os.path.getsize(layer.real)
+    return total, problem
 
 
-def _inspect_descriptor_chain(path: str) -> DiskFacts:
+def _inspect_descriptor_chain(export: Export, path: str) -> DiskFacts:
     desc = _read_text_descriptor(path)
+    layout = layout_of(desc)
+    if layout != MULTI_FILE:
+        # No image data here: an RDM's stub or a vSAN object id. The size is the LUN's/object's.
+        return DiskFacts(format=None, virtual_size=desc.virtual_size, allocated_size=0,
+                         create_type=desc.create_type, layout=layout)
     folder = os.path.dirname(os.path.abspath(path))
-    allocated, error = _extent_bytes(desc, folder, path)
+    allocated, error = _extent_bytes(export, desc, folder, path)
     facts = DiskFacts(
         virtual_size=desc.virtual_size,
         allocated_size=allocated,
         create_type=desc.create_type,
         error=error,
+        layout=layout,
     )
     seen = {os.path.realpath(path)}
-    hint, here = desc.parent_hint, folder
+    hint, here, child = desc.parent_hint, folder, path
     while hint:
-        parent = hint if os.path.isabs(hint) else os.path.join(here, hint)
-        parent = os.path.abspath(parent)
+        try:
+            layer = export.resolve(hint, here, f"parent of {child}")
+        except MissingFile as exc:
+            facts.backing_chain.append(BackingFile(path=exc.path, format="vmdk"))
+            facts.error = facts.error or f"{path}: parent disk {exc.path} is missing"
+            break
+        except ContainmentError as exc:
+            facts.error = facts.error or str(exc)
+            break
+        assert layer.real is not None
+        parent = layer.name
         facts.backing_chain.append(BackingFile(path=parent, format="vmdk"))
         if len(facts.backing_chain) > MAX_CHAIN:
             facts.error = facts.error or f"{path}: snapshot chain longer than {MAX_CHAIN} layers"
             break
-        real = os.path.realpath(parent)
-        if real in seen:
+        if layer.real in seen:
             facts.error = facts.error or f"{path}: snapshot chain loops back to {parent}"
             break
-        seen.add(real)
-        if not os.path.isfile(parent):
-            facts.error = facts.error or f"{path}: parent disk {parent} is missing"
-            break
-        if _sniff(parent) in SPARSE_MAGICS:
+        seen.add(layer.real)
+        if _sniff(layer.real) in SPARSE_MAGICS:
             try:
-                info = image_info(parent, fmt="vmdk")
-            except ImageError as exc:
+                chain = open_chain(export, layer, "vmdk")
+            except VmmoveError as exc:
                 facts.error = facts.error or str(exc)
                 break
-            facts.backing_chain.extend(info.backing_chain)
+            facts.backing_chain.extend(chain.backing_files)
             break
-        parent_desc = _read_text_descriptor(parent)
-        _, missing = _extent_bytes(parent_desc, os.path.dirname(parent), parent)
+        parent_desc = _read_text_descriptor(layer.real)
+        _, missing = _extent_bytes(export, parent_desc, os.path.dirname(parent), parent)
         if missing and facts.error is None:
             facts.error = missing
-        hint, here = parent_desc.parent_hint, os.path.dirname(parent)
+        hint, here, child = parent_desc.parent_hint, os.path.dirname(parent), parent
     return facts

@@ -22,6 +22,7 @@ from migrate.model import (
     Device,
     Disk,
     Firmware,
+    HOST_CDROM,
     Nic,
     PowerState,
     Source,
@@ -29,6 +30,7 @@ from migrate.model import (
 )
 from migrate.sources import SourceError, read_bounded
 from migrate.sources import vmdk
+from migrate.sources.containment import Export, protocol_of
 from migrate.sources.vmware_os import from_vmware
 
 MAX_VMX_BYTES = 4 * 1024 * 1024  # real .vmx files are a few KiB
@@ -101,7 +103,8 @@ def parse_vmx_text(text: str, path: str) -> VmxConfig:
             continue
         match = _LINE.match(line)
         if match is None:
-            raise SourceError(f"{path}: line {number}: expected key = \"value\", found {line[:60]!r}")
+            # The line's text is not quoted: the file may not be a .vmx (or not the user's).
+            raise SourceError(f"{path}: line {number}: expected key = \"value\"")
         value = match["value"]
         if value.startswith('"'):
             if len(value) < 2 or not value.endswith('"'):
@@ -182,8 +185,9 @@ def _uuid(value: str | None, path: str) -> str | None:
 
 
 def _resolve(file_name: str, folder: str) -> str:
-    """Datastore paths (``[ds] dir/x.vmdk``) and absolute paths stay; others join the folder."""
-    if file_name.startswith("[") or os.path.isabs(file_name):
+    """Datastore paths (``[ds] dir/x.vmdk``), absolute paths and protocol names (refused
+    later, by containment) stay; others join the folder."""
+    if file_name.startswith("[") or os.path.isabs(file_name) or protocol_of(file_name):
         return file_name
     return os.path.normpath(os.path.join(folder, file_name))
 
@@ -201,6 +205,7 @@ def _fill_from_vmdk(disk: Disk, inspect: Callable[[str], vmdk.DiskFacts]) -> Non
     disk.allocated_size = facts.allocated_size
     disk.backing_chain = facts.backing_chain
     disk.error = facts.error
+    disk.layout = facts.layout
 
 
 def _storage_disk(cfg: VmxConfig, bus: str, ctrl: int, unit: int, folder: str,
@@ -233,9 +238,11 @@ def _storage_disk(cfg: VmxConfig, bus: str, ctrl: int, unit: int, folder: str,
     elif dtype == "atapi-cdrom":
         disk.device, disk.readonly, disk.source_type = "cdrom", True, "block"
         disk.path = None if low_name in ("", "auto detect") else file_name
+        disk.layout = HOST_CDROM
     elif dtype == "cdrom-raw" or is_cd_passthru:
-        disk.device, disk.source_type = "lun", "block"
+        disk.device, disk.source_type = "lun", "block"  # as libvirt's VMX driver names it
         disk.path = None if low_name in ("", "auto detect") else file_name
+        disk.layout = HOST_CDROM
     elif dtype == "scsi-passthru":
         disk.device, disk.source_type, disk.path = "lun", "block", file_name
     elif dtype in ("", "disk", "scsi-hardDisk".lower(), "ata-hardDisk".lower(), "rawdisk"):
@@ -363,9 +370,18 @@ def read_vmx(path: str) -> VM:
     return vm_from_config(cfg)
 
 
-def vm_from_config(cfg: VmxConfig, inspect: Callable[[str], vmdk.DiskFacts] = vmdk.inspect) -> VM:
+def vm_from_config(cfg: VmxConfig,
+                   inspect: Callable[[str], vmdk.DiskFacts] | None = None) -> VM:
+    """The VM of a parsed .vmx; ``inspect`` reads a disk (default: :func:`vmdk.inspect`
+    confined to the .vmx's folder, the export)."""
     path = cfg.path
     folder = os.path.dirname(path)
+    if inspect is None:
+        export = Export.of_descriptor(path)
+
+        def inspect(disk_path: str) -> vmdk.DiskFacts:
+            return vmdk.inspect(disk_path, export)
+
     stem = os.path.splitext(os.path.basename(path))[0]
 
     name = cfg.get("displayName")
@@ -427,6 +443,9 @@ def vm_from_config(cfg: VmxConfig, inspect: Callable[[str], vmdk.DiskFacts] = vm
         disk = _storage_disk(cfg, bus, ctrl, unit, folder, models)
         if disk is None:
             continue
+        shared = (cfg.get(f"{bus}{ctrl}.sharedBus") or "none").strip().lower()
+        if bus == "scsi" and shared in ("physical", "virtual") and disk.device in ("disk", "lun"):
+            disk.shareable = True  # a SCSI bus shared with other VMs (guest clustering)
         disk.target = unique_target(disk.target, used)
         mode = (cfg.get(f"{bus}{ctrl}:{unit}.mode") or "").strip().lower()
         if mode and mode != "persistent":
