@@ -478,20 +478,13 @@ def test_per_vm_overrides_reach_the_manifests(cli: Any, tmp_path: Path) -> None:
 
 def test_preflight_checks_the_upload_proxy_and_the_work_folders_space(cli: Any,
                                                                      tmp_path: Path) -> None:
-    import subprocess
-
-    from tests.conftest import qemu_io
+    from tests.conftest import qemu_io, small_tmpfs
 
     inventory = _scan(cli, tmp_path, _node(tmp_path, {"big": [("vda", "qcow2", 32)]}))
     image = yaml.safe_load(inventory.read_text())["vms"][0]["disks"][0]["path"]
     qemu_io(image, "write -P 0x77 0 24M", "qcow2")  # 24 MiB of data to convert
-    small = tmp_path / "small"  # a real 8 MiB file system as the work folder
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(small)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs for the work folder: {mounted.stderr.strip()}")
-    try:
+    # a real 8 MiB file system as the work folder
+    with small_tmpfs(tmp_path / "small", "8M") as small:
         plan_file = tmp_path / "plan.yaml"
         cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--network", "*=pod",
             "--cdi-uploadproxy", "https://127.0.0.1:9", "--workdir", str(small), ok=True)
@@ -506,5 +499,3 @@ def test_preflight_checks_the_upload_proxy_and_the_work_folders_space(cli: Any,
         assert re.search(r"preflight: convert: \S+: not enough space: the 1 image\(s\) to "
                          r"convert need 2\d\.\dM \(qemu-img measure\), [0-9.]+M is free", err)
         assert list(small.iterdir()) == []  # nothing written
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
