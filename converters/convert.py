@@ -187,10 +187,15 @@ class DiskResult:
 
 
 class Progress(Protocol):
-    """Progress subscriber: the CLI draws bars; tests may record calls."""
+    """Progress subscriber: the CLI draws bars; tests may record calls.
+
+    ``advanced`` reports the conversion's fraction (0..1), ``verifying`` the verification's
+    (compare + checksum, 0..1, first called with 0.0 when it starts).
+    """
 
     def started(self, job: DiskJob, total: int) -> None: ...
     def advanced(self, job: DiskJob, fraction: float) -> None: ...
+    def verifying(self, job: DiskJob, fraction: float) -> None: ...
     def finished(self, job: DiskJob, result: DiskResult) -> None: ...
 
 
@@ -199,6 +204,9 @@ class NoProgress:
         pass
 
     def advanced(self, job: DiskJob, fraction: float) -> None:
+        pass
+
+    def verifying(self, job: DiskJob, fraction: float) -> None:
         pass
 
     def finished(self, job: DiskJob, result: DiskResult) -> None:
@@ -599,23 +607,43 @@ def allocated_bytes(path: str | os.PathLike[str]) -> int:
 
 
 def _verify(job: DiskJob, image: Path, options: ConvertOptions,
-            canceller: qemuimg.Canceller) -> tuple[str, qemuimg.CompareResult]:
-    """qemu-img compare source↔output while this thread hashes the output."""
+            canceller: qemuimg.Canceller,
+            progress: Progress | None = None) -> tuple[str, qemuimg.CompareResult]:
+    """qemu-img compare source↔output while this thread hashes the output.
+
+    ``progress.verifying`` gets the fraction of the verification done: the mean of the
+    compare's own progress and the share of the output hashed.
+    """
     assert job.disk.path and job.source_format and job.source_name
     outcome: dict[str, Any] = {}
+    parts = [0.0, 0.0]  # compare, hash
+    size = max(image.stat().st_size, 1)
+    lock = threading.Lock()
+
+    def report(index: int, fraction: float) -> None:
+        if progress is None:
+            return
+        with lock:
+            parts[index] = fraction
+            value = (parts[0] + parts[1]) / 2
+        progress.verifying(job, value)
+
+    if progress is not None:
+        progress.verifying(job, 0.0)
 
     def run_compare() -> None:
         try:
             outcome["result"] = qemuimg.compare(
                 job.source_name, job.source_format, str(image), options.format,
-                force_share=options.force_share, canceller=canceller, label=job.disk.path)
+                force_share=options.force_share, canceller=canceller, label=job.disk.path,
+                on_progress=lambda f: report(0, f))
         except BaseException as exc:  # carried to the calling thread
             outcome["error"] = exc
 
     thread = threading.Thread(target=run_compare, name=f"compare {job.item}")
     thread.start()
     try:
-        checksum = sha256_file(image)
+        checksum = sha256_file(image, lambda n: report(1, min(n / size, 1.0)))
     finally:
         thread.join()
     if "error" in outcome:
@@ -718,7 +746,7 @@ class Runner:
                 label=job.disk.path)
             checksum, verified = None, False
             if opts.verify:
-                checksum, compared = _verify(job, temp, opts, self.canceller)
+                checksum, compared = _verify(job, temp, opts, self.canceller, self.progress)
                 if not compared.identical:
                     hint = (" (the source is in use and changed during the copy; "
                             f"{CONSISTENT_COPY_HINT.split(' (')[0]})" if opts.force_share else "")
@@ -769,7 +797,8 @@ class Runner:
         total = job.required or job.virtual_size or 0
         self.progress.started(job, total)
         try:
-            checksum, compared = _verify(job, job.output, self.options, self.canceller)
+            checksum, compared = _verify(job, job.output, self.options, self.canceller,
+                                         self.progress)
         except VmmoveError as exc:
             result = self._fail(job, _name_disk(job, str(exc)))
             self.progress.finished(job, result)

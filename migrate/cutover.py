@@ -60,6 +60,7 @@ from migrate.errors import UsageError, VmmoveError
 from migrate.kube import DATA_VOLUME, VIRTUAL_MACHINE, Kube
 from migrate.model import VM
 from migrate.plan import Plan, PlannedVM
+from migrate.progress import trace_call, without_password
 from migrate.state import DONE, RUNNING, Journal
 from migrate.workdir import disk_item
 
@@ -195,11 +196,14 @@ class Source:
                                "cutover stops and starts libvirt domains only")
         libvirt = _libvirt()
         self.label = f"{vm.name} on {vm.source.location}"
+        trace_call(f"libvirt.open({without_password(vm.source.location)!r})")
         try:
             self.conn = libvirt.open(vm.source.location)
         except libvirt.libvirtError as exc:
             raise CutoverError(f"{self.label}: cannot reach the source host: "
                                f"{exc.get_error_message()}") from None
+        trace_call(f"lookupByUUIDString({vm.uuid!r})" if vm.uuid
+                   else f"lookupByName({vm.name!r})")
         try:
             self.dom = (self.conn.lookupByUUIDString(vm.uuid) if vm.uuid
                         else self.conn.lookupByName(vm.name))
@@ -241,6 +245,7 @@ class Source:
                                "reach it; resume it (virsh resume) or pass --force to power it "
                                "off. Nothing was changed.")
         if self.state != 3:
+            trace_call(f"{self.dom.name()}.shutdown()  # ACPI, on {self.label}")
             try:
                 self.dom.shutdown()
             except libvirt.libvirtError as exc:
@@ -257,6 +262,7 @@ class Source:
                 f"is still {self.state_name}; nothing else was changed. Shut it down from "
                 "inside the guest, raise --shutdown-timeout, or pass --force to power it off "
                 "after the timeout")
+        trace_call(f"{self.dom.name()}.destroy()  # power off, on {self.label}")
         try:
             self.dom.destroy()
         except libvirt.libvirtError as exc:
@@ -271,6 +277,7 @@ class Source:
         libvirt = _libvirt()
         if self.running:
             return "already running"
+        trace_call(f"{self.dom.name()}.create()  # start, on {self.label}")
         try:
             self.dom.create()
         except libvirt.libvirtError as exc:

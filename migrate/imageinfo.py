@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from migrate.errors import VmmoveError
+from migrate.progress import trace_command
 from migrate.model import BackingFile
 
 
@@ -50,6 +51,7 @@ def image_info(path: str, force_share: bool = False, fmt: str | None = None) -> 
     if fmt:
         args += ["-f", fmt]
     args.append(path)
+    trace_command(args)
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "qemu-img failed"

@@ -30,6 +30,28 @@ def human_size(n: int | None) -> str:
     return f"{size:.1f}P"
 
 
+def duration(seconds: float | None) -> str:
+    """Seconds as a short duration (``4.2s``, ``3m05s``, ``1h02m``), ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def rfc3339(epoch: float | None) -> str | None:
+    """Epoch seconds as an RFC 3339 UTC time with milliseconds (``2026-11-30T00:31:02.125Z``),
+    the form programs reading ``-o json|yaml`` parse; None stays None."""
+    if epoch is None:
+        return None
+    from datetime import datetime, timezone
+
+    when = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 #: C0 controls, DEL, C1 controls, and the Unicode line/paragraph separators.
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}

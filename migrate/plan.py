@@ -338,6 +338,10 @@ def load_plan(path: str | os.PathLike[str], inventory: Inventory | None = None) 
     data = _read_yaml(plan_path)
     if not isinstance(data, dict):
         raise PlanError(plan_path, ["not a vmmove plan (expected a mapping with kind: Plan)"])
+    if "kind" not in data and isinstance(data.get("vms"), list):
+        # the most common mix-up: the scan's output where the plan goes
+        raise UsageError(f"{plan_path}: this is an inventory (from vmmove scan), not a plan; "
+                         f"make a plan with `vmmove plan {path} --out plan.yaml`")
     problems = _Problems()
     problems.unknown_keys(data, TOP_KEYS, "")
     if data.get("kind") != KIND:

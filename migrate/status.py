@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_CUTOVER_PAST, KIND_IMPORT, KIND_ROLLBACK
+from migrate.output import rfc3339
 from migrate.plan import Plan, PlannedVM
 from migrate.state import DONE, FAILED, RUNNING, Journal, Step
 from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
@@ -44,7 +45,7 @@ class StepTiming:
 
     def to_data(self) -> dict[str, Any]:
         return {"kind": self.kind, "done": self.done, "total": self.total,
-                "started": self.started, "finished": self.finished,
+                "started": rfc3339(self.started), "finished": rfc3339(self.finished),
                 "seconds": round(self.seconds, 3), "bytes": self.bytes}
 
 

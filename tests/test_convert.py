@@ -357,6 +357,9 @@ class Recorder:
     def advanced(self, job, fraction: float) -> None:
         self.calls.append(("advanced", job.item, fraction))
 
+    def verifying(self, job, fraction: float) -> None:
+        self.calls.append(("verifying", job.item, fraction))
+
     def finished(self, job, result) -> None:
         self.calls.append(("finished", job.item, result.status))
 
@@ -372,6 +375,11 @@ def test_progress_subscribers_see_every_disk(tmp_path: Path) -> None:
         assert mine[0][0] == "started" and mine[0][2] >= DATA_BYTES
         fractions = [c[2] for c in mine if c[0] == "advanced"]
         assert fractions == sorted(fractions) and fractions[-1] == 1.0
+        # verification (compare + checksum) reports its own progress, after conversion
+        checked = [c[2] for c in mine if c[0] == "verifying"]
+        assert checked[0] == 0.0 and max(checked) == 1.0
+        assert max(i for i, c in enumerate(mine) if c[0] == "advanced") < \
+            min(i for i, c in enumerate(mine) if c[0] == "verifying")
         assert mine[-1] == ("finished", item, CONVERTED)
     again = Recorder()
     convert_disks(inv, [], tmp_path / "w", ConvertOptions(jobs=2), again)

@@ -59,7 +59,10 @@ class VmmoveGroup(click.Group):
 
 @click.group(cls=VmmoveGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vmmove")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log the commands run underneath (qemu-img command lines, libvirt calls) "
+                   "on stderr; credentials are never logged.")
+def main(verbose: bool) -> None:
     """Move libvirt/KVM, VMware and OVF virtual machines into KubeVirt.
 
     \b
@@ -68,6 +71,9 @@ def main() -> None:
     Each step reads the previous one's output file and records its progress in a journal,
     so every command can be rerun to resume.
     """
+    from migrate.progress import set_verbose
+
+    set_verbose(verbose)
 
 
 def run() -> None:  # console-script entry point

@@ -10,7 +10,6 @@ them are idempotent: the journal says what is already done.  ``vmmove migrate``,
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +70,8 @@ def convert_wave(plan: Plan, wave: int, redo: bool | set[str] = False) -> str:
                             if (disk_item(p.vm, d) in again) == redo_flag])
                for redo_flag in (True, False)]
     disks = [d for p in vms for d in data_disks(p)]
-    progress = BarProgress(sum(estimate(d) for d in disks), len(disks))
+    progress = BarProgress(sum(estimate(d) for d in disks), len(disks),
+                           verify=plan.convert.verify)
     results: list[Any] = []
     try:
         for redo_flag, pairs in batches:
@@ -160,36 +160,6 @@ def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem]
     return items, missing
 
 
-class _UploadBars:
-    """An overall tqdm bar for a wave's uploads, log lines when not on a terminal."""
-
-    def __init__(self, total: int, count: int) -> None:
-        from migrate.progress import bar
-
-        self.lock = threading.Lock()
-        self.bar = bar(total, f"upload {count} image(s)")
-
-    def on_queued(self, item: Any, total: int, already: int) -> None:
-        from migrate.progress import log
-
-        with self.lock:
-            self.bar.update(already)
-        log(f"{item.label}: uploading {human_size(total - already)}"
-            + (f" ({human_size(already)} already there)" if already else ""))
-
-    def on_progress(self, item: Any, bytes_transferred: int) -> None:
-        with self.lock:
-            self.bar.update(bytes_transferred)
-
-    def on_done(self, item: Any, result: Any) -> None:
-        from migrate.progress import log
-
-        log(f"{item.label}: {result.status}" + (f": {result.error}" if result.error else ""))
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def redo_items(redo: bool | set[str], vms: list[PlannedVM]) -> set[str]:
     """The disk items to do again: every disk of ``vms`` (``redo`` True), those of the
     VMs whose keys ``redo`` holds, or none."""
@@ -240,7 +210,9 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
                    group) for target, group in by_target.items()]
     for b, _ in groups:
         b.prepare()
-    bars = _UploadBars(sum(i.size for i in todo), len(todo))
+    from migrate.progress import UploadProgress
+
+    bars = UploadProgress(sum(i.size for i in todo), len(todo))
     results: list[Any] = []
     try:
         with plan.journal() as journal:
@@ -565,24 +537,72 @@ def plan_convert_args(plan_file: str, wave: int | None, vms: tuple[str, ...]) ->
     return plan, [(p.key, d.target) for p in chosen for d in data_disks(p)], options
 
 
-def plan_manifests(plan_file: str, inventory: str, wave: int | None,
-                   out: str | None) -> tuple[list[tuple[str, str, str]], str]:
-    """For ``vmmove manifests INVENTORY --plan PLAN [--wave N]``: write the manifests of
-    the plan's VMs (one wave, or every wave) with the plan's namespace, maps, defaults and
-    per-VM overrides; returns the written rows and the folder."""
-    from manifests.kustomize import write_tree
+def plan_manifest_sets(plan_file: str, inventory: str | None, wave: int | None,
+                       vms: tuple[str, ...] = ()) -> tuple[Plan, list[ManifestSet]]:
+    """For ``vmmove manifests --plan PLAN [INVENTORY] [--wave N] [--vm NAME…]``: the
+    manifests of the plan's VMs (one wave or every wave, narrowed to ``vms`` by source or
+    target name or UUID) with the plan's namespace, maps, defaults and per-VM overrides.
+
+    INVENTORY is optional (the plan names its own); when given it must be the plan's.
+    """
     from migrate.plan import load_plan
 
     plan = load_plan(plan_file)
-    if Path(inventory).absolute() != plan.inventory_path:
+    if inventory is not None and Path(inventory).absolute() != plan.inventory_path:
         raise UsageError(f"{inventory}: the plan {plan_file} is about {plan.inventory_path}; "
-                         "give that inventory")
+                         "give that inventory, or none")
     numbers = [wave] if wave is not None else plan.wave_numbers()
-    vms = [p for n in numbers for p in plan.wave(n)]
-    if not vms:
+    planned = [p for n in numbers for p in plan.wave(n)]
+    if vms:
+        missing = [ref for ref in vms if not any(ref in (p.vm.name, p.name, p.vm.uuid, p.key)
+                                                 for p in planned)]
+        if missing:
+            where = f"wave {wave} of {plan_file}" if wave is not None else plan_file
+            raise UsageError(f"{where}: no VM named {', '.join(missing)}")
+        planned = [p for p in planned if {p.vm.name, p.name, p.vm.uuid, p.key} & set(vms)]
+    if not planned:
         raise UsageError(f"{plan_file}: no VM to write manifests for (all skipped)")
+    return plan, build_manifests(plan, planned)
+
+
+def plan_manifests(plan_file: str, inventory: str | None, wave: int | None,
+                   out: str | None, vms: tuple[str, ...] = ()
+                   ) -> tuple[list[tuple[str, str, str]], str]:
+    """Write :func:`plan_manifest_sets` under ``out`` (default the plan's
+    ``<workdir>/manifests``); returns the written rows and the folder."""
+    from manifests.kustomize import write_tree
+
+    plan, sets = plan_manifest_sets(plan_file, inventory, wave, vms)
     folder = Path(out) if out else plan.manifests_dir
-    return write_tree(build_manifests(plan, vms), folder), str(folder)
+    return write_tree(sets, folder), str(folder)
+
+
+#: Upload record fields shown by ``upload PLAN --wave N -o json|yaml`` (never credentials:
+#: the Secret's name is shown, not its file or contents).
+UPLOAD_FIELDS = ("backend", "url", "key", "bucket", "dv", "namespace", "size", "sent",
+                 "seconds", "secret")
+
+
+def wave_upload_records(plan: Plan, wave: int) -> list[dict[str, Any]]:
+    """Where each disk of the wave stands in the journal's upload records, for ``-o``:
+    item, VM, disk, status (``not uploaded`` without a record), checksum, times (RFC 3339)
+    and the :data:`UPLOAD_FIELDS` the record has."""
+    from migrate.output import rfc3339
+
+    records = []
+    with plan.journal() as journal:
+        for p in wave_vms(plan, wave):
+            for disk in data_disks(p):
+                item = disk_item(p.vm, disk)
+                step = journal.get(KIND_UPLOAD, item)
+                record: dict[str, Any] = {"item": item, "vm": p.vm.name, "disk": disk.target,
+                                          "status": step.status if step else "not uploaded"}
+                if step is not None:
+                    record.update({k: step.data[k] for k in UPLOAD_FIELDS if k in step.data})
+                    record.update(checksum=step.checksum, started=rfc3339(step.started),
+                                  finished=rfc3339(step.finished), error=step.error)
+                records.append(record)
+    return records
 
 
 def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool) -> str:

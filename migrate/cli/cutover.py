@@ -243,12 +243,16 @@ def _seconds(value: float | None) -> str:
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
               help=JOBS_HELP.format(n=4) + " Every preflight passes before any source stops;"
                    " full final syncs send their disks one VM at a time.")
+@click.option("--dry-run", is_flag=True,
+              help="Only list the steps the cutover would run for each VM, in order, with "
+                   "downtime estimates from the journal's measurements; nothing is stopped, "
+                   "synced or started, and no host or cluster is contacted.")
 @kube_options
 @output_format()
 def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
                 shutdown_timeout: float, force: bool, verify_timeout: float,
                 guest_agent: bool, verify_command: str | None, import_timeout: float,
-                jobs: int | None, kubeconfig: str | None, context: str | None,
+                jobs: int | None, dry_run: bool, kubeconfig: str | None, context: str | None,
                 namespace: str | None, output: str) -> None:
     """Switch VMs from their libvirt host to KubeVirt: preflight, stop the source, final
     sync, start the target, verify, done — each step journalled.
@@ -288,6 +292,14 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
     if namespace:
         plan.use_namespace(namespace)
     chosen = select_vms(plan, wave, vms)
+    if dry_run:
+        from migrate.dryrun import cutover_steps, cutover_window, show
+        from migrate.output import duration
+
+        n = jobs or default_jobs(len(chosen))
+        window = f"the window about {duration(cutover_window(plan, chosen, n))} with --jobs {n}"
+        show(cutover_steps(plan, chosen), output, f"cutover wave {wave}", window)
+        return
     when = parse_at(at) if at else None
     options = CutoverOptions(shutdown_timeout=shutdown_timeout, force=force,
                              verify_timeout=verify_timeout, guest_agent=guest_agent,

@@ -12,7 +12,7 @@ from migrate.errors import UsageError, VmmoveError
 
 
 @click.command("manifests")
-@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.argument("inventory", required=False, type=click.Path(dir_okay=False))
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="Folder to write <namespace>/<vm>.yaml, Secrets and kustomization.yaml files into.")
 @click.option("-n", "--namespace", default="default", show_default=True, help="Namespace of the VirtualMachines.")
@@ -59,7 +59,7 @@ from migrate.errors import UsageError, VmmoveError
               help="With --plan: only the VMs of wave N.")
 @output_format("table", "yaml", "json", default="table")
 def manifests_cmd(
-    inventory: str,
+    inventory: str | None,
     out: str | None,
     namespace: str,
     vms: tuple[str, ...],
@@ -89,10 +89,11 @@ def manifests_cmd(
     Each DataVolume imports the disk from where `vmmove upload` put it (journal in
     --workdir), from --http-base, or is blank when asked (--blank). Networks must all be
     mapped (--map / --network). VMs are Halted until the cutover starts them.
-    With -o yaml|json the single selected VM is printed instead (--out not needed).
+    With -o yaml|json the single selected VM is printed instead (--out not needed); with
+    --plan, every selected VM (--wave, --vm) is printed, and INVENTORY may be left out.
     """
     from manifests.generate import GenerationContext, GenerationOptions, build_all
-    from manifests.kustomize import render, write_tree
+    from manifests.kustomize import render, render_many, write_tree
     from manifests.preferences import Catalog
     from manifests.sources import SourceResolver
     from migrate.mapping import Maps, NetworkMap, StorageMap, load_maps
@@ -102,12 +103,20 @@ def manifests_cmd(
     from migrate.workdir import target_names
 
     if plan_file:
-        from migrate.cli._plan_stages import plan_manifests
+        from migrate.cli._plan_stages import plan_manifest_sets, plan_manifests
 
-        written, folder = plan_manifests(plan_file, inventory, wave, out)
+        if output != "table":
+            _, sets = plan_manifest_sets(plan_file, inventory, wave, vms)
+            sys.stdout.write(render_many(sets, output))
+            if out:
+                write_tree(sets, out)
+            return
+        written, folder = plan_manifests(plan_file, inventory, wave, out, vms)
         click.echo(table(["NAMESPACE", "OBJECT", "FILE"], written), nl=False)
         click.echo(f"manifests of {plan_file} written to {folder}", err=True)
         return
+    if inventory is None:
+        raise UsageError("manifests: give an INVENTORY (from vmmove scan), or --plan PLAN")
     if wave is not None:
         raise UsageError("--wave goes with --plan PLAN")
     if output == "table" and not out:

@@ -29,9 +29,13 @@ HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
               help="Convert and upload again what the journal records as done: the VMs "
                    "named (vmmove migrate PLAN --wave N --stage --redo web-01), or the "
                    "whole wave.")
+@click.option("--dry-run", is_flag=True,
+              help="Only list what --stage would run, in order, with time estimates from "
+                   "the journal's measurements; nothing is converted, sent or applied.")
 @apply_options
 @output_format()
-def migrate_cmd(plan_file: str, vms: tuple[str, ...], wave: int, stage: bool, redo: bool, kubeconfig: str | None,
+def migrate_cmd(plan_file: str, vms: tuple[str, ...], wave: int, stage: bool, redo: bool,
+                dry_run: bool, kubeconfig: str | None,
                 context: str | None, namespace: str | None, force_conflicts: bool,
                 wait: bool, timeout: float, max_restarts: int, output: str) -> None:
     """Run one wave of a plan end to end.
@@ -39,6 +43,7 @@ def migrate_cmd(plan_file: str, vms: tuple[str, ...], wave: int, stage: bool, re
     \b
     vmmove migrate plan.yaml --wave 1 --stage
     vmmove migrate plan.yaml --wave 1 --stage --context prod --no-wait
+    vmmove migrate plan.yaml --wave 1 --stage --dry-run      # what would run, how long
 
     Every step records its progress in the plan's journal and skips what is done, so
     after a failure, a crash, SIGKILL or Ctrl-C the same command resumes: converted disks
@@ -81,6 +86,11 @@ def migrate_cmd(plan_file: str, vms: tuple[str, ...], wave: int, stage: bool, re
         from migrate.cutover import select_vms
 
         redo_keys = {p.key for p in select_vms(plan, wave, vms)}
+    if dry_run:
+        from migrate.dryrun import migrate_steps, show
+
+        show(migrate_steps(plan, wave, redo_keys), output, f"migrate wave {wave}")
+        return
     args = KubeArgs(kubeconfig, context, namespace)
     # every problem now, not one after hours of conversion
     problems, kube_client = preflight_wave(plan, wave, args,

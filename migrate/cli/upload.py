@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ import click
 from migrate.cli.options import aws, kube, output_format, refuse_with_plan
 from migrate.errors import UsageError, VmmoveError
 from migrate.output import emit, error_line, human_size
+from migrate.progress import UploadProgress as BarProgress
 
 if TYPE_CHECKING:
     from converters.transfer.base import Backend, TransferItem, TransferResult
@@ -40,73 +40,6 @@ def parse_rate(text: str | None) -> int | None:
         raise UsageError(f"{text}: not a size or rate (examples: 50MB/s, 100M, 1G)")
     scale = 1024 ** " kmgt".index((m.group(2) or " ").lower())
     return int(float(m.group(1)) * scale)
-
-
-class BarProgress:
-    """An overall tqdm bar plus one per image in flight; log lines when not a TTY."""
-
-    def __init__(self, total: int, count: int) -> None:
-        from migrate.progress import bar
-
-        self._bar = bar
-        self.lock = threading.Lock()
-        self.overall = bar(total, f"{count} image(s)", position=0)
-        self.bars: dict[str, Any] = {}
-        self.quarters: dict[str, int] = {}
-        self.sizes: dict[str, int] = {}
-        self.done: dict[str, int] = {}
-
-    def on_queued(self, item: TransferItem, total: int, already: int) -> None:
-        from migrate.progress import log
-
-        with self.lock:
-            old = self.bars.pop(item.item, None)
-            if old is not None:  # a retry from the start (token refresh)
-                self.overall.update(-self.done.get(item.item, 0))
-                old.close()
-            self.bars[item.item] = self._bar(total, item.label[:40], position=1, leave=False,
-                                             initial=already)
-            self.sizes[item.item] = total
-            self.done[item.item] = already
-            self.quarters[item.item] = 0
-            self.overall.update(already)
-        note = f", {human_size(already)} already there" if already else ""
-        log(f"{item.label}: sending {human_size(total - already)} of {human_size(total)}{note}")
-
-    def on_progress(self, item: TransferItem, bytes_transferred: int) -> None:
-        from migrate.progress import log
-
-        with self.lock:
-            self.done[item.item] = self.done.get(item.item, 0) + bytes_transferred
-            if item.item in self.bars:
-                self.bars[item.item].update(bytes_transferred)
-            self.overall.update(bytes_transferred)
-            size = self.sizes.get(item.item) or 1
-            quarter = min(3, self.done[item.item] * 4 // size)
-            report = quarter > self.quarters.get(item.item, 0)
-            if report:
-                self.quarters[item.item] = quarter
-        if report:
-            log(f"{item.label}: {quarter * 25}%")
-
-    def on_done(self, item: TransferItem, result: TransferResult) -> None:
-        from migrate.progress import log
-
-        with self.lock:
-            b = self.bars.pop(item.item, None)
-            if b is not None:
-                b.close()
-            if not result.ok:
-                self.overall.update(-self.done.get(item.item, 0))
-            self.overall.total = max(self.overall.total or 0, self.overall.n)
-        if result.ok:
-            log(f"{item.label}: {result.status} → {_destination(result)} "
-                f"({human_size(result.sent)} sent)")
-        else:
-            log(f"{item.label}: failed: {result.error}")
-
-    def close(self) -> None:
-        self.overall.close()
 
 
 def _destination(r: TransferResult) -> str:
@@ -372,8 +305,17 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
         if vms:
             raise UsageError("with a PLAN, the wave says which VMs to upload (--wave N)")
         refuse_with_plan(source, PLAN_DECIDES)
-        click.echo(plan_upload(source, wave, KubeArgs(kw["kubeconfig"], kw["context"],
-                                                      kw["namespace"]), redo))
+        summary = plan_upload(source, wave, KubeArgs(kw["kubeconfig"], kw["context"],
+                                                     kw["namespace"]), redo)
+        if output == "table":
+            click.echo(summary)
+            return
+        from migrate.cli._plan_stages import wave_upload_records
+        from migrate.plan import load_plan
+
+        click.echo(summary, err=True)
+        assert wave is not None  # plan_upload refused a missing --wave
+        emit(wave_upload_records(load_plan(source), wave), output)
         return
     if wave is not None:
         raise UsageError("--wave goes with a PLAN (vmmove plan) as SOURCE")
@@ -450,7 +392,7 @@ def _follow(inv: Inventory, vms: tuple[str, ...], journal: Journal, backend: Bac
         fresh = [i for i in items if i.item not in seen]
         for item in fresh:
             seen.add(item.item)
-            progress.overall.total = (progress.overall.total or 0) + item.size
+            progress.grow(item.size)
             results.append(transfer_one(backend, item, journal, progress, redo=redo))
         waiting = []
         for label, why in pending:

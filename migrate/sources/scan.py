@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 from migrate import __version__
 from migrate.errors import VmmoveError
-from migrate.model import VM, Inventory, ScanError, distinguish
-from migrate.progress import bar
+from migrate.model import VM, Inventory, ScanError, SourceKind, distinguish
+from migrate.progress import bar, without_password
 from migrate.sources import SourceError
 from migrate.sources.containment import inside
 
@@ -36,7 +37,8 @@ def _error(location: str, exc: BaseException) -> ScanError:
     else:  # a reader bug: still one line, never a traceback
         message = f"unexpected {type(exc).__name__}: {exc}"
     message = _one_line(message)
-    for prefix in (f"{location}: ", f"{os.path.basename(location)}: "):
+    for prefix in (f"{location}: ", f"{without_password(location)}: ",
+                   f"{os.path.basename(location)}: "):
         if message.startswith(prefix):
             message = message[len(prefix) :]
             break
@@ -233,6 +235,52 @@ def scan(
         assert result is not None
         vms, errors = result
         inventory.vms.extend(vms)
-        inventory.errors.extend(ScanError(e.source, _one_line(e.message)) for e in errors)
+        # a URI's password (user:password@host) is never printed nor written
+        inventory.errors.extend(ScanError(without_password(e.source), _one_line(e.message))
+                                for e in errors)
     distinguish(inventory.vms)
     return inventory
+
+
+def source_labels(vms: Sequence[VM]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Short names for the places VMs were read from, so a table need not repeat them.
+
+    A libvirt URI is named by its host (``kvm1``; ``local`` for this machine, with the
+    URI's path when two local URIs differ, e.g. ``local/session``), a ``test:///`` node
+    by its file name; an offline descriptor by its path relative to the current folder
+    (``#member`` inside an OVA).  Returns (label by VM key, [(label, full location)] for
+    the labels that differ from their location, in first-seen order).
+    """
+    def libvirt_label(uri: str) -> str:
+        parts = urlsplit(uri)
+        if parts.scheme == "test":
+            return os.path.basename(parts.path) or "test"
+        host = parts.hostname or "local"
+        return "local" if host in ("localhost", "127.0.0.1", "::1") else host
+
+    def file_label(vm: VM) -> str:
+        location = vm.source.location
+        if location.startswith("/"):
+            rel = os.path.relpath(location)
+            location = rel if not rel.startswith("..") else location
+        return f"{location}#{vm.source.member}" if vm.source.member else location
+
+    uris = sorted({vm.source.location for vm in vms if vm.source.kind == SourceKind.LIBVIRT})
+    first = {uri: libvirt_label(uri) for uri in uris}
+    clashes = {label for label in first.values() if list(first.values()).count(label) > 1}
+    for uri in uris:
+        if first[uri] in clashes:
+            parts = urlsplit(uri)
+            first[uri] = f"{first[uri]}{parts.path}" if parts.scheme != "test" else \
+                f"{first[uri]}@{os.path.dirname(parts.path)}"
+    labels: dict[str, str] = {}
+    legend: list[tuple[str, str]] = []
+    for vm in vms:
+        if vm.source.kind == SourceKind.LIBVIRT:
+            label = first[vm.source.location]
+            if (label, vm.source.location) not in legend:
+                legend.append((label, vm.source.location))
+        else:
+            label = file_label(vm)
+        labels[vm.key] = label
+    return labels, legend
