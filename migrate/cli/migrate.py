@@ -44,6 +44,7 @@ def migrate_cmd(plan_file: str, vms: tuple[str, ...], wave: int, stage: bool, re
     vmmove migrate plan.yaml --wave 1 --stage
     vmmove migrate plan.yaml --wave 1 --stage --context prod --no-wait
     vmmove migrate plan.yaml --wave 1 --stage --dry-run      # what would run, how long
+    vmmove migrate plan.yaml web-01 --wave 1 --stage --redo  # convert and send web-01 again
 
     Every step records its progress in the plan's journal and skips what is done, so
     after a failure, a crash, SIGKILL or Ctrl-C the same command resumes: converted disks
