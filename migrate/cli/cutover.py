@@ -413,6 +413,7 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
     from migrate.cutover import (
         RollbackOptions,
         default_jobs,
+        rollback_scope,
         locked_log,
         prepare_kube,
         rollback_many,
@@ -428,6 +429,17 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
         plan.use_namespace(namespace)
     chosen = select_vms(plan, wave, vms)
     data, rows, errors = [], [], []
+    chosen, idle = rollback_scope(plan, chosen)
+    for p in idle:
+        data.append({"key": p.key, "vm": p.vm.name, "target": f"{p.namespace}/{p.name}",
+                     "status": "nothing to roll back"})
+        rows.append([p.vm.name, f"{p.namespace}/{p.name}", "nothing to roll back", "-", "-",
+                     "never cut over"])
+    if not chosen:
+        emit(data, output, ROLLBACK_HEADERS, rows)
+        click.echo(f"wave {wave}: nothing to roll back: no VM of it was cut over (or started "
+                   "by its runStrategy); the sources were never touched", err=True)
+        return
     kube = connect(kubeconfig, context)
     try:
         prepare_kube(kube)
