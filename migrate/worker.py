@@ -10,7 +10,7 @@ into the volume.  Steps, each failing with one line and a non-zero exit:
    file beside it and renamed only once verified, so a killed pod never leaves a
    ``disk.img`` that looks whole);
 3. ``nbdcopy`` from ``nbds://…`` (TLS-PSK) — holes stay holes;
-4. the guest-view sha256 of the export (read again over TLS) and of the written bytes,
+4. the guest-view checksum (``sha256-1m``, :class:`migrate.clients.nbd.GuestDigest`) of the export (read again over TLS) and of the written bytes,
    read side by side; they must be equal, and the export exactly ``size`` bytes;
 5. the result, one JSON object (``checksum``, ``bytes``, ``dest``), written to
    ``--result`` (the container's terminationMessagePath, which vmmove reads from the pod)
@@ -19,7 +19,6 @@ into the volume.  Steps, each failing with one line and a non-zero exit:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -30,9 +29,6 @@ from urllib.parse import quote, urlsplit
 
 from migrate.clients import nbd
 from migrate.errors import VmmoveError
-
-CHUNK = 4 << 20
-
 
 class WorkerError(VmmoveError):
     """The worker could not write or verify the disk."""
@@ -48,20 +44,6 @@ def source_url(source: str, psk_file: str) -> str:
         raise WorkerError(f"--source {source!r}: no query expected (the PSK comes from "
                           "--psk-file)")
     return f"{source}?tls-psk-file={quote(psk_file)}"
-
-
-def _sha256_prefix(path: str, size: int) -> str:
-    digest, left = hashlib.sha256(), size
-    with open(path, "rb") as fh:
-        while left > 0:
-            chunk = fh.read(min(CHUNK, left))
-            if not chunk:
-                break
-            digest.update(chunk)
-            left -= len(chunk)
-    if left > 0:
-        digest.update(b"\0" * left)  # a sparse file shorter than the disk reads as zeros
-    return f"sha256:{digest.hexdigest()}"
 
 
 def _destination(dest: str, size: int) -> tuple[str, bool]:
@@ -112,8 +94,8 @@ def run_worker(source: str, psk_file: str, dest: str, size: int,
                 os.fsync(fh.fileno())
         with ThreadPoolExecutor(max_workers=2) as pool:
             f_source = pool.submit(nbd.guest_sha256, url, label)
-            f_dest = pool.submit(_sha256_prefix, target, size)
-            (src_sum, src_bytes), dest_sum = f_source.result(), f_dest.result()
+            f_dest = pool.submit(nbd.file_sha256, target, "raw", size)
+            (src_sum, src_bytes), (dest_sum, _) = f_source.result(), f_dest.result()
         if src_bytes != size:
             raise WorkerError(f"{label}: the export holds {src_bytes} bytes, expected {size}")
         if src_sum != dest_sum:

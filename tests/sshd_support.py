@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -70,13 +71,28 @@ def _keygen(path: Path, kind: str = "ed25519") -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)], check=True)
 
 
+class NoSshd(Exception):
+    """sshd cannot run here; the message says why."""
+
+
 @pytest.fixture(scope="session")
 def sshd() -> Iterator[Sshd]:
     """sshd on 127.0.0.1:<free port> for the session; skips with the reason if impossible."""
+    try:
+        with running_sshd() as server:
+            yield server
+    except NoSshd as exc:
+        pytest.skip(str(exc))
+
+
+@contextmanager
+def running_sshd() -> Iterator[Sshd]:
+    """sshd on 127.0.0.1:<free port> until the ``with`` ends (tests and bench/remote.py);
+    raises :class:`NoSshd` when it cannot run."""
     if os.geteuid() != 0:
-        pytest.skip("not root: sshd needs root to log in as root (the libvirt host's user)")
+        raise NoSshd("not root: sshd needs root to log in as root (the libvirt host's user)")
     if not os.path.exists(SSHD) or shutil.which("ssh") is None:
-        pytest.skip("openssh-server/openssh-client not installed (apt install openssh-server)")
+        raise NoSshd("openssh-server/openssh-client not installed (apt install openssh-server)")
     folder = Path(tempfile.mkdtemp(prefix="vmmove-sshd-"))
     folder.chmod(0o700)
     host_key, client_key = folder / "host_ed25519", folder / "client_ed25519"
@@ -105,7 +121,7 @@ def sshd() -> Iterator[Sshd]:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.close()
-                pytest.skip(f"sshd did not start: {(folder / 'sshd.log').read_text()[-300:]}")
+                raise NoSshd(f"sshd did not start: {(folder / 'sshd.log').read_text()[-300:]}")
             time.sleep(0.05)
     try:
         yield Sshd(port, folder, client_key, known_hosts, proc)

@@ -210,8 +210,9 @@ def test_direct_worker_pod_killed_is_retried_and_a_broken_job_fails_with_one_lin
     kubelet.before_start = drop_secret
     failed = stage(cli, plan2, cluster)
     assert failed.exit_code != 0
-    line = [ln for ln in failed.stderr.splitlines() if "error" in ln][-1]
-    assert f"{broken}/vda" in line and "CreateContainerConfigError" in line
+    lines = [ln for ln in failed.stderr.split("vmmove: error:", 1)[1].splitlines()
+             if f"{broken}/vda" in ln]
+    assert len(lines) == 1 and "CreateContainerConfigError" in lines[0], failed.stderr
     step = steps(plan2, "upload")[broken]
     assert step.status == "failed"
     assert cluster.objects(JOB) == {}
@@ -222,7 +223,9 @@ def test_direct_worker_pod_killed_is_retried_and_a_broken_job_fails_with_one_lin
     kubelet.before_start = None
     failed = stage(cli, plan2, cluster)
     assert failed.exit_code != 0
-    line = [ln for ln in failed.stderr.splitlines() if "error" in ln][-1]
-    assert "failed after 2 attempt(s)" in line and "cannot open the export" in line
+    lines = [ln for ln in failed.stderr.split("vmmove: error:", 1)[1].splitlines()
+             if f"{broken}/vda" in ln]
+    assert len(lines) == 1, failed.stderr
+    assert "failed after 2 attempt(s)" in lines[0] and "cannot open the export" in lines[0]
     assert sorted(p.name for p in kubelet.pvc(step.data["dv"]).iterdir()) == ["disk.img"]
     assert steps(plan2, "upload")[broken].status == "failed"

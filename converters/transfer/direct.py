@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from manifests.workers import blank_datavolume, psk_secret, worker_job
-from migrate.clients.nbd import PSK_USER
+from migrate.clients.nbd import PSK_USER, GuestDigest
 from migrate.errors import VmmoveError
 from migrate.kube import Kube
 from migrate.mapping import StorageMap
@@ -227,7 +227,7 @@ class DirectTransfer:
             if "Complete" in conditions or status.get("succeeded"):
                 result = self._result(d, name)
                 if result.get("bytes") != size or not str(result.get("checksum", "")).startswith(
-                        "sha256:"):
+                        f"{GuestDigest.PREFIX}:"):
                     raise DirectError(f"{d.label}: worker Job {name} succeeded without a "
                                       f"verified result ({result or 'none'})")
                 return str(result["checksum"]), attempts

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from migrate.errors import UsageError, VmmoveError
+from migrate.errors import ProblemsError, UsageError, VmmoveError
 from migrate.output import human_size
 from migrate.plan import Plan, PlannedVM
 from migrate.status import KIND_MANIFESTS
@@ -42,36 +42,61 @@ def wave_vms(plan: Plan, wave: int) -> list[PlannedVM]:
 # -- convert ---------------------------------------------------------------------------------
 
 
-def convert_wave(plan: Plan, wave: int, redo: bool = False) -> str:
-    """Convert every disk of the wave's VMs into the plan's work folder."""
-    from converters.convert import FAILED, ConvertOptions, convert_disks
+def convert_options(plan: Plan, redo: bool = False) -> Any:
+    """The ConvertOptions of the plan's ``convert`` section; a running VM's remedy names
+    the plan setting (not a flag the plan's commands refuse)."""
+    from converters.convert import ConvertOptions, plan_share_hint
+
+    c = plan.convert
+    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
+                             force_share=c.force_share, redo=redo,
+                             share_hint=plan_share_hint(plan.path.name))
+    if c.jobs:
+        options.jobs = c.jobs
+    return options
+
+
+def convert_wave(plan: Plan, wave: int, redo: bool | set[str] = False) -> str:
+    """Convert every disk of the wave's VMs into the plan's work folder.  ``redo``: True
+    converts every disk again, a set of VM keys those VMs' disks."""
+    from converters.convert import FAILED, convert_disks
     from migrate.cli.convert import BarProgress, estimate
 
     vms = wave_vms(plan, wave)
     if plan.transfer.backend == "direct":
         return ("convert: nothing to convert here (transfer mode direct: in-cluster workers "
                 "copy the disks from their hosts)")
-    pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
-    c = plan.convert
-    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
-                             force_share=c.force_share, redo=redo)
-    if c.jobs:
-        options.jobs = c.jobs
+    again = redo_items(redo, vms)
+    # two batches when some VMs are redone: theirs with redo (the converter replaces its
+    # own outputs), the others as usual
+    batches = [(redo_flag, [(p.key, d.target) for p in vms for d in data_disks(p)
+                            if (disk_item(p.vm, d) in again) == redo_flag])
+               for redo_flag in (True, False)]
     disks = [d for p in vms for d in data_disks(p)]
-    progress = BarProgress(sum(estimate(d) for d in disks), len(disks), verify=c.verify)
+    progress = BarProgress(sum(estimate(d) for d in disks), len(disks),
+                           verify=plan.convert.verify)
+    results: list[Any] = []
     try:
-        results = convert_disks(plan.inventory, (), plan.workdir, options, progress,
-                                disks=pairs)
+        for redo_flag, pairs in batches:
+            if pairs:
+                results += convert_disks(plan.inventory, (), plan.workdir,
+                                         convert_options(plan, redo=redo_flag), progress,
+                                         disks=pairs)
     finally:
         progress.close()
-    failed = [r for r in results if r.status == FAILED]
+    return disk_summary("convert", results, FAILED)
+
+
+def disk_summary(step: str, results: list[Any], failed_status: str = "failed") -> str:
+    """``STEP: 2 converted, 1 skipped``, or :class:`VmmoveError` listing each failed disk."""
+    failed = [r for r in results if r.status == failed_status]
     if failed:
-        raise VmmoveError(f"convert: {len(failed)} of {len(results)} disk(s) failed: "
-                          + " | ".join(str(r.error) for r in failed))
+        raise ProblemsError(f"{step}: {len(failed)} of {len(results)} disk(s) failed",
+                            [str(r.error) for r in failed])
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
-    return "convert: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return f"{step}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 
 # -- upload ----------------------------------------------------------------------------------
@@ -143,9 +168,20 @@ def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem]
     return items, missing
 
 
+def redo_items(redo: bool | set[str], vms: list[PlannedVM]) -> set[str]:
+    """The disk items to do again: every disk of ``vms`` (``redo`` True), those of the
+    VMs whose keys ``redo`` holds, or none."""
+    if not redo:
+        return set()
+    return {disk_item(p.vm, d) for p in vms for d in data_disks(p)
+            if redo is True or p.key in redo}
+
+
 def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
-                redo: bool = False) -> str:
-    """Send the wave's converted images to the plan's transfer target."""
+                redo: bool | set[str] = False) -> str:
+    """Send the wave's converted images to the plan's transfer target (each where the
+    plan says now: a done transfer to another target is sent again).  ``redo``: True for
+    every VM, or the keys of the VMs to send again."""
     from converters.transfer.base import run_transfers
 
     from migrate.state import DONE
@@ -163,11 +199,12 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
         raise UsageError(f"{plan.path}: wave {wave}: the upload proxy fills DataVolumes in "
                          "one namespace; this wave spans " + ", ".join(sorted(namespaces)))
     with plan.journal() as journal:
-        # Done before with the same bytes to the same backend: not even asked again.
-        done = set() if redo else {
+        # Done before with the same bytes to the same target: not even asked again.
+        done = {
             i.item for i in items
-            if (s := journal.get(KIND_UPLOAD, i.item)) is not None and s.status == DONE
-            and s.checksum == i.checksum and s.data.get("backend") == backend.name}
+            if i.item not in redo_items(redo, vms)
+            and (s := journal.get(KIND_UPLOAD, i.item)) is not None and s.status == DONE
+            and s.checksum == i.checksum and s.data.get("target") == backend.target_of(i)}
     todo = [i for i in items if i.item not in done]
     if not todo:
         return f"upload: {len(items)} image(s) uploaded before, nothing to send"
@@ -190,14 +227,15 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
     try:
         with plan.journal() as journal:
             for b, group in groups:
+                # redo: each item's earlier transfer forgotten (its measurement kept)
                 results += run_transfers(b, group, journal, bars,  # type: ignore[arg-type]
-                                         redo=redo)
+                                         redo=bool(redo))
     finally:
         bars.close()
     failed = [r for r in results if not r.ok]
     if failed:
-        raise VmmoveError(f"upload: {len(failed)} of {len(results)} image(s) failed: "
-                          + " | ".join(str(r.error) for r in failed))
+        raise ProblemsError(f"upload: {len(failed)} of {len(results)} image(s) failed",
+                            [str(r.error) for r in failed])
     sent = sum(r.sent for r in results)
     counts: dict[str, int] = {}
     for r in results:
@@ -233,22 +271,112 @@ def direct_wave(plan: Plan, wave: int, kube: KubeArgs | None = None, redo: bool 
                                      on_event=log).run(disks)
     finally:
         client.close()
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        raise VmmoveError(f"direct: {len(failed)} of {len(results)} disk(s) failed: "
-                          + " | ".join(str(r.error) for r in failed))
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    return "direct (in-cluster workers): " + ", ".join(
-        f"{n} {s}" for s, n in sorted(counts.items()))
+    return disk_summary("direct (in-cluster workers)", results)
+
+
+# -- preflight -------------------------------------------------------------------------------
+
+
+def _reachable(url: str, timeout: float = 5.0) -> str | None:
+    """None when a TCP connection to ``url``'s host and port opens, else why not."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"cannot reach {parts.hostname}:{port} ({exc.strerror or exc})"
+
+
+def preflight_wave(plan: Plan, wave: int, kube: KubeArgs,
+                   connect_kube: Any) -> tuple[list[str], Any]:
+    """Everything the wave will need, checked before the first byte is converted, every
+    problem reported (not only the first): the cluster (reachable, KubeVirt and CDI
+    served: ``connect_kube()``), the transfer target (S3: credentials, bucket, a probe
+    object put and deleted; upload proxy: reachable), every source disk as the
+    conversion reads it, and the work folder's free space against ``qemu-img measure``.
+    Returns ``(problems, the Kube client or None)``."""
+    from converters.convert import preflight_disks
+
+    problems: list[str] = []
+    client = None
+    try:
+        client = connect_kube()
+    except VmmoveError as exc:
+        problems.append(f"cluster: {exc}")
+    t = plan.transfer
+    if t.backend == "direct":  # nothing converted or sent from here: the workers copy
+        return problems, client
+    try:
+        backend = backend_for(plan, kube)
+        if t.s3:
+            backend.probe()  # type: ignore[attr-defined]
+        elif t.upload_proxy:
+            why = _reachable(t.upload_proxy)
+            if why:
+                problems.append(f"transfer.uploadProxy {t.upload_proxy}: {why}")
+    except VmmoveError as exc:
+        problems.append(f"transfer: {exc}")
+    vms = wave_vms(plan, wave)
+    pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
+    if plan.journal_path.is_file():  # disks uploaded already need no conversion
+        with plan.journal() as journal:
+            pairs = [(p.key, d.target) for p in vms for d in data_disks(p)
+                     if not journal.is_done(KIND_UPLOAD, disk_item(p.vm, d))]
+    if pairs:
+        found, _, _ = preflight_disks(plan.inventory, plan.workdir, convert_options(plan),
+                                      pairs)
+        problems += [f"convert: {p}" for p in found]
+    return problems, client
 
 
 # -- manifests -------------------------------------------------------------------------------
 
 
+def elsewhere(plan: Plan, vms: list[PlannedVM]) -> list[str]:
+    """The disks of ``vms`` whose recorded upload went to another target than the plan's
+    (a one-off ``vmmove upload`` elsewhere, or the plan's target changed since), one
+    problem each: their manifests would import from the wrong place."""
+    from converters.transfer.base import TransferError
+    from migrate.naming import dns1123_label
+    from migrate.state import DONE
+
+    if plan.transfer.backend is None or not plan.journal_path.is_file():
+        return []
+    try:
+        by_ns = {ns: backend_for(plan, namespace=ns) for ns in {p.namespace for p in vms}}
+    except (TransferError, UsageError):
+        return []  # the transfer step reports a target it cannot use
+    problems = []
+    with plan.journal() as journal:
+        for p in vms:
+            for d in data_disks(p):
+                step = journal.get(KIND_UPLOAD, disk_item(p.vm, d))
+                if step is None or step.status != DONE or "target" not in step.data:
+                    continue
+                want = by_ns[p.namespace].target_for(
+                    str(step.data.get("name") or ""),
+                    dns1123_label(image_basename(p.name, d)))
+                if step.data["target"] != want:
+                    got = step.data["target"]
+                    problems.append(
+                        f"{p.vm.name}/{d.target}: uploaded to "
+                        + "/".join(str(v) for k, v in got.items() if k != "backend")
+                        + ", not to the plan's target; run vmmove upload "
+                        f"{plan.path.name} --wave {p.wave} to send it there")
+    return problems
+
+
 def build_manifests(plan: Plan, vms: list[PlannedVM]) -> list[ManifestSet]:
-    """The VirtualMachines (with DataVolume templates) and Secrets of ``vms``."""
+    """The VirtualMachines (with DataVolume templates) and Secrets of ``vms``; refused
+    (every problem listed) when a disk's upload went elsewhere than the plan says."""
+    stale = elsewhere(plan, vms)
+    if stale:
+        raise ProblemsError(f"manifests: {len(stale)} disk(s) not at the plan's transfer "
+                            "target", stale)
     from manifests.generate import GenerationContext, GenerationOptions, VmOverrides, build_all
     from manifests.sources import SourceResolver
     from migrate.workdir import target_names
@@ -259,17 +387,23 @@ def build_manifests(plan: Plan, vms: list[PlannedVM]) -> list[ManifestSet]:
                                 keep_cdroms=d.keep_cdroms, preference=d.preference,
                                 instancetype=d.instancetype, timezone=d.timezone)
     names = {**target_names(plan.inventory), **plan.names()}
-    overrides = {p.key: VmOverrides(name=p.name, namespace=p.namespace,
-                                    run_strategy=p.entry.run_strategy,
-                                    preference=p.entry.preference,
-                                    instancetype=p.entry.instancetype) for p in vms}
+    overrides = {p.key: VmOverrides(
+        name=p.name, namespace=p.namespace, run_strategy=p.entry.run_strategy,
+        preference=p.entry.preference, instancetype=p.entry.instancetype,
+        memory=p.entry.memory, cpu_model=p.entry.cpu_model,
+        disk_bus={t: o["bus"] for t, o in p.entry.disks.items() if "bus" in o},
+        disk_size={t: o["size"] for t, o in p.entry.disks.items() if "size" in o},
+        nic_mac={i: o["mac"] for i, o in p.entry.nics.items() if "mac" in o},
+        nic_model={i: o["model"] for i, o in p.entry.nics.items() if "model" in o},
+        labels=p.entry.labels, annotations=p.entry.annotations,
+        node_selector=p.entry.node_selector, affinity=p.entry.affinity) for p in vms}
     ctx = GenerationContext(options=options, sources=SourceResolver.from_workdir(plan.workdir),
                             names=names, overrides=overrides,
                             scanned_at=plan.inventory.scanned_at)
     sets, failed = build_all([p.vm for p in vms], ctx)
     if failed:
-        raise VmmoveError(f"manifests: {len(failed)} of {len(vms)} VM(s) cannot get "
-                          "manifests: " + " | ".join(str(e) for e in failed))
+        raise ProblemsError(f"manifests: {len(failed)} of {len(vms)} VM(s) cannot get "
+                            "manifests", [str(e) for e in failed])
     return sets
 
 
@@ -426,7 +560,6 @@ def plan_convert_args(plan_file: str, wave: int | None, vms: tuple[str, ...]) ->
         Plan, list[tuple[str, str]], Any]:
     """For ``vmmove convert PLAN --wave N [VM…]``: the plan, its (vm key, disk) pairs and
     the ConvertOptions of its ``convert`` section."""
-    from converters.convert import ConvertOptions
     from migrate.plan import load_plan
 
     plan = load_plan(plan_file)
@@ -439,11 +572,7 @@ def plan_convert_args(plan_file: str, wave: int | None, vms: tuple[str, ...]) ->
         if unknown:
             raise UsageError(f"not in wave {wave} of {plan_file}: {', '.join(unknown)}")
         chosen = [p for p in chosen if {p.vm.name, p.vm.uuid, p.name} & set(vms)]
-    c = plan.convert
-    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
-                             force_share=c.force_share)
-    if c.jobs:
-        options.jobs = c.jobs
+    options = convert_options(plan)
     return plan, [(p.key, d.target) for p in chosen for d in data_disks(p)], options
 
 

@@ -57,6 +57,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
     from migrate.cutover import CutoverError
     from migrate.kube import DATA_VOLUME
     from migrate.progress import log
+    from migrate.sources.remote_disks import is_remote
     from migrate.state import DONE
     from migrate.workdir import KIND_CONVERT, disk_item
 
@@ -76,7 +77,12 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
     if missing:
         raise CutoverError(f"{p.vm.name}: disk(s) {', '.join(missing)} were never staged "
                            "(vmmove migrate --stage first)")
-    full = any(bool(s.data.get("force_share")) for s in staged.values() if s is not None)
+    # Copied again in full: a staged copy read while the VM ran (-U, or a remote host's
+    # point-in-time backup), and any disk of a remote host (its source is not a local file
+    # to compare with; migrate/sources/remote_disks.py reads it again, shut off).
+    full = is_remote(p.vm) or any(bool(s.data.get("force_share")) or s.data.get("copy") in
+                                  ("backup", "inconsistent")
+                                  for s in staged.values() if s is not None)
     mode = "full" if full else "verify"
     report: dict[str, dict[str, Any]] = {}
     redo: list[str] = []
@@ -427,6 +433,7 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
     from migrate.cutover import (
         RollbackOptions,
         default_jobs,
+        rollback_scope,
         locked_log,
         prepare_kube,
         rollback_many,
@@ -442,6 +449,17 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
         plan.use_namespace(namespace)
     chosen = select_vms(plan, wave, vms)
     data, rows, errors = [], [], []
+    chosen, idle = rollback_scope(plan, chosen)
+    for p in idle:
+        data.append({"key": p.key, "vm": p.vm.name, "target": f"{p.namespace}/{p.name}",
+                     "status": "nothing to roll back"})
+        rows.append([p.vm.name, f"{p.namespace}/{p.name}", "nothing to roll back", "-", "-",
+                     "never cut over"])
+    if not chosen:
+        emit(data, output, ROLLBACK_HEADERS, rows)
+        click.echo(f"wave {wave}: nothing to roll back: no VM of it was cut over (or started "
+                   "by its runStrategy); the sources were never touched", err=True)
+        return
     kube = connect(kubeconfig, context)
     try:
         prepare_kube(kube)

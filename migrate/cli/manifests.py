@@ -98,7 +98,7 @@ def manifests_cmd(
     from manifests.sources import SourceResolver
     from migrate.mapping import Maps, NetworkMap, StorageMap, load_maps
     from migrate.naming import is_dns1123_label
-    from migrate.output import table
+    from migrate.output import error_line, table
     from migrate.serialize import load_inventory
     from migrate.workdir import target_names
 
@@ -167,31 +167,44 @@ def manifests_cmd(
         scanned_at=inv.scanned_at,
     )
     sets, failed = build_all(selected, ctx)
-    if failed:
-        head = f"{len(failed)} of {len(selected)} VM(s) cannot get manifests, nothing written: "
-        raise VmmoveError(head + " | ".join(str(e) for e in failed))
+    refused = [str(e) for e in failed]
     if schemas:
         from manifests.validate import SchemaValidator
 
         validator = SchemaValidator(schemas)
-        problems = [f"VM {s.name}: {e}" for s in sets for e in validator.virtual_machine(s.virtual_machine)]
-        if problems:
-            raise VmmoveError("schema validation failed, nothing written: " + " | ".join(problems[:20]))
+        valid = []
+        for s in sets:
+            errors = validator.virtual_machine(s.virtual_machine)
+            if errors:
+                refused.append(f"VM {s.name}: schema validation failed: " + "; ".join(errors[:5]))
+            else:
+                valid.append(s)
+        sets = valid
+    if output != "table" and refused:
+        raise VmmoveError(refused[0])
     if output != "table":
         sys.stdout.write(render(sets[0].virtual_machine, output))
         if out:
             write_tree(sets, out)
         return
     assert out is not None
-    rows = write_tree(sets, out)
+    # Like scan: what can be written is written; one error line per refused VM; exit 1.
+    rows = write_tree(sets, out) if sets else []
     elapsed = time.perf_counter() - started
-    click.echo(table(["NAMESPACE", "OBJECT", "FILE"], rows), nl=False)
+    if rows:
+        click.echo(table(["NAMESPACE", "OBJECT", "FILE"], rows), nl=False)
+    sys.stdout.flush()
+    for error in refused:
+        click.echo(error_line(error), err=True)
     notes = sum(len(s.notes) for s in sets)
     click.echo(
-        f"{len(sets)} VirtualMachine(s) written to {out} in {elapsed:.2f}s"
+        f"{len(sets)} of {len(selected)} VirtualMachine(s) written to {out} in {elapsed:.2f}s"
+        + (f", {len(refused)} refused (the errors above)" if refused else "")
         + (f"; {notes} note(s) in the vmmove.io/notes annotations" if notes else ""),
         err=True,
     )
+    if refused:
+        raise click.exceptions.Exit(1)
 
 
 commands = [manifests_cmd]

@@ -249,7 +249,10 @@ class RemoteReads:
         if not disk.path or disk.source_type not in ("file", "block", "volume"):
             raise RemoteDiskError(f"{label}: {disk.source_type} disk has no image file on the "
                                   "host to export")
-        fmt = (disk.format or "raw").lower()
+        if not disk.format:  # never guess: a qcow2 read as raw would copy its metadata
+            raise RemoteDiskError(f"{label}: libvirt declares no format for {disk.path} "
+                                  "(<driver type=…> in the domain XML); set it and rescan")
+        fmt = disk.format.lower()
         session = _Session(target, self._local)
         try:
             re = nbd.serve_remote(target, disk.path, fmt, disk.target, port=tls_port,
