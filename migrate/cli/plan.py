@@ -102,8 +102,8 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
              namespace: str, network_pairs: tuple[str, ...], map_file: str | None,
              storage_class: str | None, s3: str | None, endpoint_url: str | None,
              profile: str | None, region: str | None, proxy: str | None, run_strategy: str,
-             preference: str, stage_running: bool, skip_blocked: bool, workdir: str | None, force: bool,
-             output: str) -> None:
+             preference: str, stage_running: bool, skip_blocked: bool, workdir: str | None,
+             force: bool, warm: bool, warm_volumes: str | None, output: str) -> None:
     """Put the VMs of INVENTORY into waves, in a plan file you edit and then run.
 
     \b
