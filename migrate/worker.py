@@ -243,7 +243,7 @@ def run_delta(source: str, psk_file: str, dest: str, size: int, *,
             for offset, length in zero:
                 done = 0
                 while done < length:
-                    n = min(CHUNK, length - done)
+                    n = min(DELTA_BLOCK * 4, length - done)
                     os.pwrite(fd, bytes(n), offset + done)
                     done += n
                 changed += length
@@ -256,8 +256,8 @@ def run_delta(source: str, psk_file: str, dest: str, size: int, *,
     if verify:
         with ThreadPoolExecutor(max_workers=2) as pool:
             f_source = pool.submit(nbd.guest_sha256, url, label)
-            f_dest = pool.submit(_sha256_prefix, dest, size)
-            (src_sum, _n), dest_sum = f_source.result(), f_dest.result()
+            f_dest = pool.submit(nbd.file_sha256, dest, "raw", size)
+            (src_sum, _n), (dest_sum, _m) = f_source.result(), f_dest.result()
         if src_sum != dest_sum:
             raise WorkerError(f"{label}: the volume differs from the export after the delta "
                               f"({dest_sum} in the volume, {src_sum} exported)")

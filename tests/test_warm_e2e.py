@@ -378,7 +378,7 @@ def test_warm_rounds_written_by_worker_jobs(
     with plan.journal() as journal:
         sync = journal.get("cutover", f"{pq.key}/sync")
         assert sync is not None and sync.data["disks"]["vda"]["verified_by"] == "worker"
-        assert sync.data["disks"]["vda"]["volume_sha256"].startswith("sha256:")
+        assert sync.data["disks"]["vda"]["volume_sha256"].startswith("sha256-1m:")
     assert not cluster.objects(JOB) and not [
         n for (_ns, n) in cluster.objects(SECRET) if n.startswith("vmmove-warm-")]
     assert not [c for c in checkpoints(qc) if c.startswith(PREFIX)]

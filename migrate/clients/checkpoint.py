@@ -33,6 +33,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -261,16 +262,25 @@ def abort_stale(dom: Any, folder: str) -> bool:
 # -- exports for in-cluster workers ------------------------------------------------------
 
 
+_PORTS: set[int] = set()  # handed out by free_port, until serve_tls ends
+_PORTS_LOCK = threading.Lock()
+
+
 def free_port(bind: str, low: int, high: int) -> int:
-    """A TCP port in ``[low, high]`` nothing listens on at ``bind`` (``workers.portRange``)."""
+    """A TCP port in ``[low, high]`` nothing listens on at ``bind`` and not handed out to
+    another export of this run (``workers.portRange``); :func:`serve_tls` releases it."""
     import socket
 
-    for port in range(low, high + 1):
-        with socket.socket() as s:
-            try:
-                s.bind((bind, port))
-            except OSError:
+    with _PORTS_LOCK:
+        for port in range(low, high + 1):
+            if port in _PORTS:
                 continue
+            with socket.socket() as s:
+                try:
+                    s.bind((bind, port))
+                except OSError:
+                    continue
+            _PORTS.add(port)
             return port
     raise CheckpointError(f"no free port in workers.portRange {low}-{high} on {bind}")
 
@@ -304,6 +314,8 @@ def serve_tls(folder: Path, name: str, bind: str, port: int, *, path: str | None
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         shutil.rmtree(keys, ignore_errors=True)
+        with _PORTS_LOCK:
+            _PORTS.discard(port)
         said = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         raise CheckpointError(f"{path or name}: cannot export for the worker: {said[0]}")
     try:
@@ -312,6 +324,8 @@ def serve_tls(folder: Path, name: str, bind: str, port: int, *, path: str | None
         _kill_pid_file(pid_file)
         pid_file.unlink(missing_ok=True)
         shutil.rmtree(keys, ignore_errors=True)
+        with _PORTS_LOCK:
+            _PORTS.discard(port)
 
 
 # -- a stopped disk ----------------------------------------------------------------------
