@@ -99,17 +99,32 @@ def open_target(path: str | os.PathLike[str], size: int, *, fresh: bool = False)
     return fd
 
 
-def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+class Writer(Protocol):
+    """A target that is not a file descriptor: an NBD export (a qcow2 delta being built)."""
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None: ...
+
+    def write_zeroes(self, offset: int, length: int) -> None: ...
+
+
+Target = int | Writer  # a file descriptor, or a writer
+
+
+def _write_all(fd: Target, data: bytes | bytearray | memoryview, offset: int) -> None:
+    if not isinstance(fd, int):
+        fd.pwrite(data, offset)
+        return
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
 
 
-def copy_extents(reader: Reader, extents: Iterable[tuple[int, int]], fd: int,
+def copy_extents(reader: Reader, extents: Iterable[tuple[int, int]], fd: Target,
                  zero: Iterable[tuple[int, int]] = ()) -> DeltaStats:
-    """Write ``extents`` of ``reader`` at the same offsets of ``fd``, and zeros over the
-    ``zero`` ranges (extents the source reads as zeros, known without reading them)."""
+    """Write ``extents`` of ``reader`` at the same offsets of ``fd`` (a file descriptor or
+    a :class:`Writer`), and zeros over the ``zero`` ranges (extents the source reads as
+    zeros, known without reading them)."""
     stats = DeltaStats()
     for off, length in merge_extents(extents):
         stats.extents += 1
@@ -122,6 +137,10 @@ def copy_extents(reader: Reader, extents: Iterable[tuple[int, int]], fd: int,
             stats.changed += n
             pos += n
     for off, length in merge_extents(zero):
+        if not isinstance(fd, int):
+            fd.write_zeroes(off, length)
+            stats.changed += length
+            continue
         pos, end = off, off + length
         while pos < end:
             n = min(CHUNK, end - pos)
@@ -228,7 +247,7 @@ class BlockHashes:
         self.path.unlink(missing_ok=True)
 
 
-def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: int,
+def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target,
               holes: Iterable[tuple[int, int]] = (),
               zeroed: bool = False) -> tuple[list[bytes], DeltaStats]:
     """Read the whole source, hash it per :data:`BLOCK`, write the blocks whose digest is
@@ -266,6 +285,11 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: int,
         digests.append(digest)
         if (old[b] == digest) if old is not None else (zeroed and digest == ZERO_DIGEST):
             flush()
+            return
+        if digest == ZERO_DIGEST and not isinstance(fd, int):  # a delta: a zero cluster
+            flush()
+            fd.write_zeroes(b * BLOCK, length)
+            stats.changed += length
             return
         if run_start is None or run_start + len(run) != b * BLOCK:
             flush()

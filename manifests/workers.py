@@ -70,16 +70,19 @@ def worker_args(source_url: str, size: int, block: bool) -> list[str]:
 def worker_job(name: str, namespace: str, *, claim: str, secret: str, source_url: str,
                size: int, block: bool, settings: WorkerSettings, item: str,
                extra_args: tuple[str, ...] = (),
-               extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+               extra_keys: tuple[str, ...] = (),
+               args: list[str] | None = None) -> dict[str, Any]:
     """The Job that runs ``vmmove worker`` once (retried up to ``backoffLimit`` times).
 
     Warm rounds (docs/warm-migration.md): ``extra_args`` follow the worker's arguments
     (``--extents``, ``--compare``, ``--verify``) and ``extra_keys`` are more keys of the
-    Secret mounted beside the PSK (the round's ``extents.json``)."""
+    Secret mounted beside the PSK (the round's ``extents.json``); ``args`` replace the
+    worker's arguments (S3 mode's ``--merge-url-file``, which reads no NBD export)."""
     container: dict[str, Any] = {
         "name": "worker", "image": settings.image, "imagePullPolicy": "IfNotPresent",
         "command": ["vmmove", "worker"],
-        "args": worker_args(source_url, size, block) + list(extra_args),
+        "args": (list(args) if args is not None else worker_args(source_url, size, block))
+        + list(extra_args),
         "terminationMessagePath": RESULT_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",  # a failure: its last line
         "volumeMounts": [{"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}],
@@ -101,8 +104,9 @@ def worker_job(name: str, namespace: str, *, claim: str, secret: str, source_url
         "volumes": [
             {"name": "disk", "persistentVolumeClaim": {"claimName": claim}},
             {"name": "tls", "secret": {"secretName": secret, "defaultMode": 0o400,
-                                       "items": [{"key": k, "path": k}
-                                                 for k in (PSK_KEY, *extra_keys)]}},
+                                       "items": [{"key": k, "path": k} for k in (
+                                           (PSK_KEY, *extra_keys) if args is None
+                                           else extra_keys)]}},
         ],
     }
     if settings.node_selector:

@@ -181,9 +181,9 @@ class Warm:
         self.plan, self.journal = plan, journal
         self.log = log or (lambda _m: None)
         self.kube = kube  # warm.writer worker: the cluster the worker Jobs run in
-        if plan.warm.writer == "worker" and kube is None:
-            raise UsageError(f"{plan.path}: warm.writer worker runs Jobs in the cluster: give "
-                             "--kubeconfig (or KUBECONFIG)")
+        if plan.warm.writer in ("worker", "s3") and kube is None:
+            raise UsageError(f"{plan.path}: warm.writer {plan.warm.writer} runs Jobs in the "
+                             "cluster: give --kubeconfig (or KUBECONFIG)")
         self.tag = plan_tag(plan.workdir)
         self._pending_checkpoint: str | None = None
         self._final = False  # the run under way is a final delta (workers then verify)
@@ -251,6 +251,8 @@ class Warm:
         if self.plan.warm.writer == "worker":  # each worker compared export and volume
             sums = {d.target: {"volume_sha256": d.checksum, "verified_by": "worker"}
                     for d in result.disks}
+        elif self.plan.warm.writer == "s3":  # each worker said what its volume holds
+            sums = self.verify(p, {d.target: d.checksum for d in result.disks})
         else:
             sums = self.verify(p)
         self.journal.update(KIND_WARM, vm_item(p), final=result.to_data(), verified=sums)
@@ -472,6 +474,8 @@ class Warm:
         alloc = src.block_status(BASE_ALLOCATION) if holes is None else []
         if holes is None:
             holes = [(e.offset, e.length) for e in alloc if e.flags & STATE_ZERO]
+        if self.plan.warm.writer == "s3":
+            return self._s3_delta(p, disk, src, method, dirty, alloc, holes, out)
         if self.plan.warm.writer == "worker":
             if method == HASH:
                 extents = None  # the worker compares the export with the volume
@@ -574,6 +578,97 @@ class Warm:
                 dt._delete("batch/v1", "Job", job_name, p.namespace)
                 dt._delete("v1", "Secret", secret_name, p.namespace)
 
+    def _s3_delta(self, p: PlannedVM, disk: Disk, src: Any, method: str, dirty: str | None,
+                  alloc: list[Any], holes: list[tuple[int, int]],
+                  out: DiskRound) -> tuple[int, int, int, bool]:
+        """S3 mode: the round's changes as a qcow2 holding only the changed clusters (zero
+        ranges as zero clusters), sent to S3, merged into the PVC by a worker Job."""
+        from migrate.cli._plan_stages import backend_for
+        from migrate.clients.checkpoint import scratch_dir, writable_qcow2
+        from migrate.clients.nbdwire import STATE_DIRTY, STATE_ZERO, NbdClient
+
+        if not self.plan.transfer.s3:
+            raise UsageError(f"{self.plan.path}: warm.writer s3 needs transfer.s3")
+        size = src.size
+        folder = self.plan.workdir / "warm" / scratch_dir(self.tag, p.key).name
+        path = folder / f"{_safe(disk.target)}.delta.qcow2"
+        path.unlink(missing_ok=True)
+        store = self.hashes(p, disk)
+        old = None
+        full = dirty is None
+        digests: list[bytes] = []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with writable_qcow2(path, size) as socket, \
+                NbdClient(socket, "", ()) as target:
+            if method == HASH:
+                old = None if self.state(p).get("full_reason") else store.load(size)
+                full = old is None
+                digests, stats = delta.hash_sync(src, size, old, target, holes)
+            elif dirty is None:  # every extent, zeros too: the volume may hold anything
+                stats = delta.copy_extents(src, [(e.offset, e.length) for e in alloc
+                                                 if not e.flags & STATE_ZERO], target, holes)
+            else:
+                marked = [(e.offset, e.length) for e in src.block_status(dirty)
+                          if e.flags & STATE_DIRTY]
+                data, zero = _split(marked, holes)
+                stats = delta.copy_extents(src, data, target, zero)
+            target.flush()
+        backend = backend_for(self.plan)
+        s3 = backend.client  # type: ignore[attr-defined]
+        bucket, prefix = backend.bucket, backend.prefix  # type: ignore[attr-defined]
+        _ns, pvc = claim(self.plan, p, disk)
+        key = (f"{prefix}/" if prefix else "") + f"warm/{pvc}/{int(time.time() * 1000)}.qcow2"
+        try:
+            s3.upload_file(str(path), bucket, key)
+            url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                            ExpiresIn=6 * 3600)
+            got = self._merge_job(p, disk, url, size, final=self._final)
+        finally:
+            try:
+                s3.delete_object(Bucket=bucket, Key=key)
+            except Exception:  # noqa: BLE001 - best effort; the object is vmmove's own
+                self.log(f"{p.vm.name}/{disk.target}: could not delete s3://{bucket}/{key}")
+            path.unlink(missing_ok=True)
+        if method == HASH:
+            store.save(digests)  # only once the volume holds what they describe
+        out.writer, out.checksum = "s3", got.get("checksum")
+        return stats.changed, stats.read, stats.extents, full
+
+    def _merge_job(self, p: PlannedVM, disk: Disk, url: str, size: int,
+                   final: bool) -> dict[str, Any]:
+        """A worker Job merging the delta at ``url`` into the disk's PVC."""
+        import base64
+
+        from converters.transfer.direct import DirectDisk, DirectTransfer
+        from manifests.workers import DEVICE_PATH, DISK_FILE, RESULT_PATH, TLS_MOUNT, worker_job
+        from migrate.naming import dns1123_label
+
+        self._require_halted(p)
+        _ns, pvc = claim(self.plan, p, disk)
+        d = DirectDisk(p.vm, disk, p.name, p.namespace)
+        dt = DirectTransfer(self.kube, self.journal, self.plan.maps.storage, self.plan.workers)
+        name = dns1123_label(f"vmmove-merge-{pvc}")
+        block = self.plan.maps.storage.resolve(disk).volume_mode == "Block"
+        secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                  "metadata": {"name": name, "namespace": p.namespace,
+                               "labels": {"app.kubernetes.io/managed-by": "vmmove"},
+                               "annotations": {"vmmove.io/source": d.item}},
+                  "data": {"delta.url": base64.b64encode(url.encode()).decode()}}
+        args = ["--merge-url-file", f"{TLS_MOUNT}/delta.url", "--dest",
+                DEVICE_PATH if block else DISK_FILE, "--size", str(size), "--result",
+                RESULT_PATH] + (["--verify"] if final else [])
+        dt._delete("batch/v1", "Job", name, p.namespace)  # an earlier run's
+        self.kube.apply(secret)
+        try:
+            self.kube.apply(worker_job(name, p.namespace, claim=pvc, secret=name,
+                                       source_url="", size=size, block=block,
+                                       settings=self.plan.workers, item=d.item, args=args,
+                                       extra_keys=("delta.url",)))
+            return self._wait_worker(dt, d, name)
+        finally:
+            dt._delete("batch/v1", "Job", name, p.namespace)
+            dt._delete("v1", "Secret", name, p.namespace)
+
     def _require_halted(self, p: PlannedVM) -> None:
         """No worker writes a volume the target VM may be using."""
         from migrate.cutover import get_vmi
@@ -596,7 +691,7 @@ class Warm:
             done = {c.get("type") for c in status.get("conditions") or []
                     if c.get("status") == "True"}
             if "Complete" in done or status.get("succeeded"):
-                result = dt._result(d, name)
+                result = _job_result(dt, d, name)
                 if "changed" not in result:
                     raise WarmError(f"{d.label}: worker Job {name} succeeded without a result")
                 return result
@@ -610,9 +705,11 @@ class Warm:
             time.sleep(0.25)
 
     # -- checks and cleanup --------------------------------------------------------------
-    def verify(self, p: PlannedVM) -> dict[str, dict[str, Any]]:
-        """Guest-visible sha256 of each stopped source disk and its volume; raise
-        :class:`WarmError` when one differs."""
+    def verify(self, p: PlannedVM,
+               volumes: dict[str, str | None] | None = None) -> dict[str, dict[str, Any]]:
+        """Guest-visible sha256 of each stopped source disk and its volume (read here, or
+        as ``volumes`` gives them: what the workers reported); raise :class:`WarmError`
+        when one differs."""
         from converters.convert import source_chain
         from migrate.clients.nbd import file_sha256
 
@@ -622,7 +719,8 @@ class Warm:
             source, _n = file_sha256(d.path or "", chain.format) if not \
                 chain.qemu_name().startswith("json:") or chain.format in ("raw", "qcow2") else \
                 _chain_sha256(chain)
-            target, _m = file_sha256(self.volume(p, d), "raw")
+            target = volumes.get(d.target) if volumes is not None else \
+                file_sha256(self.volume(p, d), "raw")[0]
             out[d.target] = {"source_sha256": source, "volume_sha256": target}
             if source != target:
                 raise WarmError(
@@ -702,6 +800,25 @@ def outlook(st: dict[str, Any], methods: list[str], now: float | None = None) ->
     return {"rounds": int(st.get("round") or 0), "age": round(age, 1),
             "delta": int(last["changed"]), "expected": int(expected),
             "predicted": round(predicted, 1)}
+
+
+def _job_result(dt: Any, d: Any, name: str) -> dict[str, Any]:
+    """The result a Job's succeeded pod wrote (its termination message), from that Job's
+    pods only: the label selector is checked here too, since not every API server applies
+    it to a list (two VMs' Jobs run at once)."""
+    import json
+
+    for pod in dt._pods(d, name):
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if labels.get("vmmove.io/worker") != name:
+            continue
+        term = dt._terminated(pod)
+        if term.get("exitCode") == 0 and term.get("message"):
+            try:
+                return dict(json.loads(term["message"]))
+            except ValueError:
+                continue
+    return {}
 
 
 def _split(marked: list[tuple[int, int]],

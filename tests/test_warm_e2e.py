@@ -328,19 +328,22 @@ def test_warm_killed_during_round_and_final_delta(
     assert not leftovers.strip()
 
 
+@pytest.mark.parametrize("writer", ["worker", "s3"])
 def test_warm_rounds_written_by_worker_jobs(
         cli: Any, tmp_path: Path, libvirt_domains: DomainFactory, s3_server: SeaweedFS,
         s3_bucket: str, s3_env: dict[str, str], cluster: Cluster, controllers: Controllers,
-        kubevirt: KubeVirt, kubelet: Kubelet) -> None:
+        kubevirt: KubeVirt, kubelet: Kubelet, writer: str) -> None:
     """warm.writer worker: every round's delta (and the final one, verified) is written
     into the PVC by `vmmove worker` run from a Job (the test kubelet runs it in a mount
-    namespace), reading this host's TLS export; the VM stays Halted meanwhile."""
+    namespace), reading this host's TLS export; the VM stays Halted meanwhile.
+    warm.writer s3: the delta goes to S3 as a qcow2 of the changed clusters, and the
+    Job's worker merges it (qemu-img rebase -u, commit) from a presigned URL."""
     qc = boot_guest(libvirt_domains, "warmw")
     raw = boot_guest(libvirt_domains, "warmv", disk_format="raw")
     plan_file, _ = warm_plan(cli, tmp_path, [qc.name, raw.name], s3_server, s3_bucket,
                              stage_with=cluster)
     data = yaml.safe_load(plan_file.read_text())
-    data["warm"]["writer"] = "worker"
+    data["warm"]["writer"] = writer
     plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
     plan = load_plan(plan_file)
     pq, pr = plan.wave(1)
@@ -352,8 +355,9 @@ def test_warm_rounds_written_by_worker_jobs(
     assert r1.exit_code == 0, r1.stderr
     rounds = {r["vm"]: r for r in json.loads(r1.stdout)}
     assert {r["kind"] for r in rounds.values()} == {"full"}
-    assert rounds[qc.name]["disks"]["vda"]["writer"] == "worker"
-    assert rounds[qc.name]["disks"]["vda"]["read"] == 0  # no data through vmmove
+    assert rounds[qc.name]["disks"]["vda"]["writer"] == writer
+    if writer == "worker":
+        assert rounds[qc.name]["disks"]["vda"]["read"] == 0  # no data through vmmove
     assert same(qc.disk, "qcow2", pvc_q) and same(raw.disk, "raw", pvc_r)
 
     write(qc, "write -P 0x71 6M 256k")
@@ -363,7 +367,7 @@ def test_warm_rounds_written_by_worker_jobs(
     rounds = {r["vm"]: r for r in json.loads(r2.stdout)}
     assert {r["kind"] for r in rounds.values()} == {"incremental"}
     assert 256 << 10 <= rounds[qc.name]["changed"] <= 2 << 20
-    assert rounds[raw.name]["changed"] == 1 << 20  # the worker compared: one MiB block
+    assert rounds[raw.name]["changed"] == 1 << 20  # one MiB block (compared, or hashed)
     for pvc in (pvc_q, pvc_r):  # (a running qcow2's metadata may still sit in QEMU's cache)
         with open(pvc, "rb") as fh:
             fh.seek(6 << 20)
@@ -377,8 +381,18 @@ def test_warm_rounds_written_by_worker_jobs(
     assert same(qc.disk, "qcow2", pvc_q) and same(raw.disk, "raw", pvc_r)
     with plan.journal() as journal:
         sync = journal.get("cutover", f"{pq.key}/sync")
-        assert sync is not None and sync.data["disks"]["vda"]["verified_by"] == "worker"
-        assert sync.data["disks"]["vda"]["volume_sha256"].startswith("sha256-1m:")
+        assert sync is not None and sync.data["mode"] == "warm"
+        vda = sync.data["disks"]["vda"]
+        assert vda["volume_sha256"].startswith("sha256-1m:")
+        if writer == "s3":  # vmmove compared the source with what the worker reported
+            assert vda["source_sha256"] == vda["volume_sha256"]
+    if writer == "s3":  # no delta left in the bucket
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=s3_server.endpoint)
+        left = client.list_objects_v2(Bucket=s3_bucket, Prefix=f"{tmp_path.name}/warm/")
+        assert left.get("KeyCount", 0) == 0, left
     assert not cluster.objects(JOB) and not [
-        n for (_ns, n) in cluster.objects(SECRET) if n.startswith("vmmove-warm-")]
+        n for (_ns, n) in cluster.objects(SECRET) if n.startswith(("vmmove-warm-",
+                                                                   "vmmove-merge-"))]
     assert not [c for c in checkpoints(qc) if c.startswith(PREFIX)]

@@ -74,7 +74,7 @@ def sync_cmd(plan_file: str, vms: tuple[str, ...], wave: int, full: bool, every:
         raise UsageError("--until goes with --every")
     deadline = parse_at(until).timestamp() if until else None
     kube = None
-    if plan.warm.writer == "worker":
+    if plan.warm.writer in ("worker", "s3"):
         from migrate.kube import connect
 
         kube = connect(kubeconfig, context)

@@ -8,9 +8,9 @@ import click
 
 
 @click.command("worker")
-@click.option("--source", required=True, metavar="URL",
+@click.option("--source", metavar="URL",
               help="The host's export: nbds://USER@HOST:PORT/EXPORT (TLS-PSK).")
-@click.option("--psk-file", required=True, type=click.Path(dir_okay=False),
+@click.option("--psk-file", type=click.Path(dir_okay=False),
               help="The PSK file (USER:HEX), mounted from the Job's Secret.")
 @click.option("--dest", required=True, type=click.Path(),
               help="The PVC: its block device, or disk.img at a Filesystem PVC's root.")
@@ -23,13 +23,25 @@ import click
               help="Warm round: stream the export, write the MiB blocks that differ.")
 @click.option("--verify", is_flag=True,
               help="Warm final delta: then compare the export's and the volume's sha256.")
-def worker_cmd(source: str, psk_file: str, dest: str, size: int, result: str | None,
-               extents: str | None, compare: bool, verify: bool) -> None:
+@click.option("--merge-url-file", type=click.Path(dir_okay=False), default=None,
+              help="Warm round, S3 mode: merge the qcow2 delta at this file's presigned URL "
+                   "into the volume (no --source).")
+def worker_cmd(source: str | None, psk_file: str | None, dest: str, size: int,
+               result: str | None, extents: str | None, compare: bool, verify: bool,
+               merge_url_file: str | None) -> None:
     """Write one disk from a source host's NBD export into a PVC, verified (run by the
     Jobs of transfer mode direct; see docs/remote-hosts.md). With --extents or --compare,
     a warm round's delta in place (docs/warm-migration.md)."""
-    from migrate.worker import run_delta, run_worker
+    from migrate.errors import UsageError
+    from migrate.worker import run_delta, run_merge, run_worker
 
+    if merge_url_file:
+        click.echo(json.dumps(run_merge(merge_url_file, dest, size, verify=verify,
+                                        result=result)))
+        return
+    if not source or not psk_file:
+        raise UsageError("worker: --source and --psk-file are required (except with "
+                         "--merge-url-file)")
     if extents or compare:
         click.echo(json.dumps(run_delta(source, psk_file, dest, size, extents_file=extents,
                                         compare=compare, verify=verify, result=result)))

@@ -328,6 +328,39 @@ def serve_tls(folder: Path, name: str, bind: str, port: int, *, path: str | None
             _PORTS.discard(port)
 
 
+@contextmanager
+def writable_qcow2(path: Path, size: int) -> Iterator[str]:
+    """A new qcow2 ``path`` of ``size`` bytes served read-write by ``qemu-nbd`` on a UNIX
+    socket in a private temporary folder (yielded; socket paths are short): a delta being
+    built.  It is created over an empty raw placeholder as its backing file, so that zeros
+    written to it are zero clusters that will hide the real base's data once rebased onto
+    it (``qemu-img rebase -u``)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="vmmove-delta-"))
+    base = folder / "base.raw"
+    socket, pid_file = folder / "delta.sock", folder / "qemu-nbd.pid"
+    with open(base, "wb") as fh:
+        fh.truncate(size)
+    try:
+        proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base),
+                               "-F", "raw", str(path), str(size)],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise CheckpointError(f"{path}: cannot create the delta: {proc.stderr.strip()}")
+        proc = subprocess.run(["qemu-nbd", "--persistent", "--fork", f"--pid-file={pid_file}",
+                               f"--socket={socket}", "--format=qcow2", str(path)],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise CheckpointError(f"{path}: cannot serve the delta: {proc.stderr.strip()}")
+        try:
+            yield str(socket)
+        finally:
+            _kill_pid_file(pid_file)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 # -- a stopped disk ----------------------------------------------------------------------
 
 

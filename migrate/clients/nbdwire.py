@@ -27,7 +27,8 @@ SIMPLE_REPLY_MAGIC = 0x67446698
 STRUCTURED_REPLY_MAGIC = 0x668E33EF
 OPT_GO, OPT_STRUCTURED_REPLY, OPT_SET_META_CONTEXT = 7, 8, 10
 REP_ACK, REP_INFO, REP_META_CONTEXT = 1, 3, 4
-CMD_READ, CMD_DISC, CMD_BLOCK_STATUS = 0, 2, 7
+CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = 0, 1, 2, 3, 6, 7
+FLAG_READ_ONLY, FLAG_SEND_WRITE_ZEROES = 1 << 1, 1 << 6  # transmission flags
 REPLY_NONE, REPLY_OFFSET_DATA, REPLY_OFFSET_HOLE, REPLY_BLOCK_STATUS = 0, 1, 2, 5
 REPLY_FLAG_DONE = 1
 STATE_HOLE = 1  # base:allocation: unallocated (reads as zero when STATE_ZERO too)
@@ -64,6 +65,7 @@ class NbdClient:
     def __init__(self, path: str, export: str, contexts: tuple[str, ...] = ()) -> None:
         self.label = f"nbd+unix:///{export}?socket={path}"
         self.size = 0
+        self.flags = 0  # the export's transmission flags
         self.context_ids: dict[str, int] = {}
         self._handle = 0
         self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -141,12 +143,15 @@ class NbdClient:
             if kind == REP_ACK:
                 break
             if kind == REP_INFO and len(data) >= 12 and struct.unpack(">H", data[:2])[0] == 0:
-                self.size, _tflags = struct.unpack(">QH", data[2:12])
+                self.size, self.flags = struct.unpack(">QH", data[2:12])
 
-    def _request(self, cmd: int, offset: int, length: int) -> int:
+    def _request(self, cmd: int, offset: int, length: int, payload: bytes | memoryview = b"",
+                 flags: int = 0) -> int:
         self._handle += 1
-        self._sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, cmd, self._handle,
+        self._sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, flags, cmd, self._handle,
                                        offset, length))
+        if payload:
+            self._sock.sendall(payload)
         return self._handle
 
     def _replies(self, handle: int, sink: Any = None):  # type: ignore[no-untyped-def]
@@ -240,6 +245,35 @@ class NbdClient:
                 raise NbdWireError(f"{self.label}: block status made no progress at {pos}")
             pos = got
         return out
+
+    # writes: vmmove builds qcow2 deltas through a writable qemu-nbd (S3 mode)
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset`` (in requests of ≤ 32 MiB)."""
+        if self.flags & FLAG_READ_ONLY:
+            raise NbdWireError(f"{self.label}: the export is read-only")
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_REQUEST):
+            part = view[start:start + MAX_REQUEST]
+            for _kind, _payload in self._replies(self._request(CMD_WRITE, offset + start,
+                                                               len(part), part)):
+                pass
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        """Make ``[offset, offset+length)`` read as zeros (explicit zeros: on a qcow2 with
+        a backing file, zero clusters that hide the backing's data)."""
+        if not self.flags & FLAG_SEND_WRITE_ZEROES:
+            raise NbdWireError(f"{self.label}: the export cannot write zeros")
+        done = 0
+        while done < length:
+            n = min(1 << 30, length - done)
+            for _kind, _payload in self._replies(self._request(CMD_WRITE_ZEROES,
+                                                               offset + done, n)):
+                pass
+            done += n
+
+    def flush(self) -> None:
+        for _kind, _payload in self._replies(self._request(CMD_FLUSH, 0, 0)):
+            pass
 
     def close(self) -> None:
         try:
