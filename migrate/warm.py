@@ -533,10 +533,11 @@ class Warm:
         TLS export of ``origin`` on this host; the worker's result."""
         import base64
         import json as _json
+        from contextlib import ExitStack
 
         from converters.transfer.direct import DirectDisk, DirectTransfer
         from manifests.workers import TLS_MOUNT, psk_secret, worker_job
-        from migrate.clients.checkpoint import free_port, scratch_dir, serve_tls
+        from migrate.clients.checkpoint import CheckpointError, free_port, scratch_dir, serve_tls
         from migrate.clients.nbd import PSK_USER, nbd_image_opts
         from migrate.naming import dns1123_label
 
@@ -544,13 +545,15 @@ class Warm:
         _ns, pvc = claim(self.plan, p, disk)
         w = self.plan.workers
         bind = w.source_address or "127.0.0.1"
-        port = free_port(bind, *w.port_range)
         name = _safe(disk.target)
         folder = scratch_dir(self.tag, p.key)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         kind, where, what = origin
-        serve = (serve_tls(folder, name, bind, port, path=where, fmt=what) if kind == "file"
-                 else serve_tls(folder, name, bind, port, image_opts=nbd_image_opts(where, what)))
+
+        def serve(port: int) -> Any:
+            return (serve_tls(folder, name, bind, port, path=where, fmt=what) if kind == "file"
+                    else serve_tls(folder, name, bind, port,
+                                   image_opts=nbd_image_opts(where, what)))
         d = DirectDisk(p.vm, disk, p.name, p.namespace)
         dt = DirectTransfer(self.kube, self.journal, self.plan.maps.storage, w)
         job_name = dns1123_label(f"vmmove-warm-{pvc}")
@@ -558,7 +561,15 @@ class Warm:
         block = self.plan.maps.storage.resolve(disk).volume_mode == "Block"
         args: list[str] = (["--extents", f"{TLS_MOUNT}/extents.json"] if extents is not None
                            else ["--compare"]) + (["--verify"] if final else [])
-        with serve as psk:
+        with ExitStack() as stack:
+            for attempt in range(5):  # another program may take a port we found free
+                port = free_port(bind, *w.port_range)
+                try:
+                    psk = stack.enter_context(serve(port))
+                    break
+                except CheckpointError as exc:
+                    if "in use" not in str(exc) or attempt == 4:
+                        raise WarmError(f"{p.vm.name}/{disk.target}: {exc}") from None
             secret = psk_secret(secret_name, p.namespace, psk, d.item)
             keys: tuple[str, ...] = ()
             if extents is not None:

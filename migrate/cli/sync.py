@@ -79,36 +79,38 @@ def sync_cmd(plan_file: str, vms: tuple[str, ...], wave: int, full: bool, every:
 
         kube = connect(kubeconfig, context)
     data, rows, errors = [], [], []
-    first = True
-    while True:
-        started = time.time()
-        with plan_lock(plan):
-            with plan.journal() as journal:
-                warm = Warm(plan, journal, log, kube)
-                for p in chosen:
-                    try:
-                        r = warm.sync(p, full=full and first)
-                    except VmmoveError as exc:
-                        msg = str(exc) if str(exc).startswith(p.vm.name) else \
-                            f"{p.vm.name}: {exc}"
-                        errors.append(msg)
-                        data.append({"vm": p.vm.name, "error": msg})
-                        rows.append([p.vm.name, "-", "failed", "-", "-", "-", msg[:120]])
-                        continue
-                    data.append(r.to_data())
-                    rows.append([r.vm, str(r.round), r.kind, human_size(r.changed),
-                                 f"{r.seconds:.1f}",
-                                 " ".join(f"{d.target}:{d.method}" for d in r.disks), ""])
-        first = False
-        if interval is None:
-            break
-        wake = started + interval
-        if deadline is not None and wake > deadline:
-            break
-        log(f"next round at {time.strftime('%H:%M:%S', time.localtime(wake))}")
-        time.sleep(max(0.0, wake - time.time()))
-    if kube is not None:
-        kube.close()
+    try:
+        first = True
+        while True:
+            started = time.time()
+            with plan_lock(plan):
+                with plan.journal() as journal:
+                    warm = Warm(plan, journal, log, kube)
+                    for p in chosen:
+                        try:
+                            r = warm.sync(p, full=full and first)
+                        except VmmoveError as exc:
+                            msg = str(exc) if str(exc).startswith(p.vm.name) else \
+                                f"{p.vm.name}: {exc}"
+                            errors.append(msg)
+                            data.append({"vm": p.vm.name, "error": msg})
+                            rows.append([p.vm.name, "-", "failed", "-", "-", "-", msg[:120]])
+                            continue
+                        data.append(r.to_data())
+                        rows.append([r.vm, str(r.round), r.kind, human_size(r.changed),
+                                     f"{r.seconds:.1f}",
+                                     " ".join(f"{d.target}:{d.method}" for d in r.disks), ""])
+            first = False
+            if interval is None:
+                break
+            wake = started + interval
+            if deadline is not None and wake > deadline:
+                break
+            log(f"next round at {time.strftime('%H:%M:%S', time.localtime(wake))}")
+            time.sleep(max(0.0, wake - time.time()))
+    finally:
+        if kube is not None:
+            kube.close()
     emit(data, output, HEADERS, rows)
     if errors:
         for e in errors:

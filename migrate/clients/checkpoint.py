@@ -314,8 +314,9 @@ def serve_tls(folder: Path, name: str, bind: str, port: int, *, path: str | None
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         shutil.rmtree(keys, ignore_errors=True)
-        with _PORTS_LOCK:
-            _PORTS.discard(port)
+        if "in use" not in proc.stderr:  # a port another program took stays out of use
+            with _PORTS_LOCK:
+                _PORTS.discard(port)
         said = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         raise CheckpointError(f"{path or name}: cannot export for the worker: {said[0]}")
     try:
