@@ -26,7 +26,7 @@ from migrate.workdir import journal_path
 from tests.conftest import qemu_img, qemu_io
 from tests.guest_support import TICK_OFFSET, TICK_SLOTS, boot_guest
 from tests.libvirtd_support import DomainSpec, libvirt_domains, libvirtd  # noqa: F401
-from tests.sshd_support import Sshd, sshd  # noqa: F401
+from tests.sshd_support import Sshd, host_tmp, sshd  # noqa: F401
 
 pytestmark = [pytest.mark.libvirtd, pytest.mark.slow]
 
@@ -75,8 +75,15 @@ def slots(image: Path, fmt: str) -> dict[int, int]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _host_tmp(host_tmp: Path) -> Path:
+    return host_tmp
+
+
 def host_folders() -> set[str]:
-    return {p for p in os.listdir("/var/tmp") if p.startswith("vmmove.")}
+    """vmmove's folders on the "host" (this test's VMMOVE_HOST_TMPDIR)."""
+    parent = os.environ["VMMOVE_HOST_TMPDIR"]
+    return {p for p in os.listdir(parent) if p.startswith("vmmove.")}
 
 
 def convert_step(work: Path, vm: str) -> Any:
@@ -117,7 +124,7 @@ def test_running_vm_is_copied_at_one_point_in_time(cli, tmp_path: Path, sshd: Ss
     # Nothing left behind: no job on the domain, no folder on the host, no bitmap.
     with pytest.raises(Exception):
         guest.dom.backupGetXMLDesc(0)
-    assert host_folders() == folders
+    assert host_folders() == folders == set()
     info = json.loads(qemu_img("info", "-U", "--output=json", str(guest.disk)).stdout)
     assert not info.get("format-specific", {}).get("data", {}).get("bitmaps")
 

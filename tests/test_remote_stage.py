@@ -9,7 +9,9 @@ the kubernetes client against kmock; Jobs run as processes by tests/workers_supp
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,11 +25,17 @@ from tests.kube_support import DV
 from tests.libvirtd_support import libvirt_domains, libvirtd  # noqa: F401
 from tests.plan_support import SECRET, VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
 from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
-from tests.sshd_support import Sshd, sshd  # noqa: F401
+from tests.sshd_support import Sshd, host_tmp, sshd  # noqa: F401
 from tests.test_remote_read import TICK, offline_vm, remote_uri, slots, wait_ticks
 from tests.workers_support import JOB, Kubelet, kubelet  # noqa: F401
 
 pytestmark = [pytest.mark.libvirtd, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _host_tmp(host_tmp: Path) -> Iterator[None]:
+    yield
+    assert [p.name for p in host_tmp.iterdir()] == []  # nothing left on the "host"
 
 
 def plan_for(cli: Any, tmp: Path, uri: str, names: list[str], *extra: str) -> Path:
@@ -118,8 +126,21 @@ def test_stage_running_and_shut_off_vms_direct(
         secrets_seen.append(cluster.get(SECRET, ns, secret))
 
     kubelet.before_start = record
-    result = stage(cli, plan_file, cluster, "--max-inflight", "2")
+    busy = socket.socket()  # the first port of workers.portRange is taken on the host
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        busy.bind(("0.0.0.0", 10809))
+        busy.listen()
+    except OSError:
+        pass  # taken already (another session): the same case
+    try:
+        result = stage(cli, plan_file, cluster, "--max-inflight", "2")
+    finally:
+        busy.close()
     assert result.exit_code == 0, result.stderr
+    ports = {int(j["spec"]["template"]["spec"]["containers"][0]["args"][1].split(":")[2]
+                 .split("/")[0]) for j in jobs_seen}
+    assert 10809 not in ports and len(ports) == 2
     assert [(s["stage"], s["status"]) for s in json.loads(result.stdout)] == [
         ("convert", "done"), ("upload", "done"), ("manifests", "done"), ("apply", "done")]
     uploads = steps(plan_file, "upload")

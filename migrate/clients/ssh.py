@@ -34,6 +34,7 @@ from migrate.errors import VmmoveError
 SSH_TRANSPORTS = ("ssh", "libssh", "libssh2")
 CONNECT_TIMEOUT = 15  # seconds, ssh's ConnectTimeout
 FORWARD_TIMEOUT = 20.0  # seconds to wait for a forwarded socket to appear
+HOST_TMPDIR_ENV = "VMMOVE_HOST_TMPDIR"  # parent of vmmove's folders on hosts
 
 
 class SshError(VmmoveError):
@@ -127,8 +128,15 @@ def write_file(target: SshTarget, path: str, data: bytes, mode: str = "600") -> 
         input=data)
 
 
-def make_temp_dir(target: SshTarget, parent: str = "/var/tmp", mode: str = "711") -> str:
-    """A fresh folder on the host (``mktemp -d``), for sockets and per-job files."""
+def host_tmpdir() -> str:
+    """Where vmmove makes its folders on hosts: ``$VMMOVE_HOST_TMPDIR``, else ``/var/tmp``."""
+    return os.environ.get(HOST_TMPDIR_ENV) or "/var/tmp"
+
+
+def make_temp_dir(target: SshTarget, parent: str | None = None, mode: str = "711") -> str:
+    """A fresh folder ``vmmove.XXXXXXXX`` on the host (``mktemp -d`` in ``parent``, default
+    :func:`host_tmpdir`), for sockets and per-job files."""
+    parent = parent or host_tmpdir()
     out = run(target, ["sh", "-c", f'd=$(mktemp -d "$1/vmmove.XXXXXXXX") && chmod {mode} "$d" '
                        '&& echo "$d"', "sh", parent])
     return out.stdout.decode().strip()

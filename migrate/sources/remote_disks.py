@@ -215,6 +215,8 @@ class RemoteReads:
                 re = nbd.serve_remote(target, "", None, export, port=tls_port,
                                       image_opts=nbd.nbd_image_opts(socket, export))
             except VmmoveError as exc:
+                with self._lock:
+                    session.users -= 1  # this lease never started: the job may end
                 raise RemoteDiskError(f"{vm.name}/{disk.target}: {exc}") from None
             with self._lock:
                 session.exports.append(re)
