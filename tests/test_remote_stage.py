@@ -250,3 +250,25 @@ def test_direct_worker_pod_killed_is_retried_and_a_broken_job_fails_with_one_lin
     assert "failed after 2 attempt(s)" in lines[0] and "cannot open the export" in lines[0]
     assert sorted(p.name for p in kubelet.pvc(step.data["dv"]).iterdir()) == ["disk.img"]
     assert steps(plan2, "upload")[broken].status == "failed"
+
+
+def test_direct_into_a_block_volume(cli, tmp_path: Path, sshd: Sshd, libvirt_domains,
+                                    cluster: Cluster, controllers: Controllers,
+                                    kubelet: Kubelet) -> None:
+    """volumeMode Block: the Job gets the PVC as a device (a loop device here)."""
+    name, disk = offline_vm(libvirt_domains, "diblock", mib=24)
+    plan_file = direct_plan(cli, tmp_path, sshd, [name])
+    data = yaml.safe_load(plan_file.read_text())
+    data["storage"] = {"volumeMode": "Block", "accessModes": ["ReadWriteOnce"]}
+    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    jobs: list[dict[str, Any]] = []
+    kubelet.before_start = lambda ns, job: jobs.append(cluster.get(JOB, ns, job))
+    result = stage(cli, plan_file, cluster)
+    assert result.exit_code == 0, result.stderr
+    container = jobs[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["volumeDevices"] == [{"name": "disk", "devicePath": "/run/vmmove/disk"}]
+    assert "/run/vmmove/disk" in container["args"]
+    up = steps(plan_file, "upload")[name]
+    backing = kubelet.pvc(up.data["dv"]) / "block.img"
+    assert file_sha256(backing, "raw", 24 << 20)[0] == up.checksum \
+        == file_sha256(disk, "qcow2")[0]
