@@ -67,7 +67,7 @@ def tls_url(host: str, port: int, export: str, psk_file: str, user: str = PSK_US
 class RemoteExport:
     """A ``qemu-nbd`` running on a host; :meth:`stop` ends it (and removes its folder)."""
 
-    target: ssh.SshTarget
+    target: ssh.HostTarget
     folder: str  # private folder on the host: pid file, socket, PSK
     export: str
     socket: str | None = None  # UNIX socket on the host
@@ -81,7 +81,7 @@ class RemoteExport:
         ssh.remove_dir(self.target, self.folder)
 
 
-def serve_remote(target: ssh.SshTarget, image: str, fmt: str | None, export: str, *,
+def serve_remote(target: ssh.HostTarget, image: str, fmt: str | None, export: str, *,
                  image_opts: str | None = None, port: int | None = None,
                  bind: str = "0.0.0.0", folder: str | None = None,
                  share: bool = False) -> RemoteExport:
