@@ -81,6 +81,7 @@ class Kubelet(Reconciler):
     running: dict[tuple[str, str], RunningPod] = field(default_factory=dict)  # (ns, job)
     pods_started: list[str] = field(default_factory=list)
     loops: dict[str, str] = field(default_factory=dict)  # claim → /dev/loopN
+    max_running: int = 0  # most pods running at once
     #: called with (namespace, job) before each pod starts (tests break things there)
     before_start: Callable[[str, str], None] | None = None
 
@@ -187,6 +188,7 @@ class Kubelet(Reconciler):
         running = RunningPod(pod_name, job_name, proc, folder)
         with self._lock:
             self.running[(ns, job_name)] = running
+            self.max_running = max(self.max_running, len(self.running))
         threading.Thread(target=self._wait, args=(ns, job, running, container, term),
                          daemon=True).start()
 
