@@ -26,7 +26,6 @@ import errno
 import hashlib
 import os
 import secrets
-import shlex
 import subprocess
 from dataclasses import dataclass
 from typing import IO
@@ -56,12 +55,6 @@ def new_psk(user: str = PSK_USER) -> bytes:
 def unix_url(socket: str | os.PathLike[str], export: str) -> str:
     """The qemu/libnbd URL of ``export`` on a local UNIX socket."""
     return f"nbd+unix:///{quote(export)}?socket={quote(str(socket))}"
-
-
-def tls_url(host: str, port: int, export: str, psk_file: str, user: str = PSK_USER) -> str:
-    """The libnbd URL of a TLS-PSK export (``nbds://``)."""
-    return (f"nbds://{quote(user)}@{host}:{port}/{quote(export)}"
-            f"?tls-psk-file={quote(psk_file)}")
 
 
 @dataclass
@@ -329,8 +322,3 @@ def stream_to(url: str, dest: str | os.PathLike[str], *, dest_is_zero: bool,
     if proc.stderr:
         proc.stderr.close()
     return digest.hexdigest(), digest.bytes
-
-
-def describe(cmd: list[str]) -> str:
-    """A command line for logs (never holds secrets: PSKs travel in files)."""
-    return shlex.join(cmd)

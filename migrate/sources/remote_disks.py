@@ -185,7 +185,11 @@ class RemoteReads:
             except VmmoveError as exc:
                 raise RemoteDiskError(f"{vm.name}: {exc}") from None
             self._conns[uri] = conn
-        return backup.domain(conn, vm.name)
+        try:
+            return backup.domain(conn, vm.uuid or vm.name)
+        except backup.BackupError:
+            raise RemoteDiskError(f"{vm.name}: no such domain on {uri} any more (undefined "
+                                  "since the scan?)") from None
 
     # -- leases -------------------------------------------------------------------------
     @contextmanager
