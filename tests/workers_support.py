@@ -264,8 +264,6 @@ class Kubelet(Reconciler):
             log = (running.folder / "log").read_text(errors="replace").strip().splitlines()
             message = "\n".join(log[-5:])
         name = running.job
-        with self._lock:
-            self.running.pop((ns, name), None)
         try:
             self.cluster.status_patch(POD, ns, running.name, {"status": {
                 "phase": "Succeeded" if exit_code == 0 else "Failed",
@@ -290,6 +288,11 @@ class Kubelet(Reconciler):
                 self._job_status(ns, name, change)
         except Exception:  # noqa: BLE001 - the cluster is gone (test ended)
             pass
+        finally:
+            # only now, with the Job's status updated: the controller loop must not see a
+            # Job with no running pod and no outcome (it would start a second pod)
+            with self._lock:
+                self.running.pop((ns, name), None)
 
     def _kill(self, key: tuple[str, str]) -> None:
         pod = self.running.get(key)
