@@ -56,7 +56,7 @@ from migrate.errors import UsageError, VmmoveError
 from migrate.files import new_private_file, private_dir, write_failure
 from migrate.imageinfo import ImageError
 from migrate.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk, Inventory, PowerState
-from migrate.sources.remote_disks import RemoteReads, is_remote
+from migrate.sources.remote_disks import RemoteReads, reads_via_nbd
 from migrate.sources.containment import (
     Chain,
     ContainmentError,
@@ -515,7 +515,7 @@ def prepare(job: DiskJob, options: ConvertOptions, done: Step | None = None) -> 
     if disk.source_type not in ("file", "block", "volume"):
         raise DiskError(f"{job.label}: {disk.source_type} disks ({disk.protocol or path}) cannot "
                         "be read from here; export the image to a file first")
-    if is_remote(job.vm):
+    if reads_via_nbd(job.vm):
         _prepare_remote(job)
         return
     if job.vm.power_state in IN_USE_STATES and not options.force_share:
@@ -924,7 +924,7 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
                progress: Progress) -> list[DiskResult]:
     remove_stale_temps(folder)
     runner = Runner(journal, options, progress)
-    if any(is_remote(vm) for vm, _ in pairs):
+    if any(reads_via_nbd(vm) for vm, _ in pairs):
         runner.remote = RemoteReads(pairs, inconsistent=options.force_share)
         try:
             return _run_jobs(runner, folder, names, pairs, options, progress)

@@ -9,9 +9,12 @@ into the volume.  Steps, each failing with one line and a non-zero exit:
    ``size`` bytes), or a Filesystem-mode PVC's ``disk.img`` (written to a hidden temporary
    file beside it and renamed only once verified, so a killed pod never leaves a
    ``disk.img`` that looks whole);
-3. ``nbdcopy`` from ``nbds://…`` (TLS-PSK) — holes stay holes;
-4. the guest-view checksum (``sha256-1m``, :class:`migrate.clients.nbd.GuestDigest`) of the export (read again over TLS) and of the written bytes,
-   read side by side; they must be equal, and the export exactly ``size`` bytes;
+3. ``nbdcopy`` from ``nbds://…`` (TLS-PSK; block status keeps holes off the wire) into
+   this process, which hashes the export's guest view as it arrives (``sha256-1m``,
+   :class:`migrate.clients.nbd.GuestDigest`) and writes it (zero blocks skipped in a fresh
+   file, so holes stay holes; written on a block device, which may hold old data);
+4. the written bytes read back and hashed the same way: the two must be equal, and the
+   export exactly ``size`` bytes;
 5. the result, one JSON object (``checksum``, ``bytes``, ``dest``), written to
    ``--result`` (the container's terminationMessagePath, which vmmove reads from the pod)
    and printed.
@@ -22,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -88,14 +90,9 @@ def run_worker(source: str, psk_file: str, dest: str, size: int,
         raise WorkerError(f"{label}: the export holds {exported} bytes, expected {size}")
     target, block = _destination(dest, size)
     try:
-        nbd.copy(url, target, label=label)
-        if not block:
-            with open(target, "rb+") as fh:
-                os.fsync(fh.fileno())
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            f_source = pool.submit(nbd.guest_sha256, url, label)
-            f_dest = pool.submit(nbd.file_sha256, target, "raw", size)
-            (src_sum, src_bytes), (dest_sum, _) = f_source.result(), f_dest.result()
+        # one read of the export, hashed as it arrives; then the PVC read back
+        src_sum, src_bytes = nbd.stream_to(url, target, dest_is_zero=not block, label=label)
+        dest_sum, _ = nbd.file_sha256(target, "raw", size)
         if src_bytes != size:
             raise WorkerError(f"{label}: the export holds {src_bytes} bytes, expected {size}")
         if src_sum != dest_sum:

@@ -133,3 +133,16 @@ def running_sshd() -> Iterator[Sshd]:
             proc.kill()
         log.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def host_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private parent for the folders vmmove makes on the "host" (``VMMOVE_HOST_TMPDIR``),
+    so a test can check it leaves none behind while other sessions share /var/tmp."""
+    folder = Path(tempfile.mkdtemp(prefix="vmmove-hosttmp-", dir="/var/tmp"))
+    folder.chmod(0o755)  # QEMU's user creates backup sockets in folders below it
+    monkeypatch.setenv("VMMOVE_HOST_TMPDIR", str(folder))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

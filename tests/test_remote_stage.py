@@ -9,7 +9,9 @@ the kubernetes client against kmock; Jobs run as processes by tests/workers_supp
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,11 +25,17 @@ from tests.kube_support import DV
 from tests.libvirtd_support import libvirt_domains, libvirtd  # noqa: F401
 from tests.plan_support import SECRET, VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
 from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
-from tests.sshd_support import Sshd, sshd  # noqa: F401
+from tests.sshd_support import Sshd, host_tmp, sshd  # noqa: F401
 from tests.test_remote_read import TICK, offline_vm, remote_uri, slots, wait_ticks
 from tests.workers_support import JOB, Kubelet, kubelet  # noqa: F401
 
 pytestmark = [pytest.mark.libvirtd, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _host_tmp(host_tmp: Path) -> Iterator[None]:
+    yield
+    assert [p.name for p in host_tmp.iterdir()] == []  # nothing left on the "host"
 
 
 def plan_for(cli: Any, tmp: Path, uri: str, names: list[str], *extra: str) -> Path:
@@ -118,8 +126,22 @@ def test_stage_running_and_shut_off_vms_direct(
         secrets_seen.append(cluster.get(SECRET, ns, secret))
 
     kubelet.before_start = record
-    result = stage(cli, plan_file, cluster, "--max-inflight", "2")
+    busy = socket.socket()  # the first port of workers.portRange is taken on the host
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        busy.bind(("0.0.0.0", 10809))
+        busy.listen()
+    except OSError:
+        pass  # taken already (another session): the same case
+    try:
+        result = stage(cli, plan_file, cluster, "--max-inflight", "1")
+    finally:
+        busy.close()
     assert result.exit_code == 0, result.stderr
+    ports = {int(j["spec"]["template"]["spec"]["containers"][0]["args"][1].split(":")[2]
+                 .split("/")[0]) for j in jobs_seen}
+    assert 10809 not in ports
+    assert kubelet.max_running == 1  # --max-inflight 1: one worker at a time
     assert [(s["stage"], s["status"]) for s in json.loads(result.stdout)] == [
         ("convert", "done"), ("upload", "done"), ("manifests", "done"), ("apply", "done")]
     uploads = steps(plan_file, "upload")
@@ -142,7 +164,9 @@ def test_stage_running_and_shut_off_vms_direct(
                              if k in ("name", "namespace", "labels", "annotations")}
         return clean
 
-    assert len(jobs_seen) == 2
+    failed_logs = [p.read_text()[-600:] for p in (kubelet.folder / "pods").glob("*/log")
+                   if "Traceback" in p.read_text() or "error" in p.read_text()]
+    assert len(jobs_seen) == 2, failed_logs  # one pod per Job: none failed
     for job, secret in zip(jobs_seen, secrets_seen):
         for body in (job, secret):
             validate_builtin(as_sent(body))
@@ -229,3 +253,25 @@ def test_direct_worker_pod_killed_is_retried_and_a_broken_job_fails_with_one_lin
     assert "failed after 2 attempt(s)" in lines[0] and "cannot open the export" in lines[0]
     assert sorted(p.name for p in kubelet.pvc(step.data["dv"]).iterdir()) == ["disk.img"]
     assert steps(plan2, "upload")[broken].status == "failed"
+
+
+def test_direct_into_a_block_volume(cli, tmp_path: Path, sshd: Sshd, libvirt_domains,
+                                    cluster: Cluster, controllers: Controllers,
+                                    kubelet: Kubelet) -> None:
+    """volumeMode Block: the Job gets the PVC as a device (a loop device here)."""
+    name, disk = offline_vm(libvirt_domains, "diblock", mib=24)
+    plan_file = direct_plan(cli, tmp_path, sshd, [name])
+    data = yaml.safe_load(plan_file.read_text())
+    data["storage"] = {"volumeMode": "Block", "accessModes": ["ReadWriteOnce"]}
+    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    jobs: list[dict[str, Any]] = []
+    kubelet.before_start = lambda ns, job: jobs.append(cluster.get(JOB, ns, job))
+    result = stage(cli, plan_file, cluster)
+    assert result.exit_code == 0, result.stderr
+    container = jobs[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["volumeDevices"] == [{"name": "disk", "devicePath": "/run/vmmove/disk"}]
+    assert "/run/vmmove/disk" in container["args"]
+    up = steps(plan_file, "upload")[name]
+    backing = kubelet.pvc(up.data["dv"]) / "block.img"
+    assert file_sha256(backing, "raw", 24 << 20)[0] == up.checksum \
+        == file_sha256(disk, "qcow2")[0]

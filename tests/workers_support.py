@@ -81,6 +81,7 @@ class Kubelet(Reconciler):
     running: dict[tuple[str, str], RunningPod] = field(default_factory=dict)  # (ns, job)
     pods_started: list[str] = field(default_factory=list)
     loops: dict[str, str] = field(default_factory=dict)  # claim → /dev/loopN
+    max_running: int = 0  # most pods running at once
     #: called with (namespace, job) before each pod starts (tests break things there)
     before_start: Callable[[str, str], None] | None = None
 
@@ -187,6 +188,7 @@ class Kubelet(Reconciler):
         running = RunningPod(pod_name, job_name, proc, folder)
         with self._lock:
             self.running[(ns, job_name)] = running
+            self.max_running = max(self.max_running, len(self.running))
         threading.Thread(target=self._wait, args=(ns, job, running, container, term),
                          daemon=True).start()
 
@@ -262,8 +264,6 @@ class Kubelet(Reconciler):
             log = (running.folder / "log").read_text(errors="replace").strip().splitlines()
             message = "\n".join(log[-5:])
         name = running.job
-        with self._lock:
-            self.running.pop((ns, name), None)
         try:
             self.cluster.status_patch(POD, ns, running.name, {"status": {
                 "phase": "Succeeded" if exit_code == 0 else "Failed",
@@ -288,6 +288,11 @@ class Kubelet(Reconciler):
                 self._job_status(ns, name, change)
         except Exception:  # noqa: BLE001 - the cluster is gone (test ended)
             pass
+        finally:
+            # only now, with the Job's status updated: the controller loop must not see a
+            # Job with no running pod and no outcome (it would start a second pod)
+            with self._lock:
+                self.running.pop((ns, name), None)
 
     def _kill(self, key: tuple[str, str]) -> None:
         pod = self.running.get(key)

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,13 @@ from migrate.mapping import StorageMap
 from migrate.model import VM, Disk
 from migrate.naming import dns1123_label
 from migrate.plan_workers import WorkerSettings
-from migrate.sources.remote_disks import RemoteReads, is_remote, ssh_target
+from migrate.sources.remote_disks import (
+    Lease,
+    RemoteDiskError,
+    RemoteReads,
+    is_remote,
+    ssh_target,
+)
 from migrate.state import DONE, Journal
 from migrate.workdir import KIND_UPLOAD, disk_item
 
@@ -48,6 +55,7 @@ BACKEND = "direct"
 DV_TIMEOUT = 600.0  # seconds for a blank DataVolume to be ready
 JOB_TIMEOUT = 6 * 3600.0
 POLL = 0.25
+PORT_TRIES = 20
 #: Container waiting reasons kubelet does not get out of by itself.
 STUCK_REASONS = {"CreateContainerConfigError", "CreateContainerError", "ErrImagePull",
                  "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -176,9 +184,9 @@ class DirectTransfer:
         host = ssh_target(d.vm)
         assert host is not None
         address = self.settings.source_address or host.host
-        port = self._port()
+        port, stack, lease = self._export(reads, d)
         try:
-            with reads.lease(d.vm, d.disk, tls_port=port) as lease:
+            with stack:
                 assert lease.psk is not None
                 url = f"nbds://{PSK_USER}@{address}:{port}/{lease.export}"
                 job_name = dns1123_label(f"vmmove-w-{d.dv}")
@@ -198,6 +206,25 @@ class DirectTransfer:
                     self._delete("v1", "Secret", secret_name, d.namespace)
         finally:
             self._free_port(port)
+
+    def _export(self, reads: RemoteReads, d: DirectDisk) -> tuple[int, ExitStack, Lease]:
+        """The disk exported with TLS on a free port of ``workers.portRange`` (a port
+        another process holds on the host is skipped); the stack ends the export."""
+        for _ in range(PORT_TRIES):
+            port = self._port()
+            stack = ExitStack()
+            try:
+                lease = stack.enter_context(reads.lease(d.vm, d.disk, tls_port=port))
+            except RemoteDiskError as exc:
+                stack.close()
+                if "already in use" in str(exc):
+                    continue  # stays marked taken for this run
+                self._free_port(port)
+                raise
+            return port, stack, lease
+        raise DirectError(f"{d.label}: no free port on the host after {PORT_TRIES} tries in "
+                          f"workers.portRange {self.settings.port_range[0]}-"
+                          f"{self.settings.port_range[1]}")
 
     # -- cluster -------------------------------------------------------------------------
     def _wait_dv(self, d: DirectDisk) -> None:
@@ -281,15 +308,15 @@ class DirectTransfer:
         return messages[-1] if messages else ""
 
     def _delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
-        from kubernetes.dynamic.exceptions import NotFoundError
-
         resource = self.kube.resource(api_version, kind)
 
         def call() -> Any:
             try:
                 return resource.delete(name=name, namespace=namespace,
                                        body={"propagationPolicy": "Background"})
-            except NotFoundError:
-                return None
+            except Exception as exc:  # the client's NotFoundError: only client modules
+                if getattr(exc, "status", None) == 404:  # may import kubernetes
+                    return None
+                raise
 
         self.kube.retrying(f"delete {kind} {namespace}/{name}", call)

@@ -212,12 +212,16 @@ def _freeze(dom: Any) -> tuple[bool, str]:
         return False, f"crash-consistent: no fsfreeze ({_msg(exc)})"
 
 
-def domain(conn: Any, name: str) -> Any:
-    """The domain named ``name`` on ``conn``; :class:`BackupError` when absent."""
+def domain(conn: Any, ref: str) -> Any:
+    """The domain with UUID ``ref`` (or named ``ref``) on ``conn``; :class:`BackupError`
+    when absent."""
     try:
-        return conn.lookupByName(name)
+        try:
+            return conn.lookupByUUIDString(ref)
+        except libvirt.libvirtError:
+            return conn.lookupByName(ref)
     except libvirt.libvirtError as exc:
-        raise BackupError(f"{name}: not on the host: {_msg(exc)}") from None
+        raise BackupError(f"{ref}: not on the host: {_msg(exc)}") from None
 
 
 def is_active(dom: Any) -> bool:

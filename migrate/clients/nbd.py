@@ -26,7 +26,6 @@ import errno
 import hashlib
 import os
 import secrets
-import shlex
 import subprocess
 from dataclasses import dataclass
 from typing import IO
@@ -38,6 +37,7 @@ from migrate.errors import VmmoveError
 PSK_USER = "vmmove"
 PSK_FILE = "keys.psk"  # the file name qemu's tls-creds-psk looks for in its folder
 CHUNK = 1 << 20
+SPARSE = 64 << 10  # granularity of holes kept when writing a fresh file (a qcow2 cluster)
 #: nbdcopy to a pipe serializes its requests: large ones keep a TLS connection busy (with
 #: its default 256 KiB requests a TLS export streams at a few MB/s); 2×2×32 MiB in memory.
 STREAM_OPTIONS = ["--request-size=33554432", "--requests=2", "--connections=2"]
@@ -57,17 +57,11 @@ def unix_url(socket: str | os.PathLike[str], export: str) -> str:
     return f"nbd+unix:///{quote(export)}?socket={quote(str(socket))}"
 
 
-def tls_url(host: str, port: int, export: str, psk_file: str, user: str = PSK_USER) -> str:
-    """The libnbd URL of a TLS-PSK export (``nbds://``)."""
-    return (f"nbds://{quote(user)}@{host}:{port}/{quote(export)}"
-            f"?tls-psk-file={quote(psk_file)}")
-
-
 @dataclass
 class RemoteExport:
     """A ``qemu-nbd`` running on a host; :meth:`stop` ends it (and removes its folder)."""
 
-    target: ssh.SshTarget
+    target: ssh.HostTarget
     folder: str  # private folder on the host: pid file, socket, PSK
     export: str
     socket: str | None = None  # UNIX socket on the host
@@ -81,7 +75,7 @@ class RemoteExport:
         ssh.remove_dir(self.target, self.folder)
 
 
-def serve_remote(target: ssh.SshTarget, image: str, fmt: str | None, export: str, *,
+def serve_remote(target: ssh.HostTarget, image: str, fmt: str | None, export: str, *,
                  image_opts: str | None = None, port: int | None = None,
                  bind: str = "0.0.0.0", folder: str | None = None,
                  share: bool = False) -> RemoteExport:
@@ -291,20 +285,40 @@ def export_size(url: str, label: str = "") -> int:
     return int(proc.stdout.strip())
 
 
-def copy(url: str, dest: str | os.PathLike[str], label: str = "",
-         requests: int | None = None) -> None:
-    """Write an export's guest view into ``dest`` (a raw file, created sparse, or a block
-    device) with ``nbdcopy``; holes stay holes (zeroed ranges are punched or skipped).
-    Raises :class:`NbdError` naming ``label``."""
-    extra = [f"--requests={requests}"] if requests else []
-    proc = _nbdcopy(url, str(dest), extra)
-    proc.wait()
+def stream_to(url: str, dest: str | os.PathLike[str], *, dest_is_zero: bool,
+              label: str = "") -> tuple[str, int]:
+    """Write an export's guest view into ``dest`` (a file or block device, at least as
+    large) and return its guest-view checksum as read (:class:`GuestDigest`), in one read
+    of the export: ``nbdcopy URL -`` into this process, hashed and written.  With
+    ``dest_is_zero`` (a freshly truncated file) zero blocks are skipped, so holes stay
+    holes; otherwise they are written.  Raises :class:`NbdError` naming ``label``."""
+    proc = _nbdcopy(url, "-", STREAM_OPTIONS)
+    digest = GuestDigest()
+    out: IO[bytes] = proc.stdout  # type: ignore[assignment]
+    zero = bytes(SPARSE)
+    try:
+        with open(dest, "r+b") as fh:
+            pos = 0
+            while chunk := out.read(CHUNK * 4):
+                digest.update(chunk)
+                view = memoryview(chunk)
+                if not dest_is_zero:
+                    fh.seek(pos)
+                    fh.write(view)
+                else:  # write only the 64 KiB pieces that hold data
+                    for at in range(0, len(chunk), SPARSE):
+                        piece = view[at:at + SPARSE]
+                        if piece != zero[:len(piece)]:
+                            fh.seek(pos + at)
+                            fh.write(piece)
+                pos += len(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        out.close()
+        proc.wait()
     if proc.returncode != 0:
         raise NbdError(f"{label or url}: copy failed: {_said(proc)}")
     if proc.stderr:
         proc.stderr.close()
-
-
-def describe(cmd: list[str]) -> str:
-    """A command line for logs (never holds secrets: PSKs travel in files)."""
-    return shlex.join(cmd)
+    return digest.hexdigest(), digest.bytes

@@ -34,6 +34,7 @@ from migrate.errors import VmmoveError
 SSH_TRANSPORTS = ("ssh", "libssh", "libssh2")
 CONNECT_TIMEOUT = 15  # seconds, ssh's ConnectTimeout
 FORWARD_TIMEOUT = 20.0  # seconds to wait for a forwarded socket to appear
+HOST_TMPDIR_ENV = "VMMOVE_HOST_TMPDIR"  # parent of vmmove's folders on hosts
 
 
 class SshError(VmmoveError):
@@ -97,12 +98,26 @@ class SshTarget:
         return out
 
 
+@dataclass(frozen=True)
+class LocalHost:
+    """This machine as the "host" (a local ``qemu:///system`` VM): the same commands run
+    directly, without SSH, and sockets need no forwarding."""
+
+    label: str = "localhost"
+
+    def argv(self, command: list[str] | None = None, extra: list[str] | None = None) -> list[str]:
+        return list(command or [])
+
+
+HostTarget = SshTarget | LocalHost
+
+
 def _one_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
 
 
-def run(target: SshTarget, command: list[str], *, input: bytes | None = None,
+def run(target: HostTarget, command: list[str], *, input: bytes | None = None,
         timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[bytes]:
     """Run ``command`` on the host; raise :class:`SshError` (one line) when it fails."""
     try:
@@ -114,27 +129,34 @@ def run(target: SshTarget, command: list[str], *, input: bytes | None = None,
             from None
     if check and proc.returncode != 0:
         said = _one_line(proc.stderr.decode(errors="replace")) or f"exit {proc.returncode}"
-        if proc.returncode == 255:
+        if proc.returncode == 255 and isinstance(target, SshTarget):
             raise SshError(f"{target.label}: ssh failed: {said}")
         raise SshError(f"{target.label}: {command[0]} failed: {said}")
     return proc
 
 
-def write_file(target: SshTarget, path: str, data: bytes, mode: str = "600") -> None:
+def write_file(target: HostTarget, path: str, data: bytes, mode: str = "600") -> None:
     """Write ``data`` to ``path`` on the host (created with ``mode``), through stdin: the
     bytes never appear in an argument list or a log."""
     run(target, ["sh", "-c", f'umask 077 && cat > "$1" && chmod {mode} "$1"', "sh", path],
         input=data)
 
 
-def make_temp_dir(target: SshTarget, parent: str = "/var/tmp", mode: str = "711") -> str:
-    """A fresh folder on the host (``mktemp -d``), for sockets and per-job files."""
+def host_tmpdir() -> str:
+    """Where vmmove makes its folders on hosts: ``$VMMOVE_HOST_TMPDIR``, else ``/var/tmp``."""
+    return os.environ.get(HOST_TMPDIR_ENV) or "/var/tmp"
+
+
+def make_temp_dir(target: HostTarget, parent: str | None = None, mode: str = "711") -> str:
+    """A fresh folder ``vmmove.XXXXXXXX`` on the host (``mktemp -d`` in ``parent``, default
+    :func:`host_tmpdir`), for sockets and per-job files."""
+    parent = parent or host_tmpdir()
     out = run(target, ["sh", "-c", f'd=$(mktemp -d "$1/vmmove.XXXXXXXX") && chmod {mode} "$d" '
                        '&& echo "$d"', "sh", parent])
     return out.stdout.decode().strip()
 
 
-def remove_dir(target: SshTarget, path: str) -> None:
+def remove_dir(target: HostTarget, path: str) -> None:
     """``rm -rf`` a folder :func:`make_temp_dir` made (refuses anything else)."""
     if "/vmmove." not in path:
         raise SshError(f"{target.label}: refusing to remove {path}: not a vmmove folder")

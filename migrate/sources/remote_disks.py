@@ -36,8 +36,9 @@ from typing import Any
 
 from migrate.clients import backup, nbd, ssh
 from migrate.errors import VmmoveError
-from migrate.model import VM, Disk, SourceKind
+from migrate.model import VM, Disk, PowerState, SourceKind
 
+IN_USE = {PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN, PowerState.SUSPENDED}
 BACKUP = "backup"  # point in time: libvirt backup job
 OFFLINE = "qemu-nbd"  # shut-off VM: qemu-nbd --read-only
 INCONSISTENT = "inconsistent"  # running VM read with --force-share (explicitly asked)
@@ -60,6 +61,30 @@ def ssh_target(vm: VM) -> ssh.SshTarget | None:
 
 def is_remote(vm: VM) -> bool:
     return ssh_target(vm) is not None
+
+
+#: Local libvirt URIs whose running VMs are read through a backup job on this machine.
+LOCAL_QEMU = {"qemu:///system", "qemu:///session", "qemu+unix:///system",
+              "qemu+unix:///session"}
+
+
+def reads_via_nbd(vm: VM) -> bool:
+    """Whether convert reads this VM's disks through :class:`RemoteReads`: every VM of a
+    remote host, and running VMs of this machine's QEMU driver (a backup job instead of
+    ``qemu-img -U``)."""
+    if is_remote(vm):
+        return True
+    return (vm.source.kind == SourceKind.LIBVIRT
+            and vm.source.location.split("?", 1)[0] in LOCAL_QEMU
+            and vm.power_state in IN_USE)
+
+
+def host_target(vm: VM) -> ssh.HostTarget | None:
+    """Where the VM's exports run: its SSH host, or this machine for a local VM."""
+    target = ssh_target(vm)
+    if target is not None:
+        return target
+    return ssh.LocalHost() if reads_via_nbd(vm) else None
 
 
 @dataclass
@@ -104,7 +129,7 @@ class Lease:
 class _Session:
     """What runs for one VM (backup job) or one disk (qemu-nbd), and its cleanup."""
 
-    target: ssh.SshTarget
+    target: ssh.HostTarget
     local: Path  # private local folder for forwarded sockets
     dom: Any = None
     job: backup.BackupJob | None = None
@@ -146,7 +171,7 @@ class RemoteReads:
         self._vm_sessions: dict[str, _Session] = {}
         self._pending: dict[str, set[str]] = {}
         for vm, disk in pairs:
-            if is_remote(vm) and disk.device in ("disk", "lun"):
+            if reads_via_nbd(vm) and disk.device in ("disk", "lun"):
                 self._pending.setdefault(vm.key, set()).add(disk.target)
         self._local = Path(tempfile.mkdtemp(prefix="vmmove-nbd-"))
 
@@ -160,14 +185,18 @@ class RemoteReads:
             except VmmoveError as exc:
                 raise RemoteDiskError(f"{vm.name}: {exc}") from None
             self._conns[uri] = conn
-        return backup.domain(conn, vm.name)
+        try:
+            return backup.domain(conn, vm.uuid or vm.name)
+        except backup.BackupError:
+            raise RemoteDiskError(f"{vm.name}: no such domain on {uri} any more (undefined "
+                                  "since the scan?)") from None
 
     # -- leases -------------------------------------------------------------------------
     @contextmanager
     def lease(self, vm: VM, disk: Disk, tls_port: int | None = None) -> Iterator[Lease]:
         """The disk's guest view for the duration of the ``with``; raises
         :class:`RemoteDiskError` (one line naming VM/disk) when it cannot be exported."""
-        target = ssh_target(vm)
+        target = host_target(vm)
         if target is None:
             raise RemoteDiskError(f"{vm.name}/{disk.target}: not on a remote libvirt host")
         with self._lock:
@@ -182,7 +211,7 @@ class RemoteReads:
         finally:
             self._release(vm, disk, lease)
 
-    def _backup_lease(self, vm: VM, disk: Disk, target: ssh.SshTarget, dom: Any,
+    def _backup_lease(self, vm: VM, disk: Disk, target: ssh.HostTarget, dom: Any,
                       tls_port: int | None) -> Lease:
         with self._lock:
             session = self._vm_sessions.get(vm.key)
@@ -215,15 +244,18 @@ class RemoteReads:
                 re = nbd.serve_remote(target, "", None, export, port=tls_port,
                                       image_opts=nbd.nbd_image_opts(socket, export))
             except VmmoveError as exc:
+                with self._lock:
+                    session.users -= 1  # this lease never started: the job may end
                 raise RemoteDiskError(f"{vm.name}/{disk.target}: {exc}") from None
             with self._lock:
                 session.exports.append(re)
             return Lease(vm.name, disk.target, BACKUP, "", note, re.psk, export, session)
-        assert session.forward is not None
-        url = nbd.unix_url(session.forward.local, export)
+        local = session.forward.local if session.forward is not None else \
+            f"{session.host_folder}/backup.sock"
+        url = nbd.unix_url(local, export)
         return Lease(vm.name, disk.target, BACKUP, url, note, None, export, session)
 
-    def _begin(self, vm: VM, target: ssh.SshTarget, dom: Any) -> _Session:
+    def _begin(self, vm: VM, target: ssh.HostTarget, dom: Any) -> _Session:
         """A backup job for every batch disk of ``vm``, its socket forwarded here."""
         session = _Session(target, self._local, dom=dom)
         try:
@@ -236,14 +268,15 @@ class RemoteReads:
             disks = sorted(self._pending.get(vm.key) or ())
             session.job = backup.BackupJob.begin(dom, disks, socket, freeze=self.freeze,
                                                scratch_dir=session.host_folder)
-            local = Path(tempfile.mkdtemp(prefix="vm-", dir=self._local)) / "backup.sock"
-            session.forward = ssh.Forward(target, local, socket)
+            if isinstance(target, ssh.SshTarget):
+                local = Path(tempfile.mkdtemp(prefix="vm-", dir=self._local)) / "backup.sock"
+                session.forward = ssh.Forward(target, local, socket)
         except BaseException:
             session.close()
             raise
         return session
 
-    def _offline_lease(self, vm: VM, disk: Disk, target: ssh.SshTarget,
+    def _offline_lease(self, vm: VM, disk: Disk, target: ssh.HostTarget,
                        tls_port: int | None, share: bool) -> Lease:
         label = f"{vm.name}/{disk.target}"
         if not disk.path or disk.source_type not in ("file", "block", "volume"):
@@ -261,11 +294,14 @@ class RemoteReads:
             session.host_folder = None  # the export removes its own folder
             if tls_port:
                 url = ""
-            else:
+            elif isinstance(target, ssh.SshTarget):
                 assert re.socket
                 local = Path(tempfile.mkdtemp(prefix="disk-", dir=self._local)) / "nbd.sock"
                 session.forward = ssh.Forward(target, local, re.socket)
                 url = nbd.unix_url(local, disk.target)
+            else:
+                assert re.socket
+                url = nbd.unix_url(re.socket, disk.target)
         except VmmoveError as exc:
             session.close()
             raise RemoteDiskError(f"{label}: {exc}") from None
