@@ -251,6 +251,8 @@ def run_delta(source: str, psk_file: str, dest: str, size: int, *,
         changed = _compare_into(url, dest, size, label)
     out: dict[str, Any] = {"changed": changed, "bytes": size, "dest": dest}
     if verify:
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=2) as pool:
             f_source = pool.submit(nbd.guest_sha256, url, label)
             f_dest = pool.submit(nbd.file_sha256, dest, "raw", size)
