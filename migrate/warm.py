@@ -219,6 +219,7 @@ class Warm:
         started = time.monotonic()
         try:
             result = self._run(p, n, st, reason, final=False)
+            self._tidy(p)
         except BaseException as exc:
             msg = str(exc) if isinstance(exc, VmmoveError) else \
                 f"interrupted ({type(exc).__name__}): rerun vmmove sync"
@@ -714,6 +715,16 @@ class Warm:
                 raise WarmError(f"{d.label}: worker Job {d.namespace}/{name}: "
                                 f"{stuck or 'still running after 6 h'}")
             time.sleep(0.25)
+
+    def _tidy(self, p: PlannedVM) -> None:
+        """Between rounds nothing of vmmove stays on the host but its checkpoint: the
+        round's scratch folder goes once its job and exports ended (empty by then)."""
+        from migrate.clients.checkpoint import scratch_dir
+
+        try:
+            scratch_dir(self.tag, p.key).rmdir()
+        except OSError:  # absent, or something still in it (then clean removes it)
+            pass
 
     # -- checks and cleanup --------------------------------------------------------------
     def verify(self, p: PlannedVM,

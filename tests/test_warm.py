@@ -258,3 +258,19 @@ def test_cutover_preflight_wants_a_recent_round(tmp_path: Path) -> None:
         journal.update(KIND_WARM, p.key, full_reason="rolled back after the target started")
         assert "needs a full round (rolled back" in preflight_problems(plan, p, journal,
                                                                        now=1001.0)[0]
+
+
+def test_offline_rounds_leave_no_scratch_folder(cli: Any, tmp_path: Path) -> None:
+    from migrate.clients.checkpoint import SCRATCH_ROOT, plan_tag
+
+    export = tmp_path / "export"
+    export.mkdir()
+    vmx, _flat = _flat_vmx(export)
+    inventory = tmp_path / "inventory.yaml"
+    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
+    plan_file = tmp_path / "plan.yaml"
+    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--warm",
+        "--warm-volumes", "volumes", ok=True)
+    cli("sync", str(plan_file), "--wave", "1", ok=True)
+    tag = plan_tag(load_plan(plan_file).workdir)
+    assert not list(SCRATCH_ROOT.glob(f"vmmove-{tag}-*"))
