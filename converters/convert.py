@@ -16,7 +16,7 @@ Rules it keeps, and why:
   source), so one VM's output never replaces another's;
 * outputs are written to a hidden temporary name in the work folder, verified there, and
   renamed only when complete, so ``DIR/<name>.<fmt>`` exists only for a finished disk;
-* every step is in the work folder's journal (:mod:`migrate.workdir`), so a rerun after a
+* every step is in the work folder's journal (:mod:`migrate.core.workdir`), so a rerun after a
   crash, SIGKILL or Ctrl-C skips disks already converted and verified and redoes the rest;
 * free space is checked with ``qemu-img measure`` before any disk starts; a disk that does
   not fit fails on its own with a clear message, the others go on;
@@ -45,10 +45,10 @@ from typing import Any, Protocol
 
 from converters import qemuimg
 from converters.checksum import sha256_file
-from migrate.errors import UsageError, VmmoveError
-from migrate.files import new_private_file, private_dir, write_failure
+from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.files import new_private_file, private_dir, write_failure
 from migrate.imageinfo import ImageError
-from migrate.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk, Inventory, PowerState
+from migrate.core.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk, Inventory, PowerState
 from migrate.sources.containment import (
     Chain,
     ContainmentError,
@@ -57,8 +57,8 @@ from migrate.sources.containment import (
     check_agreement,
     open_path,
 )
-from migrate.state import DONE, Journal, JournalLocked, Step
-from migrate.workdir import (
+from migrate.core.journal import DONE, Journal, JournalLocked, Step
+from migrate.core.workdir import (
     KIND_CONVERT,
     disk_item,
     image_basename,
@@ -127,7 +127,7 @@ class DiskJob:
     disk: Disk
     item: str  # journal item, <vm key>/<disk target>
     output: Path
-    identity: str = ""  # the source VM's identity (migrate.workdir.vm_identity)
+    identity: str = ""  # the source VM's identity (migrate.core.workdir.vm_identity)
     # Filled in by preparation:
     source_format: str | None = None
     virtual_size: int | None = None
@@ -249,8 +249,8 @@ def output_path(workdir: Path, names: dict[str, str], vm: VM, disk: Disk, fmt: s
 
 def _claimed_outputs(journal: Journal) -> dict[str, tuple[str, str | None]]:
     """Output path → (journal item, VM identity) of every convert step that names one."""
-    return {str(st.data["output"]): (st.item, st.data.get("identity"))
-            for st in journal.steps(KIND_CONVERT) if st.data.get("output")}
+    return {str(st.output): (st.item, st.identity)
+            for st in journal.steps(KIND_CONVERT) if st.output}
 
 
 def unique_output(path: Path, item: str, identity: str,
@@ -533,10 +533,10 @@ def _prepare_packed(job: DiskJob, options: ConvertOptions, done: Step | None) ->
     assert packing is not None
     job.fingerprint = _fingerprint(dict.fromkeys(p.path for p in packing.pieces))
     if (done is not None and _is_current(done, job, options)
-            and (done.data.get("verified") or not options.verify)):
-        job.source_format = done.data.get("source_format")
+            and (done.verified or not options.verify)):
+        job.source_format = done.source_format
         job.source_name = job.disk.path  # never opened: the step is skipped
-        job.virtual_size = done.data.get("virtual_size")
+        job.virtual_size = done.virtual_size
         return
     try:
         chain = _unpack(job, job.output.parent)
@@ -673,14 +673,14 @@ class Runner:
         step = self.journal.get(KIND_CONVERT, job.item)
         note = None
         if step is not None and not opts.redo \
-                and step.data.get("identity") not in (None, job.identity):
+                and step.identity not in (None, job.identity):
             return self._refuse(job, (
                 f"{job.label}: the work folder's journal holds another VM under this key "
-                f"({step.item}, from {_source_of(step.data.get('identity'))}); convert it into "
+                f"({step.item}, from {_source_of(step.identity)}); convert it into "
                 "a work folder of its own, or pass --redo to replace that VM's output"))
         if _is_current(step, job, opts):
             assert step is not None
-            if step.data.get("verified") or not opts.verify:
+            if step.verified or not opts.verify:
                 # A skip vouches for the file as it is now: its size was checked, its checksum
                 # is checked here (a file replaced or changed since is converted again).
                 if step.checksum is None or sha256_file(job.output) == step.checksum:
@@ -924,7 +924,7 @@ def _fit_space(runner: Runner, folder: Path, todo: list[tuple[int, DiskJob]],
             continue
         need = job.required or 0
         if need > free:
-            from migrate.output import human_size
+            from migrate.core.output import human_size
 
             results[index] = runner._fail(
                 job, f"{job.label}: not enough space in {folder}: the output needs "

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from migrate.errors import UsageError
-from migrate.model import GuestOS
+from migrate.core.errors import UsageError
+from migrate.core.model import GuestOS
 
 PREFERENCE_KIND = "VirtualMachineClusterPreference"
 INSTANCETYPE_KIND = "VirtualMachineClusterInstancetype"

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from migrate.errors import UsageError
+from migrate.core.errors import UsageError
 
 # -- 1. schemas -----------------------------------------------------------------------------
 

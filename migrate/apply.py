@@ -26,12 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from migrate.kube import DATA_VOLUME, Kube, KubeError
-from migrate.state import DONE, FAILED, Journal
+from migrate.core.journal import DONE, FAILED, Journal
+from migrate.core.records import KIND_APPLY, KIND_IMPORT, KIND_CUTOVER, KIND_ROLLBACK  # noqa: F401 - re-exported
 
-KIND_APPLY = "apply"
-KIND_IMPORT = "import"
-KIND_CUTOVER = "cutover"
-KIND_ROLLBACK = "rollback"
 
 SUCCEEDED = "Succeeded"
 FAILED_PHASE = "Failed"
@@ -193,8 +190,8 @@ def _apply_one(kube: Kube, item: str, obj: dict[str, Any], journal: Journal | No
         result.result = "dry-run"
         return result
     unchanged = before is not None and before.status == DONE and \
-        before.data.get("resourceVersion") == result.resource_version and \
-        before.data.get("uid") == result.uid
+        before.resource_version == result.resource_version and \
+        before.uid == result.uid
     result.result = "unchanged" if unchanged else "applied"
     assert journal is not None
     journal.done(KIND_APPLY, item, checksum=sent, uid=result.uid,

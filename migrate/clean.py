@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from migrate.plan import Plan, PlannedVM
-from migrate.state import DONE, Journal
+from migrate.core.journal import DONE, Journal
 from migrate.status import CUT_OVER, plan_status
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
+from migrate.core.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
+from migrate.core.records import KIND_CLEAN  # noqa: F401 - re-exported
 
-KIND_CLEAN = "clean"
 REMOVED = "removed"
 GONE = "already gone"
 KEPT = "kept"
@@ -81,7 +81,7 @@ def _source_paths(plan: Plan) -> set[str]:
 
 def _remove_image(plan: Plan, step: Any, sources: set[str]) -> tuple[str, int | None, str]:
     """Remove a convert step's output when it is safe; (result, bytes, why)."""
-    output = step.data.get("output") if step is not None and step.status == DONE else None
+    output = step.output if step is not None and step.status == DONE else None
     if not output:
         return GONE, None, "nothing converted"
     path = Path(output)
@@ -134,8 +134,8 @@ def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
                 done: dict[str, Any] = {}
                 if images:
                     step = journal.get(KIND_CONVERT, item)
-                    where = str(step.data.get("output")) if step is not None and \
-                        step.data.get("output") else "-"
+                    where = str(step.output) if step is not None and \
+                        step.output else "-"
                     result, size, why = _remove_image(plan, step, sources)
                     removals.append(Removal(p.vm.name, d.target, "image", where, size,
                                             result, why))
@@ -143,13 +143,13 @@ def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
                         done.update(image=where, image_bytes=size)
                 if s3 is not None:
                     up = journal.get(KIND_UPLOAD, item)
-                    key = up.data.get("key") if up is not None and up.status == DONE and \
-                        up.data.get("backend") == "s3" else None
+                    key = up.key if up is not None and up.status == DONE and \
+                        up.backend == "s3" else None
                     if not key:
                         removals.append(Removal(p.vm.name, d.target, "s3", "-", None, GONE,
                                                 "nothing uploaded to S3"))
                     else:
-                        b = up.data.get("bucket") or bucket
+                        b = up.bucket or bucket
                         result, size, why = _remove_object(s3, b, key)
                         removals.append(Removal(p.vm.name, d.target, "s3", f"s3://{b}/{key}",
                                                 size, result, why))
@@ -157,7 +157,7 @@ def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
                             done.update(s3=f"s3://{b}/{key}", s3_bytes=size)
                 if done:
                     before = journal.get(KIND_CLEAN, item)
-                    history = list(before.data.get("removed", [])) if before else []
+                    history = before.removed if before else []
                     journal.start(KIND_CLEAN, item, vm=p.vm.name, disk=d.target,
                                   removed=history + [done])
                     journal.done(KIND_CLEAN, item, bytes=sum(

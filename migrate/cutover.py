@@ -50,13 +50,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
-from migrate.errors import UsageError, VmmoveError
+from migrate.core.errors import UsageError, VmmoveError
 from migrate.kube import DATA_VOLUME, VIRTUAL_MACHINE, Kube
-from migrate.model import VM
+from migrate.core.model import VM
 from migrate.plan import Plan, PlannedVM
-from migrate.progress import trace_call, without_password
-from migrate.state import DONE, RUNNING, Journal
-from migrate.workdir import disk_item
+from migrate.core.progress import trace_call, without_password
+from migrate.core.journal import DONE, RUNNING, Journal
+from migrate.core.workdir import disk_item
 
 STEPS = ("preflight", "stop", "sync", "start", "verify", "done")
 VMI = ("kubevirt.io/v1", "VirtualMachineInstance")
@@ -413,7 +413,7 @@ def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal) -> dict[st
     problems: list[str] = []
     problems += [f"critical concern {c}" for c in critical_concerns(plan, p)]
     apply = journal.get(KIND_APPLY, p.key)
-    if apply is None or apply.status != DONE or apply.data.get("result") == "dry-run":
+    if apply is None or apply.status != DONE or apply.result == "dry-run":
         problems.append("not applied yet (run vmmove migrate --stage or vmmove apply)")
     disks = [d for d in p.vm.disks if d.device in ("disk", "lun")]
     not_imported = [d.target for d in disks
@@ -565,15 +565,15 @@ class Cutover:
         sync = j.get(KIND_CUTOVER, step_item(p.key, "sync"))
         assert stop is not None and verify is not None and sync is not None
         downtime = round((verify.finished or 0) - (stop.started or 0), 3)
-        was_off = stop.data.get("how") == "already off"
+        was_off = stop.how == "already off"
         if not is_done("done"):
             self._step(p, "done", lambda: {"downtime": downtime}, True)
             result.steps["done"] = "done"
         j.done(KIND_CUTOVER, p.key, step="done", next=None, downtime=downtime,
-               source_was_off=was_off, sync_mode=sync.data.get("mode"),
+               source_was_off=was_off, sync_mode=sync.mode,
                stopped_at=stop.started, verified_at=verify.finished)
         result.downtime = downtime
-        result.sync_mode = sync.data.get("mode")
+        result.sync_mode = sync.mode
         self.log(f"{p.vm.name}: cut over to {p.namespace}/{p.name}; downtime {downtime:.1f}s")
         return result
 
@@ -706,7 +706,7 @@ def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
         stop = journal.get(KIND_CUTOVER, step_item(p.key, "stop"))
         # Start the source when the cutover stopped a running one (or got that far).
         was_running = stop is not None and (
-            stop.data.get("before") not in ("shut off", "crashed") or stop.status != DONE)
+            stop.before not in ("shut off", "crashed") or stop.status != DONE)
         with Source(p) as src:
             if was_running:
                 source_action = src.start()

@@ -16,8 +16,8 @@ from migrate.apply import KIND_CUTOVER, KIND_IMPORT
 from migrate.plan import Plan, PlannedVM
 from migrate.report import Rate, Throughput, measure
 from migrate.runbook import DEFAULT_RATE, estimate, schedule, sync_mode
-from migrate.state import DONE, Journal
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
+from migrate.core.journal import DONE, Journal
+from migrate.core.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
 
 TO_DO = "to do"
 DONE_BEFORE = "done before (skipped)"
@@ -152,7 +152,7 @@ def show(steps: list[DryStep], fmt: str, title: str, window: str | None = None) 
     line (what is left, the estimated time, and ``window`` when given) on stderr."""
     import sys
 
-    from migrate.output import duration, emit
+    from migrate.core.output import duration, emit
 
     rows = [[s.order, s.vm, s.step, s.state, duration(s.seconds), s.what, s.basis]
             for s in steps]

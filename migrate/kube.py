@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 
 FIELD_MANAGER = "vmmove"
 NAMESPACE = ("v1", "Namespace")

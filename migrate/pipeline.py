@@ -21,13 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.errors import VmmoveError
-from migrate.files import LockBusy, private_dir, run_lock
+from migrate.core.errors import VmmoveError
+from migrate.core.files import LockBusy, private_dir, run_lock
 from migrate.plan import Plan
-from migrate.progress import log
-from migrate.state import DONE, Journal
+from migrate.core.progress import log
+from migrate.core.journal import DONE, Journal
+from migrate.core.records import KIND_STAGE  # noqa: F401 - re-exported
 
-KIND_STAGE = "stage"
 STAGES = ("convert", "upload", "manifests", "apply")
 LOCK_NAME = "vmmove-plan.lock"
 

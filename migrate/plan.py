@@ -43,8 +43,8 @@ from typing import Any
 
 import yaml
 
-from migrate.errors import UsageError
-from migrate.mapping import (
+from migrate.core.errors import UsageError
+from migrate.core.mapping import (
     POD,
     MappingError,
     Maps,
@@ -53,11 +53,11 @@ from migrate.mapping import (
     StorageMap,
     parse_network_target,
 )
-from migrate.model import VM, Inventory, SourceKind
-from migrate.naming import is_dns1123_label
-from migrate.serialize import InventoryError, atomic_write, load_inventory
-from migrate.state import Journal
-from migrate.workdir import journal_path, target_names
+from migrate.core.model import VM, Inventory, SourceKind
+from migrate.core.naming import is_dns1123_label
+from migrate.core.serialize import InventoryError, atomic_write, load_inventory
+from migrate.core.journal import Journal
+from migrate.core.workdir import journal_path, target_names
 
 API_VERSION = "vmmove.io/v1alpha1"
 KIND = "Plan"

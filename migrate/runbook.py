@@ -14,13 +14,13 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrate.files import make_dirs
-from migrate.output import human_size
+from migrate.core.files import make_dirs
+from migrate.core.output import human_size
 from migrate.plan import Plan, PlannedVM
 from migrate.report import MIB, Throughput, measure
-from migrate.serialize import atomic_write
-from migrate.state import Journal
-from migrate.workdir import KIND_CONVERT
+from migrate.core.serialize import atomic_write
+from migrate.core.journal import Journal
+from migrate.core.workdir import KIND_CONVERT
 
 #: Used when the journal has measured nothing yet (said so in the runbook).
 DEFAULT_RATE = 100 * MIB
@@ -66,7 +66,7 @@ def sync_mode(p: PlannedVM, journal: Journal) -> str:
         if d.device not in ("disk", "lun"):
             continue
         step = journal.get(KIND_CONVERT, f"{p.key}/{d.target}")
-        if step is None or step.data.get("force_share"):
+        if step is None or step.force_share:
             return "full"
     return "verify"
 

@@ -21,10 +21,10 @@ from converters.convert import (
     ConvertOptions,
     convert_disks,
 )
-from migrate.model import Disk, Inventory, PowerState, Source, SourceKind
-from migrate.serialize import load_inventory
-from migrate.state import DONE, Journal
-from migrate.workdir import KIND_CONVERT, journal_path
+from migrate.core.model import Disk, Inventory, PowerState, Source, SourceKind
+from migrate.core.serialize import load_inventory
+from migrate.core.journal import DONE, Journal
+from migrate.core.workdir import KIND_CONVERT, journal_path
 from tests.convert_support import (
     DATA_BYTES,
     MiB,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.model import PowerState, Source, SourceKind
+from migrate.core.model import PowerState, Source, SourceKind
 from migrate.sources import SourceError
 from migrate.sources.domxml import (
     guest_os_from_libosinfo,

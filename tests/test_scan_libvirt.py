@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from migrate.model import PowerState, ScanError
-from migrate.serialize import load_inventory
+from migrate.core.model import PowerState, ScanError
+from migrate.core.serialize import load_inventory
 from migrate.sources.libvirt_uri import is_local, scan_uri
 from migrate.sources.scan import _guard, scan
 from tests.conftest import FIXTURES, qemu_img, qemu_io

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from migrate.imageinfo import image_info
-from migrate.model import SourceKind
+from migrate.core.model import SourceKind
 from migrate.sources import SourceError
 from migrate.sources.ova import read_ova
 from tests.conftest import qemu_img

@@ -5,7 +5,7 @@ CDI fills a PVC from, and says where it went in a :class:`TransferResult`.  The 
 (:func:`run_transfers`) owns the journal: it marks each item running, hands the backend
 the step (so it can keep resumption state such as an S3 UploadId in ``data``), and
 records the result as the ``upload`` step that ``vmmove manifests`` reads (the fields
-are documented in :mod:`migrate.workdir`).  Progress goes to subscribers shaped like
+are documented in :mod:`migrate.core.workdir`).  Progress goes to subscribers shaped like
 s3transfer's (``on_queued``/``on_progress``/``on_done``), so a CLI can draw bars and
 tests can count bytes without either knowing the backend.
 """
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from migrate.errors import VmmoveError
-from migrate.state import Journal, Step
-from migrate.workdir import KIND_UPLOAD
+from migrate.core.errors import VmmoveError
+from migrate.core.journal import Journal, Step
+from migrate.core.workdir import KIND_UPLOAD
 
 UPLOADED = "uploaded"  # sent in full in this run
 RESUMED = "resumed"  # an interrupted transfer finished, only missing parts sent

@@ -52,11 +52,11 @@ from converters.transfer.base import (
     TransferItem,
     TransferResult,
 )
-from migrate.errors import UsageError
-from migrate.naming import dns1123_label
-from migrate.serialize import atomic_write
-from migrate.state import Journal, Step
-from migrate.workdir import KIND_UPLOAD
+from migrate.core.errors import UsageError
+from migrate.core.naming import dns1123_label
+from migrate.core.serialize import atomic_write
+from migrate.core.journal import Journal, Step
+from migrate.core.workdir import KIND_UPLOAD
 
 MiB = 1 << 20
 DEFAULT_PART_SIZE = 8 * MiB  # s3transfer's default chunk; grown for big objects
@@ -249,7 +249,7 @@ class S3Backend(Backend):
         key = self.key_for(item)
         where = f"{item.label} → s3://{self.bucket}/{key}"
         known = parse_checksum(item.checksum)
-        state = dict(step.data.get("s3") or {})
+        state = step.s3_state
         fingerprint = item.fingerprint()
         same_content = state.get("fingerprint") == fingerprint
         try:
@@ -268,7 +268,7 @@ class S3Backend(Backend):
                 self._store_checksum(key, digest, item)
             self._verify(item, key, digest)
             current = journal.get(KIND_UPLOAD, item.item)
-            state = dict(current.data.get("s3") or {}) if current else {}
+            state = current.s3_state if current else {}
             journal.update(KIND_UPLOAD, item.item, s3={**state, "upload_id": None,
                                                         "fingerprint": fingerprint,
                                                         "completed": digest})

@@ -46,9 +46,9 @@ from converters.transfer.base import (
     TransferItem,
     TransferResult,
 )
-from migrate.errors import UsageError
-from migrate.state import Journal, Step
-from migrate.workdir import KIND_UPLOAD
+from migrate.core.errors import UsageError
+from migrate.core.journal import Journal, Step
+from migrate.core.workdir import KIND_UPLOAD
 
 CDI_GROUP, CDI_VERSION, DV_PLURAL = "cdi.kubevirt.io", "v1beta1", "datavolumes"
 UPLOAD_GROUP, UPLOAD_VERSION, UTR_PLURAL = "upload.cdi.kubevirt.io", "v1beta1", "uploadtokenrequests"
@@ -278,8 +278,8 @@ class UploadProxyBackend(Backend):
             if phase == "Succeeded":
                 # The step's checksum is set when a run had the proxy's full answer; a later
                 # POST clears "answered" until it has its own (journals from before count).
-                if (step.data.get("dv") == name and step.checksum
-                        and step.data.get("answered", True) is True
+                if (step.dv == name and step.checksum
+                        and step.answered
                         and (item.checksum in (None, step.checksum))):
                     progress.on_queued(item, item.size, item.size)
                     return self._result(item, name, SKIPPED, step.checksum, 0)
@@ -287,7 +287,7 @@ class UploadProxyBackend(Backend):
                 ours = ((meta.get("annotations") or {}).get("vmmove.io/source") == item.item
                         and (meta.get("labels") or {}).get("app.kubernetes.io/managed-by")
                         == "vmmove")
-                if not (ours and step.data.get("dv") == name):
+                if not (ours and step.dv == name):
                     raise TransferError(f"{where}: already holds an image (Succeeded); delete "
                                         "it to upload again")
                 # An earlier run sent to it and never had the proxy's full answer: CDI may hold

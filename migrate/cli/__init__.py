@@ -17,8 +17,8 @@ from typing import Any
 import click
 
 from migrate import __version__
-from migrate.output import error_line
-from migrate.errors import VmmoveError
+from migrate.core.output import error_line
+from migrate.core.errors import VmmoveError
 
 _NOT_COMMANDS = {"options"}
 
@@ -70,7 +70,7 @@ def main(verbose: bool) -> None:
     Each step reads the previous one's output file and records its progress in a journal,
     so every command can be rerun to resume.
     """
-    from migrate.progress import set_verbose
+    from migrate.core.progress import set_verbose
 
     set_verbose(verbose)
 

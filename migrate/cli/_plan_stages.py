@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from migrate.errors import UsageError, VmmoveError
-from migrate.output import human_size
+from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.output import human_size
 from migrate.plan import Plan, PlannedVM
 from migrate.status import KIND_MANIFESTS
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, image_basename
+from migrate.core.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, image_basename
 
 if TYPE_CHECKING:
     from converters.transfer.base import Backend, TransferItem
     from manifests.generate import ManifestSet
     from migrate.apply import Applied, ImportState, VmObjects
     from migrate.kube import Kube
-    from migrate.mapping import StorageTarget
+    from migrate.core.mapping import StorageTarget
 
 
 def data_disks(p: PlannedVM) -> list[Any]:
@@ -114,8 +114,8 @@ def backend_for(plan: Plan, kube: KubeArgs | None = None,
 def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem], list[str]]:
     """Items for the converted disks of ``vms``; the disks not converted yet, by name."""
     from converters.transfer.base import TransferItem
-    from migrate.naming import dns1123_label
-    from migrate.state import DONE
+    from migrate.core.naming import dns1123_label
+    from migrate.core.journal import DONE
 
     items: list[TransferItem] = []
     missing: list[str] = []
@@ -125,7 +125,7 @@ def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem]
                 item = disk_item(p.vm, disk)
                 label = f"{p.vm.name}/{disk.target}"
                 step = journal.get(KIND_CONVERT, item)
-                output = Path(step.data.get("output", "")) if step and step.status == DONE \
+                output = Path(step.output or "") if step and step.status == DONE \
                     else None
                 if output is None or not output.is_file():
                     missing.append(label + (" (converted image missing)" if output else ""))
@@ -133,8 +133,8 @@ def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem]
                 items.append(TransferItem(
                     item=item, name=output.name, size=output.stat().st_size, path=output,
                     checksum=step.checksum if step else None,
-                    virtual_size=step.data.get("virtual_size") if step else None,
-                    format=step.data.get("format") if step else None,
+                    virtual_size=step.virtual_size if step else None,
+                    format=step.format if step else None,
                     dv_name=dns1123_label(image_basename(p.name, disk)),
                     label=f"{label} ({output.name})"))
     return items, missing
@@ -145,7 +145,7 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
     """Send the wave's converted images to the plan's transfer target."""
     from converters.transfer.base import run_transfers
 
-    from migrate.state import DONE
+    from migrate.core.journal import DONE
 
     vms = wave_vms(plan, wave)
     items, missing = transfer_items(plan, vms)
@@ -162,7 +162,7 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
         done = set() if redo else {
             i.item for i in items
             if (s := journal.get(KIND_UPLOAD, i.item)) is not None and s.status == DONE
-            and s.checksum == i.checksum and s.data.get("backend") == backend.name}
+            and s.checksum == i.checksum and s.backend == backend.name}
     todo = [i for i in items if i.item not in done]
     if not todo:
         return f"upload: {len(items)} image(s) uploaded before, nothing to send"
@@ -178,7 +178,7 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
                    group) for target, group in by_target.items()]
     for b, _ in groups:
         b.prepare()
-    from migrate.progress import UploadProgress
+    from migrate.core.progress import UploadProgress
 
     bars = UploadProgress(sum(i.size for i in todo), len(todo))
     results: list[Any] = []
@@ -211,7 +211,7 @@ def build_manifests(plan: Plan, vms: list[PlannedVM]) -> list[ManifestSet]:
     """The VirtualMachines (with DataVolume templates) and Secrets of ``vms``."""
     from manifests.generate import GenerationContext, GenerationOptions, VmOverrides, build_all
     from manifests.sources import SourceResolver
-    from migrate.workdir import target_names
+    from migrate.core.workdir import target_names
 
     d = plan.defaults
     options = GenerationOptions(namespace=plan.namespace, run_strategy=d.run_strategy,
@@ -258,13 +258,13 @@ def manifests_wave(plan: Plan, wave: int) -> str:
 def vm_objects(plan: Plan, sets: list[ManifestSet]) -> list[VmObjects]:
     """What apply sends for each VM, and which DataVolume fills which disk."""
     from migrate.apply import ImportItem, VmObjects
-    from migrate.state import DONE
+    from migrate.core.journal import DONE
 
     by_key = {p.key: p for p in plan.vms}
     out: list[VmObjects] = []
     with plan.journal() as journal:
-        uploads = {s.data.get("dv"): s.item for s in journal.steps(KIND_UPLOAD)
-                   if s.status == DONE and s.data.get("dv")}
+        uploads = {s.dv: s.item for s in journal.steps(KIND_UPLOAD)
+                   if s.status == DONE and s.dv}
     for s in sets:
         p = by_key[s.vm_key]
         targets = {d.target: disk_item(p.vm, d) for d in p.vm.disks}
@@ -297,7 +297,7 @@ class ImportBars:
         self.logged: dict[str, str] = {}
 
     def update(self, state: ImportState) -> None:
-        from migrate.progress import bar, log
+        from migrate.core.progress import bar, log
 
         key = f"{state.item.namespace}/{state.item.dv}"
         if key not in self.bars:
@@ -457,7 +457,7 @@ def wave_upload_records(plan: Plan, wave: int) -> list[dict[str, Any]]:
     """Where each disk of the wave stands in the journal's upload records, for ``-o``:
     item, VM, disk, status (``not uploaded`` without a record), checksum, times (RFC 3339)
     and the :data:`UPLOAD_FIELDS` the record has."""
-    from migrate.output import rfc3339
+    from migrate.core.output import rfc3339
 
     records = []
     with plan.journal() as journal:
@@ -468,7 +468,7 @@ def wave_upload_records(plan: Plan, wave: int) -> list[dict[str, Any]]:
                 record: dict[str, Any] = {"item": item, "vm": p.vm.name, "disk": disk.target,
                                           "status": step.status if step else "not uploaded"}
                 if step is not None:
-                    record.update({k: step.data[k] for k in UPLOAD_FIELDS if k in step.data})
+                    record.update(step.fields(UPLOAD_FIELDS))
                     record.update(checksum=step.checksum, started=rfc3339(step.started),
                                   finished=rfc3339(step.finished), error=step.error)
                 records.append(record)

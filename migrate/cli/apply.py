@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from migrate.cli.options import kube, output_format
-from migrate.errors import VmmoveError
-from migrate.output import emit, error_line
+from migrate.core.errors import VmmoveError
+from migrate.core.output import emit, error_line
 
 if TYPE_CHECKING:
     from migrate.cli._plan_stages import ApplyOutcome

@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from migrate.cli.options import output_format
-from migrate.errors import UsageError
-from migrate.output import emit, table
+from migrate.core.errors import UsageError
+from migrate.core.output import emit, table
 
 EXIT_CONCERNS = 3
 FAIL_ON = {"critical": "critical", "warning": "warning", "never": None}
@@ -76,7 +76,7 @@ def assess_cmd(inventory: str, vm_refs: tuple[str, ...], output: str, fail_on: s
       3  a concern at or above --fail-on (default: critical) was found
     """
     from migrate.assessment import Context, Severity, assess, summary, worst
-    from migrate.serialize import load_inventory
+    from migrate.core.serialize import load_inventory
 
     inv = load_inventory(inventory)
     selected = _select(inv, inventory, vm_refs)

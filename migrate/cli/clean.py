@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from migrate.cli.options import output_format
-from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit, error_line, human_size
+from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.output import emit, error_line, human_size
 
 HEADERS = ["VM", "DISK", "WHAT", "WHERE", "SIZE", "RESULT", "WHY"]
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from migrate.cli.options import output_format, refuse_with_plan
-from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit, error_line, human_size, rfc3339
-from migrate.progress import ConvertProgress as BarProgress
-from migrate.progress import disk_estimate as estimate
+from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.output import emit, error_line, human_size, rfc3339
+from migrate.core.progress import ConvertProgress as BarProgress
+from migrate.core.progress import disk_estimate as estimate
 
 if TYPE_CHECKING:
     from converters.convert import DiskResult
@@ -34,7 +34,7 @@ def _rows(results: list[DiskResult]) -> list[list[Any]]:
 
 def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: str) -> None:
     from converters.convert import convert_status
-    from migrate.serialize import load_inventory
+    from migrate.core.serialize import load_inventory
 
     prefixes: list[str] | None = None
     if inventory and vms:
@@ -45,12 +45,12 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
         prefixes = list(dict.fromkeys(vm.key for v in vms for vm in inv.find_all(v)))
     steps = convert_status(workdir, prefixes)
     data = [
-        {"item": s.item, "vm": s.data.get("vm"), "disk": s.data.get("disk"), "status": s.status,
-         "output": s.data.get("output"), "format": s.data.get("format"),
-         "virtual_size": s.data.get("virtual_size"), "allocated": s.data.get("allocated"),
-         "verified": s.data.get("verified"), "checksum": s.checksum,
+        {"item": s.item, "vm": s.vm, "disk": s.disk, "status": s.status,
+         "output": s.output, "format": s.format,
+         "virtual_size": s.virtual_size, "allocated": s.allocated,
+         "verified": s.verified, "checksum": s.checksum,
          "started": rfc3339(s.started), "finished": rfc3339(s.finished),
-         "seconds": s.data.get("seconds"),
+         "seconds": s.seconds,
          "error": s.error}
         for s in steps
     ]
@@ -118,7 +118,7 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
     """
     from converters.convert import ConvertOptions, FAILED, convert_disks, select_disks
     from migrate.plan import is_plan_file
-    from migrate.serialize import load_inventory
+    from migrate.core.serialize import load_inventory
 
     plan_disks = None
     if inventory is not None and is_plan_file(inventory):

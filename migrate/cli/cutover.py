@@ -15,13 +15,13 @@ import click
 
 from migrate.cli.options import kube as kube_options
 from migrate.cli.options import output_format
-from migrate.errors import VmmoveError
-from migrate.output import emit, error_line
+from migrate.core.errors import VmmoveError
+from migrate.core.output import emit, error_line
 
 if TYPE_CHECKING:
     from migrate.kube import Kube
     from migrate.plan import Plan, PlannedVM
-    from migrate.state import Journal
+    from migrate.core.journal import Journal
 
 HEADERS = ["VM", "TARGET", "STATUS", "DOWNTIME", "SYNC", "STEPS", "NEXT / ERROR"]
 ROLLBACK_HEADERS = ["VM", "TARGET", "STATUS", "TARGET ACTION", "SOURCE ACTION", "ERROR"]
@@ -56,9 +56,9 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
     from migrate.cli._plan_stages import ImportBars, build_manifests, data_disks, vm_objects
     from migrate.cutover import CutoverError
     from migrate.kube import DATA_VOLUME
-    from migrate.progress import log
-    from migrate.state import DONE
-    from migrate.workdir import KIND_CONVERT, disk_item
+    from migrate.core.progress import log
+    from migrate.core.journal import DONE
+    from migrate.core.workdir import KIND_CONVERT, disk_item
 
     started = time.monotonic()
     disks = data_disks(p)
@@ -67,7 +67,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
     if missing:
         raise CutoverError(f"{p.vm.name}: disk(s) {', '.join(missing)} were never staged "
                            "(vmmove migrate --stage first)")
-    full = any(bool(s.data.get("force_share")) for s in staged.values() if s is not None)
+    full = any(s.force_share for s in staged.values() if s is not None)
     mode = "full" if full else "verify"
     report: dict[str, dict[str, Any]] = {}
     redo: list[str] = []
@@ -75,7 +75,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
         for d in disks:
             step = staged[d.target]
             assert step is not None
-            output = step.data.get("output") or ""
+            output = step.output or ""
             entry: dict[str, Any] = {"staged_checksum": step.checksum}
             same_file = bool(output) and _exists(output) and sha256_file(output) == step.checksum
             compared = None
@@ -85,7 +85,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
                 except VmmoveError as exc:
                     raise CutoverError(f"{p.vm.name}/{d.target}: {exc}") from None
                 compared = qemuimg.compare(chain.qemu_name(), chain.format, output,
-                                           str(step.data.get("format")), label=d.path)
+                                           str(step.format), label=d.path)
             if same_file and compared is not None and compared.identical:
                 entry.update(status="unchanged", compare="identical", checksum=step.checksum)
             else:
@@ -141,10 +141,10 @@ def _send_again(plan: Plan, kube_args: Any, p: PlannedVM, journal: Journal,
     from converters.convert import CONVERTED, FAILED, ConvertOptions, convert_disks
     from migrate.cli._plan_stages import data_disks, upload_wave
     from migrate.cutover import CutoverError
-    from migrate.model import Inventory, PowerState
-    from migrate.progress import log
-    from migrate.state import DONE
-    from migrate.workdir import KIND_UPLOAD, disk_item
+    from migrate.core.model import Inventory, PowerState
+    from migrate.core.progress import log
+    from migrate.core.journal import DONE
+    from migrate.core.workdir import KIND_UPLOAD, disk_item
 
     disks = data_disks(p)
     converted: list[str] = []
@@ -187,7 +187,7 @@ def _send_again(plan: Plan, kube_args: Any, p: PlannedVM, journal: Journal,
                 raise CutoverError(f"{p.vm.name}/{target}: final sync: the upload does not "
                                    "hold the new image's checksum")
             report[target]["uploaded"] = up.checksum
-            report[target]["sent"] = int(up.data.get("sent") or up.bytes or 0)
+            report[target]["sent"] = up.sent or up.bytes or 0
             sent += report[target]["sent"]
     return converted, sent, upload_seconds
 
@@ -286,7 +286,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
     from migrate.kube import connect
     from migrate.pipeline import plan_lock
     from migrate.plan import load_plan
-    from migrate.progress import log
+    from migrate.core.progress import log
 
     plan = load_plan(plan_file)
     if namespace:
@@ -294,7 +294,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
     chosen = select_vms(plan, wave, vms)
     if dry_run:
         from migrate.dryrun import cutover_steps, cutover_window, show
-        from migrate.output import duration
+        from migrate.core.output import duration
 
         n = jobs or default_jobs(len(chosen))
         window = f"the window about {duration(cutover_window(plan, chosen, n))} with --jobs {n}"
@@ -374,7 +374,7 @@ def _downtime(journal: Journal, p: PlannedVM) -> float | None:
     from migrate.apply import KIND_CUTOVER
 
     step = journal.get(KIND_CUTOVER, p.key)
-    value = step.data.get("downtime") if step else None
+    value = step.downtime if step else None
     return float(value) if value is not None else None
 
 
@@ -415,7 +415,7 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
     from migrate.kube import connect
     from migrate.pipeline import plan_lock
     from migrate.plan import load_plan
-    from migrate.progress import log
+    from migrate.core.progress import log
 
     plan = load_plan(plan_file)
     if namespace:

@@ -8,7 +8,7 @@ import time
 import click
 
 from migrate.cli.options import output_format
-from migrate.errors import UsageError, VmmoveError
+from migrate.core.errors import UsageError, VmmoveError
 
 
 @click.command("manifests")
@@ -96,11 +96,11 @@ def manifests_cmd(
     from manifests.kustomize import render, render_many, write_tree
     from manifests.preferences import Catalog
     from manifests.sources import SourceResolver
-    from migrate.mapping import Maps, NetworkMap, StorageMap, load_maps
-    from migrate.naming import is_dns1123_label
-    from migrate.output import table
-    from migrate.serialize import load_inventory
-    from migrate.workdir import target_names
+    from migrate.core.mapping import Maps, NetworkMap, StorageMap, load_maps
+    from migrate.core.naming import is_dns1123_label
+    from migrate.core.output import table
+    from migrate.core.serialize import load_inventory
+    from migrate.core.workdir import target_names
 
     if plan_file:
         from migrate.cli._plan_stages import plan_manifest_sets, plan_manifests

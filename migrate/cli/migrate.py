@@ -10,8 +10,8 @@ import click
 
 from migrate.cli.apply import apply_options, outcome_rows
 from migrate.cli.options import output_format
-from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit
+from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.output import emit
 
 HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
 
@@ -60,7 +60,7 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: boo
     from migrate.kube import connect
     from migrate.pipeline import Stage, StageResult, run_stages
     from migrate.plan import load_plan
-    from migrate.progress import log
+    from migrate.core.progress import log
 
     if not stage:
         raise UsageError("migrate: say what to run: --stage (convert → upload → manifests "

@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from migrate.cli.options import output_format
-from migrate.errors import UsageError
-from migrate.output import emit, escape, human_size
+from migrate.core.errors import UsageError
+from migrate.core.output import emit, escape, human_size
 
 HEADERS = ["WAVE", "WAVE NAME", "VM", "TARGET", "NAMESPACE", "DISKS", "DATA", "NOTE"]
 
@@ -124,8 +124,8 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
         raise UsageError("plan: give INVENTORY and --out PLAN (or --check PLAN)")
     if Path(out).exists() and not force:
         raise UsageError(f"{out}: exists; it may hold your edits (use --force to overwrite)")
-    from migrate.mapping import load_maps
-    from migrate.serialize import load_inventory
+    from migrate.core.mapping import load_maps
+    from migrate.core.serialize import load_inventory
 
     inv = load_inventory(inventory)
     networks: dict[str, str] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from migrate.cli.options import output_format
-from migrate.output import emit
+from migrate.core.output import emit
 
 @click.command("runbook")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
@@ -67,7 +67,7 @@ def report_cmd(plan_file: str, wave: int | None, plot: str | None, html_file: st
     """
     from pathlib import Path
 
-    from migrate.errors import UsageError
+    from migrate.core.errors import UsageError
     from migrate.plan import load_plan
     from migrate.report import (
         HEADERS,
@@ -78,7 +78,7 @@ def report_cmd(plan_file: str, wave: int | None, plot: str | None, html_file: st
         plot_bytes,
         table_rows,
     )
-    from migrate.serialize import atomic_write
+    from migrate.core.serialize import atomic_write
 
     fmt = None
     if plot:

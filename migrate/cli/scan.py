@@ -7,8 +7,8 @@ import sys
 import click
 
 from migrate.cli.options import connect, output_format
-from migrate.model import VM, Inventory
-from migrate.output import emit, error_line, escape, human_size
+from migrate.core.model import VM, Inventory
+from migrate.core.output import emit, error_line, escape, human_size
 
 TABLE_HEADERS = [
     "NAME", "HOST/FILE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE", "CONCERNS",
@@ -66,7 +66,7 @@ def table_row(vm: VM, concerns: str = "", source: str | None = None) -> list[str
 
 
 def render(inv: Inventory, fmt: str) -> None:
-    from migrate.serialize import to_data
+    from migrate.core.serialize import to_data
 
     if fmt == "table":
         if not inv.vms:
@@ -159,8 +159,8 @@ def scan_cmd(
     Problems (unreachable host, bad file, missing disk image) are printed on stderr, one
     line each; the rest is still scanned and the exit status is 1.
     """
-    from migrate.errors import UsageError
-    from migrate.serialize import save_inventory
+    from migrate.core.errors import UsageError
+    from migrate.core.serialize import save_inventory
     from migrate.sources import SourceError
     from migrate.sources.libvirt_uri import check_uri
     from migrate.sources.pve import parse_storage_map

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from migrate.cli.options import output_format
-from migrate.output import duration, emit, human_size
+from migrate.core.output import duration, emit, human_size
 
 HEADERS = ["WAVE", "VM", "TARGET", "PHASE", "STATE", "CONVERT", "UPLOAD", "IMPORT", "MOVED",
            "TIME", "LAST ERROR"]

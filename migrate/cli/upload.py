@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from migrate.cli.options import aws, kube, output_format, refuse_with_plan
-from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit, error_line, human_size
-from migrate.progress import UploadProgress as BarProgress
+from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.output import emit, error_line, human_size
+from migrate.core.progress import UploadProgress as BarProgress
 
 if TYPE_CHECKING:
     from converters.transfer.base import Backend, TransferItem, TransferResult
-    from migrate.model import VM, Disk, Inventory
-    from migrate.state import Journal
+    from migrate.core.model import VM, Disk, Inventory
+    from migrate.core.journal import Journal
 
 #: File name endings ``vmmove upload DIR`` treats as disk images.
 IMAGE_SUFFIXES = (".qcow2", ".qcow", ".raw", ".img", ".vmdk", ".vdi", ".vhd", ".vhdx", ".iso",
@@ -53,7 +53,7 @@ def _destination(r: TransferResult) -> str:
 @contextmanager
 def _upload_lock(journal_file: Path) -> Iterator[None]:
     """One upload run per work folder; a conversion may run beside it (its own lock)."""
-    from migrate.files import LockBusy, run_lock
+    from migrate.core.files import LockBusy, run_lock
 
     try:
         with run_lock(f"{journal_file}.upload.lock",
@@ -68,15 +68,15 @@ def _upload_lock(journal_file: Path) -> Iterator[None]:
 def _folder_items(folder: Path, journal: Journal, need_info: bool) -> list[TransferItem]:
     """Every image file of a folder; checksums from the folder's convert records."""
     from converters.transfer.base import TransferItem
-    from migrate.naming import dns1123_label
+    from migrate.core.naming import dns1123_label
     from migrate.sources.containment import Export, open_path
-    from migrate.state import DONE
-    from migrate.workdir import KIND_CONVERT
+    from migrate.core.journal import DONE
+    from migrate.core.workdir import KIND_CONVERT
 
     converted = {
-        str(Path(s.data["output"]).resolve()): s
+        str(Path(s.output).resolve()): s
         for s in journal.steps(KIND_CONVERT)
-        if s.status == DONE and s.data.get("output")
+        if s.status == DONE and s.output
     }
     items = []
     for path in sorted(folder.iterdir()):
@@ -85,8 +85,8 @@ def _folder_items(folder: Path, journal: Journal, need_info: bool) -> list[Trans
         if not path.name.lower().endswith(IMAGE_SUFFIXES):
             continue
         step = converted.get(str(path.resolve()))
-        virtual = step.data.get("virtual_size") if step else None
-        fmt = step.data.get("format") if step else None
+        virtual = step.virtual_size if step else None
+        fmt = step.format if step else None
         if need_info and virtual is None:
             try:  # read as an export: no header may lead outside the folder or to the network
                 chain = open_path(Export.of_descriptor(str(path)), str(path), None)
@@ -132,9 +132,9 @@ def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_
                      follow: bool) -> tuple[list[TransferItem], list[tuple[str, str]]]:
     """Items for the converted disks; (item, reason) for the disks not ready."""
     from converters.transfer.base import TransferItem
-    from migrate.naming import dns1123_label
-    from migrate.state import DONE, FAILED
-    from migrate.workdir import KIND_CONVERT, disk_item, image_basename, target_names
+    from migrate.core.naming import dns1123_label
+    from migrate.core.journal import DONE, FAILED
+    from migrate.core.workdir import KIND_CONVERT, disk_item, image_basename, target_names
 
     if vms:
         missing = [v for v in vms if inv.find(v) is None]
@@ -154,15 +154,15 @@ def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_
             label = f"{vm.name}/{disk.target}"
             dv_name = dns1123_label(image_basename(names[vm.key], disk))
             step = journal.get(KIND_CONVERT, item)
-            if step is not None and step.status == DONE and step.data.get("output"):
-                output = Path(step.data["output"])
+            if step is not None and step.status == DONE and step.output:
+                output = Path(step.output)
                 if not output.is_file():
                     not_ready.append((label, f"converted image {output} is missing"))
                     continue
                 items.append(TransferItem(
                     item=item, name=output.name, size=output.stat().st_size, path=output,
-                    checksum=step.checksum, virtual_size=step.data.get("virtual_size"),
-                    format=step.data.get("format"), dv_name=dv_name,
+                    checksum=step.checksum, virtual_size=step.virtual_size,
+                    format=step.format, dv_name=dv_name,
                     label=f"{label} ({output.name})"))
                 continue
             if as_is and disk.path and disk.source_type == "file":
@@ -294,10 +294,10 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
     (mode 0600) in the work folder, for CDI's s3 source.
     """
     from converters.transfer.base import run_transfers
-    from migrate.serialize import load_inventory
-    from migrate.state import Journal
+    from migrate.core.serialize import load_inventory
+    from migrate.core.journal import Journal
     from migrate.plan import is_plan_file
-    from migrate.workdir import journal_path
+    from migrate.core.workdir import journal_path
 
     if is_plan_file(source):
         from migrate.cli._plan_stages import KubeArgs, plan_upload
@@ -380,8 +380,8 @@ def _follow(inv: Inventory, vms: tuple[str, ...], journal: Journal, backend: Bac
     Gives up when the convert journal has not moved for ``idle_limit`` seconds (no
     conversion running), naming the disks still waiting."""
     from converters.transfer.base import FAILED, TransferResult, transfer_one
-    from migrate.progress import log
-    from migrate.workdir import KIND_CONVERT
+    from migrate.core.progress import log
+    from migrate.core.workdir import KIND_CONVERT
 
     results: list[TransferResult] = []
     reported: set[str] = set()

@@ -8,7 +8,7 @@ one bad file never stops a scan.
 import os
 import stat
 
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 
 
 class SourceError(VmmoveError):

@@ -42,9 +42,9 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 from migrate.imageinfo import ImageError, qemu_img
-from migrate.model import BackingFile, Disk, Source, SourceKind
+from migrate.core.model import BackingFile, Disk, Source, SourceKind
 
 #: Formats a layer may have (qemu driver names); ``vpc`` is VHD.
 FORMATS = frozenset({"raw", "qcow2", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc", "parallels",

@@ -1,4 +1,4 @@
-"""libvirt domain XML → :class:`~migrate.model.VM`.
+"""libvirt domain XML → :class:`~migrate.core.model.VM`.
 
 One reader serves both the live libvirt source (``XMLDesc`` of each domain) and offline
 files (``/etc/libvirt/qemu/*.xml``, ``virsh dumpxml`` output), so a VM reads the same
@@ -20,7 +20,7 @@ from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 
-from migrate.model import (
+from migrate.core.model import (
     VM,
     BackingFile,
     CpuTopology,

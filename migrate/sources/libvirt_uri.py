@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from migrate.model import VM, Disk, PowerState, ScanError, Source, SourceKind
+from migrate.core.model import VM, Disk, PowerState, ScanError, Source, SourceKind
 from migrate.sources import SourceError
-from migrate.progress import trace_call, without_password
+from migrate.core.progress import trace_call, without_password
 from migrate.sources.diskprobe import probe_disks, size_problem
 from migrate.sources.domxml import parse_domain_xml, parse_xml
 
@@ -294,7 +294,7 @@ class _Volumes:
 
 
 def _apply_volume(disk: Disk, facts: VolumeFacts) -> None:
-    from migrate.model import BackingFile
+    from migrate.core.model import BackingFile
 
     disk.virtual_size = facts.capacity
     disk.allocated_size = facts.allocation

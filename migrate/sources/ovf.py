@@ -21,8 +21,8 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml
 from defusedxml import ElementTree as DET
 
-from migrate.errors import VmmoveError
-from migrate.model import (
+from migrate.core.errors import VmmoveError
+from migrate.core.model import (
     VM,
     BackingFile,
     CpuTopology,

@@ -34,7 +34,7 @@ import os
 import re
 from urllib.parse import unquote
 
-from migrate.model import (
+from migrate.core.model import (
     VM,
     CpuTopology,
     Device,

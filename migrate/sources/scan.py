@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from migrate import __version__
-from migrate.errors import VmmoveError
-from migrate.model import VM, Inventory, ScanError, SourceKind, distinguish
-from migrate.progress import bar, without_password
+from migrate.core.errors import VmmoveError
+from migrate.core.model import VM, Inventory, ScanError, SourceKind, distinguish
+from migrate.core.progress import bar, without_password
 from migrate.sources import SourceError
 from migrate.sources.containment import inside
 

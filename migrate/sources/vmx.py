@@ -16,7 +16,7 @@ import re
 import uuid as uuidlib
 from collections.abc import Callable
 
-from migrate.model import (
+from migrate.core.model import (
     VM,
     CpuTopology,
     Device,

@@ -19,16 +19,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate.files import LockBusy, WriteError, create_private, private_dir, run_lock
+from migrate.core.files import LockBusy, WriteError, create_private, private_dir, run_lock
+from migrate.core.records import Status, Step, from_row
 
-PENDING = "pending"
-RUNNING = "running"
-DONE = "done"
-FAILED = "failed"
+PENDING = Status.PENDING
+RUNNING = Status.RUNNING
+DONE = Status.DONE
+FAILED = Status.FAILED
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS steps (
@@ -57,26 +57,6 @@ CREATE TABLE IF NOT EXISTS history (
 
 class JournalLocked(Exception):
     """Another vmmove process holds this journal."""
-
-
-@dataclass
-class Step:
-    kind: str
-    item: str
-    status: str
-    started: float | None = None
-    finished: float | None = None
-    bytes: int | None = None
-    checksum: str | None = None
-    error: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    updated: float = 0.0
-
-    @property
-    def duration(self) -> float | None:
-        if self.started is None or self.finished is None:
-            return None
-        return self.finished - self.started
 
 
 class Journal:
@@ -287,4 +267,4 @@ class Journal:
 
 def _step(row: dict[str, Any]) -> Step:
     row["data"] = json.loads(row["data"] or "{}")
-    return Step(**row)
+    return from_row(row)

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 
 #: Mode of private files: guest disks, the journal, Secret manifests.
 PRIVATE_FILE = 0o600

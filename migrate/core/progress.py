@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tqdm import tqdm
 
-from migrate.output import escape
+from migrate.core.output import escape
 
 
 def interactive(stream: TextIO | None = None) -> bool:
@@ -50,7 +50,7 @@ def bar(total: float | None, desc: str, unit: str = "B", **kwargs: Any) -> tqdm:
 
 def log(message: str) -> None:
     """A timestamped line on stderr when no bar is shown (non-TTY), nothing otherwise;
-    control characters escaped (:func:`migrate.output.escape`)."""
+    control characters escaped (:func:`migrate.core.output.escape`)."""
     if not interactive():
         stamp = time.strftime("%H:%M:%S")
         # one write per line: print() writes the text and the newline separately, so lines
@@ -258,7 +258,7 @@ class ConvertProgress:
         self.verifying_items: set[str] = set()
 
     def started(self, job: Any, total: int) -> None:
-        from migrate.output import human_size
+        from migrate.core.output import human_size
 
         share = 1.0 - self.VERIFY_SHARE if self.verify else 1.0
         self.bars.start(job.item, job.label, total, disk_estimate(job.disk), "convert", share)
@@ -269,7 +269,7 @@ class ConvertProgress:
         self.bars.advance(job.item, job.label, fraction)
 
     def verifying(self, job: Any, fraction: float) -> None:
-        from migrate.output import human_size
+        from migrate.core.output import human_size
 
         if job.item not in self.verifying_items:
             self.verifying_items.add(job.item)
@@ -281,7 +281,7 @@ class ConvertProgress:
         self.bars.advance(job.item, job.label, fraction)
 
     def finished(self, job: Any, result: Any) -> None:
-        from migrate.output import human_size
+        from migrate.core.output import human_size
 
         self.verifying_items.discard(job.item)
         self.bars.finish(job.item, disk_estimate(job.disk))
@@ -317,7 +317,7 @@ class UploadProgress:
         self.bars.grow(extra)
 
     def on_queued(self, item: Any, total: int, already: int) -> None:
-        from migrate.output import human_size
+        from migrate.core.output import human_size
 
         with self.lock:
             self.sizes[item.item] = max(int(total), 1)
@@ -335,7 +335,7 @@ class UploadProgress:
         self.bars.advance(item.item, item.label, fraction)
 
     def on_done(self, item: Any, result: Any) -> None:
-        from migrate.output import human_size
+        from migrate.core.output import human_size
 
         with self.lock:
             size = self.sizes.pop(item.item, 0)

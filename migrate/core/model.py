@@ -3,7 +3,7 @@
 A scan produces an :class:`Inventory` of :class:`VM` records; assessment, planning,
 conversion, transfer and manifest generation all read the same records.  Every class
 is a plain dataclass so that an inventory round-trips through JSON or YAML without loss
-(see :mod:`migrate.serialize`).  Sizes and memory are in bytes, always.
+(see :mod:`migrate.core.serialize`).  Sizes and memory are in bytes, always.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-from migrate.serialize import dumps
+from migrate.core.serialize import dumps
 
 FORMATS = ("table", "json", "yaml")
 
