@@ -47,7 +47,7 @@ from converters import qemuimg
 from converters.checksum import sha256_file
 from migrate.core.errors import UsageError, VmmoveError
 from migrate.core.files import new_private_file, private_dir, write_failure
-from migrate.imageinfo import ImageError
+from migrate.clients.imageinfo import ImageError
 from migrate.core.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk, Inventory, PowerState
 from migrate.sources.containment import (
     Chain,

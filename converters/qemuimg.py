@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from migrate.core.errors import VmmoveError
-from migrate.imageinfo import qemu_img
+from migrate.clients.imageinfo import qemu_img
 from migrate.core.progress import trace_command
 
 #: Flags added to every ``qemu-img convert``: none.  Chosen by measurement (bench/convert.py,

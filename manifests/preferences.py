@@ -119,7 +119,7 @@ def _documents(path: Path, kind: str) -> list[dict[str, Any]]:
 
 def parse_quantity(value: Any) -> Decimal:
     """A Kubernetes quantity (``1.5Gi``, ``512Mi``, ``2``) as a number."""
-    from kubernetes.utils.quantity import parse_quantity as parse  # heavy import, only here
+    from migrate.clients.cluster import parse_quantity as parse  # heavy import, only here
 
     return Decimal(parse(value))
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from migrate.kube import DATA_VOLUME, Kube, KubeError
+from migrate.clients.cluster import DATA_VOLUME, Kube, KubeError
 from migrate.core.journal import DONE, FAILED, Journal
 from migrate.core.records import KIND_APPLY, KIND_IMPORT, KIND_CUTOVER, KIND_ROLLBACK  # noqa: F401 - re-exported
 

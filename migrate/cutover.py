@@ -50,16 +50,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
-from migrate.core.errors import UsageError, VmmoveError
-from migrate.kube import DATA_VOLUME, VIRTUAL_MACHINE, Kube
+from migrate.core.errors import SourceError, UsageError, VmmoveError
+from migrate.clients import cluster
+from migrate.clients.cluster import DATA_VOLUME, VIRTUAL_MACHINE, VMI, Kube, set_run_strategy
 from migrate.core.model import VM
 from migrate.plan import Plan, PlannedVM
-from migrate.core.progress import trace_call, without_password
+from migrate.core.progress import trace_call
 from migrate.core.journal import DONE, RUNNING, Journal
 from migrate.core.workdir import disk_item
 
 STEPS = ("preflight", "stop", "sync", "start", "verify", "done")
-VMI = ("kubevirt.io/v1", "VirtualMachineInstance")
 #: ``--jobs`` default: VMs cut over (or rolled back) at once, at most this many.  Small on
 #: purpose: the operator watches every VM that is down at once, full final syncs take turns
 #: anyway (they convert and upload through one work folder), and the Kubernetes client's
@@ -168,46 +168,29 @@ def wait_until(when: datetime.datetime, log: Log) -> float:
 # -- the source: a libvirt domain -------------------------------------------------------------
 
 
-def _libvirt() -> Any:
-    import libvirt
-
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    return libvirt
-
-
-STATE_NAMES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutting down",
-               5: "shut off", 6: "crashed", 7: "suspended"}
-_OFF = {5, 6}  # shut off, crashed: nothing runs
-
-
 class Source:
-    """The source domain of one VM, through the libvirt URI it was scanned from."""
+    """The source domain of one VM, through the libvirt URI it was scanned from (the
+    scan's connection path: :func:`migrate.clients.libvirt.connect`, read-write)."""
 
     def __init__(self, p: PlannedVM) -> None:
+        from migrate.clients.libvirt import Domain, LibvirtCallError
+
         vm = p.vm
         if vm.source.kind.value != "libvirt":
             raise CutoverError(f"{vm.name}: source {vm.source.location} is not a libvirt host; "
                                "cutover stops and starts libvirt domains only")
-        libvirt = _libvirt()
         self.label = f"{vm.name} on {vm.source.location}"
-        trace_call(f"libvirt.open({without_password(vm.source.location)!r})")
         try:
-            self.conn = libvirt.open(vm.source.location)
-        except libvirt.libvirtError as exc:
-            raise CutoverError(f"{self.label}: cannot reach the source host: "
-                               f"{exc.get_error_message()}") from None
-        trace_call(f"lookupByUUIDString({vm.uuid!r})" if vm.uuid
-                   else f"lookupByName({vm.name!r})")
-        try:
-            self.dom = (self.conn.lookupByUUIDString(vm.uuid) if vm.uuid
-                        else self.conn.lookupByName(vm.name))
-        except libvirt.libvirtError:
-            self.conn.close()
+            self.domain = Domain(vm.source.location, vm.uuid, vm.name)
+        except SourceError as exc:
+            reason = str(exc).split(": cannot connect: ", 1)[-1]
+            raise CutoverError(f"{self.label}: cannot reach the source host: {reason}") from None
+        except LibvirtCallError:
             raise CutoverError(f"{self.label}: no such domain on the source host "
                                f"(uuid {vm.uuid or '-'}); was it undefined or renamed?") from None
 
     def close(self) -> None:
-        self.conn.close()
+        self.domain.close()
 
     def __enter__(self) -> Source:
         return self
@@ -216,39 +199,36 @@ class Source:
         self.close()
 
     @property
-    def state(self) -> int:
-        return int(self.dom.state()[0])
-
-    @property
     def state_name(self) -> str:
-        return STATE_NAMES.get(self.state, "unknown")
+        return self.domain.state_name
 
     @property
     def running(self) -> bool:
-        return self.state not in _OFF
+        return self.domain.running
 
     def stop(self, timeout: float, force: bool, poll: float = 0.25) -> dict[str, Any]:
         """Shut the domain down (ACPI); destroy only with ``force`` once ``timeout`` passed."""
-        libvirt = _libvirt()
+        from migrate.clients.libvirt import LibvirtCallError
+
+        dom = self.domain
         before = self.state_name
         started = time.monotonic()
         if not self.running:
             return {"before": before, "how": "already off", "seconds": 0.0}
-        if self.state == 3 and not force:  # paused: ACPI cannot reach the guest
+        paused = dom.paused
+        if paused and not force:  # ACPI cannot reach a paused guest
             raise CutoverError(f"{self.label}: the domain is paused, an ACPI shutdown cannot "
                                "reach it; resume it (virsh resume) or pass --force to power it "
                                "off. Nothing was changed.")
-        if self.state != 3:
-            trace_call(f"{self.dom.name()}.shutdown()  # ACPI, on {self.label}")
+        if not paused:
+            trace_call(f"{dom.name()}.shutdown()  # ACPI, on {self.label}")
             try:
-                self.dom.shutdown()
-            except libvirt.libvirtError as exc:
+                dom.shutdown()
+            except LibvirtCallError as exc:
                 if self.running:
-                    raise CutoverError(f"{self.label}: shutdown refused: "
-                                       f"{exc.get_error_message()}; nothing was changed") from None
-        while self.running and time.monotonic() - started < timeout:
-            time.sleep(poll)
-        if not self.running:
+                    raise CutoverError(f"{self.label}: shutdown refused: {exc}; nothing was "
+                                       "changed") from None
+        if dom.wait_off(timeout - (time.monotonic() - started), poll):
             return {"before": before, "how": "shutdown", "seconds": time.monotonic() - started}
         if not force:
             raise CutoverError(
@@ -256,56 +236,30 @@ class Source:
                 f"is still {self.state_name}; nothing else was changed. Shut it down from "
                 "inside the guest, raise --shutdown-timeout, or pass --force to power it off "
                 "after the timeout")
-        trace_call(f"{self.dom.name()}.destroy()  # power off, on {self.label}")
+        trace_call(f"{dom.name()}.destroy()  # power off, on {self.label}")
         try:
-            self.dom.destroy()
-        except libvirt.libvirtError as exc:
+            dom.destroy()
+        except LibvirtCallError as exc:
             if self.running:
-                raise CutoverError(f"{self.label}: destroy failed: "
-                                   f"{exc.get_error_message()}") from None
+                raise CutoverError(f"{self.label}: destroy failed: {exc}") from None
         return {"before": before, "how": "destroyed after timeout",
                 "seconds": time.monotonic() - started}
 
     def start(self) -> str:
         """Start the domain unless it runs; what was done."""
-        libvirt = _libvirt()
+        from migrate.clients.libvirt import LibvirtCallError
+
         if self.running:
             return "already running"
-        trace_call(f"{self.dom.name()}.create()  # start, on {self.label}")
+        trace_call(f"{self.domain.name()}.create()  # start, on {self.label}")
         try:
-            self.dom.create()
-        except libvirt.libvirtError as exc:
-            raise CutoverError(f"{self.label}: cannot start the source again: "
-                               f"{exc.get_error_message()}") from None
+            self.domain.create()
+        except LibvirtCallError as exc:
+            raise CutoverError(f"{self.label}: cannot start the source again: {exc}") from None
         return "started"
 
 
 # -- the target: a KubeVirt VirtualMachine -------------------------------------------------------
-
-
-def set_run_strategy(kube: Kube, namespace: str, name: str, strategy: str) -> dict[str, Any]:
-    """Merge-patch ``spec.runStrategy`` (only that field) of a VirtualMachine."""
-    resource = kube.resource(*VIRTUAL_MACHINE)
-    body = {"spec": {"runStrategy": strategy}}
-
-    def call() -> Any:
-        return resource.patch(body=body, name=name, namespace=namespace,
-                              content_type="application/merge-patch+json",
-                              _request_timeout=kube.options.request_timeout)
-
-    return kube.retrying(f"patch VirtualMachine {namespace}/{name} runStrategy={strategy}",
-                         call).to_dict()
-
-
-def get_vmi(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
-    return kube.get(*VMI, name, namespace)
-
-
-def agent_connected(vmi: dict[str, Any]) -> bool:
-    for cond in (vmi.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "AgentConnected" and str(cond.get("status")) == "True":
-            return True
-    return False
 
 
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
@@ -320,39 +274,20 @@ def has_guest_agent(vm: VM) -> bool:
 
 def wait_running(kube: Kube, namespace: str, name: str, timeout: float, agent: bool,
                  poll: float) -> dict[str, Any]:
-    """Wait for the VMI to run (and the agent to connect, when asked); raise on timeout."""
-    started = time.monotonic()
-    vmi: dict[str, Any] | None = None
-    while True:
-        vmi = get_vmi(kube, namespace, name)
-        phase = ((vmi or {}).get("status") or {}).get("phase")
-        if phase == "Running" and (not agent or agent_connected(vmi or {})):
-            return {"phase": phase, "agent": agent_connected(vmi or {}),
-                    "node": ((vmi or {}).get("status") or {}).get("nodeName"),
-                    "seconds": round(time.monotonic() - started, 3)}
-        if phase in ("Failed", "Succeeded"):
-            raise CutoverError(f"VirtualMachineInstance {namespace}/{name} is {phase}, not "
-                               "Running")
-        if time.monotonic() - started >= timeout:
-            what = (f"is {phase}" if phase else "does not exist")
-            if phase == "Running" and agent:
-                what = "runs but its guest agent did not connect"
-            raise CutoverError(f"VirtualMachineInstance {namespace}/{name} {what} after "
-                               f"{timeout:g}s (--verify-timeout)")
-        time.sleep(poll)
+    """:func:`migrate.clients.cluster.wait_running`, a timeout as :class:`CutoverError`."""
+    try:
+        return cluster.wait_running(kube, namespace, name, timeout, agent, poll)
+    except cluster.WaitError as exc:
+        raise CutoverError(str(exc)) from None
 
 
 def wait_vmi_gone(kube: Kube, namespace: str, name: str, timeout: float,
                   poll: float) -> float:
-    started = time.monotonic()
-    while get_vmi(kube, namespace, name) is not None:
-        if time.monotonic() - started >= timeout:
-            raise CutoverError(
-                f"VirtualMachineInstance {namespace}/{name} still exists {timeout:g}s after "
-                "runStrategy became Halted; the source was NOT started (two copies must never "
-                "run at once): check the VM with kubectl, then rerun vmmove rollback")
-        time.sleep(poll)
-    return time.monotonic() - started
+    """:func:`migrate.clients.cluster.wait_vmi_gone`, a timeout as :class:`CutoverError`."""
+    try:
+        return cluster.wait_vmi_gone(kube, namespace, name, timeout, poll)
+    except cluster.WaitError as exc:
+        raise CutoverError(str(exc)) from None
 
 
 # -- cutover -----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from migrate.core.errors import UsageError, VmmoveError
-from migrate.imageinfo import qemu_img
+from migrate.clients.imageinfo import qemu_img
 from migrate.core.serialize import atomic_write
 
 MiB = 1024 * 1024

@@ -170,7 +170,7 @@ def test_verify_waits_for_the_guest_agent_when_the_source_had_one(
     (read by the real domain XML parser); a target whose agent never connects fails
     verification with a line that says so."""
     from migrate.cutover import has_guest_agent, wait_running
-    from migrate.kube import Kube, KubeOptions
+    from migrate.clients.cluster import Kube, KubeOptions
     from migrate.core.model import Source, SourceKind
     from migrate.sources.domxml import parse_domain_xml
 

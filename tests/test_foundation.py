@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from migrate.imageinfo import ImageError, image_info
+from migrate.clients.imageinfo import ImageError, image_info
 from migrate.core.model import (
     BackingFile,
     CpuTopology,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.imageinfo import image_info
+from migrate.clients.imageinfo import image_info
 from migrate.core.model import SourceKind
 from migrate.sources import SourceError
 from migrate.sources.ova import read_ova

@@ -87,7 +87,7 @@ class UploadProxyBackend(Backend):
             raise UsageError(f"{options.url}: not an upload proxy URL; expected https://host[:port]")
         self._parsed = parsed
         self._api: Any = None
-        self._kube: Any = None  # migrate.kube.Kube, from prepare()
+        self._kube: Any = None  # migrate.clients.cluster.Kube, from prepare()
         self.namespace = options.namespace or "default"
 
     def describe(self) -> str:
@@ -95,12 +95,10 @@ class UploadProxyBackend(Backend):
 
     # -- Kubernetes ---------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Connect as every vmmove command does (:class:`migrate.kube.Kube`: kubeconfig,
+        """Connect as every vmmove command does (:class:`migrate.clients.cluster.Kube`: kubeconfig,
         $KUBECONFIG, context, namespace); the DataVolume and token calls then go through
         ``CustomObjectsApi`` on that connection, without discovery."""
-        from kubernetes import client
-
-        from migrate.kube import Kube, KubeError, KubeOptions
+        from migrate.clients.cluster import CustomObjects, Kube, KubeError, KubeOptions
 
         o = self.options
         try:
@@ -108,31 +106,22 @@ class UploadProxyBackend(Backend):
         except KubeError as exc:
             raise UsageError(f"cannot load the kubeconfig: {exc}") from None
         self.namespace = self._kube.namespace
-        self._api = client.CustomObjectsApi(self._kube.api_client)
+        self._api = CustomObjects(self._kube)
 
     def _k8s(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         """One API call, not retried (a create is not safe to repeat); a failure becomes
-        the connection's one line (:meth:`migrate.kube.Kube.failure`) naming ``what``."""
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError as Urllib3Error
+        the connection's one line (:meth:`migrate.clients.cluster.Kube.failure`) naming ``what``."""
+        from migrate.clients.cluster import KubeError
 
         try:
-            return call(*args, **kwargs)
-        except (ApiException, Urllib3Error, OSError) as exc:
-            message = str(self._kube.failure(exc, what))
+            return self._api.once(what, call, *args, **kwargs)
+        except KubeError as exc:
+            message = str(exc)
             raise TransferError(message if message.startswith(what)
                                 else f"{what}: {message}") from None
 
     def _get_dv(self, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return self._api.get_namespaced_custom_object(
-                CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._api.get_dv(self.namespace, name)  # type: ignore[no-any-return]
 
     def datavolume(self, item: TransferItem, name: str) -> dict[str, Any]:
         """The upload DataVolume manifest for ``item``."""
@@ -182,7 +171,7 @@ class UploadProxyBackend(Backend):
                 "metadata": {"name": f"token-for-{name}", "namespace": self.namespace},
                 "spec": {"pvcName": name}}
         where = f"{label}: UploadTokenRequest for {self.namespace}/{name}"
-        resp = self._k8s(where, self._api.create_namespaced_custom_object,
+        resp = self._k8s(where, self._api.create,
                          UPLOAD_GROUP, UPLOAD_VERSION, self.namespace, UTR_PLURAL, body)
         token = ((resp or {}).get("status") or {}).get("token")
         if not token:
@@ -297,11 +286,11 @@ class UploadProxyBackend(Backend):
         if dv is not None:
             annotations = (dv.get("metadata") or {}).get("annotations") or {}
             if self.options.force_bind and annotations.get(BIND_IMMEDIATE) != "true":
-                self._k8s(where, self._api.patch_namespaced_custom_object,
+                self._k8s(where, self._api.patch,
                           CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL, name,
                           {"metadata": {"annotations": {BIND_IMMEDIATE: "true"}}})
         else:
-            self._k8s(where, self._api.create_namespaced_custom_object,
+            self._k8s(where, self._api.create,
                       CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL,
                       self.datavolume(item, name))
         self._wait_phase(name, {"UploadReady"}, label)
@@ -348,7 +337,7 @@ class UploadProxyBackend(Backend):
 
     def _delete(self, name: str, where: str) -> None:
         """Delete DataVolume ``name`` (vmmove's) and wait until it is gone."""
-        self._k8s(where, self._api.delete_namespaced_custom_object,
+        self._k8s(where, self._api.delete,
                   CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL, name)
         deadline = time.monotonic() + self.options.wait_timeout
         while self._k8s(where, self._get_dv, name) is not None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from converters.transfer.base import Backend, TransferItem
     from manifests.generate import ManifestSet
     from migrate.apply import Applied, ImportState, VmObjects
-    from migrate.kube import Kube
+    from migrate.clients.cluster import Kube
     from migrate.core.mapping import StorageTarget
 
 

@@ -54,7 +54,7 @@ def outcome_rows(wave: int, outcome: ApplyOutcome) -> tuple[list[dict[str, Any]]
 
 
 def connect_for(kubeconfig: str | None, context: str | None) -> Any:
-    from migrate.kube import connect
+    from migrate.clients.cluster import connect
 
     return connect(kubeconfig, context)
 

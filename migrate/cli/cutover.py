@@ -19,7 +19,7 @@ from migrate.core.errors import VmmoveError
 from migrate.core.output import emit, error_line
 
 if TYPE_CHECKING:
-    from migrate.kube import Kube
+    from migrate.clients.cluster import Kube
     from migrate.plan import Plan, PlannedVM
     from migrate.core.journal import Journal
 
@@ -55,7 +55,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
     from migrate.apply import KIND_IMPORT, watch_imports
     from migrate.cli._plan_stages import ImportBars, build_manifests, data_disks, vm_objects
     from migrate.cutover import CutoverError
-    from migrate.kube import DATA_VOLUME
+    from migrate.clients.cluster import delete_datavolume
     from migrate.core.progress import log
     from migrate.core.journal import DONE
     from migrate.core.workdir import KIND_CONVERT, disk_item
@@ -113,10 +113,8 @@ def final_sync(plan: Plan, kube: Kube, kube_args: Any, import_timeout: float,
         objects = vm_objects(plan, build_manifests(plan, [p]))
         items = [i for o in objects for i in o.imports
                  if i.item.rsplit("/", 1)[-1] in converted]
-        resource = kube.resource(*DATA_VOLUME)
         for i in items:
-            kube.retrying(f"delete DataVolume {i.namespace}/{i.dv}", lambda i=i: _delete(
-                resource, i.namespace, i.dv))
+            delete_datavolume(kube, i.namespace, i.dv)
             journal.reset(KIND_IMPORT, i.item)
         states = watch_imports(kube, items, journal, timeout=import_timeout,
                                progress=ImportBars())
@@ -198,15 +196,6 @@ def _exists(path: str) -> bool:
     return os.path.isfile(path)
 
 
-def _delete(resource: Any, namespace: str, name: str) -> None:
-    from kubernetes.dynamic.exceptions import NotFoundError
-
-    try:
-        resource.delete(name=name, namespace=namespace)
-    except NotFoundError:
-        pass
-
-
 # -- commands ------------------------------------------------------------------------------------
 
 
@@ -283,7 +272,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
         select_vms,
         wait_until,
     )
-    from migrate.kube import connect
+    from migrate.clients.cluster import connect
     from migrate.pipeline import plan_lock
     from migrate.plan import load_plan
     from migrate.core.progress import log
@@ -412,7 +401,7 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
         rollback_many,
         select_vms,
     )
-    from migrate.kube import connect
+    from migrate.clients.cluster import connect
     from migrate.pipeline import plan_lock
     from migrate.plan import load_plan
     from migrate.core.progress import log

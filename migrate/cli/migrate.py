@@ -57,7 +57,7 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: boo
         manifests_wave,
         upload_wave,
     )
-    from migrate.kube import connect
+    from migrate.clients.cluster import connect
     from migrate.pipeline import Stage, StageResult, run_stages
     from migrate.plan import load_plan
     from migrate.core.progress import log

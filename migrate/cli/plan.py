@@ -18,7 +18,7 @@ def _size(text: str | None) -> int | None:
     """``500Gi``, ``2T``, ``750G`` as bytes (Kubernetes quantity rules)."""
     if not text:
         return None
-    from kubernetes.utils.quantity import parse_quantity
+    from migrate.clients.cluster import parse_quantity
 
     try:
         return int(parse_quantity(text))

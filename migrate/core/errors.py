@@ -15,3 +15,7 @@ class UsageError(VmmoveError):
     """The command line or an input file asks for something impossible."""
 
     exit_code = 2
+
+
+class SourceError(VmmoveError):
+    """A source that cannot be read; ``str()`` names the file or URI and the problem."""

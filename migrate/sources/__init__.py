@@ -8,11 +8,9 @@ one bad file never stops a scan.
 import os
 import stat
 
-from migrate.core.errors import VmmoveError
+from migrate.core.errors import SourceError
 
-
-class SourceError(VmmoveError):
-    """A source that cannot be read; ``str()`` names the file or URI and the problem."""
+__all__ = ["SourceError", "read_bounded"]
 
 
 def read_bounded(path: str, limit: int, what: str) -> tuple[str, bytes]:
