@@ -105,6 +105,9 @@ class ConvertOptions:
     redo: bool = False  # convert again even if the journal says done
     flags: tuple[str, ...] = qemuimg.FAST_FLAGS
     check_space: bool = True
+    #: Keys of VMs the caller knows to be stopped now (the cutover's stop step): their
+    #: scanned power state is stale, and it is their stopped disks that are read.
+    source_stopped: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.format not in qemuimg.OUTPUT_FORMATS:
@@ -486,7 +489,8 @@ def prepare(job: DiskJob, options: ConvertOptions, done: Step | None = None) -> 
     if disk.source_type not in ("file", "block", "volume"):
         raise DiskError(f"{job.label}: {disk.source_type} disks ({disk.protocol or path}) cannot "
                         "be read from here; export the image to a file first")
-    if job.vm.power_state in IN_USE_STATES and not options.force_share:
+    if job.vm.power_state in IN_USE_STATES and not options.force_share \
+            and job.vm.key not in options.source_stopped:
         raise DiskError(
             f"{job.label}: VM is {job.vm.power_state.value}; {CONSISTENT_COPY_HINT}")
     try:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from migrate.pipeline import plan_lock
+from migrate.pipeline.wave import plan_lock
 from migrate.plan import load_plan
 from migrate.sources.libvirt_uri import scan_uri
 from migrate.core.journal import DONE, FAILED

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from migrate.cutover import parse_at
+from migrate.pipeline.cutover import parse_at
 from migrate.core.errors import UsageError, VmmoveError
 from migrate.plan import load_plan
 from migrate.report import MIB, Rate, Throughput
@@ -169,7 +169,7 @@ def test_verify_waits_for_the_guest_agent_when_the_source_had_one(
     """The guest agent is awaited exactly when the source VM had a QEMU guest agent channel
     (read by the real domain XML parser); a target whose agent never connects fails
     verification with a line that says so."""
-    from migrate.cutover import has_guest_agent, wait_running
+    from migrate.pipeline.cutover import has_guest_agent, wait_running
     from migrate.clients.cluster import Kube, KubeOptions
     from migrate.core.model import Source, SourceKind
     from migrate.sources.domxml import parse_domain_xml

@@ -536,7 +536,7 @@ def test_live_libvirt_headers_must_agree_with_libvirts_chain(libvirt_domains) ->
 
 
 def test_upload_as_is_sends_only_a_checked_file_of_the_export(tmp_path: Path, secret: Path) -> None:
-    from migrate.cli.upload import _as_is_problem
+    from migrate.pipeline.upload import as_is_problem as _as_is_problem
     from migrate.core.model import VM, Disk, Source
 
     export = tmp_path / "export"

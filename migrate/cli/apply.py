@@ -11,7 +11,7 @@ from migrate.core.errors import VmmoveError
 from migrate.core.output import emit, error_line
 
 if TYPE_CHECKING:
-    from migrate.cli._plan_stages import ApplyOutcome
+    from migrate.pipeline.stages import ApplyOutcome
 
 HEADERS = ["WAVE", "OBJECT", "RESULT", "DETAIL"]
 
@@ -53,12 +53,6 @@ def outcome_rows(wave: int, outcome: ApplyOutcome) -> tuple[list[dict[str, Any]]
     return data, rows
 
 
-def connect_for(kubeconfig: str | None, context: str | None) -> Any:
-    from migrate.clients.cluster import connect
-
-    return connect(kubeconfig, context)
-
-
 @click.command("apply")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
@@ -85,37 +79,24 @@ def apply_cmd(plan_file: str, wave: int | None, dry_run: str, kubeconfig: str | 
     The manifests are made from the plan and the journal (what convert and upload
     recorded); -n replaces the plan's namespace for VMs without their own.
     """
-    from migrate.cli._plan_stages import apply_errors, apply_wave
-    from migrate.pipeline import plan_lock
+    from migrate.pipeline.stages import KubeArgs, apply_errors, apply_waves
     from migrate.plan import load_plan
 
     plan = load_plan(plan_file)
     if namespace:
         plan.use_namespace(namespace)
     numbers = [wave] if wave is not None else plan.wave_numbers()
-    for n in numbers:
-        plan.wave(n)  # an unknown wave fails before anything is contacted
     mode = None if dry_run == "none" else dry_run
     all_data: list[dict[str, Any]] = []
     all_rows: list[list[Any]] = []
     errors: list[str] = []
-    kube_client = None if mode == "client" else connect_for(kubeconfig, context)
-    try:
-        with plan_lock(plan):
-            for n in numbers:
-                if not plan.wave(n):
-                    continue
-                outcome = apply_wave(plan, n, kube_client, dry_run=mode, force=force_conflicts,
-                                     wait=wait, timeout=timeout, max_restarts=max_restarts)
-                data, rows = outcome_rows(n, outcome)
-                all_data += data
-                all_rows += rows
-                errors = apply_errors(outcome)
-                if errors:
-                    break
-    finally:
-        if kube_client is not None:
-            kube_client.close()
+    for n, outcome in apply_waves(plan, numbers, KubeArgs(kubeconfig, context, namespace),
+                                  dry_run=mode, force=force_conflicts, wait=wait,
+                                  timeout=timeout, max_restarts=max_restarts):
+        data, rows = outcome_rows(n, outcome)
+        all_data += data
+        all_rows += rows
+        errors = apply_errors(outcome)
     emit(all_data, output, HEADERS, all_rows)
     if errors:
         for e in errors:

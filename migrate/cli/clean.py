@@ -48,7 +48,7 @@ def clean_cmd(plan_file: str, wave: int | None, images: bool, s3: bool, force: b
     vms, passed = chosen_vms(plan, wave, force)
     client, bucket = None, None
     if s3 and vms:
-        from migrate.cli._plan_stages import backend_for
+        from migrate.pipeline.stages import backend_for
 
         backend = backend_for(plan)
         client, bucket = backend.client, backend.bucket  # type: ignore[attr-defined]

@@ -122,7 +122,7 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
 
     plan_disks = None
     if inventory is not None and is_plan_file(inventory):
-        from migrate.cli._plan_stages import plan_convert_args
+        from migrate.pipeline.stages import plan_convert_args
 
         refuse_with_plan(inventory, ("workdir", "fmt", "compress", "verify", "force_share"))
         plan, plan_disks, plan_options = plan_convert_args(inventory, wave, vms)

@@ -103,7 +103,7 @@ def manifests_cmd(
     from migrate.core.workdir import target_names
 
     if plan_file:
-        from migrate.cli._plan_stages import plan_manifest_sets, plan_manifests
+        from migrate.pipeline.stages import plan_manifest_sets, plan_manifests
 
         if output != "table":
             _, sets = plan_manifest_sets(plan_file, inventory, wave, vms)

@@ -48,19 +48,9 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: boo
     changes nothing. Two runs on one plan at once are refused. The cluster is checked
     (reachable, KubeVirt and CDI served) before any disk is converted.
     """
-    from migrate.cli._plan_stages import (
-        KubeArgs,
-        apply_errors,
-        apply_summary,
-        apply_wave,
-        convert_wave,
-        manifests_wave,
-        upload_wave,
-    )
-    from migrate.clients.cluster import connect
-    from migrate.pipeline import Stage, StageResult, run_stages
-    from migrate.plan import load_plan
     from migrate.core.progress import log
+    from migrate.pipeline.stages import KubeArgs, stage_wave
+    from migrate.plan import load_plan
 
     if not stage:
         raise UsageError("migrate: say what to run: --stage (convert → upload → manifests "
@@ -78,41 +68,20 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: boo
 
         show(migrate_steps(plan, wave, redo), output, f"migrate wave {wave}")
         return
-    kube_client = connect(kubeconfig, context)  # fail now, not after hours of conversion
-    outcome_box: dict[str, Any] = {}
-
-    def apply_stage() -> str:
-        outcome = apply_wave(plan, wave, kube_client, force=force_conflicts, wait=wait,
-                             timeout=timeout, max_restarts=max_restarts)
-        outcome_box["outcome"] = outcome
-        errors = apply_errors(outcome)
-        if errors:
-            raise VmmoveError("apply: " + " | ".join(errors))
-        return apply_summary(outcome)
-
-    args = KubeArgs(kubeconfig, context, namespace)
-    stages = [
-        Stage("convert", lambda: convert_wave(plan, wave, redo=redo)),
-        Stage("upload", lambda: upload_wave(plan, wave, args, redo=redo)),
-        Stage("manifests", lambda: manifests_wave(plan, wave)),
-        Stage("apply", apply_stage),
-    ]
-
-    def report(result: StageResult) -> None:
+    def report(result: Any) -> None:
         log(f"wave {wave}: {result.stage} {result.status} in {result.seconds:.1f}s"
             + (f": {result.summary}" if result.summary else ""))
 
-    try:
-        results = run_stages(plan, wave, stages, on_result=report)
-    finally:
-        kube_client.close()
+    results, outcome = stage_wave(plan, wave, KubeArgs(kubeconfig, context, namespace),
+                                  redo=redo, force=force_conflicts, wait=wait,
+                                  timeout=timeout, max_restarts=max_restarts, on_result=report)
     data = [{"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3),
              "summary": r.summary, "error": r.error} for r in results]
     rows = [[r.stage, r.status, f"{r.seconds:.1f}s", r.error or r.summary] for r in results]
     if output == "table":
         emit(data, output, HEADERS, rows)
-        if "outcome" in outcome_box:
-            _, objects = outcome_rows(wave, outcome_box["outcome"])
+        if outcome is not None:
+            _, objects = outcome_rows(wave, outcome)
             click.echo("", err=True)
             emit(None, "table", ["WAVE", "OBJECT", "RESULT", "DETAIL"], objects,
                  out=sys.stderr)

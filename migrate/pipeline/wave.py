@@ -26,9 +26,9 @@ from migrate.core.files import LockBusy, private_dir, run_lock
 from migrate.plan import Plan
 from migrate.core.progress import log
 from migrate.core.journal import DONE, Journal
+from migrate.pipeline.itinerary import STAGES
 from migrate.core.records import KIND_STAGE  # noqa: F401 - re-exported
 
-STAGES = ("convert", "upload", "manifests", "apply")
 LOCK_NAME = "vmmove-plan.lock"
 
 

@@ -58,8 +58,8 @@ from migrate.plan import Plan, PlannedVM
 from migrate.core.progress import trace_call
 from migrate.core.journal import DONE, RUNNING, Journal
 from migrate.core.workdir import disk_item
+from migrate.pipeline.itinerary import CUTOVER, STEPS
 
-STEPS = ("preflight", "stop", "sync", "start", "verify", "done")
 #: ``--jobs`` default: VMs cut over (or rolled back) at once, at most this many.  Small on
 #: purpose: the operator watches every VM that is down at once, full final syncs take turns
 #: anyway (they convert and upload through one work folder), and the Kubernetes client's
@@ -92,9 +92,21 @@ class RollbackOptions:
     poll: float = 0.5
 
 
-#: The final sync: given the VM and the journal, make the target's disks equal the stopped
-#: source's, and return what to record (``mode``, per-disk results, bytes).
-SyncFn = Callable[[PlannedVM, Journal], dict[str, Any]]
+@dataclass(frozen=True)
+class SourceStopped:
+    """The stop step's fact: the source VM ``key`` is off (``how``: shutdown | already
+    off | destroyed after timeout; ``at``: when the stop started, epoch seconds).  The
+    final sync reads the stopped disks on this fact, not on the scan's stale power state."""
+
+    key: str
+    how: str
+    at: float | None
+
+
+#: The final sync: given the VM, the journal and the fact that its source is stopped, make
+#: the target's disks equal the stopped source's, and return what to record (``mode``,
+#: per-disk results, bytes).
+SyncFn = Callable[[PlannedVM, Journal, SourceStopped], dict[str, Any]]
 Log = Callable[[str], None]
 
 
@@ -343,7 +355,8 @@ def critical_concerns(plan: Plan, p: PlannedVM) -> list[str]:
     return [f"{c.id}: {c.message}" for c in concerns if c.severity == Severity.CRITICAL]
 
 
-def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal) -> dict[str, Any]:
+def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
+              source: Callable[[PlannedVM], Source] | None = None) -> dict[str, Any]:
     """Every reason not to stop the source, all at once."""
     problems: list[str] = []
     problems += [f"critical concern {c}" for c in critical_concerns(plan, p)]
@@ -362,7 +375,7 @@ def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal) -> dict[st
                         f"{kube.where}")
     source_state = None
     try:
-        with Source(p) as src:
+        with (source or Source)(p) as src:
             source_state = src.state_name
     except CutoverError as exc:
         problems.append(str(exc))
@@ -377,9 +390,12 @@ class Cutover:
     """One cutover run over some VMs of a wave (the caller holds the plan lock)."""
 
     def __init__(self, plan: Plan, kube: Kube, journal: Journal, sync: SyncFn,
-                 options: CutoverOptions, log: Log) -> None:
+                 options: CutoverOptions, log: Log,
+                 source: Callable[[PlannedVM], Source] | None = None) -> None:
         self.plan, self.kube, self.journal, self.sync = plan, kube, journal, sync
         self.options, self.log = options, log
+        #: Opens a VM's source domain (:class:`Source`; tests give an in-memory one).
+        self.source = source or Source
         #: Set on Ctrl-C while workers run: each stops before its next step (journalled).
         self.cancelled = threading.Event()
 
@@ -424,7 +440,7 @@ class Cutover:
     def _source_stopped(self, p: PlannedVM) -> bool:
         """Whether the source is off now (asked from libvirt; the journal if unreachable)."""
         try:
-            with Source(p) as src:
+            with self.source(p) as src:
                 return not src.running
         except CutoverError:
             stop = self.journal.get(KIND_CUTOVER, step_item(p.key, "stop"))
@@ -441,76 +457,139 @@ class Cutover:
         top = j.get(KIND_CUTOVER, p.key)
         if top is None or top.status != RUNNING:
             j.start(KIND_CUTOVER, p.key, wave=p.wave, name=p.name, namespace=p.namespace)
-        self._step(p, "preflight", lambda: preflight(self.plan, p, self.kube, j), False)
+        self._step(p, "preflight", lambda: preflight(self.plan, p, self.kube, j, self.source), False)
+
+    def run_selection(self, chosen: Sequence[PlannedVM], wave: int, jobs: int | None,
+                      when: datetime.datetime | None) -> list[VmCutover]:
+        """The whole itinerary for ``chosen``: every preflight first, and no source stopped
+        unless all pass; then, after ``when``, the other phases ``jobs`` VMs at once.
+        One result per VM, in the order given (``done before`` for a VM cut over by an
+        earlier run, ``not started`` when another VM's preflight failed)."""
+        plan, journal, log = self.plan, self.journal, self.log
+        results: list[VmCutover] = []
+        todo = []
+        for p in chosen:
+            if self.done_before(p):
+                results.append(VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}",
+                                         "done before", downtime=downtime_of(journal, p)))
+                continue
+            try:
+                self.preflight(p)
+                todo.append(p)
+            except CutoverError as exc:
+                results.append(VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}",
+                                         "failed", error=str(exc)))
+        refused = [r.vm for r in results if r.status == "failed"]
+        if refused and todo:
+            # No source stops unless every VM of the selection passed its preflight.
+            names = " ".join(p.vm.name for p in todo)
+            log(f"no source stopped: the preflight of {', '.join(refused)} failed")
+            for p in todo:
+                results.append(VmCutover(
+                    p.key, p.vm.name, f"{p.namespace}/{p.name}", "not started",
+                    steps={"preflight": "done"},
+                    next=f"preflight passed, nothing was changed: fix the preflight of "
+                         f"{', '.join(refused)} and rerun, or cut over only the VMs "
+                         f"that passed: `vmmove cutover {plan.path} --wave {wave} "
+                         f"{names}`"))
+            todo = []
+        if todo and when is not None:
+            wait_until(when, log)
+        if todo:
+            n = jobs or default_jobs(len(todo))
+            if n > 1 and len(todo) > 1:
+                log(f"cutting over {len(todo)} VM(s), {min(n, len(todo))} at once")
+            results += self.run_parallel(todo, n)
+        order = {p.key: i for i, p in enumerate(chosen)}
+        results.sort(key=lambda r: order[r.key])
+        return results
 
     def run_vm(self, p: PlannedVM) -> VmCutover:
-        """Steps 2-6 for one VM whose preflight is done; resumes where the last run stopped."""
-        j, o = self.journal, self.options
+        """The phases of :data:`~migrate.pipeline.itinerary.CUTOVER` after the preflight,
+        for one VM whose preflight is done; resumes where the last run stopped (a phase
+        the journal records done is skipped)."""
+        j = self.journal
         result = VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}", "done")
         top = j.get(KIND_CUTOVER, p.key)
         if top is None or top.status != RUNNING:
             j.start(KIND_CUTOVER, p.key, wave=p.wave, name=p.name, namespace=p.namespace)
         result.steps["preflight"] = "done"
+        for phase in CUTOVER.after("preflight"):
+            run = getattr(self, f"_phase_{phase.name}")
+            result.steps[phase.name] = run(p, phase.source_stopped, result)
+        self.log(f"{p.vm.name}: cut over to {p.namespace}/{p.name}; "
+                 f"downtime {result.downtime:.1f}s")
+        return result
 
-        def is_done(step: str) -> bool:
-            return j.is_done(KIND_CUTOVER, step_item(p.key, step))
+    def _is_done(self, p: PlannedVM, step: str) -> bool:
+        return self.journal.is_done(KIND_CUTOVER, step_item(p.key, step))
 
-        # 2. stop (rechecked when done: a source started again must not be left running)
-        sync_done = is_done("sync")
-        with Source(p) as src:
-            if is_done("stop") and src.running:
-                if sync_done:
+    def _phase_stop(self, p: PlannedVM, stopped: bool, result: VmCutover) -> str:
+        """Rechecked when done: a source started again must not be left running."""
+        j = self.journal
+        with self.source(p) as src:
+            if self._is_done(p, "stop") and src.running:
+                if self._is_done(p, "sync"):
                     raise self._fail_top(p, "stop", CutoverError(
                         f"{p.vm.name}: the source runs again although the cutover stopped it "
                         "and synced its disks; what it wrote since would be lost. Run vmmove "
                         "rollback (or stop it) before resuming"), True)
                 self.log(f"{p.vm.name}: the source runs again: stopping it again")
                 j.reset(KIND_CUTOVER, step_item(p.key, "stop"))
-            if not is_done("stop"):
-                self._step(p, "stop", lambda: _stop_data(src, o), False)
-                result.steps["stop"] = "done"
-            else:
-                result.steps["stop"] = "skipped"
-        # 3. final sync
-        if not is_done("sync"):
-            self._step(p, "sync", lambda: self.sync(p, j), True)
-            result.steps["sync"] = "done"
-        else:
-            result.steps["sync"] = "skipped"
-        # 4. start the target
-        if not is_done("start"):
-            def start() -> dict[str, Any]:
-                answer = set_run_strategy(self.kube, p.namespace, p.name, "Always")
-                meta = answer.get("metadata") or {}
-                return {"runStrategy": (answer.get("spec") or {}).get("runStrategy"),
-                        "resourceVersion": meta.get("resourceVersion")}
-            self._step(p, "start", start, True)
-            result.steps["start"] = "done"
-        else:
-            result.steps["start"] = "skipped"
-        # 5. verify
-        if not is_done("verify"):
-            self._step(p, "verify", lambda: self._verify(p), True)
-            result.steps["verify"] = "done"
-        else:
-            result.steps["verify"] = "skipped"
-        # 6. done: downtime from the start of stop to the end of verify
+            if self._is_done(p, "stop"):
+                return "skipped"
+            self._step(p, "stop", lambda: _stop_data(src, self.options), stopped)
+            return "done"
+
+    def _stopped_fact(self, p: PlannedVM) -> SourceStopped:
+        stop = self.journal.get(KIND_CUTOVER, step_item(p.key, "stop"))
+        assert stop is not None and stop.status == DONE
+        return SourceStopped(p.key, str(stop.how), stop.started)
+
+    def _phase_sync(self, p: PlannedVM, stopped: bool, result: VmCutover) -> str:
+        if self._is_done(p, "sync"):
+            return "skipped"
+        fact = self._stopped_fact(p)
+        self._step(p, "sync", lambda: self.sync(p, self.journal, fact), stopped)
+        return "done"
+
+    def _phase_start(self, p: PlannedVM, stopped: bool, result: VmCutover) -> str:
+        if self._is_done(p, "start"):
+            return "skipped"
+
+        def start() -> dict[str, Any]:
+            answer = set_run_strategy(self.kube, p.namespace, p.name, "Always")
+            meta = answer.get("metadata") or {}
+            return {"runStrategy": (answer.get("spec") or {}).get("runStrategy"),
+                    "resourceVersion": meta.get("resourceVersion")}
+        self._step(p, "start", start, stopped)
+        return "done"
+
+    def _phase_verify(self, p: PlannedVM, stopped: bool, result: VmCutover) -> str:
+        if self._is_done(p, "verify"):
+            return "skipped"
+        self._step(p, "verify", lambda: self._verify(p), stopped)
+        return "done"
+
+    def _phase_done(self, p: PlannedVM, stopped: bool, result: VmCutover) -> str:
+        """The downtime, from the start of stop to the end of verify."""
+        j = self.journal
         stop = j.get(KIND_CUTOVER, step_item(p.key, "stop"))
         verify = j.get(KIND_CUTOVER, step_item(p.key, "verify"))
         sync = j.get(KIND_CUTOVER, step_item(p.key, "sync"))
         assert stop is not None and verify is not None and sync is not None
         downtime = round((verify.finished or 0) - (stop.started or 0), 3)
         was_off = stop.how == "already off"
-        if not is_done("done"):
-            self._step(p, "done", lambda: {"downtime": downtime}, True)
-            result.steps["done"] = "done"
+        status = "skipped"
+        if not self._is_done(p, "done"):
+            self._step(p, "done", lambda: {"downtime": downtime}, stopped)
+            status = "done"
         j.done(KIND_CUTOVER, p.key, step="done", next=None, downtime=downtime,
                source_was_off=was_off, sync_mode=sync.mode,
                stopped_at=stop.started, verified_at=verify.finished)
         result.downtime = downtime
         result.sync_mode = sync.mode
-        self.log(f"{p.vm.name}: cut over to {p.namespace}/{p.name}; downtime {downtime:.1f}s")
-        return result
+        return status
 
     def run_parallel(self, todo: Sequence[PlannedVM], jobs: int) -> list[VmCutover]:
         """Steps 2-6 for each VM of ``todo`` (all past their preflight), ``jobs`` at once.
@@ -712,3 +791,67 @@ def select_vms(plan: Plan, wave: int, refs: tuple[str, ...] | list[str]) -> list
         if p not in chosen:
             chosen.append(p)
     return chosen
+
+
+# -- one cutover or rollback run (what `vmmove cutover` / `vmmove rollback` call) ----------------
+
+
+def downtime_of(journal: Journal, p: PlannedVM) -> float | None:
+    """The downtime an earlier cutover of ``p`` recorded (seconds), if any."""
+    step = journal.get(KIND_CUTOVER, p.key)
+    return step.downtime if step else None
+
+
+def cutover_vms(plan: Plan, wave: int, chosen: list[PlannedVM], kube_args: Any,
+                options: CutoverOptions, *, jobs: int | None, when: datetime.datetime | None,
+                import_timeout: float, log: Log) -> list[VmCutover]:
+    """Cut over ``chosen`` (VMs of ``wave``), under the plan lock; one result per VM, in
+    the order given.
+
+    The preflight of every VM runs first; no source stops unless all pass (the others
+    are then ``not started`` with the command that cuts over only those that passed).
+    Then, after ``when`` (if given), up to ``jobs`` VMs go through the remaining phases
+    of :data:`~migrate.pipeline.itinerary.CUTOVER` at once; a VM already cut over is
+    ``done before``.  Raises :class:`~migrate.core.errors.VmmoveError` when the cluster
+    cannot be reached or the plan is locked.
+    """
+    from functools import partial
+
+    from migrate.clients.cluster import connect
+    from migrate.pipeline.sync import final_sync
+    from migrate.pipeline.wave import plan_lock
+
+    results: list[VmCutover] = []
+    log = locked_log(log)
+    kube = connect(kube_args.kubeconfig, kube_args.context)
+    try:
+        prepare_kube(kube)
+        with plan_lock(plan):
+            journal = plan.journal()
+            try:
+                sync = partial(final_sync, plan, kube, kube_args, import_timeout)
+                run = Cutover(plan, kube, journal, sync, options, log)
+                results = run.run_selection(chosen, wave, jobs, when)
+            finally:
+                journal.close()
+    finally:
+        kube.close()
+    return results
+
+
+def rollback_vms(plan: Plan, chosen: list[PlannedVM], kube_args: Any,
+                 options: RollbackOptions, jobs: int | None,
+                 log: Log) -> list[VmRollback | CutoverError]:
+    """Roll back ``chosen`` under the plan lock (:func:`rollback_many`)."""
+    from migrate.clients.cluster import connect
+    from migrate.pipeline.wave import plan_lock
+
+    kube = connect(kube_args.kubeconfig, kube_args.context)
+    try:
+        prepare_kube(kube)
+        with plan_lock(plan):
+            with plan.journal() as journal:
+                return rollback_many(plan, chosen, kube, journal, options, locked_log(log),
+                                     jobs or default_jobs(len(chosen)))
+    finally:
+        kube.close()

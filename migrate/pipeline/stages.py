@@ -1,6 +1,6 @@
-"""The steps of a plan wave, driving converters, transfer and manifests from a plan.
+"""The stages of a plan wave, driving converters, transfer and manifests from a plan.
 
-This is CLI-layer glue (only ``migrate/cli`` may import converters and manifests): each
+The runners of :data:`migrate.pipeline.itinerary.WAVE` (:data:`WAVE_RUNNERS`): each
 function takes a loaded :class:`~migrate.plan.Plan` and a wave number, does its step for
 that wave's VMs (skipped ones left out) in the plan's work folder and journal, and
 returns a one-line summary, or raises :class:`VmmoveError` naming what failed.  All of
@@ -45,7 +45,8 @@ def wave_vms(plan: Plan, wave: int) -> list[PlannedVM]:
 def convert_wave(plan: Plan, wave: int, redo: bool = False) -> str:
     """Convert every disk of the wave's VMs into the plan's work folder."""
     from converters.convert import FAILED, ConvertOptions, convert_disks
-    from migrate.cli.convert import BarProgress, estimate
+    from migrate.core.progress import ConvertProgress as BarProgress
+    from migrate.core.progress import disk_estimate as estimate
 
     vms = wave_vms(plan, wave)
     pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
@@ -478,7 +479,7 @@ def wave_upload_records(plan: Plan, wave: int) -> list[dict[str, Any]]:
 def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool) -> str:
     """For ``vmmove upload PLAN --wave N``: the wave's converted images to the plan's
     transfer target; returns the summary line."""
-    from migrate.pipeline import plan_lock
+    from migrate.pipeline.wave import plan_lock
     from migrate.plan import load_plan
 
     plan = load_plan(plan_file)
@@ -488,3 +489,84 @@ def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool) ->
         plan.use_namespace(kube.namespace)
     with plan_lock(plan):
         return upload_wave(plan, wave, kube, redo=redo)
+
+
+# -- the wave itinerary, run ------------------------------------------------------------------
+
+
+def wave_runners(plan: Plan, wave: int, kube: Kube, kube_args: KubeArgs, *, redo: bool,
+                 force: bool, wait: bool, timeout: float, max_restarts: int,
+                 outcome_box: dict[str, Any]) -> dict[str, Any]:
+    """The function that runs each phase of :data:`~migrate.pipeline.itinerary.WAVE` for
+    ``wave``, by phase name (each returns its one-line summary or raises VmmoveError);
+    the apply phase leaves its :class:`ApplyOutcome` in ``outcome_box["outcome"]``."""
+
+    def apply_stage() -> str:
+        outcome = apply_wave(plan, wave, kube, force=force, wait=wait, timeout=timeout,
+                             max_restarts=max_restarts)
+        outcome_box["outcome"] = outcome
+        errors = apply_errors(outcome)
+        if errors:
+            raise VmmoveError("apply: " + " | ".join(errors))
+        return apply_summary(outcome)
+
+    return {
+        "convert": lambda: convert_wave(plan, wave, redo=redo),
+        "upload": lambda: upload_wave(plan, wave, kube_args, redo=redo),
+        "manifests": lambda: manifests_wave(plan, wave),
+        "apply": apply_stage,
+    }
+
+
+def stage_wave(plan: Plan, wave: int, kube_args: KubeArgs, *, redo: bool, force: bool,
+               wait: bool, timeout: float, max_restarts: int,
+               on_result: Any = None) -> tuple[list[Any], ApplyOutcome | None]:
+    """``vmmove migrate PLAN --wave N --stage``: every phase of the wave itinerary in
+    order under the plan lock, stopping at the first that fails; the stage results and
+    the apply outcome (None when apply did not run).  The cluster is reached first
+    (KubeVirt and CDI served) so that no disk is converted for a cluster that cannot
+    take it."""
+    from migrate.clients.cluster import connect
+    from migrate.pipeline.itinerary import WAVE
+    from migrate.pipeline.wave import Stage, run_stages
+
+    kube = connect(kube_args.kubeconfig, kube_args.context)
+    box: dict[str, Any] = {}
+    try:
+        runners = wave_runners(plan, wave, kube, kube_args, redo=redo, force=force,
+                               wait=wait, timeout=timeout, max_restarts=max_restarts,
+                               outcome_box=box)
+        stages = [Stage(phase.name, runners[phase.name]) for phase in WAVE.phases]
+        results = run_stages(plan, wave, stages, on_result=on_result)
+    finally:
+        kube.close()
+    return results, box.get("outcome")
+
+
+def apply_waves(plan: Plan, numbers: list[int], kube_args: KubeArgs, *, dry_run: str | None,
+                force: bool, wait: bool, timeout: float,
+                max_restarts: int) -> list[tuple[int, ApplyOutcome]]:
+    """``vmmove apply PLAN [--wave N]``: apply each wave of ``numbers`` (skipping empty
+    ones) under the plan lock and watch its imports; stops after the first wave with a
+    problem (:func:`apply_errors`).  ``dry_run`` ``client`` contacts no cluster."""
+    from migrate.clients.cluster import connect
+    from migrate.pipeline.wave import plan_lock
+
+    for n in numbers:
+        plan.wave(n)  # an unknown wave fails before anything is contacted
+    outcomes: list[tuple[int, ApplyOutcome]] = []
+    kube = None if dry_run == "client" else connect(kube_args.kubeconfig, kube_args.context)
+    try:
+        with plan_lock(plan):
+            for n in numbers:
+                if not plan.wave(n):
+                    continue
+                outcome = apply_wave(plan, n, kube, dry_run=dry_run, force=force, wait=wait,
+                                     timeout=timeout, max_restarts=max_restarts)
+                outcomes.append((n, outcome))
+                if apply_errors(outcome):
+                    break
+    finally:
+        if kube is not None:
+            kube.close()
+    return outcomes
