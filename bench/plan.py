@@ -28,7 +28,7 @@ from migrate.core.model import Inventory  # noqa: E402
 from migrate.plan import generate_plan, load_plan, save_plan  # noqa: E402
 from migrate.core.serialize import load_inventory, save_inventory  # noqa: E402
 from migrate.sources.libvirt_uri import scan_uri  # noqa: E402
-from migrate.status import plan_status  # noqa: E402
+from migrate.views.status import plan_status  # noqa: E402
 
 NODE = Path(__file__).resolve().parents[1] / "fixtures" / "libvirt" / "node.xml"
 

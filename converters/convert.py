@@ -58,14 +58,8 @@ from migrate.sources.containment import (
     open_path,
 )
 from migrate.core.journal import DONE, Journal, JournalLocked, Step
-from migrate.core.workdir import (
-    KIND_CONVERT,
-    disk_item,
-    image_basename,
-    journal_path,
-    target_names,
-    vm_identity,
-)
+from migrate.core.workdir import disk_item, image_basename, journal_path, target_names, vm_identity
+from migrate.core.records import KIND_CONVERT
 
 #: Power states in which a disk is held open by the hypervisor.
 IN_USE_STATES = {PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN,

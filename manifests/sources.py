@@ -27,7 +27,8 @@ from pathlib import Path
 
 from migrate.core.model import MULTI_FILE, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk
 from migrate.core.journal import DONE, Journal, Step
-from migrate.core.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, journal_path
+from migrate.core.workdir import disk_item, journal_path
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 
 S3 = "s3"
 HTTP = "http"

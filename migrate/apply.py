@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from migrate.clients.cluster import DATA_VOLUME, Kube, KubeError
 from migrate.core.journal import DONE, FAILED, Journal
-from migrate.core.records import KIND_APPLY, KIND_IMPORT, KIND_CUTOVER, KIND_ROLLBACK  # noqa: F401 - re-exported
+from migrate.core.records import KIND_APPLY, KIND_IMPORT, KIND_CUTOVER, KIND_ROLLBACK
 
 
 SUCCEEDED = "Succeeded"

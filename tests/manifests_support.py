@@ -24,7 +24,8 @@ from migrate.core.model import (
     SourceKind,
 )
 from migrate.core.journal import Journal
-from migrate.core.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, journal_path
+from migrate.core.workdir import disk_item, journal_path
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 
 GiB = 1024**3
 SCANNED_AT = "2024-05-01T12:00:00Z"

@@ -24,7 +24,8 @@ from converters.convert import (
 from migrate.core.model import Disk, Inventory, PowerState, Source, SourceKind
 from migrate.core.serialize import load_inventory
 from migrate.core.journal import DONE, Journal
-from migrate.core.workdir import KIND_CONVERT, journal_path
+from migrate.core.workdir import journal_path
+from migrate.core.records import KIND_CONVERT
 from tests.convert_support import (
     DATA_BYTES,
     MiB,

@@ -16,8 +16,8 @@ import pytest
 from migrate.pipeline.cutover import parse_at
 from migrate.core.errors import UsageError, VmmoveError
 from migrate.plan import load_plan
-from migrate.report import MIB, Rate, Throughput
-from migrate.runbook import DEFAULT_BOOT, DEFAULT_STOP, estimate
+from migrate.views.report import MIB, Rate, Throughput
+from migrate.views.runbook import DEFAULT_BOOT, DEFAULT_STOP, estimate
 from migrate.core.journal import Journal
 from tests.conftest import qemu_io
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401

@@ -17,7 +17,8 @@ import yaml
 from migrate.core.model import VM, Disk, Inventory, Source, SourceKind
 from migrate.core.serialize import save_inventory
 from migrate.core.journal import DONE, Journal
-from migrate.core.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, journal_path
+from migrate.core.workdir import disk_item, journal_path
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 from tests.conftest import Cli, qemu_img, qemu_io
 from tests.s3_support import (  # noqa: F401 - fixtures
     SECRET_KEY,

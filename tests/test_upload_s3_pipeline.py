@@ -13,7 +13,8 @@ import pytest
 from migrate.core.model import VM, Disk, Inventory, Source, SourceKind
 from migrate.core.serialize import save_inventory
 from migrate.core.journal import DONE, Journal
-from migrate.core.workdir import KIND_CONVERT, KIND_UPLOAD, journal_path
+from migrate.core.workdir import journal_path
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 from tests.conftest import Cli, qemu_img, qemu_io
 from tests.s3_support import (  # noqa: F401 - fixtures
     SeaweedFS,

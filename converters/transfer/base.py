@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from migrate.core.errors import VmmoveError
 from migrate.core.journal import Journal, Step
-from migrate.core.workdir import KIND_UPLOAD
+from migrate.core.records import KIND_UPLOAD
 
 UPLOADED = "uploaded"  # sent in full in this run
 RESUMED = "resumed"  # an interrupted transfer finished, only missing parts sent

@@ -56,7 +56,7 @@ from migrate.core.errors import UsageError
 from migrate.core.naming import dns1123_label
 from migrate.core.serialize import atomic_write
 from migrate.core.journal import Journal, Step
-from migrate.core.workdir import KIND_UPLOAD
+from migrate.core.records import KIND_UPLOAD
 
 MiB = 1 << 20
 DEFAULT_PART_SIZE = 8 * MiB  # s3transfer's default chunk; grown for big objects

@@ -48,7 +48,7 @@ from converters.transfer.base import (
 )
 from migrate.core.errors import UsageError
 from migrate.core.journal import Journal, Step
-from migrate.core.workdir import KIND_UPLOAD
+from migrate.core.records import KIND_UPLOAD
 
 CDI_GROUP, CDI_VERSION, DV_PLURAL = "cdi.kubevirt.io", "v1beta1", "datavolumes"
 UPLOAD_GROUP, UPLOAD_VERSION, UTR_PLURAL = "upload.cdi.kubevirt.io", "v1beta1", "uploadtokenrequests"

@@ -20,7 +20,16 @@ from migrate import __version__
 from migrate.core.output import error_line
 from migrate.core.errors import VmmoveError
 
-_NOT_COMMANDS = {"options"}
+_NOT_COMMANDS = {"options", "types"}
+
+
+def pipeline_order() -> list[str]:
+    """Commands in the order a migration uses them: the wave itinerary's stages between
+    plan and cutover (``migrate`` runs them all), then the views; others follow by name."""
+    from migrate.pipeline.itinerary import CUTOVER, WAVE
+
+    return ["scan", "assess", "plan", "migrate", *WAVE.names, CUTOVER.name, "rollback",
+            "status", "report", "runbook", "clean"]
 
 
 @cache
@@ -40,7 +49,8 @@ class VmmoveGroup(click.Group):
     """Finds commands by module and turns :class:`VmmoveError` into one error line."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(_discover())
+        order = {name: i for i, name in enumerate(pipeline_order())}
+        return sorted(_discover(), key=lambda name: (order.get(name, len(order)), name))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return _discover().get(cmd_name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -10,8 +10,7 @@ from migrate.cli.options import kube, output_format
 from migrate.core.errors import VmmoveError
 from migrate.core.output import emit, error_line
 
-if TYPE_CHECKING:
-    from migrate.pipeline.stages import ApplyOutcome
+from migrate.views.outcome import outcome_rows
 
 HEADERS = ["WAVE", "OBJECT", "RESULT", "DETAIL"]
 
@@ -30,27 +29,6 @@ def apply_options(f: Any) -> Any:
                      help="Take over fields another field manager owns (kubectl's "
                           "--force-conflicts).")(f)
     return kube(f)
-
-
-def outcome_rows(wave: int, outcome: ApplyOutcome) -> tuple[list[dict[str, Any]],
-                                                              list[list[Any]]]:
-    data, rows = [], []
-    for a in outcome.applied:
-        detail = a.error or (f"resourceVersion {a.resource_version}"
-                             if a.resource_version else "")
-        data.append({"wave": wave, "kind": a.kind, "namespace": a.namespace, "name": a.name,
-                     "result": a.result, "uid": a.uid, "resourceVersion": a.resource_version,
-                     "error": a.error})
-        rows.append([wave, a.ref, a.result, detail])
-    for s in outcome.imports:
-        ref = f"DataVolume/{s.item.namespace}/{s.item.dv}"
-        detail = s.reason or (f"{s.progress:.0f}%" if s.progress is not None else "")
-        data.append({"wave": wave, "kind": "DataVolume", "namespace": s.item.namespace,
-                     "name": s.item.dv, "disk": s.item.label, "result": s.outcome,
-                     "phase": s.phase, "progress": s.progress, "restarts": s.restarts,
-                     "error": s.reason if s.outcome in ("failed", "timeout") else None})
-        rows.append([wave, ref, s.outcome, f"{s.phase or '-'} {detail}".strip()])
-    return data, rows
 
 
 @click.command("apply")

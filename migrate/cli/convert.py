@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from migrate.cli.options import output_format, refuse_with_plan
+from migrate.core.workdir import JOURNAL_NAME
 from migrate.core.errors import UsageError, VmmoveError
-from migrate.core.output import emit, error_line, human_size, rfc3339
+from migrate.core.output import emit, error_line, human_size
 from migrate.core.progress import ConvertProgress as BarProgress
 from migrate.core.progress import disk_estimate as estimate
 
@@ -33,27 +34,9 @@ def _rows(results: list[DiskResult]) -> list[list[Any]]:
 
 
 def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: str) -> None:
-    from converters.convert import convert_status
-    from migrate.core.serialize import load_inventory
+    from migrate.views.convert import convert_records
 
-    prefixes: list[str] | None = None
-    if inventory and vms:
-        inv = load_inventory(inventory)
-        missing = [v for v in vms if inv.find(v) is None]
-        if missing:
-            raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        prefixes = list(dict.fromkeys(vm.key for v in vms for vm in inv.find_all(v)))
-    steps = convert_status(workdir, prefixes)
-    data = [
-        {"item": s.item, "vm": s.vm, "disk": s.disk, "status": s.status,
-         "output": s.output, "format": s.format,
-         "virtual_size": s.virtual_size, "allocated": s.allocated,
-         "verified": s.verified, "checksum": s.checksum,
-         "started": rfc3339(s.started), "finished": rfc3339(s.finished),
-         "seconds": s.seconds,
-         "error": s.error}
-        for s in steps
-    ]
+    data, steps = convert_records(workdir, inventory, vms)
     rows = [
         [d["vm"] or d["item"], d["disk"] or "", d["status"], d["format"] or "-",
          human_size(d["allocated"]), {True: "yes", False: "no", None: "-"}[d["verified"]],
@@ -71,7 +54,7 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
 @click.argument("vms", nargs=-1, metavar="[VM]...")
 @click.option("--to", "workdir", required=False, type=click.Path(file_okay=False),
               metavar="DIR",
-              help="Work folder: converted images and the journal (vmmove-journal.sqlite). "
+              help=f"Work folder: converted images and the journal ({JOURNAL_NAME}). "
                    "Required, except with a PLAN (its work folder).")
 @click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
               help="With a PLAN (from vmmove plan) instead of an INVENTORY: convert wave N, "
@@ -88,7 +71,7 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
               help="zstd-compress qcow2 clusters: smaller to upload, slower to convert.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Compare each output with its source (qemu-img compare) and record the "
-                   "sha256 of the output in the journal.")
+                   "sha256 of the output in the journal (the convert records).")
 @click.option("--force-share", is_flag=True,
               help="Read disks of running VMs (qemu-img -U). The copy is not consistent: "
                    "shut the VM off, or use the staged cutover, for one that is.")

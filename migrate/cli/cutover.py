@@ -81,7 +81,8 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.da
     --jobs VMs go through their steps at once, each with its own downtime. Rerun the same command after any failure or interruption: it resumes at the step where
     it stopped and repeats nothing that is done. The source is only ever shut down (never
     undefined, its disks never written); `vmmove rollback` starts it again. Downtime is
-    measured from the shutdown to the verified start and recorded in the journal.
+    measured from the shutdown to the verified start and recorded in the journal
+    (vmmove report shows it).
     """
     from migrate.core.progress import log
     from migrate.pipeline.cutover import (
@@ -98,12 +99,9 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.da
         plan.use_namespace(namespace)
     chosen = select_vms(plan, wave, vms)
     if dry_run:
-        from migrate.core.output import duration
-        from migrate.dryrun import cutover_steps, cutover_window, show
+        from migrate.views.dryrun import show_cutover
 
-        n = jobs or default_jobs(len(chosen))
-        window = f"the window about {duration(cutover_window(plan, chosen, n))} with --jobs {n}"
-        show(cutover_steps(plan, chosen), output, f"cutover wave {wave}", window)
+        show_cutover(plan, chosen, wave, jobs or default_jobs(len(chosen)), output)
         return
     options = CutoverOptions(shutdown_timeout=shutdown_timeout, force=force,
                              verify_timeout=verify_timeout, guest_agent=guest_agent,

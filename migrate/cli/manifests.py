@@ -8,7 +8,7 @@ import time
 import click
 
 from migrate.cli.options import output_format
-from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.errors import UsageError
 
 
 @click.command("manifests")
@@ -92,15 +92,9 @@ def manifests_cmd(
     With -o yaml|json the single selected VM is printed instead (--out not needed); with
     --plan, every selected VM (--wave, --vm) is printed, and INVENTORY may be left out.
     """
-    from manifests.generate import GenerationContext, GenerationOptions, build_all
     from manifests.kustomize import render, render_many, write_tree
-    from manifests.preferences import Catalog
-    from manifests.sources import SourceResolver
-    from migrate.core.mapping import Maps, NetworkMap, StorageMap, load_maps
     from migrate.core.naming import is_dns1123_label
     from migrate.core.output import table
-    from migrate.core.serialize import load_inventory
-    from migrate.core.workdir import target_names
 
     if plan_file:
         from migrate.pipeline.stages import plan_manifest_sets, plan_manifests
@@ -134,49 +128,16 @@ def manifests_cmd(
         if "/" not in item:
             raise UsageError(f"--blank {item!r}: expected VM/DISK, e.g. web/vdb")
     started = time.perf_counter()
-    inv = load_inventory(inventory)
-    selected = inv.vms
-    if vms:
-        missing = [r for r in vms if inv.find(r) is None]
-        if missing:
-            raise UsageError(f"{inventory}: no VM named {', '.join(missing)}")
-        picked = {id(vm) for r in vms for vm in inv.find_all(r)}
-        selected = [vm for vm in inv.vms if id(vm) in picked]
-    if output != "table" and len(selected) != 1:
-        raise UsageError(f"-o {output} prints one VM; {len(selected)} selected (use --vm NAME)")
-    maps = load_maps(map_file) if map_file else Maps()
-    networks = maps.networks.merged(NetworkMap.from_options(network_pairs))
-    given = {"storageClass": storage_class, "volumeMode": volume_mode, "accessModes": list(access_modes)}
-    cli_storage = StorageMap.from_data({k: v for k, v in given.items() if v}, "command line")
-    storage = maps.storage.with_default(cli_storage.default)
-    options = GenerationOptions(
-        namespace=namespace,
-        run_strategy=run_strategy,
-        networks=networks,
-        storage=storage,
-        keep_cdroms=keep_cdroms,
-        preference=preference,
-        instancetype=instancetype,
-        timezone=timezone,
-    )
-    ctx = GenerationContext(
-        options=options,
-        sources=SourceResolver.from_workdir(workdir, http_base, set(blank)),
-        names=target_names(inv),
-        catalog=Catalog.load(preferences_file, instancetypes_file),
-        scanned_at=inv.scanned_at,
-    )
-    sets, failed = build_all(selected, ctx)
-    if failed:
-        head = f"{len(failed)} of {len(selected)} VM(s) cannot get manifests, nothing written: "
-        raise VmmoveError(head + " | ".join(str(e) for e in failed))
-    if schemas:
-        from manifests.validate import SchemaValidator
+    from migrate.pipeline.manifests import inventory_manifest_sets
 
-        validator = SchemaValidator(schemas)
-        problems = [f"VM {s.name}: {e}" for s in sets for e in validator.virtual_machine(s.virtual_machine)]
-        if problems:
-            raise VmmoveError("schema validation failed, nothing written: " + " | ".join(problems[:20]))
+    sets = inventory_manifest_sets(
+        inventory, vms, namespace=namespace, workdir=workdir, http_base=http_base,
+        blank=blank, map_file=map_file, network_pairs=network_pairs,
+        storage_class=storage_class, volume_mode=volume_mode, access_modes=access_modes,
+        run_strategy=run_strategy, keep_cdroms=keep_cdroms, timezone=timezone,
+        preference=preference, preferences_file=preferences_file, instancetype=instancetype,
+        instancetypes_file=instancetypes_file, schemas=schemas,
+        one=None if output == "table" else output)
     if output != "table":
         sys.stdout.write(render(sets[0].virtual_machine, output))
         if out:

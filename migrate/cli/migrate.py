@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from migrate.cli.apply import apply_options, outcome_rows
+from migrate.cli.apply import apply_options
+from migrate.views.outcome import outcome_rows
 from migrate.cli.options import output_format
 from migrate.core.errors import UsageError, VmmoveError
 from migrate.core.output import emit
@@ -64,7 +65,7 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: boo
         raise UsageError(f"{plan.path}: no transfer target: set transfer.s3 or "
                          "transfer.uploadProxy")
     if dry_run:
-        from migrate.dryrun import migrate_steps, show
+        from migrate.views.dryrun import migrate_steps, show
 
         show(migrate_steps(plan, wave, redo), output, f"migrate wave {wave}")
         return

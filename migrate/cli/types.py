@@ -54,5 +54,23 @@ class AtTime(click.ParamType):
         return parse_at(str(value))
 
 
+class Quantity(click.ParamType):
+    """A Kubernetes quantity in bytes: ``500Gi``, ``2Ti``, ``750G`` (``--max-size``)."""
+
+    name = "quantity"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | None:
+        if isinstance(value, int) or value is None or value == "":
+            return value or None
+        from migrate.clients.cluster import parse_quantity
+
+        try:
+            return int(parse_quantity(str(value)))
+        except ValueError:
+            raise UsageError(f"--max-size {value!r}: not a size (examples: 500Gi, 2Ti)") from None
+
+
 SIZE = ByteSize()
+QUANTITY = Quantity()
 AT = AtTime()

@@ -92,9 +92,8 @@ class Step:
 
     @property
     def seconds(self) -> float | None:
-        """Seconds the step recorded itself (``seconds``), if any."""
-        value = self.data.get("seconds")
-        return float(value) if value is not None else None
+        """Seconds the step recorded itself (``seconds``), if any, as recorded."""
+        return self.data.get("seconds")
 
     @property
     def moved(self) -> int:

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from migrate.core.model import VM, Disk, Inventory
 from migrate.core.naming import assign_names
-from migrate.core.records import KIND_CONVERT, KIND_UPLOAD  # noqa: F401 - re-exported
 
 JOURNAL_NAME = "vmmove-journal.sqlite"
 

@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
+from migrate.core.records import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
 from migrate.core.errors import SourceError, UsageError, VmmoveError
 from migrate.clients import cluster
 from migrate.clients.cluster import DATA_VOLUME, VIRTUAL_MACHINE, VMI, Kube, set_run_strategy

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from migrate.core.errors import UsageError, VmmoveError
 from migrate.core.output import human_size
 from migrate.plan import Plan, PlannedVM
-from migrate.status import KIND_MANIFESTS
-from migrate.core.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, image_basename
+from migrate.core.records import KIND_MANIFESTS
+from migrate.core.workdir import disk_item, image_basename
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 
 if TYPE_CHECKING:
     from converters.transfer.base import Backend, TransferItem

@@ -51,13 +51,15 @@ def final_sync(plan: Plan, kube: Kube, kube_args: KubeArgs, import_timeout: floa
     from converters import qemuimg
     from converters.checksum import sha256_file
     from converters.convert import source_chain
-    from migrate.apply import KIND_IMPORT, watch_imports
+    from migrate.apply import watch_imports
+    from migrate.core.records import KIND_IMPORT
     from migrate.pipeline.cutover import CutoverError
     from migrate.pipeline.stages import ImportBars, build_manifests, data_disks, vm_objects
     from migrate.clients.cluster import delete_datavolume
     from migrate.core.progress import log
     from migrate.core.journal import DONE
-    from migrate.core.workdir import KIND_CONVERT, disk_item
+    from migrate.core.workdir import disk_item
+    from migrate.core.records import KIND_CONVERT
 
     started = time.monotonic()
     disks = data_disks(p)
@@ -140,7 +142,8 @@ def _send_again(plan: Plan, kube_args: KubeArgs, p: PlannedVM, journal: Journal,
     from migrate.pipeline.cutover import CutoverError
     from migrate.core.progress import log
     from migrate.core.journal import DONE
-    from migrate.core.workdir import KIND_UPLOAD, disk_item
+    from migrate.core.workdir import disk_item
+    from migrate.core.records import KIND_UPLOAD
 
     disks = data_disks(p)
     converted: list[str] = []

@@ -49,7 +49,7 @@ def folder_items(folder: Path, journal: Journal, need_info: bool) -> list[Transf
     from migrate.core.naming import dns1123_label
     from migrate.sources.containment import Export, open_path
     from migrate.core.journal import DONE
-    from migrate.core.workdir import KIND_CONVERT
+    from migrate.core.records import KIND_CONVERT
 
     converted = {
         str(Path(s.output).resolve()): s
@@ -112,7 +112,8 @@ def inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_i
     from converters.transfer.base import TransferItem
     from migrate.core.naming import dns1123_label
     from migrate.core.journal import DONE, FAILED
-    from migrate.core.workdir import KIND_CONVERT, disk_item, image_basename, target_names
+    from migrate.core.workdir import disk_item, image_basename, target_names
+    from migrate.core.records import KIND_CONVERT
 
     if vms:
         missing = [v for v in vms if inv.find(v) is None]
@@ -263,7 +264,7 @@ def follow_conversions(inv: Inventory, vms: tuple[str, ...], journal: Journal, b
     conversion running), naming the disks still waiting."""
     from converters.transfer.base import FAILED, TransferResult, transfer_one
     from migrate.core.progress import log
-    from migrate.core.workdir import KIND_CONVERT
+    from migrate.core.records import KIND_CONVERT
 
     results: list[TransferResult] = []
     reported: set[str] = set()

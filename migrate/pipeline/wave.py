@@ -27,7 +27,7 @@ from migrate.plan import Plan
 from migrate.core.progress import log
 from migrate.core.journal import DONE, Journal
 from migrate.pipeline.itinerary import STAGES
-from migrate.core.records import KIND_STAGE  # noqa: F401 - re-exported
+from migrate.core.records import KIND_STAGE
 
 LOCK_NAME = "vmmove-plan.lock"
 

@@ -8,7 +8,7 @@ VM runs in KubeVirt (``cut over``).  This removes them, and only them:
   upload ``key``), never a path found by looking around;
 * an image only inside the plan's work folder, a regular file (not a link), and never a
   path any VM of the inventory reads as a source disk: sources are never touched;
-* by default only VMs whose phase is ``cut over`` (:mod:`migrate.status`); ``force``
+* by default only VMs whose phase is ``cut over`` (:mod:`migrate.views.status`); ``force``
   cleans the other VMs too (their staged copies are gone: staging them again converts
   and uploads anew, which the convert and upload steps do by themselves);
 * each removal is journalled (kind ``clean``, item ``<vm key>/<disk>``) with what was
@@ -24,9 +24,9 @@ from typing import Any
 
 from migrate.plan import Plan, PlannedVM
 from migrate.core.journal import DONE, Journal
-from migrate.status import CUT_OVER, plan_status
-from migrate.core.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
-from migrate.core.records import KIND_CLEAN  # noqa: F401 - re-exported
+from migrate.core.workdir import disk_item
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
+from migrate.core.records import KIND_CLEAN
 
 REMOVED = "removed"
 GONE = "already gone"
@@ -55,9 +55,14 @@ def _data_disks(p: PlannedVM) -> list[Any]:
     return [d for d in p.vm.disks if d.device in ("disk", "lun")]
 
 
-def chosen_vms(plan: Plan, wave: int | None, force: bool) -> tuple[list[PlannedVM], list[str]]:
-    """The VMs to clean and, for the others, why not (not cut over, without ``force``)."""
-    phases = {s.key: s.phase for s in plan_status(plan, wave)}
+#: The phase (``vmmove status``) of a VM that is cut over.
+CUT_OVER = "cut over"
+
+
+def chosen_vms(plan: Plan, wave: int | None, force: bool,
+               phases: dict[str, str]) -> tuple[list[PlannedVM], list[str]]:
+    """The VMs to clean and, for the others, why not (not cut over, without ``force``);
+    ``phases``: each VM's phase by key, as :func:`migrate.views.status.plan_status` says."""
     vms = plan.vms if wave is None else plan.wave(wave, include_skipped=True)
     chosen, passed = [], []
     for p in vms:
@@ -163,3 +168,18 @@ def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
                     journal.done(KIND_CLEAN, item, bytes=sum(
                         int(v or 0) for k, v in done.items() if k.endswith("_bytes")))
     return removals
+
+
+def clean_plan(plan: Plan, wave: int | None, images: bool, s3: bool, force: bool,
+               phases: dict[str, str]) -> tuple[list[Removal], list[str]]:
+    """``vmmove clean``: the removals made for the chosen VMs (:func:`chosen_vms`), and
+    why the others were kept; the S3 client is the plan's transfer backend's."""
+    vms, passed = chosen_vms(plan, wave, force, phases)
+    client, bucket = None, None
+    if s3 and vms:
+        from migrate.pipeline.stages import backend_for
+
+        backend = backend_for(plan)
+        client, bucket = backend.client, backend.bucket  # type: ignore[attr-defined]
+    removals = clean(plan, vms, images, client, bucket) if vms else []
+    return removals, passed

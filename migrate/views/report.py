@@ -12,10 +12,12 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.apply import KIND_CUTOVER, KIND_IMPORT
+from migrate.core.records import KIND_CUTOVER, KIND_IMPORT
 from migrate.plan import Plan, PlannedVM
 from migrate.core.journal import DONE, Journal
-from migrate.core.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
+from migrate.core.errors import UsageError
+from migrate.core.workdir import disk_item
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 
 MIB = 1024 * 1024
 
@@ -397,3 +399,34 @@ text-align:left}}th{{background:#f3f3f3}}.note{{color:#777}}</style></head>
 <h2>Measured throughput (the whole journal)</h2><ul>{facts}</ul>
 </body></html>
 """
+
+
+def check_plot_name(plot: str | None) -> str | None:
+    """The plot's format from its name (svg | png); UsageError for any other."""
+    if not plot:
+        return None
+    from pathlib import Path
+
+    fmt = Path(plot).suffix.lower().lstrip(".")
+    if fmt not in ("svg", "png"):
+        raise UsageError(f"--plot {plot}: name an .svg or a .png file")
+    return fmt
+
+
+def write_extras(reports: list[VmReport], throughput: Throughput, title: str,
+                 rows: list[list[Any]], plot: str | None, html_file: str | None) -> list[str]:
+    """Write the plot (``plot``: .svg or .png) and the HTML page (``html_file``) when
+    asked, atomically; the lines that say what was written."""
+    from migrate.core.serialize import atomic_write
+
+    lines = []
+    fmt = check_plot_name(plot)
+    if plot and fmt:
+        atomic_write(plot, plot_bytes(reports, title, fmt))
+        lines.append(f"plot: {plot}")
+    if html_file:
+        atomic_write(html_file, html_report(reports, throughput, title, HEADERS, rows))
+        lines.append(f"report: {html_file}")
+    if (plot or html_file) and not has_measurements(reports):
+        lines.append(f"note: {NOTHING_YET}")
+    return lines

@@ -13,12 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
+from migrate.core.records import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
 from migrate.core.output import rfc3339
 from migrate.plan import Plan, PlannedVM
 from migrate.core.journal import DONE, FAILED, RUNNING, Journal, Step
-from migrate.core.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
-from migrate.core.records import KIND_MANIFESTS  # noqa: F401 - re-exported
+from migrate.core.workdir import disk_item
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
+from migrate.core.records import KIND_MANIFESTS
 
 SCANNED = "scanned"
 CONVERTED = "converted"

@@ -17,10 +17,10 @@ from pathlib import Path
 from migrate.core.files import make_dirs
 from migrate.core.output import human_size
 from migrate.plan import Plan, PlannedVM
-from migrate.report import MIB, Throughput, measure
+from migrate.views.report import MIB, Throughput, measure
 from migrate.core.serialize import atomic_write
 from migrate.core.journal import Journal
-from migrate.core.workdir import KIND_CONVERT
+from migrate.core.records import KIND_CONVERT
 from migrate.pipeline.itinerary import CUTOVER
 
 #: Used when the journal has measured nothing yet (said so in the runbook).

@@ -1,0 +1,39 @@
+"""``vmmove convert --status``: what a work folder's convert records say, read-only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from migrate.core.errors import UsageError
+from migrate.core.output import rfc3339
+from migrate.core.records import Step
+
+
+def convert_records(workdir: Path, inventory: str | None,
+                    vms: tuple[str, ...]) -> tuple[list[dict[str, Any]], list[Step]]:
+    """Each convert record of ``workdir`` (only ``vms`` of ``inventory`` when both are
+    given) as plain data — item, VM, disk, status, output, format, sizes, verified,
+    checksum, times (RFC 3339), seconds, error — and the records themselves."""
+    from converters.convert import convert_status
+    from migrate.core.serialize import load_inventory
+
+    prefixes: list[str] | None = None
+    if inventory and vms:
+        inv = load_inventory(inventory)
+        missing = [v for v in vms if inv.find(v) is None]
+        if missing:
+            raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
+        prefixes = list(dict.fromkeys(vm.key for v in vms for vm in inv.find_all(v)))
+    steps = convert_status(workdir, prefixes)
+    data = [
+        {"item": s.item, "vm": s.vm, "disk": s.disk, "status": s.status,
+         "output": s.output, "format": s.format,
+         "virtual_size": s.virtual_size, "allocated": s.allocated,
+         "verified": s.verified, "checksum": s.checksum,
+         "started": rfc3339(s.started), "finished": rfc3339(s.finished),
+         "seconds": s.seconds,
+         "error": s.error}
+        for s in steps
+    ]
+    return data, steps
