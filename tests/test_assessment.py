@@ -461,7 +461,7 @@ CORPUS_EXPECTED = {
 
 
 def test_the_libvirt_corpus_is_assessed_whole_and_raises_what_each_file_holds(shared: Path) -> None:
-    from migrate.sources import SourceError
+    from migrate.core.errors import SourceError
     from migrate.sources.domxml import read_domain_xml
 
     folder = shared / "corpus" / "libvirt-xml" / "qemuxml2argvdata"

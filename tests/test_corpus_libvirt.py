@@ -14,7 +14,7 @@ import pytest
 
 from migrate.core.model import VM
 from migrate.core.serialize import from_data, to_data
-from migrate.sources import SourceError
+from migrate.core.errors import SourceError
 from migrate.sources.domxml import read_domain_xml
 from migrate.sources.libvirt_uri import scan_uri
 from migrate.sources.scan import scan

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from migrate.core.serialize import load_inventory
-from migrate.sources import SourceError
+from migrate.core.errors import SourceError
 from migrate.sources.domxml import read_domain_xml
 from migrate.core.workdir import disk_item
 from tests.conftest import qemu_img

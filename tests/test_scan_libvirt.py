@@ -14,7 +14,8 @@ import yaml
 
 from migrate.core.model import PowerState, ScanError
 from migrate.core.serialize import load_inventory
-from migrate.sources.libvirt_uri import is_local, scan_uri
+from migrate.clients.libvirt import is_local
+from migrate.sources.libvirt_uri import scan_uri
 from migrate.sources.scan import _guard, scan
 from tests.conftest import FIXTURES, qemu_img, qemu_io
 from tests.libvirtd_support import DomainSpec, libvirt_domains, libvirtd  # noqa: F401

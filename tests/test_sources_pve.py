@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from migrate.core.serialize import load_inventory
-from migrate.sources import SourceError
+from migrate.core.errors import SourceError
 from migrate.sources.pve import guest_os_from_ostype, parse_size, read_pve_config, volume_path
 from tests.conftest import qemu_img
 from tests.manifests_support import schema_validator

@@ -28,7 +28,6 @@ CDI's s3 source reads) written with mode 0600 into the work folder.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import threading
@@ -188,21 +187,9 @@ class S3Backend(Backend):
         tag = hashlib.sha256(f"{endpoint}\0{access_key}".encode()).hexdigest()[:6]
         name = o.secret_name or f"vmmove-s3-{tag}"
         name = dns1123_label(name, 253)
-        meta: dict[str, Any] = {"name": name,
-                                "labels": {"app.kubernetes.io/managed-by": "vmmove"},
-                                "annotations": {"vmmove.io/s3-endpoint": endpoint}}
-        if o.secret_namespace:
-            meta["namespace"] = o.secret_namespace
-        manifest = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": meta,
-            "type": "Opaque",
-            "data": {
-                "accessKeyId": base64.b64encode(access_key.encode()).decode(),
-                "secretKey": base64.b64encode(secret_key.encode()).decode(),
-            },
-        }
+        from manifests.transfer import s3_secret
+
+        manifest = s3_secret(name, endpoint, access_key, secret_key, o.secret_namespace)
         path = Path(o.workdir) / f"{name}.secret.yaml"
         atomic_write(path, yaml.safe_dump(manifest, sort_keys=False), private=True)
         self.secret_name, self.secret_file = name, path

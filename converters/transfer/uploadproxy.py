@@ -46,13 +46,13 @@ from converters.transfer.base import (
     TransferItem,
     TransferResult,
 )
+from manifests.transfer import BIND_IMMEDIATE
 from migrate.core.errors import UsageError
 from migrate.core.journal import Journal, Step
 from migrate.core.records import KIND_UPLOAD
 
 CDI_GROUP, CDI_VERSION, DV_PLURAL = "cdi.kubevirt.io", "v1beta1", "datavolumes"
 UPLOAD_GROUP, UPLOAD_VERSION, UTR_PLURAL = "upload.cdi.kubevirt.io", "v1beta1", "uploadtokenrequests"
-BIND_IMMEDIATE = "cdi.kubevirt.io/storage.bind.immediate.requested"
 UPLOAD_PATH = "/v1beta1/upload-async"
 
 
@@ -127,21 +127,12 @@ class UploadProxyBackend(Backend):
         """The upload DataVolume manifest for ``item``."""
         o = self.options
         size = o.size or item.virtual_size or item.size
-        storage: dict[str, Any] = {"resources": {"requests": {"storage": str(size)}}}
-        if o.storage_class:
-            storage["storageClassName"] = o.storage_class
-        if o.access_mode or o.access_modes:
-            storage["accessModes"] = [o.access_mode] if o.access_mode \
-                else list(o.access_modes or ())
-        if o.volume_mode:
-            storage["volumeMode"] = o.volume_mode
-        meta: dict[str, Any] = {"name": name, "namespace": self.namespace,
-                                "labels": {"app.kubernetes.io/managed-by": "vmmove"},
-                                "annotations": {"vmmove.io/source": item.item}}
-        if o.force_bind:
-            meta["annotations"][BIND_IMMEDIATE] = "true"
-        return {"apiVersion": f"{CDI_GROUP}/{CDI_VERSION}", "kind": "DataVolume",
-                "metadata": meta, "spec": {"source": {"upload": {}}, "storage": storage}}
+        from manifests.transfer import upload_datavolume
+
+        modes = [o.access_mode] if o.access_mode else list(o.access_modes or ())
+        return upload_datavolume(name, self.namespace, item.item, size,
+                                 storage_class=o.storage_class, access_modes=modes,
+                                 volume_mode=o.volume_mode, force_bind=o.force_bind)
 
     def _wait_phase(self, name: str, wanted: set[str], label: str) -> dict[str, Any]:
         o = self.options
@@ -167,9 +158,9 @@ class UploadProxyBackend(Backend):
             time.sleep(o.poll_interval)
 
     def _token(self, name: str, label: str) -> str:
-        body = {"apiVersion": f"{UPLOAD_GROUP}/{UPLOAD_VERSION}", "kind": "UploadTokenRequest",
-                "metadata": {"name": f"token-for-{name}", "namespace": self.namespace},
-                "spec": {"pvcName": name}}
+        from manifests.transfer import upload_token_request
+
+        body = upload_token_request(name, self.namespace)
         where = f"{label}: UploadTokenRequest for {self.namespace}/{name}"
         resp = self._k8s(where, self._api.create,
                          UPLOAD_GROUP, UPLOAD_VERSION, self.namespace, UTR_PLURAL, body)

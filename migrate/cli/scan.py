@@ -102,8 +102,8 @@ def scan_cmd(
     """
     from migrate.core.errors import UsageError
     from migrate.core.serialize import save_inventory
-    from migrate.sources import SourceError
-    from migrate.sources.libvirt_uri import check_uri
+    from migrate.core.errors import SourceError
+    from migrate.clients.libvirt import check_uri
     from migrate.sources.pve import parse_storage_map
     from migrate.sources.scan import scan
 

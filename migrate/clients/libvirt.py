@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from migrate.core.errors import SourceError, VmmoveError
+from migrate.core.errors import ConnectError, VmmoveError
 from migrate.core.model import PowerState
 from migrate.core.progress import trace_call, without_password
 
@@ -146,24 +146,24 @@ def check_uri(uri: str) -> None:
 
     An unknown scheme (``bogus://x``) would be tried as a remote TLS connection and fail
     on a missing CA certificate; ``test://x/node.xml`` (two slashes) reads ``x`` as a
-    host and looks for ``/node.xml``.  Raises :class:`SourceError` naming the URI.
+    host and looks for ``/node.xml``.  Raises :class:`ConnectError` (a SourceError) naming the URI.
     """
     parts = urlsplit(uri)
     uri = without_password(uri)
     if not parts.scheme:
-        raise SourceError(f"{uri}: cannot connect: not a libvirt URI (expected e.g. "
+        raise ConnectError(uri, f"not a libvirt URI (expected e.g. "
                           "qemu:///system, qemu+ssh://root@host/system, test:///path/node.xml)")
     drv, _, transport = parts.scheme.partition("+")
     if drv not in DRIVERS:
-        raise SourceError(f"{uri}: cannot connect: unknown libvirt driver {drv!r} "
+        raise ConnectError(uri, f"unknown libvirt driver {drv!r} "
                           f"(known: {', '.join(DRIVERS)}); for a local KVM host use "
                           "qemu:///system")
     if transport not in TRANSPORTS:
-        raise SourceError(f"{uri}: cannot connect: unknown libvirt transport {transport!r} "
+        raise ConnectError(uri, f"unknown libvirt transport {transport!r} "
                           f"(known: {', '.join(t for t in TRANSPORTS if t)})")
     if drv == "test" and parts.netloc:
-        raise SourceError(
-            f"{uri}: cannot connect: test URIs take no host: {parts.netloc!r} was read as a "
+        raise ConnectError(
+            uri, f"test URIs take no host: {parts.netloc!r} was read as a "
             f"host name; write the node file's absolute path after three slashes, "
             f"test:///{parts.netloc}{parts.path} (or test://$PWD/{parts.netloc}{parts.path} "
             "for a path relative to this folder)")
@@ -187,7 +187,7 @@ def connect(uri: str, readonly: bool = True, timeout: float = DEFAULT_TIMEOUT) -
     if parts.scheme == "test" and parts.path not in ("", "/default"):
         # The test driver's own parse error comes with libxml2 noise on stderr: check first.
         if not os.path.isfile(parts.path):
-            raise SourceError(f"{shown}: cannot connect: no such node file {parts.path}")
+            raise ConnectError(shown, f"no such node file {parts.path}")
     libvirt = lib()
     target_uri = _noninteractive(uri)
     outcome: dict[str, Any] = {}
@@ -225,9 +225,9 @@ def connect(uri: str, readonly: bool = True, timeout: float = DEFAULT_TIMEOUT) -
         if "conn" in outcome:
             return outcome["conn"]
         if "error" in outcome:
-            raise SourceError(f"{shown}: cannot connect: {outcome['error']}")
+            raise ConnectError(shown, outcome["error"])
         outcome["abandoned"] = True
-    raise SourceError(f"{shown}: cannot connect: no answer within {timeout:g} s")
+    raise ConnectError(shown, f"no answer within {timeout:g} s")
 
 
 def open_readonly(uri: str, timeout: float = DEFAULT_TIMEOUT) -> Any:

@@ -19,3 +19,12 @@ class UsageError(VmmoveError):
 
 class SourceError(VmmoveError):
     """A source that cannot be read; ``str()`` names the file or URI and the problem."""
+
+
+class ConnectError(SourceError):
+    """A libvirt host that cannot be reached: ``uri`` (without its password) and
+    ``reason``; ``str()`` is ``<uri>: cannot connect: <reason>``."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(f"{uri}: cannot connect: {reason}")
+        self.uri, self.reason = uri, reason

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.core.records import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
-from migrate.core.errors import SourceError, UsageError, VmmoveError
+from migrate.core.errors import ConnectError, UsageError, VmmoveError
 from migrate.clients import cluster
 from migrate.clients.cluster import DATA_VOLUME, VIRTUAL_MACHINE, VMI, Kube, set_run_strategy
 from migrate.core.model import VM
@@ -194,9 +194,9 @@ class Source:
         self.label = f"{vm.name} on {vm.source.location}"
         try:
             self.domain = Domain(vm.source.location, vm.uuid, vm.name)
-        except SourceError as exc:
-            reason = str(exc).split(": cannot connect: ", 1)[-1]
-            raise CutoverError(f"{self.label}: cannot reach the source host: {reason}") from None
+        except ConnectError as exc:
+            raise CutoverError(f"{self.label}: cannot reach the source host: "
+                               f"{exc.reason}") from None
         except LibvirtCallError:
             raise CutoverError(f"{self.label}: no such domain on the source host "
                                f"(uuid {vm.uuid or '-'}); was it undefined or renamed?") from None

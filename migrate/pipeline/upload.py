@@ -39,7 +39,7 @@ def upload_lock(journal_file: Path) -> Iterator[None]:
                       "work folder"):
             yield
     except LockBusy as exc:
-        raise VmmoveError(str(exc).split(" (pid")[0]) from None
+        raise VmmoveError(exc.busy) from None
 
 
 # -- what to upload -----------------------------------------------------------------------------

@@ -33,7 +33,8 @@ from migrate.core.model import (
     Source,
     SourceKind,
 )
-from migrate.sources import SourceError, read_bounded
+from migrate.core.errors import SourceError
+from migrate.sources import read_bounded
 
 LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"

@@ -21,19 +21,14 @@ from migrate.clients import libvirt as client
 from migrate.clients.libvirt import (
     DEFAULT_TIMEOUT,
     LibvirtCallError,
-    check_uri,
     is_local,
     open_readonly,
 )
 from migrate.core.model import VM, Disk, PowerState, ScanError, Source, SourceKind
 from migrate.core.progress import trace_call, without_password
-from migrate.sources import SourceError
+from migrate.core.errors import SourceError
 from migrate.sources.diskprobe import probe_disks, size_problem
 from migrate.sources.domxml import parse_domain_xml, parse_xml
-
-__all__ = ["DEFAULT_TIMEOUT", "check_uri", "is_local", "open_readonly", "scan_connection",
-           "scan_uri"]
-
 
 # --------------------------------------------------------------------------- volumes
 

@@ -37,7 +37,8 @@ from migrate.core.model import (
     Source,
     SourceKind,
 )
-from migrate.sources import SourceError, read_bounded
+from migrate.core.errors import SourceError
+from migrate.sources import read_bounded
 from migrate.sources.containment import (
     FORMATS as QEMU_FORMATS,
     Chain,

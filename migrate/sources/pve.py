@@ -45,7 +45,8 @@ from migrate.core.model import (
     Source,
     SourceKind,
 )
-from migrate.sources import SourceError, read_bounded
+from migrate.core.errors import SourceError
+from migrate.sources import read_bounded
 from migrate.sources.containment import inside
 from migrate.sources.diskprobe import MAX_DISK
 

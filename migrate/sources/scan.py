@@ -19,7 +19,7 @@ from migrate import __version__
 from migrate.core.errors import VmmoveError
 from migrate.core.model import VM, Inventory, ScanError, SourceKind, distinguish
 from migrate.core.progress import bar, without_password
-from migrate.sources import SourceError
+from migrate.core.errors import SourceError
 from migrate.sources.containment import inside
 
 DESCRIPTORS = (".xml", ".ovf", ".ova", ".vmx")
@@ -197,7 +197,8 @@ def scan(
     """Read every libvirt URI and every file (folders recursively) into one inventory;
     ``pve_storage`` maps Proxmox VE storage IDs to local folders (``--pve-storage``);
     ``ovf_configuration``: see :func:`read_file`."""
-    from migrate.sources.libvirt_uri import DEFAULT_TIMEOUT, scan_uri
+    from migrate.clients.libvirt import DEFAULT_TIMEOUT
+    from migrate.sources.libvirt_uri import scan_uri
 
     limit = timeout or DEFAULT_TIMEOUT
     slots: list[Result | None] = []

@@ -28,7 +28,8 @@ from migrate.core.model import (
     Source,
     SourceKind,
 )
-from migrate.sources import SourceError, read_bounded
+from migrate.core.errors import SourceError
+from migrate.sources import read_bounded
 from migrate.sources import vmdk
 from migrate.sources.containment import Export, protocol_of
 from migrate.sources.vmware_os import from_vmware
