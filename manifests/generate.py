@@ -26,7 +26,7 @@ from manifests.validate import INTERFACE_MODELS, RESERVED_MAC, RUN_STRATEGIES, a
 from migrate import __version__
 from migrate.core.errors import VmmoveError
 from migrate.core.mapping import POD, NetworkMap, StorageMap, target_disk_bus
-from migrate.core.model import HOST_CDROM, VM, Disk, Inventory, Nic
+from migrate.core.model import HOST_CDROM, MAC_RE, VM, Disk, Inventory, Nic
 from migrate.core.naming import assign_names, dns1123_label
 from migrate.core.workdir import image_basename, target_names
 
@@ -128,7 +128,6 @@ _NOT_CARRIED = {
     "pci-passthrough", "usb-passthrough", "mdev", "scsi-passthrough", "smartcard", "redirdev",
     "filesystem", "shmem", "parallel", "watchdog", "sound",
 }
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 def _architecture(vm: VM) -> str:
@@ -421,7 +420,7 @@ class _Builder:
                 iface["model"] = model
             mac = (nic.mac or "").lower().replace("-", ":")
             if mac:
-                if not _MAC.match(mac):
+                if not MAC_RE.match(mac):
                     self.notes.append(f"nic{idx}: MAC {nic.mac!r} is malformed; KubeVirt assigns one")
                 elif mac == RESERVED_MAC and target.kind == POD:
                     self.notes.append(f"nic{idx}: MAC {mac} is reserved on the pod network; KubeVirt assigns one")

@@ -53,7 +53,7 @@ from migrate.core.mapping import (
     StorageMap,
     parse_network_target,
 )
-from migrate.core.model import VM, Inventory, SourceKind
+from migrate.core.model import MAC_RE, VM, Inventory, SourceKind
 from migrate.core.naming import is_dns1123_label
 from migrate.core.serialize import InventoryError, atomic_write, load_inventory
 from migrate.core.journal import Journal
@@ -63,7 +63,6 @@ API_VERSION = "vmmove.io/v1alpha1"
 KIND = "Plan"
 RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure", "Once")
 CONVERT_FORMATS = ("qcow2", "raw")
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _NAME_CHOICE = re.compile(r"^(auto|none|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
 
 TOP_KEYS = ("apiVersion", "kind", "inventory", "workdir", "namespace", "networks", "storage",
@@ -603,7 +602,7 @@ def _check_vms(plan: Plan, problems: _Problems) -> None:
             elif target.kind == POD:
                 pods.append(f"nic{idx}")
             mac = (nic.mac or "").lower().replace("-", ":")
-            if mac and _MAC.match(mac):
+            if mac and MAC_RE.match(mac):
                 macs[mac].append(f"{p.vm.name} nic{idx}")
         if len(pods) > 1:
             problems.add(f"VM {p.vm.name}", f"{', '.join(pods)} all map to the pod network "

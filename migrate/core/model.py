@@ -9,8 +9,25 @@ is a plain dataclass so that an inventory round-trips through JSON or YAML witho
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from enum import Enum
+
+#: A MAC address as the model stores it: six lower-case hex pairs joined by colons.
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_ANY_MAC = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
+
+
+def normalize_mac(text: str | None, bare: bool = False) -> str | None:
+    """``00:1A:4b:…`` or ``00-1a-…`` (and, with ``bare``, ``001a4b…``: twelve hex digits)
+    as the model's form (:data:`MAC_RE`); None when ``text`` is not a MAC address."""
+    if not text:
+        return None
+    if bare and re.fullmatch(r"[0-9A-Fa-f]{12}", text):
+        return ":".join(text[i:i + 2] for i in range(0, 12, 2)).lower()
+    if _ANY_MAC.match(text):
+        return text.lower().replace("-", ":")
+    return None
 
 
 class PowerState(str, Enum):
