@@ -230,13 +230,7 @@ def select_disks(
                 raise UsageError(f"{vm.name}: no disk {target!r}")
             chosen.append((vm, disk))
         return chosen
-    if vms:
-        missing = [ref for ref in vms if inventory.find(ref) is None]
-        if missing:
-            raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        selected = list({id(vm): vm for ref in vms for vm in inventory.find_all(ref)}.values())
-    else:
-        selected = list(inventory.vms)
+    selected = inventory.select(vms)
     return [(vm, disk) for vm in selected for disk in vm.disks]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -327,3 +328,15 @@ class Inventory:
         (copies of one VM from different files share both)."""
         exact = [vm for vm in self.vms if vm.key == ref]
         return exact or [vm for vm in self.vms if ref in (vm.name, vm.uuid)]
+
+    def select(self, refs: Sequence[str]) -> list[VM]:
+        """The VMs ``refs`` name (:meth:`find_all`, each once, in the order named); every
+        VM when ``refs`` is empty.  UsageError listing the refs that name no VM."""
+        if not refs:
+            return list(self.vms)
+        missing = [ref for ref in refs if self.find(ref) is None]
+        if missing:
+            from migrate.core.errors import UsageError
+
+            raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
+        return list({id(vm): vm for ref in refs for vm in self.find_all(ref)}.values())

@@ -115,13 +115,7 @@ def inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_i
     from migrate.core.workdir import disk_item, image_basename, target_names
     from migrate.core.records import KIND_CONVERT
 
-    if vms:
-        missing = [v for v in vms if inv.find(v) is None]
-        if missing:
-            raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        chosen = list({id(vm): vm for v in vms for vm in inv.find_all(v)}.values())
-    else:
-        chosen = list(inv.vms)
+    chosen = inv.select(vms)
     names = target_names(inv)
     items: list[TransferItem] = []
     not_ready: list[tuple[str, str]] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from migrate.core.errors import UsageError
 from migrate.core.output import rfc3339
 from migrate.core.records import Step
 
@@ -20,11 +19,7 @@ def convert_records(workdir: Path, inventory: str | None,
 
     prefixes: list[str] | None = None
     if inventory and vms:
-        inv = load_inventory(inventory)
-        missing = [v for v in vms if inv.find(v) is None]
-        if missing:
-            raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        prefixes = list(dict.fromkeys(vm.key for v in vms for vm in inv.find_all(v)))
+        prefixes = list(dict.fromkeys(vm.key for vm in load_inventory(inventory).select(vms)))
     steps = convert_status(workdir, prefixes)
     data = [
         {"item": s.item, "vm": s.vm, "disk": s.disk, "status": s.status,
