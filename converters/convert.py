@@ -41,7 +41,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from converters import qemuimg
 from converters.checksum import sha256_file
@@ -58,6 +58,7 @@ from migrate.sources.containment import (
     open_path,
 )
 from migrate.core.journal import DONE, Journal, JournalLocked, Step
+from migrate.core.progress import Fractions, Subscriber
 from migrate.core.workdir import disk_item, image_basename, journal_path, target_names, vm_identity
 from migrate.core.records import KIND_CONVERT
 
@@ -173,31 +174,12 @@ class DiskResult:
         return self.status != FAILED
 
 
-class Progress(Protocol):
-    """Progress subscriber: the CLI draws bars; tests may record calls.
-
-    ``advanced`` reports the conversion's fraction (0..1), ``verifying`` the verification's
-    (compare + checksum, 0..1, first called with 0.0 when it starts).
-    """
-
-    def started(self, job: DiskJob, total: int) -> None: ...
-    def advanced(self, job: DiskJob, fraction: float) -> None: ...
-    def verifying(self, job: DiskJob, fraction: float) -> None: ...
-    def finished(self, job: DiskJob, result: DiskResult) -> None: ...
-
-
-class NoProgress:
-    def started(self, job: DiskJob, total: int) -> None:
-        pass
-
-    def advanced(self, job: DiskJob, fraction: float) -> None:
-        pass
-
-    def verifying(self, job: DiskJob, fraction: float) -> None:
-        pass
-
-    def finished(self, job: DiskJob, result: DiskResult) -> None:
-        pass
+#: Conversion reports to the one progress protocol (:class:`migrate.core.progress.Subscriber`):
+#: each disk job is queued with the bytes to write, makes progress in bytes as qemu-img
+#: reports its fraction, then (when verifying) enters the ``verify`` phase, whose amounts
+#: are the compare's and the checksum's mean fraction of the output's size; then done.
+Progress = Subscriber
+NoProgress = Subscriber
 
 
 class DiskError(VmmoveError):
@@ -578,8 +560,8 @@ def _verify(job: DiskJob, image: Path, options: ConvertOptions,
             progress: Progress | None = None) -> tuple[str, qemuimg.CompareResult]:
     """qemu-img compare source↔output while this thread hashes the output.
 
-    ``progress.verifying`` gets the fraction of the verification done: the mean of the
-    compare's own progress and the share of the output hashed.
+    ``progress`` enters the ``verify`` phase and gets the verification's progress: the
+    mean of the compare's own progress and the share of the output hashed.
     """
     assert job.disk.path and job.source_format and job.source_name
     outcome: dict[str, Any] = {}
@@ -587,16 +569,20 @@ def _verify(job: DiskJob, image: Path, options: ConvertOptions,
     size = max(image.stat().st_size, 1)
     lock = threading.Lock()
 
+    verified = None
+    if progress is not None:
+        total = (job.output.stat().st_size if job.output.exists() else 0) \
+            or job.required or job.virtual_size or 0
+        progress.on_phase(job, "verify", total)
+        verified = Fractions(progress, job, total)
+
     def report(index: int, fraction: float) -> None:
-        if progress is None:
+        if verified is None:
             return
         with lock:
             parts[index] = fraction
             value = (parts[0] + parts[1]) / 2
-        progress.verifying(job, value)
-
-    if progress is not None:
-        progress.verifying(job, 0.0)
+        verified(value)
 
     def run_compare() -> None:
         try:
@@ -636,7 +622,7 @@ class Runner:
     def _refuse(self, job: DiskJob, error: str) -> DiskResult:
         """Fail a disk without touching its journal step (it may be another VM's)."""
         result = self._result(job, FAILED, error=error)
-        self.progress.finished(job, result)
+        self.progress.on_done(job, result)
         return result
 
     def _fail(self, job: DiskJob, error: str) -> DiskResult:
@@ -677,7 +663,7 @@ class Runner:
                 # is checked here (a file replaced or changed since is converted again).
                 if step.checksum is None or sha256_file(job.output) == step.checksum:
                     skipped = self._from_step(job, SKIPPED, step, "already converted")
-                    self.progress.finished(job, skipped)
+                    self.progress.on_done(job, skipped)
                     return skipped
                 note = "the output changed since it was converted (checksum): converted again"
             else:
@@ -703,13 +689,13 @@ class Runner:
         self.claimed[str(job.output)] = (job.item, job.identity)
         temp = _temp_path(job.output)
         total = job.required or job.virtual_size or 0
-        self.progress.started(job, total)
+        self.progress.on_queued(job, total, 0)
         try:
             new_private_file(temp)  # qemu-img truncates it and keeps its mode: 0600
             qemuimg.convert(
                 job.source_name, job.source_format, str(temp), opts.format,
                 compress=opts.compression, force_share=opts.force_share, flags=opts.flags,
-                on_progress=lambda f: self.progress.advanced(job, f), canceller=self.canceller,
+                on_progress=Fractions(self.progress, job, total), canceller=self.canceller,
                 label=job.disk.path)
             checksum, verified = None, False
             if opts.verify:
@@ -745,7 +731,7 @@ class Runner:
             else:
                 self.journal.fail(KIND_CONVERT, job.item, "interrupted: rerun to convert it")
                 raise
-            self.progress.finished(job, result)
+            self.progress.on_done(job, result)
             return result
         seconds = time.monotonic() - started
         self.journal.done(
@@ -756,31 +742,31 @@ class Runner:
             job, CONVERTED, output=str(job.output), virtual_size=job.virtual_size,
             allocated=allocated, verified=verified, checksum=checksum, seconds=seconds,
             note=note)
-        self.progress.finished(job, result)
+        self.progress.on_done(job, result)
         return result
 
     def _verify_existing(self, job: DiskJob, step: Step) -> DiskResult:
         """A disk converted with --no-verify earlier: verify it now instead of converting."""
         total = job.required or job.virtual_size or 0
-        self.progress.started(job, total)
+        self.progress.on_queued(job, total, 0)
         try:
             checksum, compared = _verify(job, job.output, self.options, self.canceller,
                                          self.progress)
         except VmmoveError as exc:
             result = self._fail(job, _name_disk(job, str(exc)))
-            self.progress.finished(job, result)
+            self.progress.on_done(job, result)
             return result
         if not compared.identical:
             job.output.unlink(missing_ok=True)  # wrong output: the next run converts again
             result = self._fail(job, f"{job.label}: output differs from the source: "
                                      f"{compared.message}; removed it, rerun to convert again")
-            self.progress.finished(job, result)
+            self.progress.on_done(job, result)
             return result
         self.journal.update(KIND_CONVERT, job.item, verified=True, compare="identical")
         self.journal.done(KIND_CONVERT, job.item, checksum=checksum)
         step = self.journal.get(KIND_CONVERT, job.item) or step
         result = self._from_step(job, VERIFIED, step, "converted earlier; verified now")
-        self.progress.finished(job, result)
+        self.progress.on_done(job, result)
         return result
 
 
@@ -878,7 +864,7 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
         for (index, job), error in zip(jobs, errors):
             if error:
                 results[index] = runner._fail(job, error)
-                progress.finished(job, results[index])
+                progress.on_done(job, results[index])
             else:
                 todo.append((index, job))
 
@@ -922,7 +908,7 @@ def _fit_space(runner: Runner, folder: Path, todo: list[tuple[int, DiskJob]],
                 job, f"{job.label}: not enough space in {folder}: the output needs "
                      f"{human_size(need)} (qemu-img measure), {human_size(free)} is free "
                      "for it; free space or convert to another folder")
-            runner.progress.finished(job, results[index])
+            runner.progress.on_done(job, results[index])
             continue
         free -= need
         fitting.append((index, job))

@@ -20,6 +20,7 @@ import pytest
 from migrate.core.errors import VmmoveError
 from migrate.core.journal import Journal
 from migrate.core.mapping import Maps
+from migrate.core.progress import Subscriber
 from migrate.core.model import VM, Inventory, PowerState, Source, SourceKind
 from migrate.core.records import KIND_APPLY, KIND_CUTOVER, KIND_STAGE, CutoverRecord
 from migrate.pipeline.cutover import (
@@ -139,6 +140,22 @@ class FakeCluster:
         return iter(())
 
 
+class Recorder(Subscriber):
+    """The progress protocol's calls, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def on_queued(self, item: Any, total: float, already: float = 0) -> None:
+        self.calls.append(("queued", item.label, total))
+
+    def on_progress(self, item: Any, amount: float | None, note: str | None = None) -> None:
+        self.calls.append(("progress", item.label, note))
+
+    def on_done(self, item: Any, result: Any) -> None:
+        self.calls.append(("done", item.label, result.status))
+
+
 # -- a plan in memory ----------------------------------------------------------------------------
 
 
@@ -165,6 +182,7 @@ class World:
         self.synced: list[SourceStopped] = []
         self.sync_fails: set[str] = set()
         self.log: list[str] = []
+        self.progress = Recorder()
         for p in self.plan.vms:  # staged: applied, no disks to import
             self.journal.start(KIND_APPLY, p.key)
             self.journal.done(KIND_APPLY, p.key, result="applied")
@@ -179,7 +197,8 @@ class World:
     def cutover(self) -> Cutover:
         return Cutover(self.plan, self.cluster, self.journal, self.sync,  # type: ignore[arg-type]
                        CutoverOptions(verify_timeout=2), self.log.append,
-                       source=self.host.source)  # type: ignore[arg-type]
+                       source=self.host.source,  # type: ignore[arg-type]
+                       progress=self.progress)
 
     def run(self, jobs: int = 1, names: list[str] | None = None) -> dict[str, Any]:
         chosen = [p for p in self.plan.vms if names is None or p.vm.name in names]
@@ -234,6 +253,9 @@ def test_cutover_runs_every_phase_and_records_the_downtime(world: Any) -> None:
     assert top.status == "done" and top.sync_mode == "verify"
     assert top.downtime == pytest.approx(w.step("web", "verify").finished - stop.started,
                                          abs=1e-3)
+    # the cutover reports through the one progress protocol: a unit per phase
+    assert w.progress.calls == [("queued", "web", 5)] + [
+        ("progress", "web", name) for name in CUTOVER.names[1:]] + [("done", "web", "done")]
     # a second run repeats nothing
     assert w.run()["web"].status == "done before"
     assert w.host.calls == [("web", "stop")]

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 from migrate.core.errors import VmmoveError
 from migrate.core.journal import Journal, Step
+from migrate.core.progress import Subscriber
 from migrate.core.records import KIND_UPLOAD
 
 UPLOADED = "uploaded"  # sent in full in this run
@@ -98,32 +99,24 @@ class TransferResult:
         return data
 
 
-class Subscriber:
-    """Progress callbacks, as s3transfer's ``BaseSubscriber``; override what you need."""
-
-    def on_queued(self, item: TransferItem, total: int, already: int) -> None:
-        """``item`` starts: ``total`` bytes, ``already`` of them at the destination."""
-
-    def on_progress(self, item: TransferItem, bytes_transferred: int) -> None:
-        """``bytes_transferred`` more bytes of ``item`` were sent (or found sent)."""
-
-    def on_done(self, item: TransferItem, result: TransferResult) -> None:
-        """``item`` finished (``result.ok``) or failed (``result.error``)."""
-
-
 class Subscribers(Subscriber):
     """Fan one event out to many subscribers."""
 
     def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
         self.subscribers = list(subscribers)
 
-    def on_queued(self, item: TransferItem, total: int, already: int) -> None:
+    def on_queued(self, item: TransferItem, total: float, already: float = 0) -> None:
         for s in self.subscribers:
             s.on_queued(item, total, already)
 
-    def on_progress(self, item: TransferItem, bytes_transferred: int) -> None:
+    def on_phase(self, item: TransferItem, phase: str, total: float) -> None:
         for s in self.subscribers:
-            s.on_progress(item, bytes_transferred)
+            s.on_phase(item, phase, total)
+
+    def on_progress(self, item: TransferItem, amount: float | None,
+                    note: str | None = None) -> None:
+        for s in self.subscribers:
+            s.on_progress(item, amount, note)
 
     def on_done(self, item: TransferItem, result: TransferResult) -> None:
         for s in self.subscribers:

@@ -56,8 +56,13 @@ class VmmoveGroup(click.Group):
         return _discover().get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        from migrate.core.progress import LOGGER
+
         try:
-            return super().invoke(ctx)
+            with logging_redirect_tqdm(loggers=[LOGGER]):  # a log line never tears a bar
+                return super().invoke(ctx)
         except VmmoveError as exc:
             click.echo(error_line(exc), err=True)
             ctx.exit(exc.exit_code)

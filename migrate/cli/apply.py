@@ -57,6 +57,7 @@ def apply_cmd(plan_file: str, wave: int | None, dry_run: str, kubeconfig: str | 
     The manifests are made from the plan and the journal (what convert and upload
     recorded); -n replaces the plan's namespace for VMs without their own.
     """
+    from migrate.views.bars import reporters
     from migrate.pipeline.stages import KubeArgs, apply_errors, apply_waves
     from migrate.plan import load_plan
 
@@ -70,7 +71,8 @@ def apply_cmd(plan_file: str, wave: int | None, dry_run: str, kubeconfig: str | 
     errors: list[str] = []
     for n, outcome in apply_waves(plan, numbers, KubeArgs(kubeconfig, context, namespace),
                                   dry_run=mode, force=force_conflicts, wait=wait,
-                                  timeout=timeout, max_restarts=max_restarts):
+                                  timeout=timeout, max_restarts=max_restarts,
+                                  reporters=reporters()):
         data, rows = outcome_rows(n, outcome)
         all_data += data
         all_rows += rows

@@ -12,7 +12,7 @@ from migrate.cli.options import output_format, refuse_with_plan
 from migrate.core.workdir import JOURNAL_NAME
 from migrate.core.errors import UsageError, VmmoveError
 from migrate.core.output import emit, error_line, human_size
-from migrate.core.progress import ConvertProgress as BarProgress
+from migrate.views.bars import ConvertBars as BarProgress
 from migrate.core.progress import disk_estimate as estimate
 
 if TYPE_CHECKING:

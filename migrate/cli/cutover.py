@@ -84,6 +84,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.da
     measured from the shutdown to the verified start and recorded in the journal
     (vmmove report shows it).
     """
+    from migrate.views.bars import reporters
     from migrate.core.progress import log
     from migrate.pipeline.cutover import (
         CutoverOptions,
@@ -108,7 +109,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.da
                              verify_command=verify_command)
     results = cutover_vms(plan, wave, chosen, KubeArgs(kubeconfig, context, namespace), options,
                           jobs=jobs, when=at,
-                          import_timeout=import_timeout, log=log)
+                          import_timeout=import_timeout, log=log, reporters=reporters())
     rows = [[r.vm, r.target, r.status, _seconds(r.downtime), r.sync_mode or "-",
              " ".join(f"{k}:{v}" for k, v in r.steps.items()) or "-",
              (r.error or r.next or "")[:160]] for r in results]

@@ -50,6 +50,7 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: boo
     (reachable, KubeVirt and CDI served) before any disk is converted.
     """
     from migrate.core.progress import log
+    from migrate.views.bars import reporters
     from migrate.pipeline.stages import KubeArgs, stage_wave
     from migrate.plan import load_plan
 
@@ -75,7 +76,8 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: boo
 
     results, outcome = stage_wave(plan, wave, KubeArgs(kubeconfig, context, namespace),
                                   redo=redo, force=force_conflicts, wait=wait,
-                                  timeout=timeout, max_restarts=max_restarts, on_result=report)
+                                  timeout=timeout, max_restarts=max_restarts, on_result=report,
+                                  reporters=reporters())
     data = [{"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3),
              "summary": r.summary, "error": r.error} for r in results]
     rows = [[r.stage, r.status, f"{r.seconds:.1f}s", r.error or r.summary] for r in results]

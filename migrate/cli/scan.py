@@ -105,6 +105,7 @@ def scan_cmd(
     from migrate.core.errors import SourceError
     from migrate.clients.libvirt import check_uri
     from migrate.sources.pve import parse_storage_map
+    from migrate.views.bars import CountBar
     from migrate.sources.scan import scan
 
     try:
@@ -115,7 +116,7 @@ def scan_cmd(
     for uri in uri_list:
         check_uri(uri)  # a mistyped URI: one line, before anything is scanned
     inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout, pve_storage=storage,
-               ovf_configuration=ovf_configuration)
+               ovf_configuration=ovf_configuration, progress=CountBar("scan", "source"))
     if output_file:
         save_inventory(inv, output_file)
     render(inv, output)

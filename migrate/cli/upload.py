@@ -110,7 +110,7 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
     S3 credentials are read the aws-cli way and written only into a Secret manifest
     (mode 0600) in the work folder, for CDI's s3 source.
     """
-    from migrate.core.progress import UploadProgress
+    from migrate.views.bars import UploadBars, reporters
     from migrate.pipeline.upload import upload_images
     from migrate.plan import is_plan_file
 
@@ -121,7 +121,7 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
             raise UsageError("with a PLAN, the wave says which VMs to upload (--wave N)")
         refuse_with_plan(source, PLAN_DECIDES)
         summary = plan_upload(source, wave, KubeArgs(kw["kubeconfig"], kw["context"],
-                                                     kw["namespace"]), redo)
+                                                     kw["namespace"]), redo, reporters())
         if output == "table":
             click.echo(summary)
             return
@@ -135,7 +135,7 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
     if wave is not None:
         raise UsageError("--wave goes with a PLAN (vmmove plan) as SOURCE")
     results = upload_images(source, vms, workdir, s3, proxy, as_is, follow, redo,
-                            UploadProgress, kw)
+                            UploadBars, kw)
     for r in results:
         if not r.ok:
             click.echo(error_line(r.error), err=True)

@@ -55,7 +55,7 @@ from migrate.clients import cluster
 from migrate.clients.cluster import DATA_VOLUME, VIRTUAL_MACHINE, VMI, Kube, set_run_strategy
 from migrate.core.model import VM
 from migrate.plan import Plan, PlannedVM
-from migrate.core.progress import trace_call
+from migrate.core.progress import SILENT, Reporters, Subscriber, trace_call
 from migrate.core.journal import DONE, RUNNING, Journal
 from migrate.core.workdir import disk_item
 from migrate.pipeline.itinerary import CUTOVER, STEPS
@@ -327,6 +327,14 @@ def next_action(plan: Plan, p: PlannedVM, step: str, source_stopped: bool) -> st
             f"or `{c['rollback']}` to start the source again")
 
 
+@dataclass(frozen=True)
+class ProgressItem:
+    """A VM as the progress protocol names it."""
+
+    item: str
+    label: str
+
+
 @dataclass
 class VmCutover:
     """The outcome of one VM's cutover run."""
@@ -340,6 +348,10 @@ class VmCutover:
     sync_mode: str | None = None
     error: str | None = None
     next: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("done", "done before")
 
     def to_data(self) -> dict[str, Any]:
         return {"key": self.key, "vm": self.vm, "target": self.target, "status": self.status,
@@ -391,11 +403,15 @@ class Cutover:
 
     def __init__(self, plan: Plan, kube: Kube, journal: Journal, sync: SyncFn,
                  options: CutoverOptions, log: Log,
-                 source: Callable[[PlannedVM], Source] | None = None) -> None:
+                 source: Callable[[PlannedVM], Source] | None = None,
+                 progress: Subscriber | None = None) -> None:
         self.plan, self.kube, self.journal, self.sync = plan, kube, journal, sync
         self.options, self.log = options, log
         #: Opens a VM's source domain (:class:`Source`; tests give an in-memory one).
         self.source = source or Source
+        #: Hears each VM queued with its phases after the preflight, one unit per phase
+        #: done (the phase as the note), and its result.
+        self.progress = progress or Subscriber()
         #: Set on Ctrl-C while workers run: each stops before its next step (journalled).
         self.cancelled = threading.Event()
 
@@ -514,9 +530,11 @@ class Cutover:
         if top is None or top.status != RUNNING:
             j.start(KIND_CUTOVER, p.key, wave=p.wave, name=p.name, namespace=p.namespace)
         result.steps["preflight"] = "done"
+        item = ProgressItem(p.key, p.vm.name)
         for phase in CUTOVER.after("preflight"):
             run = getattr(self, f"_phase_{phase.name}")
             result.steps[phase.name] = run(p, phase.source_stopped, result)
+            self.progress.on_progress(item, 1, phase.name)
         self.log(f"{p.vm.name}: cut over to {p.namespace}/{p.name}; "
                  f"downtime {result.downtime:.1f}s")
         return result
@@ -618,7 +636,14 @@ class Cutover:
         return [results[p.key] for p in todo]
 
     def _run_one(self, p: PlannedVM) -> VmCutover:
-        """:meth:`run_vm` with every failure as this VM's result."""
+        """:meth:`run_vm` with every failure as this VM's result (and reported)."""
+        item = ProgressItem(p.key, p.vm.name)
+        self.progress.on_queued(item, len(CUTOVER.after("preflight")), 0)
+        result = self._outcome(p)
+        self.progress.on_done(item, result)
+        return result
+
+    def _outcome(self, p: PlannedVM) -> VmCutover:
         failed = VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}", "failed")
         if self.cancelled.is_set():
             failed.error = f"{p.vm.name}: not started (interrupted); nothing was changed"
@@ -804,7 +829,8 @@ def downtime_of(journal: Journal, p: PlannedVM) -> float | None:
 
 def cutover_vms(plan: Plan, wave: int, chosen: list[PlannedVM], kube_args: Any,
                 options: CutoverOptions, *, jobs: int | None, when: datetime.datetime | None,
-                import_timeout: float, log: Log) -> list[VmCutover]:
+                import_timeout: float, log: Log,
+                reporters: Reporters = SILENT) -> list[VmCutover]:
     """Cut over ``chosen`` (VMs of ``wave``), under the plan lock; one result per VM, in
     the order given.
 
@@ -829,8 +855,10 @@ def cutover_vms(plan: Plan, wave: int, chosen: list[PlannedVM], kube_args: Any,
         with plan_lock(plan):
             journal = plan.journal()
             try:
-                sync = partial(final_sync, plan, kube, kube_args, import_timeout)
-                run = Cutover(plan, kube, journal, sync, options, log)
+                sync = partial(final_sync, plan, kube, kube_args, import_timeout,
+                               reporters=reporters)
+                run = Cutover(plan, kube, journal, sync, options, log,
+                              progress=reporters.cutover())
                 results = run.run_selection(chosen, wave, jobs, when)
             finally:
                 journal.close()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from migrate.core.errors import UsageError, VmmoveError
 from migrate.core.output import human_size
+from migrate.core.progress import SILENT, Reporters
 from migrate.plan import Plan, PlannedVM
 from migrate.core.records import KIND_MANIFESTS
 from migrate.core.workdir import disk_item, image_basename
@@ -43,10 +44,10 @@ def wave_vms(plan: Plan, wave: int) -> list[PlannedVM]:
 # -- convert ---------------------------------------------------------------------------------
 
 
-def convert_wave(plan: Plan, wave: int, redo: bool = False) -> str:
+def convert_wave(plan: Plan, wave: int, redo: bool = False,
+                 reporters: Reporters = SILENT) -> str:
     """Convert every disk of the wave's VMs into the plan's work folder."""
     from converters.convert import FAILED, ConvertOptions, convert_disks
-    from migrate.core.progress import ConvertProgress as BarProgress
     from migrate.core.progress import disk_estimate as estimate
 
     vms = wave_vms(plan, wave)
@@ -57,7 +58,7 @@ def convert_wave(plan: Plan, wave: int, redo: bool = False) -> str:
     if c.jobs:
         options.jobs = c.jobs
     disks = [d for p in vms for d in data_disks(p)]
-    progress = BarProgress(sum(estimate(d) for d in disks), len(disks), verify=c.verify)
+    progress = reporters.convert(sum(estimate(d) for d in disks), len(disks), c.verify)
     try:
         results = convert_disks(plan.inventory, (), plan.workdir, options, progress,
                                 disks=pairs)
@@ -143,7 +144,7 @@ def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem]
 
 
 def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
-                redo: bool = False) -> str:
+                redo: bool = False, reporters: Reporters = SILENT) -> str:
     """Send the wave's converted images to the plan's transfer target."""
     from converters.transfer.base import run_transfers
 
@@ -180,9 +181,7 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
                    group) for target, group in by_target.items()]
     for b, _ in groups:
         b.prepare()
-    from migrate.core.progress import UploadProgress
-
-    bars = UploadProgress(sum(i.size for i in todo), len(todo))
+    bars = reporters.upload(sum(i.size for i in todo), len(todo))
     results: list[Any] = []
     try:
         with plan.journal() as journal:
@@ -291,37 +290,6 @@ def vm_objects(plan: Plan, sets: list[ManifestSet]) -> list[VmObjects]:
     return out
 
 
-class ImportBars:
-    """A tqdm bar per DataVolume (percent), log lines when not on a terminal."""
-
-    def __init__(self) -> None:
-        self.bars: dict[str, Any] = {}
-        self.logged: dict[str, str] = {}
-
-    def update(self, state: ImportState) -> None:
-        from migrate.core.progress import bar, log
-
-        key = f"{state.item.namespace}/{state.item.dv}"
-        if key not in self.bars:
-            self.bars[key] = bar(100.0, state.item.label, unit="%", position=len(self.bars))
-        b = self.bars[key]
-        if state.progress is not None:
-            b.n = state.progress
-        b.set_postfix_str(state.phase or "", refresh=False)
-        b.refresh()
-        line = f"{state.phase}" + (f" {state.progress:.0f}%" if state.progress is not None
-                                   else "")
-        if state.outcome:
-            line = f"{state.outcome}" + (f": {state.reason}" if state.reason else "")
-        if self.logged.get(key) != line:
-            self.logged[key] = line
-            log(f"{state.item.label} (DataVolume {key}): {line}")
-
-    def close(self) -> None:
-        for b in self.bars.values():
-            b.close()
-
-
 @dataclass
 class ApplyOutcome:
     applied: list[Applied]
@@ -336,7 +304,7 @@ class ApplyOutcome:
 def apply_wave(plan: Plan, wave: int, kube: Kube | None, *, dry_run: str | None = None,
                force: bool = False, wait: bool = True, timeout: float = 3600.0,
                max_restarts: int = 3, sets: list[ManifestSet] | None = None,
-               on_applied: Any = None) -> ApplyOutcome:
+               on_applied: Any = None, reporters: Reporters = SILENT) -> ApplyOutcome:
     """Apply the wave's objects (namespaces, Secrets, VMs), then watch the imports."""
     from migrate.apply import apply_objects, watch_imports
 
@@ -352,7 +320,8 @@ def apply_wave(plan: Plan, wave: int, kube: Kube | None, *, dry_run: str | None 
             items = [i for o in objects if o.key in active for i in o.imports]
             if items:
                 states = watch_imports(kube, items, journal, timeout=timeout,
-                                       max_restarts=max_restarts, progress=ImportBars())
+                                       max_restarts=max_restarts,
+                                       progress=reporters.imports())
     return ApplyOutcome(applied, states)
 
 
@@ -477,7 +446,8 @@ def wave_upload_records(plan: Plan, wave: int) -> list[dict[str, Any]]:
     return records
 
 
-def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool) -> str:
+def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool,
+                reporters: Reporters = SILENT) -> str:
     """For ``vmmove upload PLAN --wave N``: the wave's converted images to the plan's
     transfer target; returns the summary line."""
     from migrate.pipeline.wave import plan_lock
@@ -489,7 +459,7 @@ def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool) ->
     if kube.namespace:
         plan.use_namespace(kube.namespace)
     with plan_lock(plan):
-        return upload_wave(plan, wave, kube, redo=redo)
+        return upload_wave(plan, wave, kube, redo=redo, reporters=reporters)
 
 
 # -- the wave itinerary, run ------------------------------------------------------------------
@@ -497,14 +467,14 @@ def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool) ->
 
 def wave_runners(plan: Plan, wave: int, kube: Kube, kube_args: KubeArgs, *, redo: bool,
                  force: bool, wait: bool, timeout: float, max_restarts: int,
-                 outcome_box: dict[str, Any]) -> dict[str, Any]:
+                 outcome_box: dict[str, Any], reporters: Reporters = SILENT) -> dict[str, Any]:
     """The function that runs each phase of :data:`~migrate.pipeline.itinerary.WAVE` for
     ``wave``, by phase name (each returns its one-line summary or raises VmmoveError);
     the apply phase leaves its :class:`ApplyOutcome` in ``outcome_box["outcome"]``."""
 
     def apply_stage() -> str:
         outcome = apply_wave(plan, wave, kube, force=force, wait=wait, timeout=timeout,
-                             max_restarts=max_restarts)
+                             max_restarts=max_restarts, reporters=reporters)
         outcome_box["outcome"] = outcome
         errors = apply_errors(outcome)
         if errors:
@@ -512,16 +482,16 @@ def wave_runners(plan: Plan, wave: int, kube: Kube, kube_args: KubeArgs, *, redo
         return apply_summary(outcome)
 
     return {
-        "convert": lambda: convert_wave(plan, wave, redo=redo),
-        "upload": lambda: upload_wave(plan, wave, kube_args, redo=redo),
+        "convert": lambda: convert_wave(plan, wave, redo=redo, reporters=reporters),
+        "upload": lambda: upload_wave(plan, wave, kube_args, redo=redo, reporters=reporters),
         "manifests": lambda: manifests_wave(plan, wave),
         "apply": apply_stage,
     }
 
 
 def stage_wave(plan: Plan, wave: int, kube_args: KubeArgs, *, redo: bool, force: bool,
-               wait: bool, timeout: float, max_restarts: int,
-               on_result: Any = None) -> tuple[list[Any], ApplyOutcome | None]:
+               wait: bool, timeout: float, max_restarts: int, on_result: Any = None,
+               reporters: Reporters = SILENT) -> tuple[list[Any], ApplyOutcome | None]:
     """``vmmove migrate PLAN --wave N --stage``: every phase of the wave itinerary in
     order under the plan lock, stopping at the first that fails; the stage results and
     the apply outcome (None when apply did not run).  The cluster is reached first
@@ -536,7 +506,7 @@ def stage_wave(plan: Plan, wave: int, kube_args: KubeArgs, *, redo: bool, force:
     try:
         runners = wave_runners(plan, wave, kube, kube_args, redo=redo, force=force,
                                wait=wait, timeout=timeout, max_restarts=max_restarts,
-                               outcome_box=box)
+                               outcome_box=box, reporters=reporters)
         stages = [Stage(phase.name, runners[phase.name]) for phase in WAVE.phases]
         results = run_stages(plan, wave, stages, on_result=on_result)
     finally:
@@ -545,8 +515,8 @@ def stage_wave(plan: Plan, wave: int, kube_args: KubeArgs, *, redo: bool, force:
 
 
 def apply_waves(plan: Plan, numbers: list[int], kube_args: KubeArgs, *, dry_run: str | None,
-                force: bool, wait: bool, timeout: float,
-                max_restarts: int) -> list[tuple[int, ApplyOutcome]]:
+                force: bool, wait: bool, timeout: float, max_restarts: int,
+                reporters: Reporters = SILENT) -> list[tuple[int, ApplyOutcome]]:
     """``vmmove apply PLAN [--wave N]``: apply each wave of ``numbers`` (skipping empty
     ones) under the plan lock and watch its imports; stops after the first wave with a
     problem (:func:`apply_errors`).  ``dry_run`` ``client`` contacts no cluster."""
@@ -563,7 +533,8 @@ def apply_waves(plan: Plan, numbers: list[int], kube_args: KubeArgs, *, dry_run:
                 if not plan.wave(n):
                     continue
                 outcome = apply_wave(plan, n, kube, dry_run=dry_run, force=force, wait=wait,
-                                     timeout=timeout, max_restarts=max_restarts)
+                                     timeout=timeout, max_restarts=max_restarts,
+                                     reporters=reporters)
                 outcomes.append((n, outcome))
                 if apply_errors(outcome):
                     break

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from migrate.core.errors import VmmoveError
+from migrate.core.progress import SILENT, Reporters
 
 if TYPE_CHECKING:
     from migrate.clients.cluster import Kube
@@ -33,7 +34,8 @@ SEND_LOCK = threading.Lock()
 
 
 def final_sync(plan: Plan, kube: Kube, kube_args: KubeArgs, import_timeout: float,
-               p: PlannedVM, journal: Journal, stopped: SourceStopped) -> dict[str, Any]:
+               p: PlannedVM, journal: Journal, stopped: SourceStopped, *,
+               reporters: Reporters = SILENT) -> dict[str, Any]:
     """Make the target's disks equal the stopped source's disks; what to journal.
 
     ``full``: staging read a running disk (``qemu-img -U``), so every disk is converted
@@ -54,7 +56,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: KubeArgs, import_timeout: floa
     from migrate.apply import watch_imports
     from migrate.core.records import KIND_IMPORT
     from migrate.pipeline.cutover import CutoverError
-    from migrate.pipeline.stages import ImportBars, build_manifests, data_disks, vm_objects
+    from migrate.pipeline.stages import build_manifests, data_disks, vm_objects
     from migrate.clients.cluster import delete_datavolume
     from migrate.core.progress import log
     from migrate.core.journal import DONE
@@ -108,7 +110,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: KubeArgs, import_timeout: floa
                 log(f"{p.vm.name}: final sync: waited {lock_wait:.0f}s for another VM's "
                     "sync to send its disks")
             converted, sent, upload_seconds = _send_again(plan, kube_args, p, journal, redo,
-                                                          report, stopped)
+                                                          report, stopped, reporters)
     reimported: list[str] = []
     if converted:
         objects = vm_objects(plan, build_manifests(plan, [p]))
@@ -118,7 +120,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: KubeArgs, import_timeout: floa
             delete_datavolume(kube, i.namespace, i.dv)
             journal.reset(KIND_IMPORT, i.item)
         states = watch_imports(kube, items, journal, timeout=import_timeout,
-                               progress=ImportBars())
+                               progress=reporters.imports())
         bad = [s for s in states if s.outcome != "imported"]
         if bad:
             raise CutoverError(f"{p.vm.name}: final sync: re-import failed: " + " | ".join(
@@ -133,8 +135,8 @@ def final_sync(plan: Plan, kube: Kube, kube_args: KubeArgs, import_timeout: floa
 
 
 def _send_again(plan: Plan, kube_args: KubeArgs, p: PlannedVM, journal: Journal,
-                redo: list[str], report: dict[str, dict[str, Any]], stopped: SourceStopped
-                ) -> tuple[list[str], int, float]:
+                redo: list[str], report: dict[str, dict[str, Any]], stopped: SourceStopped,
+                reporters: Reporters) -> tuple[list[str], int, float]:
     """Convert the disks ``redo`` from the stopped source and upload them (the caller holds
     :data:`SEND_LOCK`); the disks converted, bytes sent, upload seconds."""
     from converters.convert import CONVERTED, FAILED, ConvertOptions, convert_disks
@@ -174,7 +176,7 @@ def _send_again(plan: Plan, kube_args: KubeArgs, p: PlannedVM, journal: Journal,
                                f"{plan.transfer.backend or 'none'}); stage the VM shut off, "
                                "or use transfer.s3")
         t0 = time.monotonic()
-        summary = upload_wave(plan, p.wave, kube_args)
+        summary = upload_wave(plan, p.wave, kube_args, reporters=reporters)
         upload_seconds = time.monotonic() - t0
         log(f"{p.vm.name}: final sync: {summary}")
         for target in converted:
