@@ -174,12 +174,10 @@ class DiskResult:
         return self.status != FAILED
 
 
-#: Conversion reports to the one progress protocol (:class:`migrate.core.progress.Subscriber`):
-#: each disk job is queued with the bytes to write, makes progress in bytes as qemu-img
-#: reports its fraction, then (when verifying) enters the ``verify`` phase, whose amounts
-#: are the compare's and the checksum's mean fraction of the output's size; then done.
-Progress = Subscriber
-NoProgress = Subscriber
+# Conversion reports to the one progress protocol (migrate.core.progress.Subscriber):
+# each disk job is queued with the bytes to write, makes progress in bytes as qemu-img
+# reports its fraction, then (when verifying) enters the ``verify`` phase, whose amounts
+# are the compare's and the checksum's mean fraction of the output's size; then done.
 
 
 class DiskError(VmmoveError):
@@ -557,7 +555,7 @@ def allocated_bytes(path: str | os.PathLike[str]) -> int:
 
 def _verify(job: DiskJob, image: Path, options: ConvertOptions,
             canceller: qemuimg.Canceller,
-            progress: Progress | None = None) -> tuple[str, qemuimg.CompareResult]:
+            progress: Subscriber | None = None) -> tuple[str, qemuimg.CompareResult]:
     """qemu-img compare source↔output while this thread hashes the output.
 
     ``progress`` enters the ``verify`` phase and gets the verification's progress: the
@@ -607,7 +605,7 @@ def _verify(job: DiskJob, image: Path, options: ConvertOptions,
 class Runner:
     """One batch: a journal held exclusively, a pool of ``jobs`` threads, a canceller."""
 
-    def __init__(self, journal: Journal, options: ConvertOptions, progress: Progress) -> None:
+    def __init__(self, journal: Journal, options: ConvertOptions, progress: Subscriber) -> None:
         self.journal = journal
         #: output path → (item, identity) as the journal records them (see unique_output)
         self.claimed = _claimed_outputs(journal)
@@ -797,7 +795,7 @@ def convert_disks(
     vms: Sequence[str],
     workdir: str | os.PathLike[str],
     options: ConvertOptions | None = None,
-    progress: Progress | None = None,
+    progress: Subscriber | None = None,
     disks: Iterable[tuple[str, str]] | None = None,
 ) -> list[DiskResult]:
     """Convert the disks of ``vms`` (all VMs when empty), or exactly ``disks``, into ``workdir``.
@@ -807,7 +805,7 @@ def convert_disks(
     :class:`VmmoveError` only for problems with the whole run (a locked work folder).
     """
     options = options or ConvertOptions()
-    progress = progress or NoProgress()
+    progress = progress or Subscriber()
     folder = Path(workdir).absolute()
     names = target_names(inventory)
     pairs = select_disks(inventory, vms, disks)
@@ -827,7 +825,7 @@ def convert_disks(
 
 def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
                pairs: list[tuple[VM, Disk]], options: ConvertOptions,
-               progress: Progress) -> list[DiskResult]:
+               progress: Subscriber) -> list[DiskResult]:
     remove_stale_temps(folder)
     runner = Runner(journal, options, progress)
     results: dict[int, DiskResult] = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -12,25 +11,8 @@ from migrate.cli.options import output_format, refuse_with_plan
 from migrate.core.workdir import JOURNAL_NAME
 from migrate.core.errors import UsageError, VmmoveError
 from migrate.core.output import emit, error_line, human_size
-from migrate.views.bars import ConvertBars as BarProgress
-from migrate.core.progress import disk_estimate as estimate
 
-if TYPE_CHECKING:
-    from converters.convert import DiskResult
-
-
-def _rows(results: list[DiskResult]) -> list[list[Any]]:
-    rows = []
-    for r in results:
-        detail = r.error or (Path(r.output).name if r.output else "") or r.note or ""
-        if r.ok and r.note and r.output:
-            detail = f"{Path(r.output).name} ({r.note})"
-        rows.append([
-            r.vm, r.disk, r.status, r.format if r.status != "ignored" else "-",
-            human_size(r.virtual_size), human_size(r.allocated),
-            {True: "yes", False: "no", None: "-"}[r.verified],
-            f"{r.seconds:.2f}s" if r.seconds is not None else "-", detail])
-    return rows
+from migrate.views.results import convert_data, convert_rows
 
 
 def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: str) -> None:
@@ -99,7 +81,9 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
     image, missing file, no space) is reported and the others go on; the exit status is
     then non-zero.
     """
-    from converters.convert import ConvertOptions, FAILED, convert_disks, select_disks
+    from converters.convert import FAILED, ConvertOptions
+    from migrate.pipeline.stages import convert_selection
+    from migrate.views.bars import reporters
     from migrate.plan import is_plan_file
     from migrate.core.serialize import load_inventory
 
@@ -133,30 +117,17 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
     options.redo = redo
     if jobs is not None:
         options.jobs = jobs
-    pairs = select_disks(inv, vms, plan_disks)
-    total = sum(estimate(d) for _, d in pairs if d.device in ("disk", "lun"))
-    progress = BarProgress(total, sum(1 for _, d in pairs if d.device in ("disk", "lun")),
-                           verify=options.verify)
-    try:
-        results = convert_disks(inv, vms, folder, options, progress, disks=plan_disks)
-    finally:
-        progress.close()
+    results = convert_selection(inv, vms, folder, options, plan_disks, reporters())
     for r in results:
         if r.status == FAILED:
             click.echo(error_line(r.error), err=True)
-    emit([_result_data(r) for r in results], output,
+    emit([convert_data(r) for r in results], output,
          ["VM", "DISK", "STATUS", "FORMAT", "SIZE", "ALLOCATED", "VERIFIED", "TIME",
-          "OUTPUT/ERROR"], _rows(results))
+          "OUTPUT/ERROR"], convert_rows(results))
     failed = sum(1 for r in results if r.status == FAILED)
     if failed:
         raise VmmoveError(f"{failed} of {len(results)} disk(s) failed; fix them and rerun "
                           "(finished disks are not converted again)")
-
-
-def _result_data(r: DiskResult) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(r)
 
 
 commands = [convert]

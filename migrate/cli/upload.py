@@ -6,35 +6,16 @@ Option parsing and rendering; the work is :func:`migrate.pipeline.upload.upload_
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from migrate.cli.options import aws, kube, output_format, refuse_with_plan
 from migrate.cli.types import SIZE
 from migrate.core.errors import UsageError, VmmoveError
-from migrate.core.output import emit, error_line, human_size
+from migrate.core.output import emit, error_line
 
-if TYPE_CHECKING:
-    from converters.transfer.base import TransferResult
-
-
-def _destination(r: TransferResult) -> str:
-    if r.url:
-        return r.url
-    if r.dv:
-        return f"{r.namespace}/{r.dv}"
-    return "-"
-
-
-def _rows(results: list[TransferResult]) -> list[list[Any]]:
-    return [[r.item, r.backend, r.status, human_size(r.size), human_size(r.sent),
-             f"{r.seconds:.1f}s", r.error or _destination(r)] for r in results]
-
-
-def _data(r: TransferResult) -> dict[str, Any]:
-    return {"item": r.item, "status": r.status, "checksum": r.checksum,
-            "seconds": round(r.seconds, 3), "error": r.error, **r.journal_data()}
+from migrate.views.results import transfer_data, transfer_rows
 
 
 #: Options a plan decides itself (its work folder and transfer section).
@@ -139,9 +120,9 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
     for r in results:
         if not r.ok:
             click.echo(error_line(r.error), err=True)
-    emit([_data(r) for r in results], output,
+    emit([transfer_data(r) for r in results], output,
          ["ITEM", "BACKEND", "STATUS", "SIZE", "SENT", "TIME", "DESTINATION/ERROR"],
-         _rows(results))
+         transfer_rows(results))
     failed = sum(1 for r in results if not r.ok)
     if failed:
         raise VmmoveError(f"{failed} of {len(results)} image(s) failed; fix and rerun "

@@ -25,8 +25,7 @@ from typing import Any
 from migrate.plan import Plan, PlannedVM
 from migrate.core.journal import DONE, Journal
 from migrate.core.workdir import disk_item
-from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
-from migrate.core.records import KIND_CLEAN
+from migrate.core.records import KIND_CLEAN, KIND_CONVERT, KIND_UPLOAD
 
 REMOVED = "removed"
 GONE = "already gone"

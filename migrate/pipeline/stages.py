@@ -18,9 +18,8 @@ from migrate.core.errors import UsageError, VmmoveError
 from migrate.core.output import human_size
 from migrate.core.progress import SILENT, Reporters
 from migrate.plan import Plan, PlannedVM
-from migrate.core.records import KIND_MANIFESTS
+from migrate.core.records import KIND_CONVERT, KIND_MANIFESTS, KIND_UPLOAD
 from migrate.core.workdir import disk_item, image_basename
-from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 
 if TYPE_CHECKING:
     from converters.transfer.base import Backend, TransferItem
@@ -72,6 +71,23 @@ def convert_wave(plan: Plan, wave: int, redo: bool = False,
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
     return "convert: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def convert_selection(inventory: Any, vms: tuple[str, ...], folder: Path, options: Any,
+                      disks: list[tuple[str, str]] | None,
+                      reporters: Reporters = SILENT) -> list[Any]:
+    """``vmmove convert``: the disks of ``vms`` (or ``disks``, (vm key, target) pairs) of
+    ``inventory`` into ``folder``; one result per disk, failures among them."""
+    from converters.convert import convert_disks, select_disks
+    from migrate.core.progress import disk_estimate
+
+    data = [d for _, d in select_disks(inventory, vms, disks) if d.device in ("disk", "lun")]
+    progress = reporters.convert(sum(disk_estimate(d) for d in data), len(data),
+                                 options.verify)
+    try:
+        return convert_disks(inventory, vms, folder, options, progress, disks=disks)
+    finally:
+        progress.close()
 
 
 # -- upload ----------------------------------------------------------------------------------

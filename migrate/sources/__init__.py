@@ -10,8 +10,6 @@ import stat
 
 from migrate.core.errors import SourceError
 
-__all__ = ["SourceError", "read_bounded"]
-
 
 def read_bounded(path: str, limit: int, what: str) -> tuple[str, bytes]:
     """The absolute path and the bytes of a description file (``what``, e.g. "a .vmx

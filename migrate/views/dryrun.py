@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from migrate.core.records import KIND_CUTOVER, KIND_IMPORT
+from migrate.core.records import KIND_CONVERT, KIND_CUTOVER, KIND_IMPORT, KIND_UPLOAD
 from migrate.plan import Plan, PlannedVM
 from migrate.views.report import Rate, Throughput, measure
 from migrate.views.runbook import DEFAULT_RATE, estimate, schedule, sync_mode
 from migrate.core.journal import DONE, Journal
 from migrate.core.workdir import disk_item
-from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 
 TO_DO = "to do"
 DONE_BEFORE = "done before (skipped)"

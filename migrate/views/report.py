@@ -12,12 +12,11 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.core.records import KIND_CUTOVER, KIND_IMPORT
+from migrate.core.records import KIND_CONVERT, KIND_CUTOVER, KIND_IMPORT, KIND_UPLOAD
 from migrate.plan import Plan, PlannedVM
 from migrate.core.journal import DONE, Journal
 from migrate.core.errors import UsageError
 from migrate.core.workdir import disk_item
-from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 
 MIB = 1024 * 1024
 

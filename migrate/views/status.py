@@ -13,13 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.core.records import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
+from migrate.core.records import (
+    KIND_APPLY,
+    KIND_CONVERT,
+    KIND_CUTOVER,
+    KIND_IMPORT,
+    KIND_MANIFESTS,
+    KIND_ROLLBACK,
+    KIND_UPLOAD,
+)
 from migrate.core.output import rfc3339
 from migrate.plan import Plan, PlannedVM
 from migrate.core.journal import DONE, FAILED, RUNNING, Journal, Step
 from migrate.core.workdir import disk_item
-from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
-from migrate.core.records import KIND_MANIFESTS
 
 SCANNED = "scanned"
 CONVERTED = "converted"
