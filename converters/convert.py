@@ -71,6 +71,14 @@ CONSISTENT_COPY_HINT = (
     "(pass --force-share to copy it anyway, reading with qemu-img -U)"
 )
 
+
+def plan_share_hint(plan_name: str) -> str:
+    """The remedy for a running VM when a plan drives the conversion: the plan setting
+    (``convert.forceShare``), which ``vmmove plan --stage-running`` writes."""
+    return ("a consistent copy needs the VM shut off, or the staged cutover (set "
+            f"convert.forceShare: true in {plan_name}, or make the plan with vmmove plan "
+            "--stage-running, to copy it while it runs, reading with qemu-img -U)")
+
 #: Extensions that promise a container format: a file with one of these that qemu-img
 #: reads as raw is corrupt or not an image, and converting it "as raw" would be wrong.
 _EXTENSION_FORMATS = {".vmdk": "vmdk", ".qcow2": "qcow2", ".qcow": "qcow", ".vdi": "vdi",
@@ -103,6 +111,8 @@ class ConvertOptions:
     #: Keys of VMs the caller knows to be stopped now (the cutover's stop step): their
     #: scanned power state is stale, and it is their stopped disks that are read.
     source_stopped: frozenset[str] = frozenset()
+    #: The remedy named when a disk is in use: the flag of the command that runs.
+    share_hint: str = CONSISTENT_COPY_HINT
 
     def __post_init__(self) -> None:
         if self.format not in qemuimg.OUTPUT_FORMATS:
@@ -460,7 +470,7 @@ def prepare(job: DiskJob, options: ConvertOptions, done: Step | None = None) -> 
     if job.vm.power_state in IN_USE_STATES and not options.force_share \
             and job.vm.key not in options.source_stopped:
         raise DiskError(
-            f"{job.label}: VM is {job.vm.power_state.value}; {CONSISTENT_COPY_HINT}")
+            f"{job.label}: VM is {job.vm.power_state.value}; {options.share_hint}")
     try:
         probed = declared_format(disk) is None
         chain = source_chain(job.vm, disk, options.force_share)
@@ -478,10 +488,10 @@ def prepare(job: DiskJob, options: ConvertOptions, done: Step | None = None) -> 
                 raise DiskError(f"{path}: {problem}")
             measured = f_measure.result()
     except qemuimg.ImageInUse as exc:
-        raise DiskError(f"{exc}; the image is in use: {CONSISTENT_COPY_HINT}") from None
+        raise DiskError(f"{exc}; the image is in use: {options.share_hint}") from None
     except (ImageError, qemuimg.QemuImgError) as exc:
         if any(h in str(exc) for h in ("lock", "another process")):
-            raise DiskError(f"{exc}; the image is in use: {CONSISTENT_COPY_HINT}") from None
+            raise DiskError(f"{exc}; the image is in use: {options.share_hint}") from None
         raise DiskError(str(exc)) from None
     job.source_format, job.probed = fmt, probed
     job.source_name = name
@@ -523,6 +533,21 @@ def _prepare_packed(job: DiskJob, options: ConvertOptions, done: Step | None) ->
         raise DiskError(str(exc)) from None
     job.source_format, job.probed, job.source_name = fmt, False, name
     job.virtual_size, job.required = chain.virtual_size, measured.required
+
+
+def prepare_error(job: DiskJob, options: ConvertOptions,
+                  done: Step | None = None) -> str | None:
+    """:func:`prepare`, its problem (naming the disk) as the answer instead of raised; a
+    failed preparation leaves no rebuilt copy of a packed file behind."""
+    try:
+        prepare(job, options, done)
+    except VmmoveError as exc:
+        job.discard_scratch()
+        return _name_disk(job, str(exc))
+    except BaseException:
+        job.discard_scratch()
+        raise
+    return None
 
 
 def _is_current(step: Step | None, job: DiskJob, options: ConvertOptions) -> bool:
@@ -846,18 +871,9 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
     # Preparation (qemu-img info + measure) runs in the pool too: it is one small process
     # per disk, and a batch can have hundreds.
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="convert") as pool:
-        def prep(job: DiskJob) -> str | None:
-            try:
-                prepare(job, options, runner.journal.get(KIND_CONVERT, job.item))
-            except VmmoveError as exc:
-                job.discard_scratch()
-                return _name_disk(job, str(exc))
-            except BaseException:
-                job.discard_scratch()
-                raise
-            return None
-
-        errors = list(pool.map(prep, [job for _, job in jobs]))
+        errors = list(pool.map(
+            lambda job: prepare_error(job, options, runner.journal.get(KIND_CONVERT, job.item)),
+            [job for _, job in jobs]))
         todo: list[tuple[int, DiskJob]] = []
         for (index, job), error in zip(jobs, errors):
             if error:
@@ -924,3 +940,51 @@ def convert_status(workdir: str | os.PathLike[str],
     if prefixes:
         steps = [s for s in steps if any(s.item.startswith(f"{p}/") for p in prefixes)]
     return steps
+
+
+def preflight_disks(inventory: Inventory, workdir: str | os.PathLike[str],
+                    options: ConvertOptions,
+                    disks: Iterable[tuple[str, str]]) -> tuple[list[str], int, int]:
+    """Before converting anything: every disk of ``disks`` (``(vm key, target)``) checked
+    as the conversion will check it (source there, readable, not in use unless
+    ``force_share``; ``qemu-img info``/``check``/``measure``), and the space the outputs
+    not converted yet need (``qemu-img measure``'s ``required``) against the space free in
+    ``workdir``.  Returns ``(problems, bytes needed, bytes free)``; nothing is written
+    (the journal is only read)."""
+    from migrate.core.output import human_size
+
+    folder = Path(workdir).absolute()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = _free_bytes(probe)
+    names = target_names(inventory)
+    pairs = [(vm, disk) for vm, disk in select_disks(inventory, (), disks)
+             if disk.device in ("disk", "lun") and disk.layout != HOST_CDROM]
+    steps: dict[str, Step | None] = {}
+    claimed: dict[str, tuple[str, str | None]] = {}
+    if journal_path(folder).is_file():
+        with Journal(journal_path(folder)) as journal:
+            claimed = _claimed_outputs(journal)
+            steps = {disk_item(vm, d): journal.get(KIND_CONVERT, disk_item(vm, d))
+                     for vm, d in pairs}
+    jobs = []
+    for vm, disk in pairs:
+        item, identity = disk_item(vm, disk), vm_identity(vm)
+        path = unique_output(output_path(folder, names, vm, disk, options.format), item,
+                             identity, claimed)
+        jobs.append(DiskJob(vm, disk, item, path, identity))
+    todo = [job for job in jobs if not _is_current(steps.get(job.item), job, options)]
+    # A packed OVF file would have to be rebuilt (written) to be measured: its capacity
+    # is the estimate, and the conversion checks it.
+    packed = [job for job in todo if job.disk.packing is not None]
+    with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="preflight") as pool:
+        problems = [e for e in pool.map(lambda job: prepare_error(job, options),
+                                        [j for j in todo if j not in packed]) if e]
+    need = sum(job.required or 0 for job in todo) + sum(
+        job.disk.virtual_size or 0 for job in packed)
+    if need > free:
+        problems.append(f"{folder}: not enough space: the {len(todo)} image(s) to convert "
+                        f"need {human_size(need)} (qemu-img measure), {human_size(free)} is "
+                        "free; free space or give the plan another workdir")
+    return problems, need, free

@@ -57,7 +57,7 @@ def disk_no_source(vm: VM, ctx: Context) -> Iterator[Hit]:
     "disk-size-unknown",
     WARNING,
     "Run the scan where the image can be read (the source host, or with access to its storage) "
-    "so its size is known, or give the PVC size in the plan.",
+    "so its size is known, or give the PVC size in the VM's plan entry (disks: {vda: {size: 20Gi}}).",
 )
 def disk_size_unknown(vm: VM, ctx: Context) -> Iterator[Hit]:
     """The PVC (DataVolume) must be at least the disk's virtual size, so the size must be known."""
@@ -197,8 +197,8 @@ def disk_vsan(vm: VM, ctx: Context) -> Iterator[Hit]:
 @rule(
     "cdrom-passthrough",
     INFO,
-    "Nothing to do: the drive is dropped. Upload an ISO as a DataVolume and attach it as a cdrom "
-    "in the plan if the guest needs one.",
+    "Nothing to do: the drive is dropped. If the guest needs an ISO, upload it as a DataVolume "
+    "(virtctl image-upload) and add it to the VirtualMachine as a cdrom disk.",
 )
 def cdrom_passthrough(vm: VM, ctx: Context) -> Iterator[Hit]:
     """A host CD-ROM drive exists only on the source host; KubeVirt cdroms need an image volume."""
@@ -239,7 +239,7 @@ def disk_bus_ide(vm: VM, ctx: Context) -> Iterator[Hit]:
 @rule(
     "disk-bus-other",
     WARNING,
-    "Make sure the guest has a sata (ahci) driver, or virtio drivers if the plan picks virtio.",
+    "Make sure the guest has a sata (ahci) driver, or virtio drivers if the VM's plan entry picks virtio (disks: {sda: {bus: virtio}}).",
 )
 def disk_bus_other(vm: VM, ctx: Context) -> Iterator[Hit]:
     """KubeVirt has only virtio, sata, scsi and usb disk buses; others (xen, nvme, sd) change.
@@ -278,7 +278,7 @@ def _hostonly(vm: VM, source: str | None, bus: str) -> str | None:
     "scsi-controller",
     WARNING,
     "Linux: nothing to do (virtio_scsi is built in). Windows: install vioscsi from virtio-win "
-    "before cutover, or move the disks to sata in the plan.",
+    "before cutover, or move the disks to sata in the VM's plan entry (disks: {sda: {bus: sata}}).",
 )
 def scsi_controller(vm: VM, ctx: Context) -> Iterator[Hit]:
     """KubeVirt's scsi bus is virtio-scsi; LSI Logic, PVSCSI or BusLogic controllers do not exist."""
@@ -296,8 +296,8 @@ def scsi_controller(vm: VM, ctx: Context) -> Iterator[Hit]:
 @rule(
     "cdrom",
     INFO,
-    "If the guest still needs the ISO, upload it as a DataVolume and attach it as a cdrom in "
-    "the plan; otherwise nothing to do.",
+    "If the guest still needs the ISO, upload it as a DataVolume (virtctl image-upload) and "
+    "add it to the VirtualMachine as a cdrom disk; otherwise nothing to do.",
 )
 def cdrom(vm: VM, ctx: Context) -> Iterator[Hit]:
     """A KubeVirt cdrom needs a volume of its own; the source host's ISO files are not copied."""
@@ -323,7 +323,7 @@ def floppy(vm: VM, ctx: Context) -> Iterator[Hit]:
 @rule(
     "no-disks",
     WARNING,
-    "Check that the VM boots from the network or from an image you attach in the plan.",
+    "Check that the VM boots from the network or from a disk you add to the VirtualMachine yourself; a plan refuses a VM without disks, so plan it skip: true with a note until then.",
 )
 def no_disks(vm: VM, ctx: Context) -> Iterator[Hit]:
     """A VM with no disk has nothing to convert and nothing to boot from in KubeVirt."""

@@ -42,7 +42,7 @@ def kubevirt_nic_model(model: str | None) -> str | None:
     WARNING,
     "Linux: nothing to do (virtio-net is built in) unless the network configuration is tied to "
     "the interface name or driver. Windows: install netkvm from virtio-win before cutover, or "
-    "choose e1000e in the plan.",
+    "choose e1000e in the VM's plan entry (nics: {nic0: {model: e1000e}}).",
 )
 def nic_model(vm: VM, ctx: Context) -> Iterator[Hit]:
     """KubeVirt emulates only e1000, e1000e, igb, ne2k_pci, pcnet, rtl8139 and virtio NICs."""
@@ -84,7 +84,7 @@ def nic_no_network(vm: VM, ctx: Context) -> Iterator[Hit]:
 @rule(
     "mac-duplicate",
     WARNING,
-    "Give one of the NICs a new MAC in the plan (or let KubeVirt/kubemacpool assign one); "
+    "Give one of the NICs a new MAC in its VM's plan entry (nics: {nic0: {mac: 52:54:00:12:34:56}}), or let KubeVirt/kubemacpool assign one; "
     "guests that bind configuration to the MAC need it updated.",
 )
 def mac_duplicate(vm: VM, ctx: Context) -> Iterator[Hit]:

@@ -147,7 +147,8 @@ def vm_crashed(vm: VM, ctx: Context) -> Iterator[Hit]:
     "guest-os-unknown",
     WARNING,
     "Find out what the guest runs and pick a KubeVirt preference (e.g. rhel.9, windows.2k22) "
-    "and disk/NIC models the guest has drivers for; record it in the plan.",
+    "and disk/NIC models the guest has drivers for; record them in the VM's plan entry "
+    "(preference, disks: {vda: {bus: sata}}, nics: {nic0: {model: e1000e}}).",
 )
 def guest_os_unknown(vm: VM, ctx: Context) -> Iterator[Hit]:
     """Disk bus, NIC model, Hyper-V features and preference all depend on what the guest runs."""
@@ -190,8 +191,9 @@ def initramfs_hostonly(vm: VM, ctx: Context) -> Iterator[Hit]:
 @rule(
     "clock-localtime",
     WARNING,
-    "Set spec.domain.clock.timezone to the source host's time zone in the plan, or make the "
-    "guest keep its hardware clock in UTC (Linux: timedatectl set-local-rtc 0).",
+    "Set defaults.timezone in the plan to the source host's time zone (e.g. Europe/Berlin; it "
+    "becomes spec.domain.clock.timezone), or make the guest keep its hardware clock in UTC "
+    "(Linux: timedatectl set-local-rtc 0).",
 )
 def clock_localtime(vm: VM, ctx: Context) -> Iterator[Hit]:
     """KubeVirt's guest clock is UTC unless a timezone is set; a localtime RTC would be off by hours."""
@@ -278,7 +280,7 @@ def hotplug_vcpus(vm: VM, ctx: Context) -> Iterator[Hit]:
 @rule(
     "memory-unknown",
     WARNING,
-    "Set the memory size in the plan; the VM cannot be scheduled without one.",
+    "Set the memory size in the VM's plan entry (memory: 4Gi); the VM cannot be scheduled without one.",
 )
 def memory_unknown(vm: VM, ctx: Context) -> Iterator[Hit]:
     """A KubeVirt VM needs a memory size to be scheduled on a node."""

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from migrate import __version__
-from migrate.core.output import error_line
+from migrate.core.output import error_lines
 from migrate.core.errors import VmmoveError
 
 _NOT_COMMANDS = {"options", "types"}
@@ -64,7 +64,8 @@ class VmmoveGroup(click.Group):
             with logging_redirect_tqdm(loggers=[LOGGER]):  # a log line never tears a bar
                 return super().invoke(ctx)
         except VmmoveError as exc:
-            click.echo(error_line(exc), err=True)
+            for line in error_lines(exc):  # a list of problems: one escaped line each
+                click.echo(line, err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("vmmove: interrupted; rerun the same command to resume", err=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
@@ -10,25 +9,16 @@ import click
 from migrate.cli.options import output_format, refuse_with_plan
 from migrate.core.workdir import JOURNAL_NAME
 from migrate.core.errors import UsageError, VmmoveError
-from migrate.core.output import emit, error_line, human_size
+from migrate.core.output import emit, error_line
 
 from migrate.views.results import convert_data, convert_rows
 
 
 def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: str) -> None:
-    from migrate.views.convert import convert_records
+    from migrate.views.convert import STATUS_HEADERS, convert_records
 
-    data, steps = convert_records(workdir, inventory, vms)
-    rows = [
-        [d["vm"] or d["item"], d["disk"] or "", d["status"], d["format"] or "-",
-         human_size(d["allocated"]), {True: "yes", False: "no", None: "-"}[d["verified"]],
-         (d["checksum"] or "-")[:19],
-         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.finished)) if s.finished
-         else "-", d["error"] or (Path(d["output"]).name if d["output"] else "")]
-        for d, s in zip(data, steps)
-    ]
-    emit(data, output, ["VM", "DISK", "STATUS", "FORMAT", "ALLOCATED", "VERIFIED", "CHECKSUM",
-                        "FINISHED", "OUTPUT/ERROR"], rows)
+    data, rows = convert_records(workdir, inventory, vms)
+    emit(data, output, STATUS_HEADERS, rows)
 
 
 @click.command("convert")

@@ -25,10 +25,6 @@ JOBS_HELP = ("How many VMs at once (default: min({n}, VMs selected)). Each keeps
 # -- commands ------------------------------------------------------------------------------------
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}s"
-
-
 @click.command("cutover")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.argument("vms", nargs=-1, metavar="[VM]...")
@@ -94,6 +90,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.da
     )
     from migrate.pipeline.stages import KubeArgs
     from migrate.plan import load_plan
+    from migrate.views.outcome import cutover_rows
 
     plan = load_plan(plan_file)
     if namespace:
@@ -110,10 +107,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.da
     results = cutover_vms(plan, wave, chosen, KubeArgs(kubeconfig, context, namespace), options,
                           jobs=jobs, when=at,
                           import_timeout=import_timeout, log=log, reporters=reporters())
-    rows = [[r.vm, r.target, r.status, _seconds(r.downtime), r.sync_mode or "-",
-             " ".join(f"{k}:{v}" for k, v in r.steps.items()) or "-",
-             (r.error or r.next or "")[:160]] for r in results]
-    emit([r.to_data() for r in results], output, HEADERS, rows)
+    emit([r.to_data() for r in results], output, HEADERS, cutover_rows(results))
     failed = [r for r in results if r.status == "failed"]
     waiting = [r for r in results if r.status == "not started"]
     if failed:
@@ -153,26 +147,25 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
     off stays off). The target's objects and disks stay in the cluster for the next try.
     """
     from migrate.core.progress import log
-    from migrate.pipeline.cutover import RollbackOptions, rollback_vms, select_vms
+    from migrate.pipeline.cutover import RollbackOptions, rollback_scope, rollback_vms, select_vms
     from migrate.pipeline.stages import KubeArgs
     from migrate.plan import load_plan
+    from migrate.views.outcome import rollback_rows
 
     plan = load_plan(plan_file)
     if namespace:
         plan.use_namespace(namespace)
     chosen = select_vms(plan, wave, vms)
-    data, rows, errors = [], [], []
+    chosen, idle = rollback_scope(plan, chosen)
+    if not chosen:
+        data, rows, _ = rollback_rows(idle, [], [])
+        emit(data, output, ROLLBACK_HEADERS, rows)
+        click.echo(f"wave {wave}: nothing to roll back: no VM of it was cut over (or started "
+                   "by its runStrategy); the sources were never touched", err=True)
+        return
     outcomes = rollback_vms(plan, chosen, KubeArgs(kubeconfig, context, namespace),
                             RollbackOptions(timeout), jobs, log)
-    for p, r in zip(chosen, outcomes):
-        if isinstance(r, Exception):
-            errors.append(str(r))
-            data.append({"key": p.key, "vm": p.vm.name, "status": "failed", "error": str(r)})
-            rows.append([p.vm.name, f"{p.namespace}/{p.name}", "failed", "-", "-",
-                         str(r)[:160]])
-            continue
-        data.append({**r.to_data(), "status": "rolled back"})
-        rows.append([r.vm, r.target, "rolled back", r.target_action, r.source_action, ""])
+    data, rows, errors = rollback_rows(idle, chosen, outcomes)
     emit(data, output, ROLLBACK_HEADERS, rows)
     if errors:
         for e in errors:

@@ -94,7 +94,7 @@ def manifests_cmd(
     """
     from manifests.kustomize import render, render_many, write_tree
     from migrate.core.naming import is_dns1123_label
-    from migrate.core.output import table
+    from migrate.core.output import error_line, table
 
     if plan_file:
         from migrate.pipeline.stages import plan_manifest_sets, plan_manifests
@@ -130,7 +130,7 @@ def manifests_cmd(
     started = time.perf_counter()
     from migrate.pipeline.manifests import inventory_manifest_sets
 
-    sets = inventory_manifest_sets(
+    sets, refused, selected = inventory_manifest_sets(
         inventory, vms, namespace=namespace, workdir=workdir, http_base=http_base,
         blank=blank, map_file=map_file, network_pairs=network_pairs,
         storage_class=storage_class, volume_mode=volume_mode, access_modes=access_modes,
@@ -144,15 +144,23 @@ def manifests_cmd(
             write_tree(sets, out)
         return
     assert out is not None
-    rows = write_tree(sets, out)
+    # Like scan: what can be written is written; one error line per refused VM; exit 1.
+    rows = write_tree(sets, out) if sets else []
     elapsed = time.perf_counter() - started
-    click.echo(table(["NAMESPACE", "OBJECT", "FILE"], rows), nl=False)
+    if rows:
+        click.echo(table(["NAMESPACE", "OBJECT", "FILE"], rows), nl=False)
+    sys.stdout.flush()
+    for error in refused:
+        click.echo(error_line(error), err=True)
     notes = sum(len(s.notes) for s in sets)
     click.echo(
-        f"{len(sets)} VirtualMachine(s) written to {out} in {elapsed:.2f}s"
+        f"{len(sets)} of {selected} VirtualMachine(s) written to {out} in {elapsed:.2f}s"
+        + (f", {len(refused)} refused (the errors above)" if refused else "")
         + (f"; {notes} note(s) in the vmmove.io/notes annotations" if notes else ""),
         err=True,
     )
+    if refused:
+        raise click.exceptions.Exit(1)
 
 
 commands = [manifests_cmd]

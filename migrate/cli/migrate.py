@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from migrate.cli.apply import apply_options
-from migrate.views.outcome import outcome_rows
+from migrate.views.outcome import outcome_rows, stage_rows
 from migrate.cli.options import output_format
-from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.errors import ProblemsError, UsageError, VmmoveError
 from migrate.core.output import emit
 
 HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
@@ -19,6 +19,7 @@ HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
 
 @click.command("migrate")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.argument("vms", nargs=-1, metavar="[VM]...")
 @click.option("--wave", type=click.IntRange(min=1), required=True, metavar="N",
               help="The wave to migrate.")
 @click.option("--stage", is_flag=True,
@@ -26,14 +27,16 @@ HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
                    "apply them (VMs stay as the plan's runStrategy says, Halted by default) "
                    "and watch the imports.")
 @click.option("--redo", is_flag=True,
-              help="Convert and upload again what the journal records as done.")
+              help="Convert and upload again what the journal records as done: the VMs "
+                   "named (vmmove migrate PLAN --wave N --stage --redo web-01), or the "
+                   "whole wave.")
 @click.option("--dry-run", is_flag=True,
               help="Only list what --stage would run, in order, with time estimates from "
                    "the journal's measurements; nothing is converted, sent or applied.")
 @apply_options
 @output_format()
-def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: bool,
-                kubeconfig: str | None,
+def migrate_cmd(plan_file: str, vms: tuple[str, ...], wave: int, stage: bool, redo: bool,
+                dry_run: bool, kubeconfig: str | None,
                 context: str | None, namespace: str | None, force_conflicts: bool,
                 wait: bool, timeout: float, max_restarts: int, output: str) -> None:
     """Run one wave of a plan end to end.
@@ -42,16 +45,19 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: boo
     vmmove migrate plan.yaml --wave 1 --stage
     vmmove migrate plan.yaml --wave 1 --stage --context prod --no-wait
     vmmove migrate plan.yaml --wave 1 --stage --dry-run      # what would run, how long
+    vmmove migrate plan.yaml web-01 --wave 1 --stage --redo  # convert and send web-01 again
 
     Every step records its progress in the plan's journal and skips what is done, so
     after a failure, a crash, SIGKILL or Ctrl-C the same command resumes: converted disks
     are not converted again, S3 uploads continue from the parts stored, applying again
-    changes nothing. Two runs on one plan at once are refused. The cluster is checked
-    (reachable, KubeVirt and CDI served) before any disk is converted.
+    changes nothing. Two runs on one plan at once are refused. Before any disk is
+    converted everything the wave needs is checked and every problem listed: the
+    cluster (KubeVirt and CDI served), the S3 bucket (a probe object written and
+    deleted) or the upload proxy, each source disk, and the work folder's free space.
     """
     from migrate.core.progress import log
     from migrate.views.bars import reporters
-    from migrate.pipeline.stages import KubeArgs, stage_wave
+    from migrate.pipeline.stages import KubeArgs, redo_scope, stage_wave
     from migrate.plan import load_plan
 
     if not stage:
@@ -65,22 +71,21 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: boo
     if plan.transfer.backend is None:
         raise UsageError(f"{plan.path}: no transfer target: set transfer.s3 or "
                          "transfer.uploadProxy")
+    redo_keys = redo_scope(plan, wave, vms, redo)
     if dry_run:
         from migrate.views.dryrun import migrate_steps, show
 
-        show(migrate_steps(plan, wave, redo), output, f"migrate wave {wave}")
+        show(migrate_steps(plan, wave, redo_keys), output, f"migrate wave {wave}")
         return
     def report(result: Any) -> None:
         log(f"wave {wave}: {result.stage} {result.status} in {result.seconds:.1f}s"
             + (f": {result.summary}" if result.summary else ""))
 
     results, outcome = stage_wave(plan, wave, KubeArgs(kubeconfig, context, namespace),
-                                  redo=redo, force=force_conflicts, wait=wait,
+                                  redo=redo_keys, force=force_conflicts, wait=wait,
                                   timeout=timeout, max_restarts=max_restarts, on_result=report,
                                   reporters=reporters())
-    data = [{"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3),
-             "summary": r.summary, "error": r.error} for r in results]
-    rows = [[r.stage, r.status, f"{r.seconds:.1f}s", r.error or r.summary] for r in results]
+    data, rows = stage_rows(results)
     if output == "table":
         emit(data, output, HEADERS, rows)
         if outcome is not None:
@@ -91,9 +96,12 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, dry_run: boo
     else:
         emit(data, output)
     failed = [r for r in results if r.status == "failed"]
+    if failed and failed[0].problems and failed[0].head:
+        raise ProblemsError(f"wave {wave}: {failed[0].stage} failed (fix it and rerun the "
+                            f"same command to resume): {failed[0].head}", failed[0].problems)
     if failed:
-        raise VmmoveError(f"wave {wave}: {failed[0].stage} failed; fix it and rerun the same "
-                          f"command to resume ({failed[0].error})")
+        raise VmmoveError(f"wave {wave}: {failed[0].stage} failed (fix it and rerun the same "
+                          f"command to resume): {failed[0].error}")
     click.echo(f"wave {wave} staged: see vmmove status {plan_file}", err=True)
 
 

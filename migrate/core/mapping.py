@@ -38,6 +38,9 @@ from migrate.core.model import Disk, Nic
 POD = "pod"
 MULTUS = "multus"
 VOLUME_MODES = ("Block", "Filesystem")
+#: KubeVirt v1.9's disk buses and interface models (what a plan may choose per disk/NIC).
+TARGET_BUSES = ("virtio", "sata", "scsi", "usb")
+INTERFACE_MODELS = ("e1000", "e1000e", "igb", "ne2k_pci", "pcnet", "rtl8139", "virtio")
 ACCESS_MODES = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

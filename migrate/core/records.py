@@ -16,6 +16,8 @@ apply      ``<vm key>``             :class:`ApplyRecord` (the VM's objects appli
 import     ``<vm key>/<disk>``      :class:`ImportRecord` (a DataVolume's CDI import)
 stage      ``wave-<N>/<stage>``     :class:`StageRecord` (a wave's stage, vmmove migrate)
 cutover    ``<vm key>[/<step>]``    :class:`CutoverRecord` (the VM, or one cutover step)
+cutover-   as cutover               :class:`CutoverRecord` (the steps of a cutover that was
+past                                rolled back, kept with their times)
 rollback   ``<vm key>``             :class:`RollbackRecord`
 clean      ``<vm key>/<disk>``      :class:`CleanRecord` (what vmmove clean removed)
 ========== ======================== =======================================================
@@ -40,6 +42,7 @@ class Kind(StrEnum):
     IMPORT = "import"
     STAGE = "stage"
     CUTOVER = "cutover"
+    CUTOVER_PAST = "cutover-past"
     ROLLBACK = "rollback"
     CLEAN = "clean"
 
@@ -60,6 +63,7 @@ KIND_APPLY = Kind.APPLY
 KIND_IMPORT = Kind.IMPORT
 KIND_STAGE = Kind.STAGE
 KIND_CUTOVER = Kind.CUTOVER
+KIND_CUTOVER_PAST = Kind.CUTOVER_PAST
 KIND_ROLLBACK = Kind.ROLLBACK
 KIND_CLEAN = Kind.CLEAN
 
@@ -140,6 +144,21 @@ class TransferRecord(Step):
     dv = _field("dv", "The DataVolume the upload proxy filled.")
     namespace = _field("namespace", "That DataVolume's namespace.")
     size = _field("size", "Bytes of the image.")
+    name = _field("name", "The image's file name.")
+
+    @property
+    def has_target(self) -> bool:
+        """The record says which target it is for (runs since targets were recorded)."""
+        return "target" in self.data
+
+    def target_or(self, default: Any) -> Any:
+        """The target the record is for (backend, bucket/prefix/endpoint or proxy and
+        namespace), ``default`` when it does not say."""
+        return self.data.get("target", default)
+
+    @property
+    def target(self) -> Any:
+        return self.data.get("target")
 
     @property
     def sent(self) -> int:
@@ -230,7 +249,8 @@ class CleanRecord(Step):
 _CLASSES: dict[str, type[Step]] = {
     Kind.CONVERT: ConvertRecord, Kind.UPLOAD: TransferRecord,
     Kind.MANIFESTS: ManifestsRecord, Kind.APPLY: ApplyRecord, Kind.IMPORT: ImportRecord,
-    Kind.STAGE: StageRecord, Kind.CUTOVER: CutoverRecord, Kind.ROLLBACK: RollbackRecord,
+    Kind.STAGE: StageRecord, Kind.CUTOVER: CutoverRecord, Kind.CUTOVER_PAST: CutoverRecord,
+    Kind.ROLLBACK: RollbackRecord,
     Kind.CLEAN: CleanRecord,
 }
 

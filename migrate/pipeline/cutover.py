@@ -49,7 +49,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.core.records import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
+from migrate.core.records import (
+    KIND_APPLY,
+    KIND_CUTOVER,
+    KIND_CUTOVER_PAST,
+    KIND_IMPORT,
+    KIND_ROLLBACK,
+)
 from migrate.core.errors import ConnectError, UsageError, VmmoveError
 from migrate.clients import cluster
 from migrate.clients.cluster import DATA_VOLUME, VIRTUAL_MACHINE, VMI, Kube, set_run_strategy
@@ -760,12 +766,18 @@ def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
     except BaseException:
         journal.fail(KIND_ROLLBACK, p.key, "interrupted: rerun vmmove rollback")
         raise
-    # The next cutover starts again from the preflight; the history keeps this one.
+    # The next cutover starts again from the preflight; what this one measured (its
+    # done steps, its downtime) is kept as kind cutover-past, the history keeps the rest.
     for step in STEPS:
-        if journal.get(KIND_CUTOVER, step_item(p.key, step)) is not None:
+        found = journal.get(KIND_CUTOVER, step_item(p.key, step))
+        if found is not None and found.status == DONE:
+            journal.archive(KIND_CUTOVER, step_item(p.key, step), KIND_CUTOVER_PAST)
+        elif found is not None:
             journal.reset(KIND_CUTOVER, step_item(p.key, step))
     top = journal.get(KIND_CUTOVER, p.key)
-    if top is not None and top.status != DONE:
+    if top is not None and top.status == DONE:
+        journal.archive(KIND_CUTOVER, p.key, KIND_CUTOVER_PAST)
+    elif top is not None:
         journal.update(KIND_CUTOVER, p.key, next=None, step="rolled back")
     seconds = round(time.monotonic() - started, 3)
     journal.done(KIND_ROLLBACK, p.key, target=target_action, source=source_action,
@@ -773,6 +785,31 @@ def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
     log(f"{p.vm.name}: rolled back (target {target_action}, source {source_action})")
     return VmRollback(p.key, p.vm.name, f"{p.namespace}/{p.name}", target_action,
                       source_action, seconds)
+
+
+def has_rollback_work(plan: Plan, journal: Journal, p: PlannedVM) -> bool:
+    """True when a rollback of ``p`` may have something to undo: the journal records a
+    cutover of it (begun, done or rolled back before), or its VirtualMachine was applied
+    with a runStrategy that starts it.  A VM never cut over (staged Halted, or never
+    staged) has nothing to roll back: its source was never touched, no target started."""
+    if journal.get(KIND_CUTOVER, p.key) is not None or journal.get(KIND_ROLLBACK, p.key):
+        return True
+    if journal.steps(KIND_CUTOVER, prefix=p.key + "/"):
+        return True
+    applied = journal.get(KIND_APPLY, p.key)
+    strategy = p.run_strategy or plan.defaults.run_strategy
+    return applied is not None and applied.status == DONE and strategy != "Halted"
+
+
+def rollback_scope(plan: Plan, vms: Sequence[PlannedVM]) -> tuple[list[PlannedVM],
+                                                                   list[PlannedVM]]:
+    """``vms`` split into those a rollback works on and those with nothing to roll back
+    (:func:`has_rollback_work`), each in the order given; reads the journal only."""
+    if not plan.journal_path.is_file():
+        return [], list(vms)
+    with plan.journal() as journal:
+        work = [p for p in vms if has_rollback_work(plan, journal, p)]
+    return work, [p for p in vms if p not in work]
 
 
 def rollback_many(plan: Plan, vms: Sequence[PlannedVM], kube: Kube, journal: Journal,

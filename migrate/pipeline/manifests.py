@@ -19,12 +19,14 @@ def inventory_manifest_sets(
     timezone: str | None, preference: str, preferences_file: str | None,
     instancetype: str, instancetypes_file: str | None, schemas: str | None,
     one: str | None = None,
-) -> list[ManifestSet]:
+) -> tuple[list[ManifestSet], list[str], int]:
     """The manifest set of every selected VM of ``inventory`` (``vms``: names or UUIDs;
     all when empty), each disk's source from the work folder's records, ``http_base`` or
     blank; ``schemas``: also validated against the KubeVirt/CDI schemas in that folder.
-    ``one``: the output format that prints a single VM (refused for several).  Raises
-    :class:`VmmoveError` naming every VM that cannot get manifests; nothing is written.
+    ``one``: the output format that prints a single VM (refused for several, and its
+    refusal raised as :class:`VmmoveError`).  Returns the sets that can be written, one
+    line per VM refused (it cannot get manifests, or fails the schemas), and how many VMs
+    were selected; nothing is written here.
     """
     from manifests.generate import GenerationContext, GenerationOptions, build_all
     from manifests.preferences import Catalog
@@ -66,14 +68,19 @@ def inventory_manifest_sets(
         scanned_at=inv.scanned_at,
     )
     sets, failed = build_all(selected, ctx)
-    if failed:
-        head = f"{len(failed)} of {len(selected)} VM(s) cannot get manifests, nothing written: "
-        raise VmmoveError(head + " | ".join(str(e) for e in failed))
+    refused = [str(e) for e in failed]
     if schemas:
         from manifests.validate import SchemaValidator
 
         validator = SchemaValidator(schemas)
-        problems = [f"VM {s.name}: {e}" for s in sets for e in validator.virtual_machine(s.virtual_machine)]
-        if problems:
-            raise VmmoveError("schema validation failed, nothing written: " + " | ".join(problems[:20]))
-    return sets
+        valid = []
+        for s in sets:
+            errors = validator.virtual_machine(s.virtual_machine)
+            if errors:
+                refused.append(f"VM {s.name}: schema validation failed: " + "; ".join(errors[:5]))
+            else:
+                valid.append(s)
+        sets = valid
+    if one is not None and refused:
+        raise VmmoveError(refused[0])
+    return sets, refused, len(selected)

@@ -16,10 +16,10 @@ def write_plan(inventory: str, out: str, *, by: str, waves: tuple[str, ...],
                storage_class: str | None, s3: str | None, endpoint_url: str | None,
                profile: str | None, region: str | None, proxy: str | None,
                run_strategy: str, preference: str, skip_blocked: bool,
-               workdir: str | None) -> Inventory:
+               workdir: str | None, stage_running: bool = False) -> Inventory:
     """Write the plan file ``out`` for ``inventory`` (atomically) and return the inventory
     read.  ``max_size`` in bytes; ``skip_blocked``: VMs with a critical assessment concern
-    are planned with ``skip``.  Raises :class:`UsageError` for contradictory options."""
+    are planned with ``skip``; ``stage_running``: running VMs are staged (forceShare).  Raises :class:`UsageError` for contradictory options."""
     from migrate.plan import generate_plan, save_plan
 
     from migrate.core.mapping import load_maps
@@ -72,6 +72,6 @@ def write_plan(inventory: str, out: str, *, by: str, waves: tuple[str, ...],
                          max_bytes=max_size, namespace=namespace, networks=networks,
                          storage=storage, transfer=transfer,
                          defaults={"runStrategy": run_strategy, "preference": preference},
-                         skip=skip, workdir=workdir)
+                         skip=skip, workdir=workdir, stage_running=stage_running)
     save_plan(data, out)
     return inv

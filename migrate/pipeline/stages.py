@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.errors import ProblemsError, UsageError, VmmoveError
 from migrate.core.output import human_size
 from migrate.core.progress import SILENT, Reporters
 from migrate.plan import Plan, PlannedVM
@@ -43,30 +43,50 @@ def wave_vms(plan: Plan, wave: int) -> list[PlannedVM]:
 # -- convert ---------------------------------------------------------------------------------
 
 
-def convert_wave(plan: Plan, wave: int, redo: bool = False,
+def convert_options(plan: Plan, redo: bool = False) -> Any:
+    """The ConvertOptions of the plan's ``convert`` section; a running VM's remedy names
+    the plan setting (not a flag the plan's commands refuse)."""
+    from converters.convert import ConvertOptions, plan_share_hint
+
+    c = plan.convert
+    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
+                             force_share=c.force_share, redo=redo,
+                             share_hint=plan_share_hint(plan.path.name))
+    if c.jobs:
+        options.jobs = c.jobs
+    return options
+
+
+def convert_wave(plan: Plan, wave: int, redo: bool | set[str] = False,
                  reporters: Reporters = SILENT) -> str:
-    """Convert every disk of the wave's VMs into the plan's work folder."""
-    from converters.convert import FAILED, ConvertOptions, convert_disks
+    """Convert every disk of the wave's VMs into the plan's work folder.  ``redo``: True
+    converts every disk again, a set of VM keys those VMs' disks."""
+    from converters.convert import FAILED, convert_disks
     from migrate.core.progress import disk_estimate as estimate
 
     vms = wave_vms(plan, wave)
-    pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
-    c = plan.convert
-    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
-                             force_share=c.force_share, redo=redo)
-    if c.jobs:
-        options.jobs = c.jobs
+    again = redo_items(redo, vms)
+    # two batches when some VMs are redone: theirs with redo (the converter replaces its
+    # own outputs), the others as usual
+    batches = [(redo_flag, [(p.key, d.target) for p in vms for d in data_disks(p)
+                            if (disk_item(p.vm, d) in again) == redo_flag])
+               for redo_flag in (True, False)]
     disks = [d for p in vms for d in data_disks(p)]
-    progress = reporters.convert(sum(estimate(d) for d in disks), len(disks), c.verify)
+    progress = reporters.convert(sum(estimate(d) for d in disks), len(disks),
+                                 plan.convert.verify)
+    results: list[Any] = []
     try:
-        results = convert_disks(plan.inventory, (), plan.workdir, options, progress,
-                                disks=pairs)
+        for redo_flag, pairs in batches:
+            if pairs:
+                results += convert_disks(plan.inventory, (), plan.workdir,
+                                         convert_options(plan, redo=redo_flag), progress,
+                                         disks=pairs)
     finally:
         progress.close()
     failed = [r for r in results if r.status == FAILED]
     if failed:
-        raise VmmoveError(f"convert: {len(failed)} of {len(results)} disk(s) failed: "
-                          + " | ".join(str(r.error) for r in failed))
+        raise ProblemsError(f"convert: {len(failed)} of {len(results)} disk(s) failed",
+                            [str(r.error) for r in failed])
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -159,9 +179,20 @@ def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem]
     return items, missing
 
 
+def redo_items(redo: bool | set[str], vms: list[PlannedVM]) -> set[str]:
+    """The disk items to do again: every disk of ``vms`` (``redo`` True), those of the
+    VMs whose keys ``redo`` holds, or none."""
+    if not redo:
+        return set()
+    return {disk_item(p.vm, d) for p in vms for d in data_disks(p)
+            if redo is True or p.key in redo}
+
+
 def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
-                redo: bool = False, reporters: Reporters = SILENT) -> str:
-    """Send the wave's converted images to the plan's transfer target."""
+                redo: bool | set[str] = False, reporters: Reporters = SILENT) -> str:
+    """Send the wave's converted images to the plan's transfer target (each where the
+    plan says now: a done transfer to another target is sent again).  ``redo``: True for
+    every VM, or the keys of the VMs to send again."""
     from converters.transfer.base import run_transfers
 
     from migrate.core.journal import DONE
@@ -177,11 +208,12 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
         raise UsageError(f"{plan.path}: wave {wave}: the upload proxy fills DataVolumes in "
                          "one namespace; this wave spans " + ", ".join(sorted(namespaces)))
     with plan.journal() as journal:
-        # Done before with the same bytes to the same backend: not even asked again.
-        done = set() if redo else {
+        # Done before with the same bytes to the same target: not even asked again.
+        done = {
             i.item for i in items
-            if (s := journal.get(KIND_UPLOAD, i.item)) is not None and s.status == DONE
-            and s.checksum == i.checksum and s.backend == backend.name}
+            if i.item not in redo_items(redo, vms)
+            and (s := journal.get(KIND_UPLOAD, i.item)) is not None and s.status == DONE
+            and s.checksum == i.checksum and s.target == backend.target_of(i)}
     todo = [i for i in items if i.item not in done]
     if not todo:
         return f"upload: {len(items)} image(s) uploaded before, nothing to send"
@@ -202,14 +234,15 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
     try:
         with plan.journal() as journal:
             for b, group in groups:
+                # redo: each item's earlier transfer forgotten (its measurement kept)
                 results += run_transfers(b, group, journal, bars,  # type: ignore[arg-type]
-                                         redo=redo)
+                                         redo=bool(redo))
     finally:
         bars.close()
     failed = [r for r in results if not r.ok]
     if failed:
-        raise VmmoveError(f"upload: {len(failed)} of {len(results)} image(s) failed: "
-                          + " | ".join(str(r.error) for r in failed))
+        raise ProblemsError(f"upload: {len(failed)} of {len(results)} image(s) failed",
+                            [str(r.error) for r in failed])
     sent = sum(r.sent for r in results)
     counts: dict[str, int] = {}
     for r in results:
@@ -221,11 +254,107 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
             + f", {human_size(sent)} sent")
 
 
+# -- preflight -------------------------------------------------------------------------------
+
+
+def _reachable(url: str, timeout: float = 5.0) -> str | None:
+    """None when a TCP connection to ``url``'s host and port opens, else why not."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"cannot reach {parts.hostname}:{port} ({exc.strerror or exc})"
+
+
+def preflight_wave(plan: Plan, wave: int, kube: KubeArgs,
+                   connect_kube: Any) -> tuple[list[str], Any]:
+    """Everything the wave will need, checked before the first byte is converted, every
+    problem reported (not only the first): the cluster (reachable, KubeVirt and CDI
+    served: ``connect_kube()``), the transfer target (S3: credentials, bucket, a probe
+    object put and deleted; upload proxy: reachable), every source disk as the
+    conversion reads it, and the work folder's free space against ``qemu-img measure``.
+    Returns ``(problems, the Kube client or None)``."""
+    from converters.convert import preflight_disks
+
+    problems: list[str] = []
+    client = None
+    try:
+        client = connect_kube()
+    except VmmoveError as exc:
+        problems.append(f"cluster: {exc}")
+    t = plan.transfer
+    try:
+        backend = backend_for(plan, kube)
+        if t.s3:
+            backend.probe()  # type: ignore[attr-defined]
+        elif t.upload_proxy:
+            why = _reachable(t.upload_proxy)
+            if why:
+                problems.append(f"transfer.uploadProxy {t.upload_proxy}: {why}")
+    except VmmoveError as exc:
+        problems.append(f"transfer: {exc}")
+    vms = wave_vms(plan, wave)
+    pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
+    if plan.journal_path.is_file():  # disks uploaded already need no conversion
+        with plan.journal() as journal:
+            pairs = [(p.key, d.target) for p in vms for d in data_disks(p)
+                     if not journal.is_done(KIND_UPLOAD, disk_item(p.vm, d))]
+    if pairs:
+        found, _, _ = preflight_disks(plan.inventory, plan.workdir, convert_options(plan),
+                                      pairs)
+        problems += [f"convert: {p}" for p in found]
+    return problems, client
+
+
 # -- manifests -------------------------------------------------------------------------------
 
 
+def elsewhere(plan: Plan, vms: list[PlannedVM]) -> list[str]:
+    """The disks of ``vms`` whose recorded upload went to another target than the plan's
+    (a one-off ``vmmove upload`` elsewhere, or the plan's target changed since), one
+    problem each: their manifests would import from the wrong place."""
+    from converters.transfer.base import TransferError
+    from migrate.core.naming import dns1123_label
+    from migrate.core.journal import DONE
+
+    if plan.transfer.backend is None or not plan.journal_path.is_file():
+        return []
+    try:
+        by_ns = {ns: backend_for(plan, namespace=ns) for ns in {p.namespace for p in vms}}
+    except (TransferError, UsageError):
+        return []  # the transfer step reports a target it cannot use
+    problems = []
+    with plan.journal() as journal:
+        for p in vms:
+            for d in data_disks(p):
+                step = journal.get(KIND_UPLOAD, disk_item(p.vm, d))
+                if step is None or step.status != DONE or not step.has_target:
+                    continue
+                want = by_ns[p.namespace].target_for(
+                    str(step.name or ""),
+                    dns1123_label(image_basename(p.name, d)))
+                if step.target != want:
+                    got = step.target
+                    problems.append(
+                        f"{p.vm.name}/{d.target}: uploaded to "
+                        + "/".join(str(v) for k, v in got.items() if k != "backend")
+                        + ", not to the plan's target; run vmmove upload "
+                        f"{plan.path.name} --wave {p.wave} to send it there")
+    return problems
+
+
 def build_manifests(plan: Plan, vms: list[PlannedVM]) -> list[ManifestSet]:
-    """The VirtualMachines (with DataVolume templates) and Secrets of ``vms``."""
+    """The VirtualMachines (with DataVolume templates) and Secrets of ``vms``; refused
+    (every problem listed) when a disk's upload went elsewhere than the plan says."""
+    stale = elsewhere(plan, vms)
+    if stale:
+        raise ProblemsError(f"manifests: {len(stale)} disk(s) not at the plan's transfer "
+                            "target", stale)
     from manifests.generate import GenerationContext, GenerationOptions, VmOverrides, build_all
     from manifests.sources import SourceResolver
     from migrate.core.workdir import target_names
@@ -236,17 +365,23 @@ def build_manifests(plan: Plan, vms: list[PlannedVM]) -> list[ManifestSet]:
                                 keep_cdroms=d.keep_cdroms, preference=d.preference,
                                 instancetype=d.instancetype, timezone=d.timezone)
     names = {**target_names(plan.inventory), **plan.names()}
-    overrides = {p.key: VmOverrides(name=p.name, namespace=p.namespace,
-                                    run_strategy=p.entry.run_strategy,
-                                    preference=p.entry.preference,
-                                    instancetype=p.entry.instancetype) for p in vms}
+    overrides = {p.key: VmOverrides(
+        name=p.name, namespace=p.namespace, run_strategy=p.entry.run_strategy,
+        preference=p.entry.preference, instancetype=p.entry.instancetype,
+        memory=p.entry.memory, cpu_model=p.entry.cpu_model,
+        disk_bus={t: o["bus"] for t, o in p.entry.disks.items() if "bus" in o},
+        disk_size={t: o["size"] for t, o in p.entry.disks.items() if "size" in o},
+        nic_mac={i: o["mac"] for i, o in p.entry.nics.items() if "mac" in o},
+        nic_model={i: o["model"] for i, o in p.entry.nics.items() if "model" in o},
+        labels=p.entry.labels, annotations=p.entry.annotations,
+        node_selector=p.entry.node_selector, affinity=p.entry.affinity) for p in vms}
     ctx = GenerationContext(options=options, sources=SourceResolver.from_workdir(plan.workdir),
                             names=names, overrides=overrides,
                             scanned_at=plan.inventory.scanned_at)
     sets, failed = build_all([p.vm for p in vms], ctx)
     if failed:
-        raise VmmoveError(f"manifests: {len(failed)} of {len(vms)} VM(s) cannot get "
-                          "manifests: " + " | ".join(str(e) for e in failed))
+        raise ProblemsError(f"manifests: {len(failed)} of {len(vms)} VM(s) cannot get "
+                            "manifests", [str(e) for e in failed])
     return sets
 
 
@@ -373,7 +508,6 @@ def plan_convert_args(plan_file: str, wave: int | None, vms: tuple[str, ...]) ->
         Plan, list[tuple[str, str]], Any]:
     """For ``vmmove convert PLAN --wave N [VM…]``: the plan, its (vm key, disk) pairs and
     the ConvertOptions of its ``convert`` section."""
-    from converters.convert import ConvertOptions
     from migrate.plan import load_plan
 
     plan = load_plan(plan_file)
@@ -386,11 +520,7 @@ def plan_convert_args(plan_file: str, wave: int | None, vms: tuple[str, ...]) ->
         if unknown:
             raise UsageError(f"not in wave {wave} of {plan_file}: {', '.join(unknown)}")
         chosen = [p for p in chosen if {p.vm.name, p.vm.uuid, p.name} & set(vms)]
-    c = plan.convert
-    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
-                             force_share=c.force_share)
-    if c.jobs:
-        options.jobs = c.jobs
+    options = convert_options(plan)
     return plan, [(p.key, d.target) for p in chosen for d in data_disks(p)], options
 
 
@@ -481,7 +611,8 @@ def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool,
 # -- the wave itinerary, run ------------------------------------------------------------------
 
 
-def wave_runners(plan: Plan, wave: int, kube: Kube, kube_args: KubeArgs, *, redo: bool,
+def wave_runners(plan: Plan, wave: int, kube: Kube, kube_args: KubeArgs, *,
+                 redo: bool | set[str],
                  force: bool, wait: bool, timeout: float, max_restarts: int,
                  outcome_box: dict[str, Any], reporters: Reporters = SILENT) -> dict[str, Any]:
     """The function that runs each phase of :data:`~migrate.pipeline.itinerary.WAVE` for
@@ -494,7 +625,7 @@ def wave_runners(plan: Plan, wave: int, kube: Kube, kube_args: KubeArgs, *, redo
         outcome_box["outcome"] = outcome
         errors = apply_errors(outcome)
         if errors:
-            raise VmmoveError("apply: " + " | ".join(errors))
+            raise ProblemsError(f"apply: {len(errors)} problem(s)", errors)
         return apply_summary(outcome)
 
     return {
@@ -505,19 +636,40 @@ def wave_runners(plan: Plan, wave: int, kube: Kube, kube_args: KubeArgs, *, redo
     }
 
 
-def stage_wave(plan: Plan, wave: int, kube_args: KubeArgs, *, redo: bool, force: bool,
+def redo_scope(plan: Plan, wave: int, vms: tuple[str, ...], redo: bool) -> bool | set[str]:
+    """What ``--redo`` does again: the whole wave (True), nothing (False), or the keys of
+    the VMs named (which must be in the wave, and go with ``--redo``)."""
+    if not vms:
+        return redo
+    if not redo:
+        raise UsageError("migrate: VM names go with --redo (the VMs to do again)")
+    from migrate.pipeline.cutover import select_vms
+
+    return {p.key for p in select_vms(plan, wave, vms)}
+
+
+def stage_wave(plan: Plan, wave: int, kube_args: KubeArgs, *, redo: bool | set[str],
+               force: bool,
                wait: bool, timeout: float, max_restarts: int, on_result: Any = None,
                reporters: Reporters = SILENT) -> tuple[list[Any], ApplyOutcome | None]:
     """``vmmove migrate PLAN --wave N --stage``: every phase of the wave itinerary in
     order under the plan lock, stopping at the first that fails; the stage results and
-    the apply outcome (None when apply did not run).  The cluster is reached first
-    (KubeVirt and CDI served) so that no disk is converted for a cluster that cannot
-    take it."""
+    the apply outcome (None when apply did not run).  ``redo``: True for every VM, or the
+    keys of the VMs to convert and send again.  Everything the wave needs is checked
+    first (:func:`preflight_wave`) and every problem raised at once as
+    :class:`~migrate.plan.PlanError`: no disk is converted for a wave that cannot land."""
     from migrate.clients.cluster import connect
     from migrate.pipeline.itinerary import WAVE
     from migrate.pipeline.wave import Stage, run_stages
+    from migrate.plan import PlanError
 
-    kube = connect(kube_args.kubeconfig, kube_args.context)
+    # every problem now, not one after hours of conversion
+    problems, kube = preflight_wave(plan, wave, kube_args,
+                                    lambda: connect(kube_args.kubeconfig, kube_args.context))
+    if problems:
+        if kube is not None:
+            kube.close()
+        raise PlanError(plan.path, [f"wave {wave}: preflight: {p}" for p in problems])
     box: dict[str, Any] = {}
     try:
         runners = wave_runners(plan, wave, kube, kube_args, redo=redo, force=force,

@@ -187,7 +187,6 @@ def _guard(location: str, work: Callable[[], Result]) -> Result:
         return [], [_error(location, exc)]
 
 
-
 @dataclass(frozen=True)
 class _ScanItem:
     item: str = "scan"

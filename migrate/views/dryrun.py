@@ -53,17 +53,21 @@ def _disks(p: PlannedVM) -> list[Any]:
     return [d for d in p.vm.disks if d.device in ("disk", "lun")]
 
 
-def migrate_steps(plan: Plan, wave: int, redo: bool = False) -> list[DryStep]:
+def migrate_steps(plan: Plan, wave: int, redo: bool | set[str] = False) -> list[DryStep]:
     """The steps of ``vmmove migrate PLAN --wave N --stage``: per disk convert and upload,
-    per VM manifests, apply and import, each marked done-before from the journal."""
+    per VM manifests, apply and import, each marked done-before from the journal (not
+    for the VMs redone: ``redo`` True for all, or their keys)."""
     vms = plan.wave(wave)
     steps: list[DryStep] = []
+
+    def again(p: PlannedVM) -> bool:
+        return redo is True or (isinstance(redo, set) and p.key in redo)
 
     def add(vm: str, step: str, what: str, done: bool, timed: tuple[float, str] | None) -> None:
         seconds, basis = timed if timed else (None, "")
         steps.append(DryStep(len(steps) + 1, vm, step, what,
-                             DONE_BEFORE if done and not redo else TO_DO,
-                             None if done and not redo else seconds, basis))
+                             DONE_BEFORE if done else TO_DO,
+                             None if done else seconds, basis))
 
     with Journal(plan.journal_path) as journal:
         t = measure(journal)
@@ -75,12 +79,14 @@ def migrate_steps(plan: Plan, wave: int, redo: bool = False) -> list[DryStep]:
                 add(p.vm.name, "convert",
                     f"{d.target}: qemu-img convert {d.path} → {plan.workdir}/ "
                     f"({plan.convert.format}{', verified' if plan.convert.verify else ''})",
-                    journal.is_done(KIND_CONVERT, item), _timed(size, t.convert))
+                    journal.is_done(KIND_CONVERT, item) and not again(p),
+                    _timed(size, t.convert))
             for d in _disks(p):
                 item = disk_item(p.vm, d)
                 size = d.allocated_size or d.virtual_size or 0
                 add(p.vm.name, "upload", f"{d.target}: to {target}",
-                    journal.is_done(KIND_UPLOAD, item), _timed(size, t.upload))
+                    journal.is_done(KIND_UPLOAD, item) and not again(p),
+                    _timed(size, t.upload))
         for p in vms:
             add(p.vm.name, "manifests", f"VirtualMachine {p.namespace}/{p.name} and its "
                 f"DataVolumes → {plan.manifests_dir}", False, None)
@@ -91,7 +97,8 @@ def migrate_steps(plan: Plan, wave: int, redo: bool = False) -> list[DryStep]:
                 item = disk_item(p.vm, d)
                 size = d.allocated_size or d.virtual_size or 0
                 add(p.vm.name, "import", f"{d.target}: CDI imports it into its DataVolume",
-                    journal.is_done(KIND_IMPORT, item), _timed(size, t.imports))
+                    journal.is_done(KIND_IMPORT, item) and not again(p),
+                    _timed(size, t.imports))
     return steps
 
 

@@ -12,9 +12,16 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.core.records import KIND_CONVERT, KIND_CUTOVER, KIND_IMPORT, KIND_UPLOAD
+from migrate.core.records import (
+    KIND_CONVERT,
+    KIND_CUTOVER,
+    KIND_CUTOVER_PAST,
+    KIND_IMPORT,
+    KIND_ROLLBACK,
+    KIND_UPLOAD,
+)
 from migrate.plan import Plan, PlannedVM
-from migrate.core.journal import DONE, Journal
+from migrate.core.journal import DONE, Journal, Step
 from migrate.core.errors import UsageError
 from migrate.core.workdir import disk_item
 
@@ -62,6 +69,15 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
+def cutover_steps(journal: Journal) -> dict[str, Step]:
+    """Every cutover step by item, the current one where there is one, else the one a
+    rollback kept (kind ``cutover-past``): the last real measurement of each."""
+    steps = {s.item: s for s in journal.steps(KIND_CUTOVER_PAST)}
+    steps.update({s.item: s for s in journal.steps(KIND_CUTOVER)
+                  if s.status == DONE or s.item not in steps})
+    return steps
+
+
 def measure(journal: Journal, sizes: dict[str, int] | None = None) -> Throughput:
     """Rates from every done step: convert and upload bytes over their durations; imports
     over the size of the image imported (``sizes``: upload bytes by disk item)."""
@@ -84,7 +100,8 @@ def measure(journal: Journal, sizes: dict[str, int] | None = None) -> Throughput
             t.imports.bytes += uploaded[s.item]
             t.imports.seconds += s.duration
             t.imports.samples += 1
-    for s in journal.steps(KIND_CUTOVER):
+    cutover = cutover_steps(journal)
+    for s in cutover.values():
         step = s.item.rsplit("/", 1)[-1]
         if s.status != DONE or s.duration is None or "/" not in s.item:
             continue
@@ -96,9 +113,9 @@ def measure(journal: Journal, sizes: dict[str, int] | None = None) -> Throughput
                 t.sync.bytes += moved
                 t.sync.seconds += s.duration
                 t.sync.samples += 1
-    starts = {s.item.rsplit("/", 1)[0]: s for s in journal.steps(KIND_CUTOVER)
+    starts = {s.item.rsplit("/", 1)[0]: s for s in cutover.values()
               if s.item.endswith("/start") and s.status == DONE}
-    for s in journal.steps(KIND_CUTOVER):
+    for s in cutover.values():
         if s.item.endswith("/verify") and s.status == DONE and s.finished:
             start = starts.get(s.item.rsplit("/", 1)[0])
             if start is not None and start.started:
@@ -136,7 +153,7 @@ class VmReport:
     target: str
     data_bytes: int
     disks: list[DiskReport]
-    cutover: str  # done | running | failed | not started
+    cutover: str  # done | running | failed | not started | rolled back
     downtime: float | None = None
     sync_mode: str | None = None
     stop: str | None = None  # how the source stopped
@@ -187,8 +204,15 @@ def vm_report(p: PlannedVM, journal: Journal) -> VmReport:
     top = journal.get(KIND_CUTOVER, p.key)
     steps = {s: journal.get(KIND_CUTOVER, f"{p.key}/{s}") for s in
              ("stop", "sync", "start", "verify")}
+    state = top.status if top else "not started"
+    back = journal.get(KIND_ROLLBACK, p.key)
+    if top is None and back is not None and back.status == DONE:
+        # rolled back: shown as such, with what the cutover measured (kept by the rollback)
+        state = "rolled back"
+        top = journal.get(KIND_CUTOVER_PAST, p.key)
+        steps = {s: journal.get(KIND_CUTOVER_PAST, f"{p.key}/{s}") for s in steps}
     r = VmReport(p.wave, p.vm.name, f"{p.namespace}/{p.name}", p.vm.data_bytes(), disks,
-                 top.status if top else "not started")
+                 state)
     if top is not None:
         r.downtime = top.downtime
         r.sync_mode = top.sync_mode

@@ -17,6 +17,7 @@ from migrate.core.records import (
     KIND_APPLY,
     KIND_CONVERT,
     KIND_CUTOVER,
+    KIND_CUTOVER_PAST,
     KIND_IMPORT,
     KIND_MANIFESTS,
     KIND_ROLLBACK,
@@ -109,7 +110,9 @@ def vm_status(p: PlannedVM, journal: Journal) -> VmStatus:
         KIND_MANIFESTS: [journal.get(KIND_MANIFESTS, p.key)],
         KIND_APPLY: [journal.get(KIND_APPLY, p.key)],
         KIND_IMPORT: [journal.get(KIND_IMPORT, i) for i in items],
-        KIND_CUTOVER: [journal.get(KIND_CUTOVER, p.key)],
+        # a cutover rolled back is kept as cutover-past: its times stay in the status
+        KIND_CUTOVER: [journal.get(KIND_CUTOVER, p.key)
+                       or journal.get(KIND_CUTOVER_PAST, p.key)],
         KIND_ROLLBACK: [journal.get(KIND_ROLLBACK, p.key)],
     }
     timings = {k: _timing(k, v) for k, v in per_kind.items()}
