@@ -670,7 +670,7 @@ def _nic_overrides(value: Any, where: str, problems: _Problems) -> dict[int, dic
         mac = over.get("mac")
         if mac is not None:
             norm = str(mac).lower().replace("-", ":")
-            if not _MAC.match(norm) or norm == "02:00:00:00:00:00":
+            if not MAC_RE.match(norm) or norm == "02:00:00:00:00:00":
                 problems.add(f"{w}.mac", f"{mac!r} is not a usable MAC (aa:bb:cc:dd:ee:ff)")
             else:
                 entry["mac"] = norm

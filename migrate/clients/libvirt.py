@@ -151,8 +151,8 @@ def check_uri(uri: str) -> None:
     parts = urlsplit(uri)
     uri = without_password(uri)
     if not parts.scheme:
-        raise ConnectError(uri, f"not a libvirt URI (expected e.g. "
-                          "qemu:///system, qemu+ssh://root@host/system, test:///path/node.xml)")
+        raise ConnectError(uri, "not a libvirt URI (expected e.g. qemu:///system, "
+                                "qemu+ssh://root@host/system, test:///path/node.xml)")
     drv, _, transport = parts.scheme.partition("+")
     if drv not in DRIVERS:
         raise ConnectError(uri, f"unknown libvirt driver {drv!r} "

@@ -22,7 +22,6 @@ import logging
 import shlex
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
