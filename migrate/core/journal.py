@@ -4,6 +4,9 @@ Each unit of work (a disk conversion, an object upload, an apply, a cutover step
 row keyed by ``(kind, item)``.  Commands read the journal first and skip what is already
 ``done``, so every command is idempotent and resumes after a crash or Ctrl-C.  A history
 table keeps every status change with its time, for ``status``, reports and runbooks.
+:meth:`Journal.get` and :meth:`Journal.steps` return each row as the typed record of its
+kind (:mod:`migrate.core.records`: ``Kind``, ``Status``, one record class per kind), whose
+properties are the only readers of the ``data`` column.
 
 The journal is safe to share between threads of one process (one connection, one lock)
 and between processes (SQLite WAL); :meth:`Journal.exclusive` refuses a second concurrent
