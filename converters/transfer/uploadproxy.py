@@ -139,27 +139,28 @@ class UploadProxyBackend(Backend):
                                  volume_mode=o.volume_mode, force_bind=o.force_bind)
 
     def _wait_phase(self, name: str, wanted: set[str], label: str) -> dict[str, Any]:
+        from migrate.clients.cluster import DataVolumeWait, KubeError
+
         o = self.options
         where = f"{label}: DataVolume {self.namespace}/{name}"
-        deadline = time.monotonic() + o.wait_timeout
-        phase = "?"
-        while True:
-            dv = self._k8s(where, self._get_dv, name)
-            if dv is None:
-                raise TransferError(f"{where}: disappeared while waiting for {'/'.join(wanted)}")
-            status = dv.get("status") or {}
-            phase = status.get("phase") or "Pending"
-            if phase in wanted:
-                return dv
-            if phase == "Failed":
-                detail = _condition_message(status)
-                raise TransferError(f"{where}: failed{': ' + detail if detail else ''}")
-            if time.monotonic() >= deadline:
-                hint = (" (WaitForFirstConsumer storage class: rerun with --force-bind)"
-                        if phase == "WaitForFirstConsumer" or not o.force_bind else "")
-                raise TransferError(f"{where}: still {phase} after {o.wait_timeout:.0f}s, "
-                                    f"waiting for {'/'.join(sorted(wanted))}{hint}")
-            time.sleep(o.poll_interval)
+        try:
+            return self._api.wait_dv(self.namespace, name, wanted, o.wait_timeout,
+                                     o.poll_interval, where)
+        except DataVolumeWait as exc:
+            if exc.outcome == "gone":
+                raise TransferError(f"{where}: disappeared while waiting for "
+                                    f"{'/'.join(wanted)}") from None
+            if exc.outcome == "failed":
+                raise TransferError(f"{where}: failed"
+                                    f"{': ' + exc.detail if exc.detail else ''}") from None
+            hint = (" (WaitForFirstConsumer storage class: rerun with --force-bind)"
+                    if exc.phase == "WaitForFirstConsumer" or not o.force_bind else "")
+            raise TransferError(f"{where}: still {exc.phase} after {o.wait_timeout:.0f}s, "
+                                f"waiting for {'/'.join(sorted(wanted))}{hint}") from None
+        except KubeError as exc:
+            message = str(exc)
+            raise TransferError(message if message.startswith(where)
+                                else f"{where}: {message}") from None
 
     def _token(self, name: str, label: str) -> str:
         from manifests.transfer import upload_token_request
@@ -346,10 +347,3 @@ class UploadProxyBackend(Backend):
         return TransferResult(item.item, self.name, status, item.size, checksum=checksum,
                               sent=sent, dv=name, namespace=self.namespace,
                               extra={"proxy": self.options.url})
-
-
-def _condition_message(status: dict[str, Any]) -> str:
-    for cond in status.get("conditions") or []:
-        if cond.get("message"):
-            return str(cond["message"])
-    return ""

@@ -462,6 +462,24 @@ def delete_datavolume(kube: Kube, namespace: str, name: str) -> None:
     kube.retrying(f"delete DataVolume {namespace}/{name}", call)
 
 
+class DataVolumeWait(WaitError):
+    """A DataVolume did not reach the awaited phase: ``outcome`` is ``gone`` (it
+    disappeared), ``failed`` (phase Failed; ``detail``: its condition's message) or
+    ``timeout`` (``phase``: where it stayed)."""
+
+    def __init__(self, what: str, outcome: str, phase: str | None, detail: str = "") -> None:
+        super().__init__(f"{what}: {outcome} ({phase or 'no phase'})")
+        self.outcome, self.phase, self.detail = outcome, phase, detail
+
+
+def condition_message(status: dict[str, Any]) -> str:
+    """The first condition message of an object's status ("" when none says anything)."""
+    for cond in status.get("conditions") or []:
+        if cond.get("message"):
+            return str(cond["message"])
+    return ""
+
+
 class CustomObjects:
     """CDI's objects through ``CustomObjectsApi`` on a :class:`Kube`'s connection (no
     discovery): DataVolume get/create/patch/delete and the upload token.  Calls are made
@@ -507,3 +525,23 @@ class CustomObjects:
                name: str) -> Any:
         return self.api.delete_namespaced_custom_object(group, version, namespace, plural,
                                                         name)
+
+    def wait_dv(self, namespace: str, name: str, wanted: set[str], timeout: float,
+                poll: float, what: str) -> dict[str, Any]:
+        """The DataVolume once its phase is one of ``wanted``; :class:`DataVolumeWait`
+        when it disappears, fails or ``timeout`` seconds pass; a failed request is
+        :class:`KubeError` naming ``what``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            dv = self.once(what, self.get_dv, namespace, name)
+            if dv is None:
+                raise DataVolumeWait(what, "gone", None)
+            status = dv.get("status") or {}
+            phase = status.get("phase") or "Pending"
+            if phase in wanted:
+                return dv  # type: ignore[no-any-return]
+            if phase == "Failed":
+                raise DataVolumeWait(what, "failed", phase, condition_message(status))
+            if time.monotonic() >= deadline:
+                raise DataVolumeWait(what, "timeout", phase)
+            time.sleep(poll)
