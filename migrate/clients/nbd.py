@@ -32,7 +32,7 @@ from typing import IO
 from urllib.parse import quote
 
 from migrate.clients import ssh
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 
 PSK_USER = "vmmove"
 PSK_FILE = "keys.psk"  # the file name qemu's tls-creds-psk looks for in its folder
