@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from migrate.errors import VmmoveError
-from migrate.serialize import atomic_write
+from migrate.core.errors import VmmoveError
+from migrate.core.serialize import atomic_write
 
 BLOCK = 1 << 20  # hash method block size (bytes)
 CHUNK = 8 << 20  # largest single write

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from migrate.mapping import StorageTarget
+from migrate.core.mapping import StorageTarget
 from migrate.plan_workers import WorkerSettings
 
 ROOT = "/run/vmmove"

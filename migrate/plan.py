@@ -43,8 +43,8 @@ from typing import Any
 
 import yaml
 
-from migrate.errors import UsageError, listed
-from migrate.mapping import (
+from migrate.core.errors import UsageError, listed
+from migrate.core.mapping import (
     INTERFACE_MODELS,
     POD,
     TARGET_BUSES,
@@ -55,18 +55,17 @@ from migrate.mapping import (
     StorageMap,
     parse_network_target,
 )
-from migrate.model import VM, Inventory, SourceKind
-from migrate.naming import is_dns1123_label, is_label_value, is_qualified_name
+from migrate.core.model import MAC_RE, VM, Inventory, SourceKind
+from migrate.core.naming import is_dns1123_label, is_label_value, is_qualified_name
+from migrate.core.serialize import InventoryError, atomic_write, load_inventory
+from migrate.core.journal import Journal
+from migrate.core.workdir import journal_path, target_names
 from migrate.plan_workers import WorkerSettings, parse_workers
-from migrate.serialize import InventoryError, atomic_write, load_inventory
-from migrate.state import Journal
-from migrate.workdir import journal_path, target_names
 
 API_VERSION = "vmmove.io/v1alpha1"
 KIND = "Plan"
 RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure", "Once")
 CONVERT_FORMATS = ("qcow2", "raw")
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _NAME_CHOICE = re.compile(r"^(auto|none|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
 
 TOP_KEYS = ("apiVersion", "kind", "inventory", "workdir", "namespace", "networks", "storage",
@@ -630,7 +629,7 @@ def _quantity(value: Any, where: str, problems: _Problems) -> int | None:
     """A Kubernetes quantity (``4Gi``, ``512Mi``, or bytes) as bytes, more than zero."""
     if value is None:
         return None
-    from kubernetes.utils.quantity import parse_quantity
+    from migrate.clients.cluster import parse_quantity
 
     try:
         if isinstance(value, bool):
@@ -722,7 +721,7 @@ def _nic_overrides(value: Any, where: str, problems: _Problems) -> dict[int, dic
         mac = over.get("mac")
         if mac is not None:
             norm = str(mac).lower().replace("-", ":")
-            if not _MAC.match(norm) or norm == "02:00:00:00:00:00":
+            if not MAC_RE.match(norm) or norm == "02:00:00:00:00:00":
                 problems.add(f"{w}.mac", f"{mac!r} is not a usable MAC (aa:bb:cc:dd:ee:ff)")
             else:
                 entry["mac"] = norm
@@ -815,7 +814,7 @@ def _check_vms(plan: Plan, problems: _Problems) -> None:
                 pods.append(f"nic{idx}")
             mac = p.entry.nics.get(idx, {}).get("mac") or \
                 (nic.mac or "").lower().replace("-", ":")
-            if mac and _MAC.match(mac):
+            if mac and MAC_RE.match(mac):
                 macs[mac].append(f"{p.vm.name} nic{idx}")
         if len(pods) > 1:
             problems.add(f"VM {p.vm.name}", f"{', '.join(pods)} all map to the pod network "

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from converters import delta
-from migrate.errors import UsageError, VmmoveError
-from migrate.model import VM, Disk, SourceKind
+from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.model import VM, Disk, SourceKind
 from migrate.plan import Plan, PlannedVM
-from migrate.state import DONE, Journal
+from migrate.core.journal import DONE, Journal
 
 KIND_WARM = "warm"
 BITMAP, HASH = "bitmap", "hash"
@@ -86,14 +86,14 @@ def round_item(p: PlannedVM, n: int) -> str:
 
 def claim(plan: Plan, p: PlannedVM, disk: Disk) -> tuple[str, str]:
     """``(namespace, DataVolume)`` holding the disk's target volume (its PVC's name)."""
-    from migrate.cli._plan_stages import build_manifests, vm_objects
+    from migrate.pipeline.stages import build_manifests, vm_objects
 
     try:
         objects = vm_objects(plan, build_manifests(plan, [p]))
     except VmmoveError:  # not staged yet: the DataVolume name manifests will give it
         from manifests.generate import dns1123_label
-        from migrate.naming import assign_names
-        from migrate.workdir import image_basename
+        from migrate.core.naming import assign_names
+        from migrate.core.workdir import image_basename
 
         names = assign_names((d.target, dns1123_label(image_basename(p.name, d)))
                              for d in data_disks(p.vm))
@@ -540,7 +540,7 @@ class Warm:
         from manifests.workers import TLS_MOUNT, psk_secret, worker_job
         from migrate.clients.checkpoint import CheckpointError, free_port, scratch_dir, serve_tls
         from migrate.clients.nbd import PSK_USER, nbd_image_opts
-        from migrate.naming import dns1123_label
+        from migrate.core.naming import dns1123_label
 
         self._require_halted(p)
         _ns, pvc = claim(self.plan, p, disk)
@@ -595,7 +595,7 @@ class Warm:
                   out: DiskRound) -> tuple[int, int, int, bool]:
         """S3 mode: the round's changes as a qcow2 holding only the changed clusters (zero
         ranges as zero clusters), sent to S3, merged into the PVC by a worker Job."""
-        from migrate.cli._plan_stages import backend_for
+        from migrate.pipeline.stages import backend_for
         from migrate.clients.checkpoint import scratch_dir, writable_qcow2
         from migrate.clients.nbdwire import STATE_DIRTY, STATE_ZERO, NbdClient
 
@@ -653,7 +653,7 @@ class Warm:
 
         from converters.transfer.direct import DirectDisk, DirectTransfer
         from manifests.workers import DEVICE_PATH, DISK_FILE, RESULT_PATH, TLS_MOUNT, worker_job
-        from migrate.naming import dns1123_label
+        from migrate.core.naming import dns1123_label
 
         self._require_halted(p)
         _ns, pvc = claim(self.plan, p, disk)
@@ -683,8 +683,8 @@ class Warm:
 
     def _require_halted(self, p: PlannedVM) -> None:
         """No worker writes a volume the target VM may be using."""
-        from migrate.cutover import get_vmi
-        from migrate.kube import VIRTUAL_MACHINE
+        from migrate.clients.cluster import get_vmi
+        from migrate.clients.cluster import VIRTUAL_MACHINE
 
         vm = self.kube.get(*VIRTUAL_MACHINE, p.name, p.namespace)
         strategy = ((vm or {}).get("spec") or {}).get("runStrategy")
@@ -892,7 +892,7 @@ def plain_raw(chain: Any) -> str | None:
 
 
 def _pause(point: str) -> None:
-    from migrate.cutover import _pause as pause  # the cutover's test hook (PAUSE_ENV)
+    from migrate.pipeline.cutover import _pause as pause  # the cutover's test hook (PAUSE_ENV)
 
     pause(point)
 
@@ -920,3 +920,88 @@ def preflight_problems(plan: Plan, p: PlannedVM, journal: Journal,
 
 def done_rounds(journal: Journal, p: PlannedVM) -> list[Any]:
     return [s for s in journal.steps(KIND_WARM, prefix=f"{p.key}/round/") if s.status == DONE]
+
+
+# -- vmmove sync --------------------------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_every(text: str) -> float:
+    """``--every``: ``90s``, ``30m``, ``2h``, ``1d`` or plain seconds."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise UsageError(f"--every {text!r}: expected a duration such as 30m, 2h or 90s")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def run_rounds(plan_file: str, vms: tuple[str, ...], wave: int, full: bool,
+               every: str | None, until: str | None,
+               kube_args: tuple[str | None, str | None, str | None]
+               ) -> tuple[list[dict[str, Any]], list[list[str]], list[str]]:
+    """``vmmove sync``: a round for each warm VM of the wave (or those named), repeated
+    ``every`` until ``until``; (data, table rows, error lines)."""
+    from migrate.core.output import human_size
+    from migrate.core.progress import log
+    from migrate.pipeline.cutover import parse_at, select_vms
+    from migrate.pipeline.wave import plan_lock
+    from migrate.plan import load_plan
+
+    kubeconfig, context, namespace = kube_args
+
+    plan = load_plan(plan_file)
+    if namespace:
+        plan.use_namespace(namespace)
+    chosen = select_vms(plan, wave, vms)
+    cold = [p.vm.name for p in chosen if not is_warm(plan, p)]
+    if vms and cold:
+        raise UsageError(f"{plan.path}: {', '.join(cold)} not warm (plan --warm, or "
+                         "warm: true in its entry)")
+    chosen = [p for p in chosen if is_warm(plan, p)]
+    if not chosen:
+        raise UsageError(f"{plan.path}: wave {wave} has no warm VM (plan --warm)")
+    interval = parse_every(every) if every else None
+    if until and interval is None:
+        raise UsageError("--until goes with --every")
+    deadline = parse_at(until).timestamp() if until else None
+    kube = None
+    if plan.warm.writer in ("worker", "s3"):
+        from migrate.clients.cluster import connect
+
+        kube = connect(kubeconfig, context)
+    data, rows, errors = [], [], []
+    try:
+        first = True
+        while True:
+            started = time.time()
+            with plan_lock(plan):
+                with plan.journal() as journal:
+                    warm = Warm(plan, journal, log, kube)
+                    for p in chosen:
+                        try:
+                            r = warm.sync(p, full=full and first)
+                        except VmmoveError as exc:
+                            msg = str(exc) if str(exc).startswith(p.vm.name) else \
+                                f"{p.vm.name}: {exc}"
+                            errors.append(msg)
+                            data.append({"vm": p.vm.name, "error": msg})
+                            rows.append([p.vm.name, "-", "failed", "-", "-", "-", msg[:120]])
+                            continue
+                        data.append(r.to_data())
+                        rows.append([r.vm, str(r.round), r.kind, human_size(r.changed),
+                                     f"{r.seconds:.1f}",
+                                     " ".join(f"{d.target}:{d.method}" for d in r.disks), ""])
+            first = False
+            if interval is None:
+                break
+            wake = started + interval
+            if deadline is not None and wake > deadline:
+                break
+            log(f"next round at {time.strftime('%H:%M:%S', time.localtime(wake))}")
+            time.sleep(max(0.0, wake - time.time()))
+    finally:
+        if kube is not None:
+            kube.close()
+    return data, rows, errors

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from migrate.clients import nbd
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 
 class WorkerError(VmmoveError):
     """The worker could not write or verify the disk."""

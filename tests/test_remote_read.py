@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from migrate.clients.nbd import file_sha256
-from migrate.state import Journal
-from migrate.workdir import journal_path
+from migrate.core.journal import Journal
+from migrate.core.workdir import journal_path
 from tests.conftest import qemu_img, qemu_io
 from tests.guest_support import TICK_OFFSET, TICK_SLOTS, boot_guest
 from tests.libvirtd_support import DomainSpec, libvirt_domains, libvirtd  # noqa: F401

@@ -19,7 +19,7 @@ import yaml
 
 from migrate.clients.nbd import file_sha256
 from migrate.plan import load_plan
-from migrate.state import Journal
+from migrate.core.journal import Journal
 from tests.guest_support import boot_guest
 from tests.kube_support import DV
 from tests.libvirtd_support import libvirt_domains, libvirtd  # noqa: F401

@@ -23,7 +23,7 @@ from migrate.clients.nbdwire import (
     NbdWireError,
     dirty_context,
 )
-from migrate.model import VM, Disk, Source, SourceKind
+from migrate.core.model import VM, Disk, Source, SourceKind
 from migrate.plan import PlanError, load_plan
 from migrate.warm import BITMAP, HASH, _split, disk_method, outlook
 from tests.conftest import qemu_img, qemu_io
@@ -235,8 +235,8 @@ def test_sync_every_until_repeats_rounds(cli: Any, tmp_path: Path) -> None:
 
 
 def test_cutover_preflight_wants_a_recent_round(tmp_path: Path) -> None:
-    from migrate.model import Inventory
-    from migrate.state import Journal
+    from migrate.core.model import Inventory
+    from migrate.core.journal import Journal
     from migrate.warm import KIND_WARM, preflight_problems
 
     vm = VM("web", Source(SourceKind.LIBVIRT, "qemu:///system"), uuid="u-1",

@@ -35,11 +35,11 @@ from typing import Any
 
 from manifests.workers import blank_datavolume, psk_secret, worker_job
 from migrate.clients.nbd import PSK_USER, GuestDigest
-from migrate.errors import VmmoveError
-from migrate.kube import Kube
-from migrate.mapping import StorageMap
-from migrate.model import VM, Disk
-from migrate.naming import dns1123_label
+from migrate.core.errors import VmmoveError
+from migrate.clients.cluster import Kube
+from migrate.core.mapping import StorageMap
+from migrate.core.model import VM, Disk
+from migrate.core.naming import dns1123_label
 from migrate.plan_workers import WorkerSettings
 from migrate.sources.remote_disks import (
     Lease,
@@ -48,8 +48,9 @@ from migrate.sources.remote_disks import (
     is_remote,
     ssh_target,
 )
-from migrate.state import DONE, Journal
-from migrate.workdir import KIND_UPLOAD, disk_item
+from migrate.core.journal import DONE, Journal
+from migrate.core.records import KIND_UPLOAD
+from migrate.core.workdir import disk_item
 
 BACKEND = "direct"
 DV_TIMEOUT = 600.0  # seconds for a blank DataVolume to be ready
@@ -103,7 +104,7 @@ class DirectTransfer:
     """One wave's direct transfers against one cluster."""
 
     def __init__(self, kube: Kube, journal: Journal, storage: StorageMap,
-                 settings: WorkerSettings, *, redo: bool = False,
+                 settings: WorkerSettings, *, redo: bool | set[str] = False,
                  on_event: Callable[[str], None] | None = None) -> None:
         self.kube, self.journal, self.storage = kube, journal, storage
         self.settings, self.redo = settings, redo
@@ -153,8 +154,9 @@ class DirectTransfer:
 
     def _one(self, reads: RemoteReads, d: DirectDisk) -> DirectResult:
         step = self._journal("get", KIND_UPLOAD, d.item)
-        if step is not None and step.status == DONE and not self.redo \
-                and step.data.get("backend") == BACKEND:
+        redo = self.redo is True or (isinstance(self.redo, set) and d.vm.key in self.redo)
+        if step is not None and step.status == DONE and not redo \
+                and step.backend == BACKEND:
             return DirectResult(d.item, d.label, "skipped", step.checksum)
         with self._host_slot(d.vm):
             self._journal("start", KIND_UPLOAD, d.item, backend=BACKEND, dv=d.dv,

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from migrate.output import FORMATS
+from migrate.core.output import FORMATS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,7 +81,7 @@ def refuse_with_plan(plan: str, names: tuple[str, ...]) -> None:
              if p.name in names
              and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
     if given:
-        from migrate.errors import UsageError
+        from migrate.core.errors import UsageError
 
         def flag(p: click.Parameter) -> str:
             name = next((o for o in reversed(p.opts) if o.startswith("--")), p.opts[0])

@@ -32,7 +32,7 @@ def worker_cmd(source: str | None, psk_file: str | None, dest: str, size: int,
     """Write one disk from a source host's NBD export into a PVC, verified (run by the
     Jobs of transfer mode direct; see docs/remote-hosts.md). With --extents or --compare,
     a warm round's delta in place (docs/warm-migration.md)."""
-    from migrate.errors import UsageError
+    from migrate.core.errors import UsageError
     from migrate.worker import run_delta, run_merge, run_worker
 
     if merge_url_file:

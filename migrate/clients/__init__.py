@@ -1,5 +1,1 @@
-"""Clients of the systems vmmove talks to (SSH, NBD, libvirt's backup API, …).
-
-Only modules in this package import third-party client libraries (``libvirt``); the
-rest of vmmove calls these modules.
-"""
+"""Clients: the only modules that talk to libvirt, Kubernetes and the hosts' tools."""

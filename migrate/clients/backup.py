@@ -28,9 +28,9 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import libvirt
+from defusedxml import ElementTree
 
-from migrate.errors import VmmoveError
-from migrate.sources.domxml import parse_xml
+from migrate.core.errors import VmmoveError
 
 AGENT_TIMEOUT = 5  # seconds libvirt waits for the guest agent (fsfreeze)
 
@@ -90,7 +90,7 @@ def _text(value: str) -> str:
 def qemu_owner(dom: Any) -> tuple[int, int] | None:
     """The uid:gid QEMU runs as for this domain (live XML's DAC seclabel), so a socket
     folder can be given to it; None when libvirt does not say."""
-    root = parse_xml(dom.XMLDesc(0), "domain XML")
+    root = ElementTree.fromstring(dom.XMLDesc(0))
     for label in root.iterfind("seclabel"):
         if label.get("model") != "dac":
             continue
@@ -159,7 +159,7 @@ class BackupJob:
             xml = self.dom.backupGetXMLDesc(0)
         except libvirt.libvirtError as exc:
             raise BackupError(f"{self.name}: the backup job is gone: {_msg(exc)}") from None
-        root = parse_xml(xml, "backup XML")
+        root = ElementTree.fromstring(xml)
         out = []
         for disk in root.iterfind("disks/disk"):
             if disk.get("backup", "yes") != "yes":
@@ -192,7 +192,7 @@ def abort_stale(dom: Any, marker: str = "/vmmove.") -> bool:
         xml = dom.backupGetXMLDesc(0)
     except libvirt.libvirtError:
         return False
-    server = parse_xml(xml, "backup XML").find("server")
+    server = ElementTree.fromstring(xml).find("server")
     if server is None or marker not in (server.get("socket") or ""):
         return False
     BackupJob(dom, dom.name(), server.get("socket") or "").abort()
@@ -233,6 +233,6 @@ def is_active(dom: Any) -> bool:
 
 def open_rw(uri: str) -> Any:
     """A read-write connection (the backup API needs one; scanning stays read-only)."""
-    from migrate.sources.libvirt_uri import open_connection
+    from migrate.clients.libvirt import connect
 
-    return open_connection(uri, readonly=False)
+    return connect(uri, readonly=False)

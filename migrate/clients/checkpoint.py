@@ -43,10 +43,10 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import libvirt
+from defusedxml import ElementTree
 
 from migrate.clients.backup import BackupJob, checkpoint_xml, qemu_owner
-from migrate.errors import VmmoveError
-from migrate.sources.domxml import parse_xml
+from migrate.core.errors import VmmoveError
 
 PREFIX = "vmmove-"
 SCRATCH_ROOT = Path(os.environ.get("VMMOVE_HOST_SCRATCH", "/var/tmp"))
@@ -243,7 +243,10 @@ def abort_stale(dom: Any, folder: str) -> bool:
         xml = dom.backupGetXMLDesc(0)
     except libvirt.libvirtError:
         return False
-    server = parse_xml(xml, "backup XML").find("server")
+    try:
+        server = ElementTree.fromstring(xml).find("server")
+    except ElementTree.ParseError:
+        return False
     if server is None or not (server.get("socket") or "").startswith(folder + "/"):
         return False
     try:

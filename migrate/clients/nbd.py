@@ -28,11 +28,12 @@ import os
 import secrets
 import subprocess
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import IO
 from urllib.parse import quote
 
 from migrate.clients import ssh
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 
 PSK_USER = "vmmove"
 PSK_FILE = "keys.psk"  # the file name qemu's tls-creds-psk looks for in its folder
@@ -258,17 +259,25 @@ def _next_data(fd: int, pos: int, end: int) -> int:
         return pos
 
 
-def _hash_stream(proc: subprocess.Popen[bytes], label: str) -> tuple[str, int]:
+def _hash_stream(proc: subprocess.Popen[bytes], label: str,
+                 sink: Callable[[memoryview, int], None] | None = None,
+                 failed: str = "reading the NBD export failed") -> tuple[str, int]:
+    """Hash what ``proc`` writes to stdout (:class:`GuestDigest`), handing each chunk and
+    its offset to ``sink`` too; ``(checksum, bytes)``, or :class:`NbdError` naming ``label``."""
     digest = GuestDigest()
     out: IO[bytes] = proc.stdout  # type: ignore[assignment]
     try:
+        pos = 0
         while chunk := out.read(CHUNK * 4):
             digest.update(chunk)
+            if sink is not None:
+                sink(memoryview(chunk), pos)
+            pos += len(chunk)
     finally:
         out.close()
         proc.wait()
     if proc.returncode != 0:
-        raise NbdError(f"{label}: reading the NBD export failed: {_said(proc)}")
+        raise NbdError(f"{label}: {failed}: {_said(proc)}")
     if proc.stderr:
         proc.stderr.close()
     return digest.hexdigest(), digest.bytes
@@ -292,33 +301,22 @@ def stream_to(url: str, dest: str | os.PathLike[str], *, dest_is_zero: bool,
     of the export: ``nbdcopy URL -`` into this process, hashed and written.  With
     ``dest_is_zero`` (a freshly truncated file) zero blocks are skipped, so holes stay
     holes; otherwise they are written.  Raises :class:`NbdError` naming ``label``."""
-    proc = _nbdcopy(url, "-", STREAM_OPTIONS)
-    digest = GuestDigest()
-    out: IO[bytes] = proc.stdout  # type: ignore[assignment]
     zero = bytes(SPARSE)
-    try:
-        with open(dest, "r+b") as fh:
-            pos = 0
-            while chunk := out.read(CHUNK * 4):
-                digest.update(chunk)
-                view = memoryview(chunk)
-                if not dest_is_zero:
-                    fh.seek(pos)
-                    fh.write(view)
-                else:  # write only the 64 KiB pieces that hold data
-                    for at in range(0, len(chunk), SPARSE):
-                        piece = view[at:at + SPARSE]
-                        if piece != zero[:len(piece)]:
-                            fh.seek(pos + at)
-                            fh.write(piece)
-                pos += len(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-    finally:
-        out.close()
-        proc.wait()
-    if proc.returncode != 0:
-        raise NbdError(f"{label or url}: copy failed: {_said(proc)}")
-    if proc.stderr:
-        proc.stderr.close()
-    return digest.hexdigest(), digest.bytes
+    with open(dest, "r+b") as fh:
+
+        def write(view: memoryview, pos: int) -> None:
+            if not dest_is_zero:
+                fh.seek(pos)
+                fh.write(view)
+                return
+            for at in range(0, len(view), SPARSE):  # only the 64 KiB pieces with data
+                piece = view[at:at + SPARSE]
+                if piece != zero[:len(piece)]:
+                    fh.seek(pos + at)
+                    fh.write(piece)
+
+        result = _hash_stream(_nbdcopy(url, "-", STREAM_OPTIONS), label or url, write,
+                              "copy failed")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return result

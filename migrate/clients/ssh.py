@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 
 #: URI transports that run over SSH (libvirt's names).
 SSH_TRANSPORTS = ("ssh", "libssh", "libssh2")

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from migrate.clients import backup, nbd, ssh
-from migrate.errors import VmmoveError
-from migrate.model import VM, Disk, PowerState, SourceKind
+from migrate.core.errors import VmmoveError
+from migrate.core.model import VM, Disk, PowerState, SourceKind
 
 IN_USE = {PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN, PowerState.SUSPENDED}
 BACKUP = "backup"  # point in time: libvirt backup job

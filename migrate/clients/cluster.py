@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 
 FIELD_MANAGER = "vmmove"
 NAMESPACE = ("v1", "Namespace")
@@ -339,3 +339,209 @@ def connect(kubeconfig: str | None = None, context: str | None = None,
         kube.close()
         raise
     return kube
+
+
+# -- KubeVirt and CDI verbs ----------------------------------------------------------------------
+
+VMI = ("kubevirt.io/v1", "VirtualMachineInstance")
+CDI_GROUP, CDI_VERSION, DV_PLURAL = "cdi.kubevirt.io", "v1beta1", "datavolumes"
+
+
+class WaitError(KubeError):
+    """An object did not reach the awaited state in time (or reached a final other one)."""
+
+
+def parse_quantity(value: Any) -> Any:
+    """A Kubernetes quantity (``1.5Gi``, ``512Mi``, ``2``) as a :class:`~decimal.Decimal`;
+    ValueError when it is not one."""
+    from kubernetes.utils.quantity import parse_quantity as parse  # heavy import, only here
+
+    return parse(value)
+
+
+def set_run_strategy(kube: Kube, namespace: str, name: str, strategy: str) -> dict[str, Any]:
+    """Merge-patch ``spec.runStrategy`` (only that field) of a VirtualMachine."""
+    resource = kube.resource(*VIRTUAL_MACHINE)
+    body = {"spec": {"runStrategy": strategy}}
+
+    def call() -> Any:
+        return resource.patch(body=body, name=name, namespace=namespace,
+                              content_type="application/merge-patch+json",
+                              _request_timeout=kube.options.request_timeout)
+
+    return kube.retrying(f"patch VirtualMachine {namespace}/{name} runStrategy={strategy}",
+                         call).to_dict()
+
+
+def get_vmi(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    return kube.get(*VMI, name, namespace)
+
+
+def agent_connected(vmi: dict[str, Any]) -> bool:
+    """Whether the VMI's ``AgentConnected`` condition is True."""
+    for cond in (vmi.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "AgentConnected" and str(cond.get("status")) == "True":
+            return True
+    return False
+
+
+def _vmi_events(kube: Kube, namespace: str, name: str, deadline: float,
+                poll: float) -> Iterator[dict[str, Any] | None]:
+    """The VMI's state now, then at each watch event about it (list-and-watch); None
+    while it does not exist.  A quiet or broken watch re-lists after ``poll`` seconds;
+    ends at ``deadline`` (monotonic)."""
+    while True:
+        yield get_vmi(kube, namespace, name)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        quiet = max(min(poll * 4, left, 5.0), 0.05)
+        seen = False
+        for event in kube.watch(*VMI, namespace, read_timeout=quiet,
+                                timeout_seconds=max(1, int(min(left, 60)))):
+            obj = event["object"]
+            if (obj.get("metadata") or {}).get("name") != name:
+                continue
+            seen = True
+            yield None if event["type"] == "DELETED" else obj
+            if time.monotonic() >= deadline:
+                return
+        if not seen:
+            time.sleep(min(poll, max(deadline - time.monotonic(), 0)))
+
+
+def wait_running(kube: Kube, namespace: str, name: str, timeout: float, agent: bool,
+                 poll: float) -> dict[str, Any]:
+    """Wait (by watch) for the VMI to run, and its guest agent to connect when ``agent``;
+    its phase, agent, node and the seconds waited.  Raises :class:`WaitError` when it
+    ends Failed/Succeeded or ``timeout`` passes."""
+    started = time.monotonic()
+    phase = None
+    for vmi in _vmi_events(kube, namespace, name, started + timeout, poll):
+        phase = ((vmi or {}).get("status") or {}).get("phase")
+        if phase == "Running" and (not agent or agent_connected(vmi or {})):
+            return {"phase": phase, "agent": agent_connected(vmi or {}),
+                    "node": ((vmi or {}).get("status") or {}).get("nodeName"),
+                    "seconds": round(time.monotonic() - started, 3)}
+        if phase in ("Failed", "Succeeded"):
+            raise WaitError(f"VirtualMachineInstance {namespace}/{name} is {phase}, not "
+                            "Running")
+    what = (f"is {phase}" if phase else "does not exist")
+    if phase == "Running" and agent:
+        what = "runs but its guest agent did not connect"
+    raise WaitError(f"VirtualMachineInstance {namespace}/{name} {what} after "
+                    f"{timeout:g}s (--verify-timeout)")
+
+
+def wait_vmi_gone(kube: Kube, namespace: str, name: str, timeout: float,
+                  poll: float) -> float:
+    """Wait (by watch) until the VMI no longer exists; the seconds waited.  Raises
+    :class:`WaitError` after ``timeout``."""
+    started = time.monotonic()
+    for vmi in _vmi_events(kube, namespace, name, started + timeout, poll):
+        if vmi is None:
+            return time.monotonic() - started
+    raise WaitError(
+        f"VirtualMachineInstance {namespace}/{name} still exists {timeout:g}s after "
+        "runStrategy became Halted; the source was NOT started (two copies must never "
+        "run at once): check the VM with kubectl, then rerun vmmove rollback")
+
+
+def delete_datavolume(kube: Kube, namespace: str, name: str) -> None:
+    """Delete a DataVolume (gone already is fine), retried like every safe call."""
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    resource = kube.resource(*DATA_VOLUME)
+
+    def call() -> None:
+        try:
+            resource.delete(name=name, namespace=namespace)
+        except NotFoundError:
+            pass
+
+    kube.retrying(f"delete DataVolume {namespace}/{name}", call)
+
+
+class DataVolumeWait(WaitError):
+    """A DataVolume did not reach the awaited phase: ``outcome`` is ``gone`` (it
+    disappeared), ``failed`` (phase Failed; ``detail``: its condition's message) or
+    ``timeout`` (``phase``: where it stayed)."""
+
+    def __init__(self, what: str, outcome: str, phase: str | None, detail: str = "") -> None:
+        super().__init__(f"{what}: {outcome} ({phase or 'no phase'})")
+        self.outcome, self.phase, self.detail = outcome, phase, detail
+
+
+def condition_message(status: dict[str, Any]) -> str:
+    """The first condition message of an object's status ("" when none says anything)."""
+    for cond in status.get("conditions") or []:
+        if cond.get("message"):
+            return str(cond["message"])
+    return ""
+
+
+class CustomObjects:
+    """CDI's objects through ``CustomObjectsApi`` on a :class:`Kube`'s connection (no
+    discovery): DataVolume get/create/patch/delete and the upload token.  Calls are made
+    once (a create is not safe to repeat); a failure is :class:`KubeError` naming
+    ``what`` (:meth:`Kube.failure`)."""
+
+    def __init__(self, kube: Kube) -> None:
+        from kubernetes import client
+
+        self.kube = kube
+        self.api = client.CustomObjectsApi(kube.api_client)
+
+    def once(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        try:
+            return call(*args, **kwargs)
+        except (ApiException, Urllib3Error, OSError) as exc:
+            raise self.kube.failure(exc, what) from None
+
+    def get_dv(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.api.get_namespaced_custom_object(  # type: ignore[no-any-return]
+                CDI_GROUP, CDI_VERSION, namespace, DV_PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create(self, group: str, version: str, namespace: str, plural: str,
+               body: dict[str, Any]) -> Any:
+        return self.api.create_namespaced_custom_object(group, version, namespace, plural, body)
+
+    def patch(self, group: str, version: str, namespace: str, plural: str, name: str,
+              body: dict[str, Any]) -> Any:
+        return self.api.patch_namespaced_custom_object(group, version, namespace, plural,
+                                                       name, body)
+
+    def delete(self, group: str, version: str, namespace: str, plural: str,
+               name: str) -> Any:
+        return self.api.delete_namespaced_custom_object(group, version, namespace, plural,
+                                                        name)
+
+    def wait_dv(self, namespace: str, name: str, wanted: set[str], timeout: float,
+                poll: float, what: str) -> dict[str, Any]:
+        """The DataVolume once its phase is one of ``wanted``; :class:`DataVolumeWait`
+        when it disappears, fails or ``timeout`` seconds pass; a failed request is
+        :class:`KubeError` naming ``what``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            dv = self.once(what, self.get_dv, namespace, name)
+            if dv is None:
+                raise DataVolumeWait(what, "gone", None)
+            status = dv.get("status") or {}
+            phase = status.get("phase") or "Pending"
+            if phase in wanted:
+                return dv  # type: ignore[no-any-return]
+            if phase == "Failed":
+                raise DataVolumeWait(what, "failed", phase, condition_message(status))
+            if time.monotonic() >= deadline:
+                raise DataVolumeWait(what, "timeout", phase)
+            time.sleep(poll)

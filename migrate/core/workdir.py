@@ -24,12 +24,10 @@ import os
 import re
 from pathlib import Path
 
-from migrate.model import VM, Disk, Inventory
-from migrate.naming import assign_names
+from migrate.core.model import VM, Disk, Inventory
+from migrate.core.naming import assign_names
 
 JOURNAL_NAME = "vmmove-journal.sqlite"
-KIND_CONVERT = "convert"
-KIND_UPLOAD = "upload"
 
 
 def journal_path(workdir: str | os.PathLike[str]) -> Path:

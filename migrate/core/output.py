@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-from migrate.serialize import dumps
+from migrate.core.serialize import dumps
 
 FORMATS = ("table", "json", "yaml")
 
@@ -79,7 +79,7 @@ def error_line(message: Any) -> str:
 
 def error_lines(exc: Any) -> list[str]:
     """How an error is printed: one escaped line, or — for an error listing problems
-    (``head`` and ``problems``, as :class:`migrate.errors.ProblemsError` and plan errors
+    (``head`` and ``problems``, as :class:`migrate.core.errors.ProblemsError` and plan errors
     carry them) — the head line and one ``  - problem`` line each, every one escaped, so
     no problem can forge a line of its own."""
     head, problems = getattr(exc, "head", None), getattr(exc, "problems", None)

@@ -11,9 +11,9 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from migrate.errors import VmmoveError
-from migrate.progress import trace_command
-from migrate.model import BackingFile
+from migrate.core.errors import VmmoveError
+from migrate.core.progress import trace_command
+from migrate.core.model import BackingFile
 
 
 class ImageError(VmmoveError):

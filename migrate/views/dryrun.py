@@ -2,8 +2,8 @@
 
 Nothing here touches a source, S3 or the cluster: the steps come from the plan, what is
 already done from its journal (a rerun skips it, so the dry run says so), and every
-estimate from the rates the journal measured (:func:`migrate.report.measure`), as the
-runbook computes them (:mod:`migrate.runbook`); where nothing was measured yet, the
+estimate from the rates the journal measured (:func:`migrate.views.report.measure`), as the
+runbook computes them (:mod:`migrate.views.runbook`); where nothing was measured yet, the
 runbook's assumed rate and times are used and the basis says "assumed".
 """
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from migrate.apply import KIND_CUTOVER, KIND_IMPORT
+from migrate.core.records import KIND_CONVERT, KIND_CUTOVER, KIND_IMPORT, KIND_UPLOAD
 from migrate.plan import Plan, PlannedVM
-from migrate.report import Rate, Throughput, measure
-from migrate.runbook import DEFAULT_RATE, estimate, schedule, sync_mode
-from migrate.state import DONE, Journal
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
+from migrate.views.report import Rate, Throughput, measure
+from migrate.views.runbook import DEFAULT_RATE, estimate, schedule, sync_mode
+from migrate.core.journal import DONE, Journal
+from migrate.core.workdir import disk_item
 
 TO_DO = "to do"
 DONE_BEFORE = "done before (skipped)"
@@ -139,7 +139,7 @@ def cutover_steps(plan: Plan, vms: list[PlannedVM]) -> list[DryStep]:
 
 def cutover_window(plan: Plan, vms: list[PlannedVM], jobs: int) -> float:
     """The wave's window with ``jobs`` VMs at once, as the runbook computes it
-    (:func:`migrate.runbook.schedule`): first stop to last verified start, in seconds."""
+    (:func:`migrate.views.runbook.schedule`): first stop to last verified start, in seconds."""
     with Journal(plan.journal_path) as journal:
         t = measure(journal)
         estimates = [estimate(p, t, sync_mode(p, journal), journal) for p in vms]
@@ -160,7 +160,7 @@ def show(steps: list[DryStep], fmt: str, title: str, window: str | None = None) 
     line (what is left, the estimated time, and ``window`` when given) on stderr."""
     import sys
 
-    from migrate.output import duration, emit
+    from migrate.core.output import duration, emit
 
     rows = [[s.order, s.vm, s.step, s.state, duration(s.seconds), s.what, s.basis]
             for s in steps]
@@ -170,3 +170,12 @@ def show(steps: list[DryStep], fmt: str, title: str, window: str | None = None) 
         sys.stderr.write(f"{title}: dry run, nothing was done; {left} of {len(steps)} step(s) "
                          f"to do, about {duration(total_seconds(steps))} one after the "
                          f"other{'; ' + window if window else ''}\n")
+
+
+def show_cutover(plan: Plan, chosen: list[PlannedVM], wave: int, jobs: int,
+                 output: str) -> None:
+    """``vmmove cutover --dry-run``: each VM's steps, and the wave's window with ``jobs``."""
+    from migrate.core.output import duration
+
+    window = f"the window about {duration(cutover_window(plan, chosen, jobs))} with --jobs {jobs}"
+    show(cutover_steps(plan, chosen), output, f"cutover wave {wave}", window)

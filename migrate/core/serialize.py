@@ -13,15 +13,15 @@ import os
 import tempfile
 import types
 import typing
-from enum import Enum
+from enum import Enum, StrEnum
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from migrate.errors import VmmoveError
-from migrate.model import Inventory
+from migrate.core.errors import VmmoveError
+from migrate.core.model import Inventory
 
 T = TypeVar("T")
 
@@ -101,6 +101,10 @@ def _convert(tp: Any, data: Any, where: str) -> Any:
     return data
 
 
+# Enums of strings (journal kinds and statuses) are written as their plain value.
+yaml.SafeDumper.add_multi_representer(StrEnum, lambda d, v: d.represent_str(str(v)))
+
+
 def dumps(data: Any, fmt: str) -> str:
     """Plain data as ``json`` or ``yaml`` text."""
     if fmt == "json":
@@ -115,11 +119,11 @@ def atomic_write(path: str | os.PathLike[str], text: str | bytes, *,
     """Write a file under a temporary name beside it, fsync, then rename over ``path``.
 
     Mode: 0600 when ``private`` (credentials), else the umask's (a shared output), never
-    world-writable (:mod:`migrate.files`).  Missing parent folders are created.  A failed
-    write (full disk…) raises :class:`migrate.files.WriteError` naming ``path`` and leaves
+    world-writable (:mod:`migrate.core.files`).  Missing parent folders are created.  A failed
+    write (full disk…) raises :class:`migrate.core.files.WriteError` naming ``path`` and leaves
     nothing behind: ``path`` is the old file or absent, the temporary name is removed.
     """
-    from migrate.files import PRIVATE_FILE, make_dirs, shared_mode, write_failure
+    from migrate.core.files import PRIVATE_FILE, make_dirs, shared_mode, write_failure
 
     target = Path(path)
     make_dirs(target.parent)

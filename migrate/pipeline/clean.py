@@ -8,7 +8,7 @@ VM runs in KubeVirt (``cut over``).  This removes them, and only them:
   upload ``key``), never a path found by looking around;
 * an image only inside the plan's work folder, a regular file (not a link), and never a
   path any VM of the inventory reads as a source disk: sources are never touched;
-* by default only VMs whose phase is ``cut over`` (:mod:`migrate.status`); ``force``
+* by default only VMs whose phase is ``cut over`` (:mod:`migrate.views.status`); ``force``
   cleans the other VMs too (their staged copies are gone: staging them again converts
   and uploads anew, which the convert and upload steps do by themselves);
 * each removal is journalled (kind ``clean``, item ``<vm key>/<disk>``) with what was
@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from migrate.plan import Plan, PlannedVM
-from migrate.state import DONE, Journal
-from migrate.status import CUT_OVER, plan_status
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
+from migrate.core.journal import DONE, Journal
+from migrate.core.workdir import disk_item
+from migrate.core.records import KIND_CLEAN, KIND_CONVERT, KIND_UPLOAD
 
-KIND_CLEAN = "clean"
 REMOVED = "removed"
 GONE = "already gone"
 KEPT = "kept"
@@ -55,9 +54,14 @@ def _data_disks(p: PlannedVM) -> list[Any]:
     return [d for d in p.vm.disks if d.device in ("disk", "lun")]
 
 
-def chosen_vms(plan: Plan, wave: int | None, force: bool) -> tuple[list[PlannedVM], list[str]]:
-    """The VMs to clean and, for the others, why not (not cut over, without ``force``)."""
-    phases = {s.key: s.phase for s in plan_status(plan, wave)}
+#: The phase (``vmmove status``) of a VM that is cut over.
+CUT_OVER = "cut over"
+
+
+def chosen_vms(plan: Plan, wave: int | None, force: bool,
+               phases: dict[str, str]) -> tuple[list[PlannedVM], list[str]]:
+    """The VMs to clean and, for the others, why not (not cut over, without ``force``);
+    ``phases``: each VM's phase by key, as :func:`migrate.views.status.plan_status` says."""
     vms = plan.vms if wave is None else plan.wave(wave, include_skipped=True)
     chosen, passed = [], []
     for p in vms:
@@ -81,7 +85,7 @@ def _source_paths(plan: Plan) -> set[str]:
 
 def _remove_image(plan: Plan, step: Any, sources: set[str]) -> tuple[str, int | None, str]:
     """Remove a convert step's output when it is safe; (result, bytes, why)."""
-    output = step.data.get("output") if step is not None and step.status == DONE else None
+    output = step.output if step is not None and step.status == DONE else None
     if not output:
         return GONE, None, "nothing converted"
     path = Path(output)
@@ -134,8 +138,8 @@ def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
                 done: dict[str, Any] = {}
                 if images:
                     step = journal.get(KIND_CONVERT, item)
-                    where = str(step.data.get("output")) if step is not None and \
-                        step.data.get("output") else "-"
+                    where = str(step.output) if step is not None and \
+                        step.output else "-"
                     result, size, why = _remove_image(plan, step, sources)
                     removals.append(Removal(p.vm.name, d.target, "image", where, size,
                                             result, why))
@@ -143,13 +147,13 @@ def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
                         done.update(image=where, image_bytes=size)
                 if s3 is not None:
                     up = journal.get(KIND_UPLOAD, item)
-                    key = up.data.get("key") if up is not None and up.status == DONE and \
-                        up.data.get("backend") == "s3" else None
+                    key = up.key if up is not None and up.status == DONE and \
+                        up.backend == "s3" else None
                     if not key:
                         removals.append(Removal(p.vm.name, d.target, "s3", "-", None, GONE,
                                                 "nothing uploaded to S3"))
                     else:
-                        b = up.data.get("bucket") or bucket
+                        b = up.bucket or bucket
                         result, size, why = _remove_object(s3, b, key)
                         removals.append(Removal(p.vm.name, d.target, "s3", f"s3://{b}/{key}",
                                                 size, result, why))
@@ -157,7 +161,7 @@ def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
                             done.update(s3=f"s3://{b}/{key}", s3_bytes=size)
                 if done:
                     before = journal.get(KIND_CLEAN, item)
-                    history = list(before.data.get("removed", [])) if before else []
+                    history = before.removed if before else []
                     journal.start(KIND_CLEAN, item, vm=p.vm.name, disk=d.target,
                                   removed=history + [done])
                     journal.done(KIND_CLEAN, item, bytes=sum(
@@ -170,7 +174,7 @@ def _clean_warm(plan: Plan, p: PlannedVM, journal: Journal) -> list[Removal]:
     """A warm VM: what vmmove left on its host (this plan's ``vmmove-`` checkpoints and
     bitmaps, the scratch folder) and its block hashes in the work folder; never the
     domain's own checkpoints (:meth:`migrate.warm.Warm.cleanup`)."""
-    from migrate.errors import VmmoveError
+    from migrate.core.errors import VmmoveError
     from migrate.warm import KIND_WARM, Warm, data_disks
 
     if journal.get(KIND_WARM, p.key) is None:
@@ -193,3 +197,18 @@ def _clean_warm(plan: Plan, p: PlannedVM, journal: Journal) -> list[Removal]:
                                REMOVED, ""))
     journal.update(KIND_WARM, p.key, cleaned=removed)
     return out
+
+
+def clean_plan(plan: Plan, wave: int | None, images: bool, s3: bool, force: bool,
+               phases: dict[str, str]) -> tuple[list[Removal], list[str]]:
+    """``vmmove clean``: the removals made for the chosen VMs (:func:`chosen_vms`), and
+    why the others were kept; the S3 client is the plan's transfer backend's."""
+    vms, passed = chosen_vms(plan, wave, force, phases)
+    client, bucket = None, None
+    if s3 and vms:
+        from migrate.pipeline.stages import backend_for
+
+        backend = backend_for(plan)
+        client, bucket = backend.client, backend.bucket  # type: ignore[attr-defined]
+    removals = clean(plan, vms, images, client, bucket) if vms else []
+    return removals, passed

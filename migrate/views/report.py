@@ -12,10 +12,18 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.apply import KIND_CUTOVER, KIND_CUTOVER_PAST, KIND_IMPORT, KIND_ROLLBACK
+from migrate.core.records import (
+    KIND_CONVERT,
+    KIND_CUTOVER,
+    KIND_CUTOVER_PAST,
+    KIND_IMPORT,
+    KIND_ROLLBACK,
+    KIND_UPLOAD,
+)
 from migrate.plan import Plan, PlannedVM
-from migrate.state import DONE, Journal, Step
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
+from migrate.core.journal import DONE, Journal, Step
+from migrate.core.errors import UsageError
+from migrate.core.workdir import disk_item
 
 MIB = 1024 * 1024
 
@@ -79,10 +87,10 @@ def measure(journal: Journal, sizes: dict[str, int] | None = None) -> Throughput
         for s in journal.steps(kind):
             if s.status != DONE or s.duration is None or s.duration <= 0:
                 continue
-            size = s.bytes or int(s.data.get("size") or 0)
+            size = s.moved
             if kind == KIND_UPLOAD:
                 uploaded.setdefault(s.item, size)
-                size = int(s.data.get("sent") or 0) or size
+                size = s.sent or size
             if size:
                 rate.bytes += size
                 rate.seconds += s.duration
@@ -97,10 +105,10 @@ def measure(journal: Journal, sizes: dict[str, int] | None = None) -> Throughput
         step = s.item.rsplit("/", 1)[-1]
         if s.status != DONE or s.duration is None or "/" not in s.item:
             continue
-        if step == "stop" and s.data.get("how") == "shutdown":
+        if step == "stop" and s.how == "shutdown":
             t.stop_seconds.append(s.duration)
-        elif step == "sync" and s.data.get("mode") == "full":
-            moved = sum(int(d.get("bytes") or 0) for d in (s.data.get("disks") or {}).values())
+        elif step == "sync" and s.mode == "full":
+            moved = sum(int(d.get("bytes") or 0) for d in (s.disks or {}).values())
             if moved:
                 t.sync.bytes += moved
                 t.sync.seconds += s.duration
@@ -192,7 +200,7 @@ def vm_report(p: PlannedVM, journal: Journal) -> VmReport:
             (conv.checksum if conv and conv.status == DONE else None)
             or (up.checksum if up and up.status == DONE else None),
             _dur(conv), _dur(up), _dur(imp),
-            int(up.data.get("sent") or 0) if up and up.status == DONE else None))
+            up.sent if up and up.status == DONE else None))
     top = journal.get(KIND_CUTOVER, p.key)
     steps = {s: journal.get(KIND_CUTOVER, f"{p.key}/{s}") for s in
              ("stop", "sync", "start", "verify")}
@@ -206,13 +214,13 @@ def vm_report(p: PlannedVM, journal: Journal) -> VmReport:
     r = VmReport(p.wave, p.vm.name, f"{p.namespace}/{p.name}", p.vm.data_bytes(), disks,
                  state)
     if top is not None:
-        r.downtime = top.data.get("downtime")
-        r.sync_mode = top.data.get("sync_mode")
+        r.downtime = top.downtime
+        r.sync_mode = top.sync_mode
     stop, sync = steps["stop"], steps["sync"]
     if stop is not None and stop.status == DONE:
-        r.stop, r.stop_seconds = stop.data.get("how"), _dur(stop)
+        r.stop, r.stop_seconds = stop.how, _dur(stop)
     if sync is not None and sync.status == DONE:
-        r.sync_mode, r.sync_seconds = sync.data.get("mode"), _dur(sync)
+        r.sync_mode, r.sync_seconds = sync.mode, _dur(sync)
     start, verify = steps["start"], steps["verify"]
     if start is not None and verify is not None and verify.status == DONE and start.started:
         r.boot_seconds = round((verify.finished or 0) - start.started, 3)
@@ -238,7 +246,7 @@ HEADERS = ["WAVE", "VM", "TARGET", "DATA", "CONVERTED", "CONVERT", "UPLOAD", "IM
 def table_rows(reports: list[VmReport]) -> list[list[Any]]:
     """The per-VM rows under :data:`HEADERS`: sizes, step times, cutover, downtime and the
     first 12 hex digits of each disk's sha256."""
-    from migrate.output import human_size
+    from migrate.core.output import human_size
 
     def secs(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}s"
@@ -282,7 +290,7 @@ def has_measurements(reports: list[VmReport]) -> bool:
 
 
 def _pyplot() -> Any:
-    from migrate.errors import UsageError
+    from migrate.core.errors import UsageError
 
     try:
         import matplotlib
@@ -414,3 +422,34 @@ text-align:left}}th{{background:#f3f3f3}}.note{{color:#777}}</style></head>
 <h2>Measured throughput (the whole journal)</h2><ul>{facts}</ul>
 </body></html>
 """
+
+
+def check_plot_name(plot: str | None) -> str | None:
+    """The plot's format from its name (svg | png); UsageError for any other."""
+    if not plot:
+        return None
+    from pathlib import Path
+
+    fmt = Path(plot).suffix.lower().lstrip(".")
+    if fmt not in ("svg", "png"):
+        raise UsageError(f"--plot {plot}: name an .svg or a .png file")
+    return fmt
+
+
+def write_extras(reports: list[VmReport], throughput: Throughput, title: str,
+                 rows: list[list[Any]], plot: str | None, html_file: str | None) -> list[str]:
+    """Write the plot (``plot``: .svg or .png) and the HTML page (``html_file``) when
+    asked, atomically; the lines that say what was written."""
+    from migrate.core.serialize import atomic_write
+
+    lines = []
+    fmt = check_plot_name(plot)
+    if plot and fmt:
+        atomic_write(plot, plot_bytes(reports, title, fmt))
+        lines.append(f"plot: {plot}")
+    if html_file:
+        atomic_write(html_file, html_report(reports, throughput, title, HEADERS, rows))
+        lines.append(f"report: {html_file}")
+    if (plot or html_file) and not has_measurements(reports):
+        lines.append(f"note: {NOTHING_YET}")
+    return lines

@@ -32,8 +32,8 @@ from typing import Any
 
 import yaml
 
-from migrate.errors import UsageError
-from migrate.model import Disk, Nic
+from migrate.core.errors import UsageError
+from migrate.core.model import Disk, Nic
 
 POD = "pod"
 MULTUS = "multus"

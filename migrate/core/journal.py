@@ -4,6 +4,9 @@ Each unit of work (a disk conversion, an object upload, an apply, a cutover step
 row keyed by ``(kind, item)``.  Commands read the journal first and skip what is already
 ``done``, so every command is idempotent and resumes after a crash or Ctrl-C.  A history
 table keeps every status change with its time, for ``status``, reports and runbooks.
+:meth:`Journal.get` and :meth:`Journal.steps` return each row as the typed record of its
+kind (:mod:`migrate.core.records`: ``Kind``, ``Status``, one record class per kind), whose
+properties are the only readers of the ``data`` column.
 
 The journal is safe to share between threads of one process (one connection, one lock)
 and between processes (SQLite WAL); :meth:`Journal.exclusive` refuses a second concurrent
@@ -19,16 +22,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate.files import LockBusy, WriteError, create_private, private_dir, run_lock
+from migrate.core.files import LockBusy, WriteError, create_private, private_dir, run_lock
+from migrate.core.records import Status, Step, from_row
 
-PENDING = "pending"
-RUNNING = "running"
-DONE = "done"
-FAILED = "failed"
+PENDING = Status.PENDING
+RUNNING = Status.RUNNING
+DONE = Status.DONE
+FAILED = Status.FAILED
 #: ``Step.data`` key: the times and bytes of the last run that did the step's work.
 MEASURED = "measured"
 
@@ -59,26 +62,6 @@ CREATE TABLE IF NOT EXISTS history (
 
 class JournalLocked(Exception):
     """Another vmmove process holds this journal."""
-
-
-@dataclass
-class Step:
-    kind: str
-    item: str
-    status: str
-    started: float | None = None
-    finished: float | None = None
-    bytes: int | None = None
-    checksum: str | None = None
-    error: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    updated: float = 0.0
-
-    @property
-    def duration(self) -> float | None:
-        if self.started is None or self.finished is None:
-            return None
-        return self.finished - self.started
 
 
 class Journal:
@@ -323,4 +306,4 @@ class Journal:
 
 def _step(row: dict[str, Any]) -> Step:
     row["data"] = json.loads(row["data"] or "{}")
-    return Step(**row)
+    return from_row(row)

@@ -17,6 +17,19 @@ class UsageError(VmmoveError):
     exit_code = 2
 
 
+class SourceError(VmmoveError):
+    """A source that cannot be read; ``str()`` names the file or URI and the problem."""
+
+
+class ConnectError(SourceError):
+    """A libvirt host that cannot be reached: ``uri`` (without its password) and
+    ``reason``; ``str()`` is ``<uri>: cannot connect: <reason>``."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(f"{uri}: cannot connect: {reason}")
+        self.uri, self.reason = uri, reason
+
+
 def listed(head: str, problems: list[str]) -> str:
     """The one layout of a message with many problems (``plan --check``'s): a head line
     with the count, then one ``  - problem`` line each — never one line joined by

@@ -1,6 +1,6 @@
-"""The steps of a plan wave, driving converters, transfer and manifests from a plan.
+"""The stages of a plan wave, driving converters, transfer and manifests from a plan.
 
-This is CLI-layer glue (only ``migrate/cli`` may import converters and manifests): each
+The runners of :data:`migrate.pipeline.itinerary.WAVE` (:data:`WAVE_RUNNERS`): each
 function takes a loaded :class:`~migrate.plan.Plan` and a wave number, does its step for
 that wave's VMs (skipped ones left out) in the plan's work folder and journal, and
 returns a one-line summary, or raises :class:`VmmoveError` naming what failed.  All of
@@ -14,18 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from migrate.errors import ProblemsError, UsageError, VmmoveError
-from migrate.output import human_size
+from migrate.core.errors import ProblemsError, UsageError, VmmoveError
+from migrate.core.output import human_size
+from migrate.core.progress import SILENT, Reporters
 from migrate.plan import Plan, PlannedVM
-from migrate.status import KIND_MANIFESTS
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, image_basename
+from migrate.core.records import KIND_CONVERT, KIND_MANIFESTS, KIND_UPLOAD
+from migrate.core.workdir import disk_item, image_basename
 
 if TYPE_CHECKING:
     from converters.transfer.base import Backend, TransferItem
     from manifests.generate import ManifestSet
     from migrate.apply import Applied, ImportState, VmObjects
-    from migrate.kube import Kube
-    from migrate.mapping import StorageTarget
+    from migrate.clients.cluster import Kube
+    from migrate.core.mapping import StorageTarget
 
 
 def data_disks(p: PlannedVM) -> list[Any]:
@@ -56,11 +57,12 @@ def convert_options(plan: Plan, redo: bool = False) -> Any:
     return options
 
 
-def convert_wave(plan: Plan, wave: int, redo: bool | set[str] = False) -> str:
+def convert_wave(plan: Plan, wave: int, redo: bool | set[str] = False,
+                 reporters: Reporters = SILENT) -> str:
     """Convert every disk of the wave's VMs into the plan's work folder.  ``redo``: True
     converts every disk again, a set of VM keys those VMs' disks."""
     from converters.convert import FAILED, convert_disks
-    from migrate.cli.convert import BarProgress, estimate
+    from migrate.core.progress import disk_estimate as estimate
 
     vms = wave_vms(plan, wave)
     if plan.transfer.backend == "direct":
@@ -73,8 +75,8 @@ def convert_wave(plan: Plan, wave: int, redo: bool | set[str] = False) -> str:
                             if (disk_item(p.vm, d) in again) == redo_flag])
                for redo_flag in (True, False)]
     disks = [d for p in vms for d in data_disks(p)]
-    progress = BarProgress(sum(estimate(d) for d in disks), len(disks),
-                           verify=plan.convert.verify)
+    progress = reporters.convert(sum(estimate(d) for d in disks), len(disks),
+                                 plan.convert.verify)
     results: list[Any] = []
     try:
         for redo_flag, pairs in batches:
@@ -97,6 +99,23 @@ def disk_summary(step: str, results: list[Any], failed_status: str = "failed") -
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
     return f"{step}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def convert_selection(inventory: Any, vms: tuple[str, ...], folder: Path, options: Any,
+                      disks: list[tuple[str, str]] | None,
+                      reporters: Reporters = SILENT) -> list[Any]:
+    """``vmmove convert``: the disks of ``vms`` (or ``disks``, (vm key, target) pairs) of
+    ``inventory`` into ``folder``; one result per disk, failures among them."""
+    from converters.convert import convert_disks, select_disks
+    from migrate.core.progress import disk_estimate
+
+    data = [d for _, d in select_disks(inventory, vms, disks) if d.device in ("disk", "lun")]
+    progress = reporters.convert(sum(disk_estimate(d) for d in data), len(data),
+                                 options.verify)
+    try:
+        return convert_disks(inventory, vms, folder, options, progress, disks=disks)
+    finally:
+        progress.close()
 
 
 # -- upload ----------------------------------------------------------------------------------
@@ -142,8 +161,8 @@ def backend_for(plan: Plan, kube: KubeArgs | None = None,
 def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem], list[str]]:
     """Items for the converted disks of ``vms``; the disks not converted yet, by name."""
     from converters.transfer.base import TransferItem
-    from migrate.naming import dns1123_label
-    from migrate.state import DONE
+    from migrate.core.naming import dns1123_label
+    from migrate.core.journal import DONE
 
     items: list[TransferItem] = []
     missing: list[str] = []
@@ -153,7 +172,7 @@ def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem]
                 item = disk_item(p.vm, disk)
                 label = f"{p.vm.name}/{disk.target}"
                 step = journal.get(KIND_CONVERT, item)
-                output = Path(step.data.get("output", "")) if step and step.status == DONE \
+                output = Path(step.output or "") if step and step.status == DONE \
                     else None
                 if output is None or not output.is_file():
                     missing.append(label + (" (converted image missing)" if output else ""))
@@ -161,8 +180,8 @@ def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem]
                 items.append(TransferItem(
                     item=item, name=output.name, size=output.stat().st_size, path=output,
                     checksum=step.checksum if step else None,
-                    virtual_size=step.data.get("virtual_size") if step else None,
-                    format=step.data.get("format") if step else None,
+                    virtual_size=step.virtual_size if step else None,
+                    format=step.format if step else None,
                     dv_name=dns1123_label(image_basename(p.name, disk)),
                     label=f"{label} ({output.name})"))
     return items, missing
@@ -178,13 +197,13 @@ def redo_items(redo: bool | set[str], vms: list[PlannedVM]) -> set[str]:
 
 
 def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
-                redo: bool | set[str] = False) -> str:
+                redo: bool | set[str] = False, reporters: Reporters = SILENT) -> str:
     """Send the wave's converted images to the plan's transfer target (each where the
     plan says now: a done transfer to another target is sent again).  ``redo``: True for
     every VM, or the keys of the VMs to send again."""
     from converters.transfer.base import run_transfers
 
-    from migrate.state import DONE
+    from migrate.core.journal import DONE
 
     vms = wave_vms(plan, wave)
     if plan.transfer.backend == "direct":
@@ -204,7 +223,7 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
             i.item for i in items
             if i.item not in redo_items(redo, vms)
             and (s := journal.get(KIND_UPLOAD, i.item)) is not None and s.status == DONE
-            and s.checksum == i.checksum and s.data.get("target") == backend.target_of(i)}
+            and s.checksum == i.checksum and s.target == backend.target_of(i)}
     todo = [i for i in items if i.item not in done]
     if not todo:
         return f"upload: {len(items)} image(s) uploaded before, nothing to send"
@@ -220,9 +239,7 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
                    group) for target, group in by_target.items()]
     for b, _ in groups:
         b.prepare()
-    from migrate.progress import UploadProgress
-
-    bars = UploadProgress(sum(i.size for i in todo), len(todo))
+    bars = reporters.upload(sum(i.size for i in todo), len(todo))
     results: list[Any] = []
     try:
         with plan.journal() as journal:
@@ -250,13 +267,13 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
 # -- transfer mode direct --------------------------------------------------------------------
 
 
-def direct_wave(plan: Plan, wave: int, kube: KubeArgs | None = None, redo: bool = False,
-                max_inflight: int | None = None) -> str:
+def direct_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
+                redo: bool | set[str] = False, max_inflight: int | None = None) -> str:
     """Have in-cluster worker Jobs write the wave's disks from their hosts
     (converters/transfer/direct.py); one line per failed disk."""
     from converters.transfer.direct import DirectDisk, DirectTransfer
-    from migrate.kube import connect
-    from migrate.progress import log
+    from migrate.clients.cluster import connect
+    from migrate.core.progress import log
 
     vms = wave_vms(plan, wave)
     disks = [DirectDisk(p.vm, d, p.name, p.namespace) for p in vms for d in data_disks(p)]
@@ -341,8 +358,8 @@ def elsewhere(plan: Plan, vms: list[PlannedVM]) -> list[str]:
     (a one-off ``vmmove upload`` elsewhere, or the plan's target changed since), one
     problem each: their manifests would import from the wrong place."""
     from converters.transfer.base import TransferError
-    from migrate.naming import dns1123_label
-    from migrate.state import DONE
+    from migrate.core.naming import dns1123_label
+    from migrate.core.journal import DONE
 
     if plan.transfer.backend is None or not plan.journal_path.is_file():
         return []
@@ -355,13 +372,13 @@ def elsewhere(plan: Plan, vms: list[PlannedVM]) -> list[str]:
         for p in vms:
             for d in data_disks(p):
                 step = journal.get(KIND_UPLOAD, disk_item(p.vm, d))
-                if step is None or step.status != DONE or "target" not in step.data:
+                if step is None or step.status != DONE or not step.has_target:
                     continue
                 want = by_ns[p.namespace].target_for(
-                    str(step.data.get("name") or ""),
+                    str(step.name or ""),
                     dns1123_label(image_basename(p.name, d)))
-                if step.data["target"] != want:
-                    got = step.data["target"]
+                if step.target != want:
+                    got = step.target
                     problems.append(
                         f"{p.vm.name}/{d.target}: uploaded to "
                         + "/".join(str(v) for k, v in got.items() if k != "backend")
@@ -379,7 +396,7 @@ def build_manifests(plan: Plan, vms: list[PlannedVM]) -> list[ManifestSet]:
                             "target", stale)
     from manifests.generate import GenerationContext, GenerationOptions, VmOverrides, build_all
     from manifests.sources import SourceResolver
-    from migrate.workdir import target_names
+    from migrate.core.workdir import target_names
 
     d = plan.defaults
     options = GenerationOptions(namespace=plan.namespace, run_strategy=d.run_strategy,
@@ -432,13 +449,13 @@ def manifests_wave(plan: Plan, wave: int) -> str:
 def vm_objects(plan: Plan, sets: list[ManifestSet]) -> list[VmObjects]:
     """What apply sends for each VM, and which DataVolume fills which disk."""
     from migrate.apply import ImportItem, VmObjects
-    from migrate.state import DONE
+    from migrate.core.journal import DONE
 
     by_key = {p.key: p for p in plan.vms}
     out: list[VmObjects] = []
     with plan.journal() as journal:
-        uploads = {s.data.get("dv"): s.item for s in journal.steps(KIND_UPLOAD)
-                   if s.status == DONE and s.data.get("dv")}
+        uploads = {s.dv: s.item for s in journal.steps(KIND_UPLOAD)
+                   if s.status == DONE and s.dv}
     for s in sets:
         p = by_key[s.vm_key]
         targets = {d.target: disk_item(p.vm, d) for d in p.vm.disks}
@@ -463,37 +480,6 @@ def vm_objects(plan: Plan, sets: list[ManifestSet]) -> list[VmObjects]:
     return out
 
 
-class ImportBars:
-    """A tqdm bar per DataVolume (percent), log lines when not on a terminal."""
-
-    def __init__(self) -> None:
-        self.bars: dict[str, Any] = {}
-        self.logged: dict[str, str] = {}
-
-    def update(self, state: ImportState) -> None:
-        from migrate.progress import bar, log
-
-        key = f"{state.item.namespace}/{state.item.dv}"
-        if key not in self.bars:
-            self.bars[key] = bar(100.0, state.item.label, unit="%", position=len(self.bars))
-        b = self.bars[key]
-        if state.progress is not None:
-            b.n = state.progress
-        b.set_postfix_str(state.phase or "", refresh=False)
-        b.refresh()
-        line = f"{state.phase}" + (f" {state.progress:.0f}%" if state.progress is not None
-                                   else "")
-        if state.outcome:
-            line = f"{state.outcome}" + (f": {state.reason}" if state.reason else "")
-        if self.logged.get(key) != line:
-            self.logged[key] = line
-            log(f"{state.item.label} (DataVolume {key}): {line}")
-
-    def close(self) -> None:
-        for b in self.bars.values():
-            b.close()
-
-
 @dataclass
 class ApplyOutcome:
     applied: list[Applied]
@@ -508,7 +494,7 @@ class ApplyOutcome:
 def apply_wave(plan: Plan, wave: int, kube: Kube | None, *, dry_run: str | None = None,
                force: bool = False, wait: bool = True, timeout: float = 3600.0,
                max_restarts: int = 3, sets: list[ManifestSet] | None = None,
-               on_applied: Any = None) -> ApplyOutcome:
+               on_applied: Any = None, reporters: Reporters = SILENT) -> ApplyOutcome:
     """Apply the wave's objects (namespaces, Secrets, VMs), then watch the imports."""
     from migrate.apply import apply_objects, watch_imports
 
@@ -524,7 +510,8 @@ def apply_wave(plan: Plan, wave: int, kube: Kube | None, *, dry_run: str | None 
             items = [i for o in objects if o.key in active for i in o.imports]
             if items:
                 states = watch_imports(kube, items, journal, timeout=timeout,
-                                       max_restarts=max_restarts, progress=ImportBars())
+                                       max_restarts=max_restarts,
+                                       progress=reporters.imports())
     return ApplyOutcome(applied, states)
 
 
@@ -626,7 +613,7 @@ def wave_upload_records(plan: Plan, wave: int) -> list[dict[str, Any]]:
     """Where each disk of the wave stands in the journal's upload records, for ``-o``:
     item, VM, disk, status (``not uploaded`` without a record), checksum, times (RFC 3339)
     and the :data:`UPLOAD_FIELDS` the record has."""
-    from migrate.output import rfc3339
+    from migrate.core.output import rfc3339
 
     records = []
     with plan.journal() as journal:
@@ -637,17 +624,18 @@ def wave_upload_records(plan: Plan, wave: int) -> list[dict[str, Any]]:
                 record: dict[str, Any] = {"item": item, "vm": p.vm.name, "disk": disk.target,
                                           "status": step.status if step else "not uploaded"}
                 if step is not None:
-                    record.update({k: step.data[k] for k in UPLOAD_FIELDS if k in step.data})
+                    record.update(step.fields(UPLOAD_FIELDS))
                     record.update(checksum=step.checksum, started=rfc3339(step.started),
                                   finished=rfc3339(step.finished), error=step.error)
                 records.append(record)
     return records
 
 
-def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool) -> str:
+def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool,
+                reporters: Reporters = SILENT) -> str:
     """For ``vmmove upload PLAN --wave N``: the wave's converted images to the plan's
     transfer target; returns the summary line."""
-    from migrate.pipeline import plan_lock
+    from migrate.pipeline.wave import plan_lock
     from migrate.plan import load_plan
 
     plan = load_plan(plan_file)
@@ -656,4 +644,108 @@ def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool) ->
     if kube.namespace:
         plan.use_namespace(kube.namespace)
     with plan_lock(plan):
-        return upload_wave(plan, wave, kube, redo=redo)
+        return upload_wave(plan, wave, kube, redo=redo, reporters=reporters)
+
+
+# -- the wave itinerary, run ------------------------------------------------------------------
+
+
+def wave_runners(plan: Plan, wave: int, kube: Kube, kube_args: KubeArgs, *,
+                 redo: bool | set[str],
+                 force: bool, wait: bool, timeout: float, max_restarts: int,
+                 outcome_box: dict[str, Any], reporters: Reporters = SILENT) -> dict[str, Any]:
+    """The function that runs each phase of :data:`~migrate.pipeline.itinerary.WAVE` for
+    ``wave``, by phase name (each returns its one-line summary or raises VmmoveError);
+    the apply phase leaves its :class:`ApplyOutcome` in ``outcome_box["outcome"]``."""
+
+    def apply_stage() -> str:
+        outcome = apply_wave(plan, wave, kube, force=force, wait=wait, timeout=timeout,
+                             max_restarts=max_restarts, reporters=reporters)
+        outcome_box["outcome"] = outcome
+        errors = apply_errors(outcome)
+        if errors:
+            raise ProblemsError(f"apply: {len(errors)} problem(s)", errors)
+        return apply_summary(outcome)
+
+    return {
+        "convert": lambda: convert_wave(plan, wave, redo=redo, reporters=reporters),
+        "upload": lambda: upload_wave(plan, wave, kube_args, redo=redo, reporters=reporters),
+        "manifests": lambda: manifests_wave(plan, wave),
+        "apply": apply_stage,
+    }
+
+
+def redo_scope(plan: Plan, wave: int, vms: tuple[str, ...], redo: bool) -> bool | set[str]:
+    """What ``--redo`` does again: the whole wave (True), nothing (False), or the keys of
+    the VMs named (which must be in the wave, and go with ``--redo``)."""
+    if not vms:
+        return redo
+    if not redo:
+        raise UsageError("migrate: VM names go with --redo (the VMs to do again)")
+    from migrate.pipeline.cutover import select_vms
+
+    return {p.key for p in select_vms(plan, wave, vms)}
+
+
+def stage_wave(plan: Plan, wave: int, kube_args: KubeArgs, *, redo: bool | set[str],
+               force: bool,
+               wait: bool, timeout: float, max_restarts: int, on_result: Any = None,
+               reporters: Reporters = SILENT) -> tuple[list[Any], ApplyOutcome | None]:
+    """``vmmove migrate PLAN --wave N --stage``: every phase of the wave itinerary in
+    order under the plan lock, stopping at the first that fails; the stage results and
+    the apply outcome (None when apply did not run).  ``redo``: True for every VM, or the
+    keys of the VMs to convert and send again.  Everything the wave needs is checked
+    first (:func:`preflight_wave`) and every problem raised at once as
+    :class:`~migrate.plan.PlanError`: no disk is converted for a wave that cannot land."""
+    from migrate.clients.cluster import connect
+    from migrate.pipeline.itinerary import WAVE
+    from migrate.pipeline.wave import Stage, run_stages
+    from migrate.plan import PlanError
+
+    # every problem now, not one after hours of conversion
+    problems, kube = preflight_wave(plan, wave, kube_args,
+                                    lambda: connect(kube_args.kubeconfig, kube_args.context))
+    if problems:
+        if kube is not None:
+            kube.close()
+        raise PlanError(plan.path, [f"wave {wave}: preflight: {p}" for p in problems])
+    box: dict[str, Any] = {}
+    try:
+        runners = wave_runners(plan, wave, kube, kube_args, redo=redo, force=force,
+                               wait=wait, timeout=timeout, max_restarts=max_restarts,
+                               outcome_box=box, reporters=reporters)
+        stages = [Stage(phase.name, runners[phase.name]) for phase in WAVE.phases]
+        results = run_stages(plan, wave, stages, on_result=on_result)
+    finally:
+        kube.close()
+    return results, box.get("outcome")
+
+
+def apply_waves(plan: Plan, numbers: list[int], kube_args: KubeArgs, *, dry_run: str | None,
+                force: bool, wait: bool, timeout: float, max_restarts: int,
+                reporters: Reporters = SILENT) -> list[tuple[int, ApplyOutcome]]:
+    """``vmmove apply PLAN [--wave N]``: apply each wave of ``numbers`` (skipping empty
+    ones) under the plan lock and watch its imports; stops after the first wave with a
+    problem (:func:`apply_errors`).  ``dry_run`` ``client`` contacts no cluster."""
+    from migrate.clients.cluster import connect
+    from migrate.pipeline.wave import plan_lock
+
+    for n in numbers:
+        plan.wave(n)  # an unknown wave fails before anything is contacted
+    outcomes: list[tuple[int, ApplyOutcome]] = []
+    kube = None if dry_run == "client" else connect(kube_args.kubeconfig, kube_args.context)
+    try:
+        with plan_lock(plan):
+            for n in numbers:
+                if not plan.wave(n):
+                    continue
+                outcome = apply_wave(plan, n, kube, dry_run=dry_run, force=force, wait=wait,
+                                     timeout=timeout, max_restarts=max_restarts,
+                                     reporters=reporters)
+                outcomes.append((n, outcome))
+                if apply_errors(outcome):
+                    break
+    finally:
+        if kube is not None:
+            kube.close()
+    return outcomes

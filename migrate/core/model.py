@@ -3,14 +3,32 @@
 A scan produces an :class:`Inventory` of :class:`VM` records; assessment, planning,
 conversion, transfer and manifest generation all read the same records.  Every class
 is a plain dataclass so that an inventory round-trips through JSON or YAML without loss
-(see :mod:`migrate.serialize`).  Sizes and memory are in bytes, always.
+(see :mod:`migrate.core.serialize`).  Sizes and memory are in bytes, always.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+
+#: A MAC address as the model stores it: six lower-case hex pairs joined by colons.
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_ANY_MAC = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
+
+
+def normalize_mac(text: str | None, bare: bool = False) -> str | None:
+    """``00:1A:4b:…`` or ``00-1a-…`` (and, with ``bare``, ``001a4b…``: twelve hex digits)
+    as the model's form (:data:`MAC_RE`); None when ``text`` is not a MAC address."""
+    if not text:
+        return None
+    if bare and re.fullmatch(r"[0-9A-Fa-f]{12}", text):
+        return ":".join(text[i:i + 2] for i in range(0, 12, 2)).lower()
+    if _ANY_MAC.match(text):
+        return text.lower().replace("-", ":")
+    return None
 
 
 class PowerState(str, Enum):
@@ -310,3 +328,15 @@ class Inventory:
         (copies of one VM from different files share both)."""
         exact = [vm for vm in self.vms if vm.key == ref]
         return exact or [vm for vm in self.vms if ref in (vm.name, vm.uuid)]
+
+    def select(self, refs: Sequence[str]) -> list[VM]:
+        """The VMs ``refs`` name (:meth:`find_all`, each once, in the order named); every
+        VM when ``refs`` is empty.  UsageError listing the refs that name no VM."""
+        if not refs:
+            return list(self.vms)
+        missing = [ref for ref in refs if self.find(ref) is None]
+        if missing:
+            from migrate.core.errors import UsageError
+
+            raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
+        return list({id(vm): vm for ref in refs for vm in self.find_all(ref)}.values())

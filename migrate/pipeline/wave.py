@@ -21,14 +21,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.errors import VmmoveError
-from migrate.files import LockBusy, private_dir, run_lock
+from migrate.core.errors import VmmoveError
+from migrate.core.files import LockBusy, private_dir, run_lock
 from migrate.plan import Plan
-from migrate.progress import log
-from migrate.state import DONE, Journal
+from migrate.core.progress import log
+from migrate.core.journal import DONE, Journal
+from migrate.pipeline.itinerary import STAGES
+from migrate.core.records import KIND_STAGE
 
-KIND_STAGE = "stage"
-STAGES = ("convert", "upload", "manifests", "apply")
 LOCK_NAME = "vmmove-plan.lock"
 
 
@@ -58,7 +58,7 @@ class StageResult:
     summary: str = ""
     error: str | None = None
     problems: list[str] = field(default_factory=list)  # an error listing problems: each
-    head: str | None = None  # ... and the line above them (see migrate.errors.listed)
+    head: str | None = None  # ... and the line above them (see migrate.core.errors.listed)
 
 
 @dataclass

@@ -49,23 +49,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.apply import (
+from migrate.core.records import (
     KIND_APPLY,
     KIND_CUTOVER,
     KIND_CUTOVER_PAST,
     KIND_IMPORT,
     KIND_ROLLBACK,
 )
-from migrate.errors import UsageError, VmmoveError
-from migrate.kube import DATA_VOLUME, VIRTUAL_MACHINE, Kube
-from migrate.model import VM
+from migrate.core.errors import ConnectError, UsageError, VmmoveError
+from migrate.clients import cluster
+from migrate.clients.cluster import DATA_VOLUME, VIRTUAL_MACHINE, VMI, Kube, set_run_strategy
+from migrate.core.model import VM
 from migrate.plan import Plan, PlannedVM
-from migrate.progress import trace_call, without_password
-from migrate.state import DONE, RUNNING, Journal
-from migrate.workdir import disk_item
+from migrate.core.progress import SILENT, Reporters, Subscriber, trace_call
+from migrate.core.journal import DONE, RUNNING, Journal
+from migrate.core.workdir import disk_item
+from migrate.pipeline.itinerary import CUTOVER, STEPS
 
-STEPS = ("preflight", "stop", "sync", "start", "verify", "done")
-VMI = ("kubevirt.io/v1", "VirtualMachineInstance")
 #: ``--jobs`` default: VMs cut over (or rolled back) at once, at most this many.  Small on
 #: purpose: the operator watches every VM that is down at once, full final syncs take turns
 #: anyway (they convert and upload through one work folder), and the Kubernetes client's
@@ -98,9 +98,21 @@ class RollbackOptions:
     poll: float = 0.5
 
 
-#: The final sync: given the VM and the journal, make the target's disks equal the stopped
-#: source's, and return what to record (``mode``, per-disk results, bytes).
-SyncFn = Callable[[PlannedVM, Journal], dict[str, Any]]
+@dataclass(frozen=True)
+class SourceStopped:
+    """The stop step's fact: the source VM ``key`` is off (``how``: shutdown | already
+    off | destroyed after timeout; ``at``: when the stop started, epoch seconds).  The
+    final sync reads the stopped disks on this fact, not on the scan's stale power state."""
+
+    key: str
+    how: str
+    at: float | None
+
+
+#: The final sync: given the VM, the journal and the fact that its source is stopped, make
+#: the target's disks equal the stopped source's, and return what to record (``mode``,
+#: per-disk results, bytes).
+SyncFn = Callable[[PlannedVM, Journal, SourceStopped], dict[str, Any]]
 Log = Callable[[str], None]
 
 
@@ -174,46 +186,29 @@ def wait_until(when: datetime.datetime, log: Log) -> float:
 # -- the source: a libvirt domain -------------------------------------------------------------
 
 
-def _libvirt() -> Any:
-    import libvirt
-
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    return libvirt
-
-
-STATE_NAMES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutting down",
-               5: "shut off", 6: "crashed", 7: "suspended"}
-_OFF = {5, 6}  # shut off, crashed: nothing runs
-
-
 class Source:
-    """The source domain of one VM, through the libvirt URI it was scanned from."""
+    """The source domain of one VM, through the libvirt URI it was scanned from (the
+    scan's connection path: :func:`migrate.clients.libvirt.connect`, read-write)."""
 
     def __init__(self, p: PlannedVM) -> None:
+        from migrate.clients.libvirt import Domain, LibvirtCallError
+
         vm = p.vm
         if vm.source.kind.value != "libvirt":
             raise CutoverError(f"{vm.name}: source {vm.source.location} is not a libvirt host; "
                                "cutover stops and starts libvirt domains only")
-        libvirt = _libvirt()
         self.label = f"{vm.name} on {vm.source.location}"
-        trace_call(f"libvirt.open({without_password(vm.source.location)!r})")
         try:
-            self.conn = libvirt.open(vm.source.location)
-        except libvirt.libvirtError as exc:
+            self.domain = Domain(vm.source.location, vm.uuid, vm.name)
+        except ConnectError as exc:
             raise CutoverError(f"{self.label}: cannot reach the source host: "
-                               f"{exc.get_error_message()}") from None
-        trace_call(f"lookupByUUIDString({vm.uuid!r})" if vm.uuid
-                   else f"lookupByName({vm.name!r})")
-        try:
-            self.dom = (self.conn.lookupByUUIDString(vm.uuid) if vm.uuid
-                        else self.conn.lookupByName(vm.name))
-        except libvirt.libvirtError:
-            self.conn.close()
+                               f"{exc.reason}") from None
+        except LibvirtCallError:
             raise CutoverError(f"{self.label}: no such domain on the source host "
                                f"(uuid {vm.uuid or '-'}); was it undefined or renamed?") from None
 
     def close(self) -> None:
-        self.conn.close()
+        self.domain.close()
 
     def __enter__(self) -> Source:
         return self
@@ -222,39 +217,36 @@ class Source:
         self.close()
 
     @property
-    def state(self) -> int:
-        return int(self.dom.state()[0])
-
-    @property
     def state_name(self) -> str:
-        return STATE_NAMES.get(self.state, "unknown")
+        return self.domain.state_name
 
     @property
     def running(self) -> bool:
-        return self.state not in _OFF
+        return self.domain.running
 
     def stop(self, timeout: float, force: bool, poll: float = 0.25) -> dict[str, Any]:
         """Shut the domain down (ACPI); destroy only with ``force`` once ``timeout`` passed."""
-        libvirt = _libvirt()
+        from migrate.clients.libvirt import LibvirtCallError
+
+        dom = self.domain
         before = self.state_name
         started = time.monotonic()
         if not self.running:
             return {"before": before, "how": "already off", "seconds": 0.0}
-        if self.state == 3 and not force:  # paused: ACPI cannot reach the guest
+        paused = dom.paused
+        if paused and not force:  # ACPI cannot reach a paused guest
             raise CutoverError(f"{self.label}: the domain is paused, an ACPI shutdown cannot "
                                "reach it; resume it (virsh resume) or pass --force to power it "
                                "off. Nothing was changed.")
-        if self.state != 3:
-            trace_call(f"{self.dom.name()}.shutdown()  # ACPI, on {self.label}")
+        if not paused:
+            trace_call(f"{dom.name()}.shutdown()  # ACPI, on {self.label}")
             try:
-                self.dom.shutdown()
-            except libvirt.libvirtError as exc:
+                dom.shutdown()
+            except LibvirtCallError as exc:
                 if self.running:
-                    raise CutoverError(f"{self.label}: shutdown refused: "
-                                       f"{exc.get_error_message()}; nothing was changed") from None
-        while self.running and time.monotonic() - started < timeout:
-            time.sleep(poll)
-        if not self.running:
+                    raise CutoverError(f"{self.label}: shutdown refused: {exc}; nothing was "
+                                       "changed") from None
+        if dom.wait_off(timeout - (time.monotonic() - started), poll):
             return {"before": before, "how": "shutdown", "seconds": time.monotonic() - started}
         if not force:
             raise CutoverError(
@@ -262,56 +254,30 @@ class Source:
                 f"is still {self.state_name}; nothing else was changed. Shut it down from "
                 "inside the guest, raise --shutdown-timeout, or pass --force to power it off "
                 "after the timeout")
-        trace_call(f"{self.dom.name()}.destroy()  # power off, on {self.label}")
+        trace_call(f"{dom.name()}.destroy()  # power off, on {self.label}")
         try:
-            self.dom.destroy()
-        except libvirt.libvirtError as exc:
+            dom.destroy()
+        except LibvirtCallError as exc:
             if self.running:
-                raise CutoverError(f"{self.label}: destroy failed: "
-                                   f"{exc.get_error_message()}") from None
+                raise CutoverError(f"{self.label}: destroy failed: {exc}") from None
         return {"before": before, "how": "destroyed after timeout",
                 "seconds": time.monotonic() - started}
 
     def start(self) -> str:
         """Start the domain unless it runs; what was done."""
-        libvirt = _libvirt()
+        from migrate.clients.libvirt import LibvirtCallError
+
         if self.running:
             return "already running"
-        trace_call(f"{self.dom.name()}.create()  # start, on {self.label}")
+        trace_call(f"{self.domain.name()}.create()  # start, on {self.label}")
         try:
-            self.dom.create()
-        except libvirt.libvirtError as exc:
-            raise CutoverError(f"{self.label}: cannot start the source again: "
-                               f"{exc.get_error_message()}") from None
+            self.domain.create()
+        except LibvirtCallError as exc:
+            raise CutoverError(f"{self.label}: cannot start the source again: {exc}") from None
         return "started"
 
 
 # -- the target: a KubeVirt VirtualMachine -------------------------------------------------------
-
-
-def set_run_strategy(kube: Kube, namespace: str, name: str, strategy: str) -> dict[str, Any]:
-    """Merge-patch ``spec.runStrategy`` (only that field) of a VirtualMachine."""
-    resource = kube.resource(*VIRTUAL_MACHINE)
-    body = {"spec": {"runStrategy": strategy}}
-
-    def call() -> Any:
-        return resource.patch(body=body, name=name, namespace=namespace,
-                              content_type="application/merge-patch+json",
-                              _request_timeout=kube.options.request_timeout)
-
-    return kube.retrying(f"patch VirtualMachine {namespace}/{name} runStrategy={strategy}",
-                         call).to_dict()
-
-
-def get_vmi(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
-    return kube.get(*VMI, name, namespace)
-
-
-def agent_connected(vmi: dict[str, Any]) -> bool:
-    for cond in (vmi.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "AgentConnected" and str(cond.get("status")) == "True":
-            return True
-    return False
 
 
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
@@ -326,39 +292,20 @@ def has_guest_agent(vm: VM) -> bool:
 
 def wait_running(kube: Kube, namespace: str, name: str, timeout: float, agent: bool,
                  poll: float) -> dict[str, Any]:
-    """Wait for the VMI to run (and the agent to connect, when asked); raise on timeout."""
-    started = time.monotonic()
-    vmi: dict[str, Any] | None = None
-    while True:
-        vmi = get_vmi(kube, namespace, name)
-        phase = ((vmi or {}).get("status") or {}).get("phase")
-        if phase == "Running" and (not agent or agent_connected(vmi or {})):
-            return {"phase": phase, "agent": agent_connected(vmi or {}),
-                    "node": ((vmi or {}).get("status") or {}).get("nodeName"),
-                    "seconds": round(time.monotonic() - started, 3)}
-        if phase in ("Failed", "Succeeded"):
-            raise CutoverError(f"VirtualMachineInstance {namespace}/{name} is {phase}, not "
-                               "Running")
-        if time.monotonic() - started >= timeout:
-            what = (f"is {phase}" if phase else "does not exist")
-            if phase == "Running" and agent:
-                what = "runs but its guest agent did not connect"
-            raise CutoverError(f"VirtualMachineInstance {namespace}/{name} {what} after "
-                               f"{timeout:g}s (--verify-timeout)")
-        time.sleep(poll)
+    """:func:`migrate.clients.cluster.wait_running`, a timeout as :class:`CutoverError`."""
+    try:
+        return cluster.wait_running(kube, namespace, name, timeout, agent, poll)
+    except cluster.WaitError as exc:
+        raise CutoverError(str(exc)) from None
 
 
 def wait_vmi_gone(kube: Kube, namespace: str, name: str, timeout: float,
                   poll: float) -> float:
-    started = time.monotonic()
-    while get_vmi(kube, namespace, name) is not None:
-        if time.monotonic() - started >= timeout:
-            raise CutoverError(
-                f"VirtualMachineInstance {namespace}/{name} still exists {timeout:g}s after "
-                "runStrategy became Halted; the source was NOT started (two copies must never "
-                "run at once): check the VM with kubectl, then rerun vmmove rollback")
-        time.sleep(poll)
-    return time.monotonic() - started
+    """:func:`migrate.clients.cluster.wait_vmi_gone`, a timeout as :class:`CutoverError`."""
+    try:
+        return cluster.wait_vmi_gone(kube, namespace, name, timeout, poll)
+    except cluster.WaitError as exc:
+        raise CutoverError(str(exc)) from None
 
 
 # -- cutover -----------------------------------------------------------------------------------
@@ -386,6 +333,14 @@ def next_action(plan: Plan, p: PlannedVM, step: str, source_stopped: bool) -> st
             f"or `{c['rollback']}` to start the source again")
 
 
+@dataclass(frozen=True)
+class ProgressItem:
+    """A VM as the progress protocol names it."""
+
+    item: str
+    label: str
+
+
 @dataclass
 class VmCutover:
     """The outcome of one VM's cutover run."""
@@ -402,6 +357,10 @@ class VmCutover:
     #: warm: what a full copy of the disks took (the first round), against the downtime
     full_copy_seconds: float | None = None
 
+    @property
+    def ok(self) -> bool:
+        return self.status in ("done", "done before")
+
     def to_data(self) -> dict[str, Any]:
         return {"key": self.key, "vm": self.vm, "target": self.target, "status": self.status,
                 "steps": self.steps, "downtime": self.downtime, "syncMode": self.sync_mode,
@@ -417,12 +376,13 @@ def critical_concerns(plan: Plan, p: PlannedVM) -> list[str]:
     return [f"{c.id}: {c.message}" for c in concerns if c.severity == Severity.CRITICAL]
 
 
-def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal) -> dict[str, Any]:
+def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
+              source: Callable[[PlannedVM], Source] | None = None) -> dict[str, Any]:
     """Every reason not to stop the source, all at once."""
     problems: list[str] = []
     problems += [f"critical concern {c}" for c in critical_concerns(plan, p)]
     apply = journal.get(KIND_APPLY, p.key)
-    if apply is None or apply.status != DONE or apply.data.get("result") == "dry-run":
+    if apply is None or apply.status != DONE or apply.result == "dry-run":
         problems.append("not applied yet (run vmmove migrate --stage or vmmove apply)")
     disks = [d for d in p.vm.disks if d.device in ("disk", "lun")]
     not_imported = [d.target for d in disks
@@ -440,7 +400,7 @@ def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal) -> dict[st
                         f"{kube.where}")
     source_state = None
     try:
-        with Source(p) as src:
+        with (source or Source)(p) as src:
             source_state = src.state_name
     except CutoverError as exc:
         problems.append(str(exc))
@@ -455,9 +415,16 @@ class Cutover:
     """One cutover run over some VMs of a wave (the caller holds the plan lock)."""
 
     def __init__(self, plan: Plan, kube: Kube, journal: Journal, sync: SyncFn,
-                 options: CutoverOptions, log: Log) -> None:
+                 options: CutoverOptions, log: Log,
+                 source: Callable[[PlannedVM], Source] | None = None,
+                 progress: Subscriber | None = None) -> None:
         self.plan, self.kube, self.journal, self.sync = plan, kube, journal, sync
         self.options, self.log = options, log
+        #: Opens a VM's source domain (:class:`Source`; tests give an in-memory one).
+        self.source = source or Source
+        #: Hears each VM queued with its phases after the preflight, one unit per phase
+        #: done (the phase as the note), and its result.
+        self.progress = progress or Subscriber()
         #: Set on Ctrl-C while workers run: each stops before its next step (journalled).
         self.cancelled = threading.Event()
 
@@ -502,7 +469,7 @@ class Cutover:
     def _source_stopped(self, p: PlannedVM) -> bool:
         """Whether the source is off now (asked from libvirt; the journal if unreachable)."""
         try:
-            with Source(p) as src:
+            with self.source(p) as src:
                 return not src.running
         except CutoverError:
             stop = self.journal.get(KIND_CUTOVER, step_item(p.key, "stop"))
@@ -519,79 +486,143 @@ class Cutover:
         top = j.get(KIND_CUTOVER, p.key)
         if top is None or top.status != RUNNING:
             j.start(KIND_CUTOVER, p.key, wave=p.wave, name=p.name, namespace=p.namespace)
-        self._step(p, "preflight", lambda: preflight(self.plan, p, self.kube, j), False)
+        self._step(p, "preflight", lambda: preflight(self.plan, p, self.kube, j, self.source), False)
+
+    def run_selection(self, chosen: Sequence[PlannedVM], wave: int, jobs: int | None,
+                      when: datetime.datetime | None) -> list[VmCutover]:
+        """The whole itinerary for ``chosen``: every preflight first, and no source stopped
+        unless all pass; then, after ``when``, the other phases ``jobs`` VMs at once.
+        One result per VM, in the order given (``done before`` for a VM cut over by an
+        earlier run, ``not started`` when another VM's preflight failed)."""
+        plan, journal, log = self.plan, self.journal, self.log
+        results: list[VmCutover] = []
+        todo = []
+        for p in chosen:
+            if self.done_before(p):
+                results.append(VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}",
+                                         "done before", downtime=downtime_of(journal, p)))
+                continue
+            try:
+                self.preflight(p)
+                todo.append(p)
+            except CutoverError as exc:
+                results.append(VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}",
+                                         "failed", error=str(exc)))
+        refused = [r.vm for r in results if r.status == "failed"]
+        if refused and todo:
+            # No source stops unless every VM of the selection passed its preflight.
+            names = " ".join(p.vm.name for p in todo)
+            log(f"no source stopped: the preflight of {', '.join(refused)} failed")
+            for p in todo:
+                results.append(VmCutover(
+                    p.key, p.vm.name, f"{p.namespace}/{p.name}", "not started",
+                    steps={"preflight": "done"},
+                    next=f"preflight passed, nothing was changed: fix the preflight of "
+                         f"{', '.join(refused)} and rerun, or cut over only the VMs "
+                         f"that passed: `vmmove cutover {plan.path} --wave {wave} "
+                         f"{names}`"))
+            todo = []
+        if todo and when is not None:
+            wait_until(when, log)
+        if todo:
+            n = jobs or default_jobs(len(todo))
+            if n > 1 and len(todo) > 1:
+                log(f"cutting over {len(todo)} VM(s), {min(n, len(todo))} at once")
+            results += self.run_parallel(todo, n)
+        order = {p.key: i for i, p in enumerate(chosen)}
+        results.sort(key=lambda r: order[r.key])
+        return results
 
     def run_vm(self, p: PlannedVM) -> VmCutover:
-        """Steps 2-6 for one VM whose preflight is done; resumes where the last run stopped."""
-        j, o = self.journal, self.options
+        """The phases of :data:`~migrate.pipeline.itinerary.CUTOVER` after the preflight,
+        for one VM whose preflight is done; resumes where the last run stopped (a phase
+        the journal records done is skipped)."""
+        j = self.journal
         result = VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}", "done")
         top = j.get(KIND_CUTOVER, p.key)
         if top is None or top.status != RUNNING:
             j.start(KIND_CUTOVER, p.key, wave=p.wave, name=p.name, namespace=p.namespace)
         result.steps["preflight"] = "done"
+        item = ProgressItem(p.key, p.vm.name)
+        for phase in CUTOVER.after("preflight"):
+            run = getattr(self, f"_phase_{phase.name}")
+            result.steps[phase.name] = run(p, phase.source_stopped, result)
+            self.progress.on_progress(item, 1, phase.name)
+        self.log(f"{p.vm.name}: cut over to {p.namespace}/{p.name}; "
+                 f"downtime {result.downtime:.1f}s")
+        return result
 
-        def is_done(step: str) -> bool:
-            return j.is_done(KIND_CUTOVER, step_item(p.key, step))
+    def _is_done(self, p: PlannedVM, step: str) -> bool:
+        return self.journal.is_done(KIND_CUTOVER, step_item(p.key, step))
 
-        # 2. stop (rechecked when done: a source started again must not be left running)
-        sync_done = is_done("sync")
-        with Source(p) as src:
-            if is_done("stop") and src.running:
-                if sync_done:
+    def _phase_stop(self, p: PlannedVM, stopped: bool, result: VmCutover) -> str:
+        """Rechecked when done: a source started again must not be left running."""
+        j = self.journal
+        with self.source(p) as src:
+            if self._is_done(p, "stop") and src.running:
+                if self._is_done(p, "sync"):
                     raise self._fail_top(p, "stop", CutoverError(
                         f"{p.vm.name}: the source runs again although the cutover stopped it "
                         "and synced its disks; what it wrote since would be lost. Run vmmove "
                         "rollback (or stop it) before resuming"), True)
                 self.log(f"{p.vm.name}: the source runs again: stopping it again")
                 j.reset(KIND_CUTOVER, step_item(p.key, "stop"))
-            if not is_done("stop"):
-                self._step(p, "stop", lambda: _stop_data(src, o), False)
-                result.steps["stop"] = "done"
-            else:
-                result.steps["stop"] = "skipped"
-        # 3. final sync
-        if not is_done("sync"):
-            self._step(p, "sync", lambda: self.sync(p, j), True)
-            result.steps["sync"] = "done"
-        else:
-            result.steps["sync"] = "skipped"
-        # 4. start the target
-        if not is_done("start"):
-            def start() -> dict[str, Any]:
-                answer = set_run_strategy(self.kube, p.namespace, p.name, "Always")
-                meta = answer.get("metadata") or {}
-                return {"runStrategy": (answer.get("spec") or {}).get("runStrategy"),
-                        "resourceVersion": meta.get("resourceVersion")}
-            self._step(p, "start", start, True)
-            result.steps["start"] = "done"
-        else:
-            result.steps["start"] = "skipped"
-        # 5. verify
-        if not is_done("verify"):
-            self._step(p, "verify", lambda: self._verify(p), True)
-            result.steps["verify"] = "done"
-        else:
-            result.steps["verify"] = "skipped"
-        # 6. done: downtime from the start of stop to the end of verify
+            if self._is_done(p, "stop"):
+                return "skipped"
+            self._step(p, "stop", lambda: _stop_data(src, self.options), stopped)
+            return "done"
+
+    def _stopped_fact(self, p: PlannedVM) -> SourceStopped:
+        stop = self.journal.get(KIND_CUTOVER, step_item(p.key, "stop"))
+        assert stop is not None and stop.status == DONE
+        return SourceStopped(p.key, str(stop.how), stop.started)
+
+    def _phase_sync(self, p: PlannedVM, stopped: bool, result: VmCutover) -> str:
+        if self._is_done(p, "sync"):
+            return "skipped"
+        fact = self._stopped_fact(p)
+        self._step(p, "sync", lambda: self.sync(p, self.journal, fact), stopped)
+        return "done"
+
+    def _phase_start(self, p: PlannedVM, stopped: bool, result: VmCutover) -> str:
+        if self._is_done(p, "start"):
+            return "skipped"
+
+        def start() -> dict[str, Any]:
+            answer = set_run_strategy(self.kube, p.namespace, p.name, "Always")
+            meta = answer.get("metadata") or {}
+            return {"runStrategy": (answer.get("spec") or {}).get("runStrategy"),
+                    "resourceVersion": meta.get("resourceVersion")}
+        self._step(p, "start", start, stopped)
+        return "done"
+
+    def _phase_verify(self, p: PlannedVM, stopped: bool, result: VmCutover) -> str:
+        if self._is_done(p, "verify"):
+            return "skipped"
+        self._step(p, "verify", lambda: self._verify(p), stopped)
+        return "done"
+
+    def _phase_done(self, p: PlannedVM, stopped: bool, result: VmCutover) -> str:
+        """The downtime, from the start of stop to the end of verify."""
+        j = self.journal
         stop = j.get(KIND_CUTOVER, step_item(p.key, "stop"))
         verify = j.get(KIND_CUTOVER, step_item(p.key, "verify"))
         sync = j.get(KIND_CUTOVER, step_item(p.key, "sync"))
         assert stop is not None and verify is not None and sync is not None
         downtime = round((verify.finished or 0) - (stop.started or 0), 3)
-        was_off = stop.data.get("how") == "already off"
-        if not is_done("done"):
-            self._step(p, "done", lambda: {"downtime": downtime}, True)
-            result.steps["done"] = "done"
-        saved = sync.data.get("full_copy_seconds")
+        was_off = stop.how == "already off"
+        status = "skipped"
+        if not self._is_done(p, "done"):
+            self._step(p, "done", lambda: {"downtime": downtime}, stopped)
+            status = "done"
         j.done(KIND_CUTOVER, p.key, step="done", next=None, downtime=downtime,
-               source_was_off=was_off, sync_mode=sync.data.get("mode"),
+               source_was_off=was_off, sync_mode=sync.mode,
                stopped_at=stop.started, verified_at=verify.finished,
-               full_copy_seconds=saved)
+               full_copy_seconds=sync.full_copy_seconds)
         result.downtime = downtime
-        result.full_copy_seconds = saved
-        result.sync_mode = sync.data.get("mode")
-        self.log(f"{p.vm.name}: cut over to {p.namespace}/{p.name}; downtime {downtime:.1f}s")
-        return result
+        result.full_copy_seconds = sync.full_copy_seconds
+        result.sync_mode = sync.mode
+        return status
 
     def run_parallel(self, todo: Sequence[PlannedVM], jobs: int) -> list[VmCutover]:
         """Steps 2-6 for each VM of ``todo`` (all past their preflight), ``jobs`` at once.
@@ -620,7 +651,14 @@ class Cutover:
         return [results[p.key] for p in todo]
 
     def _run_one(self, p: PlannedVM) -> VmCutover:
-        """:meth:`run_vm` with every failure as this VM's result."""
+        """:meth:`run_vm` with every failure as this VM's result (and reported)."""
+        item = ProgressItem(p.key, p.vm.name)
+        self.progress.on_queued(item, len(CUTOVER.after("preflight")), 0)
+        result = self._outcome(p)
+        self.progress.on_done(item, result)
+        return result
+
+    def _outcome(self, p: PlannedVM) -> VmCutover:
         failed = VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}", "failed")
         if self.cancelled.is_set():
             failed.error = f"{p.vm.name}: not started (interrupted); nothing was changed"
@@ -722,7 +760,7 @@ def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
         stop = journal.get(KIND_CUTOVER, step_item(p.key, "stop"))
         # Start the source when the cutover stopped a running one (or got that far).
         was_running = stop is not None and (
-            stop.data.get("before") not in ("shut off", "crashed") or stop.status != DONE)
+            stop.before not in ("shut off", "crashed") or stop.status != DONE)
         with Source(p) as src:
             if was_running:
                 source_action = src.start()
@@ -831,3 +869,70 @@ def select_vms(plan: Plan, wave: int, refs: tuple[str, ...] | list[str]) -> list
         if p not in chosen:
             chosen.append(p)
     return chosen
+
+
+# -- one cutover or rollback run (what `vmmove cutover` / `vmmove rollback` call) ----------------
+
+
+def downtime_of(journal: Journal, p: PlannedVM) -> float | None:
+    """The downtime an earlier cutover of ``p`` recorded (seconds), if any."""
+    step = journal.get(KIND_CUTOVER, p.key)
+    return step.downtime if step else None
+
+
+def cutover_vms(plan: Plan, wave: int, chosen: list[PlannedVM], kube_args: Any,
+                options: CutoverOptions, *, jobs: int | None, when: datetime.datetime | None,
+                import_timeout: float, log: Log,
+                reporters: Reporters = SILENT) -> list[VmCutover]:
+    """Cut over ``chosen`` (VMs of ``wave``), under the plan lock; one result per VM, in
+    the order given.
+
+    The preflight of every VM runs first; no source stops unless all pass (the others
+    are then ``not started`` with the command that cuts over only those that passed).
+    Then, after ``when`` (if given), up to ``jobs`` VMs go through the remaining phases
+    of :data:`~migrate.pipeline.itinerary.CUTOVER` at once; a VM already cut over is
+    ``done before``.  Raises :class:`~migrate.core.errors.VmmoveError` when the cluster
+    cannot be reached or the plan is locked.
+    """
+    from functools import partial
+
+    from migrate.clients.cluster import connect
+    from migrate.pipeline.sync import final_sync
+    from migrate.pipeline.wave import plan_lock
+
+    results: list[VmCutover] = []
+    log = locked_log(log)
+    kube = connect(kube_args.kubeconfig, kube_args.context)
+    try:
+        prepare_kube(kube)
+        with plan_lock(plan):
+            journal = plan.journal()
+            try:
+                sync = partial(final_sync, plan, kube, kube_args, import_timeout,
+                               reporters=reporters)
+                run = Cutover(plan, kube, journal, sync, options, log,
+                              progress=reporters.cutover())
+                results = run.run_selection(chosen, wave, jobs, when)
+            finally:
+                journal.close()
+    finally:
+        kube.close()
+    return results
+
+
+def rollback_vms(plan: Plan, chosen: list[PlannedVM], kube_args: Any,
+                 options: RollbackOptions, jobs: int | None,
+                 log: Log) -> list[VmRollback | CutoverError]:
+    """Roll back ``chosen`` under the plan lock (:func:`rollback_many`)."""
+    from migrate.clients.cluster import connect
+    from migrate.pipeline.wave import plan_lock
+
+    kube = connect(kube_args.kubeconfig, kube_args.context)
+    try:
+        prepare_kube(kube)
+        with plan_lock(plan):
+            with plan.journal() as journal:
+                return rollback_many(plan, chosen, kube, journal, options, locked_log(log),
+                                     jobs or default_jobs(len(chosen)))
+    finally:
+        kube.close()

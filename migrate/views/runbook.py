@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migrate.files import make_dirs
-from migrate.output import human_size
+from migrate.core.files import make_dirs
+from migrate.core.output import human_size
 from migrate.plan import Plan, PlannedVM
-from migrate.report import MIB, Throughput, measure
-from migrate.serialize import atomic_write
-from migrate.state import Journal
-from migrate.workdir import KIND_CONVERT
+from migrate.views.report import MIB, Throughput, measure
+from migrate.core.serialize import atomic_write
+from migrate.core.journal import Journal
+from migrate.core.records import KIND_CONVERT
+from migrate.pipeline.itinerary import CUTOVER
 
 #: Used when the journal has measured nothing yet (said so in the runbook).
 DEFAULT_RATE = 100 * MIB
@@ -72,7 +73,7 @@ def sync_mode(p: PlannedVM, journal: Journal) -> str:
         if d.device not in ("disk", "lun"):
             continue
         step = journal.get(KIND_CONVERT, f"{p.key}/{d.target}")
-        if step is None or step.data.get("force_share"):
+        if step is None or step.force_share:
             return "full"
     return "verify"
 
@@ -149,7 +150,7 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
                  now: datetime.datetime | None = None, jobs: int | None = None) -> str:
     """The Markdown runbook of one wave, for ``vmmove cutover --jobs jobs`` (default: the
     cutover's own default for this wave's size)."""
-    from migrate.cutover import default_jobs
+    from migrate.pipeline.cutover import default_jobs
 
     from migrate.assessment import assess
     from migrate.assessment.concern import Severity
@@ -236,21 +237,8 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
         "downtime, and one VM's failure does not stop the others. Or one VM at a time: "
         "append its name. What each step does, and how to check it by hand:")
     add("")
-    add("1. **Preflight** — no critical concern, VirtualMachine applied, every disk "
-        "imported, source reachable. Nothing is changed.")
-    add("2. **Stop the source** — ACPI shutdown, waiting `--shutdown-timeout` (default "
-        "300 s); only with `--force` is it then powered off. The domain stays defined, its "
-        "disks untouched.")
-    add("3. **Final sync** — `full`: the staged copy was read while the VM ran, so every "
-        "disk is converted again from the stopped source, sent again and re-imported (the "
-        "DataVolume is recreated). `verify`: the staged copy was read shut off; the stopped "
-        "source is compared with it (`qemu-img compare`) and its checksum checked; only a "
-        "disk that changed is sent again.")
-    add("4. **Start the target** — `runStrategy: Always`.")
-    add("5. **Verify** — the VirtualMachineInstance reaches Running (and its guest agent "
-        "connects when the source had one; `--verify-command CMD`: and CMD exits 0).")
-    add("6. **Done** — the downtime (step 2 start to step 5 end) is in the journal and "
-        f"in `vmmove report {plan_ref}`.")
+    for number, phase in enumerate(CUTOVER.phases, 1):
+        add(f"{number}. **{phase.title}** — " + phase.text.replace("{plan_ref}", plan_ref))
     add("")
     for p in vms:
         uri, dom = _q(p.vm.source.location), _q(p.vm.name)

@@ -13,12 +13,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_CUTOVER_PAST, KIND_IMPORT, KIND_ROLLBACK
-from migrate.output import rfc3339
+from migrate.core.records import (
+    KIND_APPLY,
+    KIND_CONVERT,
+    KIND_CUTOVER,
+    KIND_CUTOVER_PAST,
+    KIND_IMPORT,
+    KIND_MANIFESTS,
+    KIND_ROLLBACK,
+    KIND_UPLOAD,
+)
+from migrate.core.output import rfc3339
 from migrate.plan import Plan, PlannedVM
-from migrate.state import DONE, FAILED, RUNNING, Journal, Step
+from migrate.core.journal import DONE, FAILED, RUNNING, Journal, Step
+from migrate.core.workdir import disk_item
 from migrate.warm import KIND_WARM, disk_method, outlook
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
 
 SCANNED = "scanned"
 CONVERTED = "converted"
@@ -29,7 +38,6 @@ CUT_OVER = "cut over"
 ROLLED_BACK = "rolled back"
 SKIPPED = "skipped"
 PHASES = (SCANNED, CONVERTED, UPLOADED, APPLIED, IMPORTED, CUT_OVER, ROLLED_BACK)
-KIND_MANIFESTS = "manifests"
 
 
 @dataclass
@@ -125,7 +133,7 @@ def vm_status(p: PlannedVM, journal: Journal) -> VmStatus:
         phase = CONVERTED
     if items and all_done(KIND_UPLOAD):
         phase = UPLOADED
-    if all_done(KIND_APPLY) and (per_kind[KIND_APPLY][0].data.get("result")  # type: ignore
+    if all_done(KIND_APPLY) and (per_kind[KIND_APPLY][0].result  # type: ignore
                                  != "dry-run"):
         phase = APPLIED
     if phase == APPLIED and items and all_done(KIND_IMPORT):
@@ -159,11 +167,11 @@ def vm_status(p: PlannedVM, journal: Journal) -> VmStatus:
     return VmStatus(
         wave=p.wave, vm=vm.name, key=p.key, name=p.name, namespace=p.namespace,
         phase=phase, state=state, error=failed[-1].error if failed else None,
-        bytes_moved=sum(s.bytes or int(s.data.get("size") or 0) for s in uploads),
-        bytes_sent=sum(int(s.data.get("sent") or 0) for s in uploads),
+        bytes_moved=sum(s.moved for s in uploads),
+        bytes_sent=sum(s.sent for s in uploads),
         seconds=(max(ends) - min(starts)) if starts and ends else None,
         steps=timings,
-        next=(cut.data.get("next") if cut is not None and cut.status != DONE
+        next=(cut.next if cut is not None and cut.status != DONE
               and phase != ROLLED_BACK else None),
         warm=warm,
     )

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 
 #: Mode of private files: guest disks, the journal, Secret manifests.
 PRIVATE_FILE = 0o600
@@ -39,11 +39,13 @@ class WriteError(VmmoveError):
 
 
 class LockBusy(VmmoveError):
-    """Another process holds the lock; ``holder`` is the PID it wrote, when known."""
+    """Another process holds the lock; ``busy`` is the message without the holder,
+    ``holder`` the PID it wrote, when known."""
 
-    def __init__(self, message: str, holder: str = "") -> None:
+    def __init__(self, message: str, holder: str = "", busy: str | None = None) -> None:
         super().__init__(message)
         self.holder = holder
+        self.busy = busy if busy is not None else message
 
 
 def current_umask() -> int:
@@ -177,8 +179,8 @@ def run_lock(path: str | os.PathLike[str], busy: str) -> Iterator[int]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            raise LockBusy(busy + (f" (pid {holder})" if holder.isdigit() else ""),
-                           holder) from None
+            raise LockBusy(busy + (f" (pid {holder})" if holder.isdigit() else ""), holder,
+                           busy=busy) from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
