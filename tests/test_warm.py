@@ -25,7 +25,7 @@ from migrate.clients.nbdwire import (
 )
 from migrate.core.model import VM, Disk, Source, SourceKind
 from migrate.plan import PlanError, load_plan
-from migrate.warm import BITMAP, HASH, _split, disk_method, outlook
+from migrate.pipeline.warm import BITMAP, HASH, _split, disk_method, outlook
 from tests.conftest import qemu_img, qemu_io
 
 MiB = 1 << 20
@@ -237,7 +237,7 @@ def test_sync_every_until_repeats_rounds(cli: Any, tmp_path: Path) -> None:
 def test_cutover_preflight_wants_a_recent_round(tmp_path: Path) -> None:
     from migrate.core.model import Inventory
     from migrate.core.journal import Journal
-    from migrate.warm import KIND_WARM, preflight_problems
+    from migrate.pipeline.warm import KIND_WARM, preflight_problems
 
     vm = VM("web", Source(SourceKind.LIBVIRT, "qemu:///system"), uuid="u-1",
             disks=[Disk("vda", path="/x.qcow2", format="qcow2", virtual_size=MiB)])

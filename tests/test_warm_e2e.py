@@ -22,7 +22,7 @@ import yaml
 from migrate.clients.checkpoint import PREFIX, plan_tag, scratch_dir
 from migrate.plan import load_plan
 from migrate.core.journal import DONE
-from migrate.warm import KIND_WARM
+from migrate.pipeline.warm import KIND_WARM
 from tests.guest_support import (
     SHUTDOWN_OFFSET,
     SHUTDOWN_TAG,

@@ -170,7 +170,7 @@ def _warm_section(out: str, volumes: str | None) -> None:
 
 def _warm_methods(plan: Any) -> None:
     """Say, per disk of each warm VM, which change-tracking method it gets (stderr)."""
-    from migrate.warm import data_disks, disk_method, is_warm
+    from migrate.pipeline.warm import data_disks, disk_method, is_warm
 
     for p in plan.vms:
         if p.skip or not is_warm(plan, p):

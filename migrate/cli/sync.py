@@ -40,7 +40,7 @@ def sync_cmd(plan_file: str, vms: tuple[str, ...], wave: int, full: bool, every:
     predicted final-sync time. With warm.writer worker the deltas are written by worker
     Jobs in the cluster (--kubeconfig).
     """
-    from migrate.warm import run_rounds
+    from migrate.pipeline.warm import run_rounds
 
     data, rows, errors = run_rounds(plan_file, vms, wave, full, every, until,
                                     (kubeconfig, context, namespace))

@@ -236,3 +236,21 @@ def open_rw(uri: str) -> Any:
     from migrate.clients.libvirt import connect
 
     return connect(uri, readonly=False)
+
+
+class NoSuchDomain(VmmoveError):
+    """The domain is not defined on the host (by UUID, else by name)."""
+
+
+def open_domain(uri: str, uuid: str | None, name: str) -> tuple[Any, Any]:
+    """A read-write connection to ``uri`` and the domain with ``uuid`` (else ``name``).
+
+    Raises the connection's :class:`VmmoveError`, or :class:`NoSuchDomain` (the connection
+    is closed then).  The caller closes the connection.
+    """
+    conn = open_rw(uri)
+    try:
+        return conn, (conn.lookupByUUIDString(uuid) if uuid else conn.lookupByName(name))
+    except libvirt.libvirtError:
+        conn.close()
+        raise NoSuchDomain(f"no such domain {name!r} on {uri}") from None

@@ -20,6 +20,7 @@ cutover-   as cutover               :class:`CutoverRecord` (the steps of a cutov
 past                                rolled back, kept with their times)
 rollback   ``<vm key>``             :class:`RollbackRecord`
 clean      ``<vm key>/<disk>``      :class:`CleanRecord` (what vmmove clean removed)
+warm       ``<vm key>[/round/<N>]`` :class:`WarmRecord` (checkpoint chain, precopy rounds)
 ========== ======================== =======================================================
 
 The on-disk format is unchanged: a record's fields are the keys of its ``data`` column.
@@ -45,6 +46,7 @@ class Kind(StrEnum):
     CUTOVER_PAST = "cutover-past"
     ROLLBACK = "rollback"
     CLEAN = "clean"
+    WARM = "warm"
 
 
 class Status(StrEnum):
@@ -66,6 +68,7 @@ KIND_CUTOVER = Kind.CUTOVER
 KIND_CUTOVER_PAST = Kind.CUTOVER_PAST
 KIND_ROLLBACK = Kind.ROLLBACK
 KIND_CLEAN = Kind.CLEAN
+KIND_WARM = Kind.WARM
 
 
 @dataclass
@@ -259,12 +262,28 @@ class CleanRecord(Step):
         return list(self.data.get("removed", []))
 
 
+class WarmRecord(Step):
+    """Warm migration (kind ``warm``): item ``<vm key>`` is the VM's checkpoint chain and
+    round state, ``<vm key>/round/<N>`` one precopy round or the final delta
+    (:mod:`migrate.pipeline.warm`, docs/warm-migration.md)."""
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The whole payload (a copy): the chain's checkpoints, disks, history, errors."""
+        return dict(self.data)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The rounds recorded on the VM's item, oldest first."""
+        return list(self.data.get("history") or [])
+
+
 _CLASSES: dict[str, type[Step]] = {
     Kind.CONVERT: ConvertRecord, Kind.UPLOAD: TransferRecord,
     Kind.MANIFESTS: ManifestsRecord, Kind.APPLY: ApplyRecord, Kind.IMPORT: ImportRecord,
     Kind.STAGE: StageRecord, Kind.CUTOVER: CutoverRecord, Kind.CUTOVER_PAST: CutoverRecord,
     Kind.ROLLBACK: RollbackRecord,
-    Kind.CLEAN: CleanRecord,
+    Kind.CLEAN: CleanRecord, Kind.WARM: WarmRecord,
 }
 
 

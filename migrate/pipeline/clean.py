@@ -173,9 +173,10 @@ def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
 def _clean_warm(plan: Plan, p: PlannedVM, journal: Journal) -> list[Removal]:
     """A warm VM: what vmmove left on its host (this plan's ``vmmove-`` checkpoints and
     bitmaps, the scratch folder) and its block hashes in the work folder; never the
-    domain's own checkpoints (:meth:`migrate.warm.Warm.cleanup`)."""
+    domain's own checkpoints (:meth:`migrate.pipeline.warm.Warm.cleanup`)."""
     from migrate.core.errors import VmmoveError
-    from migrate.warm import KIND_WARM, Warm, data_disks
+    from migrate.core.records import KIND_WARM
+    from migrate.pipeline.warm import Warm, data_disks
 
     if journal.get(KIND_WARM, p.key) is None:
         return []

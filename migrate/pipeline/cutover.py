@@ -390,7 +390,7 @@ def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
     if not_imported:
         problems.append(f"disk(s) {', '.join(not_imported)} not imported yet (vmmove apply "
                         "watches the imports)")
-    from migrate.warm import is_warm, preflight_problems
+    from migrate.pipeline.warm import is_warm, preflight_problems
 
     if is_warm(plan, p):  # a warm VM: a recent enough precopy round (warm.maxRoundAge)
         problems += preflight_problems(plan, p, journal)
@@ -777,7 +777,7 @@ def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
         raise
     start = journal.get(KIND_CUTOVER, step_item(p.key, "start"))
     if start is not None:  # the target may have written its volumes: no delta can follow
-        from migrate.warm import KIND_WARM
+        from migrate.core.records import KIND_WARM
 
         if journal.get(KIND_WARM, p.key) is not None:
             journal.update(KIND_WARM, p.key, full_reason="rolled back after the target "

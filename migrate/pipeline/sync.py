@@ -63,7 +63,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: KubeArgs, import_timeout: floa
     from migrate.core.workdir import disk_item
     from migrate.core.records import KIND_CONVERT
     from migrate.sources.remote_disks import is_remote
-    from migrate.warm import Warm, WarmError, is_warm
+    from migrate.pipeline.warm import Warm, WarmError, is_warm
 
     if is_warm(plan, p):  # the final delta since the last precopy round, checked
         try:
@@ -206,10 +206,10 @@ def _send_again(plan: Plan, kube_args: KubeArgs, p: PlannedVM, journal: Journal,
 def _full_copy_seconds(journal: Journal, p: PlannedVM) -> float | None:
     """What the last full precopy round of ``p`` took: the downtime a cold cutover would
     have spent copying."""
-    from migrate.warm import KIND_WARM
+    from migrate.core.records import KIND_WARM
 
     step = journal.get(KIND_WARM, p.key)
-    full = [r for r in (dict(step.data) if step else {}).get("history") or []
+    full = [r for r in (step.history if step else [])
             if r.get("kind") == "full"]
     return float(full[-1].get("seconds") or 0) if full else None
 

@@ -65,7 +65,7 @@ def _rate(t: Throughput, mode: str) -> tuple[float, str]:
 def sync_mode(p: PlannedVM, journal: Journal) -> str:
     """``warm`` for a VM with precopy rounds (its final delta), ``full`` when the staged
     copy read a running disk, else ``verify``."""
-    from migrate.warm import KIND_WARM
+    from migrate.core.records import KIND_WARM
 
     if journal.get(KIND_WARM, p.key) is not None:
         return "warm"
@@ -81,7 +81,7 @@ def sync_mode(p: PlannedVM, journal: Journal) -> str:
 def estimate(p: PlannedVM, t: Throughput, mode: str,
              journal: Journal | None = None) -> Estimate:
     """``warm`` (with ``journal``): the final sync its rounds predict
-    (:func:`migrate.warm.outlook`); else the VM's data at the mode's rate."""
+    (:func:`migrate.pipeline.warm.outlook`); else the VM's data at the mode's rate."""
     rate, _ = _rate(t, mode)
     stop = max(t.stop_seconds) if t.stop_seconds else DEFAULT_STOP
     boot = max(t.boot_seconds) if t.boot_seconds else DEFAULT_BOOT
@@ -94,10 +94,11 @@ def estimate(p: PlannedVM, t: Throughput, mode: str,
 
 
 def warm_outlook(p: PlannedVM, journal: Journal) -> dict[str, Any]:
-    from migrate.warm import KIND_WARM, data_disks, disk_method, outlook
+    from migrate.core.records import KIND_WARM
+    from migrate.pipeline.warm import data_disks, disk_method, outlook
 
     step = journal.get(KIND_WARM, p.key)
-    return outlook(step.data if step else {}, [disk_method(p.vm, d)[0] for d in data_disks(p.vm)])
+    return outlook(step.state if step else {}, [disk_method(p.vm, d)[0] for d in data_disks(p.vm)])
 
 
 @dataclass
@@ -346,7 +347,8 @@ def _warm_timeline(plan_ref: str, wave: int, vms: list[PlannedVM], journal: Jour
                    estimates: dict[str, Estimate], add: Any) -> None:
     """The warm VMs' precopy rounds, the final delta their change rate predicts, and the
     downtime window it leaves (docs/warm-migration.md)."""
-    from migrate.warm import KIND_WARM, data_disks, disk_method
+    from migrate.core.records import KIND_WARM
+    from migrate.pipeline.warm import data_disks, disk_method
 
     add("## Warm timeline")
     add("")
@@ -360,7 +362,7 @@ def _warm_timeline(plan_ref: str, wave: int, vms: list[PlannedVM], journal: Jour
     add("|---|---|---|---|---|---|---|---|---|")
     for p in vms:
         step = journal.get(KIND_WARM, p.key)
-        st = step.data if step else {}
+        st = step.state if step else {}
         hist = st.get("history") or []
         w = warm_outlook(p, journal)
         methods = ", ".join(f"{d.target} ({disk_method(p.vm, d)[0]})" for d in data_disks(p.vm))

@@ -27,7 +27,8 @@ from migrate.core.output import rfc3339
 from migrate.plan import Plan, PlannedVM
 from migrate.core.journal import DONE, FAILED, RUNNING, Journal, Step
 from migrate.core.workdir import disk_item
-from migrate.warm import KIND_WARM, disk_method, outlook
+from migrate.core.records import KIND_WARM
+from migrate.pipeline.warm import disk_method, outlook
 
 SCANNED = "scanned"
 CONVERTED = "converted"

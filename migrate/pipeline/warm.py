@@ -41,8 +41,8 @@ from migrate.core.errors import UsageError, VmmoveError
 from migrate.core.model import VM, Disk, SourceKind
 from migrate.plan import Plan, PlannedVM
 from migrate.core.journal import DONE, Journal
+from migrate.core.records import KIND_WARM
 
-KIND_WARM = "warm"
 BITMAP, HASH = "bitmap", "hash"
 #: A cutover's preflight wants a round no older than this (plan ``warm.maxRoundAge``).
 DEFAULT_MAX_AGE = 3600.0
@@ -159,17 +159,11 @@ def _libvirt_domain(p: PlannedVM) -> tuple[Any, Any]:
 
     vm = p.vm
     try:
-        conn = backup.open_rw(vm.source.location)
+        return backup.open_domain(vm.source.location, vm.uuid, vm.name)
+    except backup.NoSuchDomain:
+        raise WarmError(f"{vm.name}: no such domain on {vm.source.location}") from None
     except VmmoveError as exc:
         raise WarmError(f"{vm.name}: cannot reach the source host: {exc}") from None
-    try:
-        import libvirt
-
-        dom = (conn.lookupByUUIDString(vm.uuid) if vm.uuid else conn.lookupByName(vm.name))
-    except libvirt.libvirtError:
-        conn.close()
-        raise WarmError(f"{vm.name}: no such domain on {vm.source.location}") from None
-    return conn, dom
 
 
 class Warm:
@@ -192,7 +186,7 @@ class Warm:
     # -- state ---------------------------------------------------------------------------
     def state(self, p: PlannedVM) -> dict[str, Any]:
         step = self.journal.get(KIND_WARM, vm_item(p))
-        return dict(step.data) if step is not None else {}
+        return step.state if step is not None else {}
 
     def hashes(self, p: PlannedVM, disk: Disk) -> delta.BlockHashes:
         from migrate.clients.checkpoint import scratch_dir
@@ -905,7 +899,7 @@ def preflight_problems(plan: Plan, p: PlannedVM, journal: Journal,
                        now: float | None = None) -> list[str]:
     """Why a warm VM's cutover must not stop its source: no round, or the last one too old."""
     step = journal.get(KIND_WARM, vm_item(p))
-    st = dict(step.data) if step else {}
+    st = step.state if step else {}
     hint = f"run `vmmove sync {plan.path} --wave {p.wave} {p.vm.name}`"
     if not st.get("round"):
         return [f"warm VM without a precopy round: {hint}"]
