@@ -274,3 +274,18 @@ def test_offline_rounds_leave_no_scratch_folder(cli: Any, tmp_path: Path) -> Non
     cli("sync", str(plan_file), "--wave", "1", ok=True)
     tag = plan_tag(load_plan(plan_file).workdir)
     assert not list(SCRATCH_ROOT.glob(f"vmmove-{tag}-*"))
+
+
+def test_the_warm_cutover_itinerary_is_declared_beside_the_cold_one() -> None:
+    """Same phases and journal names as the cold cutover; the sync phase moves the final
+    delta, the preflight asks for a recent round; the cutover state machine picks it."""
+    from migrate.pipeline.itinerary import (CUTOVER, PRECOPY, WARM_CUTOVER,
+                                            cutover_itinerary)
+
+    assert WARM_CUTOVER.names == CUTOVER.names
+    assert cutover_itinerary(True) is WARM_CUTOVER and cutover_itinerary(False) is CUTOVER
+    assert "final delta" in WARM_CUTOVER.phase("sync").text
+    assert "final delta" not in CUTOVER.phase("sync").text
+    assert "maxRoundAge" in WARM_CUTOVER.phase("preflight").text
+    assert WARM_CUTOVER.phase("stop") == CUTOVER.phase("stop")
+    assert PRECOPY.names == ("round",)

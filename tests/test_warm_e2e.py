@@ -147,6 +147,8 @@ def test_warm_wave_end_to_end(cli: Any, tmp_path: Path, libvirt_domains: DomainF
     assert "## Warm timeline" in text and f"vmmove sync {plan.path} --wave 1" in text
     assert f"| {qc.name} | vda (bitmap) | 2 | round 2 (incremental" in text
     assert f"| {raw.name} | vda (hash) | 2 |" in text
+    # its steps come from the warm itinerary, beside the cold one
+    assert "3. **Final sync** (warm) — the final delta" in text
 
     # a write after the last round: the final delta must carry it (and the shutdown marker)
     write(qc, "write -P 0xb2 9M 64k")

@@ -64,7 +64,7 @@ from migrate.plan import Plan, PlannedVM
 from migrate.core.progress import SILENT, Reporters, Subscriber, trace_call
 from migrate.core.journal import DONE, RUNNING, Journal
 from migrate.core.workdir import disk_item
-from migrate.pipeline.itinerary import CUTOVER, STEPS
+from migrate.pipeline.itinerary import CUTOVER, STEPS, cutover_itinerary
 
 #: ``--jobs`` default: VMs cut over (or rolled back) at once, at most this many.  Small on
 #: purpose: the operator watches every VM that is down at once, full final syncs take turns
@@ -534,8 +534,9 @@ class Cutover:
         return results
 
     def run_vm(self, p: PlannedVM) -> VmCutover:
-        """The phases of :data:`~migrate.pipeline.itinerary.CUTOVER` after the preflight,
-        for one VM whose preflight is done; resumes where the last run stopped (a phase
+        """The phases of the VM's cutover itinerary (:data:`~migrate.pipeline.itinerary.
+        CUTOVER`, or ``WARM_CUTOVER`` for a warm VM) after the preflight, for one VM whose
+        preflight is done; resumes where the last run stopped (a phase
         the journal records done is skipped)."""
         j = self.journal
         result = VmCutover(p.key, p.vm.name, f"{p.namespace}/{p.name}", "done")
@@ -544,7 +545,9 @@ class Cutover:
             j.start(KIND_CUTOVER, p.key, wave=p.wave, name=p.name, namespace=p.namespace)
         result.steps["preflight"] = "done"
         item = ProgressItem(p.key, p.vm.name)
-        for phase in CUTOVER.after("preflight"):
+        from migrate.pipeline.warm import is_warm
+
+        for phase in cutover_itinerary(is_warm(self.plan, p)).after("preflight"):
             run = getattr(self, f"_phase_{phase.name}")
             result.steps[phase.name] = run(p, phase.source_stopped, result)
             self.progress.on_progress(item, 1, phase.name)

@@ -16,7 +16,7 @@ the itinerary (``WAVE_RUNNERS`` in :mod:`migrate.pipeline.stages`, the step meth
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,39 @@ CUTOVER = Itinerary("cutover", (
           "the downtime (step 2 start to step 5 end) is in the journal and in "
           "`vmmove report {plan_ref}`.", source_stopped=True),
 ))
+
+#: One *warm* VM cut over (plan ``warm: true``, docs/warm-migration.md): its disks were
+#: copied while it ran by precopy rounds (:data:`PRECOPY`, ``vmmove sync``), so the same
+#: phases (same journal names) move only the final delta while the source is down.
+WARM_CUTOVER = Itinerary("warm cutover", tuple(replace(phase, text=text) if text else phase
+                                               for phase, text in zip(CUTOVER.phases, (
+    "as the cold preflight, and a precopy round no older than `warm.maxRoundAge` with no "
+    "full round pending. Nothing is changed.",
+    None,
+    "the final delta: what changed since the last precopy round (the checkpoint's dirty "
+    "bitmap for qcow2 disks, changed block hashes for the others) is written into each "
+    "volume, then the guest-visible checksum of every source disk is compared with its "
+    "volume; a mismatch stops the cutover before the target starts.",
+    None, None,
+    "the downtime, beside the full copy it saved, is in the journal and in "
+    "`vmmove report {plan_ref}`; the checkpoints vmmove made on the host are removed.",
+))))
+
+#: One precopy round of a warm VM (``vmmove sync PLAN --wave N``, repeated with
+#: ``--every``): the source keeps running throughout.
+PRECOPY = Itinerary("precopy", (
+    Phase("round", "Precopy round",
+          "the first round copies each disk in full; later rounds copy only what changed "
+          "since the previous round (a new `vmmove-` checkpoint each round, or block "
+          "hashes); each round is journalled with its changed bytes and duration."),
+))
+
+
+def cutover_itinerary(warm: bool) -> Itinerary:
+    """The cutover itinerary of a VM: :data:`WARM_CUTOVER` for a warm one, else
+    :data:`CUTOVER`."""
+    return WARM_CUTOVER if warm else CUTOVER
+
 
 #: The stage names of :data:`WAVE`, in order (journal items ``wave-<N>/<stage>``).
 STAGES = WAVE.names

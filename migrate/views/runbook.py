@@ -22,7 +22,7 @@ from migrate.views.report import MIB, Throughput, measure
 from migrate.core.serialize import atomic_write
 from migrate.core.journal import Journal
 from migrate.core.records import KIND_CONVERT
-from migrate.pipeline.itinerary import CUTOVER
+from migrate.pipeline.itinerary import CUTOVER, WARM_CUTOVER
 
 #: Used when the journal has measured nothing yet (said so in the runbook).
 DEFAULT_RATE = 100 * MIB
@@ -241,6 +241,18 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
     for number, phase in enumerate(CUTOVER.phases, 1):
         add(f"{number}. **{phase.title}** — " + phase.text.replace("{plan_ref}", plan_ref))
     add("")
+    from migrate.pipeline.warm import is_warm
+
+    warm = [p.vm.name for p in vms if is_warm(plan, p)]
+    if warm:
+        add(f"Warm VMs ({', '.join(warm)}) go through the same steps; where the warm "
+            "itinerary differs:")
+        add("")
+        for number, (cold, phase) in enumerate(zip(CUTOVER.phases, WARM_CUTOVER.phases), 1):
+            if phase.text != cold.text:
+                add(f"{number}. **{phase.title}** (warm) — "
+                    + phase.text.replace("{plan_ref}", plan_ref))
+        add("")
     for p in vms:
         uri, dom = _q(p.vm.source.location), _q(p.vm.name)
         ns, vm = p.namespace, p.name
