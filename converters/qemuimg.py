@@ -156,6 +156,15 @@ def measure(path: str, fmt: str, out_fmt: str = "qcow2", *, force_share: bool = 
     return Measure(required=int(data["required"]), fully_allocated=int(data["fully-allocated"]))
 
 
+def create_overlay(backing: str, backing_fmt: str, dest: str) -> None:
+    """A qcow2 at ``dest`` whose reads fall through to ``backing`` and whose writes stay in
+    it (the boot test's throwaway layer); the backing format is pinned (``-F``), never
+    probed, and ``backing`` must be an absolute path."""
+    if not os.path.isabs(backing):
+        raise QemuImgError(f"{backing}: an overlay's backing file must be an absolute path")
+    _run(["create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b", backing, dest], dest)
+
+
 def check(path: str, fmt: str, *, force_share: bool = False,
           label: str | None = None) -> str | None:
     """``qemu-img check``: ``None`` when the image is sound, else what is wrong.

@@ -67,10 +67,14 @@ _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _NAME_CHOICE = re.compile(r"^(auto|none|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
 
 TOP_KEYS = ("apiVersion", "kind", "inventory", "workdir", "namespace", "networks", "storage",
-            "transfer", "convert", "defaults", "waves")
+            "transfer", "convert", "defaults", "waves", "bootTest")
 TRANSFER_KEYS = ("s3", "endpointUrl", "profile", "region", "secretName", "parallel",
                  "uploadProxy", "insecure", "storageClass", "forceBind")
-CONVERT_KEYS = ("format", "compress", "verify", "jobs", "forceShare")
+CONVERT_KEYS = ("format", "compress", "verify", "jobs", "forceShare", "guest", "virtioWin",
+                "preserveStaticIPs")
+GUEST_CONVERT = ("auto", "never", "always")
+BOOT_TEST_KEYS = ("timeout", "marker", "accel")
+BOOT_ACCELS = ("auto", "kvm", "tcg")
 DEFAULT_KEYS = ("runStrategy", "preference", "instancetype", "keepCdroms", "timezone")
 WAVE_KEYS = ("name", "vms")
 VM_KEYS = ("vm", "targetName", "namespace", "runStrategy", "preference", "instancetype",
@@ -119,6 +123,20 @@ class ConvertSettings:
     verify: bool = True
     jobs: int | None = None
     force_share: bool = False
+    # guest conversion with virt-v2v (docs/guest-readiness.md): auto = when inspection says
+    # the guest lacks a driver its target bus needs; never; always
+    guest: str = "auto"
+    virtio_win: str | None = None  # virtio-win ISO for Windows guests (virt-v2v --virtio-win)
+    preserve_static_ips: bool = False
+
+
+@dataclass
+class BootTestSettings:
+    """``bootTest`` in a plan: how ``vmmove boot-test`` judges a boot."""
+
+    timeout: float = 300.0  # seconds until a login prompt, the marker or the agent
+    marker: str | None = None  # a text the guest prints on its serial console when up
+    accel: str = "auto"  # auto (KVM when /dev/kvm works) | kvm | tcg
 
 
 @dataclass
@@ -189,6 +207,7 @@ class Plan:
     defaults: Defaults
     waves: list[Wave]
     vms: list[PlannedVM] = field(default_factory=list)  # every planned VM, in wave order
+    boot_test: BootTestSettings = field(default_factory=BootTestSettings)
 
     # -- lookups ----------------------------------------------------------------------------
     def wave_numbers(self) -> list[int]:
@@ -358,8 +377,9 @@ def load_plan(path: str | os.PathLike[str], inventory: Inventory | None = None) 
     defaults = _defaults(data, problems)
     waves = _waves(data.get("waves"), problems)
 
+    boot_test = _boot_test(data, problems)
     plan = Plan(plan_path, inv_path, inventory or Inventory(), workdir.absolute(), namespace,
-                maps, transfer, convert, defaults, waves)
+                maps, transfer, convert, defaults, waves, boot_test=boot_test)
     if inventory is not None:
         plan.vms = _resolve(plan, problems)
         _check_vms(plan, problems)
@@ -441,7 +461,12 @@ def _convert(data: dict[str, Any], problems: _Problems) -> ConvertSettings:
         verify=_typed(sec, "verify", bool, w, problems, True),
         jobs=_typed(sec, "jobs", int, w, problems),
         force_share=_typed(sec, "forceShare", bool, w, problems, False),
+        guest=_typed(sec, "guest", str, w, problems, "auto"),
+        virtio_win=_typed(sec, "virtioWin", str, w, problems),
+        preserve_static_ips=_typed(sec, "preserveStaticIPs", bool, w, problems, False),
     )
+    if c.guest not in GUEST_CONVERT:
+        problems.add(f"{w}.guest", f"{c.guest!r} is not one of {', '.join(GUEST_CONVERT)}")
     if c.format not in CONVERT_FORMATS:
         problems.add(f"{w}.format", f"{c.format!r} is not one of {', '.join(CONVERT_FORMATS)}")
     if c.compress and c.format != "qcow2":
@@ -449,6 +474,21 @@ def _convert(data: dict[str, Any], problems: _Problems) -> ConvertSettings:
     if c.jobs is not None and c.jobs < 1:
         problems.add(f"{w}.jobs", "must be at least 1")
     return c
+
+
+def _boot_test(data: dict[str, Any], problems: _Problems) -> BootTestSettings:
+    sec = _section(data, "bootTest", problems, BOOT_TEST_KEYS)
+    w = "bootTest"
+    b = BootTestSettings(
+        timeout=float(_typed(sec, "timeout", (int, float), w, problems, 300.0)),
+        marker=_typed(sec, "marker", str, w, problems),
+        accel=_typed(sec, "accel", str, w, problems, "auto"),
+    )
+    if b.timeout <= 0:
+        problems.add(f"{w}.timeout", "must be more than 0 seconds")
+    if b.accel not in BOOT_ACCELS:
+        problems.add(f"{w}.accel", f"{b.accel!r} is not one of {', '.join(BOOT_ACCELS)}")
+    return b
 
 
 def _check_choice(value: str | None, where: str, problems: _Problems) -> None:
