@@ -25,7 +25,7 @@ from manifests.sources import BLANK, HTTP, S3, UPLOAD, DiskSource, MissingSource
 from manifests.validate import INTERFACE_MODELS, RESERVED_MAC, RUN_STRATEGIES, admission_errors
 from migrate import __version__
 from migrate.errors import VmmoveError
-from migrate.mapping import POD, NetworkMap, StorageMap
+from migrate.mapping import POD, NetworkMap, StorageMap, inspected_disk_bus, inspected_nic_model
 from migrate.model import VM, Disk, Inventory, Nic
 from migrate.naming import assign_names, dns1123_label
 from migrate.workdir import image_basename, target_names
@@ -318,6 +318,10 @@ class _Builder:
             guess = disk.target[:2]
             bus = {"vd": "virtio", "sd": "scsi", "hd": "sata"}.get(guess) or ("sata" if self.windows else "virtio")
             self.notes.append(f"disk {disk.target}: bus {disk.bus or 'unknown'} becomes {bus}")
+        fix = inspected_disk_bus(bus, disk, self.vm.inspection)
+        if fix.reason:
+            self.notes.append(f"disk {disk.target}: {fix.reason}")
+        bus = fix.value
         if disk.device == "lun":
             self.notes.append(f"disk {disk.target}: LUN passthrough becomes a plain disk on bus {bus}")
         entry: dict[str, Any] = {"name": name}
@@ -450,6 +454,13 @@ class _Builder:
         return interfaces
 
     def nic_model(self, nic: Nic, idx: int) -> str | None:
+        model = self._nic_model(nic, idx)
+        fix = inspected_nic_model(model, self.vm.inspection)
+        if fix.reason:
+            self.notes.append(f"nic{idx}: {fix.reason}")
+        return fix.value
+
+    def _nic_model(self, nic: Nic, idx: int) -> str:
         model = (nic.model or "").lower()
         if not model:
             if self.windows:
