@@ -165,6 +165,16 @@ def create_overlay(backing: str, backing_fmt: str, dest: str) -> None:
     _run(["create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b", backing, dest], dest)
 
 
+def read_head(path: str, fmt: str, length: int = 65536) -> bytes:
+    """The first ``length`` bytes of the guest's view of an image (``qemu-img dd``)."""
+    with tempfile.TemporaryDirectory(prefix="vmmove-head-") as tmp:
+        out = os.path.join(tmp, "head.raw")
+        _run(["dd", "-f", fmt, "-O", "raw", f"bs={length}", "count=1", f"if={path}",
+              f"of={out}"], path)
+        with open(out, "rb") as fh:
+            return fh.read(length)
+
+
 def check(path: str, fmt: str, *, force_share: bool = False,
           label: str | None = None) -> str | None:
     """``qemu-img check``: ``None`` when the image is sound, else what is wrong.

@@ -83,6 +83,8 @@ class CutoverOptions:
     guest_agent: bool | None = None
     verify_command: str | None = None
     poll: float = 0.5
+    # cut over a VM whose last boot test failed (docs/guest-readiness.md)
+    skip_boot_test: bool = False
 
 
 @dataclass
@@ -401,10 +403,25 @@ def critical_concerns(plan: Plan, p: PlannedVM) -> list[str]:
     return [f"{c.id}: {c.message}" for c in concerns if c.severity == Severity.CRITICAL]
 
 
-def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal) -> dict[str, Any]:
+def boot_test_problem(journal: Journal, p: PlannedVM) -> str | None:
+    """Why the last boot test forbids the cutover (None: it booted, or none was run)."""
+    from migrate.guest.stage import KIND_BOOT_TEST
+
+    step = journal.get(KIND_BOOT_TEST, p.key)
+    if step is None or step.status == DONE:
+        return None
+    return (f"last boot test {step.status}: {step.error or 'not finished'} (fix the guest and "
+            f"run vmmove boot-test again, or pass --skip-boot-test)")
+
+
+def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
+              skip_boot_test: bool = False) -> dict[str, Any]:
     """Every reason not to stop the source, all at once."""
     problems: list[str] = []
     problems += [f"critical concern {c}" for c in critical_concerns(plan, p)]
+    boot = None if skip_boot_test else boot_test_problem(journal, p)
+    if boot:
+        problems.append(boot)
     apply = journal.get(KIND_APPLY, p.key)
     if apply is None or apply.status != DONE or apply.data.get("result") == "dry-run":
         problems.append("not applied yet (run vmmove migrate --stage or vmmove apply)")
@@ -499,7 +516,8 @@ class Cutover:
         top = j.get(KIND_CUTOVER, p.key)
         if top is None or top.status != RUNNING:
             j.start(KIND_CUTOVER, p.key, wave=p.wave, name=p.name, namespace=p.namespace)
-        self._step(p, "preflight", lambda: preflight(self.plan, p, self.kube, j), False)
+        self._step(p, "preflight", lambda: preflight(self.plan, p, self.kube, j,
+                                                     self.options.skip_boot_test), False)
 
     def run_vm(self, p: PlannedVM) -> VmCutover:
         """Steps 2-6 for one VM whose preflight is done; resumes where the last run stopped."""

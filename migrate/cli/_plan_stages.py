@@ -40,6 +40,27 @@ def wave_vms(plan: Plan, wave: int) -> list[PlannedVM]:
     return vms
 
 
+# -- guest readiness (docs/guest-readiness.md) ----------------------------------------------
+
+
+def inspect_stage(plan: Plan, wave: int, redo: bool = False) -> str:
+    """Inspect the wave's staged guests; a note, not a failure, without libguestfs."""
+    import shutil
+
+    from migrate.guest.stage import inspect_summary, inspect_wave
+
+    if shutil.which("guestfish") is None:
+        return "inspect: skipped, libguestfs-tools is not installed (guests not inspected)"
+    return inspect_summary(inspect_wave(plan, wave_vms(plan, wave), redo=redo))
+
+
+def guest_stage(plan: Plan, wave: int) -> str:
+    """Convert the wave's guests that need it (convert.guest), with virt-v2v."""
+    from migrate.guest.stage import convert_wave as convert_guests
+
+    return convert_guests(plan, wave_vms(plan, wave))
+
+
 # -- convert ---------------------------------------------------------------------------------
 
 

@@ -243,13 +243,15 @@ def _seconds(value: float | None) -> str:
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
               help=JOBS_HELP.format(n=4) + " Every preflight passes before any source stops;"
                    " full final syncs send their disks one VM at a time.")
+@click.option("--skip-boot-test", is_flag=True,
+              help="Cut over even a VM whose last `vmmove boot-test` failed.")
 @kube_options
 @output_format()
 def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
                 shutdown_timeout: float, force: bool, verify_timeout: float,
                 guest_agent: bool, verify_command: str | None, import_timeout: float,
-                jobs: int | None, kubeconfig: str | None, context: str | None,
-                namespace: str | None, output: str) -> None:
+                jobs: int | None, skip_boot_test: bool, kubeconfig: str | None,
+                context: str | None, namespace: str | None, output: str) -> None:
     """Switch VMs from their libvirt host to KubeVirt: preflight, stop the source, final
     sync, start the target, verify, done — each step journalled.
 
@@ -291,7 +293,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
     when = parse_at(at) if at else None
     options = CutoverOptions(shutdown_timeout=shutdown_timeout, force=force,
                              verify_timeout=verify_timeout, guest_agent=guest_agent,
-                             verify_command=verify_command)
+                             verify_command=verify_command, skip_boot_test=skip_boot_test)
     results: list[VmCutover] = []
     log = locked_log(log)
     kube = connect(kubeconfig, context)

@@ -1,4 +1,5 @@
-"""``vmmove migrate PLAN --wave N --stage``: convert → upload → manifests → apply, resumable."""
+"""``vmmove migrate PLAN --wave N --stage``: convert → inspect → guest → upload → manifests →
+apply, resumable."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
 @click.option("--wave", type=click.IntRange(min=1), required=True, metavar="N",
               help="The wave to migrate.")
 @click.option("--stage", is_flag=True,
-              help="Stage the wave: convert the disks, upload them, write the manifests, "
+              help="Stage the wave: convert the disks, inspect the guests and convert those "
+                   "that need it (virt-v2v), upload the disks, write the manifests, "
                    "apply them (VMs stay as the plan's runStrategy says, Halted by default) "
                    "and watch the imports.")
 @click.option("--redo", is_flag=True,
@@ -49,6 +51,8 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
         apply_summary,
         apply_wave,
         convert_wave,
+        guest_stage,
+        inspect_stage,
         manifests_wave,
         upload_wave,
     )
@@ -58,8 +62,8 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
     from migrate.progress import log
 
     if not stage:
-        raise UsageError("migrate: say what to run: --stage (convert → upload → manifests "
-                         "→ apply)")
+        raise UsageError("migrate: say what to run: --stage (convert → inspect → guest → "
+                         "upload → manifests → apply)")
     plan = load_plan(plan_file)
     if namespace:
         plan.use_namespace(namespace)
@@ -83,6 +87,8 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
     args = KubeArgs(kubeconfig, context, namespace)
     stages = [
         Stage("convert", lambda: convert_wave(plan, wave, redo=redo)),
+        Stage("inspect", lambda: inspect_stage(plan, wave, redo=redo)),
+        Stage("guest", lambda: guest_stage(plan, wave)),
         Stage("upload", lambda: upload_wave(plan, wave, args, redo=redo)),
         Stage("manifests", lambda: manifests_wave(plan, wave)),
         Stage("apply", apply_stage),

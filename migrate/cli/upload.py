@@ -196,6 +196,7 @@ def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_
     from converters.transfer.base import TransferItem
     from migrate.naming import dns1123_label
     from migrate.state import DONE, FAILED
+    from migrate.guest.stage import staged_image
     from migrate.workdir import KIND_CONVERT, disk_item, image_basename, target_names
 
     if vms:
@@ -217,13 +218,15 @@ def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_
             dv_name = dns1123_label(image_basename(names[vm.key], disk))
             step = journal.get(KIND_CONVERT, item)
             if step is not None and step.status == DONE and step.data.get("output"):
-                output = Path(step.data["output"])
+                # a guest converted by virt-v2v (migrate.guest) replaces the staged image
+                output, _, checksum = staged_image(journal, item) or (
+                    Path(step.data["output"]), None, step.checksum)
                 if not output.is_file():
                     not_ready.append((label, f"converted image {output} is missing"))
                     continue
                 items.append(TransferItem(
                     item=item, name=output.name, size=output.stat().st_size, path=output,
-                    checksum=step.checksum, virtual_size=step.data.get("virtual_size"),
+                    checksum=checksum, virtual_size=step.data.get("virtual_size"),
                     format=step.data.get("format"), dv_name=dv_name,
                     label=f"{label} ({output.name})"))
                 continue
