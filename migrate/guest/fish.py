@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,12 +60,16 @@ class Fish:
         args = [self.exe, "--listen", "--ro"]
         for path, fmt in disks:
             args += [f"--format={fmt}", "-a", str(path)]
-        proc = subprocess.run(args, capture_output=True, text=True, env=self.env,
-                              timeout=TIMEOUT)
+        # the forked server keeps stderr open: it goes to a file, not a pipe we wait on
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=err, text=True,
+                                  env=self.env, timeout=TIMEOUT)
+            err.seek(0)
+            errors = err.read().decode(errors="replace")
         found = _PID.search(proc.stdout)
         if proc.returncode != 0 or not found:
             raise GuestfsError(f"{self.name}: guestfish did not start: "
-                               f"{_last_line(proc.stderr) or proc.returncode}")
+                               f"{_last_line(errors) or proc.returncode}")
         self.pid = found.group(1)
         self.env["GUESTFISH_PID"] = self.pid
         try:
