@@ -17,7 +17,7 @@ This is the only module that talks to libvirt for the boot test.  :func:`boot_te
      the domain stopping by itself;
    * **timeout**: none of these within the plan's ``bootTest.timeout``;
 
-4. on anything but success takes a screenshot of the display (PPM) as evidence, destroys
+4. on anything but success takes a screenshot of the display (PNG/PPM) as evidence, destroys
    the domain and removes the overlays; the console and BIOS logs stay in the folder.
 """
 
@@ -52,6 +52,7 @@ FAILURES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"STOP: 0x[0-9A-Fa-f]{8}|Stop code: [A-Z_]+|INACCESSIBLE_BOOT_DEVICE"),
      "Windows stop code"),
 ]
+_SHOT_TYPES = {"image/png": "png", "image/x-portable-pixmap": "ppm"}
 _LOGIN = re.compile(r"^\S* ?login: ?$", re.M)
 POLL = 0.5
 
@@ -130,15 +131,20 @@ def _agent_ping(libvirt: Any, dom: Any) -> bool:
         return False
 
 
-def _screenshot(libvirt: Any, conn: Any, dom: Any, dest: Path) -> str | None:
+def _screenshot(libvirt: Any, conn: Any, dom: Any, folder: Path) -> str | None:
+    """The display as libvirt gives it (PNG or PPM, by its MIME type), or None."""
+    part = folder / "screenshot.part"
     try:
         stream = conn.newStream(0)
-        dom.screenshot(stream, 0, 0)
-        with open(dest, "wb") as fh:
+        mime = dom.screenshot(stream, 0, 0)
+        with open(part, "wb") as fh:
             stream.recvAll(lambda _st, data, f: f.write(data), fh)
         stream.finish()
+        dest = folder / f"screenshot.{_SHOT_TYPES.get(mime, 'img')}"
+        os.replace(part, dest)
         return str(dest)
     except (libvirt.libvirtError, OSError):
+        part.unlink(missing_ok=True)
         return None
 
 
@@ -152,7 +158,7 @@ def boot_test(name: str, vm_spec: dict[str, Any], images: dict[str, tuple[str, s
     libvirt = _libvirt()
     use_kvm = accel == "kvm" or (accel == "auto" and kvm_usable())
     folder.mkdir(parents=True, exist_ok=True)
-    for old in ("console.log", "bios.log", "screenshot.ppm"):
+    for old in ("console.log", "bios.log", "screenshot.png", "screenshot.ppm"):
         (folder / old).unlink(missing_ok=True)
     files = DomainFiles(serial=folder / "console.log", bios_log=folder / "bios.log",
                         nvram=folder / "nvram.fd", kernel=kernel[0] if kernel else None,
@@ -230,7 +236,7 @@ def _run(libvirt: Any, conn: Any, xml: str, files: DomainFiles, folder: Path, ti
                 break
             time.sleep(POLL)
         if verdict[0] != BOOTED:
-            screenshot = _screenshot(libvirt, conn, dom, folder / "screenshot.ppm")
+            screenshot = _screenshot(libvirt, conn, dom, folder)
     finally:
         try:
             dom.destroy()
