@@ -143,6 +143,7 @@ class VmReport:
     stop_seconds: float | None = None
     sync_seconds: float | None = None
     boot_seconds: float | None = None
+    boot_test: str | None = None  # the last vmmove boot-test verdict (booted, failed, …)
 
     @property
     def converted_bytes(self) -> int:
@@ -158,6 +159,7 @@ class VmReport:
                 "cutover": self.cutover, "downtime": self.downtime, "syncMode": self.sync_mode,
                 "stop": self.stop, "stopSeconds": self.stop_seconds,
                 "syncSeconds": self.sync_seconds, "bootSeconds": self.boot_seconds,
+                "bootTest": self.boot_test,
                 "convertSeconds": self.seconds("convert_seconds"),
                 "uploadSeconds": self.seconds("upload_seconds"),
                 "importSeconds": self.seconds("import_seconds"),
@@ -189,6 +191,11 @@ def vm_report(p: PlannedVM, journal: Journal) -> VmReport:
              ("stop", "sync", "start", "verify")}
     r = VmReport(p.wave, p.vm.name, f"{p.namespace}/{p.name}", p.vm.data_bytes(), disks,
                  top.status if top else "not started")
+    from migrate.guest.stage import KIND_BOOT_TEST
+
+    tested = journal.get(KIND_BOOT_TEST, p.key)
+    if tested is not None:
+        r.boot_test = tested.data.get("verdict") or tested.status
     if top is not None:
         r.downtime = top.data.get("downtime")
         r.sync_mode = top.data.get("sync_mode")

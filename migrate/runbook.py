@@ -19,7 +19,7 @@ from migrate.output import human_size
 from migrate.plan import Plan, PlannedVM
 from migrate.report import MIB, Throughput, measure
 from migrate.serialize import atomic_write
-from migrate.state import Journal
+from migrate.state import DONE, Journal
 from migrate.workdir import KIND_CONVERT
 
 #: Used when the journal has measured nothing yet (said so in the runbook).
@@ -124,6 +124,26 @@ def _q(text: str) -> str:
     return shlex.quote(str(text))
 
 
+def boot_test_lines(plan: Plan, vms: list[PlannedVM], journal: Journal) -> list[str]:
+    """One checklist line per VM from its last boot test (docs/guest-readiness.md)."""
+    from migrate.guest.stage import KIND_BOOT_TEST
+
+    lines = []
+    for p in vms:
+        step = journal.get(KIND_BOOT_TEST, p.key)
+        if step is None:
+            lines.append(f"- [ ] {p.vm.name}: not boot-tested yet: `vmmove boot-test "
+                         f"{_q(str(plan.path))} --wave {p.wave} {_q(p.vm.name)}`.")
+        elif step.status == DONE:
+            lines.append(f"- [x] {p.vm.name}: boot test passed "
+                         f"({step.data.get('reason', 'booted')}).")
+        else:
+            lines.append(f"- [ ] **{p.vm.name}: last boot test {step.status}**: {step.error} "
+                         f"(console: {step.data.get('console')}); cutover refuses it unless "
+                         "--skip-boot-test.")
+    return lines
+
+
 def wave_runbook(plan: Plan, wave: int, journal: Journal,
                  now: datetime.datetime | None = None, jobs: int | None = None) -> str:
     """The Markdown runbook of one wave, for ``vmmove cutover --jobs jobs`` (default: the
@@ -200,6 +220,8 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
         add("- [x] No critical assessment concern (the preflight checks again).")
     add("- [ ] A backup of each source disk exists (vmmove never writes them, but the guest "
         "does until it is stopped).")
+    for line in boot_test_lines(plan, vms, journal):
+        add(line)
     add("")
     add("## Steps")
     add("")

@@ -27,6 +27,7 @@ import yaml
 from migrate.serialize import load_inventory
 from migrate.state import DONE, FAILED, Journal
 from tests import guest_image
+from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
 from tests.libvirtd_support import libvirtd  # noqa: F401
 from tests.plan_support import (
     Cluster,
@@ -111,7 +112,7 @@ def _manifest_buses(workdir: Path, name: str) -> list[str]:
 def test_hostonly_guest_fails_on_virtio_then_sata_then_converted(
         cli: Any, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str, s3_env: dict[str, str],
         cluster: Cluster, controllers: Controllers, libvirtd: Any,  # noqa: F811
-        guest_images: dict[str, Path]) -> None:
+        kubevirt: KubeVirt, guest_images: dict[str, Path]) -> None:  # noqa: F811
     name = "deb-hostonly"
     plan_file, source = _plan(cli, tmp_path, s3_server, s3_bucket, name,
                               guest_images["hostonly"], guest="never")

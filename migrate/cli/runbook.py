@@ -8,7 +8,7 @@ from migrate.cli.options import output_format
 from migrate.output import emit, human_size
 
 REPORT_HEADERS = ["WAVE", "VM", "TARGET", "DATA", "CONVERTED", "CONVERT", "UPLOAD", "IMPORT",
-                  "CUTOVER", "SYNC", "DOWNTIME", "CHECKSUMS"]
+                  "BOOT TEST", "CUTOVER", "SYNC", "DOWNTIME", "CHECKSUMS"]
 
 
 @click.command("runbook")
@@ -78,7 +78,7 @@ def report_cmd(plan_file: str, wave: int | None, plot: str | None, output: str) 
         rows.append([r.wave, r.vm, r.target, human_size(r.data_bytes),
                      human_size(r.converted_bytes), secs(r.seconds("convert_seconds")),
                      secs(r.seconds("upload_seconds")), secs(r.seconds("import_seconds")),
-                     r.cutover, r.sync_mode or "-", secs(r.downtime), sums])
+                     r.boot_test or "-", r.cutover, r.sync_mode or "-", secs(r.downtime), sums])
     emit({"plan": str(plan.path), "vms": [r.to_data() for r in reports],
           "throughput": throughput.to_data()}, output, REPORT_HEADERS, rows)
     if plot:

@@ -175,8 +175,8 @@ def convert_vm(plan: Plan, p: PlannedVM, journal: Journal,
     done = journal.get(KIND_GUEST, item)
     if done is not None and done.status == DONE and done.data.get("status") == CONVERTED \
             and Path(done.data["output"]).is_file():
-        return GuestConversion(**{k: done.data.get(k) for k in
-                                  GuestConversion.__dataclass_fields__})
+        fields = {k: done.data.get(k) for k in GuestConversion.__dataclass_fields__}
+        return GuestConversion(**{**fields, "checksum": done.checksum})
     if not wanted:
         result = GuestConversion(SKIPPED, why)
         journal.start(KIND_GUEST, item, vm=p.vm.name)
@@ -207,7 +207,7 @@ def convert_vm(plan: Plan, p: PlannedVM, journal: Journal,
     except BaseException:
         journal.fail(KIND_GUEST, item, "interrupted: rerun to convert the guest")
         raise
-    journal.done(KIND_GUEST, item, checksum=result.checksum, **result.to_data())
+    journal.done(KIND_GUEST, item, **result.to_data())  # its checksum: the step's
     # what the converted guest now holds: inspect it again (read-only)
     try:
         after = inspect_disks([(result.output or "", fmt)], p.vm.name)
