@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -49,7 +48,7 @@ from converters.checksum import sha256_file
 from migrate.errors import UsageError, VmmoveError
 from migrate.files import new_private_file, private_dir, write_failure
 from migrate.imageinfo import ImageError
-from migrate.model import VM, Disk, Inventory, PowerState
+from migrate.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk, Inventory, PowerState
 from migrate.sources.containment import (
     Chain,
     ContainmentError,
@@ -76,6 +75,14 @@ CONSISTENT_COPY_HINT = (
     "a consistent copy needs the VM shut off, or the staged cutover "
     "(pass --force-share to copy it anyway, reading with qemu-img -U)"
 )
+
+
+def plan_share_hint(plan_name: str) -> str:
+    """The remedy for a running VM when a plan drives the conversion: the plan setting
+    (``convert.forceShare``), which ``vmmove plan --stage-running`` writes."""
+    return ("a consistent copy needs the VM shut off, or the staged cutover (set "
+            f"convert.forceShare: true in {plan_name}, or make the plan with vmmove plan "
+            "--stage-running, to copy it while it runs, reading with qemu-img -U)")
 
 #: Extensions that promise a container format: a file with one of these that qemu-img
 #: reads as raw is corrupt or not an image, and converting it "as raw" would be wrong.
@@ -106,6 +113,8 @@ class ConvertOptions:
     redo: bool = False  # convert again even if the journal says done
     flags: tuple[str, ...] = qemuimg.FAST_FLAGS
     check_space: bool = True
+    #: The remedy named when a disk is in use: the flag of the command that runs.
+    share_hint: str = CONSISTENT_COPY_HINT
 
     def __post_init__(self) -> None:
         if self.format not in qemuimg.OUTPUT_FORMATS:
@@ -136,6 +145,17 @@ class DiskJob:
     fingerprint: list[list[Any]] | None = None  # (path, size, mtime_ns) of every layer
     probed: bool = False
     source_name: str | None = None  # the checked chain as qemu opens it (json:, by vmmove)
+    scratch: Path | None = None  # a packed OVF file rebuilt in the work folder (removed after)
+
+    def discard_scratch(self) -> None:
+        """Remove the rebuilt copy of a packed file (and its private folder), if any."""
+        if self.scratch is not None:
+            self.scratch.unlink(missing_ok=True)
+            try:
+                self.scratch.parent.rmdir()
+            except OSError:
+                pass
+            self.scratch = None
 
     @property
     def label(self) -> str:
@@ -167,10 +187,15 @@ class DiskResult:
 
 
 class Progress(Protocol):
-    """Progress subscriber: the CLI draws bars; tests may record calls."""
+    """Progress subscriber: the CLI draws bars; tests may record calls.
+
+    ``advanced`` reports the conversion's fraction (0..1), ``verifying`` the verification's
+    (compare + checksum, 0..1, first called with 0.0 when it starts).
+    """
 
     def started(self, job: DiskJob, total: int) -> None: ...
     def advanced(self, job: DiskJob, fraction: float) -> None: ...
+    def verifying(self, job: DiskJob, fraction: float) -> None: ...
     def finished(self, job: DiskJob, result: DiskResult) -> None: ...
 
 
@@ -179,6 +204,9 @@ class NoProgress:
         pass
 
     def advanced(self, job: DiskJob, fraction: float) -> None:
+        pass
+
+    def verifying(self, job: DiskJob, fraction: float) -> None:
         pass
 
     def finished(self, job: DiskJob, result: DiskResult) -> None:
@@ -321,14 +349,25 @@ def _temp_path(output: Path) -> Path:
 
 
 _TEMP_RE = re.compile(r"^\..+\.(qcow2|raw)\.\d+-[0-9a-f]{8}\.part$")
+_SCRATCH_RE = re.compile(r"^\.unpack-\d+-[0-9a-f]{8}$")  # folders of rebuilt packed files
 
 
 def remove_stale_temps(workdir: Path) -> list[Path]:
-    """Delete partial outputs left by an earlier run (the caller holds the journal lock)."""
+    """Delete partial outputs and rebuilt packed files left by an earlier run (the caller
+    holds the journal lock)."""
     removed = []
     for entry in workdir.iterdir() if workdir.is_dir() else ():
-        if _TEMP_RE.match(entry.name) and entry.is_file():
+        if _TEMP_RE.match(entry.name) and entry.is_file() and not entry.is_symlink():
             entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif _SCRATCH_RE.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            for inner in entry.iterdir():
+                if inner.is_file() and not inner.is_symlink():
+                    inner.unlink(missing_ok=True)
+            try:
+                entry.rmdir()
+            except OSError:
+                continue
             removed.append(entry)
     return removed
 
@@ -397,9 +436,61 @@ def _fingerprint(paths: Iterable[str]) -> list[list[Any]] | None:
     return prints or None
 
 
-def prepare(job: DiskJob, options: ConvertOptions) -> None:
-    """Check the source and measure it; raise :class:`DiskError` naming what is wrong."""
+def refusal(disk: Disk) -> str | None:
+    """Why the scan's record says this disk's data cannot be converted, or None.
+
+    Convert honours what scan recorded: a disk with a scan ``error`` is never handed to
+    qemu-img (its reason is the reason), nor is a raw device map, a vSAN object or a host
+    CD-ROM, which hold no image at all.
+    """
+    if disk.error:
+        return f"{disk.error} (as the scan recorded; not handed to qemu-img)"
+    if disk.layout in (RDM_PHYSICAL, RDM_VIRTUAL):
+        return (f"{disk.path or 'it'} is a VMware raw device map: its data is on a SAN LUN, not in "
+                "a file; have the storage team copy the LUN (or present it to the cluster), or "
+                "leave the disk out")
+    if disk.layout == VSAN:
+        return (f"{disk.path or 'it'} names a vSAN object: there is no local data to read; export "
+                "the VM through vCenter (OVF export or VDDK) instead of copying the folder")
+    if disk.layout == HOST_CDROM:
+        return "a host CD-ROM drive passed through: there is no image to convert"
+    return None
+
+
+def _unpack(job: DiskJob, workdir: Path) -> Chain:
+    """Rebuild a packed (compressed/chunked) OVF file in a private folder of the work folder
+    and open it as an export of its own: the rebuilt image may name no other file."""
+    from converters.unpack import UnpackError, unpack
+
+    packing = job.disk.packing
+    assert packing is not None
+    capacity = job.disk.virtual_size or 0
+    # A converted image is at most its capacity plus format metadata; gzip beyond that is a bomb.
+    limit = capacity + capacity // 8 + 64 * 1024**2 if capacity else (packing.size or 0) * 1024
+    folder = workdir / f".unpack-{os.getpid()}-{secrets.token_hex(4)}"
+    folder.mkdir(mode=0o700)
+    try:
+        job.scratch = unpack(packing, folder, Path(packing.href).name or "disk", limit)
+    except UnpackError as exc:
+        folder.rmdir()
+        raise DiskError(str(exc)) from None
+    export = Export.of_descriptor(str(job.scratch))
+    return open_path(export, str(job.scratch), declared_format(job.disk))
+
+
+def prepare(job: DiskJob, options: ConvertOptions, done: Step | None = None) -> None:
+    """Check the source and measure it; raise :class:`DiskError` naming what is wrong.
+
+    ``done`` is the journal's step for the disk: a packed file whose finished, verified
+    image is recorded from the same pieces is not rebuilt just to be skipped.
+    """
     disk, path = job.disk, job.disk.path
+    reason = refusal(disk)
+    if reason:
+        raise DiskError(f"{job.label}: {reason}")
+    if disk.packing is not None:
+        _prepare_packed(job, options, done)
+        return
     if not path:
         raise DiskError(f"{job.label}: the disk has no source file")
     if disk.source_type not in ("file", "block", "volume"):
@@ -407,7 +498,7 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
                         "be read from here; export the image to a file first")
     if job.vm.power_state in IN_USE_STATES and not options.force_share:
         raise DiskError(
-            f"{job.label}: VM is {job.vm.power_state.value}; {CONSISTENT_COPY_HINT}")
+            f"{job.label}: VM is {job.vm.power_state.value}; {options.share_hint}")
     try:
         probed = declared_format(disk) is None
         chain = source_chain(job.vm, disk, options.force_share)
@@ -425,10 +516,10 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
                 raise DiskError(f"{path}: {problem}")
             measured = f_measure.result()
     except qemuimg.ImageInUse as exc:
-        raise DiskError(f"{exc}; the image is in use: {CONSISTENT_COPY_HINT}") from None
+        raise DiskError(f"{exc}; the image is in use: {options.share_hint}") from None
     except (ImageError, qemuimg.QemuImgError) as exc:
         if any(h in str(exc) for h in ("lock", "another process")):
-            raise DiskError(f"{exc}; the image is in use: {CONSISTENT_COPY_HINT}") from None
+            raise DiskError(f"{exc}; the image is in use: {options.share_hint}") from None
         raise DiskError(str(exc)) from None
     job.source_format, job.probed = fmt, probed
     job.source_name = name
@@ -444,6 +535,47 @@ def prepare(job: DiskJob, options: ConvertOptions) -> None:
         if where == work or work in where.parents:
             raise DiskError(f"{job.label}: backing file {layer} is in the work folder "
                             f"{job.output.parent}; convert into a folder of its own")
+
+
+def _prepare_packed(job: DiskJob, options: ConvertOptions, done: Step | None) -> None:
+    """:func:`prepare` for a gzip/chunked OVF file: rebuild it, then measure the copy."""
+    packing = job.disk.packing
+    assert packing is not None
+    job.fingerprint = _fingerprint(dict.fromkeys(p.path for p in packing.pieces))
+    if (done is not None and _is_current(done, job, options)
+            and (done.data.get("verified") or not options.verify)):
+        job.source_format = done.data.get("source_format")
+        job.source_name = job.disk.path  # never opened: the step is skipped
+        job.virtual_size = done.data.get("virtual_size")
+        return
+    try:
+        chain = _unpack(job, job.output.parent)
+        fmt, name = chain.format, chain.qemu_name()
+        problem = qemuimg.check(name, fmt, label=packing.href)
+        if problem:
+            raise DiskError(f"{packing.href}: {problem}")
+        measured = qemuimg.measure(name, fmt, "qcow2", label=packing.href)
+    except ContainmentError as exc:
+        raise DiskError(str(exc)) from None
+    except (ImageError, qemuimg.QemuImgError) as exc:
+        raise DiskError(str(exc)) from None
+    job.source_format, job.probed, job.source_name = fmt, False, name
+    job.virtual_size, job.required = chain.virtual_size, measured.required
+
+
+def prepare_error(job: DiskJob, options: ConvertOptions,
+                  done: Step | None = None) -> str | None:
+    """:func:`prepare`, its problem (naming the disk) as the answer instead of raised; a
+    failed preparation leaves no rebuilt copy of a packed file behind."""
+    try:
+        prepare(job, options, done)
+    except VmmoveError as exc:
+        job.discard_scratch()
+        return _name_disk(job, str(exc))
+    except BaseException:
+        job.discard_scratch()
+        raise
+    return None
 
 
 def _is_current(step: Step | None, job: DiskJob, options: ConvertOptions) -> bool:
@@ -475,23 +607,43 @@ def allocated_bytes(path: str | os.PathLike[str]) -> int:
 
 
 def _verify(job: DiskJob, image: Path, options: ConvertOptions,
-            canceller: qemuimg.Canceller) -> tuple[str, qemuimg.CompareResult]:
-    """qemu-img compare source↔output while this thread hashes the output."""
+            canceller: qemuimg.Canceller,
+            progress: Progress | None = None) -> tuple[str, qemuimg.CompareResult]:
+    """qemu-img compare source↔output while this thread hashes the output.
+
+    ``progress.verifying`` gets the fraction of the verification done: the mean of the
+    compare's own progress and the share of the output hashed.
+    """
     assert job.disk.path and job.source_format and job.source_name
     outcome: dict[str, Any] = {}
+    parts = [0.0, 0.0]  # compare, hash
+    size = max(image.stat().st_size, 1)
+    lock = threading.Lock()
+
+    def report(index: int, fraction: float) -> None:
+        if progress is None:
+            return
+        with lock:
+            parts[index] = fraction
+            value = (parts[0] + parts[1]) / 2
+        progress.verifying(job, value)
+
+    if progress is not None:
+        progress.verifying(job, 0.0)
 
     def run_compare() -> None:
         try:
             outcome["result"] = qemuimg.compare(
                 job.source_name, job.source_format, str(image), options.format,
-                force_share=options.force_share, canceller=canceller, label=job.disk.path)
+                force_share=options.force_share, canceller=canceller, label=job.disk.path,
+                on_progress=lambda f: report(0, f))
         except BaseException as exc:  # carried to the calling thread
             outcome["error"] = exc
 
     thread = threading.Thread(target=run_compare, name=f"compare {job.item}")
     thread.start()
     try:
-        checksum = sha256_file(image)
+        checksum = sha256_file(image, lambda n: report(1, min(n / size, 1.0)))
     finally:
         thread.join()
     if "error" in outcome:
@@ -533,6 +685,13 @@ class Runner:
             seconds=step.duration, note=note)
 
     def run_one(self, job: DiskJob) -> DiskResult:
+        """Convert (or verify, or skip) one prepared disk; never raises for disk problems."""
+        try:
+            return self._run_one(job)
+        finally:
+            job.discard_scratch()
+
+    def _run_one(self, job: DiskJob) -> DiskResult:
         """Convert (or verify, or skip) one prepared disk; never raises for disk problems."""
         opts = self.options
         assert job.disk.path and job.source_format and job.source_name
@@ -587,7 +746,7 @@ class Runner:
                 label=job.disk.path)
             checksum, verified = None, False
             if opts.verify:
-                checksum, compared = _verify(job, temp, opts, self.canceller)
+                checksum, compared = _verify(job, temp, opts, self.canceller, self.progress)
                 if not compared.identical:
                     hint = (" (the source is in use and changed during the copy; "
                             f"{CONSISTENT_COPY_HINT.split(' (')[0]})" if opts.force_share else "")
@@ -638,7 +797,8 @@ class Runner:
         total = job.required or job.virtual_size or 0
         self.progress.started(job, total)
         try:
-            checksum, compared = _verify(job, job.output, self.options, self.canceller)
+            checksum, compared = _verify(job, job.output, self.options, self.canceller,
+                                         self.progress)
         except VmmoveError as exc:
             result = self._fail(job, _name_disk(job, str(exc)))
             self.progress.finished(job, result)
@@ -726,20 +886,18 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
         job = DiskJob(vm, disk, item, path, identity)
         if disk.device not in ("disk", "lun"):
             results[index] = runner._result(job, IGNORED, note=f"{disk.device}: nothing to convert")
+        elif disk.layout == HOST_CDROM:
+            results[index] = runner._result(
+                job, IGNORED, note="host CD-ROM passthrough: nothing to convert (dropped)")
         else:
             jobs.append((index, job))
 
     # Preparation (qemu-img info + measure) runs in the pool too: it is one small process
     # per disk, and a batch can have hundreds.
     with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="convert") as pool:
-        def prep(job: DiskJob) -> str | None:
-            try:
-                prepare(job, options)
-            except VmmoveError as exc:
-                return _name_disk(job, str(exc))
-            return None
-
-        errors = list(pool.map(prep, [job for _, job in jobs]))
+        errors = list(pool.map(
+            lambda job: prepare_error(job, options, runner.journal.get(KIND_CONVERT, job.item)),
+            [job for _, job in jobs]))
         todo: list[tuple[int, DiskJob]] = []
         for (index, job), error in zip(jobs, errors):
             if error:
@@ -750,6 +908,10 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
 
         if options.check_space:
             todo = _fit_space(runner, folder, todo, results)
+        kept = {id(job) for _, job in todo}
+        for _, job in jobs:
+            if id(job) not in kept:
+                job.discard_scratch()
 
         futures: dict[Future[DiskResult], int] = {
             pool.submit(runner.run_one, job): index for index, job in todo}
@@ -802,3 +964,51 @@ def convert_status(workdir: str | os.PathLike[str],
     if prefixes:
         steps = [s for s in steps if any(s.item.startswith(f"{p}/") for p in prefixes)]
     return steps
+
+
+def preflight_disks(inventory: Inventory, workdir: str | os.PathLike[str],
+                    options: ConvertOptions,
+                    disks: Iterable[tuple[str, str]]) -> tuple[list[str], int, int]:
+    """Before converting anything: every disk of ``disks`` (``(vm key, target)``) checked
+    as the conversion will check it (source there, readable, not in use unless
+    ``force_share``; ``qemu-img info``/``check``/``measure``), and the space the outputs
+    not converted yet need (``qemu-img measure``'s ``required``) against the space free in
+    ``workdir``.  Returns ``(problems, bytes needed, bytes free)``; nothing is written
+    (the journal is only read)."""
+    from migrate.output import human_size
+
+    folder = Path(workdir).absolute()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = _free_bytes(probe)
+    names = target_names(inventory)
+    pairs = [(vm, disk) for vm, disk in select_disks(inventory, (), disks)
+             if disk.device in ("disk", "lun") and disk.layout != HOST_CDROM]
+    steps: dict[str, Step | None] = {}
+    claimed: dict[str, tuple[str, str | None]] = {}
+    if journal_path(folder).is_file():
+        with Journal(journal_path(folder)) as journal:
+            claimed = _claimed_outputs(journal)
+            steps = {disk_item(vm, d): journal.get(KIND_CONVERT, disk_item(vm, d))
+                     for vm, d in pairs}
+    jobs = []
+    for vm, disk in pairs:
+        item, identity = disk_item(vm, disk), vm_identity(vm)
+        path = unique_output(output_path(folder, names, vm, disk, options.format), item,
+                             identity, claimed)
+        jobs.append(DiskJob(vm, disk, item, path, identity))
+    todo = [job for job in jobs if not _is_current(steps.get(job.item), job, options)]
+    # A packed OVF file would have to be rebuilt (written) to be measured: its capacity
+    # is the estimate, and the conversion checks it.
+    packed = [job for job in todo if job.disk.packing is not None]
+    with ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="preflight") as pool:
+        problems = [e for e in pool.map(lambda job: prepare_error(job, options),
+                                        [j for j in todo if j not in packed]) if e]
+    need = sum(job.required or 0 for job in todo) + sum(
+        job.disk.virtual_size or 0 for job in packed)
+    if need > free:
+        problems.append(f"{folder}: not enough space: the {len(todo)} image(s) to convert "
+                        f"need {human_size(need)} (qemu-img measure), {human_size(free)} is "
+                        "free; free space or give the plan another workdir")
+    return problems, need, free

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from migrate.errors import VmmoveError
 from migrate.imageinfo import qemu_img
+from migrate.progress import trace_command
 
 #: Flags added to every ``qemu-img convert``: none.  Chosen by measurement (bench/convert.py,
 #: numbers in docs/convert.md): qemu-img's own defaults (``-t unsafe`` for the output, i.e.
@@ -130,6 +131,7 @@ def _raise(stderr: str, name: str) -> None:
 
 
 def _run(args: Sequence[str], name: str, timeout: float = 600) -> str:
+    trace_command([qemu_img(), *args])
     proc = subprocess.run(
         [qemu_img(), *args], capture_output=True, text=True, timeout=timeout
     )
@@ -183,6 +185,7 @@ def check(path: str, fmt: str, *, force_share: bool = False,
     qemu reads the missing clusters as zeros.  Leaks (exit 3) are harmless; formats
     without a check (exit 63, e.g. raw) pass.
     """
+    trace_command([qemu_img(), "check", "-q", *_src(fmt, force_share), path])
     proc = subprocess.run(
         [qemu_img(), "check", "-q", *_src(fmt, force_share), path],
         capture_output=True, text=True, timeout=600,
@@ -217,26 +220,42 @@ def data_bytes(extents: Sequence[Extent]) -> int:
 
 
 def compare(a: str, fmt_a: str, b: str, fmt_b: str, *, force_share: bool = False,
-            canceller: Canceller | None = None, label: str | None = None) -> CompareResult:
+            canceller: Canceller | None = None, label: str | None = None,
+            on_progress: Callable[[float], None] | None = None) -> CompareResult:
     """``qemu-img compare``: exit 0 identical, 1 different, 2 (or other) an error.
 
-    ``label`` names ``a`` in errors when ``a`` is a ``json:`` chain.
+    ``label`` names ``a`` in errors when ``a`` is a ``json:`` chain.  ``on_progress`` gets
+    the fraction compared (0..1, from ``-p``) as qemu-img reports it.
     """
-    args = [*_launcher(), qemu_img(), "compare", "-f", fmt_a, "-F", fmt_b]
+    args = [qemu_img(), "compare", "-p", "-f", fmt_a, "-F", fmt_b]
     if force_share:
         args.append("-U")
+    trace_command([*args, a, b])
+    args = [*_launcher(), *args]
+    text_parts: list[bytes] = []
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([*args, a, b], stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen([*args, a, b], stdout=subprocess.PIPE, stderr=err,
+                                stdin=subprocess.DEVNULL)
         if canceller:
             canceller.register(proc)
         try:
-            out, _ = proc.communicate()
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+            parse_progress(lambda: os.read(fd, 4096), on_progress or (lambda _v: None),
+                           text_parts.append)
+            proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
         finally:
+            if proc.stdout:
+                proc.stdout.close()
             if canceller:
                 canceller.unregister(proc)
         err.seek(0)
         stderr = err.read().decode(errors="replace")
-    text = out.decode(errors="replace").strip()
+    text = " ".join(p.decode(errors="replace").strip() for p in text_parts if p.strip())
     if proc.returncode == 0:
         return CompareResult(True, text or "Images are identical.")
     if proc.returncode == 1:
@@ -248,11 +267,13 @@ def compare(a: str, fmt_a: str, b: str, fmt_b: str, *, force_share: bool = False
     raise AssertionError("unreachable")
 
 
-def parse_progress(chunks: Callable[[], bytes], on_progress: Callable[[float], None]) -> None:
+def parse_progress(chunks: Callable[[], bytes], on_progress: Callable[[float], None],
+                   on_text: Callable[[bytes], None] | None = None) -> None:
     """Feed qemu-img ``-p`` output (read by ``chunks`` until b"") to ``on_progress`` (0..1).
 
     qemu-img ends each report with ``\\r`` and no newline, so this reads raw chunks and
-    splits on both ``\\r`` and ``\\n`` instead of reading lines.
+    splits on both ``\\r`` and ``\\n`` instead of reading lines.  Pieces that are not
+    progress reports (``qemu-img compare``'s verdict) go to ``on_text``.
     """
     pending = b""
     last = -1.0
@@ -269,11 +290,15 @@ def parse_progress(chunks: Callable[[], bytes], on_progress: Callable[[float], N
                 if value != last:
                     last = value
                     on_progress(value)
+            elif on_text is not None and piece.strip():
+                on_text(piece)
     match = _PROGRESS_RE.search(pending)
     if match:
         value = min(float(match.group(1)) / 100.0, 1.0)
         if value != last:
             on_progress(value)
+    elif on_text is not None and pending.strip():
+        on_text(pending)
 
 
 def convert_args(src: str, src_fmt: str, dest: str, out_fmt: str, *, compress: str | None = None,
@@ -304,6 +329,7 @@ def convert(src: str, src_fmt: str, dest: str, out_fmt: str, *, compress: str | 
     """
     args = convert_args(src, src_fmt, dest, out_fmt, compress=compress,
                         force_share=force_share, flags=flags)
+    trace_command([qemu_img(), *args])
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
             [*_launcher(), qemu_img(), *args], stdout=subprocess.PIPE, stderr=err,

@@ -25,8 +25,8 @@ from manifests.sources import BLANK, HTTP, S3, UPLOAD, DiskSource, MissingSource
 from manifests.validate import INTERFACE_MODELS, RESERVED_MAC, RUN_STRATEGIES, admission_errors
 from migrate import __version__
 from migrate.errors import VmmoveError
-from migrate.mapping import POD, NetworkMap, StorageMap, inspected_disk_bus, inspected_nic_model
-from migrate.model import VM, Disk, Inventory, Nic
+from migrate.mapping import POD, NetworkMap, StorageMap, inspected_nic_model, target_disk_bus
+from migrate.model import HOST_CDROM, VM, Disk, Inventory, Nic
 from migrate.naming import assign_names, dns1123_label
 from migrate.workdir import image_basename, target_names
 
@@ -48,6 +48,16 @@ class VmOverrides:
     run_strategy: str | None = None
     preference: str | None = None  # "auto", "none" or a preference name
     instancetype: str | None = None  # "auto", "none" or an instancetype name
+    memory: int | None = None  # bytes: replaces the source's memory size
+    cpu_model: str | None = None  # spec.domain.cpu.model
+    disk_bus: dict[str, str] = field(default_factory=dict)  # disk target → bus
+    disk_size: dict[str, int] = field(default_factory=dict)  # disk target → PVC bytes
+    nic_mac: dict[int, str] = field(default_factory=dict)  # NIC index → MAC
+    nic_model: dict[int, str] = field(default_factory=dict)  # NIC index → model
+    labels: dict[str, str] = field(default_factory=dict)  # VM and VMI template labels
+    annotations: dict[str, str] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    affinity: dict[str, Any] | None = None
 
 
 @dataclass
@@ -128,7 +138,6 @@ _NOT_CARRIED = {
     "pci-passthrough", "usb-passthrough", "mdev", "scsi-passthrough", "smartcard", "redirdev",
     "filesystem", "shmem", "parallel", "watchdog", "sound",
 }
-_DISK_BUSES = {"virtio": "virtio", "ide": "sata", "sata": "sata", "scsi": "scsi", "usb": "usb"}
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -235,7 +244,7 @@ class _Builder:
                 clock["timezone"] = "UTC"
                 self.notes.append(
                     "clock: the source guest keeps local time; time zone UTC assumed "
-                    "(pass --timezone with the source host's zone)"
+                    "(--timezone, or defaults.timezone in a plan, names the source host's zone)"
                 )
         elif offset == "variable":
             adjust = self.vm.metadata.get("clock_adjustment") or self.vm.metadata.get("clock.adjustment")
@@ -264,6 +273,10 @@ class _Builder:
         for disk in vm.disks:
             if disk.device == "floppy":
                 self.notes.append(f"disk {disk.target}: floppy dropped (KubeVirt has no floppy drive)")
+                continue
+            if disk.layout == HOST_CDROM:
+                self.notes.append(f"disk {disk.target}: host CD-ROM drive passthrough dropped "
+                                  "(no media to carry; attach an ISO DataVolume if needed)")
                 continue
             if disk.device == "cdrom":
                 if not self.opt.keep_cdroms:
@@ -301,7 +314,7 @@ class _Builder:
                     f"disk {disk.target}: uses DataVolume {src.dv}, already filled through the upload proxy"
                 )
                 continue
-            size = disk.virtual_size or src.size
+            size = self.over.disk_size.get(disk.target) or disk.virtual_size or src.size
             if not size:
                 self.problems.append(f"disk {disk.target}: virtual size unknown, cannot size its volume")
                 continue
@@ -312,33 +325,22 @@ class _Builder:
         return ordered
 
     def disk_device(self, disk: Disk, name: str) -> dict[str, Any]:
-        src_bus = (disk.bus or "").lower()
-        bus = _DISK_BUSES.get(src_bus)
-        if bus is None:
-            guess = disk.target[:2]
-            bus = {"vd": "virtio", "sd": "scsi", "hd": "sata"}.get(guess) or ("sata" if self.windows else "virtio")
-            self.notes.append(f"disk {disk.target}: bus {disk.bus or 'unknown'} becomes {bus}")
-        fix = inspected_disk_bus(bus, disk, self.vm.inspection)
-        if fix.reason:
-            self.notes.append(f"disk {disk.target}: {fix.reason}")
-        bus = fix.value
+        if disk.target in self.over.disk_bus:
+            bus = self.over.disk_bus[disk.target]
+            self.notes.append(f"disk {disk.target}: bus {bus} (the plan's)")
+        else:
+            choice = target_disk_bus(disk, self.windows, self.vm.inspection)  # the same rule the assessment states
+            bus = choice.bus
+            if choice.reason:
+                self.notes.append(f"disk {disk.target}: {choice.reason}")
         if disk.device == "lun":
             self.notes.append(f"disk {disk.target}: LUN passthrough becomes a plain disk on bus {bus}")
         entry: dict[str, Any] = {"name": name}
         if disk.device == "cdrom":
-            if bus not in ("sata", "scsi"):
-                self.notes.append(f"disk {disk.target}: cdrom bus {bus} becomes sata")
-                bus = "sata"
             entry["cdrom"] = {"bus": bus, "readonly": True}
         else:
             target: dict[str, Any] = {"bus": bus}
             if disk.readonly:
-                if bus == "sata":
-                    bus = "scsi"
-                    target["bus"] = bus
-                    self.notes.append(
-                        f"disk {disk.target}: read-only, and KubeVirt has no read-only SATA disks; bus scsi"
-                    )
                 target["readonly"] = True
             entry["disk"] = target
         if disk.shareable:
@@ -428,10 +430,10 @@ class _Builder:
             else:
                 iface["bridge"] = {}
                 networks.append({"name": name, "multus": {"networkName": target.name}})
-            model = self.nic_model(nic, idx)
+            model = self.over.nic_model.get(idx) or self.nic_model(nic, idx)
             if model:
                 iface["model"] = model
-            mac = (nic.mac or "").lower().replace("-", ":")
+            mac = self.over.nic_mac.get(idx) or (nic.mac or "").lower().replace("-", ":")
             if mac:
                 if not _MAC.match(mac):
                     self.notes.append(f"nic{idx}: MAC {nic.mac!r} is malformed; KubeVirt assigns one")
@@ -552,8 +554,10 @@ class _Builder:
     # ---- everything ----
     def build(self) -> ManifestSet:
         vm = self.vm
-        if vm.memory <= 0:
-            raise self.fail("memory size unknown")
+        memory = self.over.memory or vm.memory
+        if memory <= 0:
+            raise self.fail("memory size unknown (a plan sets it: memory: 4Gi in the VM's "
+                            "entry)")
         arch = _architecture(vm)
         domain: dict[str, Any] = {"machine": {"type": "q35"}}
         features: dict[str, Any] = {}
@@ -561,7 +565,9 @@ class _Builder:
         instancetype = self.choose_instancetype()
         if instancetype is None:
             domain["cpu"] = self.cpu()
-            domain["memory"] = {"guest": quantity(vm.memory)}
+            if self.over.cpu_model:
+                domain["cpu"]["model"] = self.over.cpu_model
+            domain["memory"] = {"guest": quantity(memory)}
         machine = (vm.machine or "").lower()
         if "i440fx" in machine or machine in ("pc",) or machine.startswith("pc-") and "q35" not in machine:
             self.notes.append(f"machine: source machine {vm.machine} (i440fx) becomes q35")
@@ -607,11 +613,16 @@ class _Builder:
             raise self.fail(f"run strategy {run_strategy!r} is not one of {', '.join(RUN_STRATEGIES)}")
         spec["runStrategy"] = run_strategy
         tspec: dict[str, Any] = {"architecture": arch, "domain": domain}
+        if self.over.node_selector:
+            tspec["nodeSelector"] = dict(self.over.node_selector)
+        if self.over.affinity:
+            tspec["affinity"] = self.over.affinity
         if networks:
             tspec["networks"] = networks
         if volumes:
             tspec["volumes"] = volumes
-        spec["template"] = {"metadata": {"labels": {f"{DOMAIN}/vm": self.name}}, "spec": tspec}
+        spec["template"] = {"metadata": {"labels": {**self.over.labels, f"{DOMAIN}/vm": self.name}},
+                            "spec": tspec}
 
         obj = {
             "apiVersion": "kubevirt.io/v1",
@@ -635,7 +646,7 @@ class _Builder:
         return ManifestSet(vm.key, self.name, self.namespace, obj, list(self.secrets.values()), self.notes)
 
     def labels(self) -> dict[str, str]:
-        labels = {**MANAGED_BY, f"{DOMAIN}/source-kind": self.vm.source.kind.value}
+        labels = {**self.over.labels, **MANAGED_BY, f"{DOMAIN}/source-kind": self.vm.source.kind.value}
         uid = _labels_value(_valid_uuid(self.vm.uuid))
         if uid:
             labels[f"{DOMAIN}/domain-uuid"] = uid
@@ -645,6 +656,7 @@ class _Builder:
         vm = self.vm
         location = vm.source.location + (f"#{vm.source.member}" if vm.source.member else "")
         ann = {
+            **self.over.annotations,
             f"{DOMAIN}/source-name": vm.name,
             f"{DOMAIN}/source-uri": location,
             f"{DOMAIN}/version": __version__,

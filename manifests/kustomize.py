@@ -63,6 +63,17 @@ def render(obj: Any, fmt: str) -> str:
     return to_json(obj) if fmt == "json" else to_yaml(obj)
 
 
+def render_many(sets: list[ManifestSet], fmt: str) -> str:
+    """The VirtualMachines of ``sets`` for printing: one object when there is one; else a
+    YAML stream (``---`` between documents) or a JSON ``kind: List``, as kubectl prints."""
+    objs = [s.virtual_machine for s in sets]
+    if len(objs) == 1:
+        return render(objs[0], fmt)
+    if fmt == "json":
+        return to_json({"apiVersion": "v1", "kind": "List", "items": objs})
+    return "".join(("---\n" if i else "") + to_yaml(o) for i, o in enumerate(objs))
+
+
 def _write(path: Path, text: str, private: bool = False) -> None:
     atomic_write(path, text, private=private)
 

@@ -13,7 +13,9 @@ records — never the transfer code — and turns each into a CDI source:
 
 Disks with no transfer record can be served from a plain web server (``--http-base URL``):
 the source is ``URL/<image file name>``, the converted image when ``vmmove convert`` made
-one (with its sha256 checksum), the source image file otherwise.
+one (with its sha256 checksum), otherwise the source image file — but only when that file
+is a self-contained image CDI can import from one URL (see :func:`unservable`); anything
+else needs a convert record and is refused with one line saying why.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from migrate.model import VM, Disk
+from migrate.model import MULTI_FILE, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk
 from migrate.state import DONE, Journal, Step
 from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, journal_path
 
@@ -53,6 +55,41 @@ class MissingSource:
     """Why a disk has no source; the generator lists every one of them in one error."""
 
     reason: str
+
+
+def unservable(disk: Disk, vm_name: str = "VM") -> str | None:
+    """Why the disk's source file cannot be served as is over ``--http-base``, or None.
+
+    CDI's http source imports exactly the one file at the URL (qcow2, raw, vmdk, vdi,
+    vhd(x), optionally gz/xz: CDI doc/supported_operations.md).  So only a single
+    self-contained image file qualifies: not a disk the scan could not read, not a member
+    inside an OVA, not a compressed or chunked package file, not a VMDK descriptor whose
+    data lives in extent files, not an image on a backing chain, and never a raw device map,
+    vSAN object or host device.
+    """
+    convert = "; convert it first (vmmove convert) and pass --workdir"
+    if disk.layout in (RDM_PHYSICAL, RDM_VIRTUAL):
+        return ("VMware raw device map: the data is on a SAN LUN; copy the LUN (storage team) or "
+                f"leave the disk out with --blank {vm_name}/{disk.target}")
+    if disk.layout == VSAN:
+        return "vSAN object: no local data; export the VM through vCenter (OVF or VDDK)"
+    if disk.error:
+        return f"the scan could not read it ({disk.error})"
+    if disk.packing is not None:
+        how = " and ".join(w for w in ((f"{disk.packing.compression}-compressed"
+                                        if disk.packing.compression else ""),
+                                       "split into chunks" if disk.packing.chunk_size else "") if w)
+        return f"{disk.packing.href} is stored {how} in the package{convert}"
+    if disk.source_type != "file" or not disk.path:
+        return f"a {disk.source_type} disk, not an image file{convert}"
+    if disk.path.startswith("json:") or "#" in os.path.basename(disk.path):
+        return f"the disk is inside an archive, not a file of its own{convert}"
+    if disk.layout == MULTI_FILE:
+        return f"{os.path.basename(disk.path)} is a VMDK descriptor whose data is in separate extent files{convert}"
+    if disk.backing_chain:
+        return (f"{os.path.basename(disk.path)} sits on {len(disk.backing_chain)} backing file(s) "
+                f"and CDI imports one file{convert}")
+    return None
 
 
 @dataclass
@@ -107,13 +144,12 @@ class SourceResolver:
             if converted and converted.data.get("output"):
                 name = Path(str(converted.data["output"])).name
                 checksum = converted.checksum
-            elif disk.source_type == "file" and disk.path:
+            elif (why := unservable(disk, vm.name)) is None:
+                assert disk.path is not None
                 name, checksum = Path(disk.path).name, None
             else:
                 return MissingSource(
-                    f"no transfer record and no image file to serve from --http-base "
-                    f"({disk.source_type} disk)"
-                )
+                    f"no transfer record and no image file to serve from --http-base: {why}")
             url = f"{self.http_base}/{urllib.parse.quote(name)}"
             return DiskSource(HTTP, url=url, checksum=checksum, size=size, origin="--http-base")
         where = f" in {self.workdir}" if self.workdir else " (no --workdir given)"

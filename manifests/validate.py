@@ -26,6 +26,8 @@ from typing import Any
 import yaml
 
 from migrate.errors import UsageError
+from migrate.mapping import INTERFACE_MODELS, TARGET_BUSES
+from migrate.naming import DNS_SUBDOMAIN, is_label_value, is_qualified_name
 
 # -- 1. schemas -----------------------------------------------------------------------------
 
@@ -132,14 +134,11 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _IFACE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _SERIAL = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_SUBDOMAIN = DNS_SUBDOMAIN
 
 MACHINE_TYPES = ("q35*", "pc-q35*")  # KubeVirt's default emulatedMachines on x86_64
 RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure", "Once")
-INTERFACE_MODELS = ("e1000", "e1000e", "igb", "ne2k_pci", "pcnet", "rtl8139", "virtio")
-DISK_BUSES = {"disk": ("virtio", "sata", "scsi", "usb"), "cdrom": ("sata", "scsi"), "lun": ("virtio", "sata", "scsi", "usb")}
+DISK_BUSES = {"disk": TARGET_BUSES, "cdrom": ("sata", "scsi"), "lun": TARGET_BUSES}
 RESERVED_MAC = "02:00:00:00:00:00"
 _VOLUME_SOURCES = (
     "cloudInitConfigDrive", "cloudInitNoCloud", "configMap", "containerDisk", "dataVolume",
@@ -157,10 +156,9 @@ def _check_metadata(meta: dict[str, Any], where: str, errors: list[str], label_n
     if ns is not None and (len(ns) > 63 or not DNS_LABEL.match(ns)):
         errors.append(f"{where}metadata.namespace {ns!r} is not a DNS-1123 label")
     for key, value in (meta.get("labels") or {}).items():
-        prefix, _, lname = key.rpartition("/")
-        if (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) or len(lname) > 63 or not _LABEL_NAME.match(lname):
+        if not is_qualified_name(key):
             errors.append(f"{where}metadata.labels: invalid key {key!r}")
-        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+        if not isinstance(value, str) or not is_label_value(value):
             errors.append(f"{where}metadata.labels[{key}]: invalid value {value!r}")
     total = sum(len(k) + len(str(v)) for k, v in (meta.get("annotations") or {}).items())
     if total > 256 * 1024:

@@ -32,6 +32,8 @@ KIND_APPLY = "apply"
 KIND_IMPORT = "import"
 KIND_CUTOVER = "cutover"
 KIND_ROLLBACK = "rollback"
+#: Steps of a cutover that was rolled back: kept with their times (what it measured).
+KIND_CUTOVER_PAST = "cutover-past"
 
 SUCCEEDED = "Succeeded"
 FAILED_PHASE = "Failed"

@@ -49,11 +49,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
+from migrate.apply import (
+    KIND_APPLY,
+    KIND_CUTOVER,
+    KIND_CUTOVER_PAST,
+    KIND_IMPORT,
+    KIND_ROLLBACK,
+)
 from migrate.errors import UsageError, VmmoveError
 from migrate.kube import DATA_VOLUME, VIRTUAL_MACHINE, Kube
 from migrate.model import VM
 from migrate.plan import Plan, PlannedVM
+from migrate.progress import trace_call, without_password
 from migrate.state import DONE, RUNNING, Journal
 from migrate.workdir import disk_item
 
@@ -191,11 +198,14 @@ class Source:
                                "cutover stops and starts libvirt domains only")
         libvirt = _libvirt()
         self.label = f"{vm.name} on {vm.source.location}"
+        trace_call(f"libvirt.open({without_password(vm.source.location)!r})")
         try:
             self.conn = libvirt.open(vm.source.location)
         except libvirt.libvirtError as exc:
             raise CutoverError(f"{self.label}: cannot reach the source host: "
                                f"{exc.get_error_message()}") from None
+        trace_call(f"lookupByUUIDString({vm.uuid!r})" if vm.uuid
+                   else f"lookupByName({vm.name!r})")
         try:
             self.dom = (self.conn.lookupByUUIDString(vm.uuid) if vm.uuid
                         else self.conn.lookupByName(vm.name))
@@ -237,6 +247,7 @@ class Source:
                                "reach it; resume it (virsh resume) or pass --force to power it "
                                "off. Nothing was changed.")
         if self.state != 3:
+            trace_call(f"{self.dom.name()}.shutdown()  # ACPI, on {self.label}")
             try:
                 self.dom.shutdown()
             except libvirt.libvirtError as exc:
@@ -253,6 +264,7 @@ class Source:
                 f"is still {self.state_name}; nothing else was changed. Shut it down from "
                 "inside the guest, raise --shutdown-timeout, or pass --force to power it off "
                 "after the timeout")
+        trace_call(f"{self.dom.name()}.destroy()  # power off, on {self.label}")
         try:
             self.dom.destroy()
         except libvirt.libvirtError as exc:
@@ -267,6 +279,7 @@ class Source:
         libvirt = _libvirt()
         if self.running:
             return "already running"
+        trace_call(f"{self.dom.name()}.create()  # start, on {self.label}")
         try:
             self.dom.create()
         except libvirt.libvirtError as exc:
@@ -732,12 +745,18 @@ def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
     except BaseException:
         journal.fail(KIND_ROLLBACK, p.key, "interrupted: rerun vmmove rollback")
         raise
-    # The next cutover starts again from the preflight; the history keeps this one.
+    # The next cutover starts again from the preflight; what this one measured (its
+    # done steps, its downtime) is kept as kind cutover-past, the history keeps the rest.
     for step in STEPS:
-        if journal.get(KIND_CUTOVER, step_item(p.key, step)) is not None:
+        found = journal.get(KIND_CUTOVER, step_item(p.key, step))
+        if found is not None and found.status == DONE:
+            journal.archive(KIND_CUTOVER, step_item(p.key, step), KIND_CUTOVER_PAST)
+        elif found is not None:
             journal.reset(KIND_CUTOVER, step_item(p.key, step))
     top = journal.get(KIND_CUTOVER, p.key)
-    if top is not None and top.status != DONE:
+    if top is not None and top.status == DONE:
+        journal.archive(KIND_CUTOVER, p.key, KIND_CUTOVER_PAST)
+    elif top is not None:
         journal.update(KIND_CUTOVER, p.key, next=None, step="rolled back")
     seconds = round(time.monotonic() - started, 3)
     journal.done(KIND_ROLLBACK, p.key, target=target_action, source=source_action,
@@ -745,6 +764,31 @@ def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
     log(f"{p.vm.name}: rolled back (target {target_action}, source {source_action})")
     return VmRollback(p.key, p.vm.name, f"{p.namespace}/{p.name}", target_action,
                       source_action, seconds)
+
+
+def has_rollback_work(plan: Plan, journal: Journal, p: PlannedVM) -> bool:
+    """True when a rollback of ``p`` may have something to undo: the journal records a
+    cutover of it (begun, done or rolled back before), or its VirtualMachine was applied
+    with a runStrategy that starts it.  A VM never cut over (staged Halted, or never
+    staged) has nothing to roll back: its source was never touched, no target started."""
+    if journal.get(KIND_CUTOVER, p.key) is not None or journal.get(KIND_ROLLBACK, p.key):
+        return True
+    if journal.steps(KIND_CUTOVER, prefix=p.key + "/"):
+        return True
+    applied = journal.get(KIND_APPLY, p.key)
+    strategy = p.run_strategy or plan.defaults.run_strategy
+    return applied is not None and applied.status == DONE and strategy != "Halted"
+
+
+def rollback_scope(plan: Plan, vms: Sequence[PlannedVM]) -> tuple[list[PlannedVM],
+                                                                   list[PlannedVM]]:
+    """``vms`` split into those a rollback works on and those with nothing to roll back
+    (:func:`has_rollback_work`), each in the order given; reads the journal only."""
+    if not plan.journal_path.is_file():
+        return [], list(vms)
+    with plan.journal() as journal:
+        work = [p for p in vms if has_rollback_work(plan, journal, p)]
+    return work, [p for p in vms if p not in work]
 
 
 def rollback_many(plan: Plan, vms: Sequence[PlannedVM], kube: Kube, journal: Journal,

@@ -15,3 +15,20 @@ class UsageError(VmmoveError):
     """The command line or an input file asks for something impossible."""
 
     exit_code = 2
+
+
+def listed(head: str, problems: list[str]) -> str:
+    """The one layout of a message with many problems (``plan --check``'s): a head line
+    with the count, then one ``  - problem`` line each — never one line joined by
+    separators.  ``head`` ends where the count's colon goes."""
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return f"{head}:\n{lines}" if problems else head
+
+
+class ProblemsError(VmmoveError):
+    """Several problems of one step, each on its own line (:func:`listed`)."""
+
+    def __init__(self, head: str, problems: list[str]) -> None:
+        self.head = head
+        self.problems = list(problems)
+        super().__init__(listed(head, self.problems))

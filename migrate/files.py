@@ -107,7 +107,7 @@ def create_private(path: str | os.PathLike[str]) -> None:
 
     Used before a library creates the file itself (SQLite's journal: its ``-wal`` and
     ``-shm`` files take the database file's mode).  An existing file of ours gets its mode
-    tightened; a symlink raises :class:`WriteError`.
+    tightened; a symlink, a hard-linked or a special file raises :class:`WriteError`.
     """
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
@@ -120,8 +120,10 @@ def create_private(path: str | os.PathLike[str]) -> None:
         raise write_failure(path, exc) from None
     try:
         st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() \
-                and stat.S_IMODE(st.st_mode) != PRIVATE_FILE:
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise WriteError(f"{path}: not a plain file of its own (hard-linked or special); "
+                             "vmmove will not write to it")
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != PRIVATE_FILE:
             os.fchmod(fd, PRIVATE_FILE)
     finally:
         os.close(fd)

@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from migrate.errors import VmmoveError
+from migrate.progress import trace_command
 from migrate.model import BackingFile
 
 
@@ -38,13 +39,19 @@ def qemu_img() -> str:
 
 
 def image_info(path: str, force_share: bool = False, fmt: str | None = None) -> ImageInfo:
-    """Read an image and its whole backing chain; ``force_share`` reads a disk in use (-U)."""
+    """Read an image and its whole backing chain; ``force_share`` reads a disk in use (-U).
+
+    qemu-img follows the chain the headers name (and probes the format when ``fmt`` is
+    None): use this only for images vmmove wrote itself.  Source images (any descriptor's,
+    any export's) are read through :func:`migrate.sources.containment.open_path`.
+    """
     args = [qemu_img(), "info", "--output=json", "--backing-chain"]
     if force_share:
         args.append("-U")
     if fmt:
         args += ["-f", fmt]
     args.append(path)
+    trace_command(args)
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "qemu-img failed"

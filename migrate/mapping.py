@@ -38,6 +38,9 @@ from migrate.model import Disk, Inspection, Nic
 POD = "pod"
 MULTUS = "multus"
 VOLUME_MODES = ("Block", "Filesystem")
+#: KubeVirt v1.9's disk buses and interface models (what a plan may choose per disk/NIC).
+TARGET_BUSES = ("virtio", "sata", "scsi", "usb")
+INTERFACE_MODELS = ("e1000", "e1000e", "igb", "ne2k_pci", "pcnet", "rtl8139", "virtio")
 ACCESS_MODES = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -233,6 +236,66 @@ class StorageMap:
                 key = f"dir:{os.path.normpath(name)}"
             overrides[key] = _storage_target(value, f"{where}.overrides.{key}")
         return cls(default, overrides)
+
+
+# -- disk buses ---------------------------------------------------------------------------
+
+#: KubeVirt v1.9 disk buses (DiskTarget.bus); a cdrom takes sata or scsi only.
+KUBEVIRT_DISK_BUSES = ("virtio", "sata", "scsi", "usb")
+_TARGET_PREFIX_BUS = {"vd": "virtio", "sd": "scsi", "hd": "sata"}
+
+
+@dataclass(frozen=True)
+class BusChoice:
+    """The KubeVirt bus a source disk gets, and why when it is not the source's own bus."""
+
+    bus: str
+    reason: str | None = None  # "bus nvme becomes virtio"; None when the bus is kept
+
+
+def target_disk_bus(disk: Disk, windows: bool,
+                    inspection: Inspection | None = None) -> BusChoice:
+    """The one rule for a disk's KubeVirt bus; assessment and manifests both call it.
+
+    In order (KubeVirt user-guide "Disks and Volumes": disk buses virtio, sata, scsi, usb;
+    cdroms sata or scsi; read-only disks not on sata):
+
+    1. a bus KubeVirt has (virtio, sata, scsi, usb) is kept;
+    2. ``ide`` becomes ``sata``: AHCI is what every guest has a driver for after IDE;
+    3. any other bus (``nvme``, ``xen``, ``sd``, …) becomes ``sata`` for Windows guests
+       (storahci ships with Windows; viostor does not) and ``virtio`` for the others
+       (virtio_blk ships with Linux; see the ``initramfs-hostonly`` concern for guests
+       whose initramfs lacks it);
+    4. no bus at all: the libvirt target prefix says it (``vd`` virtio, ``sd`` scsi,
+       ``hd`` sata), else as in 3;
+    5. the guest's own drivers, when ``vmmove inspect`` read them
+       (:func:`inspected_disk_bus`): virtio where the guest can load virtio_blk/viostor at
+       boot, else scsi kept with virtio_scsi/vioscsi, else sata;
+    6. a cdrom on anything but sata/scsi moves to sata; a read-only disk on sata moves to
+       scsi (KubeVirt refuses read-only SATA disks).
+    """
+    src = (disk.bus or "").lower()
+    if src in KUBEVIRT_DISK_BUSES:
+        bus = src
+    elif src == "ide":
+        bus = "sata"
+    elif src:
+        bus = "sata" if windows else "virtio"
+    else:
+        bus = _TARGET_PREFIX_BUS.get(disk.target[:2]) or ("sata" if windows else "virtio")
+    guest = inspected_disk_bus(bus, disk, inspection)
+    bus = guest.value
+    if disk.device == "cdrom" and bus not in ("sata", "scsi"):
+        bus = "sata"
+    elif disk.device != "cdrom" and disk.readonly and bus == "sata":
+        return BusChoice("scsi", f"bus {disk.bus or 'unknown'} becomes scsi "
+                                 "(read-only, and KubeVirt has no read-only SATA disks)")
+    if bus == src:
+        return BusChoice(bus)
+    if guest.reason and bus == guest.value:
+        return BusChoice(bus, f"bus {disk.bus or 'unknown'} becomes {bus} "
+                              f"({guest.reason.split('(', 1)[-1].rstrip(')')})")
+    return BusChoice(bus, f"bus {disk.bus or 'unknown'} becomes {bus}")
 
 
 # -- files --------------------------------------------------------------------------------

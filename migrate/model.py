@@ -77,6 +77,42 @@ class BackingFile:
 
 
 @dataclass
+class Piece:
+    """A byte range of a file on the host: a whole chunk file, or a member inside an OVA."""
+
+    path: str
+    offset: int = 0
+    size: int = 0
+
+
+@dataclass
+class Packing:
+    """How an OVF package stores a disk file that is not an image as it stands.
+
+    DMTF DSP0243 (OVF 2.1.1) §5.3: with ``ovf:compression="gzip"`` the referenced file is a
+    gzip stream of the image; with ``ovf:chunkSize`` it is split into ``href.000000000``,
+    ``href.000000001``, … to be concatenated in order (chunking applies after compression).
+    ``vmmove convert`` joins/decompresses the pieces into its work folder before qemu-img
+    reads them.
+    """
+
+    href: str  # the file name the descriptor gives
+    pieces: list[Piece] = field(default_factory=list)  # in order
+    compression: str | None = None  # "gzip"
+    chunk_size: int | None = None  # bytes, when chunked
+    size: int | None = None  # ovf:size: bytes of the stored file (compressed, before chunking)
+
+
+#: Values of :attr:`Disk.layout`: data that is not one self-contained image file at ``path``.
+MULTI_FILE = "multi-file"  # a VMDK text descriptor whose data lives in extent files beside it
+RDM_PHYSICAL = "rdm-physical"  # VMware raw device map, pass-through (vmfsPassthroughRawDeviceMap)
+RDM_VIRTUAL = "rdm-virtual"  # VMware raw device map, virtual mode (vmfsRawDeviceMap)
+VSAN = "vsan"  # a vSAN object descriptor: the data is an object on the vSAN datastore
+HOST_CDROM = "host-cdrom"  # the source host's optical drive passed through (no media file)
+NOT_IMAGES = (RDM_PHYSICAL, RDM_VIRTUAL, VSAN, HOST_CDROM)  # never handed to qemu-img or CDI
+
+
+@dataclass
 class Disk:
     """A block device of the VM, as the guest sees it and where its data lives."""
 
@@ -99,6 +135,8 @@ class Disk:
     serial: str | None = None
     controller_model: str | None = None  # e.g. lsilogic, pvscsi, virtio-scsi
     error: str | None = None  # why the image could not be read, when it could not
+    layout: str | None = None  # None: one image file (or device, volume); else see MULTI_FILE…
+    packing: Packing | None = None  # an OVF package's compressed or chunked file
 
 
 @dataclass

@@ -25,6 +25,25 @@ from collections.abc import Iterable
 
 MAX_LABEL = 63
 _LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: Kubernetes label values and the name part of label/annotation keys (apimachinery
+#: validation: IsValidLabelValue, IsQualifiedName) and DNS-1123 subdomains (key prefixes).
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def is_qualified_name(key: str) -> bool:
+    """A valid label or annotation key: ``[prefix/]name``, prefix a DNS-1123 subdomain of
+    at most 253 characters, name at most 63 (Kubernetes IsQualifiedName)."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)):
+        return False
+    return len(name) <= 63 and bool(LABEL_NAME.match(name))
+
+
+def is_label_value(value: str) -> bool:
+    """A valid label value: empty, or at most 63 alphanumerics, '-', '_', '.' inside."""
+    return len(value) <= 63 and bool(LABEL_VALUE.match(value))
 
 
 def is_dns1123_label(name: str) -> bool:

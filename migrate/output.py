@@ -30,6 +30,28 @@ def human_size(n: int | None) -> str:
     return f"{size:.1f}P"
 
 
+def duration(seconds: float | None) -> str:
+    """Seconds as a short duration (``4.2s``, ``3m05s``, ``1h02m``), ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def rfc3339(epoch: float | None) -> str | None:
+    """Epoch seconds as an RFC 3339 UTC time with milliseconds (``2026-11-30T00:31:02.125Z``),
+    the form programs reading ``-o json|yaml`` parse; None stays None."""
+    if epoch is None:
+        return None
+    from datetime import datetime, timezone
+
+    when = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 #: C0 controls, DEL, C1 controls, and the Unicode line/paragraph separators.
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}
@@ -55,11 +77,45 @@ def error_line(message: Any) -> str:
     return f"vmmove: error: {escape(message)}"
 
 
+def error_lines(exc: Any) -> list[str]:
+    """How an error is printed: one escaped line, or — for an error listing problems
+    (``head`` and ``problems``, as :class:`migrate.errors.ProblemsError` and plan errors
+    carry them) — the head line and one ``  - problem`` line each, every one escaped, so
+    no problem can forge a line of its own."""
+    head, problems = getattr(exc, "head", None), getattr(exc, "problems", None)
+    if head is None or not problems:
+        return [error_line(exc)]
+    return [error_line(f"{head}:")] + [f"  - {escape(p)}" for p in problems]
+
+
+def terminal_width() -> int | None:
+    """Columns of the terminal a table goes to: ``$COLUMNS``, else stdout's terminal;
+    None when stdout is no terminal (a file or pipe gets every character)."""
+    import os
+
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _cell(value: Any, width: int | None) -> str:
+    """One table cell on one line: control characters escaped (:func:`escape`: a line
+    break shows as ``\\n``), and no cell wider than the terminal (cut with …; ``-o yaml``
+    shows all)."""
+    text = "" if value is None else escape(value)
+    if width is not None and len(text) > width:
+        text = text[: max(1, width - 1)] + "…"
+    return text
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A plain, aligned text table like kubectl's (two spaces between columns); every
-    cell is escaped (:func:`escape`)."""
-    cells = [[escape(h) for h in headers]] + [["" if c is None else escape(c) for c in r]
-                                             for r in rows]
+    """A plain, aligned text table like kubectl's (two spaces between columns); each cell
+    on one line, escaped and, on a terminal, no wider than it (see :func:`_cell`)."""
+    width = terminal_width()
+    cells = [[escape(h) for h in headers]] + [[_cell(c, width) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines) + "\n"

@@ -59,6 +59,8 @@ class StageResult:
     seconds: float
     summary: str = ""
     error: str | None = None
+    problems: list[str] = field(default_factory=list)  # an error listing problems: each
+    head: str | None = None  # ... and the line above them (see migrate.errors.listed)
 
 
 @dataclass
@@ -104,7 +106,9 @@ def run_stages(plan: Plan, wave: int, stages: list[Stage],
                 except VmmoveError as exc:
                     journal.fail(KIND_STAGE, item, str(exc))
                     result = StageResult(stage.name, "failed", time.monotonic() - started,
-                                         error=str(exc))
+                                         error=str(exc),
+                                         problems=list(getattr(exc, "problems", None) or []),
+                                         head=getattr(exc, "head", None))
                     results.append(result)
                     if on_result:
                         on_result(result)

@@ -43,9 +43,11 @@ from typing import Any
 
 import yaml
 
-from migrate.errors import UsageError
+from migrate.errors import UsageError, listed
 from migrate.mapping import (
+    INTERFACE_MODELS,
     POD,
+    TARGET_BUSES,
     MappingError,
     Maps,
     NetworkMap,
@@ -54,7 +56,7 @@ from migrate.mapping import (
     parse_network_target,
 )
 from migrate.model import VM, Inventory, SourceKind
-from migrate.naming import is_dns1123_label
+from migrate.naming import is_dns1123_label, is_label_value, is_qualified_name
 from migrate.serialize import InventoryError, atomic_write, load_inventory
 from migrate.state import Journal
 from migrate.workdir import journal_path, target_names
@@ -78,7 +80,13 @@ BOOT_ACCELS = ("auto", "kvm", "tcg")
 DEFAULT_KEYS = ("runStrategy", "preference", "instancetype", "keepCdroms", "timezone")
 WAVE_KEYS = ("name", "vms")
 VM_KEYS = ("vm", "targetName", "namespace", "runStrategy", "preference", "instancetype",
-           "skip", "note")
+           "memory", "cpuModel", "disks", "nics", "labels", "annotations", "nodeSelector",
+           "affinity", "skip", "note")
+DISK_KEYS = ("bus", "size")
+NIC_KEYS = ("mac", "model")
+AFFINITY_KEYS = ("nodeAffinity", "podAffinity", "podAntiAffinity")
+_CPU_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NIC_NAME = re.compile(r"^nic(0|[1-9][0-9]*)$")
 
 
 class PlanError(UsageError):
@@ -88,9 +96,8 @@ class PlanError(UsageError):
         self.path = str(path)
         self.problems = list(problems)
         count = len(self.problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{self.path}: {count} problem{'s' if count != 1 else ''}, "
-                         f"nothing was run:\n{lines}")
+        self.head = f"{self.path}: {count} problem{'s' if count != 1 else ''}, nothing was run"
+        super().__init__(listed(self.head, self.problems))
 
 
 # -- the model -----------------------------------------------------------------------------
@@ -160,6 +167,14 @@ class VmEntry:
     run_strategy: str | None = None
     preference: str | None = None
     instancetype: str | None = None
+    memory: int | None = None  # bytes (the plan says a quantity: 4Gi)
+    cpu_model: str | None = None
+    disks: dict[str, dict[str, Any]] = field(default_factory=dict)  # target → {bus, size}
+    nics: dict[int, dict[str, str]] = field(default_factory=dict)  # index → {mac, model}
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    affinity: dict[str, Any] | None = None
     skip: bool = False
     note: str | None = None
 
@@ -342,6 +357,10 @@ def load_plan(path: str | os.PathLike[str], inventory: Inventory | None = None) 
     data = _read_yaml(plan_path)
     if not isinstance(data, dict):
         raise PlanError(plan_path, ["not a vmmove plan (expected a mapping with kind: Plan)"])
+    if "kind" not in data and isinstance(data.get("vms"), list):
+        # the most common mix-up: the scan's output where the plan goes
+        raise UsageError(f"{plan_path}: this is an inventory (from vmmove scan), not a plan; "
+                         f"make a plan with `vmmove plan {path} --out plan.yaml`")
     problems = _Problems()
     problems.unknown_keys(data, TOP_KEYS, "")
     if data.get("kind") != KIND:
@@ -568,9 +587,24 @@ def _entry(item: Any, where: str, problems: _Problems) -> VmEntry | None:
         run_strategy=_typed(item, "runStrategy", str, where, problems),
         preference=_typed(item, "preference", str, where, problems),
         instancetype=_typed(item, "instancetype", str, where, problems),
+        memory=_quantity(item.get("memory"), f"{where}.memory", problems),
+        cpu_model=_typed(item, "cpuModel", str, where, problems),
+        disks=_disk_overrides(item.get("disks"), f"{where}.disks", problems),
+        nics=_nic_overrides(item.get("nics"), f"{where}.nics", problems),
+        labels=_string_map(item.get("labels"), f"{where}.labels", problems, label=True),
+        annotations=_string_map(item.get("annotations"), f"{where}.annotations", problems),
+        node_selector=_string_map(item.get("nodeSelector"), f"{where}.nodeSelector", problems,
+                                  label=True, own=True),
+        affinity=_affinity(item.get("affinity"), f"{where}.affinity", problems),
         skip=_typed(item, "skip", bool, where, problems, False),
         note=_typed(item, "note", str, where, problems),
     )
+    if entry.cpu_model is not None and not _CPU_MODEL.match(entry.cpu_model):
+        problems.add(f"{where}.cpuModel", f"{entry.cpu_model!r} is not a CPU model name "
+                                          "(e.g. host-passthrough, Skylake-Server)")
+    for key, what in (("memory", "memory"), ("cpuModel", "CPU model")):
+        if item.get(key) is not None and entry.instancetype not in (None, "none"):
+            problems.add(f"{where}.{key}", f"an instancetype sets the {what}: drop one of them")
     if entry.target_name is not None and not is_dns1123_label(entry.target_name):
         problems.add(f"{where}.targetName", f"{entry.target_name!r} is not a DNS-1123 label")
     if entry.namespace is not None and not is_dns1123_label(entry.namespace):
@@ -579,6 +613,116 @@ def _entry(item: Any, where: str, problems: _Problems) -> VmEntry | None:
     _check_choice(entry.preference, f"{where}.preference", problems)
     _check_choice(entry.instancetype, f"{where}.instancetype", problems)
     return entry
+
+
+def _quantity(value: Any, where: str, problems: _Problems) -> int | None:
+    """A Kubernetes quantity (``4Gi``, ``512Mi``, or bytes) as bytes, more than zero."""
+    if value is None:
+        return None
+    from kubernetes.utils.quantity import parse_quantity
+
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(parse_quantity(value))
+    except (ValueError, TypeError):
+        problems.add(where, f"{value!r} is not a size (examples: 4Gi, 512Mi)")
+        return None
+    if number <= 0:
+        problems.add(where, f"{value!r} must be more than zero")
+        return None
+    return number
+
+
+def _mapping(value: Any, where: str, problems: _Problems) -> dict[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.add(where, f"expected a mapping, got {type(value).__name__}")
+        return {}
+    return value
+
+
+def _string_map(value: Any, where: str, problems: _Problems, label: bool = False,
+                own: bool = False) -> dict[str, str]:
+    """Labels, annotations or a nodeSelector: Kubernetes keys, string values (label values
+    for labels); keys under vmmove.io/ are vmmove's own (``own``: allowed, for selectors)."""
+    out: dict[str, str] = {}
+    for key, val in _mapping(value, where, problems).items():
+        key = str(key)
+        if not is_qualified_name(key):
+            problems.add(where, f"{key!r} is not a valid key ([prefix/]name, name at most 63 "
+                                "characters)")
+            continue
+        if not own and key.split("/")[0] == "vmmove.io":
+            problems.add(where, f"{key!r}: vmmove.io/ keys are vmmove's own")
+            continue
+        if not isinstance(val, str) or (label and not is_label_value(val)):
+            problems.add(f"{where}.{key}", f"{val!r} is not a valid "
+                                           + ("label value (at most 63 characters)" if label
+                                              else "string"))
+            continue
+        out[key] = val
+    return out
+
+
+def _affinity(value: Any, where: str, problems: _Problems) -> dict[str, Any] | None:
+    data = _mapping(value, where, problems)
+    problems.unknown_keys(data, AFFINITY_KEYS, where)
+    for key, part in data.items():
+        if not isinstance(part, dict):
+            problems.add(f"{where}.{key}", "expected a mapping (Kubernetes affinity)")
+    return data or None
+
+
+def _disk_overrides(value: Any, where: str, problems: _Problems) -> dict[str, dict[str, Any]]:
+    """Per disk target (``vda``): ``bus`` (virtio, sata, scsi, usb) and ``size`` (the PVC
+    size, a quantity); that the VM has the disk is checked against the inventory."""
+    out: dict[str, dict[str, Any]] = {}
+    for target, over in _mapping(value, where, problems).items():
+        w = f"{where}.{target}"
+        over = _mapping(over, w, problems)
+        problems.unknown_keys(over, DISK_KEYS, w)
+        entry: dict[str, Any] = {}
+        bus = over.get("bus")
+        if bus is not None:
+            if bus not in TARGET_BUSES:
+                problems.add(f"{w}.bus", f"{bus!r} is not one of {', '.join(TARGET_BUSES)}")
+            else:
+                entry["bus"] = bus
+        size = _quantity(over.get("size"), f"{w}.size", problems)
+        if size is not None:
+            entry["size"] = size
+        out[str(target)] = entry
+    return out
+
+
+def _nic_overrides(value: Any, where: str, problems: _Problems) -> dict[int, dict[str, str]]:
+    """Per NIC (``nic0`` is the VM's first): ``mac`` and ``model`` (KubeVirt's models)."""
+    out: dict[int, dict[str, str]] = {}
+    for name, over in _mapping(value, where, problems).items():
+        w = f"{where}.{name}"
+        if not _NIC_NAME.match(str(name)):
+            problems.add(w, "NICs are named nic0, nic1, … in the inventory's order")
+            continue
+        over = _mapping(over, w, problems)
+        problems.unknown_keys(over, NIC_KEYS, w)
+        entry: dict[str, str] = {}
+        mac = over.get("mac")
+        if mac is not None:
+            norm = str(mac).lower().replace("-", ":")
+            if not _MAC.match(norm) or norm == "02:00:00:00:00:00":
+                problems.add(f"{w}.mac", f"{mac!r} is not a usable MAC (aa:bb:cc:dd:ee:ff)")
+            else:
+                entry["mac"] = norm
+        model = over.get("model")
+        if model is not None:
+            if model not in INTERFACE_MODELS:
+                problems.add(f"{w}.model", f"{model!r} is not one of {', '.join(INTERFACE_MODELS)}")
+            else:
+                entry["model"] = str(model)
+        out[int(str(name)[3:])] = entry
+    return out
 
 
 def _resolve(plan: Plan, problems: _Problems) -> list[PlannedVM]:
@@ -616,6 +760,25 @@ def _resolve(plan: Plan, problems: _Problems) -> list[PlannedVM]:
     return planned
 
 
+def _check_overrides(p: PlannedVM, problems: _Problems) -> None:
+    """The VM's per-disk and per-NIC overrides name disks and NICs it has; a PVC size is
+    not smaller than the disk."""
+    where = f"VM {p.vm.name}"
+    disks = {d.target: d for d in p.vm.disks if d.device in ("disk", "lun")}
+    for target, over in p.entry.disks.items():
+        disk = disks.get(target)
+        if disk is None:
+            problems.add(f"{where} disks.{target}", "the VM has no such disk (it has "
+                                                    f"{', '.join(disks) or 'none'})")
+        elif over.get("size") and disk.virtual_size and over["size"] < disk.virtual_size:
+            problems.add(f"{where} disks.{target}.size", f"{over['size']} bytes is smaller "
+                                                         f"than the disk ({disk.virtual_size})")
+    for idx in p.entry.nics:
+        if idx >= len(p.vm.nics):
+            problems.add(f"{where} nics.nic{idx}", f"the VM has {len(p.vm.nics)} NIC(s), "
+                                                   "nic0 is the first")
+
+
 def _check_vms(plan: Plan, problems: _Problems) -> None:
     active = [p for p in plan.vms if not p.skip]
     # duplicate target names, per namespace
@@ -631,6 +794,7 @@ def _check_vms(plan: Plan, problems: _Problems) -> None:
     macs: dict[str, list[str]] = defaultdict(list)
     unmapped: dict[str, list[str]] = defaultdict(list)
     for p in active:
+        _check_overrides(p, problems)
         pods = []
         for idx, nic in enumerate(p.vm.nics):
             target = plan.maps.networks.resolve(nic)
@@ -638,7 +802,8 @@ def _check_vms(plan: Plan, problems: _Problems) -> None:
                 unmapped[nic.attachment].append(f"{p.vm.name} nic{idx}")
             elif target.kind == POD:
                 pods.append(f"nic{idx}")
-            mac = (nic.mac or "").lower().replace("-", ":")
+            mac = p.entry.nics.get(idx, {}).get("mac") or \
+                (nic.mac or "").lower().replace("-", ":")
             if mac and _MAC.match(mac):
                 macs[mac].append(f"{p.vm.name} nic{idx}")
         if len(pods) > 1:
@@ -779,12 +944,15 @@ def generate_plan(
     defaults: dict[str, Any] | None = None,
     skip: Callable[[VM], str | None] | None = None,
     workdir: str | None = None,
+    stage_running: bool = False,
 ) -> dict[str, Any]:
     """A plan as plain data, ready for :func:`save_plan`.
 
     Every network the planned VMs use is listed under ``networks``; those not given a
     target are ``null``, which :func:`load_plan` reports until the operator maps them.
     ``skip(vm)`` returns a reason to plan a VM with ``skip: true`` (e.g. critical concerns).
+    ``stage_running`` writes ``convert.forceShare: true``: running VMs are staged while
+    they run (read with ``qemu-img -U``), the cutover's full final sync makes them whole.
     """
     plan_dir = Path(plan_path).absolute().parent
     inv_ref = os.path.relpath(Path(inventory_path).absolute(), plan_dir)
@@ -823,7 +991,7 @@ def generate_plan(
         data["storage"] = storage
     if transfer:
         data["transfer"] = transfer
-    data["convert"] = {"format": "qcow2"}
+    data["convert"] = {"format": "qcow2", "forceShare": bool(stage_running)}
     data["defaults"] = {"runStrategy": "Halted", "preference": "none", **(defaults or {})}
     data["waves"] = waves
     return data
@@ -836,7 +1004,8 @@ PLAN_HEADER = """\
 #   vmmove status {name}                         where each VM stands
 # networks: map every source network to "pod" or "multus:NAMESPACE/NAME" (null = unmapped).
 # A VM entry is a name, or {{vm: NAME, targetName, namespace, runStrategy, preference,
-# instancetype, skip, note}}. See docs/plan.md.
+# instancetype, memory, cpuModel, disks: {{vda: {{bus, size}}}}, nics: {{nic0: {{mac, model}}}},
+# labels, annotations, nodeSelector, affinity, skip, note}}. See docs/plan.md.
 """
 
 
@@ -847,10 +1016,43 @@ def save_plan(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
     atomic_write(path, PLAN_HEADER.format(name=Path(path).name) + text)
 
 
+def critical_problems(plan: Plan) -> list[str]:
+    """The assessment's critical concerns of the plan's VMs that are not skipped, one
+    problem each (``waves[N] VM 'x': critical ID (subject): message — remediation``):
+    the cutover preflight refuses them, so ``plan --check`` reports them first.  A VM
+    planned ``skip: true`` (``vmmove plan --skip-blocked`` writes that, the concern ids
+    as its note) is not reported."""
+    from migrate.assessment import Severity, assess
+
+    active = [p for p in plan.vms if not p.skip]
+    if not active:
+        return []
+    found = assess(plan.inventory, [p.vm for p in active])
+    problems = []
+    for p in active:
+        for c in found.get(p.key, []):
+            if c.severity == Severity.CRITICAL:
+                subject = f" ({c.subject})" if c.subject else ""
+                problems.append(f"waves[{p.wave}] VM {p.vm.name!r}: critical {c.id}{subject}: "
+                                f"{c.message} — {c.remediation} Or plan it skip: true with a "
+                                "note (vmmove plan --skip-blocked does).")
+    return problems
+
+
+def check_plan(path: str | os.PathLike[str]) -> Plan:
+    """:func:`load_plan`, then the assessment's criticals of its VMs (``plan --check``):
+    raise :class:`PlanError` listing every problem of both kinds."""
+    plan = load_plan(path)
+    problems = critical_problems(plan)
+    if problems:
+        raise PlanError(plan.path, problems)
+    return plan
+
+
 def check_plan_file(path: str | os.PathLike[str]) -> list[str]:
-    """Every problem of a plan file (empty when it can run)."""
+    """Every problem of a plan file (empty when it can run), criticals included."""
     try:
-        load_plan(path)
+        check_plan(path)
     except PlanError as exc:
         return exc.problems
     return []

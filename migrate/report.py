@@ -11,11 +11,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
-from xml.sax.saxutils import escape
 
-from migrate.apply import KIND_CUTOVER, KIND_IMPORT
+from migrate.apply import KIND_CUTOVER, KIND_CUTOVER_PAST, KIND_IMPORT, KIND_ROLLBACK
 from migrate.plan import Plan, PlannedVM
-from migrate.state import DONE, Journal
+from migrate.state import DONE, Journal, Step
 from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
 
 MIB = 1024 * 1024
@@ -62,6 +61,15 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
+def cutover_steps(journal: Journal) -> dict[str, Step]:
+    """Every cutover step by item, the current one where there is one, else the one a
+    rollback kept (kind ``cutover-past``): the last real measurement of each."""
+    steps = {s.item: s for s in journal.steps(KIND_CUTOVER_PAST)}
+    steps.update({s.item: s for s in journal.steps(KIND_CUTOVER)
+                  if s.status == DONE or s.item not in steps})
+    return steps
+
+
 def measure(journal: Journal, sizes: dict[str, int] | None = None) -> Throughput:
     """Rates from every done step: convert and upload bytes over their durations; imports
     over the size of the image imported (``sizes``: upload bytes by disk item)."""
@@ -84,7 +92,8 @@ def measure(journal: Journal, sizes: dict[str, int] | None = None) -> Throughput
             t.imports.bytes += uploaded[s.item]
             t.imports.seconds += s.duration
             t.imports.samples += 1
-    for s in journal.steps(KIND_CUTOVER):
+    cutover = cutover_steps(journal)
+    for s in cutover.values():
         step = s.item.rsplit("/", 1)[-1]
         if s.status != DONE or s.duration is None or "/" not in s.item:
             continue
@@ -96,9 +105,9 @@ def measure(journal: Journal, sizes: dict[str, int] | None = None) -> Throughput
                 t.sync.bytes += moved
                 t.sync.seconds += s.duration
                 t.sync.samples += 1
-    starts = {s.item.rsplit("/", 1)[0]: s for s in journal.steps(KIND_CUTOVER)
+    starts = {s.item.rsplit("/", 1)[0]: s for s in cutover.values()
               if s.item.endswith("/start") and s.status == DONE}
-    for s in journal.steps(KIND_CUTOVER):
+    for s in cutover.values():
         if s.item.endswith("/verify") and s.status == DONE and s.finished:
             start = starts.get(s.item.rsplit("/", 1)[0])
             if start is not None and start.started:
@@ -136,7 +145,7 @@ class VmReport:
     target: str
     data_bytes: int
     disks: list[DiskReport]
-    cutover: str  # done | running | failed | not started
+    cutover: str  # done | running | failed | not started | rolled back
     downtime: float | None = None
     sync_mode: str | None = None
     stop: str | None = None  # how the source stopped
@@ -189,8 +198,15 @@ def vm_report(p: PlannedVM, journal: Journal) -> VmReport:
     top = journal.get(KIND_CUTOVER, p.key)
     steps = {s: journal.get(KIND_CUTOVER, f"{p.key}/{s}") for s in
              ("stop", "sync", "start", "verify")}
+    state = top.status if top else "not started"
+    back = journal.get(KIND_ROLLBACK, p.key)
+    if top is None and back is not None and back.status == DONE:
+        # rolled back: shown as such, with what the cutover measured (kept by the rollback)
+        state = "rolled back"
+        top = journal.get(KIND_CUTOVER_PAST, p.key)
+        steps = {s: journal.get(KIND_CUTOVER_PAST, f"{p.key}/{s}") for s in steps}
     r = VmReport(p.wave, p.vm.name, f"{p.namespace}/{p.name}", p.vm.data_bytes(), disks,
-                 top.status if top else "not started")
+                 state)
     from migrate.guest.stage import KIND_BOOT_TEST
 
     tested = journal.get(KIND_BOOT_TEST, p.key)
@@ -220,72 +236,189 @@ def plan_report(plan: Plan, wave: int | None = None) -> tuple[list[VmReport], Th
         return [vm_report(p, journal) for p in vms], measure(journal)
 
 
-# -- the plot ------------------------------------------------------------------------------------
+# -- the table -----------------------------------------------------------------------------------
+
+HEADERS = ["WAVE", "VM", "TARGET", "DATA", "CONVERTED", "CONVERT", "UPLOAD", "IMPORT",
+           "BOOT TEST", "CUTOVER", "SYNC", "DOWNTIME", "CHECKSUMS"]
 
 
-def _bar_panel(title: str, unit: str, labels: list[str], series: list[tuple[str, str,
-               list[float | None]]], x: int, y: int, width: int, height: int) -> list[str]:
-    """A grouped bar chart: one group per label, one bar per series (name, colour, values)."""
-    out = [f'<text x="{x}" y="{y - 8}" font-size="14" font-weight="bold">{escape(title)}</text>']
-    values = [v for _, _, vals in series for v in vals if v is not None]
-    top = max(values) if values else 1.0
-    top = top * 1.15 or 1.0
-    left, bottom = x + 50, y + height
-    out.append(f'<line x1="{left}" y1="{y}" x2="{left}" y2="{bottom}" stroke="#333"/>')
-    out.append(f'<line x1="{left}" y1="{bottom}" x2="{x + width}" y2="{bottom}" stroke="#333"/>')
-    for i in range(5):
-        value = top * i / 4
-        ty = bottom - height * i / 4
-        out.append(f'<text x="{left - 4}" y="{ty + 4:.1f}" font-size="10" '
-                   f'text-anchor="end">{value:.3g}</text>')
-        out.append(f'<line x1="{left}" y1="{ty:.1f}" x2="{x + width}" y2="{ty:.1f}" '
-                   'stroke="#ddd"/>')
-    out.append(f'<text x="{x}" y="{y + height / 2:.1f}" font-size="10" '
-               f'transform="rotate(-90 {x + 8} {y + height / 2:.1f})">{escape(unit)}</text>')
-    groups = max(1, len(labels))
-    group_w = (width - 60) / groups
-    bar_w = max(2.0, group_w * 0.8 / max(1, len(series)))
-    for g, label in enumerate(labels):
-        gx = left + 5 + g * group_w
-        for s, (_, colour, vals) in enumerate(series):
-            v = vals[g]
-            if v is None:
-                continue
-            h = height * v / top
-            out.append(f'<rect x="{gx + s * bar_w:.1f}" y="{bottom - h:.1f}" '
-                       f'width="{bar_w - 1:.1f}" height="{h:.1f}" fill="{colour}">'
-                       f'<title>{escape(label)}: {v:.3g} {escape(unit)}</title></rect>')
-        out.append(f'<text x="{gx + group_w * 0.4:.1f}" y="{bottom + 14}" font-size="10" '
-                   f'text-anchor="middle">{escape(label[:18])}</text>')
-    lx = x + width - sum(30 + 7 * len(name) for name, _, _ in series)
-    for name, colour, _ in series:  # legend: on the title's line, right-aligned
-        out.append(f'<rect x="{lx}" y="{y - 18}" width="10" height="10" fill="{colour}"/>')
-        out.append(f'<text x="{lx + 14}" y="{y - 9}" font-size="10">{escape(name)}</text>')
-        lx += 30 + 7 * len(name)
-    return out
+def table_rows(reports: list[VmReport]) -> list[list[Any]]:
+    """The per-VM rows under :data:`HEADERS`: sizes, step times, cutover, downtime and the
+    first 12 hex digits of each disk's sha256."""
+    from migrate.output import human_size
+
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}s"
+
+    rows = []
+    for r in reports:
+        sums = ",".join((d.checksum or "-").removeprefix("sha256:")[:12] for d in r.disks)
+        rows.append([r.wave, r.vm, r.target, human_size(r.data_bytes),
+                     human_size(r.converted_bytes), secs(r.seconds("convert_seconds")),
+                     secs(r.seconds("upload_seconds")), secs(r.seconds("import_seconds")),
+                     r.boot_test or "-", r.cutover, r.sync_mode or "-", secs(r.downtime),
+                     sums])
+    return rows
 
 
-def plot_svg(reports: list[VmReport], title: str) -> str:
-    """Two panels: throughput per VM (convert, upload, MiB/s) and downtime per VM (s)."""
-    labels = [r.vm for r in reports]
+# -- the plot (matplotlib, the optional extra `report`) -----------------------------------------
 
-    def rate(r: VmReport, attr: str, seconds: str) -> float | None:
-        total = r.seconds(seconds)
-        moved = sum(getattr(d, attr) or 0 for d in r.disks)
-        return round(moved / MIB / total, 3) if total and moved else None
+NOTHING_YET = ("nothing measured yet: convert, upload or cut over VMs of this plan "
+               "(vmmove migrate / vmmove cutover), then run the report again")
 
-    convert = [rate(r, "converted_bytes", "convert_seconds") for r in reports]
-    upload = [rate(r, "converted_bytes", "upload_seconds") for r in reports]
-    downtime = [r.downtime for r in reports]
-    width, height = max(480, 120 + 90 * len(reports)), 520
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="sans-serif">',
-             f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<text x="10" y="22" font-size="16" font-weight="bold">{escape(title)}</text>']
-    parts += _bar_panel("Throughput per VM", "MiB/s", labels,
-                        [("convert", "#4477aa", convert), ("upload", "#66ccee", upload)],
-                        10, 70, width - 30, 170)
-    parts += _bar_panel("Downtime per VM (stop → verified)", "seconds", labels,
-                        [("downtime", "#ee6677", downtime)], 10, 310, width - 30, 170)
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+
+def _rate(moved: int | None, seconds: float | None) -> float | None:
+    """MiB/s of work actually done: None when nothing moved or no time was measured (a
+    step skipped as done before moves nothing, so it is never a rate)."""
+    if not moved or not seconds or seconds <= 0:
+        return None
+    return moved / MIB / seconds
+
+
+def vm_rates(r: VmReport) -> tuple[float | None, float | None]:
+    """(convert, upload) MiB/s of one VM from its disks' measured steps: converted bytes
+    over convert time; bytes actually sent over upload time."""
+    conv = [(d.converted_bytes, d.convert_seconds) for d in r.disks
+            if d.converted_bytes and d.convert_seconds]
+    up = [(d.sent, d.upload_seconds) for d in r.disks if d.sent and d.upload_seconds]
+    return (_rate(sum(b for b, _ in conv), sum(t for _, t in conv)),
+            _rate(sum(b for b, _ in up), sum(t for _, t in up)))
+
+
+def has_measurements(reports: list[VmReport]) -> bool:
+    return any(any(vm_rates(r)) or r.downtime is not None for r in reports)
+
+
+def _pyplot() -> Any:
+    from migrate.errors import UsageError
+
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("the report's plot needs matplotlib: python3 -m pip install "
+                         "'vmmove[report]' (or matplotlib)") from None
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_figure(reports: list[VmReport], title: str) -> Any:
+    """A matplotlib figure: throughput per VM (convert and upload, MiB/s) and downtime per
+    VM (stop, final sync, start to verified; seconds), from measurements only; a note in
+    place of the charts when nothing is measured yet."""
+    plt = _pyplot()
+    with plt.rc_context({"svg.fonttype": "none", "font.size": 10}):
+        if not has_measurements(reports):
+            fig, ax = plt.subplots(figsize=(8, 2.2))
+            ax.axis("off")
+            ax.text(0.5, 0.5, NOTHING_YET, ha="center", va="center", wrap=True)
+            fig.suptitle(title, fontweight="bold")
+            return fig
+        labels = [r.vm for r in reports]
+        x = list(range(len(reports)))
+        width = max(8.0, 2.5 + 0.9 * len(reports))
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 7.5), layout="constrained")
+        fig.suptitle(title, fontweight="bold")
+        rates = [vm_rates(r) for r in reports]
+        series = [(name, colour, values) for name, colour, values in (
+            ("convert", "#4477aa", [c for c, _ in rates]),
+            ("upload (bytes sent)", "#66ccee", [u for _, u in rates]))
+            if any(v is not None for v in values)]  # a series never measured: no legend
+        bar_w = 0.8 / max(1, len(series))
+        for n, (name, colour, values) in enumerate(series):
+            shift = (n - (len(series) - 1) / 2) * bar_w
+            xs = [i + shift for i, v in zip(x, values) if v is not None]
+            vs = [v for v in values if v is not None]
+            bars = top.bar(xs, vs, bar_w, label=name, color=colour)
+            top.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
+        top.set_title("Throughput per VM (measured)")
+        top.set_ylabel("MiB/s")
+        if series:
+            top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+                       frameon=False)
+        stacks = [("stop", "#ccbb44", [r.stop_seconds for r in reports]),
+                  ("final sync", "#ee6677", [r.sync_seconds for r in reports]),
+                  ("start → verified", "#aa3377", [r.boot_seconds for r in reports])]
+        base = [0.0] * len(reports)
+        for name, colour, values in stacks:
+            heights = [v or 0.0 for v in values]
+            if any(heights):
+                bottom.bar(x, heights, 0.6, bottom=base, label=name, color=colour)
+                base = [b + h for b, h in zip(base, heights)]
+        measured = [(i, r.downtime) for i, r in enumerate(reports) if r.downtime is not None]
+        for i, downtime in measured:
+            bottom.annotate(f"{downtime:.1f} s", (i, max(base[i], downtime)),
+                            ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                            textcoords="offset points")
+            if not base[i]:  # no step times: the total alone
+                bottom.bar([i], [downtime], 0.6, color="#bbbbbb",
+                           label="downtime" if i == measured[0][0] else None)
+        bottom.set_title("Downtime per VM (source stopped → target verified)")
+        bottom.set_ylabel("seconds")
+        if bottom.get_legend_handles_labels()[0]:
+            bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+                          frameon=False)
+        for ax in (top, bottom):
+            ax.set_xticks(x, labels, rotation=30 if len(reports) > 6 else 0,
+                          ha="right" if len(reports) > 6 else "center")
+            ax.set_xlim(-0.6, len(reports) - 0.4)
+            ax.grid(axis="y", color="#dddddd")
+            ax.set_axisbelow(True)
+            ax.margins(y=0.15)
+            if not any(p.get_height() for p in ax.patches):
+                ax.set_ylim(0, 1)
+                ax.set_yticks([])
+                ax.text(0.5, 0.5, "not measured yet", transform=ax.transAxes,
+                        ha="center", va="center", color="#777777")
+        return fig
+
+
+def plot_bytes(reports: list[VmReport], title: str, fmt: str) -> bytes:
+    """The figure rendered as ``svg`` or ``png`` bytes."""
+    import io
+
+    plt = _pyplot()
+    fig = plot_figure(reports, title)
+    buffer = io.BytesIO()
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "vmmove"}):
+        fig.savefig(buffer, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg"
+                    else None)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def html_report(reports: list[VmReport], throughput: Throughput, title: str,
+                headers: list[str], rows: list[list[Any]]) -> str:
+    """One self-contained HTML page to share: the plot (inline SVG) and the per-VM table
+    (``headers``/``rows``, as ``vmmove report`` prints it), every text escaped."""
+    from html import escape as h
+
+    svg = plot_bytes(reports, title, "svg").decode()
+    svg = svg[svg.index("<svg"):]  # inline: no XML prolog or DOCTYPE
+    head = "".join(f"<th>{h(str(c))}</th>" for c in headers)
+    body = "".join("<tr>" + "".join(f"<td>{h(str(c))}</td>" for c in row) + "</tr>\n"
+                   for row in rows)
+    t = throughput.to_data()
+
+    def rate(kind: str) -> str:
+        d = t[kind]
+        per = d.get("bytesPerSecond")
+        return f"{per / MIB:.1f} MiB/s over {d['samples']} step(s)" if per else "not measured"
+
+    facts = "".join(f"<li>{h(k)}: {h(rate(k))}</li>" for k in ("convert", "upload", "import",
+                                                                 "sync"))
+    note = "" if has_measurements(reports) else f"<p class=note>{h(NOTHING_YET)}</p>"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{h(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse;font-size:.9em}}th,td{{border:1px solid #ccc;padding:.3em .6em;
+text-align:left}}th{{background:#f3f3f3}}.note{{color:#777}}</style></head>
+<body><h1>{h(title)}</h1>
+{note}<figure>{svg}</figure>
+<h2>Per VM</h2>
+<table><thead><tr>{head}</tr></thead><tbody>
+{body}</tbody></table>
+<h2>Measured throughput (the whole journal)</h2><ul>{facts}</ul>
+</body></html>
+"""

@@ -178,6 +178,10 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise InventoryError(f"{path}: not valid JSON/YAML{at}") from None
+    if isinstance(data, dict) and data.get("kind") == "Plan":  # the mirror of plan's check
+        raise InventoryError(f"{path}: this is a plan (vmmove plan), not an inventory; give "
+                             f"the inventory it names ({data.get('inventory', '?')}), or a "
+                             "command that takes a plan")
     if not isinstance(data, dict) or "vms" not in data:
         raise InventoryError(f"{path}: not a vmmove inventory (no 'vms' list)")
     try:

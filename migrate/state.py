@@ -29,6 +29,8 @@ PENDING = "pending"
 RUNNING = "running"
 DONE = "done"
 FAILED = "failed"
+#: ``Step.data`` key: the times and bytes of the last run that did the step's work.
+MEASURED = "measured"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS steps (
@@ -175,11 +177,17 @@ class Journal:
 
     # -- writing ------------------------------------------------------------------------
     def start(self, kind: str, item: str, **data: Any) -> Step:
-        """Mark a step running (again), clearing an earlier error; ``data`` is merged in."""
+        """Mark a step running (again), clearing an earlier error; ``data`` is merged in.
+
+        A step done before keeps that run's times and bytes in ``data["measured"]``, so a
+        rerun that does no work (``done(measured=False)``) restores them."""
         now = time.time()
         with self._lock, self._tx():
             old = self.get(kind, item)
             merged = {**(old.data if old else {}), **data}
+            if old is not None and old.status == DONE and old.duration is not None:
+                merged[MEASURED] = {"started": old.started, "finished": old.finished,
+                                    "bytes": old.bytes}
             self._db.execute(
                 "INSERT INTO steps(kind, item, status, started, finished, bytes, checksum, error,"
                 " data, updated) VALUES (?,?,?,?,NULL,NULL,NULL,NULL,?,?)"
@@ -218,12 +226,26 @@ class Journal:
         *,
         bytes: int | None = None,
         checksum: str | None = None,
+        measured: bool = True,
         **data: Any,
     ) -> None:
-        self._finish(kind, item, DONE, None, bytes, checksum, data)
+        """Mark a step done.  ``measured=False``: this run did no work (found it done,
+        nothing sent), so it is not a measurement: the step keeps the times of the last
+        run that did the work (none when there was none), and rates stay true."""
+        self._finish(kind, item, DONE, None, bytes, checksum, data, measured)
 
     def fail(self, kind: str, item: str, error: str, **data: Any) -> None:
         self._finish(kind, item, FAILED, error, None, None, data)
+
+    def archive(self, kind: str, item: str, into: str) -> None:
+        """Move a step to kind ``into`` (replacing an older one there): it no longer
+        counts as done, yet keeps its times, bytes and data (a cutover rolled back keeps
+        what it measured, for runbooks and reports)."""
+        with self._lock, self._tx():
+            self._db.execute("DELETE FROM steps WHERE kind=? AND item=?", (into, item))
+            self._db.execute("UPDATE steps SET kind=? WHERE kind=? AND item=?",
+                             (into, kind, item))
+            self._log(time.time(), kind, item, "archived", into)
 
     def reset(self, kind: str, item: str) -> None:
         """Forget a step, so that the next run does it again."""
@@ -240,20 +262,34 @@ class Journal:
         nbytes: int | None,
         checksum: str | None,
         data: dict[str, Any],
+        measured: bool = True,
     ) -> None:
         now = time.time()
         with self._lock, self._tx():
             old = self.get(kind, item)
             merged = {**(old.data if old else {}), **data}
             started = old.started if old and old.started is not None else now
+            finished: float | None = now
+            if old is not None and old.status != RUNNING and old.finished is not None:
+                # finished again without being started: no new run, no new times
+                started, finished = old.started, old.finished
+            elif not measured:
+                last = merged.get(MEASURED) or {}
+                started, finished = last.get("started"), last.get("finished")
+                if started is None or finished is None:
+                    started = finished = now  # never measured: zero time, not a rate
+                elif nbytes is not None and last.get("bytes") is not None:
+                    nbytes = last["bytes"]
             self._db.execute(
                 "INSERT INTO steps(kind, item, status, started, finished, bytes, checksum, error,"
                 " data, updated) VALUES (?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(kind, item) DO UPDATE SET status=excluded.status,"
-                " finished=excluded.finished, bytes=COALESCE(excluded.bytes, steps.bytes),"
+                " started=excluded.started, finished=excluded.finished,"
+                " bytes=COALESCE(excluded.bytes, steps.bytes),"
                 " checksum=COALESCE(excluded.checksum, steps.checksum), error=excluded.error,"
                 " data=excluded.data, updated=excluded.updated",
-                (kind, item, status, started, now, nbytes, checksum, error, json.dumps(merged), now),
+                (kind, item, status, started, finished, nbytes, checksum, error,
+                 json.dumps(merged), now),
             )
             self._log(now, kind, item, status, error)
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_IMPORT, KIND_ROLLBACK
+from migrate.apply import KIND_APPLY, KIND_CUTOVER, KIND_CUTOVER_PAST, KIND_IMPORT, KIND_ROLLBACK
+from migrate.output import rfc3339
 from migrate.plan import Plan, PlannedVM
 from migrate.state import DONE, FAILED, RUNNING, Journal, Step
 from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item
@@ -44,7 +45,7 @@ class StepTiming:
 
     def to_data(self) -> dict[str, Any]:
         return {"kind": self.kind, "done": self.done, "total": self.total,
-                "started": self.started, "finished": self.finished,
+                "started": rfc3339(self.started), "finished": rfc3339(self.finished),
                 "seconds": round(self.seconds, 3), "bytes": self.bytes}
 
 
@@ -101,7 +102,9 @@ def vm_status(p: PlannedVM, journal: Journal) -> VmStatus:
         KIND_MANIFESTS: [journal.get(KIND_MANIFESTS, p.key)],
         KIND_APPLY: [journal.get(KIND_APPLY, p.key)],
         KIND_IMPORT: [journal.get(KIND_IMPORT, i) for i in items],
-        KIND_CUTOVER: [journal.get(KIND_CUTOVER, p.key)],
+        # a cutover rolled back is kept as cutover-past: its times stay in the status
+        KIND_CUTOVER: [journal.get(KIND_CUTOVER, p.key)
+                       or journal.get(KIND_CUTOVER_PAST, p.key)],
         KIND_ROLLBACK: [journal.get(KIND_ROLLBACK, p.key)],
     }
     timings = {k: _timing(k, v) for k, v in per_kind.items()}

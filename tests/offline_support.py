@@ -123,3 +123,8 @@ def manifest(files: dict[str, bytes], algo: str = "SHA256", tag_style: bool = Fa
         digest = hashlib.new(algo.lower(), data).hexdigest()
         lines.append(f"{algo} ({name}) = {digest}" if tag_style else f"{algo}({name})= {digest}")
     return ("\n".join(lines) + "\n").encode()
+
+
+def error_lines(result) -> list[str]:  # type: ignore[no-untyped-def]
+    """The ``vmmove: error:`` lines of a CLI result's stderr."""
+    return [ln for ln in result.stderr.splitlines() if ln.startswith("vmmove: error:")]

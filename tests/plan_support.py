@@ -43,6 +43,7 @@ import pytest
 import yaml
 from kmock._internal import dicts as kdicts
 
+from migrate.demo import NodeVm, write_node  # the node files `vmmove demo` writes
 from migrate.model import Inventory
 from migrate.plan import load_plan
 from migrate.serialize import save_inventory
@@ -358,50 +359,7 @@ def controllers(cluster: Cluster) -> Iterator[Controllers]:
 
 # -- a libvirt test-driver node whose disks are real images -------------------------------------
 
-DOMAIN_XML = """<domain type='kvm' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
-  <name>{name}</name>
-  <uuid>{uuid}</uuid>
-  <memory unit='MiB'>1024</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type><boot dev='hd'/></os>
-  <features><acpi/><apic/></features>
-  <devices>
-{disks}
-    <interface type='network'>
-      <mac address='{mac}'/>
-      <source network='default'/>
-      <model type='virtio'/>
-    </interface>
-  </devices>
-  <test:runstate>5</test:runstate>
-</domain>
-"""
-
-DISK_XML = """    <disk type='file' device='disk'>
-      <driver name='qemu' type='{fmt}'/>
-      <source file='{path}'/>
-      <target dev='{target}' bus='virtio'/>
-    </disk>"""
-
-NODE_XML = """<node>
-{domains}
-  <network>
-    <name>default</name>
-    <uuid>9a05da11-e96b-47f3-8253-a3a482e445f5</uuid>
-    <forward mode='nat'/>
-    <bridge name='virbr0'/>
-    <ip address='192.168.122.1' netmask='255.255.255.0'/>
-  </network>
-</node>
-"""
-
-
-@dataclass
-class NodeVm:
-    name: str
-    disks: list[tuple[str, str, str]]  # (target, image path, format)
-    mac: str
-    uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+# The node file and its domains are written as `vmmove demo` writes them (migrate.demo).
 
 
 def make_images(folder: Path, vms: dict[str, list[tuple[str, str, int]]]) -> list[NodeVm]:
@@ -422,20 +380,6 @@ def make_images(folder: Path, vms: dict[str, list[tuple[str, str, int]]]) -> lis
             made.append((target, str(path), fmt))
         out.append(NodeVm(name, made, f"52:54:00:aa:{n:02x}:01"))
     return out
-
-
-def write_node(path: Path, vms: list[NodeVm]) -> str:
-    """A libvirt test:/// node file with ``vms`` (shut off); returns its URI."""
-    folder = path.parent / "domains"
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for vm in vms:
-        disks = "\n".join(DISK_XML.format(fmt=f, path=p, target=t) for t, p, f in vm.disks)
-        dom = folder / f"{vm.name}.xml"
-        dom.write_text(DOMAIN_XML.format(name=vm.name, uuid=vm.uuid, disks=disks, mac=vm.mac))
-        lines.append(f"  <domain file='domains/{vm.name}.xml'/>")
-    path.write_text(NODE_XML.format(domains="\n".join(lines)))
-    return f"test://{path}"
 
 
 # -- a plan whose disks the journal records as converted and uploaded ----------------------------

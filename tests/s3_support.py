@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -216,26 +217,44 @@ def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def wait_peak_rss(proc: subprocess.Popen[Any], timeout: float, poll: float = 0.02) -> int:
-    """Wait for ``proc`` (bounded) and return its own peak RSS in bytes.
+class PeakRss:
+    """Samples a process's own peak RSS (VmHWM) from a thread started with the process.
 
-    The peak is the kernel's VmHWM of the process image, read while it runs (it only
-    grows). Not ru_maxrss from wait4: on Linux a child's ru_maxrss starts at the parent's
-    high-water mark across fork and exec, so it would report the parent's size.
+    VmHWM only grows, so the last value read before the process exits is its peak.  The
+    sampler starts as soon as the process does: a process that finishes while the caller
+    is busy elsewhere (restarting a server) is still measured.  Not ru_maxrss from wait4:
+    on Linux a child's ru_maxrss starts at the parent's high-water mark across fork and
+    exec, so it would report the parent's size.
     """
-    deadline = time.monotonic() + timeout
-    peak = 0
-    status = Path(f"/proc/{proc.pid}/status")
-    while proc.poll() is None:
+
+    def __init__(self, proc: subprocess.Popen[Any], poll: float = 0.02) -> None:
+        self.proc, self.poll, self.peak = proc, poll, 0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        status = Path(f"/proc/{self.proc.pid}/status")
+        while self.proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            except (OSError, ValueError):
+                pass  # exiting
+            time.sleep(self.poll)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process (bounded) and return its peak RSS in bytes."""
         try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) * 1024)
-        except (OSError, ValueError):
-            pass  # exiting
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise TimeoutError(f"{proc.args!r} still running after {timeout:g}s")
-        time.sleep(poll)
-    return peak
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise TimeoutError(f"{self.proc.args!r} still running after {timeout:g}s") from None
+        self._thread.join()
+        return self.peak
+
+
+def wait_peak_rss(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """Wait for ``proc`` (bounded) and return its own peak RSS in bytes (:class:`PeakRss`)."""
+    return PeakRss(proc).wait(timeout)

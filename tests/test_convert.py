@@ -25,6 +25,7 @@ from migrate.model import Disk, Inventory, PowerState, Source, SourceKind
 from migrate.serialize import load_inventory
 from migrate.state import DONE, Journal
 from migrate.workdir import KIND_CONVERT, journal_path
+from tests.conftest import small_tmpfs
 from tests.convert_support import (
     DATA_BYTES,
     MiB,
@@ -305,13 +306,7 @@ def test_cli_usage_and_status_table(cli, tmp_path: Path) -> None:
 
 
 def test_full_target_folder_fails_the_disk_that_does_not_fit(tmp_path: Path) -> None:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12M", "tmpfs", str(mnt)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "12M") as mnt:
         small_a, _ = make_image(tmp_path, "vmdk", "small-a")
         big, _ = make_image(tmp_path, "vmdk", "big",
                             pattern=[(0x5A, 0, 16 * MiB)])
@@ -326,26 +321,16 @@ def test_full_target_folder_fails_the_disk_that_does_not_fit(tmp_path: Path) -> 
         names = sorted(p.name for p in mnt.iterdir())
         assert [n for n in names if n.endswith((".qcow2", ".part"))] == [
             "a-vda.qcow2", "b-vda.qcow2"]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_no_space_while_writing_is_an_error_for_that_disk(tmp_path: Path) -> None:
     """The measure check can be beaten by other writers: qemu-img's ENOSPC is handled too."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12M", "tmpfs", str(mnt)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "12M") as mnt:
         big, _ = make_image(tmp_path, "vmdk", "big", pattern=[(0x5A, 0, 16 * MiB)])
         inv = Inventory(vms=[vm("big", [disk("vda", big, "vmdk")])])
         (result,) = convert_disks(inv, [], mnt, ConvertOptions(check_space=False))
         assert result.status == FAILED and "No space left on device" in result.error
         assert not [p for p in mnt.iterdir() if p.name.endswith((".part", ".qcow2"))]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_inventory_written_by_scan_is_accepted(tmp_path: Path) -> None:
@@ -372,6 +357,9 @@ class Recorder:
     def advanced(self, job, fraction: float) -> None:
         self.calls.append(("advanced", job.item, fraction))
 
+    def verifying(self, job, fraction: float) -> None:
+        self.calls.append(("verifying", job.item, fraction))
+
     def finished(self, job, result) -> None:
         self.calls.append(("finished", job.item, result.status))
 
@@ -387,6 +375,11 @@ def test_progress_subscribers_see_every_disk(tmp_path: Path) -> None:
         assert mine[0][0] == "started" and mine[0][2] >= DATA_BYTES
         fractions = [c[2] for c in mine if c[0] == "advanced"]
         assert fractions == sorted(fractions) and fractions[-1] == 1.0
+        # verification (compare + checksum) reports its own progress, after conversion
+        checked = [c[2] for c in mine if c[0] == "verifying"]
+        assert checked[0] == 0.0 and max(checked) == 1.0
+        assert max(i for i, c in enumerate(mine) if c[0] == "advanced") < \
+            min(i for i, c in enumerate(mine) if c[0] == "verifying")
         assert mine[-1] == ("finished", item, CONVERTED)
     again = Recorder()
     convert_disks(inv, [], tmp_path / "w", ConvertOptions(jobs=2), again)

@@ -96,14 +96,28 @@ def test_o_yaml_and_json_print_one_vm(cli, tmp_path: Path) -> None:  # type: ign
     assert "prints one VM; 3 selected" in result.stderr
 
 
-def test_errors_are_one_line_and_nothing_is_written(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_errors_are_one_line_per_vm_and_the_rest_is_written(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Was: every VM refused when one is, all errors joined on one line (issue 13, item 4).
     inv, maps, _ = _setup(tmp_path)
     out = tmp_path / "out"
     result = cli("manifests", str(inv), "--out", str(out), "--network", "network:default=pod", ok=False)
-    err = result.stderr.strip()
-    assert err.startswith("vmmove: error: 3 of 3 VM(s) cannot get manifests, nothing written")
-    assert "\n" not in err and "unmapped network(s)" in err and "no transfer record" in err
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("vmmove: error: VM ")]
+    assert len(errors) == 3 and all("no transfer record" in e for e in errors)
+    assert any("unmapped network(s)" in e for e in errors)
+    assert lines[-1].startswith(f"0 of 3 VirtualMachine(s) written to {out}")
+    assert "3 refused" in lines[-1]
     assert not out.exists()
+    # some can, some cannot: those that can are written, each refused VM has its line
+    some = tmp_path / "some"
+    partial = cli("manifests", str(inv), "--out", str(some), "--network", "network:default=pod",
+                  "--http-base", "http://h")
+    refused = [line for line in partial.stderr.splitlines() if line.startswith("vmmove: error: VM ")]
+    written = sorted(p.name for p in some.rglob("*.yaml") if p.name != "kustomization.yaml")
+    assert partial.exit_code == 1 and refused and written
+    assert len(refused) + len(written) == 3
+    assert f"{len(written)} of 3 VirtualMachine(s) written" in partial.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("networks: {'*': pod}\nstorage: {storgeClass: x}\n")
     result = cli("manifests", str(inv), "--out", str(out), "--map", str(bad), ok=False)

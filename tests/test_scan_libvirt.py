@@ -84,8 +84,12 @@ def test_quick_start_command_prints_a_table(cli, monkeypatch) -> None:
     result = cli("scan", "-c", f"test://{os.getcwd()}/fixtures/libvirt/node.xml", ok=True)
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
-        "NAME", "SOURCE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE", "CONCERNS",
+        "NAME", "HOST/FILE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE",
+        "CONCERNS",
     ]
+    # the node is named by its file, not by its whole URI on every row (issue 13)
+    assert {line.split()[1] for line in lines[1:]} == {"node.xml"}
+    assert max(len(line) for line in lines) <= 120
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert len(rows) == 7
     assert rows["win2k22-sql"][2:10] == ["shutoff", "4", "16.0G", "2", "260.0G", "1", "win2022", "efi+sb+tpm2.0"]
@@ -224,7 +228,7 @@ def test_unreachable_hosts_are_reported_and_the_others_still_scanned() -> None:
     assert errors[uris[0]] == "cannot connect: no answer within 3 s"
     assert "Connection refused" in errors[uris[1]]
     assert "no such node file" in errors[uris[3]]
-    assert "no connection driver" in errors[uris[4]]
+    assert "unknown libvirt driver 'nosuchdriver'" in errors[uris[4]]  # named (issue 13)
     assert all("\n" not in m and m.startswith("cannot connect: ") for m in errors.values())
 
 

@@ -530,3 +530,33 @@ def test_live_libvirt_headers_must_agree_with_libvirts_chain(libvirt_domains) ->
     assert result.status == FAILED and "they disagree" in (result.error or "")
     assert not list(work.glob("*.qcow2"))
     assert os.path.exists(base_a) and os.path.exists(base_b)
+
+
+# -- upload --as-is sends a source file itself: the same containment -----------------------------
+
+
+def test_upload_as_is_sends_only_a_checked_file_of_the_export(tmp_path: Path, secret: Path) -> None:
+    from migrate.cli.upload import _as_is_problem
+    from migrate.model import VM, Disk, Source
+
+    export = tmp_path / "export"
+    export.mkdir()
+    clean, _ = make_image(export, "raw", "clean")
+    (export / "link.img").symlink_to(secret)
+    chained, _ = make_image(export, "qcow2-chain", "chained")
+    hostile = export / "hostile.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(secret), "-F", "raw", str(hostile), "1M")
+
+    def check(path: Path, fmt: str):
+        vm = VM(name="v", source=Source(SourceKind.DOMAIN_XML, str(export / "v.xml")),
+                disks=[Disk(target="vda", path=str(path), format=fmt)])
+        return _as_is_problem(vm, vm.disks[0])
+
+    problem, chain = check(clean, "raw")
+    assert problem is None and chain.top.real == str(clean) and chain.virtual_size == 64 * 1024**2
+    problem, _ = check(export / "link.img", "raw")
+    assert problem == (f"file '{export / 'link.img'}': outside the export {export} "
+                       f"(through a link, to {secret})")
+    assert check(chained, "qcow2")[0] == "has a backing file (CDI refuses those): convert it"
+    assert check(hostile, "qcow2")[0] == (f"backing file of {hostile} '{secret}': outside the "
+                                          f"export {export}")

@@ -269,6 +269,21 @@ def test_every_run_lock_refuses_symlinks_and_hard_links(tmp_path: Path, name: st
                 pass
 
 
+def test_a_journal_name_planted_as_a_link_to_a_source_is_refused(tmp_path: Path) -> None:
+    src = image(tmp_path / "src" / "d.qcow2", 0x77)
+    before = sha256(src), mode(src)
+    work = tmp_path / "w"
+    work.mkdir()
+    os.link(src, work / "vmmove-journal.sqlite")
+    with pytest.raises(WriteError, match="not a plain file of its own"):
+        Journal(work / "vmmove-journal.sqlite")
+    (work / "vmmove-journal.sqlite").unlink()
+    (work / "vmmove-journal.sqlite").symlink_to(src)
+    with pytest.raises(WriteError, match="is a symbolic link"):
+        Journal(work / "vmmove-journal.sqlite")
+    assert (sha256(src), mode(src)) == before
+
+
 # -- case 08: modes follow sensitivity, not the umask -------------------------------------------
 
 

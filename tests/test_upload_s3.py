@@ -313,7 +313,7 @@ def test_killed_upload_resumes_sending_only_missing_parts(
 @pytest.mark.slow
 def test_server_restart_during_upload_is_retried_to_completion(
         tmp_path: Path, s3_env: dict[str, str]) -> None:
-    from tests.s3_support import subprocess_env, wait_peak_rss
+    from tests.s3_support import PeakRss, subprocess_env
 
     server = SeaweedFS(tmp_path / "private-s3")
     server.start()
@@ -332,11 +332,12 @@ def test_server_restart_during_upload_is_retried_to_completion(
                  "--parallel", "2", "--max-bandwidth", "16MB/s"],
                 env=subprocess_env(env), stdout=log, stderr=log,
                 cwd=Path(__file__).resolve().parents[1])
+            rss = PeakRss(proc)
             _wait_parts(server, bucket, key, 2, proc)
             assert proc.poll() is None  # still uploading when the server goes away
             server.stop()
             server.start()
-            peak = wait_peak_rss(proc, timeout=240)
+            peak = rss.wait(timeout=240)
         assert proc.returncode == 0, logs.read_text()
         assert 0 < peak < 256 * MiB, f"uploader peak RSS {peak / MiB:.0f} MiB"
         fetched = tmp_path / "fetched.qcow2"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from migrate.errors import VmmoveError
-from migrate.state import Journal, Step
+from migrate.state import MEASURED, Journal, Step
 from migrate.workdir import KIND_UPLOAD
 
 UPLOADED = "uploaded"  # sent in full in this run
@@ -148,6 +148,16 @@ class Backend(ABC):
         """The destination in one short phrase, for messages."""
         return self.name
 
+    def target_of(self, item: TransferItem) -> dict[str, Any]:
+        """Where ``item`` goes, as the journal records it (``target``): S3 endpoint,
+        bucket and key, or the upload proxy, namespace and DataVolume.  A done transfer
+        to another target is not this one: it is sent again."""
+        return self.target_for(item.name, item.dv_name)
+
+    def target_for(self, name: str, dv_name: str | None = None) -> dict[str, Any]:
+        """:meth:`target_of` for an image file ``name`` (and its DataVolume name)."""
+        return {"backend": self.name}
+
 
 def run_transfers(backend: Backend, items: Sequence[TransferItem], journal: Journal,
                   progress: Subscriber | None = None, redo: bool = False,
@@ -171,12 +181,18 @@ def run_transfers(backend: Backend, items: Sequence[TransferItem], journal: Jour
 def transfer_one(backend: Backend, item: TransferItem, journal: Journal,
                  progress: Subscriber, redo: bool = False) -> TransferResult:
     """Transfer one item with its journal bookkeeping; errors become a failed result."""
-    if redo:
-        old = journal.get(KIND_UPLOAD, item.item)
-        if old is not None and old.status == "done":
-            journal.reset(KIND_UPLOAD, item.item)
+    target = backend.target_of(item)
+    old = journal.get(KIND_UPLOAD, item.item)
+    # Redone, or going somewhere else: a new transfer (no resumption state of the old one).
+    kept: dict[str, Any] = {}
+    if old is not None and ((redo and old.status == "done") or
+                            old.data.get("target", target) != target):
+        if old.status == "done" and old.duration is not None:  # the link's last real rate
+            kept[MEASURED] = {"started": old.started, "finished": old.finished,
+                              "bytes": old.bytes}
+        journal.reset(KIND_UPLOAD, item.item)
     step = journal.start(KIND_UPLOAD, item.item, backend=backend.name, name=item.name,
-                         fingerprint=item.fingerprint())
+                         fingerprint=item.fingerprint(), target=target, **kept)
     started = time.monotonic()
     try:
         result = backend.transfer(item, step, journal, progress)
@@ -191,7 +207,9 @@ def transfer_one(backend: Backend, item: TransferItem, journal: Journal,
         journal.fail(KIND_UPLOAD, item.item, "interrupted: rerun to resume")
         raise
     result.seconds = time.monotonic() - started
+    # Found there already: nothing was sent, so nothing is measured (the step keeps the
+    # last real transfer's times; see Journal.done).
     journal.done(KIND_UPLOAD, item.item, bytes=result.size, checksum=result.checksum,
-                 **result.journal_data())
+                 measured=result.status != SKIPPED, **result.journal_data())
     progress.on_done(item, result)
     return result

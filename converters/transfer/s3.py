@@ -169,7 +169,8 @@ class S3Backend(Backend):
         if creds is None:
             raise TransferError(
                 f"{self.describe()}: no AWS credentials: set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, or use --profile with a shared-config profile")
+                "AWS_SECRET_ACCESS_KEY, or use --profile (a plan's transfer.profile) with a "
+                "shared-config profile")
         frozen = creds.get_frozen_credentials()
         return frozen.access_key, frozen.secret_key
 
@@ -181,6 +182,23 @@ class S3Backend(Backend):
         except Exception as exc:
             raise self._error(exc, f"s3://{self.bucket}") from None
         self._write_secret(access_key, secret_key)
+
+    def probe(self) -> None:
+        """Before a wave starts: the credentials resolve and can write here — a small
+        object is put under the prefix and deleted again; raise :class:`TransferError`
+        naming what is wrong (no bucket, access denied, endpoint unreachable)."""
+        self.credentials()
+        key = (f"{self.prefix}/" if self.prefix else "") + f".vmmove-probe-{os.getpid()}"
+        what = f"s3://{self.bucket}/{key}"
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            raise self._error(exc, f"s3://{self.bucket}") from None
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"vmmove preflight\n")
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise self._error(exc, what) from None
 
     def _write_secret(self, access_key: str, secret_key: str) -> None:
         o = self.options
@@ -207,6 +225,11 @@ class S3Backend(Backend):
         atomic_write(path, yaml.safe_dump(manifest, sort_keys=False), private=True)
         self.secret_name, self.secret_file = name, path
 
+    def target_for(self, name: str, dv_name: str | None = None) -> dict[str, Any]:
+        return {"backend": self.name, "endpoint": self.options.endpoint_url or "aws",
+                "bucket": self.bucket,
+                "key": f"{self.prefix}/{name}" if self.prefix else name}
+
     def key_for(self, item: TransferItem) -> str:
         return f"{self.prefix}/{item.name}" if self.prefix else item.name
 
@@ -230,13 +253,15 @@ class S3Backend(Backend):
                         "Forbidden", "InvalidToken", "ExpiredToken") or status == 403:
                 return TransferError(
                     f"{what}: access denied ({code}): the S3 server refused these credentials "
-                    "(check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile)")
+                    "(check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or --profile: a plan's "
+                    "transfer.profile)")
             message = err.get("Message") or code or str(status)
             return TransferError(f"{what}: {message}")
         if isinstance(exc, botocore.exceptions.EndpointConnectionError):
             return TransferError(f"{what}: cannot reach {self.client.meta.endpoint_url}")
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
-            return TransferError(f"{what}: no AWS credentials (environment or --profile)")
+            return TransferError(f"{what}: no AWS credentials (environment, or --profile: a "
+                                 "plan's transfer.profile)")
         if isinstance(exc, botocore.exceptions.BotoCoreError):
             return TransferError(f"{what}: {exc}")
         if isinstance(exc, OSError):

@@ -93,6 +93,10 @@ class UploadProxyBackend(Backend):
     def describe(self) -> str:
         return f"upload proxy {self.options.url} (namespace {self.namespace})"
 
+    def target_for(self, name: str, dv_name: str | None = None) -> dict[str, Any]:
+        return {"backend": self.name, "proxy": self.options.url,
+                "namespace": self.namespace, "dv": dv_name or name}
+
     # -- Kubernetes ---------------------------------------------------------------------------
     def prepare(self) -> None:
         """Connect as every vmmove command does (:class:`migrate.kube.Kube`: kubeconfig,

@@ -29,8 +29,8 @@ DROPPED_DEVICES = {
     "pci-passthrough",
     CRITICAL,
     "Remove the device before moving, or expose it on a node through KubeVirt's "
-    "permittedHostDevices and add it as a hostDevice (GPU: gpu) in the plan; the VM is then "
-    "tied to such nodes.",
+    "permittedHostDevices and add it to the VirtualMachine as a hostDevice (GPU: gpu) after "
+    "vmmove manifests; the VM is then tied to such nodes (nodeSelector in its plan entry).",
 )
 def pci_passthrough(vm: VM, ctx: Context) -> Iterator[Hit]:
     """KubeVirt assigns host PCI devices only through a node's device plugin, never by host address."""
@@ -42,7 +42,7 @@ def pci_passthrough(vm: VM, ctx: Context) -> Iterator[Hit]:
     "usb-passthrough",
     CRITICAL,
     "Remove the device, or list it in KubeVirt's permittedHostDevices.usb on a node that has it "
-    "and add it as a hostDevice in the plan.",
+    "and add it to the VirtualMachine as a hostDevice after vmmove manifests (nodeSelector in its plan entry for such nodes).",
 )
 def usb_passthrough(vm: VM, ctx: Context) -> Iterator[Hit]:
     """A USB device plugged into the source host does not exist on a KubeVirt node."""
@@ -54,7 +54,7 @@ def usb_passthrough(vm: VM, ctx: Context) -> Iterator[Hit]:
     "mdev-passthrough",
     CRITICAL,
     "Remove the vGPU, or offer the mediated device type through KubeVirt's "
-    "permittedHostDevices.mediatedDevices and add a gpu in the plan.",
+    "permittedHostDevices.mediatedDevices and add it to the VirtualMachine as a gpu after vmmove manifests (nodeSelector in its plan entry for such nodes).",
 )
 def mdev_passthrough(vm: VM, ctx: Context) -> Iterator[Hit]:
     """A mediated device (vGPU) instance belongs to the source host's physical GPU."""
@@ -137,7 +137,7 @@ def watchdog_model(vm: VM, ctx: Context) -> Iterator[Hit]:
 @rule(
     "sound-model",
     INFO,
-    "Add an ich9 sound device in the plan if the guest needs audio.",
+    "Add an ich9 sound device to the VirtualMachine (spec.domain.devices.sound) if the guest needs audio; vmmove does not carry sound cards.",
 )
 def sound_model(vm: VM, ctx: Context) -> Iterator[Hit]:
     """KubeVirt emulates ich9 and ac97 sound only; other sound cards are dropped."""

@@ -5,14 +5,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from migrate.assessment.concern import Severity
-from migrate.assessment.facts import DATA_DEVICES, data_disks, disk_where, has_source, is_windows
+from migrate.assessment.facts import (
+    DATA_DEVICES,
+    data_disks,
+    disk_where,
+    has_source,
+    hostonly_initramfs,
+    is_windows,
+)
 from migrate.assessment.registry import Context, Hit, rule
-from migrate.model import VM
+from migrate.mapping import target_disk_bus
+from migrate.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN
 from migrate.sources.containment import outside
+
+HOSTONLY_REMEDY = (
+    "{os} guest from {source}: its host-only initramfs lacks {drivers}; before cutover run "
+    "`dracut -f --regenerate-all --add-drivers '{drivers}'` in the guest (see initramfs-hostonly)."
+)
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 
-KUBEVIRT_BUSES = {"virtio", "sata", "scsi", "usb"}  # KubeVirt v1.9 DiskTarget.bus
 VIRTIO_SCSI = {"virtio-scsi", "virtio", "virtio-transitional", "virtio-non-transitional"}
 
 
@@ -25,7 +37,7 @@ VIRTIO_SCSI = {"virtio-scsi", "virtio", "virtio-transitional", "virtio-non-trans
 def disk_unreadable(vm: VM, ctx: Context) -> Iterator[Hit]:
     """An image that cannot be inspected cannot be converted or sized for its PVC."""
     for disk in data_disks(vm):
-        if disk.error:
+        if disk.error and disk.layout not in (RDM_PHYSICAL, RDM_VIRTUAL, VSAN):
             yield Hit(f"disk {disk.target} ({disk_where(disk)}): {disk.error}", subject=disk.target)
 
 
@@ -45,7 +57,7 @@ def disk_no_source(vm: VM, ctx: Context) -> Iterator[Hit]:
     "disk-size-unknown",
     WARNING,
     "Run the scan where the image can be read (the source host, or with access to its storage) "
-    "so its size is known, or give the PVC size in the plan.",
+    "so its size is known, or give the PVC size in the VM's plan entry (disks: {vda: {size: 20Gi}}).",
 )
 def disk_size_unknown(vm: VM, ctx: Context) -> Iterator[Hit]:
     """The PVC (DataVolume) must be at least the disk's virtual size, so the size must be known."""
@@ -147,8 +159,53 @@ def disk_vhost(vm: VM, ctx: Context) -> Iterator[Hit]:
 def disk_lun(vm: VM, ctx: Context) -> Iterator[Hit]:
     """A LUN passes SCSI commands through; in KubeVirt that needs a block-mode PVC."""
     for disk in vm.disks:
-        if disk.device == "lun":
+        if disk.device == "lun" and disk.layout is None:
             yield Hit(f"disk {disk.target} is a SCSI LUN ({disk_where(disk)})", subject=disk.target)
+
+
+@rule(
+    "disk-rdm",
+    CRITICAL,
+    "Have the storage team copy the LUN's data into a PVC (or present the LUN to the cluster as a "
+    "block-mode PVC attached as a lun disk), or leave the disk out explicitly (manifests --blank "
+    "VM/DISK); vmmove cannot copy it.",
+)
+def disk_rdm(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A VMware raw device map is a stub for a SAN LUN: the data is on the LUN, in no file."""
+    for disk in vm.disks:
+        if disk.layout in (RDM_PHYSICAL, RDM_VIRTUAL):
+            mode = "physical (pass-through)" if disk.layout == RDM_PHYSICAL else "virtual"
+            shared = ", on a shared SCSI bus (guest cluster)" if disk.shareable else ""
+            yield Hit(f"disk {disk.target} ({disk_where(disk)}) is a {mode} raw device map of a "
+                      f"SAN LUN{shared}: its data is not in the export", subject=disk.target)
+
+
+@rule(
+    "disk-vsan",
+    CRITICAL,
+    "Export the VM through vCenter (OVF export or a VDDK-based tool) so the disk's data is a "
+    "file, or leave the disk out explicitly (manifests --blank VM/DISK).",
+)
+def disk_vsan(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A vSAN disk descriptor names an object on the vSAN datastore; a copied folder has no data."""
+    for disk in vm.disks:
+        if disk.layout == VSAN:
+            yield Hit(f"disk {disk.target} ({disk_where(disk)}) is a vSAN object descriptor: no "
+                      "local data to convert", subject=disk.target)
+
+
+@rule(
+    "cdrom-passthrough",
+    INFO,
+    "Nothing to do: the drive is dropped. If the guest needs an ISO, upload it as a DataVolume "
+    "(virtctl image-upload) and add it to the VirtualMachine as a cdrom disk.",
+)
+def cdrom_passthrough(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A host CD-ROM drive exists only on the source host; KubeVirt cdroms need an image volume."""
+    for disk in vm.disks:
+        if disk.layout == HOST_CDROM:
+            yield Hit(f"disk {disk.target}: host CD-ROM drive {disk.path or '(auto detect)'} "
+                      "passed through is dropped", subject=disk.target)
 
 
 @rule(
@@ -171,52 +228,88 @@ def disk_dir(vm: VM, ctx: Context) -> Iterator[Hit]:
 )
 def disk_bus_ide(vm: VM, ctx: Context) -> Iterator[Hit]:
     """KubeVirt has no IDE bus (only virtio, sata, scsi, usb), so IDE disks become sata."""
+    windows, source = is_windows(vm), hostonly_initramfs(vm)
     for disk in data_disks(vm):
         if disk.bus == "ide":
-            yield Hit(f"disk {disk.target} on IDE becomes sata", subject=disk.target)
+            bus = target_disk_bus(disk, windows, vm.inspection).bus
+            yield Hit(f"disk {disk.target} on IDE becomes {bus}", subject=disk.target,
+                      remediation=_hostonly(vm, source, bus))
 
 
 @rule(
     "disk-bus-other",
     WARNING,
-    "Make sure the guest has a sata (ahci) driver, or virtio drivers if the plan picks virtio.",
+    "Make sure the guest has a sata (ahci) driver, or virtio drivers if the VM's plan entry picks virtio (disks: {sda: {bus: virtio}}).",
 )
 def disk_bus_other(vm: VM, ctx: Context) -> Iterator[Hit]:
-    """KubeVirt has only virtio, sata, scsi and usb disk buses; others (xen, nvme, sd) change."""
+    """KubeVirt has only virtio, sata, scsi and usb disk buses; others (xen, nvme, sd) change.
+
+    The bus named is :func:`migrate.mapping.target_disk_bus`'s, the one the manifest uses
+    (a read-only SATA disk moves to scsi as well).
+    """
+    windows, source = is_windows(vm), hostonly_initramfs(vm)
     for disk in data_disks(vm):
-        if disk.bus and disk.bus not in KUBEVIRT_BUSES and disk.bus != "ide":
-            yield Hit(f"disk {disk.target} on bus {disk.bus} becomes sata", subject=disk.target)
+        choice = target_disk_bus(disk, windows, vm.inspection)
+        if disk.bus and disk.bus != "ide" and choice.reason:
+            bus = choice.bus
+            remedy = _hostonly(vm, source, bus)
+            if remedy is None:
+                remedy = ("Linux: virtio_blk ships with the kernel; check it is in the initramfs "
+                          "(lsinitrd | grep virtio_blk)." if bus == "virtio" else
+                          "Make sure the guest's sata (ahci) driver is enabled (Windows: storahci "
+                          "start type 0) before cutover.")
+            yield Hit(f"disk {disk.target} on bus {disk.bus} becomes {bus}", subject=disk.target,
+                      remediation=remedy)
+
+
+_DRIVER_OF_BUS = {"virtio": "virtio_blk", "scsi": "virtio_scsi", "sata": "ahci"}
+
+
+def _hostonly(vm: VM, source: str | None, bus: str) -> str | None:
+    """The initramfs remedy for a RHEL-family guest from VMware/Hyper-V/Xen, else None."""
+    if source is None:
+        return None
+    name = (vm.guest_os.name if vm.guest_os else None) or "RHEL-family"
+    driver = _DRIVER_OF_BUS.get(bus, "virtio_blk")
+    return HOSTONLY_REMEDY.format(os=name, source=source, drivers=driver)
 
 
 @rule(
     "scsi-controller",
     WARNING,
     "Linux: nothing to do (virtio_scsi is built in). Windows: install vioscsi from virtio-win "
-    "before cutover, or move the disks to sata in the plan.",
+    "before cutover, or move the disks to sata in the VM's plan entry (disks: {sda: {bus: sata}}).",
 )
 def scsi_controller(vm: VM, ctx: Context) -> Iterator[Hit]:
     """KubeVirt's scsi bus is virtio-scsi; LSI Logic, PVSCSI or BusLogic controllers do not exist."""
-    windows = is_windows(vm)
+    windows, source = is_windows(vm), hostonly_initramfs(vm)
     for disk in vm.disks:
         model = (disk.controller_model or "").lower()
+        if disk.layout == HOST_CDROM:
+            continue
         if disk.bus == "scsi" and model and model not in VIRTIO_SCSI:
             to = "virtio-scsi (or sata)" if windows else "virtio-scsi"
-            yield Hit(f"disk {disk.target} on SCSI controller {disk.controller_model} moves to {to}", subject=disk.target)
+            yield Hit(f"disk {disk.target} on SCSI controller {disk.controller_model} moves to {to}",
+                      subject=disk.target, remediation=_hostonly(vm, source, "scsi"))
 
 
 @rule(
     "cdrom",
     INFO,
-    "If the guest still needs the ISO, upload it as a DataVolume and attach it as a cdrom in "
-    "the plan; otherwise nothing to do.",
+    "If the guest still needs the ISO, upload it as a DataVolume (virtctl image-upload) and "
+    "add it to the VirtualMachine as a cdrom disk; otherwise nothing to do.",
 )
 def cdrom(vm: VM, ctx: Context) -> Iterator[Hit]:
     """A KubeVirt cdrom needs a volume of its own; the source host's ISO files are not copied."""
+    windows = is_windows(vm)
     for disk in vm.disks:
-        if disk.device == "cdrom":
+        if disk.device == "cdrom" and disk.layout != HOST_CDROM:
             media = f"with {disk_where(disk)}" if has_source(disk) else "empty"
             note = f" ({disk.error})" if disk.error else ""
-            yield Hit(f"cdrom {disk.target} ({media}){note} is not converted", subject=disk.target)
+            choice = target_disk_bus(disk, windows, vm.inspection)
+            kept = f"; kept with --keep-cdroms, its {choice.reason}" if choice.reason else ""
+            yield Hit(f"cdrom {disk.target} ({media}){note} is not converted{kept}",
+                      subject=disk.target)
 
 
 @rule("floppy", INFO, "Copy anything the guest still needs from the floppy image into a disk.")
@@ -230,7 +323,7 @@ def floppy(vm: VM, ctx: Context) -> Iterator[Hit]:
 @rule(
     "no-disks",
     WARNING,
-    "Check that the VM boots from the network or from an image you attach in the plan.",
+    "Check that the VM boots from the network or from a disk you add to the VirtualMachine yourself; a plan refuses a VM without disks, so plan it skip: true with a note until then.",
 )
 def no_disks(vm: VM, ctx: Context) -> Iterator[Hit]:
     """A VM with no disk has nothing to convert and nothing to boot from in KubeVirt."""

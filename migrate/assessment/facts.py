@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from migrate.model import VM, Device, Disk, Nic
+from migrate.model import HOST_CDROM, VM, Device, Disk, Nic
 
 DATA_DEVICES = ("disk", "lun")  # disk devices whose contents are converted
 
@@ -29,7 +29,33 @@ def guest_known(vm: VM) -> bool:
 
 
 def data_disks(vm: VM) -> list[Disk]:
-    return [d for d in vm.disks if d.device in DATA_DEVICES]
+    """Disks whose data is converted (a host CD-ROM passed through as a LUN holds none)."""
+    return [d for d in vm.disks if d.device in DATA_DEVICES and d.layout != HOST_CDROM]
+
+
+#: dracut-based distributions whose installer builds a host-only initramfs by default
+#: (dracut.conf(5) ``hostonly="yes"``): only the storage drivers of the install hardware.
+DRACUT_HOSTONLY_DISTROS = {"rhel", "centos", "rocky", "almalinux", "ol", "fedora"}
+#: Source hypervisors whose virtual storage hardware is not virtio/AHCI.
+FOREIGN_HYPERVISORS = {"vmware": "VMware", "hyperv": "Hyper-V", "xen": "Xen",
+                       "virtualbox": "VirtualBox"}
+
+
+def hostonly_initramfs(vm: VM) -> str | None:
+    """The source hypervisor's name when the guest is a RHEL-family Linux moved from it.
+
+    Such a guest boots from a host-only dracut initramfs with the source's storage drivers
+    (mptspi, vmw_pvscsi, ata_piix, hv_storvsc, xen-blkfront) and without virtio_blk,
+    virtio_scsi or ahci, so on KubeVirt it stops at ``dracut-initqueue timeout``
+    (kubevirt/kubevirt#11133); virt-v2v rebuilds the initrd for this reason
+    (virt-v2v convert/convert_linux.ml).  None for other guests and sources.
+    """
+    os = vm.guest_os
+    if os is None or (os.family or "linux").lower() != "linux":
+        return None
+    if (os.distro or "").lower() not in DRACUT_HOSTONLY_DISTROS:
+        return None
+    return FOREIGN_HYPERVISORS.get((vm.hypervisor or "").lower())
 
 
 def disk_where(disk: Disk) -> str:

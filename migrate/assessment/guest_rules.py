@@ -1,7 +1,7 @@
 """Rules from the guest's own facts (``vmmove inspect``: libguestfs on the staged copy).
 
 They fire only for VMs with an :class:`~migrate.model.Inspection`; the bus they name is
-:func:`migrate.mapping.inspected_disk_bus`'s, the one the manifests use.
+:func:`migrate.mapping.target_disk_bus`'s (with the inspection), the one the manifests use.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 from migrate.assessment.concern import Severity
 from migrate.assessment.registry import Context, Hit, rule
-from migrate.mapping import guest_driver, inspected_disk_bus
+from migrate.assessment.facts import is_windows
+from migrate.mapping import guest_driver, target_disk_bus
 from migrate.model import VM
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
@@ -35,8 +36,8 @@ def guest_virtio_missing(vm: VM, ctx: Context) -> Iterator[Hit]:
     for disk in vm.disks:
         if disk.device != "disk":
             continue
-        fix = inspected_disk_bus((disk.bus or "virtio"), disk, ins)
-        yield Hit(f"{where} {name}: disk {disk.target} uses {fix.value}, or convert the guest",
+        bus = target_disk_bus(disk, is_windows(vm), ins).bus
+        yield Hit(f"{where} {name}: disk {disk.target} uses {bus}, or convert the guest",
                   subject=disk.target)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from migrate.assessment.concern import Severity
-from migrate.assessment.facts import is_windows, nic_label
+from migrate.assessment.facts import hostonly_initramfs, is_windows, nic_label
 from migrate.assessment.registry import Context, Hit, normalize_mac, rule
 from migrate.model import VM
 
@@ -42,15 +42,21 @@ def kubevirt_nic_model(model: str | None) -> str | None:
     WARNING,
     "Linux: nothing to do (virtio-net is built in) unless the network configuration is tied to "
     "the interface name or driver. Windows: install netkvm from virtio-win before cutover, or "
-    "choose e1000e in the plan.",
+    "choose e1000e in the VM's plan entry (nics: {nic0: {model: e1000e}}).",
 )
 def nic_model(vm: VM, ctx: Context) -> Iterator[Hit]:
     """KubeVirt emulates only e1000, e1000e, igb, ne2k_pci, pcnet, rtl8139 and virtio NICs."""
-    windows = is_windows(vm)
+    windows, source = is_windows(vm), hostonly_initramfs(vm)
+    remedy = None
+    if source:  # virtio_net is a module there, loaded from the root file system
+        remedy = ("RHEL-family guest: virtio_net loads from the root file system once the rebuilt "
+                  "initramfs (initramfs-hostonly) has found it; check ifcfg/NetworkManager files "
+                  "that name the old interface (ens192) or its driver.")
     for nic in vm.nics:
         if kubevirt_nic_model(nic.model) is None:
             to = "virtio (or e1000e)" if windows else "virtio"
-            yield Hit(f"NIC {nic_label(vm, nic)} model {nic.model} becomes {to}", subject=nic_label(vm, nic))
+            yield Hit(f"NIC {nic_label(vm, nic)} model {nic.model} becomes {to}",
+                      subject=nic_label(vm, nic), remediation=remedy)
 
 
 @rule(
@@ -78,7 +84,7 @@ def nic_no_network(vm: VM, ctx: Context) -> Iterator[Hit]:
 @rule(
     "mac-duplicate",
     WARNING,
-    "Give one of the NICs a new MAC in the plan (or let KubeVirt/kubemacpool assign one); "
+    "Give one of the NICs a new MAC in its VM's plan entry (nics: {nic0: {mac: 52:54:00:12:34:56}}), or let KubeVirt/kubemacpool assign one; "
     "guests that bind configuration to the MAC need it updated.",
 )
 def mac_duplicate(vm: VM, ctx: Context) -> Iterator[Hit]:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 
 from migrate.assessment.concern import Severity
-from migrate.assessment.facts import guest_known, is_windows
+from migrate.assessment.facts import guest_known, hostonly_initramfs, is_windows
 from migrate.assessment.registry import Context, Hit, rule
 from migrate.model import VM, PowerState
 
@@ -147,7 +147,8 @@ def vm_crashed(vm: VM, ctx: Context) -> Iterator[Hit]:
     "guest-os-unknown",
     WARNING,
     "Find out what the guest runs and pick a KubeVirt preference (e.g. rhel.9, windows.2k22) "
-    "and disk/NIC models the guest has drivers for; record it in the plan.",
+    "and disk/NIC models the guest has drivers for; record them in the VM's plan entry "
+    "(preference, disks: {vda: {bus: sata}}, nics: {nic0: {model: e1000e}}).",
 )
 def guest_os_unknown(vm: VM, ctx: Context) -> Iterator[Hit]:
     """Disk bus, NIC model, Hyper-V features and preference all depend on what the guest runs."""
@@ -170,10 +171,29 @@ def guest_windows(vm: VM, ctx: Context) -> Iterator[Hit]:
 
 
 @rule(
+    "initramfs-hostonly",
+    WARNING,
+    "Before cutover, in the guest: `dracut -f --regenerate-all --add-drivers 'virtio_blk "
+    "virtio_scsi ahci'` (every installed kernel; RHEL 5: mkinitrd --with=virtio_blk), then shut "
+    "it down; or convert the guest with virt-v2v-in-place.",
+)
+def initramfs_hostonly(vm: VM, ctx: Context) -> Iterator[Hit]:
+    """A RHEL-family guest from VMware/Hyper-V/Xen boots a host-only initramfs without virtio/AHCI."""
+    source = hostonly_initramfs(vm)
+    if source:
+        os = vm.guest_os
+        name = (os.name or os.id) if os else None
+        yield Hit(f"{name or 'RHEL-family'} guest from {source}: its host-only dracut initramfs has "
+                  f"only {source}'s storage drivers, not virtio_blk/virtio_scsi/ahci; without a "
+                  "rebuild it stops at 'dracut-initqueue timeout' on KubeVirt")
+
+
+@rule(
     "clock-localtime",
     WARNING,
-    "Set spec.domain.clock.timezone to the source host's time zone in the plan, or make the "
-    "guest keep its hardware clock in UTC (Linux: timedatectl set-local-rtc 0).",
+    "Set defaults.timezone in the plan to the source host's time zone (e.g. Europe/Berlin; it "
+    "becomes spec.domain.clock.timezone), or make the guest keep its hardware clock in UTC "
+    "(Linux: timedatectl set-local-rtc 0).",
 )
 def clock_localtime(vm: VM, ctx: Context) -> Iterator[Hit]:
     """KubeVirt's guest clock is UTC unless a timezone is set; a localtime RTC would be off by hours."""
@@ -260,7 +280,7 @@ def hotplug_vcpus(vm: VM, ctx: Context) -> Iterator[Hit]:
 @rule(
     "memory-unknown",
     WARNING,
-    "Set the memory size in the plan; the VM cannot be scheduled without one.",
+    "Set the memory size in the VM's plan entry (memory: 4Gi); the VM cannot be scheduled without one.",
 )
 def memory_unknown(vm: VM, ctx: Context) -> Iterator[Hit]:
     """A KubeVirt VM needs a memory size to be scheduled on a node."""

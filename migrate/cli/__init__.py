@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from migrate import __version__
-from migrate.output import error_line
+from migrate.output import error_lines
 from migrate.errors import VmmoveError
 
 _NOT_COMMANDS = {"options"}
@@ -49,7 +49,8 @@ class VmmoveGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VmmoveError as exc:
-            click.echo(error_line(exc), err=True)
+            for line in error_lines(exc):  # a list of problems: one escaped line each
+                click.echo(line, err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("vmmove: interrupted; rerun the same command to resume", err=True)
@@ -58,7 +59,10 @@ class VmmoveGroup(click.Group):
 
 @click.group(cls=VmmoveGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vmmove")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log the commands run underneath (qemu-img command lines, libvirt calls) "
+                   "on stderr; credentials are never logged.")
+def main(verbose: bool) -> None:
     """Move libvirt/KVM, VMware and OVF virtual machines into KubeVirt.
 
     \b
@@ -67,6 +71,9 @@ def main() -> None:
     Each step reads the previous one's output file and records its progress in a journal,
     so every command can be rerun to resume.
     """
+    from migrate.progress import set_verbose
+
+    set_verbose(verbose)
 
 
 def run() -> None:  # console-script entry point

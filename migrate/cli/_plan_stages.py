@@ -10,12 +10,11 @@ them are idempotent: the journal says what is already done.  ``vmmove migrate``,
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from migrate.errors import UsageError, VmmoveError
+from migrate.errors import ProblemsError, UsageError, VmmoveError
 from migrate.output import human_size
 from migrate.plan import Plan, PlannedVM
 from migrate.status import KIND_MANIFESTS
@@ -64,29 +63,49 @@ def guest_stage(plan: Plan, wave: int) -> str:
 # -- convert ---------------------------------------------------------------------------------
 
 
-def convert_wave(plan: Plan, wave: int, redo: bool = False) -> str:
-    """Convert every disk of the wave's VMs into the plan's work folder."""
-    from converters.convert import FAILED, ConvertOptions, convert_disks
+def convert_options(plan: Plan, redo: bool = False) -> Any:
+    """The ConvertOptions of the plan's ``convert`` section; a running VM's remedy names
+    the plan setting (not a flag the plan's commands refuse)."""
+    from converters.convert import ConvertOptions, plan_share_hint
+
+    c = plan.convert
+    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
+                             force_share=c.force_share, redo=redo,
+                             share_hint=plan_share_hint(plan.path.name))
+    if c.jobs:
+        options.jobs = c.jobs
+    return options
+
+
+def convert_wave(plan: Plan, wave: int, redo: bool | set[str] = False) -> str:
+    """Convert every disk of the wave's VMs into the plan's work folder.  ``redo``: True
+    converts every disk again, a set of VM keys those VMs' disks."""
+    from converters.convert import FAILED, convert_disks
     from migrate.cli.convert import BarProgress, estimate
 
     vms = wave_vms(plan, wave)
-    pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
-    c = plan.convert
-    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
-                             force_share=c.force_share, redo=redo)
-    if c.jobs:
-        options.jobs = c.jobs
+    again = redo_items(redo, vms)
+    # two batches when some VMs are redone: theirs with redo (the converter replaces its
+    # own outputs), the others as usual
+    batches = [(redo_flag, [(p.key, d.target) for p in vms for d in data_disks(p)
+                            if (disk_item(p.vm, d) in again) == redo_flag])
+               for redo_flag in (True, False)]
     disks = [d for p in vms for d in data_disks(p)]
-    progress = BarProgress(sum(estimate(d) for d in disks), len(disks))
+    progress = BarProgress(sum(estimate(d) for d in disks), len(disks),
+                           verify=plan.convert.verify)
+    results: list[Any] = []
     try:
-        results = convert_disks(plan.inventory, (), plan.workdir, options, progress,
-                                disks=pairs)
+        for redo_flag, pairs in batches:
+            if pairs:
+                results += convert_disks(plan.inventory, (), plan.workdir,
+                                         convert_options(plan, redo=redo_flag), progress,
+                                         disks=pairs)
     finally:
         progress.close()
     failed = [r for r in results if r.status == FAILED]
     if failed:
-        raise VmmoveError(f"convert: {len(failed)} of {len(results)} disk(s) failed: "
-                          + " | ".join(str(r.error) for r in failed))
+        raise ProblemsError(f"convert: {len(failed)} of {len(results)} disk(s) failed",
+                            [str(r.error) for r in failed])
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -162,39 +181,20 @@ def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem]
     return items, missing
 
 
-class _UploadBars:
-    """An overall tqdm bar for a wave's uploads, log lines when not on a terminal."""
-
-    def __init__(self, total: int, count: int) -> None:
-        from migrate.progress import bar
-
-        self.lock = threading.Lock()
-        self.bar = bar(total, f"upload {count} image(s)")
-
-    def on_queued(self, item: Any, total: int, already: int) -> None:
-        from migrate.progress import log
-
-        with self.lock:
-            self.bar.update(already)
-        log(f"{item.label}: uploading {human_size(total - already)}"
-            + (f" ({human_size(already)} already there)" if already else ""))
-
-    def on_progress(self, item: Any, bytes_transferred: int) -> None:
-        with self.lock:
-            self.bar.update(bytes_transferred)
-
-    def on_done(self, item: Any, result: Any) -> None:
-        from migrate.progress import log
-
-        log(f"{item.label}: {result.status}" + (f": {result.error}" if result.error else ""))
-
-    def close(self) -> None:
-        self.bar.close()
+def redo_items(redo: bool | set[str], vms: list[PlannedVM]) -> set[str]:
+    """The disk items to do again: every disk of ``vms`` (``redo`` True), those of the
+    VMs whose keys ``redo`` holds, or none."""
+    if not redo:
+        return set()
+    return {disk_item(p.vm, d) for p in vms for d in data_disks(p)
+            if redo is True or p.key in redo}
 
 
 def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
-                redo: bool = False) -> str:
-    """Send the wave's converted images to the plan's transfer target."""
+                redo: bool | set[str] = False) -> str:
+    """Send the wave's converted images to the plan's transfer target (each where the
+    plan says now: a done transfer to another target is sent again).  ``redo``: True for
+    every VM, or the keys of the VMs to send again."""
     from converters.transfer.base import run_transfers
 
     from migrate.state import DONE
@@ -210,11 +210,12 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
         raise UsageError(f"{plan.path}: wave {wave}: the upload proxy fills DataVolumes in "
                          "one namespace; this wave spans " + ", ".join(sorted(namespaces)))
     with plan.journal() as journal:
-        # Done before with the same bytes to the same backend: not even asked again.
-        done = set() if redo else {
+        # Done before with the same bytes to the same target: not even asked again.
+        done = {
             i.item for i in items
-            if (s := journal.get(KIND_UPLOAD, i.item)) is not None and s.status == DONE
-            and s.checksum == i.checksum and s.data.get("backend") == backend.name}
+            if i.item not in redo_items(redo, vms)
+            and (s := journal.get(KIND_UPLOAD, i.item)) is not None and s.status == DONE
+            and s.checksum == i.checksum and s.data.get("target") == backend.target_of(i)}
     todo = [i for i in items if i.item not in done]
     if not todo:
         return f"upload: {len(items)} image(s) uploaded before, nothing to send"
@@ -230,19 +231,22 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
                    group) for target, group in by_target.items()]
     for b, _ in groups:
         b.prepare()
-    bars = _UploadBars(sum(i.size for i in todo), len(todo))
+    from migrate.progress import UploadProgress
+
+    bars = UploadProgress(sum(i.size for i in todo), len(todo))
     results: list[Any] = []
     try:
         with plan.journal() as journal:
             for b, group in groups:
+                # redo: each item's earlier transfer forgotten (its measurement kept)
                 results += run_transfers(b, group, journal, bars,  # type: ignore[arg-type]
-                                         redo=redo)
+                                         redo=bool(redo))
     finally:
         bars.close()
     failed = [r for r in results if not r.ok]
     if failed:
-        raise VmmoveError(f"upload: {len(failed)} of {len(results)} image(s) failed: "
-                          + " | ".join(str(r.error) for r in failed))
+        raise ProblemsError(f"upload: {len(failed)} of {len(results)} image(s) failed",
+                            [str(r.error) for r in failed])
     sent = sum(r.sent for r in results)
     counts: dict[str, int] = {}
     for r in results:
@@ -254,11 +258,107 @@ def upload_wave(plan: Plan, wave: int, kube: KubeArgs | None = None,
             + f", {human_size(sent)} sent")
 
 
+# -- preflight -------------------------------------------------------------------------------
+
+
+def _reachable(url: str, timeout: float = 5.0) -> str | None:
+    """None when a TCP connection to ``url``'s host and port opens, else why not."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"cannot reach {parts.hostname}:{port} ({exc.strerror or exc})"
+
+
+def preflight_wave(plan: Plan, wave: int, kube: KubeArgs,
+                   connect_kube: Any) -> tuple[list[str], Any]:
+    """Everything the wave will need, checked before the first byte is converted, every
+    problem reported (not only the first): the cluster (reachable, KubeVirt and CDI
+    served: ``connect_kube()``), the transfer target (S3: credentials, bucket, a probe
+    object put and deleted; upload proxy: reachable), every source disk as the
+    conversion reads it, and the work folder's free space against ``qemu-img measure``.
+    Returns ``(problems, the Kube client or None)``."""
+    from converters.convert import preflight_disks
+
+    problems: list[str] = []
+    client = None
+    try:
+        client = connect_kube()
+    except VmmoveError as exc:
+        problems.append(f"cluster: {exc}")
+    t = plan.transfer
+    try:
+        backend = backend_for(plan, kube)
+        if t.s3:
+            backend.probe()  # type: ignore[attr-defined]
+        elif t.upload_proxy:
+            why = _reachable(t.upload_proxy)
+            if why:
+                problems.append(f"transfer.uploadProxy {t.upload_proxy}: {why}")
+    except VmmoveError as exc:
+        problems.append(f"transfer: {exc}")
+    vms = wave_vms(plan, wave)
+    pairs = [(p.key, d.target) for p in vms for d in data_disks(p)]
+    if plan.journal_path.is_file():  # disks uploaded already need no conversion
+        with plan.journal() as journal:
+            pairs = [(p.key, d.target) for p in vms for d in data_disks(p)
+                     if not journal.is_done(KIND_UPLOAD, disk_item(p.vm, d))]
+    if pairs:
+        found, _, _ = preflight_disks(plan.inventory, plan.workdir, convert_options(plan),
+                                      pairs)
+        problems += [f"convert: {p}" for p in found]
+    return problems, client
+
+
 # -- manifests -------------------------------------------------------------------------------
 
 
+def elsewhere(plan: Plan, vms: list[PlannedVM]) -> list[str]:
+    """The disks of ``vms`` whose recorded upload went to another target than the plan's
+    (a one-off ``vmmove upload`` elsewhere, or the plan's target changed since), one
+    problem each: their manifests would import from the wrong place."""
+    from converters.transfer.base import TransferError
+    from migrate.naming import dns1123_label
+    from migrate.state import DONE
+
+    if plan.transfer.backend is None or not plan.journal_path.is_file():
+        return []
+    try:
+        by_ns = {ns: backend_for(plan, namespace=ns) for ns in {p.namespace for p in vms}}
+    except (TransferError, UsageError):
+        return []  # the transfer step reports a target it cannot use
+    problems = []
+    with plan.journal() as journal:
+        for p in vms:
+            for d in data_disks(p):
+                step = journal.get(KIND_UPLOAD, disk_item(p.vm, d))
+                if step is None or step.status != DONE or "target" not in step.data:
+                    continue
+                want = by_ns[p.namespace].target_for(
+                    str(step.data.get("name") or ""),
+                    dns1123_label(image_basename(p.name, d)))
+                if step.data["target"] != want:
+                    got = step.data["target"]
+                    problems.append(
+                        f"{p.vm.name}/{d.target}: uploaded to "
+                        + "/".join(str(v) for k, v in got.items() if k != "backend")
+                        + ", not to the plan's target; run vmmove upload "
+                        f"{plan.path.name} --wave {p.wave} to send it there")
+    return problems
+
+
 def build_manifests(plan: Plan, vms: list[PlannedVM]) -> list[ManifestSet]:
-    """The VirtualMachines (with DataVolume templates) and Secrets of ``vms``."""
+    """The VirtualMachines (with DataVolume templates) and Secrets of ``vms``; refused
+    (every problem listed) when a disk's upload went elsewhere than the plan says."""
+    stale = elsewhere(plan, vms)
+    if stale:
+        raise ProblemsError(f"manifests: {len(stale)} disk(s) not at the plan's transfer "
+                            "target", stale)
     from manifests.generate import GenerationContext, GenerationOptions, VmOverrides, build_all
     from manifests.sources import SourceResolver
     from migrate.workdir import target_names
@@ -269,17 +369,23 @@ def build_manifests(plan: Plan, vms: list[PlannedVM]) -> list[ManifestSet]:
                                 keep_cdroms=d.keep_cdroms, preference=d.preference,
                                 instancetype=d.instancetype, timezone=d.timezone)
     names = {**target_names(plan.inventory), **plan.names()}
-    overrides = {p.key: VmOverrides(name=p.name, namespace=p.namespace,
-                                    run_strategy=p.entry.run_strategy,
-                                    preference=p.entry.preference,
-                                    instancetype=p.entry.instancetype) for p in vms}
+    overrides = {p.key: VmOverrides(
+        name=p.name, namespace=p.namespace, run_strategy=p.entry.run_strategy,
+        preference=p.entry.preference, instancetype=p.entry.instancetype,
+        memory=p.entry.memory, cpu_model=p.entry.cpu_model,
+        disk_bus={t: o["bus"] for t, o in p.entry.disks.items() if "bus" in o},
+        disk_size={t: o["size"] for t, o in p.entry.disks.items() if "size" in o},
+        nic_mac={i: o["mac"] for i, o in p.entry.nics.items() if "mac" in o},
+        nic_model={i: o["model"] for i, o in p.entry.nics.items() if "model" in o},
+        labels=p.entry.labels, annotations=p.entry.annotations,
+        node_selector=p.entry.node_selector, affinity=p.entry.affinity) for p in vms}
     ctx = GenerationContext(options=options, sources=SourceResolver.from_workdir(plan.workdir),
                             names=names, overrides=overrides,
                             scanned_at=plan.inventory.scanned_at)
     sets, failed = build_all([p.vm for p in vms], ctx)
     if failed:
-        raise VmmoveError(f"manifests: {len(failed)} of {len(vms)} VM(s) cannot get "
-                          "manifests: " + " | ".join(str(e) for e in failed))
+        raise ProblemsError(f"manifests: {len(failed)} of {len(vms)} VM(s) cannot get "
+                            "manifests", [str(e) for e in failed])
     return sets
 
 
@@ -436,7 +542,6 @@ def plan_convert_args(plan_file: str, wave: int | None, vms: tuple[str, ...]) ->
         Plan, list[tuple[str, str]], Any]:
     """For ``vmmove convert PLAN --wave N [VM…]``: the plan, its (vm key, disk) pairs and
     the ConvertOptions of its ``convert`` section."""
-    from converters.convert import ConvertOptions
     from migrate.plan import load_plan
 
     plan = load_plan(plan_file)
@@ -449,32 +554,76 @@ def plan_convert_args(plan_file: str, wave: int | None, vms: tuple[str, ...]) ->
         if unknown:
             raise UsageError(f"not in wave {wave} of {plan_file}: {', '.join(unknown)}")
         chosen = [p for p in chosen if {p.vm.name, p.vm.uuid, p.name} & set(vms)]
-    c = plan.convert
-    options = ConvertOptions(format=c.format, compress=c.compress, verify=c.verify,
-                             force_share=c.force_share)
-    if c.jobs:
-        options.jobs = c.jobs
+    options = convert_options(plan)
     return plan, [(p.key, d.target) for p in chosen for d in data_disks(p)], options
 
 
-def plan_manifests(plan_file: str, inventory: str, wave: int | None,
-                   out: str | None) -> tuple[list[tuple[str, str, str]], str]:
-    """For ``vmmove manifests INVENTORY --plan PLAN [--wave N]``: write the manifests of
-    the plan's VMs (one wave, or every wave) with the plan's namespace, maps, defaults and
-    per-VM overrides; returns the written rows and the folder."""
-    from manifests.kustomize import write_tree
+def plan_manifest_sets(plan_file: str, inventory: str | None, wave: int | None,
+                       vms: tuple[str, ...] = ()) -> tuple[Plan, list[ManifestSet]]:
+    """For ``vmmove manifests --plan PLAN [INVENTORY] [--wave N] [--vm NAME…]``: the
+    manifests of the plan's VMs (one wave or every wave, narrowed to ``vms`` by source or
+    target name or UUID) with the plan's namespace, maps, defaults and per-VM overrides.
+
+    INVENTORY is optional (the plan names its own); when given it must be the plan's.
+    """
     from migrate.plan import load_plan
 
     plan = load_plan(plan_file)
-    if Path(inventory).absolute() != plan.inventory_path:
+    if inventory is not None and Path(inventory).absolute() != plan.inventory_path:
         raise UsageError(f"{inventory}: the plan {plan_file} is about {plan.inventory_path}; "
-                         "give that inventory")
+                         "give that inventory, or none")
     numbers = [wave] if wave is not None else plan.wave_numbers()
-    vms = [p for n in numbers for p in plan.wave(n)]
-    if not vms:
+    planned = [p for n in numbers for p in plan.wave(n)]
+    if vms:
+        missing = [ref for ref in vms if not any(ref in (p.vm.name, p.name, p.vm.uuid, p.key)
+                                                 for p in planned)]
+        if missing:
+            where = f"wave {wave} of {plan_file}" if wave is not None else plan_file
+            raise UsageError(f"{where}: no VM named {', '.join(missing)}")
+        planned = [p for p in planned if {p.vm.name, p.name, p.vm.uuid, p.key} & set(vms)]
+    if not planned:
         raise UsageError(f"{plan_file}: no VM to write manifests for (all skipped)")
+    return plan, build_manifests(plan, planned)
+
+
+def plan_manifests(plan_file: str, inventory: str | None, wave: int | None,
+                   out: str | None, vms: tuple[str, ...] = ()
+                   ) -> tuple[list[tuple[str, str, str]], str]:
+    """Write :func:`plan_manifest_sets` under ``out`` (default the plan's
+    ``<workdir>/manifests``); returns the written rows and the folder."""
+    from manifests.kustomize import write_tree
+
+    plan, sets = plan_manifest_sets(plan_file, inventory, wave, vms)
     folder = Path(out) if out else plan.manifests_dir
-    return write_tree(build_manifests(plan, vms), folder), str(folder)
+    return write_tree(sets, folder), str(folder)
+
+
+#: Upload record fields shown by ``upload PLAN --wave N -o json|yaml`` (never credentials:
+#: the Secret's name is shown, not its file or contents).
+UPLOAD_FIELDS = ("backend", "url", "key", "bucket", "dv", "namespace", "size", "sent",
+                 "seconds", "secret")
+
+
+def wave_upload_records(plan: Plan, wave: int) -> list[dict[str, Any]]:
+    """Where each disk of the wave stands in the journal's upload records, for ``-o``:
+    item, VM, disk, status (``not uploaded`` without a record), checksum, times (RFC 3339)
+    and the :data:`UPLOAD_FIELDS` the record has."""
+    from migrate.output import rfc3339
+
+    records = []
+    with plan.journal() as journal:
+        for p in wave_vms(plan, wave):
+            for disk in data_disks(p):
+                item = disk_item(p.vm, disk)
+                step = journal.get(KIND_UPLOAD, item)
+                record: dict[str, Any] = {"item": item, "vm": p.vm.name, "disk": disk.target,
+                                          "status": step.status if step else "not uploaded"}
+                if step is not None:
+                    record.update({k: step.data[k] for k in UPLOAD_FIELDS if k in step.data})
+                    record.update(checksum=step.checksum, started=rfc3339(step.started),
+                                  finished=rfc3339(step.finished), error=step.error)
+                records.append(record)
+    return records
 
 
 def plan_upload(plan_file: str, wave: int | None, kube: KubeArgs, redo: bool) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,89 +10,12 @@ import click
 
 from migrate.cli.options import output_format, refuse_with_plan
 from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit, error_line, human_size
+from migrate.output import emit, error_line, human_size, rfc3339
+from migrate.progress import ConvertProgress as BarProgress
+from migrate.progress import disk_estimate as estimate
 
 if TYPE_CHECKING:
-    from converters.convert import DiskJob, DiskResult
-    from migrate.model import Disk
-
-
-def estimate(disk: Disk) -> int:
-    """A disk's share of the overall bar: its data as the inventory knows it."""
-    return disk.allocated_size or disk.virtual_size or 1
-
-
-class BarProgress:
-    """A tqdm bar per disk in flight plus an overall bar; log lines when not a TTY."""
-
-    def __init__(self, total: int, count: int) -> None:
-        from migrate.progress import bar, interactive
-
-        self._bar = bar
-        self.tty = interactive()
-        self.lock = threading.Lock()
-        self.overall = bar(total, f"{count} disk(s)", position=0)
-        self.bars: dict[str, Any] = {}
-        self.fractions: dict[str, float] = {}
-        self.totals: dict[str, int] = {}
-        self.free_slots: list[int] = []
-        self.next_slot = 1
-        self.logged: dict[str, int] = {}
-
-    def started(self, job: DiskJob, total: int) -> None:
-        from migrate.progress import log
-
-        with self.lock:
-            slot = self.free_slots.pop(0) if self.free_slots else self._new_slot()
-            self.bars[job.item] = self._bar(total, job.label, position=slot, leave=False)
-            self.bars[job.item].slot = slot
-            self.fractions[job.item] = 0.0
-            self.totals[job.item] = total
-            self.logged[job.item] = 0
-        log(f"{job.label}: converting {job.disk.path} → {job.output.name} "
-            f"({human_size(total)} to write)")
-
-    def _new_slot(self) -> int:
-        slot = self.next_slot
-        self.next_slot += 1
-        return slot
-
-    def advanced(self, job: DiskJob, fraction: float) -> None:
-        from migrate.progress import log
-
-        with self.lock:
-            delta = fraction - self.fractions.get(job.item, 0.0)
-            self.fractions[job.item] = fraction
-            if job.item in self.bars:
-                self.bars[job.item].update(delta * self.totals.get(job.item, 0))
-            self.overall.update(delta * estimate(job.disk))
-            quarter = int(fraction * 4)
-            report = not self.tty and 0 < quarter < 4 and quarter > self.logged.get(job.item, 0)
-            if report:
-                self.logged[job.item] = quarter
-        if report:
-            log(f"{job.label}: {quarter * 25}%")
-
-    def finished(self, job: DiskJob, result: DiskResult) -> None:
-        from migrate.progress import log
-
-        with self.lock:
-            self.totals.pop(job.item, None)
-            self.overall.update((1.0 - self.fractions.pop(job.item, 0.0)) * estimate(job.disk))
-            disk_bar = self.bars.pop(job.item, None)
-            if disk_bar is not None:
-                self.free_slots.append(disk_bar.slot)
-                self.free_slots.sort()
-                disk_bar.close()
-        if result.ok:
-            extra = f", verified, {result.checksum}" if result.verified else ""
-            log(f"{job.label}: {result.status} → {result.output} "
-                f"({human_size(result.allocated)}{extra})")
-        else:
-            log(f"failed: {result.error}")
-
-    def close(self) -> None:
-        self.overall.close()
+    from converters.convert import DiskResult
 
 
 def _rows(results: list[DiskResult]) -> list[list[Any]]:
@@ -127,7 +49,8 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
          "output": s.data.get("output"), "format": s.data.get("format"),
          "virtual_size": s.data.get("virtual_size"), "allocated": s.data.get("allocated"),
          "verified": s.data.get("verified"), "checksum": s.checksum,
-         "started": s.started, "finished": s.finished, "seconds": s.data.get("seconds"),
+         "started": rfc3339(s.started), "finished": rfc3339(s.finished),
+         "seconds": s.data.get("seconds"),
          "error": s.error}
         for s in steps
     ]
@@ -135,9 +58,9 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
         [d["vm"] or d["item"], d["disk"] or "", d["status"], d["format"] or "-",
          human_size(d["allocated"]), {True: "yes", False: "no", None: "-"}[d["verified"]],
          (d["checksum"] or "-")[:19],
-         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["finished"])) if d["finished"]
+         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.finished)) if s.finished
          else "-", d["error"] or (Path(d["output"]).name if d["output"] else "")]
-        for d in data
+        for d, s in zip(data, steps)
     ]
     emit(data, output, ["VM", "DISK", "STATUS", "FORMAT", "ALLOCATED", "VERIFIED", "CHECKSUM",
                         "FINISHED", "OUTPUT/ERROR"], rows)
@@ -229,7 +152,8 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
         options.jobs = jobs
     pairs = select_disks(inv, vms, plan_disks)
     total = sum(estimate(d) for _, d in pairs if d.device in ("disk", "lun"))
-    progress = BarProgress(total, sum(1 for _, d in pairs if d.device in ("disk", "lun")))
+    progress = BarProgress(total, sum(1 for _, d in pairs if d.device in ("disk", "lun")),
+                           verify=options.verify)
     try:
         results = convert_disks(inv, vms, folder, options, progress, disks=plan_disks)
     finally:

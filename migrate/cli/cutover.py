@@ -245,13 +245,18 @@ def _seconds(value: float | None) -> str:
                    " full final syncs send their disks one VM at a time.")
 @click.option("--skip-boot-test", is_flag=True,
               help="Cut over even a VM whose last `vmmove boot-test` failed.")
+@click.option("--dry-run", is_flag=True,
+              help="Only list the steps the cutover would run for each VM, in order, with "
+                   "downtime estimates from the journal's measurements; nothing is stopped, "
+                   "synced or started, and no host or cluster is contacted.")
 @kube_options
 @output_format()
 def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
                 shutdown_timeout: float, force: bool, verify_timeout: float,
                 guest_agent: bool, verify_command: str | None, import_timeout: float,
-                jobs: int | None, skip_boot_test: bool, kubeconfig: str | None,
-                context: str | None, namespace: str | None, output: str) -> None:
+                jobs: int | None, dry_run: bool, skip_boot_test: bool,
+                kubeconfig: str | None, context: str | None, namespace: str | None,
+                output: str) -> None:
     """Switch VMs from their libvirt host to KubeVirt: preflight, stop the source, final
     sync, start the target, verify, done — each step journalled.
 
@@ -290,6 +295,14 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: str | None,
     if namespace:
         plan.use_namespace(namespace)
     chosen = select_vms(plan, wave, vms)
+    if dry_run:
+        from migrate.dryrun import cutover_steps, cutover_window, show
+        from migrate.output import duration
+
+        n = jobs or default_jobs(len(chosen))
+        window = f"the window about {duration(cutover_window(plan, chosen, n))} with --jobs {n}"
+        show(cutover_steps(plan, chosen), output, f"cutover wave {wave}", window)
+        return
     when = parse_at(at) if at else None
     options = CutoverOptions(shutdown_timeout=shutdown_timeout, force=force,
                              verify_timeout=verify_timeout, guest_agent=guest_agent,
@@ -397,6 +410,7 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
     from migrate.cutover import (
         RollbackOptions,
         default_jobs,
+        rollback_scope,
         locked_log,
         prepare_kube,
         rollback_many,
@@ -412,6 +426,17 @@ def rollback_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: float
         plan.use_namespace(namespace)
     chosen = select_vms(plan, wave, vms)
     data, rows, errors = [], [], []
+    chosen, idle = rollback_scope(plan, chosen)
+    for p in idle:
+        data.append({"key": p.key, "vm": p.vm.name, "target": f"{p.namespace}/{p.name}",
+                     "status": "nothing to roll back"})
+        rows.append([p.vm.name, f"{p.namespace}/{p.name}", "nothing to roll back", "-", "-",
+                     "never cut over"])
+    if not chosen:
+        emit(data, output, ROLLBACK_HEADERS, rows)
+        click.echo(f"wave {wave}: nothing to roll back: no VM of it was cut over (or started "
+                   "by its runStrategy); the sources were never touched", err=True)
+        return
     kube = connect(kubeconfig, context)
     try:
         prepare_kube(kube)

@@ -12,7 +12,7 @@ from migrate.errors import UsageError, VmmoveError
 
 
 @click.command("manifests")
-@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.argument("inventory", required=False, type=click.Path(dir_okay=False))
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="Folder to write <namespace>/<vm>.yaml, Secrets and kustomization.yaml files into.")
 @click.option("-n", "--namespace", default="default", show_default=True, help="Namespace of the VirtualMachines.")
@@ -59,7 +59,7 @@ from migrate.errors import UsageError, VmmoveError
               help="With --plan: only the VMs of wave N.")
 @output_format("table", "yaml", "json", default="table")
 def manifests_cmd(
-    inventory: str,
+    inventory: str | None,
     out: str | None,
     namespace: str,
     vms: tuple[str, ...],
@@ -89,25 +89,34 @@ def manifests_cmd(
     Each DataVolume imports the disk from where `vmmove upload` put it (journal in
     --workdir), from --http-base, or is blank when asked (--blank). Networks must all be
     mapped (--map / --network). VMs are Halted until the cutover starts them.
-    With -o yaml|json the single selected VM is printed instead (--out not needed).
+    With -o yaml|json the single selected VM is printed instead (--out not needed); with
+    --plan, every selected VM (--wave, --vm) is printed, and INVENTORY may be left out.
     """
     from manifests.generate import GenerationContext, GenerationOptions, build_all
-    from manifests.kustomize import render, write_tree
+    from manifests.kustomize import render, render_many, write_tree
     from manifests.preferences import Catalog
     from manifests.sources import SourceResolver
     from migrate.mapping import Maps, NetworkMap, StorageMap, load_maps
     from migrate.naming import is_dns1123_label
-    from migrate.output import table
+    from migrate.output import error_line, table
     from migrate.serialize import load_inventory
     from migrate.workdir import target_names
 
     if plan_file:
-        from migrate.cli._plan_stages import plan_manifests
+        from migrate.cli._plan_stages import plan_manifest_sets, plan_manifests
 
-        written, folder = plan_manifests(plan_file, inventory, wave, out)
+        if output != "table":
+            _, sets = plan_manifest_sets(plan_file, inventory, wave, vms)
+            sys.stdout.write(render_many(sets, output))
+            if out:
+                write_tree(sets, out)
+            return
+        written, folder = plan_manifests(plan_file, inventory, wave, out, vms)
         click.echo(table(["NAMESPACE", "OBJECT", "FILE"], written), nl=False)
         click.echo(f"manifests of {plan_file} written to {folder}", err=True)
         return
+    if inventory is None:
+        raise UsageError("manifests: give an INVENTORY (from vmmove scan), or --plan PLAN")
     if wave is not None:
         raise UsageError("--wave goes with --plan PLAN")
     if output == "table" and not out:
@@ -158,31 +167,44 @@ def manifests_cmd(
         scanned_at=inv.scanned_at,
     )
     sets, failed = build_all(selected, ctx)
-    if failed:
-        head = f"{len(failed)} of {len(selected)} VM(s) cannot get manifests, nothing written: "
-        raise VmmoveError(head + " | ".join(str(e) for e in failed))
+    refused = [str(e) for e in failed]
     if schemas:
         from manifests.validate import SchemaValidator
 
         validator = SchemaValidator(schemas)
-        problems = [f"VM {s.name}: {e}" for s in sets for e in validator.virtual_machine(s.virtual_machine)]
-        if problems:
-            raise VmmoveError("schema validation failed, nothing written: " + " | ".join(problems[:20]))
+        valid = []
+        for s in sets:
+            errors = validator.virtual_machine(s.virtual_machine)
+            if errors:
+                refused.append(f"VM {s.name}: schema validation failed: " + "; ".join(errors[:5]))
+            else:
+                valid.append(s)
+        sets = valid
+    if output != "table" and refused:
+        raise VmmoveError(refused[0])
     if output != "table":
         sys.stdout.write(render(sets[0].virtual_machine, output))
         if out:
             write_tree(sets, out)
         return
     assert out is not None
-    rows = write_tree(sets, out)
+    # Like scan: what can be written is written; one error line per refused VM; exit 1.
+    rows = write_tree(sets, out) if sets else []
     elapsed = time.perf_counter() - started
-    click.echo(table(["NAMESPACE", "OBJECT", "FILE"], rows), nl=False)
+    if rows:
+        click.echo(table(["NAMESPACE", "OBJECT", "FILE"], rows), nl=False)
+    sys.stdout.flush()
+    for error in refused:
+        click.echo(error_line(error), err=True)
     notes = sum(len(s.notes) for s in sets)
     click.echo(
-        f"{len(sets)} VirtualMachine(s) written to {out} in {elapsed:.2f}s"
+        f"{len(sets)} of {len(selected)} VirtualMachine(s) written to {out} in {elapsed:.2f}s"
+        + (f", {len(refused)} refused (the errors above)" if refused else "")
         + (f"; {notes} note(s) in the vmmove.io/notes annotations" if notes else ""),
         err=True,
     )
+    if refused:
+        raise click.exceptions.Exit(1)
 
 
 commands = [manifests_cmd]

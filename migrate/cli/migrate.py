@@ -11,7 +11,7 @@ import click
 
 from migrate.cli.apply import apply_options, outcome_rows
 from migrate.cli.options import output_format
-from migrate.errors import UsageError, VmmoveError
+from migrate.errors import ProblemsError, UsageError, VmmoveError
 from migrate.output import emit
 
 HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
@@ -19,6 +19,7 @@ HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
 
 @click.command("migrate")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.argument("vms", nargs=-1, metavar="[VM]...")
 @click.option("--wave", type=click.IntRange(min=1), required=True, metavar="N",
               help="The wave to migrate.")
 @click.option("--stage", is_flag=True,
@@ -27,10 +28,16 @@ HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
                    "apply them (VMs stay as the plan's runStrategy says, Halted by default) "
                    "and watch the imports.")
 @click.option("--redo", is_flag=True,
-              help="Convert and upload again what the journal records as done.")
+              help="Convert and upload again what the journal records as done: the VMs "
+                   "named (vmmove migrate PLAN --wave N --stage --redo web-01), or the "
+                   "whole wave.")
+@click.option("--dry-run", is_flag=True,
+              help="Only list what --stage would run, in order, with time estimates from "
+                   "the journal's measurements; nothing is converted, sent or applied.")
 @apply_options
 @output_format()
-def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: str | None,
+def migrate_cmd(plan_file: str, vms: tuple[str, ...], wave: int, stage: bool, redo: bool,
+                dry_run: bool, kubeconfig: str | None,
                 context: str | None, namespace: str | None, force_conflicts: bool,
                 wait: bool, timeout: float, max_restarts: int, output: str) -> None:
     """Run one wave of a plan end to end.
@@ -38,12 +45,16 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
     \b
     vmmove migrate plan.yaml --wave 1 --stage
     vmmove migrate plan.yaml --wave 1 --stage --context prod --no-wait
+    vmmove migrate plan.yaml --wave 1 --stage --dry-run      # what would run, how long
+    vmmove migrate plan.yaml web-01 --wave 1 --stage --redo  # convert and send web-01 again
 
     Every step records its progress in the plan's journal and skips what is done, so
     after a failure, a crash, SIGKILL or Ctrl-C the same command resumes: converted disks
     are not converted again, S3 uploads continue from the parts stored, applying again
-    changes nothing. Two runs on one plan at once are refused. The cluster is checked
-    (reachable, KubeVirt and CDI served) before any disk is converted.
+    changes nothing. Two runs on one plan at once are refused. Before any disk is
+    converted everything the wave needs is checked and every problem listed: the
+    cluster (KubeVirt and CDI served), the S3 bucket (a probe object written and
+    deleted) or the upload proxy, each source disk, and the work folder's free space.
     """
     from migrate.cli._plan_stages import (
         KubeArgs,
@@ -54,11 +65,12 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
         guest_stage,
         inspect_stage,
         manifests_wave,
+        preflight_wave,
         upload_wave,
     )
     from migrate.kube import connect
     from migrate.pipeline import Stage, StageResult, run_stages
-    from migrate.plan import load_plan
+    from migrate.plan import PlanError, load_plan
     from migrate.progress import log
 
     if not stage:
@@ -72,7 +84,26 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
     if plan.transfer.backend is None:
         raise UsageError(f"{plan.path}: no transfer target: set transfer.s3 or "
                          "transfer.uploadProxy")
-    kube_client = connect(kubeconfig, context)  # fail now, not after hours of conversion
+    redo_keys: bool | set[str] = redo
+    if vms:
+        if not redo:
+            raise UsageError("migrate: VM names go with --redo (the VMs to do again)")
+        from migrate.cutover import select_vms
+
+        redo_keys = {p.key for p in select_vms(plan, wave, vms)}
+    if dry_run:
+        from migrate.dryrun import migrate_steps, show
+
+        show(migrate_steps(plan, wave, redo_keys), output, f"migrate wave {wave}")
+        return
+    args = KubeArgs(kubeconfig, context, namespace)
+    # every problem now, not one after hours of conversion
+    problems, kube_client = preflight_wave(plan, wave, args,
+                                           lambda: connect(kubeconfig, context))
+    if problems:
+        if kube_client is not None:
+            kube_client.close()
+        raise PlanError(plan.path, [f"wave {wave}: preflight: {p}" for p in problems])
     outcome_box: dict[str, Any] = {}
 
     def apply_stage() -> str:
@@ -81,15 +112,14 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
         outcome_box["outcome"] = outcome
         errors = apply_errors(outcome)
         if errors:
-            raise VmmoveError("apply: " + " | ".join(errors))
+            raise ProblemsError(f"apply: {len(errors)} problem(s)", errors)
         return apply_summary(outcome)
 
-    args = KubeArgs(kubeconfig, context, namespace)
     stages = [
-        Stage("convert", lambda: convert_wave(plan, wave, redo=redo)),
-        Stage("inspect", lambda: inspect_stage(plan, wave, redo=redo)),
+        Stage("convert", lambda: convert_wave(plan, wave, redo=redo_keys)),
+        Stage("inspect", lambda: inspect_stage(plan, wave, redo=redo_keys)),
         Stage("guest", lambda: guest_stage(plan, wave)),
-        Stage("upload", lambda: upload_wave(plan, wave, args, redo=redo)),
+        Stage("upload", lambda: upload_wave(plan, wave, args, redo=redo_keys)),
         Stage("manifests", lambda: manifests_wave(plan, wave)),
         Stage("apply", apply_stage),
     ]
@@ -115,9 +145,12 @@ def migrate_cmd(plan_file: str, wave: int, stage: bool, redo: bool, kubeconfig: 
     else:
         emit(data, output)
     failed = [r for r in results if r.status == "failed"]
+    if failed and failed[0].problems and failed[0].head:
+        raise ProblemsError(f"wave {wave}: {failed[0].stage} failed (fix it and rerun the "
+                            f"same command to resume): {failed[0].head}", failed[0].problems)
     if failed:
-        raise VmmoveError(f"wave {wave}: {failed[0].stage} failed; fix it and rerun the same "
-                          f"command to resume ({failed[0].error})")
+        raise VmmoveError(f"wave {wave}: {failed[0].stage} failed (fix it and rerun the same "
+                          f"command to resume): {failed[0].error}")
     click.echo(f"wave {wave} staged: see vmmove status {plan_file}", err=True)
 
 

@@ -79,6 +79,10 @@ def _rows(plan: Any) -> tuple[list[dict[str, Any]], list[list[Any]]]:
               help="Default spec.runStrategy; Halted leaves starting the VM to the cutover.")
 @click.option("--preference", default="none", show_default=True, metavar="auto|none|NAME",
               help="Default VirtualMachineClusterPreference.")
+@click.option("--stage-running", is_flag=True,
+              help="Stage VMs while they run (convert.forceShare: true): their disks are "
+                   "read with qemu-img -U, and the cutover's final sync copies them again "
+                   "with the VM off. Without it a running VM is refused at convert time.")
 @click.option("--skip-blocked", is_flag=True,
               help="Plan VMs with critical assessment concerns as skip: true, with the "
                    "concerns as the note.")
@@ -92,7 +96,7 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
              namespace: str, network_pairs: tuple[str, ...], map_file: str | None,
              storage_class: str | None, s3: str | None, endpoint_url: str | None,
              profile: str | None, region: str | None, proxy: str | None, run_strategy: str,
-             preference: str, skip_blocked: bool, workdir: str | None, force: bool,
+             preference: str, stage_running: bool, skip_blocked: bool, workdir: str | None, force: bool,
              output: str) -> None:
     """Put the VMs of INVENTORY into waves, in a plan file you edit and then run.
 
@@ -104,16 +108,25 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
 
     The plan names the inventory, a work folder (its journal records every step),
     network and storage maps, the transfer target, and per-VM overrides (targetName,
-    namespace, runStrategy, preference, instancetype, skip). It is checked whenever it
-    is used: unknown keys, VMs missing from the inventory, unmapped networks, duplicate
-    target names and MAC collisions are all listed at once. See docs/plan.md.
+    namespace, runStrategy, preference, instancetype, memory, cpuModel, disks, nics,
+    labels, annotations, nodeSelector, affinity, skip). It is checked whenever it is
+    used: unknown keys, VMs missing from the inventory, unmapped networks, duplicate
+    target names and MAC collisions are all listed at once; --check adds the
+    assessment's critical concerns. See docs/plan.md.
     """
-    from migrate.plan import PlanError, generate_plan, load_plan, save_plan
+    from migrate.plan import (
+        PlanError,
+        check_plan,
+        critical_problems,
+        generate_plan,
+        load_plan,
+        save_plan,
+    )
 
     if check:
         if inventory or out:
             raise UsageError("--check PLAN takes no INVENTORY and no --out")
-        plan = load_plan(check)
+        plan = check_plan(check)
         data, rows = _rows(plan)
         emit(data, output, HEADERS, rows)
         skipped = sum(1 for p in plan.vms if p.skip)
@@ -174,14 +187,17 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
                          max_bytes=_size(max_size), namespace=namespace, networks=networks,
                          storage=storage, transfer=transfer,
                          defaults={"runStrategy": run_strategy, "preference": preference},
-                         skip=skip, workdir=workdir)
+                         skip=skip, workdir=workdir, stage_running=stage_running)
     save_plan(data, out)
     try:
         plan = load_plan(out, inventory=inv)
+        problems = critical_problems(plan)
     except PlanError as exc:
-        click.echo(f"{out}: written; {len(exc.problems)} thing(s) to settle before it runs:",
+        problems = exc.problems
+    if problems:
+        click.echo(f"{out}: written; {len(problems)} thing(s) to settle before it runs:",
                    err=True)
-        for problem in exc.problems:
+        for problem in problems:
             click.echo(f"  - {escape(problem)}", err=True)
         return
     rows_data, rows = _rows(plan)

@@ -5,11 +5,7 @@ from __future__ import annotations
 import click
 
 from migrate.cli.options import output_format
-from migrate.output import emit, human_size
-
-REPORT_HEADERS = ["WAVE", "VM", "TARGET", "DATA", "CONVERTED", "CONVERT", "UPLOAD", "IMPORT",
-                  "BOOT TEST", "CUTOVER", "SYNC", "DOWNTIME", "CHECKSUMS"]
-
+from migrate.output import emit
 
 @click.command("runbook")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
@@ -50,41 +46,60 @@ def runbook_cmd(plan_file: str, out: str, wave: tuple[int, ...], jobs: int | Non
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
               help="Only the VMs of wave N.")
-@click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.svg",
-              help="Also draw throughput and downtime per VM into this SVG file.")
+@click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.svg|FILE.png",
+              help="Also draw measured throughput and downtime per VM into this SVG or PNG "
+                   "(matplotlib: pip install 'vmmove[report]').")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), metavar="FILE.html",
+              help="Also write one self-contained HTML page with the plot and the per-VM "
+                   "table, the form to share.")
 @output_format()
-def report_cmd(plan_file: str, wave: int | None, plot: str | None, output: str) -> None:
+def report_cmd(plan_file: str, wave: int | None, plot: str | None, html_file: str | None,
+               output: str) -> None:
     """Per VM: sizes, step durations, cutover downtime and checksums, from the journal.
 
     \b
     vmmove report plan.yaml
     vmmove report plan.yaml --wave 1 --plot wave-1.svg -o json
+    vmmove report plan.yaml --html report.html
 
-    Reads only the plan's journal; safe while a run is going.
+    Reads only the plan's journal; safe while a run is going. Rates come from work
+    actually done (a step skipped as done before measures nothing).
     """
+    from pathlib import Path
+
+    from migrate.errors import UsageError
     from migrate.plan import load_plan
-    from migrate.report import plan_report, plot_svg
+    from migrate.report import (
+        HEADERS,
+        NOTHING_YET,
+        has_measurements,
+        html_report,
+        plan_report,
+        plot_bytes,
+        table_rows,
+    )
     from migrate.serialize import atomic_write
 
+    fmt = None
+    if plot:
+        fmt = Path(plot).suffix.lower().lstrip(".")
+        if fmt not in ("svg", "png"):
+            raise UsageError(f"--plot {plot}: name an .svg or a .png file")
     plan = load_plan(plan_file)
     reports, throughput = plan_report(plan, wave)
-
-    def secs(value: float | None) -> str:
-        return "-" if value is None else f"{value:.1f}s"
-
-    rows = []
-    for r in reports:
-        sums = ",".join((d.checksum or "-").removeprefix("sha256:")[:12] for d in r.disks)
-        rows.append([r.wave, r.vm, r.target, human_size(r.data_bytes),
-                     human_size(r.converted_bytes), secs(r.seconds("convert_seconds")),
-                     secs(r.seconds("upload_seconds")), secs(r.seconds("import_seconds")),
-                     r.boot_test or "-", r.cutover, r.sync_mode or "-", secs(r.downtime), sums])
+    rows = table_rows(reports)
     emit({"plan": str(plan.path), "vms": [r.to_data() for r in reports],
-          "throughput": throughput.to_data()}, output, REPORT_HEADERS, rows)
-    if plot:
-        title = f"vmmove: {plan.path.name}" + (f", wave {wave}" if wave else "")
-        atomic_write(plot, plot_svg(reports, title))
+          "throughput": throughput.to_data()}, output, HEADERS, rows)
+    title = f"vmmove: {plan.path.name}" + (f", wave {wave}" if wave else "")
+    if plot and fmt:
+        data = plot_bytes(reports, title, fmt)
+        atomic_write(plot, data)
         click.echo(f"plot: {plot}", err=True)
+    if html_file:
+        atomic_write(html_file, html_report(reports, throughput, title, HEADERS, rows))
+        click.echo(f"report: {html_file}", err=True)
+    if (plot or html_file) and not has_measurements(reports):
+        click.echo(f"note: {NOTHING_YET}", err=True)
 
 
 commands = [runbook_cmd, report_cmd]

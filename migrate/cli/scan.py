@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
 from migrate.cli.options import connect, output_format
 from migrate.model import VM, Inventory
-from migrate.output import emit, error_line, human_size
+from migrate.output import emit, error_line, escape, human_size
 
 TABLE_HEADERS = [
-    "NAME", "SOURCE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE", "CONCERNS",
+    "NAME", "HOST/FILE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE", "CONCERNS",
 ]
-
-
-def _source(vm: VM) -> str:
-    location = vm.source.location
-    if location.startswith("/"):
-        rel = os.path.relpath(location)
-        location = rel if not rel.startswith("..") else location
-    return f"{location}#{vm.source.member}" if vm.source.member else location
 
 
 def _disks(vm: VM) -> str:
@@ -57,11 +48,12 @@ def _firmware(vm: VM) -> str:
     return text
 
 
-def table_row(vm: VM, concerns: str = "") -> list[str]:
-    """One table row; the column order is TABLE_HEADERS (``concerns``: the assessment summary)."""
+def table_row(vm: VM, concerns: str = "", source: str | None = None) -> list[str]:
+    """One table row; the column order is TABLE_HEADERS (``concerns``: the assessment
+    summary; ``source``: the short name of where the VM was read, see ``source_labels``)."""
     return [
         vm.name,
-        _source(vm),
+        source if source is not None else vm.source.location,
         vm.power_state.value,
         str(vm.vcpus),
         human_size(vm.memory),
@@ -81,9 +73,15 @@ def render(inv: Inventory, fmt: str) -> None:
             click.echo("No VMs found.", err=True)
             return
         from migrate.assessment import summaries
+        from migrate.sources.scan import source_labels
 
         concerns = summaries(inv)
-        emit(None, "table", TABLE_HEADERS, [table_row(vm, concerns[vm.key]) for vm in inv.vms])
+        labels, legend = source_labels(inv.vms)
+        emit(None, "table", TABLE_HEADERS,
+             [table_row(vm, concerns[vm.key], labels[vm.key]) for vm in inv.vms])
+        if len(legend) > 1:  # several hosts: say which is which (one is the -c given)
+            for label, location in legend:
+                click.echo(escape(f"{label}: {location}"), err=True)
     else:
         emit(to_data(inv), fmt)
 
@@ -117,6 +115,13 @@ def render(inv: Inventory, fmt: str) -> None:
     help="Give up on a libvirt host that has not answered after this long.",
 )
 @click.option(
+    "--ovf-configuration",
+    default=None,
+    metavar="NAME",
+    help="Read OVF/OVA descriptors with this DeploymentOptionSection configuration instead "
+    "of the one marked default; a descriptor that offers no such configuration is an error.",
+)
+@click.option(
     "--pve-storage",
     "pve_storage",
     multiple=True,
@@ -133,6 +138,7 @@ def scan_cmd(
     output_file: str | None,
     jobs: int | None,
     connect_timeout: float,
+    ovf_configuration: str | None,
     pve_storage: tuple[str, ...],
 ) -> None:
     """Inventory VMs from libvirt hosts and offline descriptors.
@@ -153,19 +159,22 @@ def scan_cmd(
     Problems (unreachable host, bad file, missing disk image) are printed on stderr, one
     line each; the rest is still scanned and the exit status is 1.
     """
-    from migrate.serialize import save_inventory
-    from migrate.sources.scan import scan
-
     from migrate.errors import UsageError
+    from migrate.serialize import save_inventory
     from migrate.sources import SourceError
+    from migrate.sources.libvirt_uri import check_uri
     from migrate.sources.pve import parse_storage_map
+    from migrate.sources.scan import scan
 
     try:
         storage = parse_storage_map(pve_storage)
     except SourceError as exc:
         raise UsageError(str(exc)) from None
     uri_list = list(uris) or ([] if paths else ["qemu:///system"])
-    inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout, pve_storage=storage)
+    for uri in uri_list:
+        check_uri(uri)  # a mistyped URI: one line, before anything is scanned
+    inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout, pve_storage=storage,
+               ovf_configuration=ovf_configuration)
     if output_file:
         save_inventory(inv, output_file)
     render(inv, output)

@@ -5,20 +5,10 @@ from __future__ import annotations
 import click
 
 from migrate.cli.options import output_format
-from migrate.output import emit, human_size
+from migrate.output import duration, emit, human_size
 
 HEADERS = ["WAVE", "VM", "TARGET", "PHASE", "STATE", "CONVERT", "UPLOAD", "IMPORT", "MOVED",
            "TIME", "LAST ERROR"]
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 60:
-        return f"{value:.1f}s"
-    minutes, secs = divmod(int(value), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _count(step: object) -> str:
@@ -55,7 +45,7 @@ def status_cmd(plan_file: str, wave: int | None, output: str) -> None:
         rows.append([s.wave, s.vm, f"{s.namespace}/{s.name}", s.phase, s.state,
                      _count(s.steps["convert"]), _count(s.steps["upload"]),
                      _count(s.steps["import"]), human_size(s.bytes_moved),
-                     _seconds(s.seconds), error])
+                     duration(s.seconds), error])
     emit({"plan": str(plan.path), "journal": str(plan.journal_path),
           "vms": [s.to_data() for s in statuses]}, output, HEADERS, rows)
     if output == "table":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,10 +14,11 @@ import click
 from migrate.cli.options import aws, kube, output_format, refuse_with_plan
 from migrate.errors import UsageError, VmmoveError
 from migrate.output import emit, error_line, human_size
+from migrate.progress import UploadProgress as BarProgress
 
 if TYPE_CHECKING:
     from converters.transfer.base import Backend, TransferItem, TransferResult
-    from migrate.model import Inventory
+    from migrate.model import VM, Disk, Inventory
     from migrate.state import Journal
 
 #: File name endings ``vmmove upload DIR`` treats as disk images.
@@ -40,73 +40,6 @@ def parse_rate(text: str | None) -> int | None:
         raise UsageError(f"{text}: not a size or rate (examples: 50MB/s, 100M, 1G)")
     scale = 1024 ** " kmgt".index((m.group(2) or " ").lower())
     return int(float(m.group(1)) * scale)
-
-
-class BarProgress:
-    """An overall tqdm bar plus one per image in flight; log lines when not a TTY."""
-
-    def __init__(self, total: int, count: int) -> None:
-        from migrate.progress import bar
-
-        self._bar = bar
-        self.lock = threading.Lock()
-        self.overall = bar(total, f"{count} image(s)", position=0)
-        self.bars: dict[str, Any] = {}
-        self.quarters: dict[str, int] = {}
-        self.sizes: dict[str, int] = {}
-        self.done: dict[str, int] = {}
-
-    def on_queued(self, item: TransferItem, total: int, already: int) -> None:
-        from migrate.progress import log
-
-        with self.lock:
-            old = self.bars.pop(item.item, None)
-            if old is not None:  # a retry from the start (token refresh)
-                self.overall.update(-self.done.get(item.item, 0))
-                old.close()
-            self.bars[item.item] = self._bar(total, item.label[:40], position=1, leave=False,
-                                             initial=already)
-            self.sizes[item.item] = total
-            self.done[item.item] = already
-            self.quarters[item.item] = 0
-            self.overall.update(already)
-        note = f", {human_size(already)} already there" if already else ""
-        log(f"{item.label}: sending {human_size(total - already)} of {human_size(total)}{note}")
-
-    def on_progress(self, item: TransferItem, bytes_transferred: int) -> None:
-        from migrate.progress import log
-
-        with self.lock:
-            self.done[item.item] = self.done.get(item.item, 0) + bytes_transferred
-            if item.item in self.bars:
-                self.bars[item.item].update(bytes_transferred)
-            self.overall.update(bytes_transferred)
-            size = self.sizes.get(item.item) or 1
-            quarter = min(3, self.done[item.item] * 4 // size)
-            report = quarter > self.quarters.get(item.item, 0)
-            if report:
-                self.quarters[item.item] = quarter
-        if report:
-            log(f"{item.label}: {quarter * 25}%")
-
-    def on_done(self, item: TransferItem, result: TransferResult) -> None:
-        from migrate.progress import log
-
-        with self.lock:
-            b = self.bars.pop(item.item, None)
-            if b is not None:
-                b.close()
-            if not result.ok:
-                self.overall.update(-self.done.get(item.item, 0))
-            self.overall.total = max(self.overall.total or 0, self.overall.n)
-        if result.ok:
-            log(f"{item.label}: {result.status} → {_destination(result)} "
-                f"({human_size(result.sent)} sent)")
-        else:
-            log(f"{item.label}: failed: {result.error}")
-
-    def close(self) -> None:
-        self.overall.close()
 
 
 def _destination(r: TransferResult) -> str:
@@ -135,8 +68,8 @@ def _upload_lock(journal_file: Path) -> Iterator[None]:
 def _folder_items(folder: Path, journal: Journal, need_info: bool) -> list[TransferItem]:
     """Every image file of a folder; checksums from the folder's convert records."""
     from converters.transfer.base import TransferItem
-    from migrate.imageinfo import ImageError, image_info
     from migrate.naming import dns1123_label
+    from migrate.sources.containment import Export, open_path
     from migrate.state import DONE
     from migrate.workdir import KIND_CONVERT
 
@@ -155,10 +88,10 @@ def _folder_items(folder: Path, journal: Journal, need_info: bool) -> list[Trans
         virtual = step.data.get("virtual_size") if step else None
         fmt = step.data.get("format") if step else None
         if need_info and virtual is None:
-            try:
-                info = image_info(str(path))
-                virtual, fmt = info.virtual_size, info.format
-            except ImageError:
+            try:  # read as an export: no header may lead outside the folder or to the network
+                chain = open_path(Export.of_descriptor(str(path)), str(path), None)
+                virtual, fmt = chain.virtual_size, chain.format
+            except VmmoveError:
                 virtual = None
         stem = path.name.split(".")[0] or path.name
         items.append(TransferItem(
@@ -170,24 +103,29 @@ def _folder_items(folder: Path, journal: Journal, need_info: bool) -> list[Trans
     return items
 
 
-def _as_is_problem(path: str) -> tuple[str | None, Any]:
-    """Why a source image cannot go to CDI unconverted (None when it can), and its info."""
-    from migrate.imageinfo import ImageError, image_info
+def _as_is_problem(vm: VM, disk: Disk) -> tuple[str | None, Any]:
+    """Why a source disk cannot go to CDI unconverted (None when it can), and its checked
+    chain (:func:`converters.convert.source_chain`: contained, headers never followed)."""
+    from converters.convert import source_chain
 
     try:
-        info = image_info(path)
-    except ImageError as exc:
+        chain = source_chain(vm, disk)
+    except VmmoveError as exc:
         return str(exc), None
-    if info.format not in AS_IS_FORMATS:
-        return f"format {info.format} is not one CDI imports", info
-    if info.backing_chain:
-        return "has a backing file (CDI refuses those): convert it", info
-    if info.format == "vmdk":
-        specific = (info.raw[0].get("format-specific") or {}).get("data") or {}
+    if chain.top.real is None:
+        return "inside an OVA archive: convert it", chain
+    if chain.format not in AS_IS_FORMATS:
+        return f"format {chain.format} is not one CDI imports", chain
+    if len(chain.layers) > 1:
+        return "has a backing file (CDI refuses those): convert it", chain
+    if chain.top.data_file is not None:
+        return "has an external data file: convert it", chain
+    if chain.format == "vmdk":
+        specific = (chain.top.info.get("format-specific") or {}).get("data") or {}
         create_type = specific.get("create-type")
         if create_type not in SINGLE_FILE_VMDK:
-            return f"vmdk {create_type or '?'} is not a single-file vmdk: convert it", info
-    return None, info
+            return f"vmdk {create_type or '?'} is not a single-file vmdk: convert it", chain
+    return None, chain
 
 
 def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_is: bool,
@@ -231,13 +169,14 @@ def _inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_
                     label=f"{label} ({output.name})"))
                 continue
             if as_is and disk.path and disk.source_type == "file":
-                problem, info = _as_is_problem(disk.path)
+                problem, chain = _as_is_problem(vm, disk)
                 if problem is None:
                     path = Path(disk.path)
+                    real = Path(chain.top.real)  # the checked file, links resolved
                     items.append(TransferItem(
                         item=item, name=f"{image_basename(names[vm.key], disk)}{path.suffix}",
-                        size=path.stat().st_size, path=path, virtual_size=info.virtual_size,
-                        format=info.format, dv_name=dv_name, label=f"{label} ({path.name})"))
+                        size=real.stat().st_size, path=real, virtual_size=chain.virtual_size,
+                        format=chain.format, dv_name=dv_name, label=f"{label} ({path.name})"))
                     continue
                 not_ready.append((label, problem))
                 continue
@@ -369,8 +308,17 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
         if vms:
             raise UsageError("with a PLAN, the wave says which VMs to upload (--wave N)")
         refuse_with_plan(source, PLAN_DECIDES)
-        click.echo(plan_upload(source, wave, KubeArgs(kw["kubeconfig"], kw["context"],
-                                                      kw["namespace"]), redo))
+        summary = plan_upload(source, wave, KubeArgs(kw["kubeconfig"], kw["context"],
+                                                     kw["namespace"]), redo)
+        if output == "table":
+            click.echo(summary)
+            return
+        from migrate.cli._plan_stages import wave_upload_records
+        from migrate.plan import load_plan
+
+        click.echo(summary, err=True)
+        assert wave is not None  # plan_upload refused a missing --wave
+        emit(wave_upload_records(load_plan(source), wave), output)
         return
     if wave is not None:
         raise UsageError("--wave goes with a PLAN (vmmove plan) as SOURCE")
@@ -447,7 +395,7 @@ def _follow(inv: Inventory, vms: tuple[str, ...], journal: Journal, backend: Bac
         fresh = [i for i in items if i.item not in seen]
         for item in fresh:
             seen.add(item.item)
-            progress.overall.total = (progress.overall.total or 0) + item.size
+            progress.grow(item.size)
             results.append(transfer_one(backend, item, journal, progress, redo=redo))
         waiting = []
         for label, why in pending:

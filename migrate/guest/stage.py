@@ -67,12 +67,13 @@ def boot_disk(p: PlannedVM) -> Disk:
 def staged_image(journal: Journal, item: str) -> tuple[Path, str, str | None] | None:
     """(path, format, checksum) of a disk's staged image: the converted guest's image when
     the guest was converted, else the convert step's output; None when not staged."""
-    guest = journal.get(KIND_GUEST, item)
-    if guest is not None and guest.status == DONE and guest.data.get("status") == CONVERTED:
-        return Path(guest.data["output"]), str(guest.data["format"]), guest.checksum
     step = journal.get(KIND_CONVERT, item)
     if step is None or step.status != DONE or not step.data.get("output"):
         return None
+    guest = journal.get(KIND_GUEST, item)
+    if guest is not None and guest.status == DONE and guest.data.get("status") == CONVERTED \
+            and guest.data.get("source_checksum") == step.checksum:  # not an older staging's
+        return Path(guest.data["output"]), str(guest.data["format"]), guest.checksum
     return Path(step.data["output"]), str(step.data.get("format") or "qcow2"), step.checksum
 
 
@@ -135,12 +136,15 @@ def save_inspections(plan: Plan) -> None:
     save_inventory(plan.inventory, plan.inventory_path)
 
 
-def inspect_wave(plan: Plan, vms: list[PlannedVM], redo: bool = False) -> list[Inspection]:
-    """Inspect ``vms`` (those inspected before are skipped unless ``redo``)."""
+def inspect_wave(plan: Plan, vms: list[PlannedVM],
+                 redo: bool | set[str] = False) -> list[Inspection]:
+    """Inspect ``vms``; those inspected before are skipped unless ``redo`` (True: all; a set
+    of VM keys: those)."""
     results: list[Inspection] = []
     with plan.journal() as journal:
         for p in vms:
-            known = None if redo else recorded_inspection(journal, p.key)
+            again = redo is True or (isinstance(redo, set) and p.key in redo)
+            known = None if again else recorded_inspection(journal, p.key)
             if known is not None:
                 p.vm.inspection = known
                 results.append(known)
@@ -163,17 +167,20 @@ def inspect_summary(results: list[Inspection]) -> str:
 def convert_vm(plan: Plan, p: PlannedVM, journal: Journal,
                mode: str | None = None) -> GuestConversion:
     """Convert one VM's guest when ``convert.guest`` (or ``mode``) asks; journal it."""
-    from migrate.mapping import inspected_disk_bus
+    from migrate.mapping import target_disk_bus
 
     disk = boot_disk(p)
     item = disk_item(p.vm, disk)
     mode = mode or plan.convert.guest
     ins = p.vm.inspection or recorded_inspection(journal, p.key)
     # the bus the hypervisor gives; conversion is what lets the guest keep virtio
-    bus = inspected_disk_bus(disk.bus or "virtio", disk, None).value
+    bus = target_disk_bus(disk, ins is not None and ins.os_type == "windows").bus
     wanted, why = needs_conversion(ins, "virtio" if bus in ("virtio", "scsi") else bus, mode)
     done = journal.get(KIND_GUEST, item)
+    staged_step = journal.get(KIND_CONVERT, item)
     if done is not None and done.status == DONE and done.data.get("status") == CONVERTED \
+            and staged_step is not None \
+            and done.data.get("source_checksum") == staged_step.checksum \
             and Path(done.data["output"]).is_file():
         fields = {k: done.data.get(k) for k in GuestConversion.__dataclass_fields__}
         return GuestConversion(**{**fields, "checksum": done.checksum})
@@ -207,6 +214,7 @@ def convert_vm(plan: Plan, p: PlannedVM, journal: Journal,
     except BaseException:
         journal.fail(KIND_GUEST, item, "interrupted: rerun to convert the guest")
         raise
+    result.source_checksum = found.checksum
     journal.done(KIND_GUEST, item, **result.to_data())  # its checksum: the step's
     # what the converted guest now holds: inspect it again (read-only)
     try:

@@ -54,6 +54,7 @@ class GuestConversion:
     reason: str
     output: str | None = None  # the converted image
     source: str | None = None  # the staged image it was made from (left as it was)
+    source_checksum: str | None = None  # that image's checksum (a restaged disk: redo)
     format: str | None = None
     checksum: str | None = None
     seconds: float = 0.0
@@ -162,7 +163,7 @@ def convert_guest(vm: VM, staged: Path, fmt: str, inspection: Inspection | None,
         part.unlink(missing_ok=True)
         raise
     changes = [m.group(1).strip() for m in map(_SUMMARY.match, text.splitlines()) if m]
-    return GuestConversion(CONVERTED, reason, str(dest), str(staged), fmt, checksum,
+    return GuestConversion(CONVERTED, reason, str(dest), str(staged), None, fmt, checksum,
                            round(time.monotonic() - started, 2), changes, pinned, str(log))
 
 

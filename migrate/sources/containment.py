@@ -52,7 +52,8 @@ FORMATS = frozenset({"raw", "qcow2", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc"
 #: Formats whose header may name a backing file.
 BACKING_FORMATS = frozenset({"qcow2", "qcow", "qed", "vmdk"})
 MAX_CHAIN = 64  # layers; deeper is a loop or a hostile header
-MAX_DESCRIPTOR_BYTES = 1024 * 1024
+MAX_DESCRIPTOR_BYTES = 1024 * 1024  # real VMDK descriptors are a few hundred bytes
+SPARSE_MAGICS = (b"KDMV", b"COWD")  # VMDK 4 and VMDK 3 (COWD) sparse headers
 _SPARSE_EXTENTS = ("SPARSE", "VMFSSPARSE", "SESPARSE")
 
 
@@ -125,6 +126,8 @@ class Export:
 
         A Proxmox VE disk's export is the folder its storage is mapped to
         (``Source.storage[disk.pool]``, from ``--pve-storage``), not the .conf's folder.
+        Every kind but a live libvirt host is untrusted; a kind not named here is confined
+        to its descriptor's folder (deny by default).
         """
         if source.kind == SourceKind.LIBVIRT:
             return cls(root=None, label=source.location)
@@ -156,6 +159,8 @@ class Export:
 
     @classmethod
     def of_archive(cls, path: str, members: dict[str, Member] | None = None) -> Export:
+        """An OVA: references must name its ``members`` (read from its tar headers when not
+        given; :class:`~migrate.sources.SourceError` when it is no longer a sound archive)."""
         if members is None:
             from migrate.sources.ova import scan_archive
 
@@ -339,7 +344,7 @@ def sniff(layer: Layer) -> str:
         return "qcow" if head[4:8] == b"\x00\x00\x00\x01" else "qcow2"
     if head[:4] == b"QED\x00":
         return "qed"
-    if head[:4] in (b"KDMV", b"COWD") or head.lstrip().lower().startswith(b"# disk descriptor"):
+    if head[:4] in SPARSE_MAGICS or head.lstrip().lower().startswith(b"# disk descriptor"):
         return "vmdk"
     if head[:8] == b"vhdxfile":
         return "vhdx"
@@ -367,7 +372,7 @@ def _check_sparse_header(layer: Layer, offset: int, what: str) -> None:
 def _check_vmdk(export: Export, layer: Layer) -> None:
     """Check what a VMDK makes qemu open besides itself: a text descriptor's extents."""
     head = _read(layer, 0, 4)
-    if head in (b"KDMV", b"COWD"):
+    if head in SPARSE_MAGICS:
         _check_sparse_header(layer, 0, "disk")
         return
     from migrate.sources.vmdk import VmdkError, parse_descriptor

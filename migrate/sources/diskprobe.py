@@ -106,8 +106,9 @@ def probe_disk(disk: Disk, force_share: bool, missing_is_error: bool = True,
     disk.format = chain.format
     disk.virtual_size = chain.virtual_size
     disk.allocated_size = chain.actual_size
-    if chain.backing_files:
-        disk.backing_chain = chain.backing_files
+    # The checked header chain (which agreed with libvirt's, if libvirt gave one) replaces
+    # whatever the XML claimed: an offline XML's <backingStore> is not evidence.
+    disk.backing_chain = chain.backing_files
     return size_problem(disk)
 
 

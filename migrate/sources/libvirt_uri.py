@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from migrate.model import VM, Disk, PowerState, ScanError, Source, SourceKind
 from migrate.sources import SourceError
+from migrate.progress import trace_call, without_password
 from migrate.sources.diskprobe import probe_disks, size_problem
 from migrate.sources.domxml import parse_domain_xml, parse_xml
 
@@ -112,6 +113,41 @@ def _readonly_refused(exc: Any) -> bool:
     return exc.get_error_code() == libvirt.VIR_ERR_OPERATION_DENIED or "read-only" in text or "readonly" in text
 
 
+#: libvirt's hypervisor drivers (the part of a URI's scheme before ``+transport``), from
+#: https://libvirt.org/uri.html and the driver pages; anything else is a typo.
+DRIVERS = ("qemu", "test", "esx", "vpx", "gsx", "xen", "libxl", "lxc", "vbox", "vmwareplayer",
+           "vmwarews", "vmwarefusion", "hyperv", "bhyve", "ch", "openvz", "vz", "parallels")
+TRANSPORTS = ("", "ssh", "libssh", "libssh2", "tcp", "tls", "unix", "ext")
+
+
+def check_uri(uri: str) -> None:
+    """Refuse, before libvirt sees it, a URI whose mistake libvirt reports misleadingly.
+
+    An unknown scheme (``bogus://x``) would be tried as a remote TLS connection and fail
+    on a missing CA certificate; ``test://x/node.xml`` (two slashes) reads ``x`` as a
+    host and looks for ``/node.xml``.  Raises :class:`SourceError` naming the URI.
+    """
+    parts = urlsplit(uri)
+    uri = without_password(uri)
+    if not parts.scheme:
+        raise SourceError(f"{uri}: cannot connect: not a libvirt URI (expected e.g. "
+                          "qemu:///system, qemu+ssh://root@host/system, test:///path/node.xml)")
+    driver, _, transport = parts.scheme.partition("+")
+    if driver not in DRIVERS:
+        raise SourceError(f"{uri}: cannot connect: unknown libvirt driver {driver!r} "
+                          f"(known: {', '.join(DRIVERS)}); for a local KVM host use "
+                          "qemu:///system")
+    if transport not in TRANSPORTS:
+        raise SourceError(f"{uri}: cannot connect: unknown libvirt transport {transport!r} "
+                          f"(known: {', '.join(t for t in TRANSPORTS if t)})")
+    if driver == "test" and parts.netloc:
+        raise SourceError(
+            f"{uri}: cannot connect: test URIs take no host: {parts.netloc!r} was read as a "
+            f"host name; write the node file's absolute path after three slashes, "
+            f"test:///{parts.netloc}{parts.path} (or test://$PWD/{parts.netloc}{parts.path} "
+            "for a path relative to this folder)")
+
+
 def open_readonly(uri: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     """A read-only libvirt connection, or SourceError naming the URI within ``timeout`` s.
 
@@ -122,15 +158,19 @@ def open_readonly(uri: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     hang for minutes), so the open runs in a daemon thread that is abandoned, and its
     connection closed if it ever arrives, when time runs out.
     """
+    check_uri(uri)
+    shown = without_password(uri)  # errors name the URI, never its password
     parts = urlsplit(uri)
     if parts.scheme == "test" and parts.path not in ("", "/default"):
         # The test driver's own parse error comes with libxml2 noise on stderr: check first.
         if not os.path.isfile(parts.path):
-            raise SourceError(f"{uri}: cannot connect: no such node file {parts.path}")
+            raise SourceError(f"{shown}: cannot connect: no such node file {parts.path}")
     libvirt = _libvirt()
     target_uri = _noninteractive(uri)
     outcome: dict[str, Any] = {}
     lock = threading.Lock()
+
+    trace_call(f"libvirt.openAuth({without_password(target_uri)!r}, VIR_CONNECT_RO)")
 
     def opener() -> None:
         try:
@@ -160,9 +200,9 @@ def open_readonly(uri: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
         if "conn" in outcome:
             return outcome["conn"]
         if "error" in outcome:
-            raise SourceError(f"{uri}: cannot connect: {outcome['error']}")
+            raise SourceError(f"{shown}: cannot connect: {outcome['error']}")
         outcome["abandoned"] = True
-    raise SourceError(f"{uri}: cannot connect: no answer within {timeout:g} s")
+    raise SourceError(f"{shown}: cannot connect: no answer within {timeout:g} s")
 
 
 # --------------------------------------------------------------------------- volumes
@@ -320,6 +360,7 @@ def scan_connection(
     libvirt = _libvirt()
     local = is_local(conn.getURI() or uri)
     test_driver = _driver(conn.getURI() or uri) == "test"
+    trace_call(f"listAllDomains(0) on {without_password(uri)}")
     domains = sorted(conn.listAllDomains(0), key=lambda d: d.name())
     states = _states(conn, domains)
     snapshots = _snapshot_counts(conn, domains)
@@ -387,7 +428,8 @@ def scan_uri(
     try:
         conn = open_readonly(uri, timeout)
     except SourceError as exc:
-        return [], [ScanError(uri, str(exc).removeprefix(f"{uri}: "))]
+        return [], [ScanError(uri, str(exc).removeprefix(f"{uri}: ")
+                              .removeprefix(f"{without_password(uri)}: "))]
     libvirt = _libvirt()
     try:
         return scan_connection(conn, uri, jobs)

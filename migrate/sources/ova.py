@@ -20,10 +20,11 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 
-from migrate.model import VM, SourceKind
+from migrate.model import VM, Piece, SourceKind
 from migrate.sources import SourceError
 from migrate.sources.containment import Export, Member, open_chain, protocol_of
-from migrate.sources.ovf import MAX_FILE, MAX_OVF_BYTES, FileRef, Location, parse_ovf
+from migrate.sources.ovf import (MAX_FILE, MAX_OVF_BYTES, FileRef, Location, chunk_name,
+                                 packed_location, parse_ovf)
 
 MAX_MANIFEST_BYTES = 1024 * 1024
 HASH_CHUNK = 1024 * 1024
@@ -131,37 +132,77 @@ def scan_archive(path: str) -> Archive:
     return archive
 
 
-def parse_manifest(text: str, path: str, mf_name: str) -> list[tuple[str, str, str]]:
-    """``SHA256(disk.vmdk)= hex`` lines (``sha1sum --tag`` spacing too) → (algo, name, hex)."""
+@dataclass
+class ManifestCheck:
+    """What verifying an OVA's ``.mf`` found: digests that matched, and problems.
+
+    ``problems`` maps a member name to one line saying what is wrong with it (digest
+    mismatch, a line for it that cannot be read): that member's disk gets the line as its
+    error and the VM stays.  ``general`` holds lines about no member of the archive (a
+    listed file the archive lacks, a line naming nothing).
+    """
+
+    verified: int = 0
+    problems: dict[str, str] = field(default_factory=dict)
+    general: list[str] = field(default_factory=list)
+
+
+def parse_manifest(text: str, path: str, mf_name: str
+                   ) -> tuple[list[tuple[str, str, str]], list[tuple[int, str, str]]]:
+    """``SHA256(disk.vmdk)= hex`` lines (``sha1sum --tag`` spacing too) → (algo, name, hex);
+    and the lines that are not that, as (line number, the name in parentheses or "", why)."""
     entries = []
+    bad: list[tuple[int, str, str]] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         match = _MF_LINE.match(line)
+        named = re.search(r"\((.+?)\)", line)
+        name = named.group(1).strip() if named else ""
         if match is None:
-            raise SourceError(f"{path}: {mf_name} line {number} is not 'ALGO(file)= digest'")
+            bad.append((number, name, "is not 'ALGO(file)= digest'"))
+            continue
         algo = match["algo"].upper()
         if algo not in DIGESTS:
-            raise SourceError(f"{path}: {mf_name} line {number}: unknown digest {match['algo']!r}")
+            bad.append((number, match["name"].strip(), f"unknown digest {match['algo']!r}"))
+            continue
         hexdigest = match["hex"].lower()
         if len(hexdigest) != hashlib.new(DIGESTS[algo]).digest_size * 2:
-            raise SourceError(f"{path}: {mf_name} line {number}: {algo} digest has the wrong length")
+            bad.append((number, match["name"].strip(), f"{algo} digest has the wrong length"))
+            continue
         entries.append((algo, match["name"].strip(), hexdigest))
-    return entries
+    return entries, bad
 
 
-def verify_manifest(archive: Archive) -> int:
-    """Stream every member the manifest lists through its digest; return how many matched."""
-    assert archive.manifest is not None
+def _key(name: str) -> str:
+    return posixpath.normpath(name.replace("\\", "/"))
+
+
+def verify_manifest(archive: Archive) -> ManifestCheck:
+    """Stream every member the manifest lists through its digest.
+
+    A mismatch of the descriptor's own digest refuses the archive (nothing it says can be
+    trusted); any other problem is reported per member (see :class:`ManifestCheck`).
+    """
+    assert archive.manifest is not None and archive.descriptor is not None
     path = archive.path
     mf_name, data = archive.manifest
-    entries = parse_manifest(data.decode("utf-8", errors="replace"), path, mf_name)
+    entries, bad = parse_manifest(data.decode("utf-8", errors="replace"), path, mf_name)
+    check = ManifestCheck()
+    for number, name, why in bad:
+        line = f"{mf_name} line {number} {why}" if why.startswith("is ") else \
+            f"{mf_name} line {number}: {why}"
+        if name and _key(name) in archive.members:
+            check.problems.setdefault(_key(name), line)
+        else:
+            check.general.append(line)
     with open(path, "rb") as fh:
         for algo, name, expected in entries:
-            key = posixpath.normpath(name.replace("\\", "/"))
+            key = _key(name)
             member = archive.members.get(key)
             if member is None:
-                raise SourceError(f"{path}: {mf_name} lists {name!r}, which the archive lacks")
+                check.general.append(f"{mf_name} lists {name!r}, which the archive lacks")
+                continue
             digest = hashlib.new(DIGESTS[algo])
             fh.seek(member.offset)
             remaining = member.size
@@ -172,10 +213,14 @@ def verify_manifest(archive: Archive) -> int:
                 digest.update(chunk)
                 remaining -= len(chunk)
             if digest.hexdigest() != expected:
-                raise SourceError(f"{path}: {algo} checksum mismatch for {name} "
-                                  f"(manifest {mf_name} says {expected[:12]}…, "
-                                  f"archive has {digest.hexdigest()[:12]}…)")
-    return len(entries)
+                line = (f"{algo} checksum mismatch for {name} (manifest {mf_name} says "
+                        f"{expected[:12]}…, archive has {digest.hexdigest()[:12]}…)")
+                if key == archive.descriptor[0]:
+                    raise SourceError(f"{path}: {line}")
+                check.problems.setdefault(key, line)
+            else:
+                check.verified += 1
+    return check
 
 
 def member_json(ova_path: str, member: Member, fmt: str | None) -> str:
@@ -186,22 +231,49 @@ def member_json(ova_path: str, member: Member, fmt: str | None) -> str:
     return "json:" + json.dumps(spec)
 
 
-def _locator(archive: Archive, ovf_dir: str):
+def _locator(archive: Archive, ovf_dir: str, problems: dict[str, str] | None = None,
+             seen: set[str] | None = None):
+    """Find referenced files among the members; ``problems`` (member name → manifest
+    problem) become the error of the disk stored in that member, whose name goes to
+    ``seen``."""
+    problems = problems if problems is not None else {}
+    seen = seen if seen is not None else set()
     export = Export.of_archive(archive.path, archive.members)
 
+    def key_of(name: str) -> str:
+        return posixpath.normpath(posixpath.join(ovf_dir, name.replace("\\", "/")))
+
+    def find(name: str) -> Piece | None:
+        member = archive.members.get(key_of(name))
+        return Piece(archive.path, member.offset, member.size) if member else None
+
     def locate(ref: FileRef) -> Location:
-        key = posixpath.normpath(posixpath.join(ovf_dir, ref.href.replace("\\", "/")))
+        key = key_of(ref.href)
         if protocol_of(ref.href):
             return Location(path=None, exists=False, size=ref.size,
                             error=f"{archive.path}: href {ref.href!r} is a protocol name, not "
                                   "a member of the archive")
+        if ref.compression or ref.chunked:
+            loc = packed_location(ref, find, f"{archive.path}#{key}")
+            names = ([key] if not ref.chunked else
+                     [key_of(chunk_name(ref.href, n)) for n in range(len(loc.pieces or []))])
+            seen.update(n for n in names if n in problems)
+            bad = next((problems[n] for n in names if n in problems), None)
+            if bad and not loc.error:
+                loc.error, loc.exists = bad, False
+            return loc
         member = archive.members.get(key)
         if member is None:
-            return Location(path=None, exists=False, size=ref.size,
+            return Location(path=f"{archive.path}#{key}", exists=False, size=ref.size,
                             error=f"{archive.path}: {ref.href} is not in the archive")
+        if key in problems:
+            seen.add(key)
+            return Location(path=f"{archive.path}#{key}", exists=False, size=member.size,
+                            error=problems[key])
         if ref.size is not None and ref.size != member.size:
-            raise SourceError(f"{archive.path}: {ref.href} is {member.size} bytes in the archive "
-                              f"but the descriptor says {ref.size}")
+            return Location(path=f"{archive.path}#{key}", exists=False, size=member.size,
+                            error=f"{ref.href} is {member.size} bytes in the archive but the "
+                                  f"descriptor says ovf:size {ref.size} (truncated or replaced)")
         top = export.resolve(key, "", "member")
         return Location(path=None, exists=True, size=member.size,
                         fmt_path=lambda fmt: member_json(archive.path, member, fmt),
@@ -209,18 +281,30 @@ def _locator(archive: Archive, ovf_dir: str):
     return locate
 
 
-def read_ova(path: str) -> list[VM]:
-    """VMs of the OVA at ``path``; manifests are verified, disks are addressed in place."""
+def read_ova(path: str, configuration: str | None = None) -> list[VM]:
+    """VMs of the OVA at ``path``; manifests are verified, disks are addressed in place.
+
+    A problem with one disk member (size, digest, its manifest line, absent) is that disk's
+    ``error``; manifest problems that concern no disk are in
+    ``metadata["ova.manifest.problems"]`` (one per line).  ``configuration`` picks a
+    DeploymentOptionSection configuration (default: the one marked default).
+    """
     path = os.path.abspath(path)
     archive = scan_archive(path)
-    verified = verify_manifest(archive) if archive.manifest else 0
+    check = verify_manifest(archive) if archive.manifest else ManifestCheck()
     assert archive.descriptor is not None
     name, data = archive.descriptor
+    seen: set[str] = set()
     vms = parse_ovf(data, path, kind_=SourceKind.OVA, member=name,
-                    locate=_locator(archive, posixpath.dirname(name)))
+                    locate=_locator(archive, posixpath.dirname(name), check.problems, seen),
+                    configuration=configuration)
+    # problems of members no disk reads (a certificate, an unreferenced file)
+    check.general.extend(m for k, m in check.problems.items() if k not in seen)
     for vm in vms:
         if archive.manifest:
-            vm.metadata["ova.manifest"] = f"{archive.manifest[0]}: {verified} digests verified"
+            vm.metadata["ova.manifest"] = f"{archive.manifest[0]}: {check.verified} digests verified"
         else:
             vm.metadata["ova.manifest"] = "none"
+        if check.general:
+            vm.metadata["ova.manifest.problems"] = "\n".join(check.general)
     return vms

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 from migrate import __version__
 from migrate.errors import VmmoveError
-from migrate.model import VM, Inventory, ScanError, distinguish
-from migrate.progress import bar
+from migrate.model import VM, Inventory, ScanError, SourceKind, distinguish
+from migrate.progress import bar, without_password
 from migrate.sources import SourceError
 from migrate.sources.containment import inside
 
@@ -36,16 +37,22 @@ def _error(location: str, exc: BaseException) -> ScanError:
     else:  # a reader bug: still one line, never a traceback
         message = f"unexpected {type(exc).__name__}: {exc}"
     message = _one_line(message)
-    for prefix in (f"{location}: ", f"{os.path.basename(location)}: "):
+    for prefix in (f"{location}: ", f"{without_password(location)}: ",
+                   f"{os.path.basename(location)}: "):
         if message.startswith(prefix):
             message = message[len(prefix) :]
             break
     return ScanError(location, message or type(exc).__name__)
 
 
-def read_file(path: str, pve_storage: dict[str, str] | None = None) -> Result:
+def read_file(path: str, pve_storage: dict[str, str] | None = None,
+              ovf_configuration: str | None = None) -> Result:
     """The VMs of one descriptor file, chosen by extension (``<vmid>.conf``: Proxmox VE,
-    its disks found through ``pve_storage``, storage ID → local folder)."""
+    its disks found through ``pve_storage``, storage ID → local folder).
+
+    ``ovf_configuration`` names the DeploymentOptionSection configuration OVF/OVA
+    descriptors are read with (default: the one they mark default).
+    """
     ext = os.path.splitext(path)[1].lower()
     if ext == ".conf":
         from migrate.sources.diskprobe import probe_disks
@@ -67,11 +74,11 @@ def read_file(path: str, pve_storage: dict[str, str] | None = None) -> Result:
     if ext == ".ovf":
         from migrate.sources.ovf import read_ovf
 
-        return _with_disk_errors(path, list(read_ovf(path)))
+        return _with_disk_errors(path, list(read_ovf(path, ovf_configuration)))
     if ext == ".ova":
         from migrate.sources.ova import read_ova
 
-        return _with_disk_errors(path, list(read_ova(path)))
+        return _with_disk_errors(path, list(read_ova(path, ovf_configuration)))
     if ext == ".vmx":
         from migrate.sources.vmx import read_vmx
 
@@ -97,6 +104,9 @@ def _with_disk_errors(path: str, vms: list[VM]) -> Result:
             where = (f"{disk.path}: " if disk.path and disk.path not in disk.error
                      and not disk.path.startswith("json:") else "")
             errors.append(ScanError(path, _one_line(f"VM '{vm.name}': disk {disk.target}: {where}{disk.error}")))
+    problems = next((vm.metadata["ova.manifest.problems"] for vm in vms
+                     if vm.metadata.get("ova.manifest.problems")), "")
+    errors.extend(ScanError(path, _one_line(line)) for line in problems.splitlines() if line)
     return vms, errors
 
 
@@ -182,9 +192,11 @@ def scan(
     jobs: int | None = None,
     timeout: float | None = None,
     pve_storage: dict[str, str] | None = None,
+    ovf_configuration: str | None = None,
 ) -> Inventory:
     """Read every libvirt URI and every file (folders recursively) into one inventory;
-    ``pve_storage`` maps Proxmox VE storage IDs to local folders (``--pve-storage``)."""
+    ``pve_storage`` maps Proxmox VE storage IDs to local folders (``--pve-storage``);
+    ``ovf_configuration``: see :func:`read_file`."""
     from migrate.sources.libvirt_uri import DEFAULT_TIMEOUT, scan_uri
 
     limit = timeout or DEFAULT_TIMEOUT
@@ -198,7 +210,8 @@ def scan(
             if error is not None:
                 slots.append(([], [error]))
             else:
-                tasks.append((len(slots), found, lambda f=found: read_file(f, pve_storage)))
+                tasks.append((len(slots), found,
+                              lambda f=found: read_file(f, pve_storage, ovf_configuration)))
                 slots.append(None)
 
     workers = max(1, min(jobs or 8, len(tasks) or 1))
@@ -222,6 +235,52 @@ def scan(
         assert result is not None
         vms, errors = result
         inventory.vms.extend(vms)
-        inventory.errors.extend(ScanError(e.source, _one_line(e.message)) for e in errors)
+        # a URI's password (user:password@host) is never printed nor written
+        inventory.errors.extend(ScanError(without_password(e.source), _one_line(e.message))
+                                for e in errors)
     distinguish(inventory.vms)
     return inventory
+
+
+def source_labels(vms: Sequence[VM]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Short names for the places VMs were read from, so a table need not repeat them.
+
+    A libvirt URI is named by its host (``kvm1``; ``local`` for this machine, with the
+    URI's path when two local URIs differ, e.g. ``local/session``), a ``test:///`` node
+    by its file name; an offline descriptor by its path relative to the current folder
+    (``#member`` inside an OVA).  Returns (label by VM key, [(label, full location)] for
+    the labels that differ from their location, in first-seen order).
+    """
+    def libvirt_label(uri: str) -> str:
+        parts = urlsplit(uri)
+        if parts.scheme == "test":
+            return os.path.basename(parts.path) or "test"
+        host = parts.hostname or "local"
+        return "local" if host in ("localhost", "127.0.0.1", "::1") else host
+
+    def file_label(vm: VM) -> str:
+        location = vm.source.location
+        if location.startswith("/"):
+            rel = os.path.relpath(location)
+            location = rel if not rel.startswith("..") else location
+        return f"{location}#{vm.source.member}" if vm.source.member else location
+
+    uris = sorted({vm.source.location for vm in vms if vm.source.kind == SourceKind.LIBVIRT})
+    first = {uri: libvirt_label(uri) for uri in uris}
+    clashes = {label for label in first.values() if list(first.values()).count(label) > 1}
+    for uri in uris:
+        if first[uri] in clashes:
+            parts = urlsplit(uri)
+            first[uri] = f"{first[uri]}{parts.path}" if parts.scheme != "test" else \
+                f"{first[uri]}@{os.path.dirname(parts.path)}"
+    labels: dict[str, str] = {}
+    legend: list[tuple[str, str]] = []
+    for vm in vms:
+        if vm.source.kind == SourceKind.LIBVIRT:
+            label = first[vm.source.location]
+            if (label, vm.source.location) not in legend:
+                legend.append((label, vm.source.location))
+        else:
+            label = file_label(vm)
+        labels[vm.key] = label
+    return labels, legend

@@ -18,8 +18,11 @@ import re
 from dataclasses import dataclass, field
 
 from migrate.errors import VmmoveError
-from migrate.model import BackingFile
+from migrate.model import MULTI_FILE, RDM_PHYSICAL, RDM_VIRTUAL, VSAN, BackingFile
 from migrate.sources.containment import (
+    MAX_CHAIN,
+    MAX_DESCRIPTOR_BYTES,
+    SPARSE_MAGICS,
     ContainmentError,
     Export,
     Layer,
@@ -29,9 +32,6 @@ from migrate.sources.containment import (
 
 SECTOR = 512
 MAX_DISK_BYTES = 64 * 1024**4  # 64 TiB: VMware's own limit is 62 TiB
-MAX_DESCRIPTOR_BYTES = 1024 * 1024  # real descriptors are a few hundred bytes
-MAX_CHAIN = 64  # snapshot chains beyond this are a loop or a corrupt hint
-SPARSE_MAGICS = (b"KDMV", b"COWD")
 
 _EXTENT = re.compile(
     r'^(?P<access>RW|RDONLY|NOACCESS)\s+(?P<sectors>\S+)\s+(?P<type>[A-Z]+)'
@@ -74,6 +74,27 @@ class DiskFacts:
     backing_chain: list[BackingFile] = field(default_factory=list)
     create_type: str | None = None
     error: str | None = None
+    layout: str | None = None  # migrate.model layouts: multi-file, rdm-physical, rdm-virtual, vsan
+
+
+def layout_of(desc: Descriptor) -> str:
+    """What a text descriptor's data is (VMware Virtual Disk Format 1.1, createType/extents).
+
+    ``vmfsPassthroughRawDeviceMap`` (extent ``VMFSRDM``) is a physical-mode raw device map,
+    ``vmfsRawDeviceMap`` (extent ``VMFSRAW``) a virtual-mode one: the data is on a SAN LUN
+    and the ``-rdmp``/``-rdm`` file is only a mapping stub.  An extent naming a
+    ``vsan://`` object is a vSAN disk with no local data.  Any other descriptor keeps its
+    data in extent files beside it (several files, not one image).
+    """
+    create = (desc.create_type or "").lower()
+    types = {e.type.upper() for e in desc.extents}
+    if create == "vmfspassthroughrawdevicemap" or "VMFSRDM" in types:
+        return RDM_PHYSICAL
+    if create == "vmfsrawdevicemap" or "VMFSRAW" in types:
+        return RDM_VIRTUAL
+    if any((e.filename or "").lower().startswith("vsan://") for e in desc.extents):
+        return VSAN
+    return MULTI_FILE
 
 
 def _unquote(value: str) -> str:
@@ -84,8 +105,15 @@ def _unquote(value: str) -> str:
 
 
 def parse_descriptor(text: str, name: str) -> Descriptor:
-    """Parse a VMDK text descriptor; raise :class:`VmdkError` naming ``name`` when malformed."""
-    if "\x00" in text:
+    """Parse a VMDK text descriptor; raise :class:`VmdkError` naming ``name`` when malformed.
+
+    A descriptor may be followed by NUL padding: ``qemu-img create -o subformat=
+    twoGbMaxExtentSparse`` (or ``monolithicFlat``) pads it to a whole sector, and qemu's
+    vmdk driver reads the text up to the first NUL.  NULs followed by anything else are
+    binary data, not a descriptor.
+    """
+    text, nul, rest = text.partition("\x00")
+    if nul and rest.strip("\x00"):
         raise VmdkError(f"{name}: not a VMDK descriptor (binary data)")
     desc = Descriptor()
     seen_marker = False
@@ -130,6 +158,15 @@ def parse_descriptor(text: str, name: str) -> Descriptor:
 def _sniff(path: str) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(4)
+
+
+def text_descriptor(path: str) -> bool:
+    """True when ``path`` is a VMDK text descriptor (its data in other files), not a sparse
+    VMDK that holds its own data."""
+    try:
+        return _sniff(path) not in SPARSE_MAGICS
+    except OSError:
+        return False
 
 
 def _read_text_descriptor(path: str) -> Descriptor:
@@ -207,6 +244,11 @@ def _extent_bytes(export: Export, desc: Descriptor, folder: str, name: str) -> t
 
 def _inspect_descriptor_chain(export: Export, path: str) -> DiskFacts:
     desc = _read_text_descriptor(path)
+    layout = layout_of(desc)
+    if layout != MULTI_FILE:
+        # No image data here: an RDM's stub or a vSAN object id. The size is the LUN's/object's.
+        return DiskFacts(format=None, virtual_size=desc.virtual_size, allocated_size=0,
+                         create_type=desc.create_type, layout=layout)
     folder = os.path.dirname(os.path.abspath(path))
     allocated, error = _extent_bytes(export, desc, folder, path)
     facts = DiskFacts(
@@ -214,6 +256,7 @@ def _inspect_descriptor_chain(export: Export, path: str) -> DiskFacts:
         allocated_size=allocated,
         create_type=desc.create_type,
         error=error,
+        layout=layout,
     )
     seen = {os.path.realpath(path)}
     hint, here, child = desc.parent_hint, folder, path

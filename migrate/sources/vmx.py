@@ -22,6 +22,7 @@ from migrate.model import (
     Device,
     Disk,
     Firmware,
+    HOST_CDROM,
     Nic,
     PowerState,
     Source,
@@ -204,6 +205,7 @@ def _fill_from_vmdk(disk: Disk, inspect: Callable[[str], vmdk.DiskFacts]) -> Non
     disk.allocated_size = facts.allocated_size
     disk.backing_chain = facts.backing_chain
     disk.error = facts.error
+    disk.layout = facts.layout
 
 
 def _storage_disk(cfg: VmxConfig, bus: str, ctrl: int, unit: int, folder: str,
@@ -236,9 +238,11 @@ def _storage_disk(cfg: VmxConfig, bus: str, ctrl: int, unit: int, folder: str,
     elif dtype == "atapi-cdrom":
         disk.device, disk.readonly, disk.source_type = "cdrom", True, "block"
         disk.path = None if low_name in ("", "auto detect") else file_name
+        disk.layout = HOST_CDROM
     elif dtype == "cdrom-raw" or is_cd_passthru:
-        disk.device, disk.source_type = "lun", "block"
+        disk.device, disk.source_type = "lun", "block"  # as libvirt's VMX driver names it
         disk.path = None if low_name in ("", "auto detect") else file_name
+        disk.layout = HOST_CDROM
     elif dtype == "scsi-passthru":
         disk.device, disk.source_type, disk.path = "lun", "block", file_name
     elif dtype in ("", "disk", "scsi-hardDisk".lower(), "ata-hardDisk".lower(), "rawdisk"):
@@ -439,6 +443,9 @@ def vm_from_config(cfg: VmxConfig,
         disk = _storage_disk(cfg, bus, ctrl, unit, folder, models)
         if disk is None:
             continue
+        shared = (cfg.get(f"{bus}{ctrl}.sharedBus") or "none").strip().lower()
+        if bus == "scsi" and shared in ("physical", "virtual") and disk.device in ("disk", "lun"):
+            disk.shareable = True  # a SCSI bus shared with other VMs (guest clustering)
         disk.target = unique_target(disk.target, used)
         mode = (cfg.get(f"{bus}{ctrl}:{unit}.mode") or "").strip().lower()
         if mode and mode != "persistent":
