@@ -26,7 +26,7 @@ from migrate.guest.initramfs import InitramfsError, module_names
 from migrate.guest.v2v import needs_conversion, pin_rules
 from migrate.guest.windows import apply_facts, read_hive
 from migrate.mapping import POD, NetworkMap, NetworkTarget, inspected_disk_bus
-from migrate.model import GuestNetwork, Inspection, Inventory, Nic
+from migrate.model import GuestNetwork, GuestOS, Inspection, Inventory, Nic
 from migrate.plan import PlanError, load_plan
 from tests.assess_support import clean_vm
 from tests.guest_support import _cpio
@@ -241,6 +241,20 @@ def test_manifests_and_assessment_share_the_inspected_bus(
     for c in found:
         if c.id == "guest-virtio-missing":
             assert f"uses {disk_bus}" in c.message
+
+
+def test_inspected_facts_replace_the_hostonly_guess() -> None:
+    """A RHEL guest from VMware is *guessed* to have a host-only initramfs; once inspected,
+    the facts speak instead (docs/guest-readiness.md)."""
+    vm = clean_vm()
+    vm.hypervisor = "vmware"
+    vm.guest_os = GuestOS(family="linux", distro="rhel", name="Red Hat Enterprise Linux 9")
+    ids = lambda: {c.id for c in assess(Inventory(vms=[vm]), [vm])[vm.key]}  # noqa: E731
+    assert "initramfs-hostonly" in ids()
+    vm.inspection = Inspection(os_type="linux", drivers={"virtio_blk": True, "ahci": True})
+    assert "initramfs-hostonly" not in ids() and "guest-virtio-missing" not in ids()
+    vm.inspection = Inspection(os_type="linux", drivers={"virtio_blk": False, "ahci": True})
+    assert "initramfs-hostonly" not in ids() and "guest-virtio-missing" in ids()
 
 
 def test_scsi_kept_when_the_guest_has_virtio_scsi_only() -> None:
