@@ -155,6 +155,7 @@ def backend_for(plan: Plan, kube: KubeArgs | None = None,
 def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem], list[str]]:
     """Items for the converted disks of ``vms``; the disks not converted yet, by name."""
     from converters.transfer.base import TransferItem
+    from migrate.guest.stage import staged_image
     from migrate.naming import dns1123_label
     from migrate.state import DONE
 
@@ -168,12 +169,17 @@ def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem]
                 step = journal.get(KIND_CONVERT, item)
                 output = Path(step.data.get("output", "")) if step and step.status == DONE \
                     else None
+                checksum = step.checksum if step else None
+                # a guest converted by virt-v2v (migrate.guest) replaces the staged image
+                staged = staged_image(journal, item) if output is not None else None
+                if staged is not None:
+                    output, _, checksum = staged
                 if output is None or not output.is_file():
                     missing.append(label + (" (converted image missing)" if output else ""))
                     continue
                 items.append(TransferItem(
                     item=item, name=output.name, size=output.stat().st_size, path=output,
-                    checksum=step.checksum if step else None,
+                    checksum=checksum,
                     virtual_size=step.data.get("virtual_size") if step else None,
                     format=step.data.get("format") if step else None,
                     dv_name=dns1123_label(image_basename(p.name, disk)),
