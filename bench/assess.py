@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from migrate.assessment import assess  # noqa: E402
-from migrate.model import (  # noqa: E402
+from migrate.core.model import (  # noqa: E402
     VM,
     BackingFile,
     Device,
@@ -47,7 +47,7 @@ from migrate.model import (  # noqa: E402
     SourceKind,
     Tuning,
 )
-from migrate.serialize import load_inventory, save_inventory  # noqa: E402
+from migrate.core.serialize import load_inventory, save_inventory  # noqa: E402
 
 TARGET_RATIO = 1.0
 GiB = 1024**3

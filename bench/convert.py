@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from converters.convert import ConvertOptions, convert_disks  # noqa: E402
 from converters.qemuimg import FAST_FLAGS  # noqa: E402
-from migrate.model import VM, Disk, Inventory, PowerState, Source, SourceKind  # noqa: E402
-from migrate.serialize import load_inventory, save_inventory  # noqa: E402
+from migrate.core.model import VM, Disk, Inventory, PowerState, Source, SourceKind  # noqa: E402
+from migrate.core.serialize import load_inventory, save_inventory  # noqa: E402
 
 MiB = 1024**2
 GiB = 1024**3

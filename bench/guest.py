@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from migrate.guest.boottest import boot_test  # noqa: E402
 from migrate.guest.inspect import inspect_disks  # noqa: E402
 from migrate.guest.v2v import convert_guest  # noqa: E402
-from migrate.model import VM, Nic, Source, SourceKind  # noqa: E402
+from migrate.core.model import VM, Nic, Source, SourceKind  # noqa: E402
 from tests import guest_image  # noqa: E402
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from manifests.generate import build_all  # noqa: E402
 from manifests.kustomize import to_yaml, write_tree  # noqa: E402
-from migrate.serialize import save_inventory  # noqa: E402
+from migrate.core.serialize import save_inventory  # noqa: E402
 from tests.manifests_support import context, inventory, linux_bios_vm, multi_vm, windows_efi_vm  # noqa: E402
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from migrate.model import Inventory  # noqa: E402
+from migrate.core.model import Inventory  # noqa: E402
 from migrate.plan import generate_plan, load_plan, save_plan  # noqa: E402
-from migrate.serialize import load_inventory, save_inventory  # noqa: E402
+from migrate.core.serialize import load_inventory, save_inventory  # noqa: E402
 from migrate.sources.libvirt_uri import scan_uri  # noqa: E402
-from migrate.status import plan_status  # noqa: E402
+from migrate.views.status import plan_status  # noqa: E402
 
 NODE = Path(__file__).resolve().parents[1] / "fixtures" / "libvirt" / "node.xml"
 

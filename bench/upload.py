@@ -30,10 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from migrate.model import VM, Disk, Inventory, Source, SourceKind  # noqa: E402
-from migrate.serialize import save_inventory  # noqa: E402
-from migrate.state import Journal  # noqa: E402
-from migrate.workdir import KIND_UPLOAD, journal_path  # noqa: E402
+from migrate.core.model import VM, Disk, Inventory, Source, SourceKind  # noqa: E402
+from migrate.core.serialize import save_inventory  # noqa: E402
+from migrate.core.journal import Journal  # noqa: E402
+from migrate.core.workdir import journal_path  # noqa: E402
+from migrate.core.records import KIND_UPLOAD
 from tests.s3_support import SeaweedFS, subprocess_env, wait_peak_rss  # noqa: E402
 
 MiB = 1 << 20

@@ -16,7 +16,7 @@ Rules it keeps, and why:
   source), so one VM's output never replaces another's;
 * outputs are written to a hidden temporary name in the work folder, verified there, and
   renamed only when complete, so ``DIR/<name>.<fmt>`` exists only for a finished disk;
-* every step is in the work folder's journal (:mod:`migrate.workdir`), so a rerun after a
+* every step is in the work folder's journal (:mod:`migrate.core.workdir`), so a rerun after a
   crash, SIGKILL or Ctrl-C skips disks already converted and verified and redoes the rest;
 * free space is checked with ``qemu-img measure`` before any disk starts; a disk that does
   not fit fails on its own with a clear message, the others go on;
@@ -25,6 +25,11 @@ Rules it keeps, and why:
 The checksum recorded for an output is ``sha256:<hex>`` of the output file's bytes (the
 file upload sends), computed while ``qemu-img compare`` reads the same file, so the
 output is read from disk once at most (usually it is still in the page cache).
+
+Disks of remote libvirt hosts (``qemu+ssh://``) are read as NBD exports over SSH
+(:mod:`migrate.sources.remote_disks`: a backup job's point-in-time export for a running
+VM, ``qemu-nbd --read-only`` for a shut-off one) and verified by the sha256 of the guest
+view on both ends (``guest_checksum`` in the journal) instead of ``qemu-img compare``.
 """
 
 from __future__ import annotations
@@ -37,18 +42,21 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from converters import qemuimg
 from converters.checksum import sha256_file
-from migrate.errors import UsageError, VmmoveError
-from migrate.files import new_private_file, private_dir, write_failure
-from migrate.imageinfo import ImageError
-from migrate.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk, Inventory, PowerState
+from migrate.clients.nbd import file_sha256, guest_sha256
+from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.files import new_private_file, private_dir, write_failure
+from migrate.clients.imageinfo import ImageError
+from migrate.core.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk, Inventory, PowerState
+from migrate.sources.remote_disks import RemoteReads, is_remote, reads_via_nbd
 from migrate.sources.containment import (
     Chain,
     ContainmentError,
@@ -57,15 +65,10 @@ from migrate.sources.containment import (
     check_agreement,
     open_path,
 )
-from migrate.state import DONE, Journal, JournalLocked, Step
-from migrate.workdir import (
-    KIND_CONVERT,
-    disk_item,
-    image_basename,
-    journal_path,
-    target_names,
-    vm_identity,
-)
+from migrate.core.journal import DONE, Journal, JournalLocked, Step
+from migrate.core.progress import Fractions, Subscriber
+from migrate.core.workdir import disk_item, image_basename, journal_path, target_names, vm_identity
+from migrate.core.records import KIND_CONVERT
 
 #: Power states in which a disk is held open by the hypervisor.
 IN_USE_STATES = {PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN,
@@ -73,7 +76,7 @@ IN_USE_STATES = {PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN,
 
 CONSISTENT_COPY_HINT = (
     "a consistent copy needs the VM shut off, or the staged cutover "
-    "(pass --force-share to copy it anyway, reading with qemu-img -U)"
+    "(pass --inconsistent-copy to copy it anyway while it writes, reading with qemu-img -U)"
 )
 
 
@@ -108,11 +111,14 @@ class ConvertOptions:
     format: str = "qcow2"  # qcow2 | raw
     compress: bool = False  # zstd-compressed qcow2 clusters
     verify: bool = True  # qemu-img compare + sha256 of the output
-    force_share: bool = False  # read disks of running VMs (qemu-img -U)
+    force_share: bool = False  # --inconsistent-copy: read disks of running VMs (qemu-img -U)
     jobs: int = field(default_factory=default_jobs)
     redo: bool = False  # convert again even if the journal says done
     flags: tuple[str, ...] = qemuimg.FAST_FLAGS
     check_space: bool = True
+    #: Keys of VMs the caller knows to be stopped now (the cutover's stop step): their
+    #: scanned power state is stale, and it is their stopped disks that are read.
+    source_stopped: frozenset[str] = frozenset()
     #: The remedy named when a disk is in use: the flag of the command that runs.
     share_hint: str = CONSISTENT_COPY_HINT
 
@@ -137,7 +143,7 @@ class DiskJob:
     disk: Disk
     item: str  # journal item, <vm key>/<disk target>
     output: Path
-    identity: str = ""  # the source VM's identity (migrate.workdir.vm_identity)
+    identity: str = ""  # the source VM's identity (migrate.core.workdir.vm_identity)
     # Filled in by preparation:
     source_format: str | None = None
     virtual_size: int | None = None
@@ -145,6 +151,7 @@ class DiskJob:
     fingerprint: list[list[Any]] | None = None  # (path, size, mtime_ns) of every layer
     probed: bool = False
     source_name: str | None = None  # the checked chain as qemu opens it (json:, by vmmove)
+    remote: bool = False  # on a remote libvirt host: read through an NBD lease
     scratch: Path | None = None  # a packed OVF file rebuilt in the work folder (removed after)
 
     def discard_scratch(self) -> None:
@@ -186,31 +193,10 @@ class DiskResult:
         return self.status != FAILED
 
 
-class Progress(Protocol):
-    """Progress subscriber: the CLI draws bars; tests may record calls.
-
-    ``advanced`` reports the conversion's fraction (0..1), ``verifying`` the verification's
-    (compare + checksum, 0..1, first called with 0.0 when it starts).
-    """
-
-    def started(self, job: DiskJob, total: int) -> None: ...
-    def advanced(self, job: DiskJob, fraction: float) -> None: ...
-    def verifying(self, job: DiskJob, fraction: float) -> None: ...
-    def finished(self, job: DiskJob, result: DiskResult) -> None: ...
-
-
-class NoProgress:
-    def started(self, job: DiskJob, total: int) -> None:
-        pass
-
-    def advanced(self, job: DiskJob, fraction: float) -> None:
-        pass
-
-    def verifying(self, job: DiskJob, fraction: float) -> None:
-        pass
-
-    def finished(self, job: DiskJob, result: DiskResult) -> None:
-        pass
+# Conversion reports to the one progress protocol (migrate.core.progress.Subscriber):
+# each disk job is queued with the bytes to write, makes progress in bytes as qemu-img
+# reports its fraction, then (when verifying) enters the ``verify`` phase, whose amounts
+# are the compare's and the checksum's mean fraction of the output's size; then done.
 
 
 class DiskError(VmmoveError):
@@ -243,13 +229,7 @@ def select_disks(
                 raise UsageError(f"{vm.name}: no disk {target!r}")
             chosen.append((vm, disk))
         return chosen
-    if vms:
-        missing = [ref for ref in vms if inventory.find(ref) is None]
-        if missing:
-            raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        selected = list({id(vm): vm for ref in vms for vm in inventory.find_all(ref)}.values())
-    else:
-        selected = list(inventory.vms)
+    selected = inventory.select(vms)
     return [(vm, disk) for vm in selected for disk in vm.disks]
 
 
@@ -259,8 +239,8 @@ def output_path(workdir: Path, names: dict[str, str], vm: VM, disk: Disk, fmt: s
 
 def _claimed_outputs(journal: Journal) -> dict[str, tuple[str, str | None]]:
     """Output path → (journal item, VM identity) of every convert step that names one."""
-    return {str(st.data["output"]): (st.item, st.data.get("identity"))
-            for st in journal.steps(KIND_CONVERT) if st.data.get("output")}
+    return {str(st.output): (st.item, st.identity)
+            for st in journal.steps(KIND_CONVERT) if st.output}
 
 
 def unique_output(path: Path, item: str, identity: str,
@@ -414,6 +394,16 @@ def source_chain(vm: VM, disk: Disk, force_share: bool = False) -> Chain:
     return chain
 
 
+def _prepare_remote(job: DiskJob) -> None:
+    """A disk on a remote host: nothing to open here; sizes are what libvirt reported
+    (the export is the raw guest view, its size is checked when it is read)."""
+    declared_format(job.disk)  # an unknown declared format fails now, not on the host
+    job.remote = True
+    job.source_format = "raw"
+    job.virtual_size = job.disk.virtual_size
+    job.required = job.disk.allocated_size or job.disk.virtual_size
+
+
 def _check_format(path: str, chain: Chain, probed: bool) -> None:
     expected = _EXTENSION_FORMATS.get(Path(path).suffix.lower()) if probed else None
     if chain.format == "raw" and expected and not path.startswith("json:"):
@@ -496,7 +486,12 @@ def prepare(job: DiskJob, options: ConvertOptions, done: Step | None = None) -> 
     if disk.source_type not in ("file", "block", "volume"):
         raise DiskError(f"{job.label}: {disk.source_type} disks ({disk.protocol or path}) cannot "
                         "be read from here; export the image to a file first")
-    if job.vm.power_state in IN_USE_STATES and not options.force_share:
+    if is_remote(job.vm) or (reads_via_nbd(job.vm)
+                             and job.vm.key not in options.source_stopped):
+        _prepare_remote(job)  # the lease reads the VM's live state on its host
+        return
+    if job.vm.power_state in IN_USE_STATES and not options.force_share \
+            and job.vm.key not in options.source_stopped:
         raise DiskError(
             f"{job.label}: VM is {job.vm.power_state.value}; {options.share_hint}")
     try:
@@ -543,10 +538,10 @@ def _prepare_packed(job: DiskJob, options: ConvertOptions, done: Step | None) ->
     assert packing is not None
     job.fingerprint = _fingerprint(dict.fromkeys(p.path for p in packing.pieces))
     if (done is not None and _is_current(done, job, options)
-            and (done.data.get("verified") or not options.verify)):
-        job.source_format = done.data.get("source_format")
+            and (done.verified or not options.verify)):
+        job.source_format = done.source_format
         job.source_name = job.disk.path  # never opened: the step is skipped
-        job.virtual_size = done.data.get("virtual_size")
+        job.virtual_size = done.virtual_size
         return
     try:
         chain = _unpack(job, job.output.parent)
@@ -608,11 +603,11 @@ def allocated_bytes(path: str | os.PathLike[str]) -> int:
 
 def _verify(job: DiskJob, image: Path, options: ConvertOptions,
             canceller: qemuimg.Canceller,
-            progress: Progress | None = None) -> tuple[str, qemuimg.CompareResult]:
+            progress: Subscriber | None = None) -> tuple[str, qemuimg.CompareResult]:
     """qemu-img compare source↔output while this thread hashes the output.
 
-    ``progress.verifying`` gets the fraction of the verification done: the mean of the
-    compare's own progress and the share of the output hashed.
+    ``progress`` enters the ``verify`` phase and gets the verification's progress: the
+    mean of the compare's own progress and the share of the output hashed.
     """
     assert job.disk.path and job.source_format and job.source_name
     outcome: dict[str, Any] = {}
@@ -620,16 +615,20 @@ def _verify(job: DiskJob, image: Path, options: ConvertOptions,
     size = max(image.stat().st_size, 1)
     lock = threading.Lock()
 
+    verified = None
+    if progress is not None:
+        total = (job.output.stat().st_size if job.output.exists() else 0) \
+            or job.required or job.virtual_size or 0
+        progress.on_phase(job, "verify", total)
+        verified = Fractions(progress, job, total)
+
     def report(index: int, fraction: float) -> None:
-        if progress is None:
+        if verified is None:
             return
         with lock:
             parts[index] = fraction
             value = (parts[0] + parts[1]) / 2
-        progress.verifying(job, value)
-
-    if progress is not None:
-        progress.verifying(job, 0.0)
+        verified(value)
 
     def run_compare() -> None:
         try:
@@ -654,13 +653,14 @@ def _verify(job: DiskJob, image: Path, options: ConvertOptions,
 class Runner:
     """One batch: a journal held exclusively, a pool of ``jobs`` threads, a canceller."""
 
-    def __init__(self, journal: Journal, options: ConvertOptions, progress: Progress) -> None:
+    def __init__(self, journal: Journal, options: ConvertOptions, progress: Subscriber) -> None:
         self.journal = journal
         #: output path → (item, identity) as the journal records them (see unique_output)
         self.claimed = _claimed_outputs(journal)
         self.options = options
         self.progress = progress
         self.canceller = qemuimg.Canceller()
+        self.remote: RemoteReads | None = None  # set by _run_batch when a disk is remote
 
     def _result(self, job: DiskJob, status: str, **kw: Any) -> DiskResult:
         return DiskResult(vm=job.vm.name, disk=job.disk.target, item=job.item, status=status,
@@ -669,7 +669,7 @@ class Runner:
     def _refuse(self, job: DiskJob, error: str) -> DiskResult:
         """Fail a disk without touching its journal step (it may be another VM's)."""
         result = self._result(job, FAILED, error=error)
-        self.progress.finished(job, result)
+        self.progress.on_done(job, result)
         return result
 
     def _fail(self, job: DiskJob, error: str) -> DiskResult:
@@ -694,23 +694,23 @@ class Runner:
     def _run_one(self, job: DiskJob) -> DiskResult:
         """Convert (or verify, or skip) one prepared disk; never raises for disk problems."""
         opts = self.options
-        assert job.disk.path and job.source_format and job.source_name
+        assert job.disk.path and job.source_format and (job.source_name or job.remote)
         step = self.journal.get(KIND_CONVERT, job.item)
         note = None
         if step is not None and not opts.redo \
-                and step.data.get("identity") not in (None, job.identity):
+                and step.identity not in (None, job.identity):
             return self._refuse(job, (
                 f"{job.label}: the work folder's journal holds another VM under this key "
-                f"({step.item}, from {_source_of(step.data.get('identity'))}); convert it into "
+                f"({step.item}, from {_source_of(step.identity)}); convert it into "
                 "a work folder of its own, or pass --redo to replace that VM's output"))
         if _is_current(step, job, opts):
             assert step is not None
-            if step.data.get("verified") or not opts.verify:
+            if step.verified or not opts.verify:
                 # A skip vouches for the file as it is now: its size was checked, its checksum
                 # is checked here (a file replaced or changed since is converted again).
                 if step.checksum is None or sha256_file(job.output) == step.checksum:
                     skipped = self._from_step(job, SKIPPED, step, "already converted")
-                    self.progress.finished(job, skipped)
+                    self.progress.on_done(job, skipped)
                     return skipped
                 note = "the output changed since it was converted (checksum): converted again"
             else:
@@ -736,16 +736,20 @@ class Runner:
         self.claimed[str(job.output)] = (job.item, job.identity)
         temp = _temp_path(job.output)
         total = job.required or job.virtual_size or 0
-        self.progress.started(job, total)
+        self.progress.on_queued(job, total, 0)
+        guest: dict[str, Any] = {}
         try:
             new_private_file(temp)  # qemu-img truncates it and keeps its mode: 0600
-            qemuimg.convert(
-                job.source_name, job.source_format, str(temp), opts.format,
-                compress=opts.compression, force_share=opts.force_share, flags=opts.flags,
-                on_progress=lambda f: self.progress.advanced(job, f), canceller=self.canceller,
-                label=job.disk.path)
-            checksum, verified = None, False
-            if opts.verify:
+            with self._source(job, guest):
+                qemuimg.convert(
+                    job.source_name or "", job.source_format, str(temp), opts.format,
+                    compress=opts.compression, force_share=opts.force_share and not job.remote,
+                    flags=opts.flags, on_progress=Fractions(self.progress, job, total),
+                    canceller=self.canceller, label=job.disk.path)
+                if opts.verify and job.remote:
+                    guest.update(_verify_remote(job, temp, opts.format))
+            checksum, verified = guest.get("checksum"), "guest_checksum" in guest
+            if opts.verify and not job.remote:
                 checksum, compared = _verify(job, temp, opts, self.canceller, self.progress)
                 if not compared.identical:
                     hint = (" (the source is in use and changed during the copy; "
@@ -753,6 +757,7 @@ class Runner:
                     raise DiskError(f"{job.label}: output differs from the source: "
                                     f"{compared.message}{hint}")
                 verified = True
+            if verified:
                 # Durable before the journal says done (qemu-img's convert cache is unsafe).
                 fd = os.open(temp, os.O_RDONLY)
                 try:
@@ -778,42 +783,61 @@ class Runner:
             else:
                 self.journal.fail(KIND_CONVERT, job.item, "interrupted: rerun to convert it")
                 raise
-            self.progress.finished(job, result)
+            self.progress.on_done(job, result)
             return result
         seconds = time.monotonic() - started
         self.journal.done(
             KIND_CONVERT, job.item, bytes=allocated, checksum=checksum, allocated=allocated,
             verified=verified, seconds=round(seconds, 3),
-            compare="identical" if verified else None, size=size, inode=inode)
+            compare="identical" if verified else None, size=size, inode=inode,
+            **{k: v for k, v in guest.items() if k != "checksum"})
         result = self._result(
             job, CONVERTED, output=str(job.output), virtual_size=job.virtual_size,
             allocated=allocated, verified=verified, checksum=checksum, seconds=seconds,
             note=note)
-        self.progress.finished(job, result)
+        self.progress.on_done(job, result)
         return result
+
+    @contextmanager
+    def _source(self, job: DiskJob, guest: dict[str, Any]) -> Iterator[None]:
+        """Hold a remote disk's NBD lease around the copy (local disks: nothing to hold);
+        a failed read is explained by the lease (SSH lost, VM shut down, job ended)."""
+        if not job.remote:
+            yield
+            return
+        assert self.remote is not None
+        with self.remote.lease(job.vm, job.disk) as lease:
+            job.source_name = lease.url
+            guest.update(copy=lease.kind, copy_note=lease.note)
+            try:
+                yield
+            except (qemuimg.QemuImgError, VmmoveError) as exc:
+                if self.canceller.cancelled.is_set():
+                    raise
+                raise DiskError(lease.failure(str(exc))) from None
 
     def _verify_existing(self, job: DiskJob, step: Step) -> DiskResult:
         """A disk converted with --no-verify earlier: verify it now instead of converting."""
         total = job.required or job.virtual_size or 0
-        self.progress.started(job, total)
+        self.progress.on_queued(job, total, 0)
         try:
             checksum, compared = _verify(job, job.output, self.options, self.canceller,
                                          self.progress)
         except VmmoveError as exc:
             result = self._fail(job, _name_disk(job, str(exc)))
-            self.progress.finished(job, result)
+            self.progress.on_done(job, result)
             return result
         if not compared.identical:
             job.output.unlink(missing_ok=True)  # wrong output: the next run converts again
             result = self._fail(job, f"{job.label}: output differs from the source: "
                                      f"{compared.message}; removed it, rerun to convert again")
-            self.progress.finished(job, result)
+            self.progress.on_done(job, result)
             return result
         self.journal.update(KIND_CONVERT, job.item, verified=True, compare="identical")
         self.journal.done(KIND_CONVERT, job.item, checksum=checksum)
         step = self.journal.get(KIND_CONVERT, job.item) or step
         result = self._from_step(job, VERIFIED, step, "converted earlier; verified now")
-        self.progress.finished(job, result)
+        self.progress.on_done(job, result)
         return result
 
 
@@ -844,7 +868,7 @@ def convert_disks(
     vms: Sequence[str],
     workdir: str | os.PathLike[str],
     options: ConvertOptions | None = None,
-    progress: Progress | None = None,
+    progress: Subscriber | None = None,
     disks: Iterable[tuple[str, str]] | None = None,
 ) -> list[DiskResult]:
     """Convert the disks of ``vms`` (all VMs when empty), or exactly ``disks``, into ``workdir``.
@@ -854,7 +878,7 @@ def convert_disks(
     :class:`VmmoveError` only for problems with the whole run (a locked work folder).
     """
     options = options or ConvertOptions()
-    progress = progress or NoProgress()
+    progress = progress or Subscriber()
     folder = Path(workdir).absolute()
     names = target_names(inventory)
     pairs = select_disks(inventory, vms, disks)
@@ -874,9 +898,21 @@ def convert_disks(
 
 def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
                pairs: list[tuple[VM, Disk]], options: ConvertOptions,
-               progress: Progress) -> list[DiskResult]:
+               progress: Subscriber) -> list[DiskResult]:
     remove_stale_temps(folder)
     runner = Runner(journal, options, progress)
+    if any(reads_via_nbd(vm) for vm, _ in pairs):
+        runner.remote = RemoteReads(pairs, inconsistent=options.force_share)
+        try:
+            return _run_jobs(runner, folder, names, pairs, options, progress)
+        finally:
+            runner.remote.close()
+    return _run_jobs(runner, folder, names, pairs, options, progress)
+
+
+def _run_jobs(runner: Runner, folder: Path, names: dict[str, str],
+              pairs: list[tuple[VM, Disk]], options: ConvertOptions,
+              progress: Progress) -> list[DiskResult]:
     results: dict[int, DiskResult] = {}
     jobs: list[tuple[int, DiskJob]] = []
     for index, (vm, disk) in enumerate(pairs):
@@ -902,7 +938,7 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
         for (index, job), error in zip(jobs, errors):
             if error:
                 results[index] = runner._fail(job, error)
-                progress.finished(job, results[index])
+                progress.on_done(job, results[index])
             else:
                 todo.append((index, job))
 
@@ -929,6 +965,25 @@ def _run_batch(journal: Journal, folder: Path, names: dict[str, str],
     return [results[i] for i in sorted(results)]
 
 
+def _verify_remote(job: DiskJob, image: Path, fmt: str) -> dict[str, Any]:
+    """Guest-view sha256 of the remote export and of the output, read side by side, and
+    the output file's sha256 (what upload sends); :class:`DiskError` when they differ."""
+    assert job.source_name
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        f_source = pool.submit(guest_sha256, job.source_name, job.label)
+        f_output = pool.submit(file_sha256, image, fmt)
+        f_file = pool.submit(sha256_file, image)
+        (source, size), (output, _) = f_source.result(), f_output.result()
+        checksum = f_file.result()
+    if source != output:
+        raise DiskError(f"{job.label}: the copy differs from the host's export (guest data "
+                        f"{output} here, {source} on the host)")
+    if job.virtual_size and size != job.virtual_size:
+        raise DiskError(f"{job.label}: the host exported {size} bytes, libvirt reported "
+                        f"{job.virtual_size}")
+    return {"checksum": checksum, "guest_checksum": source, "guest_bytes": size}
+
+
 def _fit_space(runner: Runner, folder: Path, todo: list[tuple[int, DiskJob]],
                results: dict[int, DiskResult]) -> list[tuple[int, DiskJob]]:
     """Fail (before anything is written) each disk that does not fit in what is left."""
@@ -940,13 +995,13 @@ def _fit_space(runner: Runner, folder: Path, todo: list[tuple[int, DiskJob]],
             continue
         need = job.required or 0
         if need > free:
-            from migrate.output import human_size
+            from migrate.core.output import human_size
 
             results[index] = runner._fail(
                 job, f"{job.label}: not enough space in {folder}: the output needs "
                      f"{human_size(need)} (qemu-img measure), {human_size(free)} is free "
                      "for it; free space or convert to another folder")
-            runner.progress.finished(job, results[index])
+            runner.progress.on_done(job, results[index])
             continue
         free -= need
         fitting.append((index, job))
@@ -975,7 +1030,7 @@ def preflight_disks(inventory: Inventory, workdir: str | os.PathLike[str],
     not converted yet need (``qemu-img measure``'s ``required``) against the space free in
     ``workdir``.  Returns ``(problems, bytes needed, bytes free)``; nothing is written
     (the journal is only read)."""
-    from migrate.output import human_size
+    from migrate.core.output import human_size
 
     folder = Path(workdir).absolute()
     probe = folder

@@ -23,9 +23,9 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from migrate.errors import VmmoveError
-from migrate.imageinfo import qemu_img
-from migrate.progress import trace_command
+from migrate.core.errors import VmmoveError
+from migrate.clients.imageinfo import qemu_img
+from migrate.core.progress import trace_command
 
 #: Flags added to every ``qemu-img convert``: none.  Chosen by measurement (bench/convert.py,
 #: numbers in docs/convert.md): qemu-img's own defaults (``-t unsafe`` for the output, i.e.

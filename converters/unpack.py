@@ -21,8 +21,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from migrate.errors import VmmoveError
-from migrate.model import Packing
+from migrate.core.errors import VmmoveError
+from migrate.core.model import Packing
 
 BLOCK = 1024 * 1024  # bytes per read
 MAX_OUT = 8 * BLOCK  # most bytes one decompress call may return

@@ -1,7 +1,7 @@
 """One source VM → one KubeVirt VirtualMachine (+ the Secrets its disks' imports need).
 
 :func:`build_vm_manifests` applies the mapping rules documented in docs/manifests.md to one
-:class:`~migrate.model.VM` and returns a :class:`ManifestSet`.  Everything that can vary per
+:class:`~migrate.core.model.VM` and returns a :class:`ManifestSet`.  Everything that can vary per
 migration comes in through :class:`GenerationContext` (options, maps, where each disk went,
 names, the cluster catalog, per-VM overrides), so that a plan can drive the same function
 later.  Every VM built is checked against KubeVirt's admission rules before it is returned:
@@ -24,11 +24,11 @@ from manifests import preferences as prefs
 from manifests.sources import BLANK, HTTP, S3, UPLOAD, DiskSource, MissingSource, SourceResolver
 from manifests.validate import INTERFACE_MODELS, RESERVED_MAC, RUN_STRATEGIES, admission_errors
 from migrate import __version__
-from migrate.errors import VmmoveError
-from migrate.mapping import POD, NetworkMap, StorageMap, inspected_nic_model, target_disk_bus
-from migrate.model import HOST_CDROM, VM, Disk, Inventory, Nic
-from migrate.naming import assign_names, dns1123_label
-from migrate.workdir import image_basename, target_names
+from migrate.core.errors import VmmoveError
+from migrate.core.mapping import POD, NetworkMap, StorageMap, inspected_nic_model, target_disk_bus
+from migrate.core.model import HOST_CDROM, MAC_RE, VM, Disk, Inventory, Nic
+from migrate.core.naming import assign_names, dns1123_label
+from migrate.core.workdir import image_basename, target_names
 
 DOMAIN = "vmmove.io"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "vmmove"}
@@ -138,7 +138,6 @@ _NOT_CARRIED = {
     "pci-passthrough", "usb-passthrough", "mdev", "scsi-passthrough", "smartcard", "redirdev",
     "filesystem", "shmem", "parallel", "watchdog", "sound",
 }
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 def _architecture(vm: VM) -> str:
@@ -435,7 +434,7 @@ class _Builder:
                 iface["model"] = model
             mac = self.over.nic_mac.get(idx) or (nic.mac or "").lower().replace("-", ":")
             if mac:
-                if not _MAC.match(mac):
+                if not MAC_RE.match(mac):
                     self.notes.append(f"nic{idx}: MAC {nic.mac!r} is malformed; KubeVirt assigns one")
                 elif mac == RESERVED_MAC and target.kind == POD:
                     self.notes.append(f"nic{idx}: MAC {mac} is reserved on the pod network; KubeVirt assigns one")

@@ -23,8 +23,8 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from manifests.generate import ManifestSet
-from migrate.errors import VmmoveError
-from migrate.serialize import atomic_write
+from migrate.core.errors import VmmoveError
+from migrate.core.serialize import atomic_write
 
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's emitter when present
 _STR, _INT, _BOOL = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool"

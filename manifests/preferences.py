@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from migrate.errors import UsageError
-from migrate.model import GuestOS
+from migrate.core.errors import UsageError
+from migrate.core.model import GuestOS
 
 PREFERENCE_KIND = "VirtualMachineClusterPreference"
 INSTANCETYPE_KIND = "VirtualMachineClusterInstancetype"
@@ -119,7 +119,7 @@ def _documents(path: Path, kind: str) -> list[dict[str, Any]]:
 
 def parse_quantity(value: Any) -> Decimal:
     """A Kubernetes quantity (``1.5Gi``, ``512Mi``, ``2``) as a number."""
-    from kubernetes.utils.quantity import parse_quantity as parse  # heavy import, only here
+    from migrate.clients.cluster import parse_quantity as parse  # heavy import, only here
 
     return Decimal(parse(value))
 

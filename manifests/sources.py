@@ -1,7 +1,7 @@
 """Where each disk's data went, so that its DataVolume imports it from there.
 
 The transfer step (``vmmove upload``) records one journal step per disk, kind ``upload``,
-item ``<vm key>/<disk target>`` (see :mod:`migrate.workdir`).  This module reads only those
+item ``<vm key>/<disk target>`` (see :mod:`migrate.core.workdir`).  This module reads only those
 records — never the transfer code — and turns each into a CDI source:
 
 * ``s3``: ``url`` + ``secret`` (the Secret manifest was written to ``secret_file``);
@@ -25,14 +25,16 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from migrate.model import MULTI_FILE, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk
-from migrate.state import DONE, Journal, Step
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, journal_path
+from migrate.core.model import MULTI_FILE, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN, Disk
+from migrate.core.journal import DONE, Journal, Step
+from migrate.core.workdir import disk_item, journal_path
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 
 S3 = "s3"
 HTTP = "http"
 UPLOAD = "upload"
 BLANK = "blank"
+DIRECT = "direct"  # transfer mode direct: a worker Job filled the DataVolume ``dv`` in place
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ class SourceResolver:
     def resolve(self, vm: VM, disk: Disk) -> DiskSource | MissingSource:
         item = disk_item(vm, disk)
         converted = self._converted(item)
-        size = converted.data.get("virtual_size") if converted else None
+        size = converted.virtual_size if converted else None
         step = self.uploads.get(item)
         if step is not None:
             return self._from_upload(step, size)
@@ -141,8 +143,8 @@ class SourceResolver:
         if disk.source_type == "none" and not disk.path and disk.device == "disk":
             return DiskSource(BLANK, origin="no source on the host")
         if self.http_base:
-            if converted and converted.data.get("output"):
-                name = Path(str(converted.data["output"])).name
+            if converted and converted.output:
+                name = Path(str(converted.output)).name
                 checksum = converted.checksum
             elif (why := unservable(disk, vm.name)) is None:
                 assert disk.path is not None
@@ -177,7 +179,7 @@ class SourceResolver:
             if not data.get("url"):
                 return MissingSource("http transfer record has no url")
             return DiskSource(HTTP, url=data["url"], checksum=step.checksum, size=size, origin="journal")
-        if backend == UPLOAD:
+        if backend in (UPLOAD, DIRECT):
             if not data.get("dv"):
                 return MissingSource("upload transfer record has no DataVolume name (dv)")
             return DiskSource(

@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from migrate.errors import UsageError
-from migrate.mapping import INTERFACE_MODELS, TARGET_BUSES
-from migrate.naming import DNS_SUBDOMAIN, is_label_value, is_qualified_name
+from migrate.core.errors import UsageError
+from migrate.core.mapping import INTERFACE_MODELS, TARGET_BUSES
+from migrate.core.naming import DNS_SUBDOMAIN, is_label_value, is_qualified_name
 
 # -- 1. schemas -----------------------------------------------------------------------------
 

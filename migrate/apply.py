@@ -23,17 +23,13 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from migrate.kube import DATA_VOLUME, Kube, KubeError
-from migrate.state import DONE, FAILED, Journal
+from migrate.clients.cluster import DATA_VOLUME, Kube, KubeError
+from migrate.core.journal import DONE, FAILED, Journal
+from migrate.core.progress import Subscriber
+from migrate.core.records import KIND_APPLY, KIND_IMPORT, KIND_CUTOVER, KIND_ROLLBACK
 
-KIND_APPLY = "apply"
-KIND_IMPORT = "import"
-KIND_CUTOVER = "cutover"
-KIND_ROLLBACK = "rollback"
-#: Steps of a cutover that was rolled back: kept with their times (what it measured).
-KIND_CUTOVER_PAST = "cutover-past"
 
 SUCCEEDED = "Succeeded"
 FAILED_PHASE = "Failed"
@@ -195,8 +191,8 @@ def _apply_one(kube: Kube, item: str, obj: dict[str, Any], journal: Journal | No
         result.result = "dry-run"
         return result
     unchanged = before is not None and before.status == DONE and \
-        before.data.get("resourceVersion") == result.resource_version and \
-        before.data.get("uid") == result.uid
+        before.resource_version == result.resource_version and \
+        before.uid == result.uid
     result.result = "unchanged" if unchanged else "applied"
     assert journal is not None
     journal.done(KIND_APPLY, item, checksum=sent, uid=result.uid,
@@ -223,19 +219,6 @@ class ImportState:
     @property
     def done(self) -> bool:
         return self.outcome is not None
-
-
-class ImportProgress(Protocol):
-    def update(self, state: ImportState) -> None: ...
-    def close(self) -> None: ...
-
-
-class NoImportProgress:
-    def update(self, state: ImportState) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _percent(text: Any) -> float | None:
@@ -293,14 +276,32 @@ def watch_imports(
     timeout: float = 3600.0,
     max_restarts: int = 3,
     poll: float = 2.0,
-    progress: ImportProgress | None = None,
+    progress: Subscriber | None = None,
 ) -> list[ImportState]:
     """Follow every DataVolume until it succeeds, fails, waits for a consumer or time is up.
 
     List, then watch (events move the bars at once); a quiet or broken watch just leads
     to the next list, so nothing is missed.  Each outcome is journalled (kind ``import``).
+    ``progress`` (closed here) hears each DataVolume queued (100 %), its progress in
+    percent with its CDI phase as the note, and its outcome (the :class:`ImportState`).
     """
-    progress = progress or NoImportProgress()
+    progress = progress or Subscriber()
+    reported: dict[tuple[str, str], float | None] = {}
+
+    def report(state: ImportState) -> None:
+        key = (state.item.namespace, state.item.dv)
+        if key not in reported:
+            progress.on_queued(state.item, 100.0, 0)
+            reported[key] = 0.0
+        if state.done:
+            progress.on_done(state.item, state)
+            return
+        amount = None
+        if state.progress is not None:
+            amount = state.progress - (reported[key] or 0.0)
+            reported[key] = state.progress
+        progress.on_progress(state.item, amount, state.phase)
+
     states = {(i.namespace, i.dv): ImportState(i) for i in items}
     deadline = time.monotonic() + timeout
     api_version, kind = DATA_VOLUME
@@ -317,7 +318,7 @@ def watch_imports(
         if state is None or state.done:
             return
         classify(state, dv, max_restarts)
-        progress.update(state)
+        report(state)
         if state.done:
             _record(journal, state)
 
@@ -331,7 +332,7 @@ def watch_imports(
                     s.outcome = "timeout"
                     s.reason = (f"still {s.phase or 'not created'} after {timeout:.0f}s "
                                 "(rerun vmmove apply to keep watching)")
-                    progress.update(s)
+                    report(s)
                     _record(journal, s)
                 break
             namespaces = sorted({s.item.namespace for s in pending})

@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from migrate.errors import UsageError, VmmoveError
-from migrate.imageinfo import qemu_img
-from migrate.serialize import atomic_write
+from migrate.core.errors import UsageError, VmmoveError
+from migrate.clients.imageinfo import qemu_img
+from migrate.core.serialize import atomic_write
 
 MiB = 1024 * 1024
 MARKER = ".vmmove-demo"

@@ -43,8 +43,8 @@ from typing import Any
 
 import yaml
 
-from migrate.errors import UsageError, listed
-from migrate.mapping import (
+from migrate.core.errors import UsageError, listed
+from migrate.core.mapping import (
     INTERFACE_MODELS,
     POD,
     TARGET_BUSES,
@@ -55,25 +55,26 @@ from migrate.mapping import (
     StorageMap,
     parse_network_target,
 )
-from migrate.model import VM, Inventory, SourceKind
-from migrate.naming import is_dns1123_label, is_label_value, is_qualified_name
-from migrate.serialize import InventoryError, atomic_write, load_inventory
-from migrate.state import Journal
-from migrate.workdir import journal_path, target_names
+from migrate.core.model import MAC_RE, VM, Inventory, SourceKind
+from migrate.core.naming import is_dns1123_label, is_label_value, is_qualified_name
+from migrate.core.serialize import InventoryError, atomic_write, load_inventory
+from migrate.core.journal import Journal
+from migrate.core.workdir import journal_path, target_names
+from migrate.plan_workers import WorkerSettings, parse_workers
 
 API_VERSION = "vmmove.io/v1alpha1"
 KIND = "Plan"
 RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure", "Once")
 CONVERT_FORMATS = ("qcow2", "raw")
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _NAME_CHOICE = re.compile(r"^(auto|none|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
 
 TOP_KEYS = ("apiVersion", "kind", "inventory", "workdir", "namespace", "networks", "storage",
-            "transfer", "convert", "defaults", "waves", "bootTest")
+            "transfer", "convert", "defaults", "waves", "workers", "bootTest")
 TRANSFER_KEYS = ("s3", "endpointUrl", "profile", "region", "secretName", "parallel",
-                 "uploadProxy", "insecure", "storageClass", "forceBind")
-CONVERT_KEYS = ("format", "compress", "verify", "jobs", "forceShare", "guest", "virtioWin",
-                "preserveStaticIPs")
+                 "uploadProxy", "insecure", "storageClass", "forceBind", "mode")
+TRANSFER_MODES = ("s3", "upload", "direct")  # direct: in-cluster workers (docs/remote-hosts.md)
+CONVERT_KEYS = ("format", "compress", "verify", "jobs", "inconsistentCopy", "forceShare",
+                "guest", "virtioWin", "preserveStaticIPs")
 GUEST_CONVERT = ("auto", "never", "always")
 BOOT_TEST_KEYS = ("timeout", "marker", "accel")
 BOOT_ACCELS = ("auto", "kvm", "tcg")
@@ -117,9 +118,12 @@ class TransferSettings:
     insecure: bool = False
     storage_class: str | None = None  # upload proxy DataVolumes
     force_bind: bool = False
+    mode: str | None = None  # "direct": in-cluster workers; else implied by s3/uploadProxy
 
     @property
     def backend(self) -> str | None:
+        if self.mode == "direct":
+            return "direct"
         return "s3" if self.s3 else "upload" if self.upload_proxy else None
 
 
@@ -222,6 +226,7 @@ class Plan:
     defaults: Defaults
     waves: list[Wave]
     vms: list[PlannedVM] = field(default_factory=list)  # every planned VM, in wave order
+    workers: WorkerSettings = field(default_factory=WorkerSettings)  # transfer mode direct
     boot_test: BootTestSettings = field(default_factory=BootTestSettings)
 
     # -- lookups ----------------------------------------------------------------------------
@@ -395,10 +400,12 @@ def load_plan(path: str | os.PathLike[str], inventory: Inventory | None = None) 
     convert = _convert(data, problems)
     defaults = _defaults(data, problems)
     waves = _waves(data.get("waves"), problems)
+    workers = parse_workers(data.get("workers"), problems.add)
 
     boot_test = _boot_test(data, problems)
     plan = Plan(plan_path, inv_path, inventory or Inventory(), workdir.absolute(), namespace,
-                maps, transfer, convert, defaults, waves, boot_test=boot_test)
+                maps, transfer, convert, defaults, waves, workers=workers,
+                boot_test=boot_test)
     if inventory is not None:
         plan.vms = _resolve(plan, problems)
         _check_vms(plan, problems)
@@ -448,7 +455,13 @@ def _transfer(data: dict[str, Any], problems: _Problems) -> TransferSettings:
         insecure=_typed(sec, "insecure", bool, w, problems, False),
         storage_class=_typed(sec, "storageClass", str, w, problems),
         force_bind=_typed(sec, "forceBind", bool, w, problems, False),
+        mode=_typed(sec, "mode", str, w, problems),
     )
+    if t.mode is not None and t.mode not in TRANSFER_MODES:
+        problems.add(f"{w}.mode", f"{t.mode!r} is not one of {', '.join(TRANSFER_MODES)}")
+    if t.mode == "direct" and (t.s3 or t.upload_proxy):
+        problems.add(f"{w}.mode", "direct writes the disks from in-cluster workers: remove "
+                                  "s3/uploadProxy")
     if t.s3 and t.upload_proxy:
         problems.add(w, "choose one of s3 and uploadProxy, not both")
     if not t.upload_proxy:  # never silently ignored: they mean something only for the proxy
@@ -479,7 +492,8 @@ def _convert(data: dict[str, Any], problems: _Problems) -> ConvertSettings:
         compress=_typed(sec, "compress", bool, w, problems, False),
         verify=_typed(sec, "verify", bool, w, problems, True),
         jobs=_typed(sec, "jobs", int, w, problems),
-        force_share=_typed(sec, "forceShare", bool, w, problems, False),
+        force_share=bool(_typed(sec, "inconsistentCopy", bool, w, problems, False)
+                         or _typed(sec, "forceShare", bool, w, problems, False)),
         guest=_typed(sec, "guest", str, w, problems, "auto"),
         virtio_win=_typed(sec, "virtioWin", str, w, problems),
         preserve_static_ips=_typed(sec, "preserveStaticIPs", bool, w, problems, False),
@@ -619,7 +633,7 @@ def _quantity(value: Any, where: str, problems: _Problems) -> int | None:
     """A Kubernetes quantity (``4Gi``, ``512Mi``, or bytes) as bytes, more than zero."""
     if value is None:
         return None
-    from kubernetes.utils.quantity import parse_quantity
+    from migrate.clients.cluster import parse_quantity
 
     try:
         if isinstance(value, bool):
@@ -711,7 +725,7 @@ def _nic_overrides(value: Any, where: str, problems: _Problems) -> dict[int, dic
         mac = over.get("mac")
         if mac is not None:
             norm = str(mac).lower().replace("-", ":")
-            if not _MAC.match(norm) or norm == "02:00:00:00:00:00":
+            if not MAC_RE.match(norm) or norm == "02:00:00:00:00:00":
                 problems.add(f"{w}.mac", f"{mac!r} is not a usable MAC (aa:bb:cc:dd:ee:ff)")
             else:
                 entry["mac"] = norm
@@ -804,7 +818,7 @@ def _check_vms(plan: Plan, problems: _Problems) -> None:
                 pods.append(f"nic{idx}")
             mac = p.entry.nics.get(idx, {}).get("mac") or \
                 (nic.mac or "").lower().replace("-", ":")
-            if mac and _MAC.match(mac):
+            if mac and MAC_RE.match(mac):
                 macs[mac].append(f"{p.vm.name} nic{idx}")
         if len(pods) > 1:
             problems.add(f"VM {p.vm.name}", f"{', '.join(pods)} all map to the pod network "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from migrate.model import (
+from migrate.core.model import (
     VM,
     Device,
     Disk,

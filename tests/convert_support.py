@@ -11,8 +11,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from migrate.model import VM, Disk, Inventory, PowerState, Source, SourceKind
-from migrate.serialize import save_inventory
+from migrate.core.model import VM, Disk, Inventory, PowerState, Source, SourceKind
+from migrate.core.serialize import save_inventory
 from tests.conftest import qemu_img, qemu_io
 
 MiB = 1024 * 1024

@@ -45,6 +45,9 @@ DOWN_MARKER = "VMMOVE-GUEST-DOWN"
 BOOT_TAG = b"VMMOVE-BOOT"  # sector 0 of /dev/vda, written at each boot
 SHUTDOWN_TAG = b"VMMOVE-SHUTDOWN"  # at 1 MiB of /dev/vda, written at each power-off
 SHUTDOWN_OFFSET = 1 << 20
+TICK_TAG = b"VMMOVE-TICK"  # ticker guests: tick i at TICK_OFFSET + (i % TICK_SLOTS) MiB
+TICK_OFFSET = 2 << 20
+TICK_SLOTS = 16
 #: Modules in load order (dependencies first); Debian builds these as modules.
 MODULES = [
     "kernel/drivers/virtio/virtio_ring.ko",
@@ -80,6 +83,10 @@ while [ -z "$ev" ] && [ $n -lt 50 ]; do
   n=$((n+1))
 done
 echo "VMMOVE-GUEST-UP boot=$boots power=${ev:-none} disk=$(ls /dev/vda 2>&1) uptime=$(cut -d" " -f1 /proc/uptime)" > /dev/ttyS0
+if grep -q vmmove.ticker /proc/cmdline; then
+  # a disk that changes all the time: tick i goes to slot i%16 (2 MiB + slot MiB), in order
+  ( i=0; while :; do i=$((i+1)); printf 'VMMOVE-TICK %08d\n' $i | dd of=/dev/vda bs=1M seek=$((2 + i % 16)) count=1 conv=notrunc,fsync 2>/dev/null; echo "VMMOVE-TICK $i" > /dev/ttyS0; done ) &
+fi
 if grep -q vmmove.ignore_power /proc/cmdline; then
   while :; do sleep 3600; done  # a guest that ignores the power button
 fi
@@ -252,9 +259,14 @@ class Guest:
 
 
 def boot_guest(factory: Any, base: str, *, ignore_power: bool = False,
-               disk_mib: int = 16) -> Guest:
+               disk_mib: int = 16, ticker: bool = False, data_mib: int = 1) -> Guest:
     """Define and start a guest through ``factory`` (a libvirtd_support DomainFactory),
-    wait for its serial marker; every file lives in a folder the factory removes."""
+    wait for its serial marker; every file lives in a folder the factory removes.
+
+    ``ticker``: the guest writes ``VMMOVE-TICK <i>`` (8 digits) for i = 1, 2, … without
+    pause, tick i at ``TICK_OFFSET + (i % 16) MiB`` of its disk, fsync'd, then echoes it on
+    the serial console (needs ``disk_mib`` ≥ 18).  ``data_mib``: MiB of 0x5a data at 4 MiB.
+    """
     files = guest_files()
     folder = factory.image_dir()
     kernel = folder / "vmlinuz"
@@ -264,7 +276,7 @@ def boot_guest(factory: Any, base: str, *, ignore_power: bool = False,
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), f"{disk_mib}M"],
                    check=True)
     # some data beyond the markers, so the copy has something to carry
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 4M 1M", str(disk)],
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 4M {data_mib}M", str(disk)],
                    check=True, capture_output=True)
     for path in (kernel, initrd, disk):
         path.chmod(0o644)
@@ -272,7 +284,8 @@ def boot_guest(factory: Any, base: str, *, ignore_power: bool = False,
     name = factory.name(base)
     dom = factory.define(guest_domain_xml(
         name, kernel, initrd, disk, serial,
-        cmdline="vmmove.ignore_power" if ignore_power else ""))
+        cmdline=" ".join(flag for flag, on in (("vmmove.ignore_power", ignore_power),
+                                                ("vmmove.ticker", ticker)) if on)))
     started = time.monotonic()
     dom.create()
     guest = Guest(name, dom, disk, serial)

@@ -10,8 +10,8 @@ import yaml
 from manifests.generate import GenerationContext, GenerationOptions, ManifestSet, build_vm_manifests
 from manifests.sources import SourceResolver
 from manifests.validate import SchemaValidator
-from migrate.mapping import NetworkMap, parse_network_target
-from migrate.model import (
+from migrate.core.mapping import NetworkMap, parse_network_target
+from migrate.core.model import (
     VM,
     CpuTopology,
     Disk,
@@ -23,8 +23,9 @@ from migrate.model import (
     Source,
     SourceKind,
 )
-from migrate.state import Journal
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, journal_path
+from migrate.core.journal import Journal
+from migrate.core.workdir import disk_item, journal_path
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 
 GiB = 1024**3
 SCANNED_AT = "2024-05-01T12:00:00Z"

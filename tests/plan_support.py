@@ -44,10 +44,10 @@ import yaml
 from kmock._internal import dicts as kdicts
 
 from migrate.demo import NodeVm, write_node  # the node files `vmmove demo` writes
-from migrate.model import Inventory
+from migrate.core.model import Inventory
 from migrate.plan import load_plan
-from migrate.serialize import save_inventory
-from migrate.workdir import disk_item
+from migrate.core.serialize import save_inventory
+from migrate.core.workdir import disk_item
 from tests.kube_support import DV, KubeApi, Reconciler, _Emulator
 
 NS = kmock.resource("", "v1", "namespaces")
@@ -389,7 +389,7 @@ SECRET_NAME = "vmmove-s3-test"
 
 def staged(tmp: Path, inventory: Inventory, waves: list[list[str]] | None = None) -> Path:
     """A plan whose disks the journal records as converted and uploaded to S3, as
-    ``vmmove upload`` records them (see migrate/workdir.py)."""
+    ``vmmove upload`` records them (see migrate/core/workdir.py)."""
     save_inventory(inventory, tmp / "inventory.yaml")
     waves = waves or [["web-01", "legacy-i440fx"]]
     plan_file = tmp / "plan.yaml"

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from migrate.pipeline import plan_lock
+from migrate.pipeline.wave import plan_lock
 from migrate.plan import load_plan
 from migrate.sources.libvirt_uri import scan_uri
-from migrate.state import DONE, FAILED
-from migrate.model import Inventory
-from migrate.workdir import disk_item
+from migrate.core.journal import DONE, FAILED
+from migrate.core.model import Inventory
+from migrate.core.workdir import disk_item
 from tests.conftest import FIXTURES
 from tests.kube_support import DV
 from tests.plan_support import (

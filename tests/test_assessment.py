@@ -20,7 +20,7 @@ from migrate.assessment import (
     summary,
     worst,
 )
-from migrate.model import (
+from migrate.core.model import (
     VM,
     BackingFile,
     Device,
@@ -35,8 +35,8 @@ from migrate.model import (
     SourceKind,
     Tuning,
 )
-from migrate.naming import dns1123_label
-from migrate.workdir import target_names
+from migrate.core.naming import dns1123_label
+from migrate.core.workdir import target_names
 from tests.assess_support import GiB, clean_vm
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "assess.md"
@@ -482,7 +482,7 @@ CORPUS_EXPECTED = {
 
 
 def test_the_libvirt_corpus_is_assessed_whole_and_raises_what_each_file_holds(shared: Path) -> None:
-    from migrate.sources import SourceError
+    from migrate.core.errors import SourceError
     from migrate.sources.domxml import read_domain_xml
 
     folder = shared / "corpus" / "libvirt-xml" / "qemuxml2argvdata"

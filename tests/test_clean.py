@@ -10,11 +10,9 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
-from migrate.apply import KIND_CUTOVER
-from migrate.clean import KIND_CLEAN
+from migrate.core.records import KIND_CLEAN, KIND_CONVERT, KIND_CUTOVER, KIND_UPLOAD
 from migrate.plan import load_plan
-from migrate.state import Journal
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD
+from migrate.core.journal import Journal
 from tests.plan_support import make_images, write_node
 from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
 

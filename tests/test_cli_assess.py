@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from migrate.assessment import RULES
-from migrate.model import Device, Inventory, PowerState, ScanError
-from migrate.serialize import save_inventory
-from migrate.workdir import target_names
+from migrate.core.model import Device, Inventory, PowerState, ScanError
+from migrate.core.serialize import save_inventory
+from migrate.core.workdir import target_names
 from tests.assess_support import clean_vm
 from tests.conftest import FIXTURES
 

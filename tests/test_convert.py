@@ -21,10 +21,12 @@ from converters.convert import (
     ConvertOptions,
     convert_disks,
 )
-from migrate.model import Disk, Inventory, PowerState, Source, SourceKind
-from migrate.serialize import load_inventory
-from migrate.state import DONE, Journal
-from migrate.workdir import KIND_CONVERT, journal_path
+from migrate.core.model import Disk, Inventory, PowerState, Source, SourceKind
+from migrate.core.serialize import load_inventory
+from migrate.core.journal import DONE, Journal
+from migrate.core.progress import Subscriber
+from migrate.core.workdir import journal_path
+from migrate.core.records import KIND_CONVERT
 from tests.conftest import small_tmpfs
 from tests.convert_support import (
     DATA_BYTES,
@@ -218,14 +220,15 @@ def test_bad_inputs_fail_their_disk_only(cli, tmp_path: Path) -> None:
         "good": "done", **{name: "failed" for name in expected}}
 
 
-def test_running_vm_is_refused_unless_force_share(cli, tmp_path: Path) -> None:
+def test_running_vm_is_refused_unless_inconsistent_copy(cli, tmp_path: Path) -> None:
     src, _ = make_image(tmp_path, "qcow2", "live")
     inv = inventory_file(tmp_path, [vm("live", [disk("vda", src, "qcow2")], PowerState.RUNNING)])
     refused = cli("convert", str(inv), "live", "--to", str(tmp_path / "w"), ok=False)
     assert "live/vda: VM is running" in refused.stderr
     assert "consistent copy needs the VM shut off, or the staged cutover" in refused.stderr
-    assert "--force-share" in refused.stderr
-    ok = cli("convert", str(inv), "live", "--to", str(tmp_path / "w"), "--force-share", ok=True)
+    assert "--inconsistent-copy" in refused.stderr
+    ok = cli("convert", str(inv), "live", "--to", str(tmp_path / "w"), "--inconsistent-copy",
+             ok=True)
     assert "converted" in ok.stdout
 
 
@@ -345,23 +348,23 @@ def test_inventory_written_by_scan_is_accepted(tmp_path: Path) -> None:
     conn.close()
 
 
-class Recorder:
-    """A progress subscriber that keeps every call."""
+class Recorder(Subscriber):
+    """A progress subscriber (the one protocol) that keeps every call."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, object]] = []
 
-    def started(self, job, total: int) -> None:
-        self.calls.append(("started", job.item, total))
+    def on_queued(self, job, total: float, already: float = 0) -> None:
+        self.calls.append(("queued", job.item, total))
 
-    def advanced(self, job, fraction: float) -> None:
-        self.calls.append(("advanced", job.item, fraction))
+    def on_phase(self, job, phase: str, total: float) -> None:
+        self.calls.append(("phase", job.item, (phase, total)))
 
-    def verifying(self, job, fraction: float) -> None:
-        self.calls.append(("verifying", job.item, fraction))
+    def on_progress(self, job, amount, note=None) -> None:
+        self.calls.append(("progress", job.item, amount))
 
-    def finished(self, job, result) -> None:
-        self.calls.append(("finished", job.item, result.status))
+    def on_done(self, job, result) -> None:
+        self.calls.append(("done", job.item, result.status))
 
 
 def test_progress_subscribers_see_every_disk(tmp_path: Path) -> None:
@@ -372,15 +375,21 @@ def test_progress_subscribers_see_every_disk(tmp_path: Path) -> None:
     convert_disks(inv, [], tmp_path / "w", ConvertOptions(jobs=2), first)
     for item in ("p/vda", "p/vdb"):
         mine = [c for c in first.calls if c[1] == item]
-        assert mine[0][0] == "started" and mine[0][2] >= DATA_BYTES
-        fractions = [c[2] for c in mine if c[0] == "advanced"]
-        assert fractions == sorted(fractions) and fractions[-1] == 1.0
-        # verification (compare + checksum) reports its own progress, after conversion
-        checked = [c[2] for c in mine if c[0] == "verifying"]
-        assert checked[0] == 0.0 and max(checked) == 1.0
-        assert max(i for i, c in enumerate(mine) if c[0] == "advanced") < \
-            min(i for i, c in enumerate(mine) if c[0] == "verifying")
-        assert mine[-1] == ("finished", item, CONVERTED)
+        assert mine[0][0] == "queued" and mine[0][2] >= DATA_BYTES
+        # conversion: amounts in bytes that add up to the bytes to write, all forward
+        verify_at = next(i for i, c in enumerate(mine) if c[0] == "phase")
+        converted = [c[2] for c in mine[1:verify_at]]
+        assert all(c[0] == "progress" for c in mine[1:verify_at])
+        assert all(x > 0 for x in converted)
+        assert sum(converted) == pytest.approx(mine[0][2])
+        # verification (compare + checksum) is a phase of its own, after conversion, that
+        # reports its own progress up to its total
+        phase, total = mine[verify_at][2]
+        assert phase == "verify" and total > 0
+        checked = [c[2] for c in mine[verify_at + 1:-1]]
+        assert checked and all(x > 0 for x in checked)
+        assert sum(checked) == pytest.approx(total)
+        assert mine[-1] == ("done", item, CONVERTED)
     again = Recorder()
     convert_disks(inv, [], tmp_path / "w", ConvertOptions(jobs=2), again)
-    assert sorted(again.calls) == [("finished", "p/vda", SKIPPED), ("finished", "p/vdb", SKIPPED)]
+    assert sorted(again.calls) == [("done", "p/vda", SKIPPED), ("done", "p/vdb", SKIPPED)]

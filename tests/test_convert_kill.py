@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.workdir import journal_path
+from migrate.core.workdir import journal_path
 from tests.convert_support import MiB, compare, disk, inventory_file, make_image, vm
 
 DISKS = 6

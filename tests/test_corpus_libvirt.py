@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from migrate.model import VM
-from migrate.serialize import from_data, to_data
-from migrate.sources import SourceError
+from migrate.core.model import VM
+from migrate.core.serialize import from_data, to_data
+from migrate.core.errors import SourceError
 from migrate.sources.domxml import read_domain_xml
 from migrate.sources.libvirt_uri import scan_uri
 from migrate.sources.scan import scan

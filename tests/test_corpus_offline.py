@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from defusedxml import ElementTree as ET
 
-from migrate.sources import SourceError
+from migrate.core.errors import SourceError
 from migrate.sources.ova import read_ova
 from migrate.sources.ovf import read_ovf
 from migrate.sources.vmx import read_vmx

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from migrate.plan import load_plan
-from migrate.state import DONE, Journal
+from migrate.core.journal import DONE, Journal
 from tests.guest_support import (
     BOOT_TAG,
     SHUTDOWN_OFFSET,

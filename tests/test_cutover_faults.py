@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from migrate.cutover import PAUSE_ENV
+from migrate.pipeline.cutover import PAUSE_ENV
 from migrate.plan import load_plan
 from tests.guest_support import (
     DOWN_MARKER,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from migrate.plan import load_plan
-from migrate.runbook import Estimate, schedule
+from migrate.views.runbook import Estimate, schedule
 from tests.conftest import qemu_io
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from migrate.cutover import parse_at
-from migrate.errors import UsageError, VmmoveError
+from migrate.pipeline.cutover import parse_at
+from migrate.core.errors import UsageError, VmmoveError
 from migrate.plan import load_plan
-from migrate.report import MIB, Rate, Throughput
-from migrate.runbook import DEFAULT_BOOT, DEFAULT_STOP, estimate
-from migrate.state import Journal
+from migrate.views.report import MIB, Rate, Throughput
+from migrate.views.runbook import DEFAULT_BOOT, DEFAULT_STOP, estimate
+from migrate.core.journal import Journal
 from tests.conftest import qemu_io
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
@@ -143,7 +143,7 @@ def test_parse_at() -> None:
 
 def test_estimate_adds_stop_sync_and_boot() -> None:
     from migrate.plan import PlannedVM, VmEntry
-    from migrate.model import VM, Disk, Source, SourceKind
+    from migrate.core.model import VM, Disk, Source, SourceKind
 
     vm = VM(name="x", source=Source(SourceKind.LIBVIRT, "qemu:///system"),
             disks=[Disk(target="vda", allocated_size=600 * MIB)])
@@ -169,9 +169,9 @@ def test_verify_waits_for_the_guest_agent_when_the_source_had_one(
     """The guest agent is awaited exactly when the source VM had a QEMU guest agent channel
     (read by the real domain XML parser); a target whose agent never connects fails
     verification with a line that says so."""
-    from migrate.cutover import has_guest_agent, wait_running
-    from migrate.kube import Kube, KubeOptions
-    from migrate.model import Source, SourceKind
+    from migrate.pipeline.cutover import has_guest_agent, wait_running
+    from migrate.clients.cluster import Kube, KubeOptions
+    from migrate.core.model import Source, SourceKind
     from migrate.sources.domxml import parse_domain_xml
 
     source = Source(SourceKind.DOMAIN_XML, "/dev/null")

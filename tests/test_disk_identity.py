@@ -12,10 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from migrate.serialize import load_inventory
-from migrate.sources import SourceError
+from migrate.core.serialize import load_inventory
+from migrate.core.errors import SourceError
 from migrate.sources.domxml import read_domain_xml
-from migrate.workdir import disk_item
+from migrate.core.workdir import disk_item
 from tests.conftest import qemu_img
 from tests.manifests_support import schema_validator
 
@@ -210,7 +210,7 @@ def test_one_file_scanned_twice_is_still_one_vm_reported_as_duplicate(cli, tmp_p
 
 
 def test_names_of_copies_with_one_valid_name_all_get_a_suffix() -> None:
-    from migrate.naming import assign_names
+    from migrate.core.naming import assign_names
 
     names = assign_names([("u@1", "app"), ("u@2", "app"), ("v", "other")])
     assert names["v"] == "other"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.model import PowerState, Source, SourceKind
-from migrate.sources import SourceError
+from migrate.core.model import PowerState, Source, SourceKind
+from migrate.core.errors import SourceError
 from migrate.sources.domxml import (
     guest_os_from_libosinfo,
     parse_domain_xml,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from migrate.serialize import load_inventory
+from migrate.core.serialize import load_inventory
 from tests.conftest import Cli, qemu_img, qemu_io
 from tests.manifests_support import schema_validator
 from tests.offline_support import error_lines

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from migrate.imageinfo import ImageError, image_info
-from migrate.model import (
+from migrate.clients.imageinfo import ImageError, image_info
+from migrate.core.model import (
     BackingFile,
     CpuTopology,
     Device,
@@ -27,15 +27,15 @@ from migrate.model import (
     Tuning,
     VM,
 )
-from migrate.naming import assign_names, dns1123_label, is_dns1123_label
-from migrate.serialize import (
+from migrate.core.naming import assign_names, dns1123_label, is_dns1123_label
+from migrate.core.serialize import (
     InventoryError,
     from_data,
     load_inventory,
     save_inventory,
     to_data,
 )
-from migrate.state import DONE, FAILED, RUNNING, Journal, JournalLocked
+from migrate.core.journal import DONE, FAILED, RUNNING, Journal, JournalLocked
 from tests.conftest import qemu_img
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from migrate.serialize import load_inventory
-from migrate.state import DONE, FAILED, Journal
+from migrate.core.serialize import load_inventory
+from migrate.core.journal import DONE, FAILED, Journal
 from tests import guest_image
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
 from tests.libvirtd_support import libvirtd  # noqa: F401

@@ -25,8 +25,8 @@ from migrate.guest.domain import DomainFiles, BootDisk, domain_xml
 from migrate.guest.initramfs import InitramfsError, module_names
 from migrate.guest.v2v import needs_conversion, pin_rules
 from migrate.guest.windows import apply_facts, read_hive
-from migrate.mapping import POD, NetworkMap, NetworkTarget, inspected_disk_bus
-from migrate.model import GuestNetwork, GuestOS, Inspection, Inventory, Nic
+from migrate.core.mapping import POD, NetworkMap, NetworkTarget, inspected_disk_bus
+from migrate.core.model import GuestNetwork, GuestOS, Inspection, Inventory, Nic
 from migrate.plan import PlanError, load_plan
 from tests.assess_support import clean_vm
 from tests.guest_support import _cpio

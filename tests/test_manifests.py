@@ -10,8 +10,8 @@ import pytest
 from manifests.generate import GenerationError, VmOverrides, build_vm_manifests, disk_request, quantity
 from manifests.sources import SourceResolver
 from manifests.validate import admission_errors
-from migrate.mapping import StorageMap, StorageTarget, parse_network_target
-from migrate.model import CpuTopology, Disk, Nic
+from migrate.core.mapping import StorageMap, StorageTarget, parse_network_target
+from migrate.core.model import CpuTopology, Disk, Nic
 from tests.manifests_support import (
     GiB,
     build,

@@ -11,8 +11,8 @@ import yaml
 from manifests import preferences as prefs
 from manifests.generate import GenerationError, build_vm_manifests
 from manifests.validate import SchemaError, SchemaValidator, as_data_volume, strict_schema
-from migrate.mapping import MappingError, NetworkMap, StorageMap, load_maps, parse_network_target
-from migrate.model import Disk, GuestOS, Nic
+from migrate.core.mapping import MappingError, NetworkMap, StorageMap, load_maps, parse_network_target
+from migrate.core.model import Disk, GuestOS, Nic
 from tests.manifests_support import build, context, inventory, linux_bios_vm, multi_vm, schema_validator, windows_efi_vm
 
 BUNDLE = "schemas/common-instancetypes-v1.7.0"

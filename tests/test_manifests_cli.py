@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from migrate.serialize import save_inventory
+from migrate.core.serialize import save_inventory
 from tests.manifests_support import (
     inventory,
     linux_bios_vm,

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from migrate.plan import load_plan
-from migrate.state import DONE, Journal
+from migrate.core.journal import DONE, Journal
 from tests.kube_support import DV
 from tests.plan_support import (
     NS,

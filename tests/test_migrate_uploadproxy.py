@@ -25,7 +25,7 @@ import yaml
 
 from manifests.validate import SchemaValidator
 from migrate.plan import load_plan
-from migrate.state import DONE, Journal
+from migrate.core.journal import DONE, Journal
 from tests.kube_support import DV, Cdi
 from tests.plan_support import (
     VMR,
@@ -353,9 +353,9 @@ def test_killed_mid_post_sends_the_image_again(cli: Any, tmp_path: Path, cluster
 
 
 def test_upload_proxy_keys_without_the_proxy_are_refused(tmp_path: Path) -> None:
-    from migrate.model import Inventory
+    from migrate.core.model import Inventory
     from migrate.plan import PlanError
-    from migrate.serialize import save_inventory
+    from migrate.core.serialize import save_inventory
 
     save_inventory(Inventory(), tmp_path / "inventory.yaml")
     plan_file = tmp_path / "plan.yaml"

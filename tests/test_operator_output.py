@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from migrate.model import Inventory
+from migrate.core.model import Inventory
 from migrate.sources.libvirt_uri import scan_uri
 from tests.conftest import FIXTURES
 from tests.plan_support import make_images, staged, write_node

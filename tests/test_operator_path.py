@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from migrate.plan import load_plan
-from migrate.state import DONE
+from migrate.core.journal import DONE
 from tests.conftest import ROOT
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
 from tests.plan_support import (
@@ -355,8 +355,8 @@ def test_runbook_after_cutover_and_rollback_keeps_the_measurements(
 
 
 def test_table_cells_fit_the_terminal_and_stay_on_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from migrate.errors import ProblemsError
-    from migrate.output import table
+    from migrate.core.errors import ProblemsError
+    from migrate.core.output import table
 
     error = str(ProblemsError("convert: 2 of 2 disk(s) failed", ["a: " + "x" * 300, "b: gone"]))
     assert error.splitlines()[1:] == ["  - a: " + "x" * 300, "  - b: gone"]

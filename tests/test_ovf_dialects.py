@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from converters.unpack import UnpackError, unpack
-from migrate.model import Packing, Piece
-from migrate.serialize import load_inventory
-from migrate.sources import SourceError
+from migrate.core.model import Packing, Piece
+from migrate.core.serialize import load_inventory
+from migrate.core.errors import SourceError
 from migrate.sources.ova import read_ova
 from migrate.sources.ovf import read_ovf
 from tests.conftest import Cli, qemu_img, qemu_io

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from migrate.plan import PlanError, generate_plan, group_vms, load_plan, save_plan
-from migrate.serialize import save_inventory
+from migrate.core.serialize import save_inventory
 from migrate.sources.libvirt_uri import scan_uri
-from migrate.model import Inventory
+from migrate.core.model import Inventory
 from tests.conftest import FIXTURES
 
 NODE_URI = f"test://{FIXTURES / 'libvirt' / 'node.xml'}"

@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 
 from migrate.plan import load_plan
-from migrate.state import DONE, Journal
-from migrate.model import Inventory
+from migrate.core.journal import DONE, Journal
+from migrate.core.model import Inventory
 from migrate.sources.libvirt_uri import scan_uri
 from tests.plan_support import make_images, staged, write_node
 from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401

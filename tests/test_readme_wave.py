@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from migrate.plan import load_plan
-from migrate.state import DONE
+from migrate.core.journal import DONE
 from tests.conftest import ROOT
 from tests.guest_support import SHUTDOWN_TAG, KubeVirt, boot_guest, kubevirt  # noqa: F401
 from tests.guest_support import SHUTDOWN_OFFSET, read_image_bytes

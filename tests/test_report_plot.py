@@ -9,7 +9,7 @@ from typing import Any
 import defusedxml.ElementTree
 
 from migrate.plan import load_plan
-from migrate.report import plan_report, vm_rates
+from migrate.views.report import plan_report, vm_rates
 from tests.plan_support import make_images, write_node
 
 SVG = "{http://www.w3.org/2000/svg}"

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from migrate.model import PowerState, ScanError
-from migrate.serialize import load_inventory
-from migrate.sources.libvirt_uri import is_local, scan_uri
+from migrate.core.model import PowerState, ScanError
+from migrate.core.serialize import load_inventory
+from migrate.clients.libvirt import is_local
+from migrate.sources.libvirt_uri import scan_uri
 from migrate.sources.scan import _guard, scan
 from tests.conftest import FIXTURES, qemu_img, qemu_io
 from tests.libvirtd_support import DomainSpec, libvirt_domains, libvirtd  # noqa: F401

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.model import Inventory, SourceKind
-from migrate.serialize import load_inventory, save_inventory
+from migrate.core.model import Inventory, SourceKind
+from migrate.core.serialize import load_inventory, save_inventory
 from migrate.sources.containment import Export, open_path, protocol_of
 from tests.conftest import qemu_img, qemu_io
 from tests.convert_support import assert_pattern, make_image
@@ -536,8 +536,8 @@ def test_live_libvirt_headers_must_agree_with_libvirts_chain(libvirt_domains) ->
 
 
 def test_upload_as_is_sends_only_a_checked_file_of_the_export(tmp_path: Path, secret: Path) -> None:
-    from migrate.cli.upload import _as_is_problem
-    from migrate.model import VM, Disk, Source
+    from migrate.pipeline.upload import as_is_problem as _as_is_problem
+    from migrate.core.model import VM, Disk, Source
 
     export = tmp_path / "export"
     export.mkdir()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from migrate.output import error_line, escape, table
+from migrate.core.output import error_line, escape, table
 from tests.conftest import ROOT, Cli, qemu_img
 
 FORGED = "ok\nvmmove: error: forged line\rX"

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from converters.convert import CONVERTED, FAILED, SKIPPED, ConvertOptions, convert_disks
-from migrate.files import LockBusy, WriteError, run_lock
-from migrate.serialize import atomic_write, load_inventory
-from migrate.state import Journal
+from migrate.core.files import LockBusy, WriteError, run_lock
+from migrate.core.serialize import atomic_write, load_inventory
+from migrate.core.journal import Journal
 from tests.conftest import Cli, qemu_img, qemu_io
 
 MiB = 1 << 20

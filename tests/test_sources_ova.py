@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from migrate.imageinfo import image_info
-from migrate.model import SourceKind
-from migrate.sources import SourceError
+from migrate.clients.imageinfo import image_info
+from migrate.core.model import SourceKind
+from migrate.core.errors import SourceError
 from migrate.sources.ova import read_ova
 from tests.conftest import qemu_img
 from tests.offline_support import make_vmdk, manifest, ovf_text, tar_bytes

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from migrate.model import VM, PowerState, SourceKind
-from migrate.serialize import from_data, to_data
-from migrate.sources import SourceError
+from migrate.core.model import VM, PowerState, SourceKind
+from migrate.core.serialize import from_data, to_data
+from migrate.core.errors import SourceError
 from migrate.sources.ovf import parse_ovf, read_ovf, unit_multiplier
 from tests.offline_support import make_vmdk, ovf_text
 

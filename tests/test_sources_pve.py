@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from migrate.serialize import load_inventory
-from migrate.sources import SourceError
+from migrate.core.serialize import load_inventory
+from migrate.core.errors import SourceError
 from migrate.sources.pve import guest_os_from_ostype, parse_size, read_pve_config, volume_path
 from tests.conftest import qemu_img
 from tests.manifests_support import schema_validator

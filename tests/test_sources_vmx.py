@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.model import SourceKind
-from migrate.sources import SourceError
+from migrate.core.model import SourceKind
+from migrate.core.errors import SourceError
 from migrate.sources.vmdk import parse_descriptor, VmdkError
 from migrate.sources.vmx import disk_target, read_vmx
 from tests.conftest import qemu_img

@@ -9,11 +9,11 @@ from typing import Any
 
 import yaml
 
-from migrate.model import Inventory
+from migrate.core.model import Inventory
 from migrate.plan import load_plan
 from migrate.sources.libvirt_uri import scan_uri
-from migrate.status import PHASES, plan_status
-from migrate.workdir import disk_item
+from migrate.views.status import PHASES, plan_status
+from migrate.core.workdir import disk_item
 from tests.conftest import FIXTURES
 from tests.plan_support import staged
 

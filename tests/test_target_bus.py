@@ -2,7 +2,7 @@
 
 For every source bus, guest OS family and kind of drive, the bus the assessment names
 ("… becomes sata") is the bus the generated VirtualMachine uses, and a bus that changes
-is always named by a concern.  Both sides call :func:`migrate.mapping.target_disk_bus`;
+is always named by a concern.  Both sides call :func:`migrate.core.mapping.target_disk_bus`;
 this test holds them together through their public outputs.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import replace
 import pytest
 
 from migrate.assessment import assess_vm
-from migrate.mapping import KUBEVIRT_DISK_BUSES, target_disk_bus
-from migrate.model import Disk, GuestOS
+from migrate.core.mapping import KUBEVIRT_DISK_BUSES, target_disk_bus
+from migrate.core.model import Disk, GuestOS
 from tests.assess_support import clean_vm
 from tests.manifests_support import build
 

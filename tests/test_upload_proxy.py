@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from migrate.state import DONE, Journal
-from migrate.workdir import KIND_UPLOAD, journal_path
+from migrate.core.journal import DONE, Journal
+from migrate.core.workdir import journal_path
+from migrate.core.records import KIND_UPLOAD
 from tests.conftest import Cli
 from tests.kube_support import (  # noqa: F401 - fixtures
     BIND_IMMEDIATE,

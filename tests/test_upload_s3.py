@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from migrate.model import VM, Disk, Inventory, Source, SourceKind
-from migrate.serialize import save_inventory
-from migrate.state import DONE, Journal
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, disk_item, journal_path
+from migrate.core.model import VM, Disk, Inventory, Source, SourceKind
+from migrate.core.serialize import save_inventory
+from migrate.core.journal import DONE, Journal
+from migrate.core.workdir import disk_item, journal_path
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 from tests.conftest import Cli, qemu_img, qemu_io
 from tests.s3_support import (  # noqa: F401 - fixtures
     SECRET_KEY,
@@ -54,7 +55,7 @@ def same_image(a: Path, b: Path) -> None:
 def converted_workdir(tmp_path: Path, disks: dict[str, Path | None]) -> tuple[Path, Path]:
     """An inventory with one VM ``web`` and a work folder whose journal records the
     conversions of the disks given a path (as vmmove convert records them, see
-    migrate.workdir); a disk mapped to None is left unconverted."""
+    migrate.core.workdir); a disk mapped to None is left unconverted."""
     workdir = tmp_path / "work"
     workdir.mkdir()
     vm = VM(name="web", uuid="6a1f0c2e-0000-4000-8000-00000000a001",

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from migrate.model import VM, Disk, Inventory, Source, SourceKind
-from migrate.serialize import save_inventory
-from migrate.state import DONE, Journal
-from migrate.workdir import KIND_CONVERT, KIND_UPLOAD, journal_path
+from migrate.core.model import VM, Disk, Inventory, Source, SourceKind
+from migrate.core.serialize import save_inventory
+from migrate.core.journal import DONE, Journal
+from migrate.core.workdir import journal_path
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 from tests.conftest import Cli, qemu_img, qemu_io
 from tests.s3_support import (  # noqa: F401 - fixtures
     SeaweedFS,

@@ -5,7 +5,7 @@
 * :mod:`converters.transfer.s3` — S3 / S3-compatible object storage, resumable multipart;
 * :mod:`converters.transfer.uploadproxy` — CDI's upload proxy (``virtctl image-upload``).
 
-Each finished transfer is one ``upload`` journal step (see :mod:`migrate.workdir`), which
+Each finished transfer is one ``upload`` journal step (see :mod:`migrate.core.workdir`), which
 ``vmmove manifests`` turns into the DataVolume source.
 """
 

@@ -5,7 +5,7 @@ CDI fills a PVC from, and says where it went in a :class:`TransferResult`.  The 
 (:func:`run_transfers`) owns the journal: it marks each item running, hands the backend
 the step (so it can keep resumption state such as an S3 UploadId in ``data``), and
 records the result as the ``upload`` step that ``vmmove manifests`` reads (the fields
-are documented in :mod:`migrate.workdir`).  Progress goes to subscribers shaped like
+are documented in :mod:`migrate.core.workdir`).  Progress goes to subscribers shaped like
 s3transfer's (``on_queued``/``on_progress``/``on_done``), so a CLI can draw bars and
 tests can count bytes without either knowing the backend.
 """
@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from migrate.errors import VmmoveError
-from migrate.state import MEASURED, Journal, Step
-from migrate.workdir import KIND_UPLOAD
+from migrate.core.errors import VmmoveError
+from migrate.core.journal import MEASURED, Journal, Step
+from migrate.core.progress import Subscriber
+from migrate.core.records import KIND_UPLOAD
 
 UPLOADED = "uploaded"  # sent in full in this run
 RESUMED = "resumed"  # an interrupted transfer finished, only missing parts sent
@@ -98,32 +99,24 @@ class TransferResult:
         return data
 
 
-class Subscriber:
-    """Progress callbacks, as s3transfer's ``BaseSubscriber``; override what you need."""
-
-    def on_queued(self, item: TransferItem, total: int, already: int) -> None:
-        """``item`` starts: ``total`` bytes, ``already`` of them at the destination."""
-
-    def on_progress(self, item: TransferItem, bytes_transferred: int) -> None:
-        """``bytes_transferred`` more bytes of ``item`` were sent (or found sent)."""
-
-    def on_done(self, item: TransferItem, result: TransferResult) -> None:
-        """``item`` finished (``result.ok``) or failed (``result.error``)."""
-
-
 class Subscribers(Subscriber):
     """Fan one event out to many subscribers."""
 
     def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
         self.subscribers = list(subscribers)
 
-    def on_queued(self, item: TransferItem, total: int, already: int) -> None:
+    def on_queued(self, item: TransferItem, total: float, already: float = 0) -> None:
         for s in self.subscribers:
             s.on_queued(item, total, already)
 
-    def on_progress(self, item: TransferItem, bytes_transferred: int) -> None:
+    def on_phase(self, item: TransferItem, phase: str, total: float) -> None:
         for s in self.subscribers:
-            s.on_progress(item, bytes_transferred)
+            s.on_phase(item, phase, total)
+
+    def on_progress(self, item: TransferItem, amount: float | None,
+                    note: str | None = None) -> None:
+        for s in self.subscribers:
+            s.on_progress(item, amount, note)
 
     def on_done(self, item: TransferItem, result: TransferResult) -> None:
         for s in self.subscribers:
@@ -186,7 +179,7 @@ def transfer_one(backend: Backend, item: TransferItem, journal: Journal,
     # Redone, or going somewhere else: a new transfer (no resumption state of the old one).
     kept: dict[str, Any] = {}
     if old is not None and ((redo and old.status == "done") or
-                            old.data.get("target", target) != target):
+                            old.target_or(target) != target):
         if old.status == "done" and old.duration is not None:  # the link's last real rate
             kept[MEASURED] = {"started": old.started, "finished": old.finished,
                               "bytes": old.bytes}

@@ -28,7 +28,6 @@ CDI's s3 source reads) written with mode 0600 into the work folder.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import threading
@@ -52,11 +51,11 @@ from converters.transfer.base import (
     TransferItem,
     TransferResult,
 )
-from migrate.errors import UsageError
-from migrate.naming import dns1123_label
-from migrate.serialize import atomic_write
-from migrate.state import Journal, Step
-from migrate.workdir import KIND_UPLOAD
+from migrate.core.errors import UsageError
+from migrate.core.naming import dns1123_label
+from migrate.core.serialize import atomic_write
+from migrate.core.journal import Journal, Step
+from migrate.core.records import KIND_UPLOAD
 
 MiB = 1 << 20
 DEFAULT_PART_SIZE = 8 * MiB  # s3transfer's default chunk; grown for big objects
@@ -206,21 +205,9 @@ class S3Backend(Backend):
         tag = hashlib.sha256(f"{endpoint}\0{access_key}".encode()).hexdigest()[:6]
         name = o.secret_name or f"vmmove-s3-{tag}"
         name = dns1123_label(name, 253)
-        meta: dict[str, Any] = {"name": name,
-                                "labels": {"app.kubernetes.io/managed-by": "vmmove"},
-                                "annotations": {"vmmove.io/s3-endpoint": endpoint}}
-        if o.secret_namespace:
-            meta["namespace"] = o.secret_namespace
-        manifest = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": meta,
-            "type": "Opaque",
-            "data": {
-                "accessKeyId": base64.b64encode(access_key.encode()).decode(),
-                "secretKey": base64.b64encode(secret_key.encode()).decode(),
-            },
-        }
+        from manifests.transfer import s3_secret
+
+        manifest = s3_secret(name, endpoint, access_key, secret_key, o.secret_namespace)
         path = Path(o.workdir) / f"{name}.secret.yaml"
         atomic_write(path, yaml.safe_dump(manifest, sort_keys=False), private=True)
         self.secret_name, self.secret_file = name, path
@@ -274,7 +261,7 @@ class S3Backend(Backend):
         key = self.key_for(item)
         where = f"{item.label} → s3://{self.bucket}/{key}"
         known = parse_checksum(item.checksum)
-        state = dict(step.data.get("s3") or {})
+        state = step.s3_state
         fingerprint = item.fingerprint()
         same_content = state.get("fingerprint") == fingerprint
         try:
@@ -293,7 +280,7 @@ class S3Backend(Backend):
                 self._store_checksum(key, digest, item)
             self._verify(item, key, digest)
             current = journal.get(KIND_UPLOAD, item.item)
-            state = dict(current.data.get("s3") or {}) if current else {}
+            state = current.s3_state if current else {}
             journal.update(KIND_UPLOAD, item.item, s3={**state, "upload_id": None,
                                                         "fingerprint": fingerprint,
                                                         "completed": digest})

@@ -46,13 +46,13 @@ from converters.transfer.base import (
     TransferItem,
     TransferResult,
 )
-from migrate.errors import UsageError
-from migrate.state import Journal, Step
-from migrate.workdir import KIND_UPLOAD
+from manifests.transfer import BIND_IMMEDIATE
+from migrate.core.errors import UsageError
+from migrate.core.journal import Journal, Step
+from migrate.core.records import KIND_UPLOAD
 
 CDI_GROUP, CDI_VERSION, DV_PLURAL = "cdi.kubevirt.io", "v1beta1", "datavolumes"
 UPLOAD_GROUP, UPLOAD_VERSION, UTR_PLURAL = "upload.cdi.kubevirt.io", "v1beta1", "uploadtokenrequests"
-BIND_IMMEDIATE = "cdi.kubevirt.io/storage.bind.immediate.requested"
 UPLOAD_PATH = "/v1beta1/upload-async"
 
 
@@ -87,7 +87,7 @@ class UploadProxyBackend(Backend):
             raise UsageError(f"{options.url}: not an upload proxy URL; expected https://host[:port]")
         self._parsed = parsed
         self._api: Any = None
-        self._kube: Any = None  # migrate.kube.Kube, from prepare()
+        self._kube: Any = None  # migrate.clients.cluster.Kube, from prepare()
         self.namespace = options.namespace or "default"
 
     def describe(self) -> str:
@@ -99,12 +99,10 @@ class UploadProxyBackend(Backend):
 
     # -- Kubernetes ---------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Connect as every vmmove command does (:class:`migrate.kube.Kube`: kubeconfig,
+        """Connect as every vmmove command does (:class:`migrate.clients.cluster.Kube`: kubeconfig,
         $KUBECONFIG, context, namespace); the DataVolume and token calls then go through
         ``CustomObjectsApi`` on that connection, without discovery."""
-        from kubernetes import client
-
-        from migrate.kube import Kube, KubeError, KubeOptions
+        from migrate.clients.cluster import CustomObjects, Kube, KubeError, KubeOptions
 
         o = self.options
         try:
@@ -112,81 +110,64 @@ class UploadProxyBackend(Backend):
         except KubeError as exc:
             raise UsageError(f"cannot load the kubeconfig: {exc}") from None
         self.namespace = self._kube.namespace
-        self._api = client.CustomObjectsApi(self._kube.api_client)
+        self._api = CustomObjects(self._kube)
 
     def _k8s(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         """One API call, not retried (a create is not safe to repeat); a failure becomes
-        the connection's one line (:meth:`migrate.kube.Kube.failure`) naming ``what``."""
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError as Urllib3Error
+        the connection's one line (:meth:`migrate.clients.cluster.Kube.failure`) naming ``what``."""
+        from migrate.clients.cluster import KubeError
 
         try:
-            return call(*args, **kwargs)
-        except (ApiException, Urllib3Error, OSError) as exc:
-            message = str(self._kube.failure(exc, what))
+            return self._api.once(what, call, *args, **kwargs)
+        except KubeError as exc:
+            message = str(exc)
             raise TransferError(message if message.startswith(what)
                                 else f"{what}: {message}") from None
 
     def _get_dv(self, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return self._api.get_namespaced_custom_object(
-                CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._api.get_dv(self.namespace, name)  # type: ignore[no-any-return]
 
     def datavolume(self, item: TransferItem, name: str) -> dict[str, Any]:
         """The upload DataVolume manifest for ``item``."""
         o = self.options
         size = o.size or item.virtual_size or item.size
-        storage: dict[str, Any] = {"resources": {"requests": {"storage": str(size)}}}
-        if o.storage_class:
-            storage["storageClassName"] = o.storage_class
-        if o.access_mode or o.access_modes:
-            storage["accessModes"] = [o.access_mode] if o.access_mode \
-                else list(o.access_modes or ())
-        if o.volume_mode:
-            storage["volumeMode"] = o.volume_mode
-        meta: dict[str, Any] = {"name": name, "namespace": self.namespace,
-                                "labels": {"app.kubernetes.io/managed-by": "vmmove"},
-                                "annotations": {"vmmove.io/source": item.item}}
-        if o.force_bind:
-            meta["annotations"][BIND_IMMEDIATE] = "true"
-        return {"apiVersion": f"{CDI_GROUP}/{CDI_VERSION}", "kind": "DataVolume",
-                "metadata": meta, "spec": {"source": {"upload": {}}, "storage": storage}}
+        from manifests.transfer import upload_datavolume
+
+        modes = [o.access_mode] if o.access_mode else list(o.access_modes or ())
+        return upload_datavolume(name, self.namespace, item.item, size,
+                                 storage_class=o.storage_class, access_modes=modes,
+                                 volume_mode=o.volume_mode, force_bind=o.force_bind)
 
     def _wait_phase(self, name: str, wanted: set[str], label: str) -> dict[str, Any]:
+        from migrate.clients.cluster import DataVolumeWait, KubeError
+
         o = self.options
         where = f"{label}: DataVolume {self.namespace}/{name}"
-        deadline = time.monotonic() + o.wait_timeout
-        phase = "?"
-        while True:
-            dv = self._k8s(where, self._get_dv, name)
-            if dv is None:
-                raise TransferError(f"{where}: disappeared while waiting for {'/'.join(wanted)}")
-            status = dv.get("status") or {}
-            phase = status.get("phase") or "Pending"
-            if phase in wanted:
-                return dv
-            if phase == "Failed":
-                detail = _condition_message(status)
-                raise TransferError(f"{where}: failed{': ' + detail if detail else ''}")
-            if time.monotonic() >= deadline:
-                hint = (" (WaitForFirstConsumer storage class: rerun with --force-bind)"
-                        if phase == "WaitForFirstConsumer" or not o.force_bind else "")
-                raise TransferError(f"{where}: still {phase} after {o.wait_timeout:.0f}s, "
-                                    f"waiting for {'/'.join(sorted(wanted))}{hint}")
-            time.sleep(o.poll_interval)
+        try:
+            return self._api.wait_dv(self.namespace, name, wanted, o.wait_timeout,
+                                     o.poll_interval, where)
+        except DataVolumeWait as exc:
+            if exc.outcome == "gone":
+                raise TransferError(f"{where}: disappeared while waiting for "
+                                    f"{'/'.join(wanted)}") from None
+            if exc.outcome == "failed":
+                raise TransferError(f"{where}: failed"
+                                    f"{': ' + exc.detail if exc.detail else ''}") from None
+            hint = (" (WaitForFirstConsumer storage class: rerun with --force-bind)"
+                    if exc.phase == "WaitForFirstConsumer" or not o.force_bind else "")
+            raise TransferError(f"{where}: still {exc.phase} after {o.wait_timeout:.0f}s, "
+                                f"waiting for {'/'.join(sorted(wanted))}{hint}") from None
+        except KubeError as exc:
+            message = str(exc)
+            raise TransferError(message if message.startswith(where)
+                                else f"{where}: {message}") from None
 
     def _token(self, name: str, label: str) -> str:
-        body = {"apiVersion": f"{UPLOAD_GROUP}/{UPLOAD_VERSION}", "kind": "UploadTokenRequest",
-                "metadata": {"name": f"token-for-{name}", "namespace": self.namespace},
-                "spec": {"pvcName": name}}
+        from manifests.transfer import upload_token_request
+
+        body = upload_token_request(name, self.namespace)
         where = f"{label}: UploadTokenRequest for {self.namespace}/{name}"
-        resp = self._k8s(where, self._api.create_namespaced_custom_object,
+        resp = self._k8s(where, self._api.create,
                          UPLOAD_GROUP, UPLOAD_VERSION, self.namespace, UTR_PLURAL, body)
         token = ((resp or {}).get("status") or {}).get("token")
         if not token:
@@ -282,8 +263,8 @@ class UploadProxyBackend(Backend):
             if phase == "Succeeded":
                 # The step's checksum is set when a run had the proxy's full answer; a later
                 # POST clears "answered" until it has its own (journals from before count).
-                if (step.data.get("dv") == name and step.checksum
-                        and step.data.get("answered", True) is True
+                if (step.dv == name and step.checksum
+                        and step.answered
                         and (item.checksum in (None, step.checksum))):
                     progress.on_queued(item, item.size, item.size)
                     return self._result(item, name, SKIPPED, step.checksum, 0)
@@ -291,7 +272,7 @@ class UploadProxyBackend(Backend):
                 ours = ((meta.get("annotations") or {}).get("vmmove.io/source") == item.item
                         and (meta.get("labels") or {}).get("app.kubernetes.io/managed-by")
                         == "vmmove")
-                if not (ours and step.data.get("dv") == name):
+                if not (ours and step.dv == name):
                     raise TransferError(f"{where}: already holds an image (Succeeded); delete "
                                         "it to upload again")
                 # An earlier run sent to it and never had the proxy's full answer: CDI may hold
@@ -301,11 +282,11 @@ class UploadProxyBackend(Backend):
         if dv is not None:
             annotations = (dv.get("metadata") or {}).get("annotations") or {}
             if self.options.force_bind and annotations.get(BIND_IMMEDIATE) != "true":
-                self._k8s(where, self._api.patch_namespaced_custom_object,
+                self._k8s(where, self._api.patch,
                           CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL, name,
                           {"metadata": {"annotations": {BIND_IMMEDIATE: "true"}}})
         else:
-            self._k8s(where, self._api.create_namespaced_custom_object,
+            self._k8s(where, self._api.create,
                       CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL,
                       self.datavolume(item, name))
         self._wait_phase(name, {"UploadReady"}, label)
@@ -352,7 +333,7 @@ class UploadProxyBackend(Backend):
 
     def _delete(self, name: str, where: str) -> None:
         """Delete DataVolume ``name`` (vmmove's) and wait until it is gone."""
-        self._k8s(where, self._api.delete_namespaced_custom_object,
+        self._k8s(where, self._api.delete,
                   CDI_GROUP, CDI_VERSION, self.namespace, DV_PLURAL, name)
         deadline = time.monotonic() + self.options.wait_timeout
         while self._k8s(where, self._get_dv, name) is not None:
@@ -366,10 +347,3 @@ class UploadProxyBackend(Backend):
         return TransferResult(item.item, self.name, status, item.size, checksum=checksum,
                               sent=sent, dv=name, namespace=self.namespace,
                               extra={"proxy": self.options.url})
-
-
-def _condition_message(status: dict[str, Any]) -> str:
-    for cond in status.get("conditions") or []:
-        if cond.get("message"):
-            return str(cond["message"])
-    return ""

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from migrate.assessment.concern import Concern, Severity, summary, worst
 from migrate.assessment.registry import RULES, Context, Rule
-from migrate.model import VM, Inventory
+from migrate.core.model import VM, Inventory
 
 __all__ = [
     "RULES",

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from migrate.assessment.concern import Severity
 from migrate.assessment.facts import device_label, devices
 from migrate.assessment.registry import Context, Hit, rule
-from migrate.model import VM
+from migrate.core.model import VM
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 

@@ -14,8 +14,8 @@ from migrate.assessment.facts import (
     is_windows,
 )
 from migrate.assessment.registry import Context, Hit, rule
-from migrate.mapping import target_disk_bus
-from migrate.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN
+from migrate.core.mapping import target_disk_bus
+from migrate.core.model import HOST_CDROM, RDM_PHYSICAL, RDM_VIRTUAL, VM, VSAN
 from migrate.sources.containment import outside
 
 HOSTONLY_REMEDY = (
@@ -244,7 +244,7 @@ def disk_bus_ide(vm: VM, ctx: Context) -> Iterator[Hit]:
 def disk_bus_other(vm: VM, ctx: Context) -> Iterator[Hit]:
     """KubeVirt has only virtio, sata, scsi and usb disk buses; others (xen, nvme, sd) change.
 
-    The bus named is :func:`migrate.mapping.target_disk_bus`'s, the one the manifest uses
+    The bus named is :func:`migrate.core.mapping.target_disk_bus`'s, the one the manifest uses
     (a read-only SATA disk moves to scsi as well).
     """
     windows, source = is_windows(vm), hostonly_initramfs(vm)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from migrate.model import HOST_CDROM, VM, Device, Disk, Nic
+from migrate.core.model import HOST_CDROM, VM, Device, Disk, Nic
 
 DATA_DEVICES = ("disk", "lun")  # disk devices whose contents are converted
 

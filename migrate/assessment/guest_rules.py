@@ -1,7 +1,7 @@
 """Rules from the guest's own facts (``vmmove inspect``: libguestfs on the staged copy).
 
-They fire only for VMs with an :class:`~migrate.model.Inspection`; the bus they name is
-:func:`migrate.mapping.target_disk_bus`'s (with the inspection), the one the manifests use.
+They fire only for VMs with an :class:`~migrate.core.model.Inspection`; the bus they name is
+:func:`migrate.core.mapping.target_disk_bus`'s (with the inspection), the one the manifests use.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from migrate.assessment.concern import Severity
 from migrate.assessment.registry import Context, Hit, rule
 from migrate.assessment.facts import is_windows
-from migrate.mapping import guest_driver, target_disk_bus
-from migrate.model import VM
+from migrate.core.mapping import guest_driver, target_disk_bus
+from migrate.core.model import VM
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from migrate.assessment.concern import Severity
 from migrate.assessment.registry import Context, Hit, rule
-from migrate.model import VM
-from migrate.naming import dns1123_label, is_dns1123_label
+from migrate.core.model import VM
+from migrate.core.naming import dns1123_label, is_dns1123_label
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 

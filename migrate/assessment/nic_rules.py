@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from migrate.assessment.concern import Severity
 from migrate.assessment.facts import hostonly_initramfs, is_windows, nic_label
 from migrate.assessment.registry import Context, Hit, normalize_mac, rule
-from migrate.model import VM
+from migrate.core.model import VM
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from migrate.assessment.concern import Severity
 from migrate.assessment.facts import guest_known, hostonly_initramfs, is_windows
 from migrate.assessment.registry import Context, Hit, rule
-from migrate.model import VM, PowerState
+from migrate.core.model import VM, PowerState
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from migrate.assessment.concern import Concern, Severity
-from migrate.model import VM, Inventory
-from migrate.naming import dns1123_label
-from migrate.workdir import target_names
+from migrate.core.model import VM, Inventory
+from migrate.core.naming import dns1123_label
+from migrate.core.workdir import target_names
 
 _ID_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
@@ -53,7 +53,7 @@ class Context:
         bases: dict[str, list[VM]] = defaultdict(list)
         copies: dict[str, list[VM]] = defaultdict(list)
         for vm in inventory.vms:
-            if vm.instance:  # see migrate.model.distinguish
+            if vm.instance:  # see migrate.core.model.distinguish
                 copies[vm.uuid or vm.name].append(vm)
             for nic in vm.nics:
                 if nic.mac:

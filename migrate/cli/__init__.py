@@ -17,10 +17,20 @@ from typing import Any
 import click
 
 from migrate import __version__
-from migrate.output import error_lines
-from migrate.errors import VmmoveError
+from migrate.core.output import error_lines
+from migrate.core.errors import VmmoveError
 
-_NOT_COMMANDS = {"options"}
+_NOT_COMMANDS = {"options", "types"}
+
+
+def pipeline_order() -> list[str]:
+    """Commands in the order a migration uses them: the wave itinerary's stages between
+    plan and cutover (``migrate`` runs them all), the boot test (a check of the cutover's
+    preflight) before the cutover, then the views; others follow by name."""
+    from migrate.pipeline.itinerary import CUTOVER, WAVE
+
+    return ["scan", "assess", "plan", "migrate", *WAVE.names, "boot-test", CUTOVER.name,
+            "rollback", "status", "report", "runbook", "clean"]
 
 
 @cache
@@ -40,14 +50,20 @@ class VmmoveGroup(click.Group):
     """Finds commands by module and turns :class:`VmmoveError` into one error line."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(_discover())
+        order = {name: i for i, name in enumerate(pipeline_order())}
+        return sorted(_discover(), key=lambda name: (order.get(name, len(order)), name))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return _discover().get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        from migrate.core.progress import LOGGER
+
         try:
-            return super().invoke(ctx)
+            with logging_redirect_tqdm(loggers=[LOGGER]):  # a log line never tears a bar
+                return super().invoke(ctx)
         except VmmoveError as exc:
             for line in error_lines(exc):  # a list of problems: one escaped line each
                 click.echo(line, err=True)
@@ -71,7 +87,7 @@ def main(verbose: bool) -> None:
     Each step reads the previous one's output file and records its progress in a journal,
     so every command can be rerun to resume.
     """
-    from migrate.progress import set_verbose
+    from migrate.core.progress import set_verbose
 
     set_verbose(verbose)
 

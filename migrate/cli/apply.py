@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from migrate.cli.options import kube, output_format
-from migrate.errors import VmmoveError
-from migrate.output import emit, error_line
+from migrate.core.errors import VmmoveError
+from migrate.core.output import emit, error_line
 
-if TYPE_CHECKING:
-    from migrate.cli._plan_stages import ApplyOutcome
+from migrate.views.outcome import outcome_rows
 
 HEADERS = ["WAVE", "OBJECT", "RESULT", "DETAIL"]
 
@@ -30,33 +29,6 @@ def apply_options(f: Any) -> Any:
                      help="Take over fields another field manager owns (kubectl's "
                           "--force-conflicts).")(f)
     return kube(f)
-
-
-def outcome_rows(wave: int, outcome: ApplyOutcome) -> tuple[list[dict[str, Any]],
-                                                              list[list[Any]]]:
-    data, rows = [], []
-    for a in outcome.applied:
-        detail = a.error or (f"resourceVersion {a.resource_version}"
-                             if a.resource_version else "")
-        data.append({"wave": wave, "kind": a.kind, "namespace": a.namespace, "name": a.name,
-                     "result": a.result, "uid": a.uid, "resourceVersion": a.resource_version,
-                     "error": a.error})
-        rows.append([wave, a.ref, a.result, detail])
-    for s in outcome.imports:
-        ref = f"DataVolume/{s.item.namespace}/{s.item.dv}"
-        detail = s.reason or (f"{s.progress:.0f}%" if s.progress is not None else "")
-        data.append({"wave": wave, "kind": "DataVolume", "namespace": s.item.namespace,
-                     "name": s.item.dv, "disk": s.item.label, "result": s.outcome,
-                     "phase": s.phase, "progress": s.progress, "restarts": s.restarts,
-                     "error": s.reason if s.outcome in ("failed", "timeout") else None})
-        rows.append([wave, ref, s.outcome, f"{s.phase or '-'} {detail}".strip()])
-    return data, rows
-
-
-def connect_for(kubeconfig: str | None, context: str | None) -> Any:
-    from migrate.kube import connect
-
-    return connect(kubeconfig, context)
 
 
 @click.command("apply")
@@ -85,37 +57,26 @@ def apply_cmd(plan_file: str, wave: int | None, dry_run: str, kubeconfig: str | 
     The manifests are made from the plan and the journal (what convert and upload
     recorded); -n replaces the plan's namespace for VMs without their own.
     """
-    from migrate.cli._plan_stages import apply_errors, apply_wave
-    from migrate.pipeline import plan_lock
+    from migrate.views.bars import reporters
+    from migrate.pipeline.stages import KubeArgs, apply_errors, apply_waves
     from migrate.plan import load_plan
 
     plan = load_plan(plan_file)
     if namespace:
         plan.use_namespace(namespace)
     numbers = [wave] if wave is not None else plan.wave_numbers()
-    for n in numbers:
-        plan.wave(n)  # an unknown wave fails before anything is contacted
     mode = None if dry_run == "none" else dry_run
     all_data: list[dict[str, Any]] = []
     all_rows: list[list[Any]] = []
     errors: list[str] = []
-    kube_client = None if mode == "client" else connect_for(kubeconfig, context)
-    try:
-        with plan_lock(plan):
-            for n in numbers:
-                if not plan.wave(n):
-                    continue
-                outcome = apply_wave(plan, n, kube_client, dry_run=mode, force=force_conflicts,
-                                     wait=wait, timeout=timeout, max_restarts=max_restarts)
-                data, rows = outcome_rows(n, outcome)
-                all_data += data
-                all_rows += rows
-                errors = apply_errors(outcome)
-                if errors:
-                    break
-    finally:
-        if kube_client is not None:
-            kube_client.close()
+    for n, outcome in apply_waves(plan, numbers, KubeArgs(kubeconfig, context, namespace),
+                                  dry_run=mode, force=force_conflicts, wait=wait,
+                                  timeout=timeout, max_restarts=max_restarts,
+                                  reporters=reporters()):
+        data, rows = outcome_rows(n, outcome)
+        all_data += data
+        all_rows += rows
+        errors = apply_errors(outcome)
     emit(all_data, output, HEADERS, all_rows)
     if errors:
         for e in errors:

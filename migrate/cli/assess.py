@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import click
 
 from migrate.cli.options import output_format
-from migrate.errors import UsageError
-from migrate.output import emit, table
+from migrate.core.output import emit, table
 
 EXIT_CONCERNS = 3
 FAIL_ON = {"critical": "critical", "warning": "warning", "never": None}
@@ -23,21 +21,6 @@ def _list_rules(ctx: click.Context, param: click.Parameter, value: bool) -> None
     rows = [(r.id, r.severity.value, r.why) for r in RULES.values()]
     click.echo(table(("ID", "SEVERITY", "WHY"), rows), nl=False)
     ctx.exit(0)
-
-
-def _select(inventory: Any, path: str, refs: tuple[str, ...]) -> list[Any]:
-    """The VMs named (by name, UUID or key) on the command line, all of them when none is named."""
-    if not refs:
-        return list(inventory.vms)
-    unknown = [r for r in refs if not any(r in (vm.name, vm.uuid, vm.key) for vm in inventory.vms)]
-    if unknown:
-        names = [vm.name for vm in inventory.vms]
-        known = ", ".join(names[:10]) + (f", … ({len(names)} in all)" if len(names) > 10 else "")
-        raise UsageError(
-            f"{path}: no VM named {', '.join(repr(u) for u in unknown)} in the inventory"
-            f" (it has: {known or 'no VMs'})"
-        )
-    return [vm for vm in inventory.vms if vm.name in refs or vm.uuid in refs or vm.key in refs]
 
 
 @click.command("assess")
@@ -75,33 +58,17 @@ def assess_cmd(inventory: str, vm_refs: tuple[str, ...], output: str, fail_on: s
       2  usage error, e.g. an unknown VM name
       3  a concern at or above --fail-on (default: critical) was found
     """
-    from migrate.assessment import Context, Severity, assess, summary, worst
-    from migrate.serialize import load_inventory
+    from migrate.assessment import Severity, summary, worst
+    from migrate.views.assessment import assessment_view
 
-    inv = load_inventory(inventory)
-    selected = _select(inv, inventory, vm_refs)
-    ctx = Context.of(inv)
-
-    first: dict[str, Any] = {}  # VM.key -> the VM that stands for it
-    for vm in selected:
-        first.setdefault(vm.key, vm)
-    results = [(first[key], concerns) for key, concerns in assess(inv, selected, context=ctx).items()]
-
-    # Sources that gave no VM at all; a disk problem of a listed VM is assessed with the VM.
-    unread = {e.source for e in inv.errors} - {vm.source.location for vm in inv.vms}
-    if unread:
+    view = assessment_view(inventory, vm_refs)
+    results, ctx, label = view.results, view.context, view.label
+    if view.unread:
         click.echo(
-            f"vmmove: note: {inventory} records {len(unread)} source(s) the scan could not "
+            f"vmmove: note: {inventory} records {view.unread} source(s) the scan could not "
             "read; they are not assessed",
             err=True,
         )
-
-    name_counts: dict[str, int] = {}
-    for vm, _ in results:
-        name_counts[vm.name] = name_counts.get(vm.name, 0) + 1
-
-    def label(vm: Any) -> str:
-        return vm.name if name_counts[vm.name] == 1 else f"{vm.name} ({vm.key})"
 
     if output == "table" and not results:
         click.echo(f"No VMs in {inventory}.", err=True)

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import click
 
-from migrate.cli.options import output_format
-from migrate.errors import VmmoveError
-from migrate.output import emit
-
-HEADERS = ["VM", "VERDICT", "TIME", "ACCEL", "FIRMWARE", "BUSES", "REASON / EVIDENCE"]
+from migrate.cli.options import output_format, wave_vms
+from migrate.core.errors import VmmoveError
+from migrate.core.output import emit
 
 
 @click.command("boot-test")
-@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
-@click.argument("vms", nargs=-1, metavar="[VM]...")
-@click.option("--wave", type=click.IntRange(min=1), required=True, metavar="N",
-              help="The wave whose staged guests are booted (all unless VMs are named).")
+@wave_vms("The wave whose staged guests are booted (all unless VMs are named).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
               help="How long a guest may take to show a login prompt, the plan's marker "
                    "or its guest agent (default: the plan's bootTest.timeout, 300).")
@@ -40,26 +35,15 @@ def boot_test_cmd(plan_file: str, vms: tuple[str, ...], wave: int, timeout: floa
     Evidence (console log, BIOS log, screenshot) stays in <workdir>/boot-test/<vm>/.
     Exit status 1 when any guest did not boot.
     """
-    from migrate.cutover import select_vms
-    from migrate.guest.stage import boot_test_vm
-    from migrate.pipeline import plan_lock
+    from migrate.core.progress import log
+    from migrate.pipeline.guest import boot_test_selection
     from migrate.plan import load_plan
-    from migrate.progress import log
+    from migrate.views.guest import BOOT_TEST_HEADERS, boot_test_table
 
     plan = load_plan(plan_file)
-    chosen = select_vms(plan, wave, vms)
-    results = []
-    with plan_lock(plan), plan.journal() as journal:
-        for p in chosen:
-            log(f"{p.vm.name}: boot test started")
-            result = boot_test_vm(plan, p, journal, timeout=timeout, accel=accel, uri=uri)
-            log(f"{p.vm.name}: {result.verdict} in {result.seconds:.1f}s ({result.reason})")
-            results.append((p, result))
-    data = [{"vm": p.vm.name, "key": p.key, **r.to_data()} for p, r in results]
-    rows = [[p.vm.name, r.verdict, f"{r.seconds:.1f}s", r.accel, r.firmware,
-             " ".join(f"{k}:{v}" for k, v in r.buses.items()),
-             r.reason if r.ok else f"{r.reason} (console: {r.console})"] for p, r in results]
-    emit(data, output, HEADERS, rows)
+    results = boot_test_selection(plan, wave, vms, timeout=timeout, accel=accel, uri=uri, log=log)
+    data, rows = boot_test_table(results)
+    emit(data, output, BOOT_TEST_HEADERS, rows)
     failed = [p.vm.name for p, r in results if not r.ok]
     if failed:
         raise VmmoveError(f"boot test: {', '.join(failed)} did not boot; see the console logs "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from migrate.cli.options import output_format
-from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit, error_line, human_size
+from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.output import emit, error_line, human_size
 
 HEADERS = ["VM", "DISK", "WHAT", "WHERE", "SIZE", "RESULT", "WHY"]
 
@@ -36,7 +36,8 @@ def clean_cmd(plan_file: str, wave: int | None, images: bool, s3: bool, force: b
     touched (an image outside the work folder, or any VM's source disk, is kept). Each
     removal is journalled (kind clean).
     """
-    from migrate.clean import FAILED, chosen_vms, clean
+    from migrate.pipeline.clean import FAILED, clean_plan
+    from migrate.views.status import plan_status
     from migrate.plan import load_plan
 
     plan = load_plan(plan_file)
@@ -45,14 +46,8 @@ def clean_cmd(plan_file: str, wave: int | None, images: bool, s3: bool, force: b
     elif s3 and plan.transfer.s3 is None:
         raise UsageError(f"{plan_file}: --s3: the plan has no S3 transfer target "
                          "(transfer.s3)")
-    vms, passed = chosen_vms(plan, wave, force)
-    client, bucket = None, None
-    if s3 and vms:
-        from migrate.cli._plan_stages import backend_for
-
-        backend = backend_for(plan)
-        client, bucket = backend.client, backend.bucket  # type: ignore[attr-defined]
-    removals = clean(plan, vms, images, client, bucket) if vms else []
+    phases = {s.key: s.phase for s in plan_status(plan, wave)}
+    removals, passed = clean_plan(plan, wave, images, s3, force, phases)
     for line in passed:
         click.echo(f"kept: {line}", err=True)
     emit([r.to_data() for r in removals], output, HEADERS,

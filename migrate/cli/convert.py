@@ -2,68 +2,23 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import click
 
 from migrate.cli.options import output_format, refuse_with_plan
-from migrate.errors import UsageError, VmmoveError
-from migrate.output import emit, error_line, human_size, rfc3339
-from migrate.progress import ConvertProgress as BarProgress
-from migrate.progress import disk_estimate as estimate
+from migrate.core.workdir import JOURNAL_NAME
+from migrate.core.errors import UsageError, VmmoveError
+from migrate.core.output import emit, error_line
 
-if TYPE_CHECKING:
-    from converters.convert import DiskResult
-
-
-def _rows(results: list[DiskResult]) -> list[list[Any]]:
-    rows = []
-    for r in results:
-        detail = r.error or (Path(r.output).name if r.output else "") or r.note or ""
-        if r.ok and r.note and r.output:
-            detail = f"{Path(r.output).name} ({r.note})"
-        rows.append([
-            r.vm, r.disk, r.status, r.format if r.status != "ignored" else "-",
-            human_size(r.virtual_size), human_size(r.allocated),
-            {True: "yes", False: "no", None: "-"}[r.verified],
-            f"{r.seconds:.2f}s" if r.seconds is not None else "-", detail])
-    return rows
+from migrate.views.results import convert_data, convert_rows
 
 
 def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: str) -> None:
-    from converters.convert import convert_status
-    from migrate.serialize import load_inventory
+    from migrate.views.convert import STATUS_HEADERS, convert_records
 
-    prefixes: list[str] | None = None
-    if inventory and vms:
-        inv = load_inventory(inventory)
-        missing = [v for v in vms if inv.find(v) is None]
-        if missing:
-            raise UsageError(f"no such VM in the inventory: {', '.join(missing)}")
-        prefixes = list(dict.fromkeys(vm.key for v in vms for vm in inv.find_all(v)))
-    steps = convert_status(workdir, prefixes)
-    data = [
-        {"item": s.item, "vm": s.data.get("vm"), "disk": s.data.get("disk"), "status": s.status,
-         "output": s.data.get("output"), "format": s.data.get("format"),
-         "virtual_size": s.data.get("virtual_size"), "allocated": s.data.get("allocated"),
-         "verified": s.data.get("verified"), "checksum": s.checksum,
-         "started": rfc3339(s.started), "finished": rfc3339(s.finished),
-         "seconds": s.data.get("seconds"),
-         "error": s.error}
-        for s in steps
-    ]
-    rows = [
-        [d["vm"] or d["item"], d["disk"] or "", d["status"], d["format"] or "-",
-         human_size(d["allocated"]), {True: "yes", False: "no", None: "-"}[d["verified"]],
-         (d["checksum"] or "-")[:19],
-         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.finished)) if s.finished
-         else "-", d["error"] or (Path(d["output"]).name if d["output"] else "")]
-        for d, s in zip(data, steps)
-    ]
-    emit(data, output, ["VM", "DISK", "STATUS", "FORMAT", "ALLOCATED", "VERIFIED", "CHECKSUM",
-                        "FINISHED", "OUTPUT/ERROR"], rows)
+    data, rows = convert_records(workdir, inventory, vms)
+    emit(data, output, STATUS_HEADERS, rows)
 
 
 @click.command("convert")
@@ -71,7 +26,7 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
 @click.argument("vms", nargs=-1, metavar="[VM]...")
 @click.option("--to", "workdir", required=False, type=click.Path(file_okay=False),
               metavar="DIR",
-              help="Work folder: converted images and the journal (vmmove-journal.sqlite). "
+              help=f"Work folder: converted images and the journal ({JOURNAL_NAME}). "
                    "Required, except with a PLAN (its work folder).")
 @click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
               help="With a PLAN (from vmmove plan) instead of an INVENTORY: convert wave N, "
@@ -88,10 +43,14 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
               help="zstd-compress qcow2 clusters: smaller to upload, slower to convert.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Compare each output with its source (qemu-img compare) and record the "
-                   "sha256 of the output in the journal.")
-@click.option("--force-share", is_flag=True,
-              help="Read disks of running VMs (qemu-img -U). The copy is not consistent: "
-                   "shut the VM off, or use the staged cutover, for one that is.")
+                   "sha256 of the output in the journal (the convert records).")
+@click.option("--inconsistent-copy", "--force-share", "force_share", is_flag=True,
+              help="Read disks of running VMs while they write (qemu-img -U locally, "
+                   "qemu-nbd --force-share on a remote host that cannot run a backup job). "
+                   "The copy is never one moment's state: shut the VM off, or use the staged "
+                   "cutover, for one that is. (--force-share is its old name.) Running VMs "
+                   "of qemu+ssh:// hosts and qemu:///system are copied consistently without "
+                   "it (backup API).")
 @click.option("--redo", is_flag=True,
               help="Convert again even disks the journal records as done.")
 @click.option("--status", "show_status", is_flag=True,
@@ -116,13 +75,15 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
     image, missing file, no space) is reported and the others go on; the exit status is
     then non-zero.
     """
-    from converters.convert import ConvertOptions, FAILED, convert_disks, select_disks
+    from converters.convert import FAILED, ConvertOptions
+    from migrate.pipeline.stages import convert_selection
+    from migrate.views.bars import reporters
     from migrate.plan import is_plan_file
-    from migrate.serialize import load_inventory
+    from migrate.core.serialize import load_inventory
 
     plan_disks = None
     if inventory is not None and is_plan_file(inventory):
-        from migrate.cli._plan_stages import plan_convert_args
+        from migrate.pipeline.stages import plan_convert_args
 
         refuse_with_plan(inventory, ("workdir", "fmt", "compress", "verify", "force_share"))
         plan, plan_disks, plan_options = plan_convert_args(inventory, wave, vms)
@@ -150,30 +111,17 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
     options.redo = redo
     if jobs is not None:
         options.jobs = jobs
-    pairs = select_disks(inv, vms, plan_disks)
-    total = sum(estimate(d) for _, d in pairs if d.device in ("disk", "lun"))
-    progress = BarProgress(total, sum(1 for _, d in pairs if d.device in ("disk", "lun")),
-                           verify=options.verify)
-    try:
-        results = convert_disks(inv, vms, folder, options, progress, disks=plan_disks)
-    finally:
-        progress.close()
+    results = convert_selection(inv, vms, folder, options, plan_disks, reporters())
     for r in results:
         if r.status == FAILED:
             click.echo(error_line(r.error), err=True)
-    emit([_result_data(r) for r in results], output,
+    emit([convert_data(r) for r in results], output,
          ["VM", "DISK", "STATUS", "FORMAT", "SIZE", "ALLOCATED", "VERIFIED", "TIME",
-          "OUTPUT/ERROR"], _rows(results))
+          "OUTPUT/ERROR"], convert_rows(results))
     failed = sum(1 for r in results if r.status == FAILED)
     if failed:
         raise VmmoveError(f"{failed} of {len(results)} disk(s) failed; fix them and rerun "
                           "(finished disks are not converted again)")
-
-
-def _result_data(r: DiskResult) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(r)
 
 
 commands = [convert]

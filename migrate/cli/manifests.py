@@ -8,7 +8,7 @@ import time
 import click
 
 from migrate.cli.options import output_format
-from migrate.errors import UsageError, VmmoveError
+from migrate.core.errors import UsageError
 
 
 @click.command("manifests")
@@ -58,31 +58,14 @@ from migrate.errors import UsageError, VmmoveError
 @click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
               help="With --plan: only the VMs of wave N.")
 @output_format("table", "yaml", "json", default="table")
-def manifests_cmd(
-    inventory: str | None,
-    out: str | None,
-    namespace: str,
-    vms: tuple[str, ...],
-    workdir: str | None,
-    http_base: str | None,
-    blank: tuple[str, ...],
-    map_file: str | None,
-    network_pairs: tuple[str, ...],
-    storage_class: str | None,
-    volume_mode: str | None,
-    access_modes: tuple[str, ...],
-    run_strategy: str,
-    keep_cdroms: bool,
-    timezone: str | None,
-    preference: str,
-    preferences_file: str | None,
-    instancetype: str,
-    instancetypes_file: str | None,
-    schemas: str | None,
-    plan_file: str | None,
-    wave: int | None,
-    output: str,
-) -> None:
+def manifests_cmd(inventory: str | None, out: str | None, namespace: str, vms: tuple[str, ...],
+                  workdir: str | None, http_base: str | None, blank: tuple[str, ...],
+                  map_file: str | None, network_pairs: tuple[str, ...], storage_class: str | None,
+                  volume_mode: str | None, access_modes: tuple[str, ...], run_strategy: str,
+                  keep_cdroms: bool, timezone: str | None, preference: str,
+                  preferences_file: str | None, instancetype: str, instancetypes_file: str | None,
+                  schemas: str | None, plan_file: str | None, wave: int | None,
+                  output: str) -> None:
     """Write a KubeVirt VirtualMachine per VM, with one DataVolume template per disk.
 
     \b
@@ -92,18 +75,11 @@ def manifests_cmd(
     With -o yaml|json the single selected VM is printed instead (--out not needed); with
     --plan, every selected VM (--wave, --vm) is printed, and INVENTORY may be left out.
     """
-    from manifests.generate import GenerationContext, GenerationOptions, build_all
     from manifests.kustomize import render, render_many, write_tree
-    from manifests.preferences import Catalog
-    from manifests.sources import SourceResolver
-    from migrate.mapping import Maps, NetworkMap, StorageMap, load_maps
-    from migrate.naming import is_dns1123_label
-    from migrate.output import error_line, table
-    from migrate.serialize import load_inventory
-    from migrate.workdir import target_names
+    from migrate.core.output import error_line, table
 
     if plan_file:
-        from migrate.cli._plan_stages import plan_manifest_sets, plan_manifests
+        from migrate.pipeline.stages import plan_manifest_sets, plan_manifests
 
         if output != "table":
             _, sets = plan_manifest_sets(plan_file, inventory, wave, vms)
@@ -121,67 +97,17 @@ def manifests_cmd(
         raise UsageError("--wave goes with --plan PLAN")
     if output == "table" and not out:
         raise UsageError("manifests: --out DIR is required (or -o yaml|json to print one VM)")
-    if not is_dns1123_label(namespace):
-        raise UsageError(f"--namespace {namespace!r} is not a DNS-1123 label")
-    if timezone:
-        import zoneinfo
-
-        try:
-            zoneinfo.ZoneInfo(timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise UsageError(f"--timezone {timezone!r} is not a known time zone (e.g. Europe/Berlin)") from None
-    for item in blank:
-        if "/" not in item:
-            raise UsageError(f"--blank {item!r}: expected VM/DISK, e.g. web/vdb")
     started = time.perf_counter()
-    inv = load_inventory(inventory)
-    selected = inv.vms
-    if vms:
-        missing = [r for r in vms if inv.find(r) is None]
-        if missing:
-            raise UsageError(f"{inventory}: no VM named {', '.join(missing)}")
-        picked = {id(vm) for r in vms for vm in inv.find_all(r)}
-        selected = [vm for vm in inv.vms if id(vm) in picked]
-    if output != "table" and len(selected) != 1:
-        raise UsageError(f"-o {output} prints one VM; {len(selected)} selected (use --vm NAME)")
-    maps = load_maps(map_file) if map_file else Maps()
-    networks = maps.networks.merged(NetworkMap.from_options(network_pairs))
-    given = {"storageClass": storage_class, "volumeMode": volume_mode, "accessModes": list(access_modes)}
-    cli_storage = StorageMap.from_data({k: v for k, v in given.items() if v}, "command line")
-    storage = maps.storage.with_default(cli_storage.default)
-    options = GenerationOptions(
-        namespace=namespace,
-        run_strategy=run_strategy,
-        networks=networks,
-        storage=storage,
-        keep_cdroms=keep_cdroms,
-        preference=preference,
-        instancetype=instancetype,
-        timezone=timezone,
-    )
-    ctx = GenerationContext(
-        options=options,
-        sources=SourceResolver.from_workdir(workdir, http_base, set(blank)),
-        names=target_names(inv),
-        catalog=Catalog.load(preferences_file, instancetypes_file),
-        scanned_at=inv.scanned_at,
-    )
-    sets, failed = build_all(selected, ctx)
-    refused = [str(e) for e in failed]
-    if schemas:
-        from manifests.validate import SchemaValidator
+    from migrate.pipeline.manifests import inventory_manifest_sets
 
-        validator = SchemaValidator(schemas)
-        valid = []
-        for s in sets:
-            errors = validator.virtual_machine(s.virtual_machine)
-            if errors:
-                refused.append(f"VM {s.name}: schema validation failed: " + "; ".join(errors[:5]))
-            else:
-                valid.append(s)
-        sets = valid
-    if output != "table" and refused:
-        raise VmmoveError(refused[0])
+    sets, refused, selected = inventory_manifest_sets(
+        inventory, vms, namespace=namespace, workdir=workdir, http_base=http_base,
+        blank=blank, map_file=map_file, network_pairs=network_pairs,
+        storage_class=storage_class, volume_mode=volume_mode, access_modes=access_modes,
+        run_strategy=run_strategy, keep_cdroms=keep_cdroms, timezone=timezone,
+        preference=preference, preferences_file=preferences_file, instancetype=instancetype,
+        instancetypes_file=instancetypes_file, schemas=schemas,
+        one=None if output == "table" else output)
     if output != "table":
         sys.stdout.write(render(sets[0].virtual_machine, output))
         if out:
@@ -197,12 +123,10 @@ def manifests_cmd(
     for error in refused:
         click.echo(error_line(error), err=True)
     notes = sum(len(s.notes) for s in sets)
-    click.echo(
-        f"{len(sets)} of {len(selected)} VirtualMachine(s) written to {out} in {elapsed:.2f}s"
-        + (f", {len(refused)} refused (the errors above)" if refused else "")
-        + (f"; {notes} note(s) in the vmmove.io/notes annotations" if notes else ""),
-        err=True,
-    )
+    click.echo(f"{len(sets)} of {selected} VirtualMachine(s) written to {out} in {elapsed:.2f}s"
+               + (f", {len(refused)} refused (the errors above)" if refused else "")
+               + (f"; {notes} note(s) in the vmmove.io/notes annotations" if notes else ""),
+               err=True)
     if refused:
         raise click.exceptions.Exit(1)
 

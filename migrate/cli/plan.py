@@ -8,22 +8,11 @@ from typing import Any
 import click
 
 from migrate.cli.options import output_format
-from migrate.errors import UsageError
-from migrate.output import emit, escape, human_size
+from migrate.cli.types import QUANTITY
+from migrate.core.errors import UsageError
+from migrate.core.output import emit, escape, human_size
 
 HEADERS = ["WAVE", "WAVE NAME", "VM", "TARGET", "NAMESPACE", "DISKS", "DATA", "NOTE"]
-
-
-def _size(text: str | None) -> int | None:
-    """``500Gi``, ``2T``, ``750G`` as bytes (Kubernetes quantity rules)."""
-    if not text:
-        return None
-    from kubernetes.utils.quantity import parse_quantity
-
-    try:
-        return int(parse_quantity(text))
-    except ValueError:
-        raise UsageError(f"--max-size {text!r}: not a size (examples: 500Gi, 2Ti)") from None
 
 
 def _rows(plan: Any) -> tuple[list[dict[str, Any]], list[list[Any]]]:
@@ -55,7 +44,7 @@ def _rows(plan: Any) -> tuple[list[dict[str, Any]], list[list[Any]]]:
               help="With --by list: the VMs of one wave (repeat for each wave, in order).")
 @click.option("--max-vms", type=click.IntRange(min=1), default=None, metavar="N",
               help="At most N VMs per wave (big groups are split; --by size: default 10).")
-@click.option("--max-size", default=None, metavar="SIZE",
+@click.option("--max-size", type=QUANTITY, default=None, metavar="SIZE",
               help="At most SIZE of disk data per wave, e.g. 500Gi (splits big groups).")
 @click.option("-n", "--namespace", default="default", show_default=True,
               help="Namespace of the VirtualMachines (a VM entry may override it).")
@@ -92,7 +81,7 @@ def _rows(plan: Any) -> tuple[list[dict[str, Any]], list[list[Any]]]:
 @click.option("--force", is_flag=True, help="Overwrite an existing plan file.")
 @output_format()
 def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
-             waves: tuple[str, ...], max_vms: int | None, max_size: str | None,
+             waves: tuple[str, ...], max_vms: int | None, max_size: int | None,
              namespace: str, network_pairs: tuple[str, ...], map_file: str | None,
              storage_class: str | None, s3: str | None, endpoint_url: str | None,
              profile: str | None, region: str | None, proxy: str | None, run_strategy: str,
@@ -114,14 +103,7 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
     target names and MAC collisions are all listed at once; --check adds the
     assessment's critical concerns. See docs/plan.md.
     """
-    from migrate.plan import (
-        PlanError,
-        check_plan,
-        critical_problems,
-        generate_plan,
-        load_plan,
-        save_plan,
-    )
+    from migrate.plan import PlanError, check_plan, critical_problems, load_plan
 
     if check:
         if inventory or out:
@@ -137,58 +119,14 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
         raise UsageError("plan: give INVENTORY and --out PLAN (or --check PLAN)")
     if Path(out).exists() and not force:
         raise UsageError(f"{out}: exists; it may hold your edits (use --force to overwrite)")
-    from migrate.mapping import load_maps
-    from migrate.serialize import load_inventory
+    from migrate.pipeline.planning import write_plan
 
-    inv = load_inventory(inventory)
-    networks: dict[str, str] = {}
-    storage: dict[str, Any] | None = None
-    if map_file:
-        import yaml
-
-        load_maps(map_file)  # checked before it is copied
-        raw = yaml.safe_load(Path(map_file).read_text(encoding="utf-8")) or {}
-        networks.update({str(k): str(v) for k, v in (raw.get("networks") or {}).items()})
-        storage = raw.get("storage")
-    for pair in network_pairs:
-        source, sep, target = pair.rpartition("=")
-        if not sep or not source:
-            raise UsageError(f"--network {pair!r}: expected SOURCE=TARGET, e.g. "
-                             "network:default=pod")
-        networks[source] = target
-    if storage_class:
-        storage = {**(storage or {}), "storageClass": storage_class}
-    if s3 and proxy:
-        raise UsageError("choose one transfer target: --s3 or --cdi-uploadproxy")
-    transfer: dict[str, Any] | None = None
-    if s3:
-        transfer = {"s3": s3}
-        for key, value in (("endpointUrl", endpoint_url), ("profile", profile),
-                           ("region", region)):
-            if value:
-                transfer[key] = value
-    elif proxy:
-        transfer = {"uploadProxy": proxy}
-    skip = None
-    if skip_blocked:
-        from migrate.assessment import Severity, assess
-
-        concerns = assess(inv)
-
-        def skip(vm: Any) -> str | None:
-            critical = list(dict.fromkeys(c.id for c in concerns.get(vm.key, [])
-                                         if c.severity == Severity.CRITICAL))
-            return f"critical: {', '.join(critical)}" if critical else None
-
-    explicit = [[n.strip() for n in w.split(",") if n.strip()] for w in waves]
-    if waves and by != "list":
-        raise UsageError("--wave lists go with --by list")
-    data = generate_plan(inv, inventory, out, by=by, explicit=explicit, max_vms=max_vms,
-                         max_bytes=_size(max_size), namespace=namespace, networks=networks,
-                         storage=storage, transfer=transfer,
-                         defaults={"runStrategy": run_strategy, "preference": preference},
-                         skip=skip, workdir=workdir, stage_running=stage_running)
-    save_plan(data, out)
+    inv = write_plan(inventory, out, by=by, waves=waves, max_vms=max_vms, max_size=max_size,
+                     namespace=namespace, network_pairs=network_pairs, map_file=map_file,
+                     storage_class=storage_class, s3=s3, endpoint_url=endpoint_url,
+                     profile=profile, region=region, proxy=proxy, run_strategy=run_strategy,
+                     preference=preference, skip_blocked=skip_blocked, workdir=workdir,
+                     stage_running=stage_running)
     try:
         plan = load_plan(out, inventory=inv)
         problems = critical_problems(plan)

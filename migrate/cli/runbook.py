@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from migrate.cli.options import output_format
-from migrate.output import emit
+from migrate.core.output import emit
 
 @click.command("runbook")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
@@ -33,7 +33,7 @@ def runbook_cmd(plan_file: str, out: str, wave: tuple[int, ...], jobs: int | Non
     from pathlib import Path
 
     from migrate.plan import load_plan
-    from migrate.runbook import write_runbooks
+    from migrate.views.runbook import write_runbooks
 
     plan = load_plan(plan_file)
     for n in wave:
@@ -55,7 +55,8 @@ def runbook_cmd(plan_file: str, out: str, wave: tuple[int, ...], jobs: int | Non
 @output_format()
 def report_cmd(plan_file: str, wave: int | None, plot: str | None, html_file: str | None,
                output: str) -> None:
-    """Per VM: sizes, step durations, cutover downtime and checksums, from the journal.
+    """Per VM: sizes, step durations, cutover downtime and checksums, from the journal's
+    records.
 
     \b
     vmmove report plan.yaml
@@ -65,41 +66,23 @@ def report_cmd(plan_file: str, wave: int | None, plot: str | None, html_file: st
     Reads only the plan's journal; safe while a run is going. Rates come from work
     actually done (a step skipped as done before measures nothing).
     """
-    from pathlib import Path
-
-    from migrate.errors import UsageError
     from migrate.plan import load_plan
-    from migrate.report import (
+    from migrate.views.report import (
         HEADERS,
-        NOTHING_YET,
-        has_measurements,
-        html_report,
+        check_plot_name,
         plan_report,
-        plot_bytes,
         table_rows,
+        write_extras,
     )
-    from migrate.serialize import atomic_write
 
-    fmt = None
-    if plot:
-        fmt = Path(plot).suffix.lower().lstrip(".")
-        if fmt not in ("svg", "png"):
-            raise UsageError(f"--plot {plot}: name an .svg or a .png file")
+    check_plot_name(plot)
     plan = load_plan(plan_file)
     reports, throughput = plan_report(plan, wave)
     rows = table_rows(reports)
     emit({"plan": str(plan.path), "vms": [r.to_data() for r in reports],
           "throughput": throughput.to_data()}, output, HEADERS, rows)
     title = f"vmmove: {plan.path.name}" + (f", wave {wave}" if wave else "")
-    if plot and fmt:
-        data = plot_bytes(reports, title, fmt)
-        atomic_write(plot, data)
-        click.echo(f"plot: {plot}", err=True)
-    if html_file:
-        atomic_write(html_file, html_report(reports, throughput, title, HEADERS, rows))
-        click.echo(f"report: {html_file}", err=True)
-    if (plot or html_file) and not has_measurements(reports):
-        click.echo(f"note: {NOTHING_YET}", err=True)
-
+    for line in write_extras(reports, throughput, title, rows, plot, html_file):
+        click.echo(line, err=True)
 
 commands = [runbook_cmd, report_cmd]

@@ -7,78 +7,19 @@ import sys
 import click
 
 from migrate.cli.options import connect, output_format
-from migrate.model import VM, Inventory
-from migrate.output import emit, error_line, escape, human_size
-
-TABLE_HEADERS = [
-    "NAME", "HOST/FILE", "STATE", "VCPUS", "MEMORY", "DISKS", "NICS", "OS", "FIRMWARE", "CONCERNS",
-]
-
-
-def _disks(vm: VM) -> str:
-    data = [d for d in vm.disks if d.device in ("disk", "lun")]
-    if not data:
-        return "0"
-    sizes = [d.virtual_size for d in data]
-    total = human_size(sum(s for s in sizes if s)) if any(sizes) else "?"
-    if any(s is None for s in sizes) and any(sizes):
-        total += "+?"
-    return f"{len(data)} {total}"
-
-
-def _os(vm: VM) -> str:
-    g = vm.guest_os
-    if g is not None:
-        if g.distro and g.version:
-            return f"{g.distro}{g.version}"
-        if g.name or g.distro or g.family:
-            return (g.name or g.distro or g.family or "").replace(" ", "-")
-        if g.id:
-            return g.id
-    return "-"
-
-
-def _firmware(vm: VM) -> str:
-    fw = vm.firmware
-    text = fw.type
-    if fw.secure_boot:
-        text += "+sb"
-    if fw.tpm_version:
-        text += f"+tpm{fw.tpm_version}"
-    return text
-
-
-def table_row(vm: VM, concerns: str = "", source: str | None = None) -> list[str]:
-    """One table row; the column order is TABLE_HEADERS (``concerns``: the assessment
-    summary; ``source``: the short name of where the VM was read, see ``source_labels``)."""
-    return [
-        vm.name,
-        source if source is not None else vm.source.location,
-        vm.power_state.value,
-        str(vm.vcpus),
-        human_size(vm.memory),
-        _disks(vm),
-        str(len(vm.nics)),
-        _os(vm),
-        _firmware(vm),
-        concerns,
-    ]
-
+from migrate.core.model import Inventory
+from migrate.core.output import emit, error_line, escape
 
 def render(inv: Inventory, fmt: str) -> None:
-    from migrate.serialize import to_data
+    from migrate.core.serialize import to_data
+    from migrate.views.inventory import TABLE_HEADERS, inventory_table
 
     if fmt == "table":
         if not inv.vms:
             click.echo("No VMs found.", err=True)
             return
-        from migrate.assessment import summaries
-        from migrate.sources.scan import source_labels
-
-        concerns = summaries(inv)
-        labels, legend = source_labels(inv.vms)
-        emit(None, "table", TABLE_HEADERS,
-             [table_row(vm, concerns[vm.key], labels[vm.key]) for vm in inv.vms])
+        rows, legend = inventory_table(inv)
+        emit(None, "table", TABLE_HEADERS, rows)
         if len(legend) > 1:  # several hosts: say which is which (one is the -c given)
             for label, location in legend:
                 click.echo(escape(f"{label}: {location}"), err=True)
@@ -130,17 +71,9 @@ def render(inv: Inventory, fmt: str) -> None:
     "(repeat: --pve-storage local-lvm=/dev/pve --pve-storage local=/var/lib/vz).",
 )
 @click.pass_context
-def scan_cmd(
-    ctx: click.Context,
-    paths: tuple[str, ...],
-    uris: tuple[str, ...],
-    output: str,
-    output_file: str | None,
-    jobs: int | None,
-    connect_timeout: float,
-    ovf_configuration: str | None,
-    pve_storage: tuple[str, ...],
-) -> None:
+def scan_cmd(ctx: click.Context, paths: tuple[str, ...], uris: tuple[str, ...], output: str,
+             output_file: str | None, jobs: int | None, connect_timeout: float,
+             ovf_configuration: str | None, pve_storage: tuple[str, ...]) -> None:
     """Inventory VMs from libvirt hosts and offline descriptors.
 
     \b
@@ -159,11 +92,12 @@ def scan_cmd(
     Problems (unreachable host, bad file, missing disk image) are printed on stderr, one
     line each; the rest is still scanned and the exit status is 1.
     """
-    from migrate.errors import UsageError
-    from migrate.serialize import save_inventory
-    from migrate.sources import SourceError
-    from migrate.sources.libvirt_uri import check_uri
+    from migrate.core.errors import UsageError
+    from migrate.core.serialize import save_inventory
+    from migrate.core.errors import SourceError
+    from migrate.clients.libvirt import check_uri
     from migrate.sources.pve import parse_storage_map
+    from migrate.views.bars import CountBar
     from migrate.sources.scan import scan
 
     try:
@@ -174,7 +108,7 @@ def scan_cmd(
     for uri in uri_list:
         check_uri(uri)  # a mistyped URI: one line, before anything is scanned
     inv = scan(uri_list, list(paths), jobs=jobs, timeout=connect_timeout, pve_storage=storage,
-               ovf_configuration=ovf_configuration)
+               ovf_configuration=ovf_configuration, progress=CountBar("scan", "source"))
     if output_file:
         save_inventory(inv, output_file)
     render(inv, output)

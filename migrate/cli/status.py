@@ -1,11 +1,11 @@
-"""``vmmove status PLAN``: where every VM of a plan stands, from its journal."""
+"""``vmmove status PLAN``: where every VM of a plan stands, from its journal's records."""
 
 from __future__ import annotations
 
 import click
 
 from migrate.cli.options import output_format
-from migrate.output import duration, emit, human_size
+from migrate.core.output import duration, emit, human_size
 
 HEADERS = ["WAVE", "VM", "TARGET", "PHASE", "STATE", "CONVERT", "UPLOAD", "IMPORT", "MOVED",
            "TIME", "LAST ERROR"]
@@ -33,7 +33,7 @@ def status_cmd(plan_file: str, wave: int | None, output: str) -> None:
     Reads only the plan's journal: no cluster or S3 access, safe while a run is going.
     """
     from migrate.plan import load_plan
-    from migrate.status import plan_status, summary
+    from migrate.views.status import plan_status, summary
 
     plan = load_plan(plan_file)
     statuses = plan_status(plan, wave)

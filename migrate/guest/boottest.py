@@ -1,6 +1,7 @@
 """The boot test: start the staged image the way KubeVirt would, on a throwaway overlay.
 
-This is the only module that talks to libvirt for the boot test.  :func:`boot_test`
+Its libvirt side is :mod:`migrate.clients.boottest` (the one that talks to libvirt).
+:func:`boot_test`
 
 1. puts a qcow2 overlay over each staged image (:func:`converters.qemuimg.create_overlay`)
    in a folder of its own, so nothing the guest writes reaches the staged copy (and the
@@ -26,17 +27,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from converters import qemuimg
-from migrate.errors import VmmoveError
+from migrate.clients.boottest import BOOTED, FAILED, TIMEOUT, BootTestError, run_transient
 from migrate.guest.domain import OVMF, BootDisk, DomainError, DomainFiles, domain_xml, uses_efi
 
-BOOTED, FAILED, TIMEOUT = "booted", "failed", "timeout"
 #: (pattern on the serial console or BIOS log, the reason recorded)
 FAILURES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"No bootable device", re.I), "no bootable device"),
@@ -52,13 +51,7 @@ FAILURES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"STOP: 0x[0-9A-Fa-f]{8}|Stop code: [A-Z_]+|INACCESSIBLE_BOOT_DEVICE"),
      "Windows stop code"),
 ]
-_SHOT_TYPES = {"image/png": "png", "image/x-portable-pixmap": "ppm"}
 _LOGIN = re.compile(r"^\S* ?login: ?$", re.M)
-POLL = 0.5
-
-
-class BootTestError(VmmoveError):
-    """The boot test could not run (no libvirtd, a spec it cannot translate…)."""
 
 
 @dataclass
@@ -86,15 +79,6 @@ class BootResult:
             "bios_log", "screenshot", "tail")}
 
 
-def _libvirt() -> Any:
-    try:
-        import libvirt
-    except ImportError:  # pragma: no cover - a dependency of the package
-        raise BootTestError("the libvirt Python binding is not installed") from None
-    libvirt.registerErrorHandler(lambda *_: None, None)
-    return libvirt
-
-
 def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
@@ -119,35 +103,6 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _agent_ping(libvirt: Any, dom: Any) -> bool:
-    import libvirt_qemu
-
-    if "state='connected'" not in dom.XMLDesc(0):
-        return False
-    try:
-        libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-ping"}', 2, 0)
-        return True
-    except libvirt.libvirtError:
-        return False
-
-
-def _screenshot(libvirt: Any, conn: Any, dom: Any, folder: Path) -> str | None:
-    """The display as libvirt gives it (PNG or PPM, by its MIME type), or None."""
-    part = folder / "screenshot.part"
-    try:
-        stream = conn.newStream(0)
-        mime = dom.screenshot(stream, 0, 0)
-        with open(part, "wb") as fh:
-            stream.recvAll(lambda _st, data, f: f.write(data), fh)
-        stream.finish()
-        dest = folder / f"screenshot.{_SHOT_TYPES.get(mime, 'img')}"
-        os.replace(part, dest)
-        return str(dest)
-    except (libvirt.libvirtError, OSError):
-        part.unlink(missing_ok=True)
-        return None
-
-
 def boot_test(name: str, vm_spec: dict[str, Any], images: dict[str, tuple[str, str]],
               folder: Path, *, timeout: float = 300.0, marker: str | None = None,
               accel: str = "auto", uri: str = "qemu:///system",
@@ -155,7 +110,6 @@ def boot_test(name: str, vm_spec: dict[str, Any], images: dict[str, tuple[str, s
     """Boot ``vm_spec`` (a VirtualMachine ``spec``) with ``images`` (volume name →
     ``(staged image path, format)``) in a transient domain; evidence goes to ``folder``.
     ``kernel``: ``(kernel, initrd)`` files for a spec with ``firmware.kernelBoot``."""
-    libvirt = _libvirt()
     use_kvm = accel == "kvm" or (accel == "auto" and kvm_usable())
     folder.mkdir(parents=True, exist_ok=True)
     for old in ("console.log", "bios.log", "screenshot.png", "screenshot.ppm"):
@@ -183,69 +137,15 @@ def boot_test(name: str, vm_spec: dict[str, Any], images: dict[str, tuple[str, s
         buses = {d["name"]: (d.get("disk") or d.get("cdrom") or {}).get("bus", "virtio")
                  for d in vm_spec["template"]["spec"]["domain"]["devices"].get("disks") or []}
         firmware = "efi-secure" if secure else "efi" if efi else "bios"
-        try:
-            conn = libvirt.open(uri)
-        except libvirt.libvirtError as exc:
-            raise BootTestError(f"cannot connect to {uri}: {exc.get_error_message()}") from None
-        try:
-            return _run(libvirt, conn, xml, files, folder, timeout, marker,
-                        "kvm" if use_kvm else "tcg", firmware, buses)
-        finally:
-            conn.close()
+        run = run_transient(uri, xml, folder, timeout,
+                            lambda: judge(_read(files.serial), _read(files.bios_log), marker))
+        console = _read(files.serial)
+        tail = "\n".join(console.strip().splitlines()[-15:])
+        return BootResult(run.verdict, run.reason, run.seconds, "kvm" if use_kvm else "tcg",
+                          firmware, buses, console=str(files.serial),
+                          bios_log=str(files.bios_log) if files.bios_log.exists() else None,
+                          screenshot=run.screenshot, tail=tail)
     finally:
         for overlay in overlays:
             overlay.unlink(missing_ok=True)
         files.nvram.unlink(missing_ok=True)
-
-
-def _run(libvirt: Any, conn: Any, xml: str, files: DomainFiles, folder: Path, timeout: float,
-         marker: str | None, accel: str, firmware: str, buses: dict[str, str]) -> BootResult:
-    started = time.monotonic()
-    try:
-        dom = conn.createXML(xml, 0)
-    except libvirt.libvirtError as exc:
-        raise BootTestError(f"libvirt cannot start the test domain: "
-                            f"{exc.get_error_message()}") from None
-    verdict: tuple[str, str] | None = None
-    screenshot = None
-    try:
-        next_agent = started + 5.0
-        while verdict is None:
-            console, bios = _read(files.serial), _read(files.bios_log)
-            verdict = judge(console, bios, marker)
-            if verdict is not None:
-                break
-            now = time.monotonic()
-            if now >= next_agent:
-                next_agent = now + 2.0
-                if _agent_ping(libvirt, dom):
-                    verdict = (BOOTED, "the guest agent answers")
-                    break
-            try:
-                active = dom.isActive()
-            except libvirt.libvirtError:
-                active = False
-            if not active:
-                console = _read(files.serial)
-                verdict = judge(console, _read(files.bios_log), marker) or \
-                    (FAILED, "the guest stopped by itself before it was up")
-                break
-            if now - started > timeout:
-                verdict = (TIMEOUT, f"no login prompt, marker or guest agent within "
-                                    f"{timeout:.0f}s")
-                break
-            time.sleep(POLL)
-        if verdict[0] != BOOTED:
-            screenshot = _screenshot(libvirt, conn, dom, folder)
-    finally:
-        try:
-            dom.destroy()
-        except libvirt.libvirtError:
-            pass
-    seconds = round(time.monotonic() - started, 2)
-    console = _read(files.serial)
-    tail = "\n".join(console.strip().splitlines()[-15:])
-    return BootResult(verdict[0], verdict[1], seconds, accel, firmware, buses,
-                      console=str(files.serial),
-                      bios_log=str(files.bios_log) if files.bios_log.exists() else None,
-                      screenshot=screenshot, tail=tail)

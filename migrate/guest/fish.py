@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 
 TIMEOUT = 600.0  # seconds for one command (appliance start under TCG included)
 _PID = re.compile(r"GUESTFISH_PID=(\d+)")

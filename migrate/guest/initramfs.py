@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import zlib
 
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 
 _KO = re.compile(r"([^/]+)\.ko(?:\.(?:gz|xz|zst))?$")
 _MAGICS: list[tuple[bytes, str]] = [

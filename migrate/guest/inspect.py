@@ -2,7 +2,7 @@
 
 :func:`inspect_disks` boots one libguestfs appliance (:class:`~migrate.guest.fish.Fish`,
 ``--ro``, formats pinned) over the staged copies of a VM's disks and returns an
-:class:`~migrate.model.Inspection`:
+:class:`~migrate.core.model.Inspection`:
 
 * OS facts from libguestfs inspection (``inspect-os``, ``inspect-get-type/distro/
   major-version/minor-version/product-name/arch/hostname/mountpoints``);
@@ -36,7 +36,7 @@ from pathlib import Path
 from migrate.guest import netconf
 from migrate.guest.fish import Fish, GuestfsError
 from migrate.guest.initramfs import InitramfsError, module_names
-from migrate.model import Inspection
+from migrate.core.model import Inspection
 
 #: Linux drivers the KubeVirt devices need (disk buses virtio/scsi/sata, NIC virtio)
 LINUX_DRIVERS = ("virtio_blk", "virtio_scsi", "virtio_net", "ahci")

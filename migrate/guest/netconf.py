@@ -1,7 +1,7 @@
 """A guest's own network configuration, parsed from the files that hold it.
 
 Each parser takes a file's text and its guest path and returns
-:class:`~migrate.model.GuestNetwork` records (one per interface or connection).  Formats,
+:class:`~migrate.core.model.GuestNetwork` records (one per interface or connection).  Formats,
 with the documents their keys come from:
 
 * Debian ``/etc/network/interfaces`` (+ ``interfaces.d/*``): interfaces(5) — ``iface NAME
@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from migrate.model import GuestNetwork
+from migrate.core.model import GuestNetwork
 
 #: glob -> parser name, in the order they are read
 SOURCES = [

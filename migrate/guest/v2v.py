@@ -1,6 +1,6 @@
 """Guest conversion with virt-v2v, on a copy of the staged image — never on the source.
 
-:func:`needs_conversion` says, from an :class:`~migrate.model.Inspection` and the buses the
+:func:`needs_conversion` says, from an :class:`~migrate.core.model.Inspection` and the buses the
 manifests give the disks, whether the guest must be converted (``convert.guest: auto``):
 a Linux guest whose initramfs lacks the driver of its boot disk's bus, or a Windows guest
 without ``viostor``/``vioscsi`` for a virtio/scsi disk.
@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from converters.checksum import sha256_file
-from migrate.errors import VmmoveError
+from migrate.core.errors import VmmoveError
 from migrate.guest.fish import libguestfs_env, require
-from migrate.model import VM, GuestNetwork, Inspection
+from migrate.core.model import VM, GuestNetwork, Inspection
 
 CONVERTED, SKIPPED, FAILED = "converted", "skipped", "failed"
 TIMEOUT = 3600.0

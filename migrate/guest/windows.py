@@ -3,7 +3,7 @@
 :func:`read_hive` exports a hive file to regedit text and parses it into ``{key path:
 {value name: value}}`` (REG_SZ/EXPAND_SZ as ``str``, MULTI_SZ as ``list[str]``, DWORD as
 ``int``, anything else as ``bytes``).  :func:`apply_hives` fills an
-:class:`~migrate.model.Inspection` from the SYSTEM (and SOFTWARE) hive:
+:class:`~migrate.core.model.Inspection` from the SYSTEM (and SOFTWARE) hive:
 
 * the current control set (``Select\\Current``, Microsoft "CurrentControlSet" docs);
 * drivers: ``Services\\viostor``, ``Services\\vioscsi``, ``Services\\netkvm`` present (the
@@ -26,7 +26,7 @@ from typing import Any
 
 from migrate.guest.fish import GuestfsError, require
 from migrate.guest.netconf import _cidr
-from migrate.model import GuestNetwork, Inspection
+from migrate.core.model import GuestNetwork, Inspection
 
 DRIVERS = ("viostor", "vioscsi", "netkvm", "storahci")
 AGENTS = {"qemu-ga": "qemu-guest-agent", "cloudbase-init": "cloudbase-init"}

@@ -8,11 +8,7 @@ one bad file never stops a scan.
 import os
 import stat
 
-from migrate.errors import VmmoveError
-
-
-class SourceError(VmmoveError):
-    """A source that cannot be read; ``str()`` names the file or URI and the problem."""
+from migrate.core.errors import SourceError
 
 
 def read_bounded(path: str, limit: int, what: str) -> tuple[str, bytes]:

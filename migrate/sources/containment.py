@@ -42,9 +42,9 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.errors import VmmoveError
-from migrate.imageinfo import ImageError, qemu_img
-from migrate.model import BackingFile, Disk, Source, SourceKind
+from migrate.core.errors import VmmoveError
+from migrate.clients.imageinfo import ImageError, qemu_img
+from migrate.core.model import BackingFile, Disk, Source, SourceKind
 
 #: Formats a layer may have (qemu driver names); ``vpc`` is VHD.
 FORMATS = frozenset({"raw", "qcow2", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc", "parallels",
@@ -436,7 +436,7 @@ def open_chain(export: Export, top: Layer, fmt: str | None, *,
 
     ``fmt`` is the declared format of the top layer (``None``: sniffed from its magic,
     never probed by qemu).  Raises :class:`ContainmentError` for a reference vmmove will
-    not follow, :class:`~migrate.imageinfo.ImageError` when qemu-img cannot read a layer.
+    not follow, :class:`~migrate.clients.imageinfo.ImageError` when qemu-img cannot read a layer.
     """
     layers: list[Layer] = []
     seen: set[str] = set()

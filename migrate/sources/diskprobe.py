@@ -17,8 +17,8 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from migrate.errors import VmmoveError
-from migrate.model import VM, Disk, Source, SourceKind
+from migrate.core.errors import VmmoveError
+from migrate.core.model import VM, Disk, Source, SourceKind
 from migrate.sources.containment import (
     Export,
     MissingFile,

@@ -1,4 +1,4 @@
-"""libvirt domain XML → :class:`~migrate.model.VM`.
+"""libvirt domain XML → :class:`~migrate.core.model.VM`.
 
 One reader serves both the live libvirt source (``XMLDesc`` of each domain) and offline
 files (``/etc/libvirt/qemu/*.xml``, ``virsh dumpxml`` output), so a VM reads the same
@@ -20,7 +20,7 @@ from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 
-from migrate.model import (
+from migrate.core.model import (
     VM,
     BackingFile,
     CpuTopology,
@@ -33,7 +33,8 @@ from migrate.model import (
     Source,
     SourceKind,
 )
-from migrate.sources import SourceError, read_bounded
+from migrate.core.errors import SourceError
+from migrate.sources import read_bounded
 
 LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"

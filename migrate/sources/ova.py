@@ -20,8 +20,8 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 
-from migrate.model import VM, Piece, SourceKind
-from migrate.sources import SourceError
+from migrate.core.model import VM, Piece, SourceKind
+from migrate.core.errors import SourceError
 from migrate.sources.containment import Export, Member, open_chain, protocol_of
 from migrate.sources.ovf import (MAX_FILE, MAX_OVF_BYTES, FileRef, Location, chunk_name,
                                  packed_location, parse_ovf)

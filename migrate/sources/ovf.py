@@ -21,8 +21,9 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml
 from defusedxml import ElementTree as DET
 
-from migrate.errors import VmmoveError
-from migrate.model import (
+from migrate.core.errors import VmmoveError
+from migrate.core.model import (
+    normalize_mac,
     VM,
     BackingFile,
     CpuTopology,
@@ -37,7 +38,8 @@ from migrate.model import (
     Source,
     SourceKind,
 )
-from migrate.sources import SourceError, read_bounded
+from migrate.core.errors import SourceError
+from migrate.sources import read_bounded
 from migrate.sources.containment import (
     FORMATS as QEMU_FORMATS,
     Chain,
@@ -63,7 +65,6 @@ ENVELOPE_NAMESPACES = {
     "": "unqualified",
 }
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
-_MAC = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _HOST_RESOURCE = re.compile(r"^(?:ovf:)?/+(disk|file)/(.+)$")
 
@@ -872,10 +873,9 @@ class _VMBuilder:
         adapters.sort(key=lambda a: int(attr(a, "slot") or 0) if (attr(a, "slot") or "0").isdigit() else 0)
         for nic, adapter in zip(vm.nics, adapters):
             raw = (attr(adapter, "MACAddress") or "").strip()
-            if re.fullmatch(r"[0-9A-Fa-f]{12}", raw):
-                nic.mac = ":".join(raw[i:i + 2] for i in range(0, 12, 2)).lower()
-            elif raw and _MAC.match(raw):
-                nic.mac = raw.lower().replace("-", ":")
+            mac = normalize_mac(raw, bare=True)
+            if mac:
+                nic.mac = mac
             model = VBOX_NIC_TYPES.get((attr(adapter, "type") or "").lower())
             if model:
                 nic.model = model
@@ -989,7 +989,7 @@ class _VMBuilder:
 
     def _nic(self, vm: VM, item: Item) -> None:
         address = item.fields.get("address") or item.fields.get("macaddress")
-        mac = address.lower().replace("-", ":") if address and _MAC.match(address) else None
+        mac = normalize_mac(address)
         sub = item.subtype.strip().lower()
         if self.dialect == "ovirt":
             model = OVIRT_NIC_MODELS.get(sub, sub or None)

@@ -34,7 +34,7 @@ import os
 import re
 from urllib.parse import unquote
 
-from migrate.model import (
+from migrate.core.model import (
     VM,
     CpuTopology,
     Device,
@@ -45,7 +45,8 @@ from migrate.model import (
     Source,
     SourceKind,
 )
-from migrate.sources import SourceError, read_bounded
+from migrate.core.errors import SourceError
+from migrate.sources import read_bounded
 from migrate.sources.containment import inside
 from migrate.sources.diskprobe import MAX_DISK
 

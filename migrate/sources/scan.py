@@ -12,14 +12,15 @@ import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from migrate import __version__
-from migrate.errors import VmmoveError
-from migrate.model import VM, Inventory, ScanError, SourceKind, distinguish
-from migrate.progress import bar, without_password
-from migrate.sources import SourceError
+from migrate.core.errors import VmmoveError
+from migrate.core.model import VM, Inventory, ScanError, SourceKind, distinguish
+from migrate.core.progress import Subscriber, without_password
+from migrate.core.errors import SourceError
 from migrate.sources.containment import inside
 
 DESCRIPTORS = (".xml", ".ovf", ".ova", ".vmx")
@@ -186,6 +187,15 @@ def _guard(location: str, work: Callable[[], Result]) -> Result:
         return [], [_error(location, exc)]
 
 
+@dataclass(frozen=True)
+class _ScanItem:
+    item: str = "scan"
+    label: str = "scan"
+
+
+#: The one progress item of a scan (the sources read).
+SCAN = _ScanItem()
+
 def scan(
     uris: list[str],
     paths: list[str],
@@ -193,11 +203,14 @@ def scan(
     timeout: float | None = None,
     pve_storage: dict[str, str] | None = None,
     ovf_configuration: str | None = None,
+    progress: Subscriber | None = None,
 ) -> Inventory:
     """Read every libvirt URI and every file (folders recursively) into one inventory;
     ``pve_storage`` maps Proxmox VE storage IDs to local folders (``--pve-storage``);
-    ``ovf_configuration``: see :func:`read_file`."""
-    from migrate.sources.libvirt_uri import DEFAULT_TIMEOUT, scan_uri
+    ``ovf_configuration``: see :func:`read_file`; ``progress`` (closed here) hears one
+    item, ``scan``, queued with the number of sources and advanced by one per source."""
+    from migrate.clients.libvirt import DEFAULT_TIMEOUT
+    from migrate.sources.libvirt_uri import scan_uri
 
     limit = timeout or DEFAULT_TIMEOUT
     slots: list[Result | None] = []
@@ -215,17 +228,21 @@ def scan(
                 slots.append(None)
 
     workers = max(1, min(jobs or 8, len(tasks) or 1))
-    with bar(len(tasks), "scan", unit="source") as progress:
+    progress = progress or Subscriber()
+    progress.on_queued(SCAN, len(tasks), 0)
+    try:
         if workers == 1:
             for slot, location, work in tasks:
                 slots[slot] = _guard(location, work)
-                progress.update(1)
+                progress.on_progress(SCAN, 1)
         else:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan") as pool:
                 futures = {slot: pool.submit(_guard, location, work) for slot, location, work in tasks}
                 for slot, future in futures.items():
                     slots[slot] = future.result()
-                    progress.update(1)
+                    progress.on_progress(SCAN, 1)
+    finally:
+        progress.close()
 
     inventory = Inventory(
         scanned_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

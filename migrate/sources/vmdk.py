@@ -17,8 +17,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from migrate.errors import VmmoveError
-from migrate.model import MULTI_FILE, RDM_PHYSICAL, RDM_VIRTUAL, VSAN, BackingFile
+from migrate.core.errors import VmmoveError
+from migrate.core.model import MULTI_FILE, RDM_PHYSICAL, RDM_VIRTUAL, VSAN, BackingFile
 from migrate.sources.containment import (
     MAX_CHAIN,
     MAX_DESCRIPTOR_BYTES,
@@ -74,7 +74,7 @@ class DiskFacts:
     backing_chain: list[BackingFile] = field(default_factory=list)
     create_type: str | None = None
     error: str | None = None
-    layout: str | None = None  # migrate.model layouts: multi-file, rdm-physical, rdm-virtual, vsan
+    layout: str | None = None  # migrate.core.model layouts: multi-file, rdm-physical, rdm-virtual, vsan
 
 
 def layout_of(desc: Descriptor) -> str:

@@ -1,7 +1,7 @@
 """Guest OS identifiers of VMware (VMX ``guestOS``, OVF ``vmw:osType``) and of OVF/CIM.
 
 Assessment and manifests choose preferences by family/distro/version, so both kinds of
-identifier are turned into one :class:`~migrate.model.GuestOS`.  VMware writes the same
+identifier are turned into one :class:`~migrate.core.model.GuestOS`.  VMware writes the same
 OS two ways: ``rhel7-64`` in a ``.vmx`` and ``rhel7_64Guest`` in the vSphere API and OVF;
 :func:`normalize` folds both to one key.  VMware's id is more precise than the CIM number
 (VMware exports Windows 10 as CIM 113 "Windows 8"), so it wins when both are present.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from migrate.model import GuestOS
+from migrate.core.model import GuestOS
 
 # Windows ids (normalized) -> (human name, version)
 _WINDOWS: dict[str, tuple[str, str]] = {

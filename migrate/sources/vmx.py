@@ -16,7 +16,8 @@ import re
 import uuid as uuidlib
 from collections.abc import Callable
 
-from migrate.model import (
+from migrate.core.model import (
+    MAC_RE,
     VM,
     CpuTopology,
     Device,
@@ -28,7 +29,8 @@ from migrate.model import (
     Source,
     SourceKind,
 )
-from migrate.sources import SourceError, read_bounded
+from migrate.core.errors import SourceError
+from migrate.sources import read_bounded
 from migrate.sources import vmdk
 from migrate.sources.containment import Export, protocol_of
 from migrate.sources.vmware_os import from_vmware
@@ -39,7 +41,6 @@ MAX_VCPUS = 4096
 
 _LINE = re.compile(r'^(?P<key>[^=\s][^=]*?)\s*=\s*(?P<value>.*?)\s*$')
 _ENCODING = re.compile(rb'^[ \t]*\.encoding[ \t]*=[ \t]*"([^"\r\n]*)"', re.IGNORECASE | re.MULTILINE)
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _DISK_SLOT = re.compile(r"^(scsi|ide|sata|nvme)(\d+):(\d+)\.present$")
 _FLOPPY = re.compile(r"^floppy(\d+)\.(present|filename)$")
 
@@ -293,7 +294,7 @@ def _nic(cfg: VmxConfig, index: int) -> Nic | None:
         )
     if mac is not None:
         mac = mac.strip().lower().replace("-", ":")
-        if not _MAC.match(mac):
+        if not MAC_RE.match(mac):
             raise SourceError(f"{path}: {prefix} MAC address {mac!r} is not a MAC address")
     model = cfg.get(f"{prefix}.virtualDev")
     if model:

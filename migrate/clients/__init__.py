@@ -1,0 +1,1 @@
+"""Clients: the only modules that talk to libvirt, Kubernetes and the hosts' tools."""

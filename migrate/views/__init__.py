@@ -1,0 +1,1 @@
+"""Views: status, report, runbook and dry runs, read-only over the journal's records."""
