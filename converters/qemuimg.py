@@ -158,6 +158,25 @@ def measure(path: str, fmt: str, out_fmt: str = "qcow2", *, force_share: bool = 
     return Measure(required=int(data["required"]), fully_allocated=int(data["fully-allocated"]))
 
 
+def create_overlay(backing: str, backing_fmt: str, dest: str) -> None:
+    """A qcow2 at ``dest`` whose reads fall through to ``backing`` and whose writes stay in
+    it (the boot test's throwaway layer); the backing format is pinned (``-F``), never
+    probed, and ``backing`` must be an absolute path."""
+    if not os.path.isabs(backing):
+        raise QemuImgError(f"{backing}: an overlay's backing file must be an absolute path")
+    _run(["create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b", backing, dest], dest)
+
+
+def read_head(path: str, fmt: str, length: int = 65536) -> bytes:
+    """The first ``length`` bytes of the guest's view of an image (``qemu-img dd``)."""
+    with tempfile.TemporaryDirectory(prefix="vmmove-head-") as tmp:
+        out = os.path.join(tmp, "head.raw")
+        _run(["dd", "-f", fmt, "-O", "raw", f"bs={length}", "count=1", f"if={path}",
+              f"of={out}"], path)
+        with open(out, "rb") as fh:
+            return fh.read(length)
+
+
 def check(path: str, fmt: str, *, force_share: bool = False,
           label: str | None = None) -> str | None:
     """``qemu-img check``: ``None`` when the image is sound, else what is wrong.

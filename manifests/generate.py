@@ -25,7 +25,7 @@ from manifests.sources import BLANK, HTTP, S3, UPLOAD, DiskSource, MissingSource
 from manifests.validate import INTERFACE_MODELS, RESERVED_MAC, RUN_STRATEGIES, admission_errors
 from migrate import __version__
 from migrate.core.errors import VmmoveError
-from migrate.core.mapping import POD, NetworkMap, StorageMap, target_disk_bus
+from migrate.core.mapping import POD, NetworkMap, StorageMap, inspected_nic_model, target_disk_bus
 from migrate.core.model import HOST_CDROM, MAC_RE, VM, Disk, Inventory, Nic
 from migrate.core.naming import assign_names, dns1123_label
 from migrate.core.workdir import image_basename, target_names
@@ -328,7 +328,7 @@ class _Builder:
             bus = self.over.disk_bus[disk.target]
             self.notes.append(f"disk {disk.target}: bus {bus} (the plan's)")
         else:
-            choice = target_disk_bus(disk, self.windows)  # the same rule the assessment states
+            choice = target_disk_bus(disk, self.windows, self.vm.inspection)  # the same rule the assessment states
             bus = choice.bus
             if choice.reason:
                 self.notes.append(f"disk {disk.target}: {choice.reason}")
@@ -455,6 +455,13 @@ class _Builder:
         return interfaces
 
     def nic_model(self, nic: Nic, idx: int) -> str | None:
+        model = self._nic_model(nic, idx)
+        fix = inspected_nic_model(model, self.vm.inspection)
+        if fix.reason:
+            self.notes.append(f"nic{idx}: {fix.reason}")
+        return fix.value
+
+    def _nic_model(self, nic: Nic, idx: int) -> str:
         model = (nic.model or "").lower()
         if not model:
             if self.windows:

@@ -69,11 +69,15 @@ CONVERT_FORMATS = ("qcow2", "raw")
 _NAME_CHOICE = re.compile(r"^(auto|none|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
 
 TOP_KEYS = ("apiVersion", "kind", "inventory", "workdir", "namespace", "networks", "storage",
-            "transfer", "convert", "defaults", "waves", "workers", "warm")
+            "transfer", "convert", "defaults", "waves", "workers", "warm", "bootTest")
 TRANSFER_KEYS = ("s3", "endpointUrl", "profile", "region", "secretName", "parallel",
                  "uploadProxy", "insecure", "storageClass", "forceBind", "mode")
 TRANSFER_MODES = ("s3", "upload", "direct")  # direct: in-cluster workers (docs/remote-hosts.md)
-CONVERT_KEYS = ("format", "compress", "verify", "jobs", "inconsistentCopy", "forceShare")
+CONVERT_KEYS = ("format", "compress", "verify", "jobs", "inconsistentCopy", "forceShare",
+                "guest", "virtioWin", "preserveStaticIPs")
+GUEST_CONVERT = ("auto", "never", "always")
+BOOT_TEST_KEYS = ("timeout", "marker", "accel")
+BOOT_ACCELS = ("auto", "kvm", "tcg")
 WARM_KEYS = ("default", "volumes", "maxRoundAge", "writer")
 WARM_WRITERS = ("local", "worker", "s3")
 DEFAULT_KEYS = ("runStrategy", "preference", "instancetype", "keepCdroms", "timezone")
@@ -132,6 +136,20 @@ class ConvertSettings:
     verify: bool = True
     jobs: int | None = None
     force_share: bool = False
+    # guest conversion with virt-v2v (docs/guest-readiness.md): auto = when inspection says
+    # the guest lacks a driver its target bus needs; never; always
+    guest: str = "auto"
+    virtio_win: str | None = None  # virtio-win ISO for Windows guests (virt-v2v --virtio-win)
+    preserve_static_ips: bool = False
+
+
+@dataclass
+class BootTestSettings:
+    """``bootTest`` in a plan: how ``vmmove boot-test`` judges a boot."""
+
+    timeout: float = 300.0  # seconds until a login prompt, the marker or the agent
+    marker: str | None = None  # a text the guest prints on its serial console when up
+    accel: str = "auto"  # auto (KVM when /dev/kvm works) | kvm | tcg
 
 
 @dataclass
@@ -228,6 +246,7 @@ class Plan:
     vms: list[PlannedVM] = field(default_factory=list)  # every planned VM, in wave order
     workers: WorkerSettings = field(default_factory=WorkerSettings)  # transfer mode direct
     warm: WarmSettings = field(default_factory=WarmSettings)
+    boot_test: BootTestSettings = field(default_factory=BootTestSettings)
 
     # -- lookups ----------------------------------------------------------------------------
     def wave_numbers(self) -> list[int]:
@@ -402,9 +421,10 @@ def load_plan(path: str | os.PathLike[str], inventory: Inventory | None = None) 
     waves = _waves(data.get("waves"), problems)
     workers = parse_workers(data.get("workers"), problems.add)
 
+    boot_test = _boot_test(data, problems)
     plan = Plan(plan_path, inv_path, inventory or Inventory(), workdir.absolute(), namespace,
                 maps, transfer, convert, defaults, waves, workers=workers,
-                warm=_warm(data, base, problems))
+                warm=_warm(data, base, problems), boot_test=boot_test)
     if inventory is not None:
         plan.vms = _resolve(plan, problems)
         _check_vms(plan, problems)
@@ -509,7 +529,12 @@ def _convert(data: dict[str, Any], problems: _Problems) -> ConvertSettings:
         jobs=_typed(sec, "jobs", int, w, problems),
         force_share=bool(_typed(sec, "inconsistentCopy", bool, w, problems, False)
                          or _typed(sec, "forceShare", bool, w, problems, False)),
+        guest=_typed(sec, "guest", str, w, problems, "auto"),
+        virtio_win=_typed(sec, "virtioWin", str, w, problems),
+        preserve_static_ips=_typed(sec, "preserveStaticIPs", bool, w, problems, False),
     )
+    if c.guest not in GUEST_CONVERT:
+        problems.add(f"{w}.guest", f"{c.guest!r} is not one of {', '.join(GUEST_CONVERT)}")
     if c.format not in CONVERT_FORMATS:
         problems.add(f"{w}.format", f"{c.format!r} is not one of {', '.join(CONVERT_FORMATS)}")
     if c.compress and c.format != "qcow2":
@@ -517,6 +542,21 @@ def _convert(data: dict[str, Any], problems: _Problems) -> ConvertSettings:
     if c.jobs is not None and c.jobs < 1:
         problems.add(f"{w}.jobs", "must be at least 1")
     return c
+
+
+def _boot_test(data: dict[str, Any], problems: _Problems) -> BootTestSettings:
+    sec = _section(data, "bootTest", problems, BOOT_TEST_KEYS)
+    w = "bootTest"
+    b = BootTestSettings(
+        timeout=float(_typed(sec, "timeout", (int, float), w, problems, 300.0)),
+        marker=_typed(sec, "marker", str, w, problems),
+        accel=_typed(sec, "accel", str, w, problems, "auto"),
+    )
+    if b.timeout <= 0:
+        problems.add(f"{w}.timeout", "must be more than 0 seconds")
+    if b.accel not in BOOT_ACCELS:
+        problems.add(f"{w}.accel", f"{b.accel!r} is not one of {', '.join(BOOT_ACCELS)}")
+    return b
 
 
 def _check_choice(value: str | None, where: str, problems: _Problems) -> None:

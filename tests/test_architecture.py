@@ -58,6 +58,7 @@ def test_record_payloads_are_read_only_in_the_records_module() -> None:
 def test_help_lists_the_commands_in_pipeline_order(cli) -> None:
     result = cli("--help")
     assert result.exit_code == 0
-    listed = re.findall(r"^  ([a-z]+)\s", result.stdout.split("Commands:")[1], re.M)
-    assert listed[:12] == ["scan", "assess", "plan", "migrate", "convert", "upload",
-                           "manifests", "apply", "cutover", "rollback", "status", "report"]
+    listed = re.findall(r"^  ([a-z-]+)\s", result.stdout.split("Commands:")[1], re.M)
+    assert listed[:14] == ["scan", "assess", "plan", "migrate", "convert", "inspect", "upload",
+                           "manifests", "apply", "boot-test", "cutover", "rollback", "status",
+                           "report"]

@@ -25,7 +25,9 @@ from migrate.core.model import (
     BackingFile,
     Device,
     Disk,
+    GuestNetwork,
     GuestOS,
+    Inspection,
     Inventory,
     Nic,
     PowerState,
@@ -90,6 +92,11 @@ def tuning(**kw: object) -> Mutation:
 
 def guest(**kw: object) -> Mutation:
     return lambda vm: setattr(vm, "guest_os", GuestOS(**kw))  # type: ignore[arg-type]
+
+
+def inspected(**kw: object) -> Mutation:
+    """What vmmove inspect found inside the guest (migrate.guest.inspect)."""
+    return lambda vm: setattr(vm, "inspection", Inspection(os_type="linux", **kw))  # type: ignore[arg-type]
 
 
 def offline(descriptor: str) -> Mutation:
@@ -173,6 +180,20 @@ POSITIVE: list[tuple[str, Mutation, str, str | None]] = [
     ("serial-extra", add_device("serial", "isa-serial", port="1"), "serial port 1", "serial1"),
     ("device-dropped", add_device("parallel"), "parallel port", "parallel"),
     ("name-not-dns1123", attrs(name="Web Server (prod)"), "'web-server-prod'", None),
+    ("guest-virtio-missing", inspected(drivers={"virtio_blk": False, "ahci": True}),
+     "initramfs lacks virtio_blk: disk vda uses sata", "vda"),
+    ("guest-no-boot-driver", inspected(drivers={"virtio_blk": False, "ahci": False}),
+     "lacks both virtio_blk and ahci", None),
+    ("guest-static-ip", inspected(network=[GuestNetwork("eth0", "static", ["10.1.2.3/24"],
+                                                        source="/etc/network/interfaces")]),
+     "static IP 10.1.2.3/24 on eth0", "eth0"),
+    ("guest-device-names", inspected(device_names=["/etc/fstab: /dev/sda1 on /"]),
+     "/dev/sda1 on /", None),
+    ("guest-foreign-tools", inspected(foreign_tools=["open-vm-tools"]), "open-vm-tools", None),
+    ("guest-efi-on-bios", both(firmware(type="bios"), inspected(efi=True)), "EFI system partition",
+     None),
+    ("guest-inspect-failed", inspected(error="drivers unknown: no initramfs"), "no initramfs",
+     None),
 ]
 
 # (rule id, a near miss that must NOT raise it)

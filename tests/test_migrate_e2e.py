@@ -66,7 +66,8 @@ def test_one_wave_end_to_end(cli: Any, tmp_path: Path, s3_server: SeaweedFS, s3_
     assert result.exit_code == 0, result.stderr
     stages = json.loads(result.stdout)
     assert [(s["stage"], s["status"]) for s in stages] == [
-        ("convert", "done"), ("upload", "done"), ("manifests", "done"), ("apply", "done")]
+        ("convert", "done"), ("inspect", "done"), ("guest", "done"), ("upload", "done"),
+        ("manifests", "done"), ("apply", "done")]
 
     workdir = plan.workdir
     client = s3_server.client()
@@ -90,8 +91,8 @@ def test_one_wave_end_to_end(cli: Any, tmp_path: Path, s3_server: SeaweedFS, s3_
         assert f"sha256:{head['Metadata']['sha256']}" == step.checksum == up.checksum
         assert up.data["url"] == f"{s3_server.endpoint}/{s3_bucket}/{up.data['key']}"
         assert imports[item].status == DONE and imports[item].data["phase"] == "Succeeded"
-    assert stage_steps == {f"wave-1/{s}": DONE for s in ("convert", "upload", "manifests",
-                                                          "apply")}
+    assert stage_steps == {f"wave-1/{s}": DONE for s in ("convert", "inspect", "guest",
+                                                          "upload", "manifests", "apply")}
     # API objects: namespace, the S3 Secret, both VMs Halted; every DataVolume Succeeded
     assert cluster.get(NS, None, "vms") is not None
     secret_name = next(iter(uploads.values())).data["secret"]

@@ -104,7 +104,8 @@ def test_one_wave_through_the_upload_proxy(cli: Any, tmp_path: Path, shared: Pat
     result = migrate(cli, plan_file, cluster)
     stages = {s["stage"]: s for s in json.loads(result.stdout)}
     assert [(s, v["status"]) for s, v in stages.items()] == [
-        ("convert", "done"), ("upload", "done"), ("manifests", "done"), ("apply", "done")]
+        ("convert", "done"), ("inspect", "done"), ("guest", "done"), ("upload", "done"),
+        ("manifests", "done"), ("apply", "done")]
 
     with Journal(plan.workdir / "vmmove-journal.sqlite") as journal:
         converts = {s.item: s for s in journal.steps("convert")}

@@ -22,7 +22,13 @@ from migrate.core.journal import Journal
 from migrate.core.mapping import Maps
 from migrate.core.progress import Subscriber
 from migrate.core.model import VM, Inventory, PowerState, Source, SourceKind
-from migrate.core.records import KIND_APPLY, KIND_CUTOVER, KIND_STAGE, CutoverRecord
+from migrate.core.records import (
+    KIND_APPLY,
+    KIND_BOOT_TEST,
+    KIND_CUTOVER,
+    KIND_STAGE,
+    CutoverRecord,
+)
 from migrate.pipeline.cutover import (
     Cutover,
     CutoverError,
@@ -183,6 +189,7 @@ class World:
         self.sync_fails: set[str] = set()
         self.log: list[str] = []
         self.progress = Recorder()
+        self.skip_boot_test = False
         for p in self.plan.vms:  # staged: applied, no disks to import
             self.journal.start(KIND_APPLY, p.key)
             self.journal.done(KIND_APPLY, p.key, result="applied")
@@ -196,7 +203,8 @@ class World:
 
     def cutover(self) -> Cutover:
         return Cutover(self.plan, self.cluster, self.journal, self.sync,  # type: ignore[arg-type]
-                       CutoverOptions(verify_timeout=2), self.log.append,
+                       CutoverOptions(verify_timeout=2, skip_boot_test=self.skip_boot_test),
+                       self.log.append,
                        source=self.host.source,  # type: ignore[arg-type]
                        progress=self.progress)
 
@@ -228,7 +236,10 @@ def world(tmp_path: Path) -> Any:
 
 
 def test_itineraries_are_declared_once_in_order() -> None:
-    assert WAVE.names == STAGES == ("convert", "upload", "manifests", "apply")
+    assert WAVE.names == STAGES == ("convert", "inspect", "guest", "upload", "manifests",
+                                    "apply")
+    assert CUTOVER.phase("preflight").checks == ("concerns", "boot-test", "applied",
+                                                 "imported", "target", "source")
     assert CUTOVER.names == ("preflight", "stop", "sync", "start", "verify", "done")
     assert [p.name for p in CUTOVER.after("preflight")] == list(CUTOVER.names[1:])
     assert [p.source_stopped for p in CUTOVER.phases] == [False, False, True, True, True,
@@ -305,6 +316,23 @@ def test_no_source_stops_unless_every_preflight_passes(world: Any) -> None:
     assert w.step("a", "preflight").status == "done" and w.step("a", "stop") is None
 
 
+def test_a_failed_boot_test_stops_the_preflight_unless_skipped(world: Any) -> None:
+    w = world(["a", "b"])
+    key = {p.vm.name: p.key for p in w.plan.vms}
+    w.journal.start(KIND_BOOT_TEST, key["a"], vm="a")
+    w.journal.fail(KIND_BOOT_TEST, key["a"], "failed: no bootable device", verdict="failed")
+    w.journal.start(KIND_BOOT_TEST, key["b"], vm="b")
+    w.journal.done(KIND_BOOT_TEST, key["b"], verdict="booted", reason="login prompt")
+    results = w.run(jobs=2)
+    assert results["a"].status == "failed"
+    assert "last boot test failed: failed: no bootable device" in results["a"].error
+    assert "--skip-boot-test" in results["a"].error
+    assert results["b"].status == "not started" and w.host.calls == []
+    w.skip_boot_test = True
+    results = w.run(jobs=2)
+    assert results["a"].status == results["b"].status == "done"
+
+
 def test_parallel_vms_keep_their_own_steps_and_failures(world: Any) -> None:
     w = world(["a", "b", "c", "d"])
     w.sync_fails.add("c")
@@ -338,8 +366,9 @@ def test_wave_runner_stops_at_a_failure_and_resumes_there(tmp_path: Path) -> Non
 
     results = run_stages(plan, 1, [stage(n) for n in STAGES])
     assert [(r.stage, r.status) for r in results] == [
-        ("convert", "done"), ("upload", "done"), ("manifests", "failed")]
-    assert ran == ["convert", "upload", "manifests"]
+        ("convert", "done"), ("inspect", "done"), ("guest", "done"), ("upload", "done"),
+        ("manifests", "failed")]
+    assert ran == ["convert", "inspect", "guest", "upload", "manifests"]
     with plan.journal() as journal:
         assert resume_point(journal, 1) == "manifests"
         failed = journal.get(KIND_STAGE, stage_item(1, "manifests"))
@@ -349,7 +378,7 @@ def test_wave_runner_stops_at_a_failure_and_resumes_there(tmp_path: Path) -> Non
     failing.clear()
     ran.clear()
     results = run_stages(plan, 1, [stage(n) for n in STAGES])
-    assert [r.status for r in results] == ["done"] * 4
+    assert [r.status for r in results] == ["done"] * len(STAGES)
     # every stage runs again: each one skips, from its own records, what is done
     assert ran == list(STAGES)
     with plan.journal() as journal:

@@ -13,6 +13,7 @@ from migrate.assessment import (  # noqa: F401  (importing registers the rules, 
     disk_rules,
     nic_rules,
     device_rules,
+    guest_rules,
 )
 from collections.abc import Iterable
 

@@ -231,7 +231,7 @@ def disk_bus_ide(vm: VM, ctx: Context) -> Iterator[Hit]:
     windows, source = is_windows(vm), hostonly_initramfs(vm)
     for disk in data_disks(vm):
         if disk.bus == "ide":
-            bus = target_disk_bus(disk, windows).bus
+            bus = target_disk_bus(disk, windows, vm.inspection).bus
             yield Hit(f"disk {disk.target} on IDE becomes {bus}", subject=disk.target,
                       remediation=_hostonly(vm, source, bus))
 
@@ -249,7 +249,7 @@ def disk_bus_other(vm: VM, ctx: Context) -> Iterator[Hit]:
     """
     windows, source = is_windows(vm), hostonly_initramfs(vm)
     for disk in data_disks(vm):
-        choice = target_disk_bus(disk, windows)
+        choice = target_disk_bus(disk, windows, vm.inspection)
         if disk.bus and disk.bus != "ide" and choice.reason:
             bus = choice.bus
             remedy = _hostonly(vm, source, bus)
@@ -306,7 +306,7 @@ def cdrom(vm: VM, ctx: Context) -> Iterator[Hit]:
         if disk.device == "cdrom" and disk.layout != HOST_CDROM:
             media = f"with {disk_where(disk)}" if has_source(disk) else "empty"
             note = f" ({disk.error})" if disk.error else ""
-            choice = target_disk_bus(disk, windows)
+            choice = target_disk_bus(disk, windows, vm.inspection)
             kept = f"; kept with --keep-cdroms, its {choice.reason}" if choice.reason else ""
             yield Hit(f"cdrom {disk.target} ({media}){note} is not converted{kept}",
                       subject=disk.target)

@@ -48,8 +48,12 @@ def hostonly_initramfs(vm: VM) -> str | None:
     (mptspi, vmw_pvscsi, ata_piix, hv_storvsc, xen-blkfront) and without virtio_blk,
     virtio_scsi or ahci, so on KubeVirt it stops at ``dracut-initqueue timeout``
     (kubevirt/kubevirt#11133); virt-v2v rebuilds the initrd for this reason
-    (virt-v2v convert/convert_linux.ml).  None for other guests and sources.
+    (virt-v2v convert/convert_linux.ml).  None for other guests and sources, and for guests
+    whose initramfs ``vmmove inspect`` has read: the ``guest-*`` rules then speak from what
+    it holds, not from where the guest came from.
     """
+    if vm.inspection is not None and vm.inspection.has_driver("virtio_blk") is not None:
+        return None
     os = vm.guest_os
     if os is None or (os.family or "linux").lower() != "linux":
         return None

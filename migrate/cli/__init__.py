@@ -25,11 +25,12 @@ _NOT_COMMANDS = {"options", "types"}
 
 def pipeline_order() -> list[str]:
     """Commands in the order a migration uses them: the wave itinerary's stages between
-    plan and cutover (``migrate`` runs them all), then the views; others follow by name."""
+    plan and cutover (``migrate`` runs them all), the boot test (a check of the cutover's
+    preflight) before the cutover, then the views; others follow by name."""
     from migrate.pipeline.itinerary import CUTOVER, WAVE
 
-    return ["scan", "assess", "plan", "migrate", *WAVE.names, CUTOVER.name, "rollback",
-            "status", "report", "runbook", "clean"]
+    return ["scan", "assess", "plan", "migrate", *WAVE.names, "boot-test", CUTOVER.name,
+            "rollback", "status", "report", "runbook", "clean"]
 
 
 @cache

@@ -10,8 +10,7 @@ import datetime
 
 import click
 
-from migrate.cli.options import kube as kube_options
-from migrate.cli.options import output_format
+from migrate.cli.options import kube as kube_options, output_format, wave_vms
 from migrate.cli.types import AT
 from migrate.core.errors import VmmoveError
 from migrate.core.output import emit, error_line
@@ -26,10 +25,7 @@ JOBS_HELP = ("How many VMs at once (default: min({n}, VMs selected)). Each keeps
 
 
 @click.command("cutover")
-@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
-@click.argument("vms", nargs=-1, metavar="[VM]...")
-@click.option("--wave", type=click.IntRange(min=1), required=True, metavar="N",
-              help="The wave whose VMs are cut over (all of them unless VMs are named).")
+@wave_vms("The wave whose VMs are cut over (all of them unless VMs are named).")
 @click.option("--at", "at", type=AT, metavar="TIME",
               help="Wait until TIME (ISO 8601, or HH:MM today) before stopping any source; "
                    "the preflight runs at once.")
@@ -54,6 +50,8 @@ JOBS_HELP = ("How many VMs at once (default: min({n}, VMs selected)). Each keeps
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
               help=JOBS_HELP.format(n=4) + " Every preflight passes before any source stops;"
                    " full final syncs send their disks one VM at a time.")
+@click.option("--skip-boot-test", is_flag=True,
+              help="Cut over even a VM whose last `vmmove boot-test` failed.")
 @click.option("--dry-run", is_flag=True,
               help="Only list the steps the cutover would run for each VM, in order, with "
                    "downtime estimates from the journal's measurements; nothing is stopped, "
@@ -63,8 +61,9 @@ JOBS_HELP = ("How many VMs at once (default: min({n}, VMs selected)). Each keeps
 def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.datetime | None,
                 shutdown_timeout: float, force: bool, verify_timeout: float,
                 guest_agent: bool, verify_command: str | None, import_timeout: float,
-                jobs: int | None, dry_run: bool, kubeconfig: str | None, context: str | None,
-                namespace: str | None, output: str) -> None:
+                jobs: int | None, dry_run: bool, skip_boot_test: bool,
+                kubeconfig: str | None, context: str | None, namespace: str | None,
+                output: str) -> None:
     """Switch VMs from their libvirt host to KubeVirt: preflight, stop the source, final
     sync, start the target, verify, done — each step journalled.
 
@@ -103,7 +102,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.da
         return
     options = CutoverOptions(shutdown_timeout=shutdown_timeout, force=force,
                              verify_timeout=verify_timeout, guest_agent=guest_agent,
-                             verify_command=verify_command)
+                             verify_command=verify_command, skip_boot_test=skip_boot_test)
     results = cutover_vms(plan, wave, chosen, KubeArgs(kubeconfig, context, namespace), options,
                           jobs=jobs, when=at,
                           import_timeout=import_timeout, log=log, reporters=reporters())
@@ -121,10 +120,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.da
 
 
 @click.command("rollback")
-@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
-@click.argument("vms", nargs=-1, metavar="[VM]...")
-@click.option("--wave", type=click.IntRange(min=1), required=True, metavar="N",
-              help="The wave whose VMs are rolled back (all of them unless VMs are named).")
+@wave_vms("The wave whose VMs are rolled back (all of them unless VMs are named).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               metavar="SECONDS",
               help="How long to wait for the target's VirtualMachineInstance to go before "

@@ -58,31 +58,14 @@ from migrate.core.errors import UsageError
 @click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
               help="With --plan: only the VMs of wave N.")
 @output_format("table", "yaml", "json", default="table")
-def manifests_cmd(
-    inventory: str | None,
-    out: str | None,
-    namespace: str,
-    vms: tuple[str, ...],
-    workdir: str | None,
-    http_base: str | None,
-    blank: tuple[str, ...],
-    map_file: str | None,
-    network_pairs: tuple[str, ...],
-    storage_class: str | None,
-    volume_mode: str | None,
-    access_modes: tuple[str, ...],
-    run_strategy: str,
-    keep_cdroms: bool,
-    timezone: str | None,
-    preference: str,
-    preferences_file: str | None,
-    instancetype: str,
-    instancetypes_file: str | None,
-    schemas: str | None,
-    plan_file: str | None,
-    wave: int | None,
-    output: str,
-) -> None:
+def manifests_cmd(inventory: str | None, out: str | None, namespace: str, vms: tuple[str, ...],
+                  workdir: str | None, http_base: str | None, blank: tuple[str, ...],
+                  map_file: str | None, network_pairs: tuple[str, ...], storage_class: str | None,
+                  volume_mode: str | None, access_modes: tuple[str, ...], run_strategy: str,
+                  keep_cdroms: bool, timezone: str | None, preference: str,
+                  preferences_file: str | None, instancetype: str, instancetypes_file: str | None,
+                  schemas: str | None, plan_file: str | None, wave: int | None,
+                  output: str) -> None:
     """Write a KubeVirt VirtualMachine per VM, with one DataVolume template per disk.
 
     \b
@@ -93,7 +76,6 @@ def manifests_cmd(
     --plan, every selected VM (--wave, --vm) is printed, and INVENTORY may be left out.
     """
     from manifests.kustomize import render, render_many, write_tree
-    from migrate.core.naming import is_dns1123_label
     from migrate.core.output import error_line, table
 
     if plan_file:
@@ -115,18 +97,6 @@ def manifests_cmd(
         raise UsageError("--wave goes with --plan PLAN")
     if output == "table" and not out:
         raise UsageError("manifests: --out DIR is required (or -o yaml|json to print one VM)")
-    if not is_dns1123_label(namespace):
-        raise UsageError(f"--namespace {namespace!r} is not a DNS-1123 label")
-    if timezone:
-        import zoneinfo
-
-        try:
-            zoneinfo.ZoneInfo(timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise UsageError(f"--timezone {timezone!r} is not a known time zone (e.g. Europe/Berlin)") from None
-    for item in blank:
-        if "/" not in item:
-            raise UsageError(f"--blank {item!r}: expected VM/DISK, e.g. web/vdb")
     started = time.perf_counter()
     from migrate.pipeline.manifests import inventory_manifest_sets
 
@@ -153,12 +123,10 @@ def manifests_cmd(
     for error in refused:
         click.echo(error_line(error), err=True)
     notes = sum(len(s.notes) for s in sets)
-    click.echo(
-        f"{len(sets)} of {selected} VirtualMachine(s) written to {out} in {elapsed:.2f}s"
-        + (f", {len(refused)} refused (the errors above)" if refused else "")
-        + (f"; {notes} note(s) in the vmmove.io/notes annotations" if notes else ""),
-        err=True,
-    )
+    click.echo(f"{len(sets)} of {selected} VirtualMachine(s) written to {out} in {elapsed:.2f}s"
+               + (f", {len(refused)} refused (the errors above)" if refused else "")
+               + (f"; {notes} note(s) in the vmmove.io/notes annotations" if notes else ""),
+               err=True)
     if refused:
         raise click.exceptions.Exit(1)
 

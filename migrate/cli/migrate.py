@@ -1,4 +1,4 @@
-"""``vmmove migrate PLAN --wave N --stage``: convert → upload → manifests → apply, resumable."""
+"""``vmmove migrate PLAN --wave N --stage``: the wave itinerary (convert → … → apply), resumable."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 
 from migrate.cli.apply import apply_options
 from migrate.views.outcome import outcome_rows, stage_rows
-from migrate.cli.options import output_format
+from migrate.cli.options import output_format, wave_vms
 from migrate.core.errors import ProblemsError, UsageError, VmmoveError
 from migrate.core.output import emit
 
@@ -18,14 +18,11 @@ HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
 
 
 @click.command("migrate")
-@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
-@click.argument("vms", nargs=-1, metavar="[VM]...")
-@click.option("--wave", type=click.IntRange(min=1), required=True, metavar="N",
-              help="The wave to migrate.")
+@wave_vms("The wave to migrate.")
 @click.option("--stage", is_flag=True,
-              help="Stage the wave: convert the disks, upload them, write the manifests, "
-                   "apply them (VMs stay as the plan's runStrategy says, Halted by default) "
-                   "and watch the imports.")
+              help="Stage the wave: convert the disks, inspect (and with virt-v2v convert) the "
+                   "guests, upload the disks, write the manifests, apply them (VMs stay as the "
+                   "plan's runStrategy says, Halted by default) and watch the imports.")
 @click.option("--redo", is_flag=True,
               help="Convert and upload again what the journal records as done: the VMs "
                    "named (vmmove migrate PLAN --wave N --stage --redo web-01), or the "
@@ -61,23 +58,12 @@ def migrate_cmd(plan_file: str, vms: tuple[str, ...], wave: int, stage: bool, re
     """
     from migrate.core.progress import log
     from migrate.views.bars import reporters
-    from migrate.pipeline.stages import KubeArgs, redo_scope, stage_wave
-    from migrate.plan import load_plan
+    from migrate.pipeline.stages import KubeArgs, stage_wave, wave_to_stage
 
     if not stage:
-        raise UsageError("migrate: say what to run: --stage (convert → upload → manifests "
-                         "→ apply)")
-    plan = load_plan(plan_file)
-    if max_inflight:
-        plan.workers.max_inflight = max_inflight
-    if namespace:
-        plan.use_namespace(namespace)
-    if not plan.wave(wave):
-        raise UsageError(f"{plan.path}: wave {wave} has no VM to migrate (all skipped)")
-    if plan.transfer.backend is None:
-        raise UsageError(f"{plan.path}: no transfer target: set transfer.s3, "
-                         "transfer.uploadProxy or transfer.mode: direct")
-    redo_keys = redo_scope(plan, wave, vms, redo)
+        raise UsageError("migrate: say what to run: --stage (convert → inspect → guest → "
+                         "upload → manifests → apply)")
+    plan, redo_keys = wave_to_stage(plan_file, wave, vms, redo, namespace, max_inflight)
     if dry_run:
         from migrate.views.dryrun import migrate_steps, show
 

@@ -14,59 +14,45 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def output_format(*formats: str, default: str = "table") -> Callable[[F], F]:
     """``-o/--output table|json|yaml``."""
-    choices = formats or FORMATS
-    return click.option(
-        "-o",
-        "--output",
-        "output",
-        type=click.Choice(choices),
-        default=default,
-        show_default=True,
-        help="Output format.",
-    )
+    return click.option("-o", "--output", "output", type=click.Choice(formats or FORMATS),
+                        default=default, show_default=True, help="Output format.")
 
 
 def connect(default: tuple[str, ...] = ("qemu:///system",)) -> Callable[[F], F]:
     """``-c/--connect URI`` (repeatable), like virsh."""
-    return click.option(
-        "-c",
-        "--connect",
-        "uris",
-        multiple=True,
-        metavar="URI",
-        help=f"libvirt URI to read (repeatable); default {', '.join(default)} when no PATH is given.",
-    )
+    return click.option("-c", "--connect", "uris", multiple=True, metavar="URI",
+                        help=f"libvirt URI to read (repeatable); default {', '.join(default)} "
+                             "when no PATH is given.")
 
 
 def kube(f: F) -> F:
     """``--kubeconfig``, ``--context``, ``-n/--namespace``, like kubectl."""
-    f = click.option(
-        "-n", "--namespace", default=None, help="Kubernetes namespace (default: the context's)."
-    )(f)
+    f = click.option("-n", "--namespace", default=None,
+                     help="Kubernetes namespace (default: the context's).")(f)
     f = click.option("--context", default=None, help="kubeconfig context to use.")(f)
-    f = click.option(
-        "--kubeconfig",
-        type=click.Path(dir_okay=False),
-        default=None,
-        envvar="KUBECONFIG",
-        help="Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).",
-    )(f)
-    return f
+    return click.option("--kubeconfig", type=click.Path(dir_okay=False), default=None,
+                        envvar="KUBECONFIG", help="Path to the kubeconfig file (default: "
+                        "$KUBECONFIG, then ~/.kube/config).")(f)
 
 
 def aws(f: F) -> F:
     """``--profile``, ``--endpoint-url``, ``--region``, like the aws cli (env vars apply too)."""
     f = click.option("--region", default=None, help="S3 region (default: profile/environment).")(f)
-    f = click.option(
-        "--endpoint-url",
-        default=None,
-        metavar="URL",
-        help="S3-compatible endpoint, e.g. http://127.0.0.1:8333 (path-style addressing is used).",
-    )(f)
-    f = click.option(
-        "--profile", default=None, help="AWS shared-config profile (default: $AWS_PROFILE)."
-    )(f)
-    return f
+    f = click.option("--endpoint-url", default=None, metavar="URL",
+                     help="S3-compatible endpoint, e.g. http://127.0.0.1:8333 (path-style "
+                          "addressing is used).")(f)
+    return click.option("--profile", default=None,
+                        help="AWS shared-config profile (default: $AWS_PROFILE).")(f)
+
+
+def wave_vms(help: str) -> Callable[[F], F]:
+    """``PLAN [VM]... --wave N`` (required, ``help`` its help): some VMs of one wave."""
+    def wrap(f: F) -> F:
+        f = click.option("--wave", type=click.IntRange(min=1), required=True, metavar="N",
+                         help=help)(f)
+        f = click.argument("vms", nargs=-1, metavar="[VM]...")(f)
+        return click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))(f)
+    return wrap
 
 
 def refuse_with_plan(plan: str, names: tuple[str, ...]) -> None:

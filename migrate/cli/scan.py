@@ -71,17 +71,9 @@ def render(inv: Inventory, fmt: str) -> None:
     "(repeat: --pve-storage local-lvm=/dev/pve --pve-storage local=/var/lib/vz).",
 )
 @click.pass_context
-def scan_cmd(
-    ctx: click.Context,
-    paths: tuple[str, ...],
-    uris: tuple[str, ...],
-    output: str,
-    output_file: str | None,
-    jobs: int | None,
-    connect_timeout: float,
-    ovf_configuration: str | None,
-    pve_storage: tuple[str, ...],
-) -> None:
+def scan_cmd(ctx: click.Context, paths: tuple[str, ...], uris: tuple[str, ...], output: str,
+             output_file: str | None, jobs: int | None, connect_timeout: float,
+             ovf_configuration: str | None, pve_storage: tuple[str, ...]) -> None:
     """Inventory VMs from libvirt hosts and offline descriptors.
 
     \b

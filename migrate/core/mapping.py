@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from migrate.core.errors import UsageError
-from migrate.core.model import Disk, Nic
+from migrate.core.model import Disk, Inspection, Nic
 
 POD = "pod"
 MULTUS = "multus"
@@ -253,7 +253,8 @@ class BusChoice:
     reason: str | None = None  # "bus nvme becomes virtio"; None when the bus is kept
 
 
-def target_disk_bus(disk: Disk, windows: bool) -> BusChoice:
+def target_disk_bus(disk: Disk, windows: bool,
+                    inspection: Inspection | None = None) -> BusChoice:
     """The one rule for a disk's KubeVirt bus; assessment and manifests both call it.
 
     In order (KubeVirt user-guide "Disks and Volumes": disk buses virtio, sata, scsi, usb;
@@ -267,7 +268,10 @@ def target_disk_bus(disk: Disk, windows: bool) -> BusChoice:
        whose initramfs lacks it);
     4. no bus at all: the libvirt target prefix says it (``vd`` virtio, ``sd`` scsi,
        ``hd`` sata), else as in 3;
-    5. a cdrom on anything but sata/scsi moves to sata; a read-only disk on sata moves to
+    5. the guest's own drivers, when ``vmmove inspect`` read them
+       (:func:`inspected_disk_bus`): virtio where the guest can load virtio_blk/viostor at
+       boot, else scsi kept with virtio_scsi/vioscsi, else sata;
+    6. a cdrom on anything but sata/scsi moves to sata; a read-only disk on sata moves to
        scsi (KubeVirt refuses read-only SATA disks).
     """
     src = (disk.bus or "").lower()
@@ -279,6 +283,8 @@ def target_disk_bus(disk: Disk, windows: bool) -> BusChoice:
         bus = "sata" if windows else "virtio"
     else:
         bus = _TARGET_PREFIX_BUS.get(disk.target[:2]) or ("sata" if windows else "virtio")
+    guest = inspected_disk_bus(bus, disk, inspection)
+    bus = guest.value
     if disk.device == "cdrom" and bus not in ("sata", "scsi"):
         bus = "sata"
     elif disk.device != "cdrom" and disk.readonly and bus == "sata":
@@ -286,6 +292,9 @@ def target_disk_bus(disk: Disk, windows: bool) -> BusChoice:
                                  "(read-only, and KubeVirt has no read-only SATA disks)")
     if bus == src:
         return BusChoice(bus)
+    if guest.reason and bus == guest.value:
+        return BusChoice(bus, f"bus {disk.bus or 'unknown'} becomes {bus} "
+                              f"({guest.reason.split('(', 1)[-1].rstrip(')')})")
     return BusChoice(bus, f"bus {disk.bus or 'unknown'} becomes {bus}")
 
 
@@ -326,3 +335,65 @@ def load_maps(path: str | Path) -> Maps:
         at = f" at line {mark.line + 1}" if mark else ""
         raise MappingError(f"{path}: not valid YAML{at}") from None
     return maps_from_data(data, str(path))
+
+
+# -- what the guest itself says (vmmove inspect) ----------------------------------------------
+
+#: the driver each KubeVirt disk bus / NIC model needs, Linux and Windows
+GUEST_DRIVERS = {
+    "linux": {"virtio": "virtio_blk", "scsi": "virtio_scsi", "sata": "ahci",
+              "nic-virtio": "virtio_net"},
+    "windows": {"virtio": "viostor", "scsi": "vioscsi", "sata": "storahci",
+                "nic-virtio": "netkvm"},
+}
+
+
+def guest_driver(inspection: Inspection, what: str) -> tuple[str | None, bool | None]:
+    """(driver name, present?) for a bus (``virtio``/``scsi``/``sata``) or ``nic-virtio``;
+    present is None when inspection did not learn it."""
+    table = GUEST_DRIVERS["windows" if inspection.os_type == "windows" else "linux"]
+    name = table.get(what)
+    return name, (inspection.has_driver(name) if name else None)
+
+
+def inspected_disk_bus(bus: str, disk: Disk, inspection: Inspection | None) -> BusFix:
+    """The bus rule's last step: the guest's own drivers decide (docs/guest-readiness.md).
+
+    ``bus`` is what the hypervisor metadata gave.  With an inspection: ``virtio`` where
+    the guest can load the virtio disk driver (virtio_blk / viostor) at boot; otherwise
+    the hypervisor's ``scsi`` is kept when the guest has the virtio-scsi driver, and
+    everything else becomes ``sata`` (ahci / storahci), the bus every guest boots from.
+    Cdroms and facts not learnt (driver unknown) leave the bus as it was.
+    """
+    if inspection is None or disk.device == "cdrom" or bus not in ("virtio", "scsi", "sata"):
+        return BusFix(bus)
+    virtio, has_virtio = guest_driver(inspection, "virtio")
+    if has_virtio is True:
+        return BusFix("virtio", None if bus == "virtio" else
+                      f"bus {bus} becomes virtio (the guest has {virtio})")
+    if has_virtio is None:
+        return BusFix(bus)
+    if bus == "scsi" and guest_driver(inspection, "scsi")[1] is True:
+        return BusFix("scsi")
+    if bus == "sata":
+        return BusFix("sata")
+    return BusFix("sata", f"bus {bus} becomes sata (the guest lacks {virtio}: convert the "
+                          "guest to use virtio)")
+
+
+def inspected_nic_model(model: str, inspection: Inspection | None) -> BusFix:
+    """``virtio`` NICs become ``e1000e`` when the guest lacks virtio_net / netkvm."""
+    if inspection is None or model != "virtio":
+        return BusFix(model)
+    name, present = guest_driver(inspection, "nic-virtio")
+    if present is False:
+        return BusFix("e1000e", f"model virtio becomes e1000e (the guest lacks {name})")
+    return BusFix(model)
+
+
+@dataclass(frozen=True)
+class BusFix:
+    """A bus (or NIC model) and why it changed; ``reason`` None when kept."""
+
+    value: str
+    reason: str | None = None

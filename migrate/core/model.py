@@ -204,6 +204,55 @@ class GuestOS:
 
 
 @dataclass
+class GuestNetwork:
+    """One interface's configuration as the guest itself holds it (``vmmove inspect``)."""
+
+    interface: str  # eth0, ens3, a connection id, a Windows interface GUID
+    method: str = "dhcp"  # dhcp | static | manual | unknown
+    addresses: list[str] = field(default_factory=list)  # CIDR: 10.1.2.3/24
+    gateway: str | None = None
+    dns: list[str] = field(default_factory=list)
+    mac: str | None = None  # when the configuration pins the interface to a MAC
+    source: str | None = None  # the file (or registry key) it was read from
+
+
+@dataclass
+class Inspection:
+    """What libguestfs found inside a VM's staged disks (:mod:`migrate.guest.inspect`).
+
+    ``drivers`` maps a driver the KubeVirt hardware needs to whether the guest can load it
+    at boot: Linux ``virtio_blk``, ``virtio_scsi``, ``virtio_net``, ``ahci`` (in the default
+    kernel's initramfs, or built into it); Windows ``viostor``, ``vioscsi``, ``netkvm``
+    (services present in the SYSTEM hive).  A driver not named is unknown.
+    """
+
+    os_type: str | None = None  # linux | windows | … (libguestfs inspect-get-type)
+    distro: str | None = None  # debian, rhel, ubuntu, windows, …
+    version: str | None = None  # major.minor
+    product_name: str | None = None
+    arch: str | None = None
+    hostname: str | None = None
+    root: str | None = None  # the root device inside the appliance, e.g. /dev/sda1
+    bootloader: str | None = None  # grub2 | grub | extlinux | systemd-boot | windows | None
+    efi: bool = False  # an EFI system partition is present (the guest needs UEFI firmware)
+    kernel: str | None = None  # the default (newest) kernel version, Linux
+    initramfs: str | None = None  # its initramfs, e.g. /boot/initrd.img-6.1.0-28-amd64
+    drivers: dict[str, bool] = field(default_factory=dict)
+    agents: list[str] = field(default_factory=list)  # qemu-guest-agent, cloud-init, …
+    foreign_tools: list[str] = field(default_factory=list)  # open-vm-tools, hyperv-daemons, …
+    device_names: list[str] = field(default_factory=list)  # "fstab: /dev/sda1 on /", …
+    network: list[GuestNetwork] = field(default_factory=list)
+    disk: str | None = None  # target of the VM disk that holds the OS
+    inspected_at: str | None = None  # RFC 3339, UTC
+    seconds: float | None = None  # how long the inspection took
+    error: str | None = None  # why nothing (or only part) could be read
+
+    def has_driver(self, name: str) -> bool | None:
+        """True/False when inspected, None when unknown."""
+        return self.drivers.get(name)
+
+
+@dataclass
 class Tuning:
     """Host-bound tuning KubeVirt cannot carry over as is."""
 
@@ -243,6 +292,8 @@ class VM:
     snapshots: int = 0
     features: list[str] = field(default_factory=list)  # acpi, apic, smm, hyperv, pae, …
     metadata: dict[str, str] = field(default_factory=dict)  # free-form facts from the source
+    # Set by ``vmmove inspect`` (libguestfs, read-only, on the staged copy): the guest's own facts
+    inspection: Inspection | None = None
     # Set by :func:`distinguish` when another VM of the inventory has this VM's UUID (or
     # name) but comes from another source: 8 hex digits of the source's SHA-1.
     instance: str | None = None

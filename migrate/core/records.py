@@ -21,6 +21,9 @@ past                                rolled back, kept with their times)
 rollback   ``<vm key>``             :class:`RollbackRecord`
 clean      ``<vm key>/<disk>``      :class:`CleanRecord` (what vmmove clean removed)
 warm       ``<vm key>[/round/<N>]`` :class:`WarmRecord` (checkpoint chain, precopy rounds)
+inspect    ``<vm key>``             :class:`InspectRecord` (the guest read by libguestfs)
+guest      ``<vm key>/<disk>``      :class:`GuestRecord` (virt-v2v's guest conversion)
+boot-test  ``<vm key>``             :class:`BootTestRecord` (the staged image booted)
 ========== ======================== =======================================================
 
 The on-disk format is unchanged: a record's fields are the keys of its ``data`` column.
@@ -47,6 +50,9 @@ class Kind(StrEnum):
     ROLLBACK = "rollback"
     CLEAN = "clean"
     WARM = "warm"
+    INSPECT = "inspect"
+    GUEST = "guest"
+    BOOT_TEST = "boot-test"
 
 
 class Status(StrEnum):
@@ -69,6 +75,9 @@ KIND_CUTOVER_PAST = Kind.CUTOVER_PAST
 KIND_ROLLBACK = Kind.ROLLBACK
 KIND_CLEAN = Kind.CLEAN
 KIND_WARM = Kind.WARM
+KIND_INSPECT = Kind.INSPECT
+KIND_GUEST = Kind.GUEST
+KIND_BOOT_TEST = Kind.BOOT_TEST
 
 
 @dataclass
@@ -276,6 +285,44 @@ class WarmRecord(Step):
     def history(self) -> list[dict[str, Any]]:
         """The rounds recorded on the VM's item, oldest first."""
         return list(self.data.get("history") or [])
+class InspectRecord(Step):
+    """A VM's guest inspection (kind ``inspect``, docs/guest-readiness.md)."""
+
+    inspection = _field("inspection", "The Inspection as data (migrate.core.model).")
+    after = _field("after", "Set when the inspection was made again after a guest conversion.")
+
+    @property
+    def has_inspection(self) -> bool:
+        return "inspection" in self.data
+
+
+class GuestRecord(Step):
+    """A guest conversion by virt-v2v (kind ``guest``; fields of
+    :class:`migrate.guest.v2v.GuestConversion`); ``checksum`` is the converted image's."""
+
+    result = _field("status", "converted | skipped | failed.")
+    reason = _field("reason", "Why the guest was (not) converted.")
+    output = _field("output", "The converted image.")
+    source = _field("source", "The staged image it was made from (left as it was).")
+    source_checksum = _field("source_checksum", "That image's checksum.")
+    format = _field("format", "The converted image's format.")
+    reinspect_error = _field("reinspect_error", "Why the converted guest could not be read.")
+
+    def fields(self, names: tuple[str, ...]) -> dict[str, Any]:  # every name, None if absent
+        return {k: self.data.get(k) for k in names}
+
+
+class BootTestRecord(Step):
+    """A VM's boot test (kind ``boot-test``, :class:`migrate.guest.boottest.BootResult`)."""
+
+    verdict = _field("verdict", "booted | failed | timeout | error.")
+    reason = _field("reason", "What showed the verdict (agent, login prompt, panic…).")
+    console = _field("console", "The serial console log kept as evidence.")
+    screenshot = _field("screenshot", "A screenshot of the display, when taken.")
+
+    def summary(self) -> dict[str, Any]:
+        """status, error and every recorded field (``vmmove boot-test -o json``)."""
+        return {"status": self.status, "error": self.error, **self.data}
 
 
 _CLASSES: dict[str, type[Step]] = {
@@ -284,6 +331,7 @@ _CLASSES: dict[str, type[Step]] = {
     Kind.STAGE: StageRecord, Kind.CUTOVER: CutoverRecord, Kind.CUTOVER_PAST: CutoverRecord,
     Kind.ROLLBACK: RollbackRecord,
     Kind.CLEAN: CleanRecord, Kind.WARM: WarmRecord,
+    Kind.INSPECT: InspectRecord, Kind.GUEST: GuestRecord, Kind.BOOT_TEST: BootTestRecord,
 }
 
 

@@ -51,6 +51,7 @@ from typing import Any
 
 from migrate.core.records import (
     KIND_APPLY,
+    KIND_BOOT_TEST,
     KIND_CUTOVER,
     KIND_CUTOVER_PAST,
     KIND_IMPORT,
@@ -90,6 +91,8 @@ class CutoverOptions:
     guest_agent: bool | None = None
     verify_command: str | None = None
     poll: float = 0.5
+    # cut over a VM whose last boot test failed (docs/guest-readiness.md)
+    skip_boot_test: bool = False
 
 
 @dataclass
@@ -376,39 +379,75 @@ def critical_concerns(plan: Plan, p: PlannedVM) -> list[str]:
     return [f"{c.id}: {c.message}" for c in concerns if c.severity == Severity.CRITICAL]
 
 
+def boot_test_problem(journal: Journal, p: PlannedVM) -> str | None:
+    """Why the last boot test forbids the cutover (None: it booted, or none was run)."""
+    step = journal.get(KIND_BOOT_TEST, p.key)
+    if step is None or step.status == DONE:
+        return None
+    return (f"last boot test {step.status}: {step.error or 'not finished'} (fix the guest and "
+            f"run vmmove boot-test again, or pass --skip-boot-test)")
+
+
 def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
-              source: Callable[[PlannedVM], Source] | None = None) -> dict[str, Any]:
-    """Every reason not to stop the source, all at once."""
-    problems: list[str] = []
-    problems += [f"critical concern {c}" for c in critical_concerns(plan, p)]
-    apply = journal.get(KIND_APPLY, p.key)
-    if apply is None or apply.status != DONE or apply.result == "dry-run":
-        problems.append("not applied yet (run vmmove migrate --stage or vmmove apply)")
+              source: Callable[[PlannedVM], Source] | None = None,
+              skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every reason not to stop the source, all at once: the checks of the itinerary's
+    preflight phase (:data:`migrate.pipeline.itinerary.CUTOVER`), in order, but those
+    named in ``skip`` (``boot-test`` with ``--skip-boot-test``); a warm VM's itinerary
+    (``WARM_CUTOVER``) adds ``warm``: a recent enough precopy round."""
+    found: dict[str, Any] = {}
     disks = [d for d in p.vm.disks if d.device in ("disk", "lun")]
-    not_imported = [d.target for d in disks
-                    if not journal.is_done(KIND_IMPORT, disk_item(p.vm, d))]
-    if not_imported:
-        problems.append(f"disk(s) {', '.join(not_imported)} not imported yet (vmmove apply "
-                        "watches the imports)")
+
+    def applied() -> list[str]:
+        apply = journal.get(KIND_APPLY, p.key)
+        if apply is None or apply.status != DONE or apply.result == "dry-run":
+            return ["not applied yet (run vmmove migrate --stage or vmmove apply)"]
+        return []
+
+    def imported() -> list[str]:
+        not_imported = [d.target for d in disks
+                        if not journal.is_done(KIND_IMPORT, disk_item(p.vm, d))]
+        if not_imported:
+            return [f"disk(s) {', '.join(not_imported)} not imported yet (vmmove apply "
+                    "watches the imports)"]
+        return []
+
+    def target() -> list[str]:
+        found["obj"] = obj = kube.get(*VIRTUAL_MACHINE, p.name, p.namespace)
+        if obj is None:
+            return [f"VirtualMachine {p.namespace}/{p.name} is not in the cluster at "
+                    f"{kube.where}"]
+        return []
+
+    def source_reachable() -> list[str]:
+        try:
+            with (source or Source)(p) as src:
+                found["source_state"] = src.state_name
+        except CutoverError as exc:
+            return [str(exc)]
+        return []
+
+    def warm() -> list[str]:  # a recent enough precopy round (warm.maxRoundAge)
+        return preflight_problems(plan, p, journal)
+
+    checks: dict[str, Callable[[], list[str]]] = {
+        "concerns": lambda: [f"critical concern {c}" for c in critical_concerns(plan, p)],
+        "boot-test": lambda: [m for m in [boot_test_problem(journal, p)] if m],
+        "applied": applied, "imported": imported, "warm": warm, "target": target,
+        "source": source_reachable,
+    }
+    problems: list[str] = []
     from migrate.pipeline.warm import is_warm, preflight_problems
 
-    if is_warm(plan, p):  # a warm VM: a recent enough precopy round (warm.maxRoundAge)
-        problems += preflight_problems(plan, p, journal)
-    obj = kube.get(*VIRTUAL_MACHINE, p.name, p.namespace)
-    if obj is None:
-        problems.append(f"VirtualMachine {p.namespace}/{p.name} is not in the cluster at "
-                        f"{kube.where}")
-    source_state = None
-    try:
-        with (source or Source)(p) as src:
-            source_state = src.state_name
-    except CutoverError as exc:
-        problems.append(str(exc))
+    for name in cutover_itinerary(is_warm(plan, p)).phase("preflight").checks:
+        if name not in skip:
+            problems += checks[name]()
     if problems:
         raise CutoverError(f"{p.vm.name}: preflight failed, nothing was changed: "
                            + "; ".join(problems))
-    return {"source_state": source_state,
-            "target_run_strategy": ((obj or {}).get("spec") or {}).get("runStrategy")}
+    return {"source_state": found.get("source_state"),
+            "target_run_strategy": ((found.get("obj") or {}).get("spec") or {})
+            .get("runStrategy")}
 
 
 class Cutover:
@@ -486,7 +525,9 @@ class Cutover:
         top = j.get(KIND_CUTOVER, p.key)
         if top is None or top.status != RUNNING:
             j.start(KIND_CUTOVER, p.key, wave=p.wave, name=p.name, namespace=p.namespace)
-        self._step(p, "preflight", lambda: preflight(self.plan, p, self.kube, j, self.source), False)
+        skip = ("boot-test",) if self.options.skip_boot_test else ()
+        self._step(p, "preflight", lambda: preflight(self.plan, p, self.kube, j, self.source,
+                                                     skip), False)
 
     def run_selection(self, chosen: Sequence[PlannedVM], wave: int, jobs: int | None,
                       when: datetime.datetime | None) -> list[VmCutover]:

@@ -26,13 +26,16 @@ class Phase:
     ``name``: its journal name; ``title``: a few words (tables, runbook); ``text``: what
     it does and how to check it by hand (runbook; ``{plan_ref}`` is replaced by the
     plan's path); ``source_stopped``: the source VM is down once this phase has started
-    (cutover only: the next action then says so).
+    (cutover only: the next action then says so); ``checks``: the named checks the phase
+    makes, in order, every one run and every problem reported at once (the cutover's
+    preflight; their functions are in the phase's runner).
     """
 
     name: str
     title: str
     text: str = ""
     source_stopped: bool = False
+    checks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,12 @@ class Itinerary:
 WAVE = Itinerary("wave", (
     Phase("convert", "convert the disks",
           "every disk of the wave's VMs into the plan's work folder (qcow2 or raw)"),
+    Phase("inspect", "inspect the guests",
+          "each staged image read read-only with libguestfs: OS, drivers, agents, network "
+          "(docs/guest-readiness.md); skipped without libguestfs-tools"),
+    Phase("guest", "convert the guests",
+          "virt-v2v on the staged copy of the guests that need it (plan convert.guest: "
+          "auto | never | always); never on the source"),
     Phase("upload", "transfer the images",
           "the converted images to the plan's transfer target (S3 or the upload proxy)"),
     Phase("manifests", "write the manifests",
@@ -73,8 +82,9 @@ WAVE = Itinerary("wave", (
 #: One VM cut over by ``vmmove cutover PLAN --wave N``.
 CUTOVER = Itinerary("cutover", (
     Phase("preflight", "Preflight",
-          "no critical concern, VirtualMachine applied, every disk imported, source "
-          "reachable. Nothing is changed."),
+          "no critical concern, the last boot test (if any) passed, VirtualMachine applied, "
+          "every disk imported, source reachable. Nothing is changed.",
+          checks=("concerns", "boot-test", "applied", "imported", "target", "source")),
     Phase("stop", "Stop the source",
           "ACPI shutdown, waiting `--shutdown-timeout` (default 300 s); only with `--force` "
           "is it then powered off. The domain stays defined, its disks untouched."),
@@ -97,19 +107,22 @@ CUTOVER = Itinerary("cutover", (
 #: One *warm* VM cut over (plan ``warm: true``, docs/warm-migration.md): its disks were
 #: copied while it ran by precopy rounds (:data:`PRECOPY`, ``vmmove sync``), so the same
 #: phases (same journal names) move only the final delta while the source is down.
-WARM_CUTOVER = Itinerary("warm cutover", tuple(replace(phase, text=text) if text else phase
-                                               for phase, text in zip(CUTOVER.phases, (
-    "as the cold preflight, and a precopy round no older than `warm.maxRoundAge` with no "
-    "full round pending. Nothing is changed.",
-    None,
-    "the final delta: what changed since the last precopy round (the checkpoint's dirty "
-    "bitmap for qcow2 disks, changed block hashes for the others) is written into each "
-    "volume, then the guest-visible checksum of every source disk is compared with its "
-    "volume; a mismatch stops the cutover before the target starts.",
-    None, None,
-    "the downtime, beside the full copy it saved, is in the journal and in "
-    "`vmmove report {plan_ref}`; the checkpoints vmmove made on the host are removed.",
-))))
+WARM_CUTOVER = Itinerary("warm cutover", tuple(
+    replace(phase, text=text, checks=phase.checks + (("warm",) if phase.checks else ()))
+    if text else phase
+    for phase, text in zip(CUTOVER.phases, (
+        "as the cold preflight, and a precopy round no older than `warm.maxRoundAge` with "
+        "no full round pending. Nothing is changed.",
+        None,
+        "the final delta: what changed since the last precopy round (the checkpoint's dirty "
+        "bitmap for qcow2 disks, changed block hashes for the others) is written into each "
+        "volume, then the guest-visible checksum of every source disk is compared with its "
+        "volume; a mismatch stops the cutover before the target starts.",
+        None, None,
+        "the downtime, beside the full copy it saved, is in the journal and in "
+        "`vmmove report {plan_ref}`; the checkpoints vmmove made on the host are removed.",
+    ))))
+
 
 #: One precopy round of a warm VM (``vmmove sync PLAN --wave N``, repeated with
 #: ``--every``): the source keeps running throughout.

@@ -11,6 +11,26 @@ if TYPE_CHECKING:
     from manifests.generate import ManifestSet
 
 
+def _check_options(namespace: str, timezone: str | None, blank: tuple[str, ...]) -> None:
+    """Refuse a namespace that is no DNS-1123 label, an unknown time zone, a --blank item
+    that is not VM/DISK (:class:`UsageError` naming the option)."""
+    from migrate.core.naming import is_dns1123_label
+
+    if not is_dns1123_label(namespace):
+        raise UsageError(f"--namespace {namespace!r} is not a DNS-1123 label")
+    if timezone:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise UsageError(f"--timezone {timezone!r} is not a known time zone "
+                             "(e.g. Europe/Berlin)") from None
+    for item in blank:
+        if "/" not in item:
+            raise UsageError(f"--blank {item!r}: expected VM/DISK, e.g. web/vdb")
+
+
 def inventory_manifest_sets(
     inventory: str, vms: tuple[str, ...], *, namespace: str, workdir: str | None,
     http_base: str | None, blank: tuple[str, ...], map_file: str | None,
@@ -30,6 +50,8 @@ def inventory_manifest_sets(
     """
     from manifests.generate import GenerationContext, GenerationOptions, build_all
     from manifests.preferences import Catalog
+
+    _check_options(namespace, timezone, blank)
     from manifests.sources import SourceResolver
     from migrate.core.mapping import Maps, NetworkMap, StorageMap, load_maps
     from migrate.core.serialize import load_inventory

@@ -40,6 +40,27 @@ def wave_vms(plan: Plan, wave: int) -> list[PlannedVM]:
     return vms
 
 
+# -- guest readiness (docs/guest-readiness.md) ----------------------------------------------
+
+
+def inspect_stage(plan: Plan, wave: int, redo: bool = False) -> str:
+    """Inspect the wave's staged guests; a note, not a failure, without libguestfs."""
+    import shutil
+
+    from migrate.pipeline.guest import inspect_summary, inspect_wave
+
+    if shutil.which("guestfish") is None:
+        return "inspect: skipped, libguestfs-tools is not installed (guests not inspected)"
+    return inspect_summary(inspect_wave(plan, wave_vms(plan, wave), redo=redo))
+
+
+def guest_stage(plan: Plan, wave: int) -> str:
+    """Convert the wave's guests that need it (convert.guest), with virt-v2v."""
+    from migrate.pipeline.guest import convert_wave as convert_guests
+
+    return convert_guests(plan, wave_vms(plan, wave))
+
+
 # -- convert ---------------------------------------------------------------------------------
 
 
@@ -161,6 +182,7 @@ def backend_for(plan: Plan, kube: KubeArgs | None = None,
 def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem], list[str]]:
     """Items for the converted disks of ``vms``; the disks not converted yet, by name."""
     from converters.transfer.base import TransferItem
+    from migrate.pipeline.guest import staged_image
     from migrate.core.naming import dns1123_label
     from migrate.core.journal import DONE
 
@@ -174,12 +196,17 @@ def transfer_items(plan: Plan, vms: list[PlannedVM]) -> tuple[list[TransferItem]
                 step = journal.get(KIND_CONVERT, item)
                 output = Path(step.output or "") if step and step.status == DONE \
                     else None
+                checksum = step.checksum if step else None
+                # a guest converted by virt-v2v (migrate.guest) replaces the staged image
+                staged = staged_image(journal, item) if output is not None else None
+                if staged is not None:
+                    output, _, checksum = staged
                 if output is None or not output.is_file():
                     missing.append(label + (" (converted image missing)" if output else ""))
                     continue
                 items.append(TransferItem(
                     item=item, name=output.name, size=output.stat().st_size, path=output,
-                    checksum=step.checksum if step else None,
+                    checksum=checksum,
                     virtual_size=step.virtual_size if step else None,
                     format=step.format if step else None,
                     dv_name=dns1123_label(image_basename(p.name, disk)),
@@ -669,6 +696,8 @@ def wave_runners(plan: Plan, wave: int, kube: Kube, kube_args: KubeArgs, *,
 
     return {
         "convert": lambda: convert_wave(plan, wave, redo=redo, reporters=reporters),
+        "inspect": lambda: inspect_stage(plan, wave, redo=redo),
+        "guest": lambda: guest_stage(plan, wave),
         "upload": lambda: upload_wave(plan, wave, kube_args, redo=redo, reporters=reporters),
         "manifests": lambda: manifests_wave(plan, wave),
         "apply": apply_stage,
@@ -685,6 +714,26 @@ def redo_scope(plan: Plan, wave: int, vms: tuple[str, ...], redo: bool) -> bool 
     from migrate.pipeline.cutover import select_vms
 
     return {p.key for p in select_vms(plan, wave, vms)}
+
+
+def wave_to_stage(plan_file: str, wave: int, vms: tuple[str, ...], redo: bool,
+                  namespace: str | None, max_inflight: int | None) -> tuple[Plan, bool | set[str]]:
+    """The plan ``vmmove migrate --stage`` stages wave ``wave`` of (its namespace and
+    ``workers.maxInflight`` as given) and what ``--redo`` does again (:func:`redo_scope`);
+    :class:`UsageError` for a wave with no VM or a plan with no transfer target."""
+    from migrate.plan import load_plan
+
+    plan = load_plan(plan_file)
+    if max_inflight:
+        plan.workers.max_inflight = max_inflight
+    if namespace:
+        plan.use_namespace(namespace)
+    if not plan.wave(wave):
+        raise UsageError(f"{plan.path}: wave {wave} has no VM to migrate (all skipped)")
+    if plan.transfer.backend is None:
+        raise UsageError(f"{plan.path}: no transfer target: set transfer.s3, "
+                         "transfer.uploadProxy or transfer.mode: direct")
+    return plan, redo_scope(plan, wave, vms, redo)
 
 
 def stage_wave(plan: Plan, wave: int, kube_args: KubeArgs, *, redo: bool | set[str],

@@ -1,7 +1,9 @@
 """``vmmove migrate PLAN --wave N --stage``: one wave end to end, resumable.
 
-A wave is staged in four steps, always in this order: convert → upload → manifests →
-apply (which also watches the imports).  Each step is idempotent on its own — it reads
+A wave is staged in six steps, always in this order: convert → inspect → guest → upload →
+manifests → apply (which also watches the imports).  ``inspect`` reads each staged image
+with libguestfs and ``guest`` converts the guests that need it with virt-v2v
+(docs/guest-readiness.md).  Each step is idempotent on its own — it reads
 the journal and skips what is already done — so the pipeline simply runs them all again
 after a crash, SIGKILL or Ctrl-C: finished conversions are not converted again, S3
 uploads resume from the parts stored, applying again changes nothing.  The pipeline adds

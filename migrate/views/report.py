@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.core.records import (
+    KIND_BOOT_TEST,
     KIND_CONVERT,
     KIND_CUTOVER,
     KIND_CUTOVER_PAST,
@@ -160,6 +161,7 @@ class VmReport:
     stop_seconds: float | None = None
     sync_seconds: float | None = None
     boot_seconds: float | None = None
+    boot_test: str | None = None  # the last vmmove boot-test verdict (booted, failed, …)
 
     @property
     def converted_bytes(self) -> int:
@@ -175,6 +177,7 @@ class VmReport:
                 "cutover": self.cutover, "downtime": self.downtime, "syncMode": self.sync_mode,
                 "stop": self.stop, "stopSeconds": self.stop_seconds,
                 "syncSeconds": self.sync_seconds, "bootSeconds": self.boot_seconds,
+                "bootTest": self.boot_test,
                 "convertSeconds": self.seconds("convert_seconds"),
                 "uploadSeconds": self.seconds("upload_seconds"),
                 "importSeconds": self.seconds("import_seconds"),
@@ -213,6 +216,9 @@ def vm_report(p: PlannedVM, journal: Journal) -> VmReport:
         steps = {s: journal.get(KIND_CUTOVER_PAST, f"{p.key}/{s}") for s in steps}
     r = VmReport(p.wave, p.vm.name, f"{p.namespace}/{p.name}", p.vm.data_bytes(), disks,
                  state)
+    tested = journal.get(KIND_BOOT_TEST, p.key)
+    if tested is not None:
+        r.boot_test = tested.verdict or tested.status
     if top is not None:
         r.downtime = top.downtime
         r.sync_mode = top.sync_mode
@@ -240,7 +246,7 @@ def plan_report(plan: Plan, wave: int | None = None) -> tuple[list[VmReport], Th
 # -- the table -----------------------------------------------------------------------------------
 
 HEADERS = ["WAVE", "VM", "TARGET", "DATA", "CONVERTED", "CONVERT", "UPLOAD", "IMPORT",
-           "CUTOVER", "SYNC", "DOWNTIME", "CHECKSUMS"]
+           "BOOT TEST", "CUTOVER", "SYNC", "DOWNTIME", "CHECKSUMS"]
 
 
 def table_rows(reports: list[VmReport]) -> list[list[Any]]:
@@ -257,7 +263,8 @@ def table_rows(reports: list[VmReport]) -> list[list[Any]]:
         rows.append([r.wave, r.vm, r.target, human_size(r.data_bytes),
                      human_size(r.converted_bytes), secs(r.seconds("convert_seconds")),
                      secs(r.seconds("upload_seconds")), secs(r.seconds("import_seconds")),
-                     r.cutover, r.sync_mode or "-", secs(r.downtime), sums])
+                     r.boot_test or "-", r.cutover, r.sync_mode or "-", secs(r.downtime),
+                     sums])
     return rows
 
 

@@ -21,7 +21,7 @@ from migrate.plan import Plan, PlannedVM
 from migrate.views.report import MIB, Throughput, measure
 from migrate.core.serialize import atomic_write
 from migrate.core.journal import Journal
-from migrate.core.records import KIND_CONVERT
+from migrate.core.records import KIND_BOOT_TEST, KIND_CONVERT, Status
 from migrate.pipeline.itinerary import CUTOVER, WARM_CUTOVER
 
 #: Used when the journal has measured nothing yet (said so in the runbook).
@@ -147,6 +147,24 @@ def _q(text: str) -> str:
     return shlex.quote(str(text))
 
 
+def boot_test_lines(plan: Plan, vms: list[PlannedVM], journal: Journal) -> list[str]:
+    """One checklist line per VM from its last boot test (docs/guest-readiness.md)."""
+    lines = []
+    for p in vms:
+        step = journal.get(KIND_BOOT_TEST, p.key)
+        if step is None:
+            lines.append(f"- [ ] {p.vm.name}: not boot-tested yet: `vmmove boot-test "
+                         f"{_q(str(plan.path))} --wave {p.wave} {_q(p.vm.name)}`.")
+        elif step.status == Status.DONE:
+            lines.append(f"- [x] {p.vm.name}: boot test passed "
+                         f"({step.reason or 'booted'}).")
+        else:
+            lines.append(f"- [ ] **{p.vm.name}: last boot test {step.status}**: {step.error} "
+                         f"(console: {step.console}); cutover refuses it unless "
+                         "--skip-boot-test.")
+    return lines
+
+
 def wave_runbook(plan: Plan, wave: int, journal: Journal,
                  now: datetime.datetime | None = None, jobs: int | None = None) -> str:
     """The Markdown runbook of one wave, for ``vmmove cutover --jobs jobs`` (default: the
@@ -223,6 +241,8 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
         add("- [x] No critical assessment concern (the preflight checks again).")
     add("- [ ] A backup of each source disk exists (vmmove never writes them, but the guest "
         "does until it is stopped).")
+    for line in boot_test_lines(plan, vms, journal):
+        add(line)
     add("")
     add("## Steps")
     add("")
