@@ -79,7 +79,8 @@ def test_stage_running_and_shut_off_vms_through_s3(
     result = stage(cli, plan_file, cluster)
     assert result.exit_code == 0, result.stderr
     assert [(s["stage"], s["status"]) for s in json.loads(result.stdout)] == [
-        ("convert", "done"), ("upload", "done"), ("manifests", "done"), ("apply", "done")]
+        ("convert", "done"), ("inspect", "done"), ("guest", "done"), ("upload", "done"),
+        ("manifests", "done"), ("apply", "done")]
     converts, uploads = steps(plan_file, "convert"), steps(plan_file, "upload")
     assert converts[guest.name].data["copy"] == "backup"
     assert converts[cold].data["copy"] == "qemu-nbd"
@@ -143,7 +144,8 @@ def test_stage_running_and_shut_off_vms_direct(
     assert 10809 not in ports
     assert kubelet.max_running == 1  # --max-inflight 1: one worker at a time
     assert [(s["stage"], s["status"]) for s in json.loads(result.stdout)] == [
-        ("convert", "done"), ("upload", "done"), ("manifests", "done"), ("apply", "done")]
+        ("convert", "done"), ("inspect", "done"), ("guest", "done"), ("upload", "done"),
+        ("manifests", "done"), ("apply", "done")]
     uploads = steps(plan_file, "upload")
     # each PVC holds the verified disk: the shut-off one exactly, the running one at one
     # point in time after the ticks seen before staging

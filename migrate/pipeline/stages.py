@@ -49,6 +49,8 @@ def inspect_stage(plan: Plan, wave: int, redo: bool = False) -> str:
 
     from migrate.pipeline.guest import inspect_summary, inspect_wave
 
+    if plan.transfer.backend == "direct":
+        return "inspect: skipped, transfer mode direct stages no local image to inspect"
     if shutil.which("guestfish") is None:
         return "inspect: skipped, libguestfs-tools is not installed (guests not inspected)"
     return inspect_summary(inspect_wave(plan, wave_vms(plan, wave), redo=redo))
@@ -58,6 +60,8 @@ def guest_stage(plan: Plan, wave: int) -> str:
     """Convert the wave's guests that need it (convert.guest), with virt-v2v."""
     from migrate.pipeline.guest import convert_wave as convert_guests
 
+    if plan.transfer.backend == "direct":
+        return "guest: skipped, transfer mode direct stages no local image to convert"
     return convert_guests(plan, wave_vms(plan, wave))
 
 
