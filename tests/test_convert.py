@@ -235,7 +235,7 @@ def test_running_vm_is_refused_unless_inconsistent_copy(cli, tmp_path: Path) -> 
 def test_disk_locked_by_another_process_is_refused_unless_force_share(tmp_path: Path) -> None:
     src, _ = make_image(tmp_path, "qcow2", "locked")
     inv = Inventory(vms=[vm("locked", [disk("vda", src, "qcow2")])])  # inventory says shutoff
-    holder = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 20000", str(src)],
+    holder = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 600000", str(src)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
