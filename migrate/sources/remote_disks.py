@@ -43,7 +43,7 @@ BACKUP = "backup"  # point in time: libvirt backup job
 OFFLINE = "qemu-nbd"  # shut-off VM: qemu-nbd --read-only
 INCONSISTENT = "inconsistent"  # running VM read with --force-share (explicitly asked)
 
-SETTLE = 2.0  # seconds to let libvirt notice a domain that died under the copy
+SETTLE = 10.0  # seconds to let libvirt notice a domain that died under the copy (a loaded host is slow to)
 NO_BACKUP_HINT = ("shut the VM down for a consistent copy, or pass --inconsistent-copy to read "
                   "it while it writes (the copy is then never one moment's state)")
 
