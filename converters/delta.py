@@ -33,7 +33,8 @@ from typing import Protocol
 from migrate.core.errors import VmmoveError
 from migrate.core.serialize import atomic_write
 
-BLOCK = 1 << 20  # hash method block size (bytes)
+BLOCK = 1 << 20  # hash method block size (bytes): per-MiB SHA-256, as the guest checksum
+SUB = 64 << 10  # hash method write granularity inside a changed block (a qcow2 cluster)
 CHUNK = 8 << 20  # largest single write
 READ = 32 << 20  # hash method: bytes read (and hashed in parallel) at once
 DIGEST = 32  # bytes of SHA-256 per block
@@ -60,6 +61,7 @@ class DeltaStats:
     read: int = 0
     extents: int = 0
     seconds: float = 0.0
+    checksum: str | None = None  # hash_sync: the source's guest-view checksum
 
 
 def merge_extents(extents: Iterable[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]:
@@ -75,11 +77,11 @@ def merge_extents(extents: Iterable[tuple[int, int]], gap: int = 0) -> list[tupl
 
 
 def open_target(path: str | os.PathLike[str], size: int, *, fresh: bool = False) -> int:
-    """A file descriptor writing ``path`` in place: a block device (at least ``size``
+    """A file descriptor writing (and reading: :func:`hash_sync` compares) ``path`` in place: a block device (at least ``size``
     bytes) or a regular file (created or grown sparse to ``size``; with ``fresh`` emptied
     first so a full round starts from zeros).  Raises :class:`DeltaError`."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise DeltaError(f"{path}: cannot open the target volume: {exc.strerror}") from None
     try:
@@ -174,13 +176,18 @@ class FileReader:
     def pread(self, offset: int, length: int) -> bytearray:
         """``length`` bytes at ``offset`` (zeros past the end), read into one buffer."""
         out = bytearray(length)
-        view, got = memoryview(out), 0
-        while got < length:
+        self.readinto(offset, out)
+        return out
+
+    def readinto(self, offset: int, buf: bytearray | memoryview) -> None:
+        """Fill ``buf`` with the bytes at ``offset`` (zeros past the end)."""
+        view, got = memoryview(buf).cast("B"), 0
+        while got < len(view):
             n = os.preadv(self.fd, [view[got:]], offset + got)
             if n == 0:  # past the end: zeros
+                view[got:] = bytes(len(view) - got)
                 break
             got += n
-        return out
 
     def holes(self) -> list[tuple[int, int]]:
         """Ranges the file does not allocate (``SEEK_HOLE``/``SEEK_DATA``); none for a
@@ -247,15 +254,68 @@ class BlockHashes:
         self.path.unlink(missing_ok=True)
 
 
-def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target,
+def guest_checksum(digests: list[bytes]) -> str:
+    """The guest-view checksum (``sha256-1m:<hex>``, :class:`migrate.clients.nbd.GuestDigest`)
+    of a disk whose per-:data:`BLOCK` SHA-256 digests are ``digests``: the hash pass gives
+    the source's checksum without a second read."""
+    from migrate.clients.nbd import GuestDigest
+
+    return f"{GuestDigest.PREFIX}:{hashlib.sha256(b''.join(digests)).hexdigest()}"
+
+
+def _read_into(reader: Reader, offset: int, view: memoryview) -> None:
+    into = getattr(reader, "readinto", None)
+    if into is not None:
+        into(offset, view)
+    else:
+        view[:] = reader.pread(offset, len(view))
+
+
+class _Runs:
+    """Writes pieces at their offsets, merging adjacent ones into one write of ≤ CHUNK."""
+
+    def __init__(self, fd: Target, stats: DeltaStats) -> None:
+        self.fd, self.stats = fd, stats
+        self.start = 0
+        self.parts: list[memoryview] = []
+        self.length = 0
+
+    def add(self, offset: int, data: memoryview) -> None:
+        if self.parts and self.start + self.length != offset:
+            self.flush()
+        if not self.parts:
+            self.start = offset
+        self.parts.append(data)
+        self.length += len(data)
+        if self.length >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            _write_all(self.fd, self.parts[0] if len(self.parts) == 1 else
+                       b"".join(self.parts), self.start)
+            self.stats.changed += self.length
+            self.stats.extents += 1
+        self.parts, self.length = [], 0
+
+
+def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target | None,
               holes: Iterable[tuple[int, int]] = (),
               zeroed: bool = False) -> tuple[list[bytes], DeltaStats]:
-    """Read the whole source, hash it per :data:`BLOCK`, write the blocks whose digest is
-    not ``old``'s (every block when ``old`` is None); the new digests and what was sent.
+    """Read the whole source, hash it per :data:`BLOCK`, write what differs from ``old``'s
+    digests (every block when ``old`` is None); the new digests and what was sent
+    (``stats.checksum``: the source's guest-view checksum, :func:`guest_checksum`).
 
-    ``holes``: ranges the source reports as zeros (block status), hashed without reading.
-    ``zeroed``: the target reads zeros already (a fresh file), so zero blocks of a first
-    pass are not written.
+    ``holes``: ranges the source reports as zeros (block status), hashed without reading
+    (a block wholly inside one gets the zero digest; with a zero digest recorded too,
+    nothing is read, hashed or written).  ``zeroed``: the target reads zeros already (a
+    fresh file), so zero blocks of a first pass are not written.  ``fd`` None: only hash.
+
+    Costs (docs/warm-migration.md, ``bench/warm.py``): reads go into two reused buffers of
+    :data:`READ` bytes (the next window is read while this one is hashed on
+    :data:`THREADS` threads; hashlib releases the GIL).  A changed block of a file
+    descriptor target is compared with what the target holds, and only its differing
+    :data:`SUB` pieces are written: a 4 KiB change costs a 64 KiB write, not 1 MiB.
     """
     stats = DeltaStats()
     zero_blocks: set[int] = set()
@@ -265,67 +325,75 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target,
         zero_blocks.update(range(first, last))
     digests: list[bytes] = []
     count = -(-size // BLOCK)
-    run_start: int | None = None
-    run = bytearray()
-
-    def flush() -> None:
-        nonlocal run_start
-        if run_start is not None and run:
-            _write_all(fd, run, run_start)
-            stats.changed += len(run)
-            stats.extents += 1
-        run_start = None
-        run.clear()
-
-    def one(b: int, block: memoryview | None, digest: bytes | None) -> None:
-        nonlocal run_start
-        length = min(BLOCK, size - b * BLOCK)
-        if digest is None:  # a block inside a hole: zeros, known without reading
-            digest = ZERO_DIGEST if length == BLOCK else block_digest(bytes(length))
-        digests.append(digest)
-        if (old[b] == digest) if old is not None else (zeroed and digest == ZERO_DIGEST):
-            flush()
-            return
-        if digest == ZERO_DIGEST and not isinstance(fd, int):  # a delta: a zero cluster
-            flush()
-            fd.write_zeroes(b * BLOCK, length)
-            stats.changed += length
-            return
-        if run_start is None or run_start + len(run) != b * BLOCK:
-            flush()
-            run_start = b * BLOCK
-        run.extend(block if block is not None else bytes(length))
-        if len(run) >= CHUNK:
-            flush()
-
+    runs = _Runs(fd, stats) if fd is not None else None
+    compare = isinstance(fd, int) and old is not None  # the target holds the last round
     per_read = READ // BLOCK
     windows = [range(first, min(count, first + per_read)) for first in range(0, count, per_read)]
+    # Two buffers, reused: a fresh 32 MiB buffer per read is a fresh mapping whose every
+    # page faults in (most of the old cost of this pass).
+    buffers = [memoryview(bytearray(min(READ, size) or 1)) for _ in range(min(2, len(windows)))]
+    zeros = memoryview(ZERO_CHUNK)[:BLOCK]
 
-    def read(blocks: range) -> tuple[list[int], list[memoryview]]:
+    def read(i: int) -> list[int]:
+        blocks, buf = windows[i], buffers[i % 2]
         need = [b for b in blocks if b not in zero_blocks]
-        parts: list[memoryview] = []
         for run_first, run_last in _runs(need):  # one read per run of blocks to read
             lo, hi = run_first * BLOCK, min(size, (run_last + 1) * BLOCK)
-            view = memoryview(reader.pread(lo, hi - lo))
+            at = lo - blocks[0] * BLOCK
+            _read_into(reader, lo, buf[at:at + hi - lo])
             stats.read += hi - lo
-            parts += [view[(b - run_first) * BLOCK:min(size, (b + 1) * BLOCK) - lo]
-                      for b in range(run_first, run_last + 1)]
-        return need, parts
+        return need
+
+    def differing(off: int, data: memoryview) -> list[tuple[int, memoryview]]:
+        """The :data:`SUB` pieces of ``data`` that differ from the target at ``off``."""
+        assert isinstance(fd, int)
+        have = os.pread(fd, len(data), off)
+        want = bytes(data)
+        out = []
+        for s in range(0, len(want), SUB):
+            if want[s:s + SUB] != have[s:s + SUB]:
+                out.append((off + s, data[s:s + SUB]))
+        return out
 
     pool = ThreadPoolExecutor(THREADS, thread_name_prefix="hash")
     ahead = ThreadPoolExecutor(1, thread_name_prefix="read")  # reads the next window
     try:
-        pending = ahead.submit(read, windows[0]) if windows else None
+        pending = ahead.submit(read, 0) if windows else None
         for i, blocks in enumerate(windows):
             assert pending is not None
-            need, parts = pending.result()
-            pending = ahead.submit(read, windows[i + 1]) if i + 1 < len(windows) else None
-            hashed = dict(zip(need, pool.map(block_digest, parts)))
-            by_block = dict(zip(need, parts))
+            need = pending.result()
+            # the other buffer held the window before this one, done with: read into it
+            pending = ahead.submit(read, i + 1) if i + 1 < len(windows) else None
+            buf, base = buffers[i % 2], blocks[0] * BLOCK
+
+            def view(b: int) -> memoryview:
+                return buf[b * BLOCK - base:min(size, (b + 1) * BLOCK) - base]
+            hashed = dict(zip(need, pool.map(block_digest, [view(b) for b in need])))
             for b in blocks:
-                one(b, by_block.get(b), hashed.get(b))
+                length = min(BLOCK, size - b * BLOCK)
+                digest = hashed.get(b)
+                if digest is None:  # a block inside a hole: zeros, known without reading
+                    digest = ZERO_DIGEST if length == BLOCK else block_digest(bytes(length))
+                digests.append(digest)
+                if runs is None or ((old[b] == digest) if old is not None else
+                                    (zeroed and digest == ZERO_DIGEST)):
+                    continue
+                if digest == ZERO_DIGEST and not isinstance(fd, int):  # a delta: zero cluster
+                    assert fd is not None
+                    runs.flush()
+                    fd.write_zeroes(b * BLOCK, length)
+                    stats.changed += length
+                    continue
+                data = view(b) if b in hashed else zeros[:length]
+                if compare:
+                    for off, piece in differing(b * BLOCK, data):
+                        runs.add(off, piece)
+                else:
+                    runs.add(b * BLOCK, data)
+            if runs is not None:
+                runs.flush()  # before this window's buffer is read into again
     finally:
         ahead.shutdown()
         pool.shutdown()
-    flush()
+    stats.checksum = guest_checksum(digests)
     return digests, stats

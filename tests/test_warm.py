@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from converters import delta
+from migrate.clients import nbd
 from migrate.clients.checkpoint import ours, plan_tag, serve_stopped
 from migrate.clients.nbdwire import (
     BASE_ALLOCATION,
@@ -66,6 +67,7 @@ def test_hash_sync_sends_only_changed_blocks_and_keeps_hashes(tmp_path: Path) ->
         os.close(fd)
     store.save(digests)
     assert dst.read_bytes() == src.read_bytes()
+    (tmp_path / "first.raw").write_bytes(src.read_bytes())
     assert first.read == 3 * MiB + 123  # the hole was hashed without reading it
     assert first.changed == 3 * MiB + 123  # nor written
     with open(src, "r+b") as fh:  # two bytes in block 1, one in block 6 (inside the hole)
@@ -79,8 +81,15 @@ def test_hash_sync_sends_only_changed_blocks_and_keeps_hashes(tmp_path: Path) ->
         fd = delta.open_target(dst, reader.size)
         _new, second = delta.hash_sync(reader, reader.size, old, fd, reader.holes())
         os.close(fd)
-    assert second.changed == 2 * MiB and second.extents == 2
+    # only the 64 KiB pieces holding a changed byte are written, not their whole MiB
+    assert second.changed == 2 * delta.SUB and second.extents == 2
     assert dst.read_bytes() == src.read_bytes()
+    # the pass's digests give the guest-view checksum a second read would (sha256-1m)
+    assert first.checksum == nbd.file_sha256(tmp_path / "first.raw")[0]
+    assert second.checksum == nbd.file_sha256(src)[0] != first.checksum
+    with delta.FileReader(src) as reader:  # no target: only hashed
+        again, third = delta.hash_sync(reader, reader.size, None, None, reader.holes())
+    assert again == _new and third.checksum == second.checksum and third.changed == 0
     assert store.load(7 * MiB) is None  # recorded for another size: not used
 
 
@@ -201,14 +210,14 @@ def test_sync_rounds_of_an_offline_vmx_source_whose_flat_vmdk_changes(
     second = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
     assert second.exit_code == 0, second.stderr
     (r2,) = json.loads(second.stdout)
-    assert r2["kind"] == "incremental" and r2["changed"] == MiB
+    assert r2["kind"] == "incremental" and r2["changed"] == delta.SUB  # 4 KiB: one piece
     assert volume.read_bytes() == flat.read_bytes()
     proc = subprocess.run(["qemu-img", "compare", "-f", "vmdk", "-F", "raw", str(export / "app.vmdk"),
                            str(volume)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
     status = json.loads(cli("status", str(plan_file), "-o", "json", ok=True).stdout)
     (vm,) = status["vms"]
-    assert vm["warm"]["rounds"] == 2 and vm["warm"]["delta"] == MiB
+    assert vm["warm"]["rounds"] == 2 and vm["warm"]["delta"] == delta.SUB
 
 
 def test_sync_every_until_repeats_rounds(cli: Any, tmp_path: Path) -> None:

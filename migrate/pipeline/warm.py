@@ -127,6 +127,8 @@ class DiskRound:
     reason: str = ""
     writer: str = "local"
     checksum: str | None = None  # the volume's sha256, as a verifying worker reported it
+    # hash method: the source's guest-view checksum, from the same pass (no second read)
+    source_checksum: str | None = None
 
     def to_data(self) -> dict[str, Any]:
         return {"method": self.method, "full": self.full, "changed": self.changed,
@@ -243,13 +245,14 @@ class Warm:
         finally:
             self._final = False
         result.seconds = time.monotonic() - started
+        read = {d.target: d.source_checksum for d in result.disks if d.source_checksum}
         if self.plan.warm.writer == "worker":  # each worker compared export and volume
             sums = {d.target: {"volume_sha256": d.checksum, "verified_by": "worker"}
                     for d in result.disks}
         elif self.plan.warm.writer == "s3":  # each worker said what its volume holds
-            sums = self.verify(p, {d.target: d.checksum for d in result.disks})
+            sums = self.verify(p, {d.target: d.checksum for d in result.disks}, read)
         else:
-            sums = self.verify(p)
+            sums = self.verify(p, sources=read)
         self.journal.update(KIND_WARM, vm_item(p), final=result.to_data(), verified=sums)
         cleaned = self.cleanup(p)
         return {"mode": "warm", "bytes": result.changed, "seconds": round(result.seconds, 3),
@@ -500,10 +503,12 @@ class Warm:
             zeroed = old is None and stat.S_ISREG(os.fstat(fd).st_mode)  # fresh file
             try:
                 digests, stats = delta.hash_sync(src, size, old, fd, holes, zeroed)
-                os.fsync(fd)
+                if stats.changed:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             store.save(digests)
+            out.source_checksum = stats.checksum
             return stats.changed, stats.read, stats.extents, old is None
         if dirty is None:  # full copy: data extents; the fresh target reads zeros elsewhere
             data = [(e.offset, e.length) for e in alloc if not e.flags & STATE_ZERO]
@@ -637,6 +642,7 @@ class Warm:
             path.unlink(missing_ok=True)
         if method == HASH:
             store.save(digests)  # only once the volume holds what they describe
+            out.source_checksum = stats.checksum
         out.writer, out.checksum = "s3", got.get("checksum")
         return stats.changed, stats.read, stats.extents, full
 
@@ -721,22 +727,26 @@ class Warm:
             pass
 
     # -- checks and cleanup --------------------------------------------------------------
-    def verify(self, p: PlannedVM,
-               volumes: dict[str, str | None] | None = None) -> dict[str, dict[str, Any]]:
+    def verify(self, p: PlannedVM, volumes: dict[str, str | None] | None = None,
+               sources: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
         """Guest-visible sha256 of each stopped source disk and its volume (read here, or
-        as ``volumes`` gives them: what the workers reported); raise :class:`WarmError`
-        when one differs."""
+        as ``volumes`` gives them: what the workers reported; ``sources``: the source's
+        checksum from the final delta's own read, the hash method's); raise
+        :class:`WarmError` when one differs."""
         from converters.convert import source_chain
         from migrate.clients.nbd import file_sha256
 
         out: dict[str, dict[str, Any]] = {}
         for d in data_disks(p.vm):
-            chain = source_chain(p.vm, d)
-            source, _n = file_sha256(d.path or "", chain.format) if not \
-                chain.qemu_name().startswith("json:") or chain.format in ("raw", "qcow2") else \
-                _chain_sha256(chain)
+            if sources and d.target in sources:
+                source = sources[d.target]
+            else:
+                chain = source_chain(p.vm, d)
+                source, _n = file_sha256(d.path or "", chain.format) if not \
+                    chain.qemu_name().startswith("json:") or chain.format in ("raw", "qcow2") \
+                    else _chain_sha256(chain)
             target = volumes.get(d.target) if volumes is not None else \
-                file_sha256(self.volume(p, d), "raw")[0]
+                _volume_sha256(self.volume(p, d))
             out[d.target] = {"source_sha256": source, "volume_sha256": target}
             if source != target:
                 raise WarmError(
@@ -858,6 +868,13 @@ def _split(marked: list[tuple[int, int]],
         if pos < end:
             data.append((pos, end - pos))
     return data, zero
+
+
+def _volume_sha256(path: Path) -> str | None:
+    """A local volume's guest-view checksum, read and hashed on several threads
+    (:func:`converters.delta.hash_sync` without a target)."""
+    with delta.FileReader(path) as vol:
+        return delta.hash_sync(vol, vol.size, None, None, vol.holes())[1].checksum
 
 
 def _chain_sha256(chain: Any) -> tuple[str, int]:
