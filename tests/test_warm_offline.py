@@ -86,6 +86,13 @@ def test_offline_vmx_warm_cutover_and_rollback(
     assert row["kind"] == "incremental" and row["changed"] == 256 << 10, row
     assert same(descriptor, volume)
 
+    # the runbook gives the offline itinerary's steps and commands, no virsh
+    book = tmp_path / "runbooks"
+    cli("runbook", str(plan_file), "--out", str(book), ok=True)
+    text = (book / "wave-1.md").read_text()
+    assert "2. **Stop the source** (offline) — nothing vmmove can stop" in text
+    assert f"--wave 1 app --source-powered-off" in text and "virsh" not in text
+
     # and again after the last round, into a block that was a hole: the final delta's part
     qemu_io(str(flat), "write -P 0xb2 20M 64k", "raw")
     qemu_io(str(flat), "write -P 0xb3 1M 4k", "raw")
