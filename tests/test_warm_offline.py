@@ -113,6 +113,18 @@ def test_offline_vmx_warm_cutover_and_rollback(
     assert cluster.get(VMR, "vms", p.name)["spec"]["runStrategy"] == "Halted"
     lock.rmdir()
 
+    # the export is untrusted input: a descriptor edited to name a file outside it is
+    # refused before anything changes (and that file is never read)
+    outside = tmp_path / "outside.raw"
+    outside.write_bytes(b"\x66" * MiB)
+    text = descriptor.read_text()
+    descriptor.write_text(text.replace('"app-flat.vmdk"', '"../outside.raw"'))
+    escaped = cli("cutover", str(plan_file), "--wave", "1", *kube, "--source-powered-off")
+    assert escaped.exit_code != 0 and "disk sda:" in escaped.stderr, escaped.stderr
+    assert "preflight failed, nothing was changed" in escaped.stderr
+    assert cluster.get(VMR, "vms", p.name)["spec"]["runStrategy"] == "Halted"
+    descriptor.write_text(text)
+
     before = {f: os.stat(f).st_mtime_ns for f in (vmx, descriptor, flat)}
     cut = cli("cutover", str(plan_file), "--wave", "1", *kube, "--source-powered-off",
               "--verify-timeout", "60", "--no-guest-agent", "-o", "json")
