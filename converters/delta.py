@@ -25,7 +25,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -224,7 +224,8 @@ class FileReader:
         return out
 
 
-ZERO_DIGEST = block_digest(bytes(BLOCK))
+ZERO_BLOCK = bytes(BLOCK)
+ZERO_DIGEST = block_digest(ZERO_BLOCK)
 _ZERO_ENTRY: bytes | None = None
 
 
@@ -346,8 +347,9 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target | N
     fresh file), so zero blocks of a first pass are not written.  ``fd`` None: only hash
     (every block's SHA-256: the checksum of a volume read back).
 
-    Costs (docs/warm-migration.md, ``bench/warm.py``): reads go into two reused buffers of
-    :data:`READ` bytes (the next window is read while this one is hashed).  A changed
+    Costs (docs/warm-migration.md, ``bench/warm.py``): reads go into three reused buffers
+    of :data:`READ` bytes (the next window is read while this one is compared and the last
+    one's changed blocks are hashed).  A changed
     block of a file descriptor target is compared with what the target holds, and only its
     differing :data:`SUB` pieces are written: a 4 KiB change costs a 64 KiB write, not 1 MiB.
     The trust this puts in XXH3 (not a cryptographic hash): a block made by the guest to
@@ -360,20 +362,20 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target | N
         first = -(-off // BLOCK)
         last = (off + length) // BLOCK  # blocks wholly inside the hole
         zero_blocks.update(range(first, last))
-    digests: list[bytes] = []
     count = -(-size // BLOCK)
     runs = _Runs(fd, stats) if fd is not None else None
     compare = isinstance(fd, int) and old is not None  # the target holds the last round
     per_read = READ // BLOCK
     windows = [range(first, min(count, first + per_read)) for first in range(0, count, per_read)]
-    # Two buffers, reused: a fresh 32 MiB buffer per read is a fresh mapping whose every
-    # page faults in (most of the old cost of this pass).
-    buffers = [memoryview(bytearray(min(READ, size) or 1)) for _ in range(min(2, len(windows)))]
+    # Three buffers, reused: a fresh 32 MiB buffer per read is a fresh mapping whose every
+    # page faults in (most of the old cost of this pass); one is read into, one compared,
+    # one still hashed (SHA-256 of its changed blocks) by the pool.
+    buffers = [memoryview(bytearray(min(READ, size) or 1)) for _ in range(min(3, len(windows)))]
     zeros = memoryview(ZERO_CHUNK)[:BLOCK]
     zero_fast = _zero_entry(BLOCK)[:FAST]
 
     def read(i: int) -> list[int]:
-        blocks, buf = windows[i], buffers[i % 2]
+        blocks, buf = windows[i], buffers[i % len(buffers)]
         need = [b for b in blocks if b not in zero_blocks]
         for run_first, run_last in _runs(need):  # one read per run of blocks to read
             lo, hi = run_first * BLOCK, min(size, (run_last + 1) * BLOCK)
@@ -395,48 +397,52 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target | N
 
     pool = ThreadPoolExecutor(THREADS, thread_name_prefix="hash")
     ahead = ThreadPoolExecutor(1, thread_name_prefix="read")  # reads the next window
+    shas: dict[int, list[tuple[int, Future[bytes]]]] = {}  # window -> its blocks' SHA-256
+    slots: list[bytes | Future[bytes]] = []  # per block: its entry, or its SHA-256 to come
+
+    def settle(window: int) -> None:
+        """Wait for a window's SHA-256s: its buffer is about to be read into again."""
+        for b, future in shas.pop(window, []):
+            slots[b] = bytes(slots[b][:FAST]) + future.result()  # type: ignore[index]
+
     try:
         pending = ahead.submit(read, 0) if windows else None
         for i, blocks in enumerate(windows):
             assert pending is not None
             read_now = set(pending.result())
-            # the other buffer held the window before this one, done with: read into it
+            # the next window goes into the buffer of the window before last: its SHA-256s
+            # (computed while this window is compared) must be done first
+            settle(i + 1 - len(buffers))
             pending = ahead.submit(read, i + 1) if i + 1 < len(windows) else None
-            buf, base = buffers[i % 2], blocks[0] * BLOCK
+            buf, base = buffers[i % len(buffers)], blocks[0] * BLOCK
 
             def view(b: int) -> memoryview:
                 return buf[b * BLOCK - base:min(size, (b + 1) * BLOCK) - base]
-            entries: dict[int, bytes] = {}
-            fresh: list[int] = []  # changed blocks read: their SHA-256 is computed
+            fresh = shas.setdefault(i, [])  # changed blocks read: their SHA-256 is computed
             for b in blocks:
+                length = min(BLOCK, size - b * BLOCK)
                 if b in read_now:
                     fast = fast_digest(view(b))
                 else:  # a block inside a hole: zeros, known without reading
-                    length = min(BLOCK, size - b * BLOCK)
                     fast = zero_fast if length == BLOCK else _zero_entry(length)[:FAST]
                 if old is not None and old[b][:FAST] == fast:
-                    entries[b] = old[b]
-                elif b in read_now:
-                    fresh.append(b)
-                    entries[b] = fast
+                    slots.append(old[b])
+                    continue  # unchanged: nothing hashed further, nothing written
+                data = view(b) if b in read_now else zeros[:length]
+                zero = b not in read_now or (fast == zero_fast and bytes(data) == ZERO_BLOCK)
+                if zero:
+                    slots.append(_zero_entry(length))
                 else:
-                    entries[b] = _zero_entry(min(BLOCK, size - b * BLOCK))
-            for b, sha in zip(fresh, pool.map(block_digest, [view(b) for b in fresh])):
-                entries[b] += sha
-            for b in blocks:
-                entry = entries[b]
-                digests.append(entry)
-                length = min(BLOCK, size - b * BLOCK)
-                if runs is None or (old is not None and old[b] is entry) or \
-                        (old is None and zeroed and entry[FAST:] == ZERO_DIGEST):
+                    slots.append(fast)
+                    fresh.append((b, pool.submit(block_digest, data)))
+                if runs is None or (old is None and zeroed and zero):
                     continue
-                if entry[FAST:] == ZERO_DIGEST and not isinstance(fd, int):  # a delta: zeros
+                if zero and not isinstance(fd, int):  # a delta: a zero cluster
                     assert fd is not None
                     runs.flush()
                     fd.write_zeroes(b * BLOCK, length)
                     stats.changed += length
                     continue
-                data = view(b) if b in read_now else zeros[:length]
                 if compare:
                     for off, piece in differing(b * BLOCK, data):
                         runs.add(off, piece)
@@ -444,8 +450,11 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target | N
                     runs.add(b * BLOCK, data)
             if runs is not None:
                 runs.flush()  # before this window's buffer is read into again
+        for window in list(shas):
+            settle(window)
     finally:
         ahead.shutdown()
         pool.shutdown()
+    digests = [bytes(entry) for entry in slots]  # type: ignore[arg-type]
     stats.checksum = guest_checksum(digests)
     return digests, stats
