@@ -91,7 +91,9 @@ def test_offline_vmx_warm_cutover_and_rollback(
     cli("runbook", str(plan_file), "--out", str(book), ok=True)
     text = (book / "wave-1.md").read_text()
     assert "2. **Stop the source** (offline) — nothing vmmove can stop" in text
-    assert f"--wave 1 app --source-powered-off" in text and "virsh" not in text
+    assert "--wave 1 app --source-powered-off" in text and "virsh" not in text
+    dry = cli("cutover", str(plan_file), "--wave", "1", "--dry-run", ok=True)
+    assert "nothing to stop: app powered off at its platform" in dry.stdout, dry.stdout
 
     # and again after the last round, into a block that was a hole: the final delta's part
     qemu_io(str(flat), "write -P 0xb2 20M 64k", "raw")
