@@ -331,6 +331,21 @@ class _Runs:
         self.parts, self.length = [], 0
 
 
+def differing_pieces(want: bytes, have: bytes) -> list[tuple[int, int]]:
+    """``(offset, length)`` runs of the :data:`SUB` pieces where ``want`` (a block of the
+    source) differs from ``have`` (the target's bytes there; shorter reads as different):
+    what to write so that the target holds ``want``."""
+    out: list[tuple[int, int]] = []
+    for at in range(0, len(want), SUB):
+        if want[at:at + SUB] != have[at:at + SUB]:
+            n = min(SUB, len(want) - at)
+            if out and out[-1][0] + out[-1][1] == at:
+                out[-1] = (out[-1][0], out[-1][1] + n)
+            else:
+                out.append((at, n))
+    return out
+
+
 def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target | None,
               holes: Iterable[tuple[int, int]] = (),
               zeroed: bool = False) -> tuple[list[bytes], DeltaStats]:
@@ -385,15 +400,11 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target | N
         return need
 
     def differing(off: int, data: memoryview) -> list[tuple[int, memoryview]]:
-        """The :data:`SUB` pieces of ``data`` that differ from the target at ``off``."""
+        """The runs of :data:`SUB` pieces of ``data`` that differ from the target at
+        ``off``."""
         assert isinstance(fd, int)
-        have = os.pread(fd, len(data), off)
-        want = bytes(data)
-        out = []
-        for s in range(0, len(want), SUB):
-            if want[s:s + SUB] != have[s:s + SUB]:
-                out.append((off + s, data[s:s + SUB]))
-        return out
+        return [(off + at, data[at:at + n])
+                for at, n in differing_pieces(bytes(data), os.pread(fd, len(data), off))]
 
     pool = ThreadPoolExecutor(THREADS, thread_name_prefix="hash")
     ahead = ThreadPoolExecutor(1, thread_name_prefix="read")  # reads the next window

@@ -96,6 +96,19 @@ def test_hash_sync_sends_only_changed_blocks_and_keeps_hashes(tmp_path: Path) ->
     assert store.load(8 * MiB + 123) is None
 
 
+def test_differing_pieces_are_merged_runs_of_64k() -> None:
+    sub = delta.SUB
+    want = bytearray(b"\x01" * MiB)
+    have = bytes(want)
+    want[5] = 2  # piece 0
+    want[sub + 9] = 2  # piece 1: merged with piece 0
+    want[7 * sub] = 2  # piece 7
+    assert delta.differing_pieces(bytes(want), have) == [(0, 2 * sub), (7 * sub, sub)]
+    assert delta.differing_pieces(have, have) == []
+    # a target shorter than the block (a short read) differs where it has no bytes
+    assert delta.differing_pieces(have, have[:MiB - sub]) == [(MiB - sub, sub)]
+
+
 def test_merge_and_split_extents() -> None:
     assert delta.merge_extents([(10, 5), (0, 4), (4, 2), (20, 0)]) == [(0, 6), (10, 5)]
     data, zero = _split([(0, 100), (200, 50)], [(50, 20), (190, 300)])

@@ -23,6 +23,7 @@ from migrate.pipeline.itinerary import OFFLINE_WARM_CUTOVER, WARM_CUTOVER, cutov
 from migrate.pipeline.warm import KIND_WARM
 from migrate.plan import load_plan
 from tests.conftest import qemu_img, qemu_io
+from tests.offline_support import make_vmdk, ovf_text
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
 from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
@@ -162,6 +163,54 @@ def test_offline_vmx_warm_cutover_and_rollback(
     # the next cutover starts over: the preflight wants the confirmation again
     again = cli("cutover", str(plan_file), "--wave", "1", *kube)
     assert again.exit_code != 0 and "--source-powered-off" in again.stderr
+
+
+def test_offline_ovf_export_refreshed_between_rounds_is_cut_over(
+        cli: Any, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str,
+        s3_env: dict[str, str], cluster: Cluster, controllers: Controllers,
+        kubevirt: KubeVirt) -> None:
+    """An OVF export (a streamOptimized VMDK) whose platform exports it again between the
+    rounds: the data allow a warm cutover too (no lock files to look at: the operator's
+    confirmation alone), and the volume ends equal to the last export."""
+    export = tmp_path / "export"
+    export.mkdir()
+    make_vmdk(export, "disk1.vmdk")
+    ovf = export / "web01.ovf"
+    ovf.write_text(ovf_text())
+    inventory = tmp_path / "inventory.yaml"
+    cli("scan", str(ovf), "--output-file", str(inventory), "-o", "json", ok=True)
+    plan_file = tmp_path / "plan.yaml"
+    made = cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--s3",
+               f"s3://{s3_bucket}/{tmp_path.name}", "--endpoint-url", s3_server.endpoint,
+               "--warm", "--warm-volumes", "volumes", "--network", "*=pod", ok=True)
+    assert ": hash (offline ovf source" in made.stderr, made.stderr
+    kube = ["--kubeconfig", str(cluster.kubeconfig)]
+    staged = cli("migrate", str(plan_file), "--wave", "1", "--stage", *kube)
+    assert staged.exit_code == 0, staged.stderr
+    assert cli("sync", str(plan_file), "--wave", "1").exit_code == 0
+    # exported again after the VM ran on: another stream-optimized file, 64 KiB changed
+    (export / "disk1.vmdk").unlink()
+    make_vmdk(export, "disk1.vmdk", pattern=0xCD)
+    cut = cli("cutover", str(plan_file), "--wave", "1", *kube, "--source-powered-off",
+              "--verify-timeout", "60", "--no-guest-agent", "-o", "json")
+    assert cut.exit_code == 0, cut.stderr
+    (done,) = json.loads(cut.stdout)
+    assert done["status"] == "done" and done["syncMode"] == "warm", done
+    (volume,) = (tmp_path / "volumes" / "vms").glob("*/disk.img")
+    proc = subprocess.run(["qemu-img", "compare", "-f", "vmdk", "-F", "raw",
+                           str(export / "disk1.vmdk"), str(volume)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout
+    plan = load_plan(plan_file)
+    (p,) = plan.wave(1)
+    with plan.journal() as journal:
+        sync = journal.get("cutover", f"{p.key}/sync")
+        assert sync is not None
+        (disk,) = sync.data["disks"].values()
+        # 256 KiB rewritten with another pattern: four pieces of 64 KiB, nothing else
+        assert disk["changed"] == 256 << 10 and disk["source_sha256"] == disk["volume_sha256"]
+    back = cli("rollback", str(plan_file), "--wave", "1", *kube, "-o", "json")
+    assert back.exit_code == 0 and "power the VM on at its platform" in back.stdout
 
 
 def test_offline_itinerary_is_declared_as_data() -> None:
