@@ -7,16 +7,18 @@ block device) close to a running source with rounds that send only what changed:
   (a dirty bitmap read over NBD block status); :func:`copy_extents` writes exactly those
   extents, read from the source's export, at the same offsets of the target;
 * **hash method** (raw, LVM and block disks, offline sources): :func:`hash_sync` reads the
-  whole source, hashes it in fixed blocks (SHA-256 per :data:`BLOCK` bytes: the fastest
-  hash here with the CPU's SHA extensions, computed on several threads), and writes
-  only the blocks whose hash differs from the one recorded in the previous round
-  (:class:`BlockHashes`, a file in the work folder).
+  whole source and compares it per :data:`BLOCK` with the digests recorded in the previous
+  round (:class:`BlockHashes`, a file in the work folder): XXH3-128 finds the changed
+  blocks at memory speed, SHA-256 (on several threads) runs for those only, and of a
+  changed block only the :data:`SUB` pieces that differ from the target are written.  The
+  recorded SHA-256 list is the guest-view checksum's (:func:`guest_checksum`).
 
 Readers are anything with ``size`` and ``pread(offset, length) -> bytes`` (an
 :class:`migrate.clients.nbdwire.NbdClient`, or :class:`FileReader` for a stopped raw disk
-on this machine).  Targets are opened for writing in place
-(never truncated except in a full round of a regular file, which starts from zeros).
-Counts are bytes; nothing here talks to libvirt or the cluster.
+on this machine); one with ``readinto(offset, buffer)`` too is read into reused buffers.
+Targets are opened for writing in place (never truncated except in a full round of a
+regular file, which starts from zeros).  Counts are bytes; nothing here talks to libvirt
+or the cluster.
 """
 
 from __future__ import annotations
@@ -78,9 +80,10 @@ def merge_extents(extents: Iterable[tuple[int, int]], gap: int = 0) -> list[tupl
 
 
 def open_target(path: str | os.PathLike[str], size: int, *, fresh: bool = False) -> int:
-    """A file descriptor writing (and reading: :func:`hash_sync` compares) ``path`` in place: a block device (at least ``size``
-    bytes) or a regular file (created or grown sparse to ``size``; with ``fresh`` emptied
-    first so a full round starts from zeros).  Raises :class:`DeltaError`."""
+    """A file descriptor writing (and reading: :func:`hash_sync` compares) ``path`` in
+    place: a block device (at least ``size`` bytes) or a regular file (created or grown
+    sparse to ``size``; with ``fresh`` emptied first so a full round starts from zeros).
+    Raises :class:`DeltaError`."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
@@ -292,7 +295,8 @@ def guest_checksum(digests: list[bytes]) -> str:
     ``digests``: the hash pass gives the source's checksum without a second read."""
     from migrate.clients.nbd import GuestDigest
 
-    return f"{GuestDigest.PREFIX}:{hashlib.sha256(b''.join(d[FAST:] for d in digests)).hexdigest()}"
+    outer = hashlib.sha256(b"".join(d[FAST:] for d in digests))
+    return f"{GuestDigest.PREFIX}:{outer.hexdigest()}"
 
 
 def _read_into(reader: Reader, offset: int, view: memoryview) -> None:
