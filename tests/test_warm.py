@@ -236,6 +236,39 @@ def test_sync_rounds_of_an_offline_vmx_source_whose_flat_vmdk_changes(
     assert vm["warm"]["rounds"] == 2 and vm["warm"]["delta"] == delta.SUB
 
 
+def test_a_flat_vmdk_is_read_directly_only_when_its_extent_is_the_whole_file(
+        tmp_path: Path) -> None:
+    """One FLAT/VMFS extent at offset 0, exactly the disk's size, inside the export: read
+    as a raw file; any other layout is read through qemu (never guessed)."""
+    from converters.convert import source_chain
+    from migrate.pipeline.warm import flat_extent
+
+    export = tmp_path / "export"
+    export.mkdir()
+    vmx, flat = _flat_vmx(export)
+    descriptor = export / "app.vmdk"
+    text = descriptor.read_bytes().split(b"\0", 1)[0].decode()
+    vm = VM("app", Source(SourceKind.VMX, str(vmx)),
+            disks=[Disk("sda", path=str(descriptor), format="vmdk", virtual_size=8 * MiB)])
+    (disk,) = vm.disks
+
+    def direct(body: str) -> str | None:
+        descriptor.write_text(body)
+        return flat_extent(vm, disk, source_chain(vm, disk))
+
+    line = 'RW 16384 FLAT "app-flat.vmdk" 0'
+    assert line in text  # as qemu-img writes it
+    assert direct(text) == str(flat)
+    assert direct(text.replace(line, 'RW 16384 VMFS "app-flat.vmdk"')) == str(flat)  # ESXi
+    # an offset into the file, two extents, a flat file longer than the disk: through qemu
+    assert direct(text.replace(line, 'RW 16384 FLAT "app-flat.vmdk" 2048')) is None
+    assert direct(text.replace(line, 'RW 8192 FLAT "app-flat.vmdk" 0\n'
+                                     'RW 8192 FLAT "app-flat.vmdk" 8192')) is None
+    with open(flat, "ab") as fh:
+        fh.write(b"\0" * 512)
+    assert direct(text) is None
+
+
 def test_sync_every_until_repeats_rounds(cli: Any, tmp_path: Path) -> None:
     import datetime
 

@@ -421,7 +421,7 @@ class Warm:
         name = _safe(disk.target)
         folder = scratch_dir(self.tag, p.key)
         out = DiskRound(disk.target, method, full=False, reason=reason)
-        plain = plain_raw(chain)
+        plain = plain_raw(chain) or (flat_extent(p.vm, disk, chain) if method == HASH else None)
         if method == HASH and plain:  # a raw file or device here: read it directly
             with delta.FileReader(plain) as src:
                 _pause("warm:final")
@@ -877,6 +877,43 @@ def plain_raw(chain: Any) -> str | None:
             set(f) - {"driver", "filename"} or not top.real or f.get("filename") != top.real:
         return None
     return str(top.real)
+
+
+def flat_extent(vm: VM, disk: Disk, chain: Any) -> str | None:
+    """The flat file holding a checked chain's data when it is a VMware descriptor with
+    one flat extent (``FLAT``, or ``VMFS`` as ESXi writes it) at offset 0 whose file is
+    exactly the disk's size — a VMX export's usual ``-flat.vmdk``: read directly, as a raw
+    file (faster than through an NBD export), else None.  The extent is resolved inside
+    the export again (:meth:`migrate.sources.containment.Export.resolve`)."""
+    from migrate.sources.containment import SPARSE_MAGICS, ContainmentError, Export
+    from migrate.sources.vmdk import VmdkError, parse_descriptor
+
+    top = chain.top
+    if len(chain.layers) != 1 or top.format != "vmdk" or top.member is not None or \
+            top.data_file is not None or not top.real or \
+            (top.file or {}).get("driver") != "file":
+        return None
+    try:
+        with open(top.real, "rb") as fh:
+            head = fh.read(64 << 10)
+        if head[:4] in SPARSE_MAGICS or len(head) >= 64 << 10:
+            return None
+        desc = parse_descriptor(head.decode("utf-8", errors="replace"), str(top.name))
+        if len(desc.extents) != 1:
+            return None
+        (ext,) = desc.extents
+        size = ext.sectors * 512
+        if ext.type not in ("FLAT", "VMFS") or not ext.filename or \
+                ext.offset not in (None, "0") or size != chain.virtual_size:
+            return None
+        layer = Export.of(vm.source, disk).resolve(ext.filename, os.path.dirname(top.real),
+                                             f"extent of {top.name}")
+        if not layer.real or not stat.S_ISREG(os.stat(layer.real).st_mode) or \
+                os.stat(layer.real).st_size != size:
+            return None
+        return str(layer.real)
+    except (OSError, VmdkError, ContainmentError):
+        return None  # read through qemu then, which says what is wrong
 
 
 def _pause(point: str) -> None:
