@@ -360,9 +360,9 @@ class Warm:
             return result
         except Exception as exc:
             if host.remote and (host.lost() or backup.connection_lost(exc)):
-                what = "final delta" if final else f"round {n}"
+                what = "the final delta" if final else f"round {n}"
                 raise WarmError(
-                    f"{vm.name}: the SSH connection to {host.label} was lost during the "
+                    f"{vm.name}: the SSH connection to {host.label} was lost during "
                     f"{what}; rerun vmmove {'cutover' if final else 'sync'} (it resumes "
                     + (f"from checkpoint {base})" if base else "with a full round)")) from None
             raise
