@@ -41,6 +41,7 @@ from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F4
 from tests.sshd_support import Sshd, host_tmp, sshd  # noqa: F401
 from tests.test_remote_read import remote_uri
 from tests.test_warm_e2e import SHUT_OFF, bitmaps, checkpoints, same, write
+from tests.workers_support import JOB, SECRET, Kubelet, kubelet  # noqa: F401
 
 pytestmark = [pytest.mark.libvirtd, pytest.mark.slow]
 
@@ -207,3 +208,68 @@ def test_warm_remote_ssh_cut_during_a_round(cli: Any, tmp_path: Path, sshd: Sshd
     assert cleaned.exit_code == 0, cleaned.stderr
     assert checkpoints(qc) == [] and not [b for b in bitmaps(qc.disk) if b.startswith(PREFIX)]
     assert host_leftovers(_host_tmp, tag) == []
+
+
+def test_warm_remote_rounds_written_by_worker_jobs(
+        cli: Any, tmp_path: Path, sshd: Sshd, _host_tmp: Path, libvirt_domains: DomainFactory,
+        s3_server: SeaweedFS, s3_bucket: str, s3_env: dict[str, str], cluster: Cluster,
+        controllers: Controllers, kubevirt: KubeVirt, kubelet: Kubelet) -> None:
+    """warm.writer worker (direct mode): each round's delta goes from the host's TLS-PSK
+    re-export of its backup job (the final one: of ``qemu-nbd -B`` on the host) straight
+    into the PVC by a worker Job; the PSK only in a Secret and a 0600 file on the host."""
+    qc = boot_guest(libvirt_domains, "wrwk")
+    plan_file = remote_warm_plan(cli, tmp_path, sshd, qc.name, s3_server, s3_bucket, cluster)
+    data = yaml.safe_load(plan_file.read_text())
+    data["warm"]["writer"] = "worker"
+    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    plan = load_plan(plan_file)
+    (p,) = plan.wave(1)
+    kube = ["--kubeconfig", str(cluster.kubeconfig)]
+    pvc = kubelet.pvc(f"{p.name}-vda") / "disk.img"
+    urls: list[str] = []
+    psks: list[str] = []
+    modes: list[int] = []
+
+    def record(ns: str, job: str) -> None:
+        import base64
+
+        body = cluster.get(JOB, ns, job)
+        urls.append(body["spec"]["template"]["spec"]["containers"][0]["args"][1])
+        secret = body["spec"]["template"]["spec"]["volumes"][1]["secret"]["secretName"]
+        psk = base64.b64decode(cluster.get(SECRET, ns, secret)["data"]["keys.psk"]).decode()
+        psks.append(psk.split(":", 1)[1].strip())
+        assert psks[-1] not in json.dumps(body)
+        # on the host: the key in a 0600 file of vmmove's folder, in no process's argv
+        modes.extend(f.stat().st_mode & 0o777 for f in _host_tmp.rglob("keys.psk"))
+        procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert psks[-1] not in procs
+
+    kubelet.before_start = record
+
+    r1 = cli("sync", str(plan_file), "--wave", "1", *kube, "-o", "json")
+    assert r1.exit_code == 0, r1.stderr
+    (row,) = json.loads(r1.stdout)
+    assert row["kind"] == "full" and row["disks"]["vda"]["writer"] == "worker"
+    assert row["disks"]["vda"]["read"] == 0  # no data through vmmove
+    assert urls and urls[-1].startswith("nbds://vmmove@127.0.0.1:")
+    write(qc, "write -P 0x5c 6M 256k")
+    r2 = cli("sync", str(plan_file), "--wave", "1", *kube, "-o", "json")
+    assert r2.exit_code == 0, r2.stderr
+    (row,) = json.loads(r2.stdout)
+    assert row["kind"] == "incremental" and 256 << 10 <= row["changed"] <= 2 << 20, row
+    with open(pvc, "rb") as fh:
+        fh.seek(6 << 20)
+        assert fh.read(256 << 10) == b"\x5c" * (256 << 10)
+
+    write(qc, "write -P 0x5d 9M 64k")
+    cut = cli("cutover", str(plan_file), "--wave", "1", *kube, "--shutdown-timeout", "120",
+              "--verify-timeout", "60", "--no-guest-agent", "-o", "json")
+    assert cut.exit_code == 0, cut.stderr
+    assert same(qc.disk, "qcow2", pvc)
+    assert len(psks) == 3 and modes and set(modes) == {0o600}
+    for said in (r1.stderr, r2.stderr, cut.stderr):
+        assert not any(psk in said for psk in psks)
+    assert not cluster.objects(JOB) and not [
+        n for (_ns, n) in cluster.objects(SECRET) if n.startswith("vmmove-warm-")]
+    assert not [c for c in checkpoints(qc) if c.startswith(PREFIX)]
+    assert not [b for b in bitmaps(qc.disk) if b.startswith(PREFIX)]
