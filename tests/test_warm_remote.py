@@ -53,14 +53,15 @@ def _host_tmp(host_tmp: Path) -> Iterator[Path]:
 
 
 def remote_warm_plan(cli: Any, tmp: Path, sshd: Sshd, name: str, s3: SeaweedFS, bucket: str,
-                     cluster: Cluster) -> Path:
+                     cluster: Cluster, *others: str) -> Path:
     """scan qemu+ssh:// → plan --warm (volumes beside the plan) → migrate --stage."""
     inventory = tmp / "inventory.yaml"
     cli("scan", "-c", remote_uri(sshd), "--output-file", str(inventory), "-o", "json", ok=True)
     plan_file = tmp / "plan.yaml"
     made = cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--s3",
                f"s3://{bucket}/{tmp.name}", "--endpoint-url", s3.endpoint, "--by", "list",
-               "--wave", name, "--warm", "--warm-volumes", "volumes", ok=True)
+               "--wave", ",".join([name, *others]), "--warm", "--warm-volumes", "volumes",
+               ok=True)
     assert f"warm {name}/vda: bitmap" in made.stderr
     assert load_plan(plan_file).wave(1)[0].vm.source.location.startswith("qemu+ssh://")
     staged = cli("migrate", str(plan_file), "--wave", "1", "--stage", "--kubeconfig",
@@ -83,18 +84,21 @@ def test_warm_remote_host_end_to_end(cli: Any, tmp_path: Path, sshd: Sshd,
                                      s3_env: dict[str, str], cluster: Cluster,
                                      controllers: Controllers, kubevirt: KubeVirt) -> None:
     qc = boot_guest(libvirt_domains, "wrem", disk_mib=32)
+    raw = boot_guest(libvirt_domains, "wrer", disk_format="raw")  # the hash method
     # a checkpoint of the domain's own: vmmove must never touch it
     qc.dom.checkpointCreateXML("<domaincheckpoint><name>owner-cp</name></domaincheckpoint>", 0)
-    plan_file = remote_warm_plan(cli, tmp_path, sshd, qc.name, s3_server, s3_bucket, cluster)
+    plan_file = remote_warm_plan(cli, tmp_path, sshd, qc.name, s3_server, s3_bucket, cluster,
+                                 raw.name)
     plan = load_plan(plan_file)
-    (p,) = plan.wave(1)
+    p, pr = plan.wave(1)
     tag = plan_tag(plan.workdir)
     kube = ["--kubeconfig", str(cluster.kubeconfig)]
 
     r1 = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
     assert r1.exit_code == 0, r1.stderr
-    (row,) = json.loads(r1.stdout)
+    row, hrow = json.loads(r1.stdout)
     assert row["kind"] == "full" and row["disks"]["vda"]["method"] == "bitmap"
+    assert hrow["kind"] == "full" and hrow["disks"]["vda"]["method"] == "hash"
     full_bytes = row["changed"]
     assert full_bytes >= 1 << 20  # the guest's data (1 MiB at 4 MiB, markers)
     assert sorted(checkpoints(qc)) == sorted(["owner-cp", f"{PREFIX}{tag}-1"])
@@ -102,9 +106,13 @@ def test_warm_remote_host_end_to_end(cli: Any, tmp_path: Path, sshd: Sshd,
 
     # the guest writes a pattern: the next round carries about those bytes
     write(qc, "write -P 0xa7 6M 384k")
+    write(raw, "write -P 0xa7 6M 384k")
     r2 = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
     assert r2.exit_code == 0, r2.stderr
-    (row,) = json.loads(r2.stdout)
+    row, hrow = json.loads(r2.stdout)
+    # hash: the whole disk read through the forwarded export, one changed MiB sent
+    assert hrow["kind"] == "incremental" and hrow["changed"] == 1 << 20, hrow
+    assert hrow["disks"]["vda"]["read"] <= 16 << 20
     print(f"remote warm: full round {full_bytes} B, incremental round {row['changed']} B "
           f"for 384 KiB written, {row['seconds']:.2f}s")
     assert row["kind"] == "incremental" and row["round"] == 2
@@ -117,15 +125,17 @@ def test_warm_remote_host_end_to_end(cli: Any, tmp_path: Path, sshd: Sshd,
 
     # after the last round: the final delta must carry this and the shutdown marker
     write(qc, "write -P 0xb8 9M 64k")
+    write(raw, "write -P 0xb8 9M 64k")
     cut = cli("cutover", str(plan_file), "--wave", "1", *kube, "--shutdown-timeout", "120",
               "--verify-timeout", "60", "--no-guest-agent", "-o", "json")
     assert cut.exit_code == 0, cut.stderr
-    (crow,) = json.loads(cut.stdout)
-    assert crow["syncMode"] == "warm"
-    print(f"remote warm cutover downtime {crow['downtime']:.1f}s; "
-          f"full copy {crow['fullCopySeconds']:.2f}s")
-    assert qc.state() == SHUT_OFF
+    crow, hcrow = json.loads(cut.stdout)
+    assert crow["syncMode"] == "warm" and hcrow["syncMode"] == "warm"
+    print(f"remote warm cutover downtime {crow['downtime']:.1f}s (qcow2), "
+          f"{hcrow['downtime']:.1f}s (raw); full copy {crow['fullCopySeconds']:.2f}s")
+    assert qc.state() == SHUT_OFF and raw.state() == SHUT_OFF
     assert same(qc.disk, "qcow2", vol)
+    assert same(raw.disk, "raw", Path(plan.warm.volumes) / "vms" / f"{pr.name}-vda" / "disk.img")
     assert SHUTDOWN_TAG in vol.read_bytes()[SHUTDOWN_OFFSET:SHUTDOWN_OFFSET + 64]
     with plan.journal() as journal:
         sync = journal.get("cutover", f"{p.key}/sync")
@@ -138,6 +148,7 @@ def test_warm_remote_host_end_to_end(cli: Any, tmp_path: Path, sshd: Sshd,
     assert bitmaps(qc.disk) == ["owner-cp"]
     assert host_leftovers(_host_tmp, tag) == []
     assert not scratch_dir(tag, p.key).exists()  # and nothing on this machine's side
+    assert not scratch_dir(tag, pr.key).exists()
 
 
 def test_warm_remote_ssh_cut_during_a_round(cli: Any, tmp_path: Path, sshd: Sshd,
