@@ -138,6 +138,9 @@ def test_warm_remote_host_end_to_end(cli: Any, tmp_path: Path, sshd: Sshd,
     assert same(raw.disk, "raw", Path(plan.warm.volumes) / "vms" / f"{pr.name}-vda" / "disk.img")
     assert SHUTDOWN_TAG in vol.read_bytes()[SHUTDOWN_OFFSET:SHUTDOWN_OFFSET + 64]
     with plan.journal() as journal:
+        print("cutover steps (s): " + ", ".join(
+            f"{s.item.rsplit('/', 1)[-1]} {(s.finished or 0) - (s.started or 0):.1f}"
+            for s in journal.steps("cutover", prefix=f"{p.key}/")))
         sync = journal.get("cutover", f"{p.key}/sync")
         assert sync is not None and sync.status == DONE
         vda = sync.data["disks"]["vda"]

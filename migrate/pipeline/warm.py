@@ -173,6 +173,7 @@ class Warm:
         from migrate.clients.checkpoint import plan_tag
 
         self._hosts: dict[str, Any] = {}
+        self._source_sums: dict[tuple[str, str], str] = {}  # remote final: read at the delta
         self.plan, self.journal = plan, journal
         self.log = log or (lambda _m: None)
         self.kube = kube  # warm.writer worker: the cluster the worker Jobs run in
@@ -512,6 +513,13 @@ class Warm:
                     p, disk, src, method, dirty_context(bitmap) if bitmap else None,
                     origin=("nbd", getattr(served, "host_socket", served.socket),
                             served.export), out=out)
+            if self._final and self.host(p).remote and self.plan.warm.writer != "worker":
+                # the stopped source's checksum from this export (verify compares it): no
+                # second export on the host inside the downtime
+                from migrate.clients.nbd import guest_sha256, unix_url
+
+                self._source_sums[(p.key, disk.target)] = guest_sha256(
+                    unix_url(served.socket, served.export), f"{p.vm.name}/{disk.target}")[0]
         finally:
             cm.__exit__(None, None, None)
         out.seconds = time.monotonic() - t0
@@ -791,7 +799,9 @@ class Warm:
         out: dict[str, dict[str, Any]] = {}
         host = self.host(p)
         for d in data_disks(p.vm):
-            if host.remote:  # read on the host, as the checked chain, through SSH
+            if host.remote and (p.key, d.target) in self._source_sums:
+                source = self._source_sums.pop((p.key, d.target))
+            elif host.remote:  # read on the host, as the checked chain, through SSH
                 try:
                     with host.stopped(d, _safe(d.target), None) as served:
                         source, _n = guest_sha256(unix_url(served.socket, served.export),

@@ -39,34 +39,40 @@ class HostChainError(VmmoveError):
     """The image chain on the host cannot be opened safely, or disagrees with libvirt."""
 
 
-def _real(target: ssh.HostTarget, path: str, label: str) -> tuple[str, str]:
-    """(real path, qemu file driver) of ``path`` on the host."""
-    proc = ssh.run(target, ["sh", "-c", 'realpath -e -- "$1" && stat -L -c %F -- "$1"',
-                            "sh", path], check=False, timeout=60)
-    lines = proc.stdout.decode(errors="replace").splitlines()
-    if proc.returncode != 0 or len(lines) != 2:
-        if proc.returncode == 255 and isinstance(target, ssh.SshTarget):
-            ssh.run(target, ["true"])  # raises the ssh failure itself, one line
+#: On the host: the real path and kind of "$1", then (a regular file or block device
+#: only: never a FIFO that would block) ``qemu-img info`` of it in format "$2", which
+#: reads the header alone (it never opens a backing file).  One SSH round trip per layer.
+_LAYER = r'''r=$(realpath -e -- "$1") || exit 3
+t=$(stat -L -c %F -- "$r") || exit 3
+printf '%s\n%s\n' "$r" "$t"
+case "$t" in "regular file"|"regular empty file"|"block special file") ;; *) exit 4;; esac
+[ -n "$2" ] || exit 0
+exec qemu-img info -U --output=json -f "$2" -- "$r"
+'''
+
+
+def _layer(target: ssh.HostTarget, path: str, fmt: str | None,
+           label: str) -> tuple[str, str, dict[str, object]]:
+    """(real path, qemu file driver, ``qemu-img info`` when ``fmt``) of ``path`` on the
+    host; :class:`HostChainError` naming the disk, or the ssh failure."""
+    proc = ssh.run(target, ["sh", "-c", _LAYER, "sh", path, fmt or ""], check=False,
+                   timeout=60)
+    if proc.returncode == 255 and isinstance(target, ssh.SshTarget):
+        ssh.run(target, ["true"])  # raises the ssh failure itself, one line
+    out = proc.stdout.decode(errors="replace")
+    head = out.split("\n", 2)
+    if proc.returncode == 3 or len(head) < 2:
         raise HostChainError(f"{label}: {path} does not exist on {target.label}")
-    kind = lines[1].strip()
-    if kind == "regular file" or kind == "regular empty file":
-        return lines[0], "file"
-    if kind == "block special file":
-        return lines[0], "host_device"
-    raise HostChainError(f"{label}: {path} on {target.label} is a {kind}, not an image")
-
-
-def _info(target: ssh.HostTarget, path: str, fmt: str, label: str) -> dict[str, object]:
-    proc = ssh.run(target, ["qemu-img", "info", "-U", "--output=json", "-f", fmt, "--", path],
-                   check=False, timeout=60)
+    real, kind = head[0], head[1].strip()
+    if proc.returncode == 4:
+        raise HostChainError(f"{label}: {path} on {target.label} is a {kind}, not an image")
     if proc.returncode != 0:
-        if proc.returncode == 255 and isinstance(target, ssh.SshTarget):
-            ssh.run(target, ["true"])
         said = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines()
                 if ln.strip()]
         raise HostChainError(f"{label}: qemu-img info {path} on {target.label} failed: "
                              f"{said[-1] if said else proc.returncode}")
-    return dict(json.loads(proc.stdout))
+    driver = "host_device" if kind == "block special file" else "file"
+    return real, driver, (dict(json.loads(head[2])) if fmt else {})
 
 
 def host_chain(target: ssh.HostTarget, disk: Disk, label: str) -> Chain:
@@ -89,7 +95,7 @@ def host_chain(target: ssh.HostTarget, disk: Disk, label: str) -> Chain:
         if protocol_of(path) is not None:
             raise HostChainError(f"{label}: the image headers name {path[:80]} as a backing "
                                  "file: not a file of the host (vmmove opens none)")
-        real, driver = _real(target, path, label)
+        real, driver, info = _layer(target, path, fmt, label)
         if real in seen:
             raise HostChainError(f"{label}: the backing chain of {disk.path} loops at {path}")
         seen.add(real)
@@ -97,7 +103,7 @@ def host_chain(target: ssh.HostTarget, disk: Disk, label: str) -> Chain:
             said = disk.backing_chain[depth - 1] if depth - 1 < len(disk.backing_chain) \
                 else None
             if said is not None and said.path:
-                want, _ = _real(target, said.path, label)
+                want, _, _ = _layer(target, said.path, None, label)
                 if want != real:
                     raise HostChainError(
                         f"{label}: the image headers name backing file {path} where libvirt "
@@ -106,7 +112,6 @@ def host_chain(target: ssh.HostTarget, disk: Disk, label: str) -> Chain:
                     raise HostChainError(
                         f"{label}: backing file {path} is {fmt} in the image headers but "
                         f"{said.format} for libvirt: they disagree; nothing was opened")
-        info = _info(target, real, fmt, label)
         data = (info.get("format-specific") or {}).get("data")  # type: ignore[union-attr]
         if isinstance(data, dict) and data.get("data-file"):
             raise HostChainError(f"{label}: {path} keeps its data in an external file "

@@ -42,8 +42,7 @@ from migrate.core.model import VM, Disk
 #: The only folder names :meth:`WarmHost.remove_scratch` removes on a host.
 _SCRATCH_NAME = re.compile(r"vmmove-[0-9a-f]{8}-[0-9a-f]{8}")
 #: Stops each qemu-nbd whose PID file lies in the folder ($1) or one level below.
-_STOP_EXPORTS = r'''
-for f in "$1"/*.pid "$1"/*/*.pid; do
+_STOP_EXPORTS = r'''for f in "$1"/*.pid "$1"/*/*.pid; do
   [ -f "$f" ] || continue
   p=$(cat "$f") || continue
   case "$p" in ''|*[!0-9]*) continue;; esac
@@ -123,11 +122,14 @@ class WarmHost:
         if not _SCRATCH_NAME.fullmatch(self.folder.rsplit("/", 1)[-1]):
             raise ssh.SshError(f"{self.label}: refusing to remove {self.folder}: not a "
                                "vmmove scratch folder")
-        there = ssh.run(self.target, ["test", "-d", self.folder], check=False).returncode == 0
-        if there:
-            self.stop_exports()
-            ssh.run(self.target, ["rm", "-rf", "--", self.folder], timeout=60)
-        return there
+        script = '[ -d "$1" ] || exit 3\n' + _STOP_EXPORTS + 'rm -rf -- "$1"\n'
+        proc = ssh.run(self.target, ["sh", "-c", script, "sh", self.folder], check=False,
+                       timeout=60)
+        if proc.returncode not in (0, 3):
+            said = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or \
+                [f"exit {proc.returncode}"]
+            raise ssh.SshError(f"{self.label}: cannot remove {self.folder}: {said[0]}")
+        return proc.returncode == 0
 
     def tidy(self) -> None:
         """Remove the folder if empty (between rounds); anything else stays for clean."""
@@ -172,6 +174,14 @@ class WarmHost:
         """Whether a forwarding of this run ended on its own (the SSH connection broke)."""
         return self._broken or any(not f.alive() for f in self._forwards)
 
+    def _export_dir(self) -> str:
+        """A fresh ``vmmove.XXXXXXXX`` folder (0700) in the scratch folder, for one export."""
+        assert self.target is not None
+        out = ssh.run(self.target, ["sh", "-c", 'mkdir -m 700 -p -- "$1" && d=$(mktemp -d '
+                                    '"$1/vmmove.XXXXXXXX") && chmod 700 "$d" && echo "$d"',
+                                    "sh", self.folder])
+        return out.stdout.decode().strip()
+
     @contextmanager
     def stopped(self, disk: Disk, name: str, bitmap: str | None) -> Iterator[Served]:
         """``qemu-nbd --read-only [-B bitmap]`` of a stopped disk of a remote host, opened
@@ -182,8 +192,7 @@ class WarmHost:
 
         assert self.target is not None
         chain = host_chain(self.target, disk, f"{self.vm.name}/{disk.target}")
-        ssh.run(self.target, ["mkdir", "-m", "700", "-p", "--", self.folder])
-        folder = ssh.make_temp_dir(self.target, parent=self.folder, mode="700")
+        folder = self._export_dir()
         export = nbd.serve_remote(self.target, chain.qemu_name(), None, name, folder=folder,
                                   bitmap=bitmap)
         try:
@@ -204,7 +213,7 @@ class WarmHost:
 
         assert self.target is not None
         try:
-            folder = ssh.make_temp_dir(self.target, parent=self.folder, mode="700")
+            folder = self._export_dir()
             served = nbd.serve_remote(self.target, "", None, name, port=port, folder=folder,
                                       image_opts=nbd.nbd_image_opts(socket, export))
         except VmmoveError as exc:
