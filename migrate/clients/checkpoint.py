@@ -19,8 +19,9 @@ jobs, and dirty-bitmap exports of a stopped disk.
 
 Everything vmmove puts on the host for one VM lives in one folder,
 :func:`scratch_dir` (``/var/tmp/vmmove-<tag>-<vm>``: the job's socket and scratch files,
-``qemu-nbd``'s socket and PID file), removed by :func:`remove_scratch`.  Local hosts only
-(``qemu:///system``); remote hosts go through :mod:`migrate.clients.ssh` (issue 14).
+``qemu-nbd``'s socket and PID file), removed by :func:`remove_scratch`.  The libvirt calls
+work over any connection; the file steps here are this machine's, or (``host``: an SSH
+target) run on a ``qemu+ssh://`` host (:mod:`migrate.sources.warm_host` does the rest).
 Shapes: libvirt's ``formatcheckpoint``/``formatbackup``, ../shared/design/warm-migration.md.
 """
 

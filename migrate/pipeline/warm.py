@@ -24,7 +24,9 @@ checkpoint on the host is a leftover of a killed round and is deleted before the
 
 Target volumes: a PVC as the writer sees it — ``disk.img`` of a Filesystem-mode volume,
 under ``warm.volumes`` (``<dir>/<namespace>/<DataVolume>/disk.img``), written in place.
-Local libvirt hosts (``qemu:///system``) and offline sources; see the docs for limits.
+Hosts: local libvirt (``qemu:///system``), remote KVM hosts (``qemu+ssh://``: the same
+steps over SSH, :class:`migrate.sources.warm_host.WarmHost`), and offline sources; see the
+docs for limits.
 """
 
 from __future__ import annotations
