@@ -231,6 +231,8 @@ class WarmHost:
             release_port(port)
 
     def close(self) -> None:
+        """End this run's forwardings (a next run starts afresh)."""
+        self._broken = False
         for fwd in list(self._forwards):
             fwd.close()
         self._forwards.clear()
