@@ -1004,8 +1004,8 @@ def flat_extent(vm: VM, disk: Disk, chain: Any) -> str | None:
         if ext.type not in ("FLAT", "VMFS") or not ext.filename or \
                 ext.offset not in (None, "0") or size != chain.virtual_size:
             return None
-        layer = Export.of(vm.source, disk).resolve(ext.filename, os.path.dirname(top.real),
-                                             f"extent of {top.name}")
+        layer = Export.of(vm.source, disk).resolve(
+            ext.filename, os.path.dirname(top.real), f"extent of {top.name}")
         if not layer.real or not stat.S_ISREG(os.stat(layer.real).st_mode) or \
                 os.stat(layer.real).st_size != size:
             return None
