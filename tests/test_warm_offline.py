@@ -87,6 +87,17 @@ def test_offline_vmx_warm_cutover_and_rollback(
     assert row["kind"] == "incremental" and row["changed"] == 256 << 10, row
     assert same(descriptor, volume)
 
+    # the flat extent cut short between rounds (qemu would read the rest as zeros and the
+    # round would find nothing changed): refused, naming the file and both sizes
+    data = flat.read_bytes()
+    os.truncate(flat, MiB)
+    short = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
+    assert short.exit_code != 0
+    assert "app.vmdk: extent file 'app-flat.vmdk' is 1048576 bytes, the descriptor declares " \
+        "33554432 bytes (65536 sectors at offset 0): truncated" in short.stderr, short.stderr
+    flat.write_bytes(data)
+    assert same(descriptor, volume)
+
     # the runbook gives the offline itinerary's steps and commands, no virsh
     book = tmp_path / "runbooks"
     cli("runbook", str(plan_file), "--out", str(book), ok=True)
