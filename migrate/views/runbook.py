@@ -321,9 +321,9 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
         "append its name. What each step does, and how to check it by hand:")
     add("")
     warm = [p.vm.name for p in vms if is_warm(plan, p)]
-    # the wave's own itinerary first; the differences of the other VMs' after it
-    base = (OFFLINE_WARM_CUTOVER if offline and len(offline) == len(vms) else
-            WARM_CUTOVER if len(warm) == len(vms) else CUTOVER)
+    # an offline-only wave: its own itinerary (no domain, no ACPI shutdown); else the cold
+    # one, and where the warm (and offline) VMs' differ after it
+    base = OFFLINE_WARM_CUTOVER if offline and len(offline) == len(vms) else CUTOVER
     for number, phase in enumerate(base.phases, 1):
         add(f"{number}. **{phase.title}** — " + phase.text.replace("{plan_ref}", plan_ref))
     add("")
