@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from converters.qemuimg import Canceller, _launcher
 from migrate.clients.nbd import GuestDigest
@@ -51,12 +52,13 @@ REFCOUNT_ORDER = 4  # 16-bit refcounts, qemu's default
 REFS_PER_BLOCK = CLUSTER * 8 // (1 << REFCOUNT_ORDER)  # clusters one refcount block counts
 COPIED = 1 << 63  # QCOW_OFLAG_COPIED: refcount is exactly 1
 HEADER_LENGTH = 104  # qcow2 v3 header without the optional compression-type field
-#: Bytes per NBD read and connections reading side by side: measured (docs/convert.md), a
-#: qemu-nbd answers 32 MiB requests at a third of the rate of 1-8 MiB ones, and two
-#: connections keep it busy while this process hashes.
-READ_SIZE = 4 << 20
-CONNECTIONS = 2
-WINDOW = 8  # reads in flight or waiting to be hashed, at most (memory: WINDOW × READ_SIZE)
+#: Reads: runs of at most RUN bytes, each read as REQUEST-byte requests spread over
+#: CONNECTIONS connections, at most WINDOW runs ahead.  Measured (docs/convert.md): qemu-nbd
+#: serves a vmdk's 256 KiB requests on 4 connections about twice as fast as 4-32 MiB ones.
+RUN = 4 << 20
+REQUEST = 256 << 10
+CONNECTIONS = 4
+WINDOW = 4  # memory: WINDOW × RUN
 
 
 class StreamError(VmmoveError):
@@ -158,7 +160,7 @@ def data_clusters(extents: list, size: int) -> list[int]:
     return clusters
 
 
-def runs(clusters: list[int], limit: int = READ_SIZE // CLUSTER) -> Iterator[tuple[int, int]]:
+def runs(clusters: list[int], limit: int = RUN // CLUSTER) -> Iterator[tuple[int, int]]:
     """``(first, count)`` runs of consecutive clusters, at most ``limit`` long."""
     start = prev = None
     for c in clusters:
@@ -232,6 +234,22 @@ def serve_readonly(name: str, fmt: str, label: str, canceller: Canceller | None 
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _connect(socket: str, proc: subprocess.Popen[bytes], label: str) -> NbdClient:
+    """The first connection: the socket file appears at bind(), a moment before qemu-nbd
+    listens, so a refused connection is tried again while qemu-nbd runs (up to 60 s)."""
+    from migrate.clients.nbdwire import NbdWireError
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return NbdClient(socket, "src", (BASE_ALLOCATION,))
+        except NbdWireError as exc:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise StreamError(f"{label}: cannot read the image with qemu-nbd: "
+                                  f"{str(exc).rsplit(': ', 1)[-1]}") from None
+            time.sleep(0.01)
+
+
 def convert_stream(name: str, fmt: str, dest: str, *, label: str,
                    on_progress: Callable[[float], None] | None = None,
                    on_checksum: Callable[[int, int], None] | None = None,
@@ -245,7 +263,7 @@ def convert_stream(name: str, fmt: str, dest: str, *, label: str,
     naming ``label``; ``OSError`` for the output.
     """
     with serve_readonly(name, fmt, label, canceller) as (socket, proc):
-        with NbdClient(socket, "src", (BASE_ALLOCATION,)) as src:
+        with _connect(socket, proc, label) as src:
             size = src.size
             allocated = data_clusters(src.block_status(BASE_ALLOCATION), size)
         layout = plan_layout(size, allocated)
@@ -261,9 +279,10 @@ def convert_stream(name: str, fmt: str, dest: str, *, label: str,
 
 
 def _reads(clients: list[NbdClient], layout: Layout,
-           allocated: list[int]) -> Iterator[tuple[int, bytes]]:
-    """``(guest offset, bytes)`` of every allocated run, in order, read over ``clients``
-    side by side (one request per connection at a time; at most :data:`WINDOW` ahead)."""
+           allocated: list[int]) -> Iterator[tuple[int, bytearray]]:
+    """``(guest offset, bytes)`` of every allocated run, in order; each run is read as
+    :data:`REQUEST`-byte requests over ``clients`` side by side (one request per connection
+    at a time), at most :data:`WINDOW` runs ahead."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -271,10 +290,10 @@ def _reads(clients: list[NbdClient], layout: Layout,
     for client in clients:
         free.put(client)
 
-    def read(offset: int, length: int) -> bytes:
+    def read(view: memoryview, offset: int) -> None:
         client = free.get()
         try:
-            return client.pread(offset, length)
+            client.read_into(view, offset)
         finally:
             free.put(client)
 
@@ -284,16 +303,25 @@ def _reads(clients: list[NbdClient], layout: Layout,
             for first, count in runs(allocated):
                 offset = first * CLUSTER
                 length = min(count * CLUSTER, layout.size - offset)
-                pending.append((offset, pool.submit(read, offset, length)))
+                buffer = bytearray(length)
+                view = memoryview(buffer)
+                parts = [pool.submit(read, view[at:at + REQUEST], offset + at)
+                         for at in range(0, length, REQUEST)]
+                pending.append((offset, buffer, parts))
                 if len(pending) >= WINDOW:
-                    at, fut = pending.popleft()
-                    yield at, fut.result()
+                    at, done, futures = pending.popleft()
+                    for fut in futures:
+                        fut.result()
+                    yield at, done
             while pending:
-                at, fut = pending.popleft()
-                yield at, fut.result()
+                at, done, futures = pending.popleft()
+                for fut in futures:
+                    fut.result()
+                yield at, done
         finally:
-            for _, fut in pending:
-                fut.cancel()
+            for _, _, futures in pending:
+                for fut in futures:
+                    fut.cancel()
 
 
 _ZERO_CLUSTER = bytes(CLUSTER)
@@ -305,10 +333,21 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
           cancelled: threading.Event | None) -> StreamResult:
     """Read the allocated clusters in order; keep those that are not all zeros (as
     ``qemu-img convert`` does) and write them one after the other behind the metadata
-    region; hash the guest view in a second thread while the readers fetch the next runs
-    (hashlib and file writes release the GIL).  Then write the metadata and hash the file."""
+    region, then write the metadata.  Worker threads write the file, hash it and hash the
+    guest view while the readers fetch the next runs (hashlib and file writes release the
+    GIL).
+
+    The file's sha256 is taken in the stream too, on the bet that every allocated cluster
+    holds data (the metadata is then known before the first byte); the first all-zero
+    cluster loses the bet (the metadata in front changes), and the file is hashed again at
+    the end from the page cache, its metadata first.
+    """
     guest = GuestDigest()
+    bet, _ = metadata(layout, allocated)
+    file_hash = hashlib.sha256(bet)
+    lost = threading.Event()  # a zero cluster was skipped: the in-stream file hash is void
     to_file: queue.Queue[tuple[memoryview, int] | None] = queue.Queue(maxsize=4)
+    to_hash: queue.Queue[memoryview | None] = queue.Queue(maxsize=4)
     to_guest: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=4)
     failure: list[BaseException] = []
     data: list[int] = []  # guest clusters written, in order
@@ -328,6 +367,14 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
                 if on_progress is not None:
                     on_progress(done / total)
         except BaseException as exc:  # carried to the reading thread
+            failure.append(exc)
+
+    def hash_worker() -> None:
+        try:
+            while (view := to_hash.get()) is not None:
+                if not lost.is_set() and not failure:
+                    file_hash.update(view)
+        except BaseException as exc:
             failure.append(exc)
 
     def guest_worker() -> None:
@@ -351,6 +398,7 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
     try:
         os.lseek(fd, layout.first_data, os.SEEK_SET)
         threads = [threading.Thread(target=file_worker, args=(fd,), name="stream-file"),
+                   threading.Thread(target=hash_worker, name="stream-hash"),
                    threading.Thread(target=guest_worker, name="stream-guest")]
         for t in threads:
             t.start()
@@ -370,13 +418,15 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
                 data.extend(first + i for i in keep)
                 if len(keep) == count:
                     to_file.put((view, count))
+                    to_hash.put(view)
                     continue
+                lost.set()
                 for start, n in runs(keep, count):  # the kept clusters; zero ones skipped
                     to_file.put((view[start * CLUSTER:(start + n) * CLUSTER], 0))
                 to_file.put((view[:0], count))  # progress for the whole run
         finally:
-            to_file.put(None)
-            to_guest.put(None)
+            for q in (to_file, to_hash, to_guest):
+                q.put(None)
             for t in threads:
                 t.join()
         if failure:
@@ -388,19 +438,33 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
             os.pwrite(fd, head[offset:offset + length], offset)
         size = layout.first_data + len(data) * CLUSTER
         os.ftruncate(fd, size)  # no data at all: the file ends with its metadata region
-        file_hash = hashlib.sha256(head)
         if on_checksum is not None:
             on_checksum(layout.first_data, size)
-        buffer = bytearray(8 << 20)  # the data just written, from the page cache
-        view = memoryview(buffer)
-        pos = layout.first_data
-        while n := os.preadv(fd, [buffer], pos):
-            file_hash.update(view[:n])
-            pos += n
-            if on_checksum is not None:
-                on_checksum(pos, size)
+        if lost.is_set():
+            file_hash = _rehash(fd, head, layout.first_data, size, on_checksum)
+        elif head != bet:  # pragma: no cover - the bet's metadata is what was written
+            raise StreamError(f"{label}: the metadata changed while it was written")
+        if on_checksum is not None:
+            on_checksum(size, size)
     finally:
         os.close(fd)
-    return StreamResult(checksum="sha256:" + file_hash.hexdigest(), guest_checksum=guest.hexdigest(), guest_bytes=guest.bytes,
+    return StreamResult(checksum="sha256:" + file_hash.hexdigest(),
+                        guest_checksum=guest.hexdigest(), guest_bytes=guest.bytes,
                         source_read=read, server_read=None, size=size,
                         data_clusters=len(data))
+
+
+def _rehash(fd: int, head: bytes, first_data: int, size: int,
+            on_checksum: Callable[[int, int], None] | None) -> Any:
+    """sha256 of the file: ``head`` (its metadata region), then its data read back (from
+    the page cache: it was just written)."""
+    file_hash = hashlib.sha256(head)
+    buffer = bytearray(8 << 20)
+    view = memoryview(buffer)
+    pos = first_data
+    while n := os.preadv(fd, [buffer], pos):
+        file_hash.update(view[:n])
+        pos += n
+        if on_checksum is not None:
+            on_checksum(pos, size)
+    return file_hash

@@ -194,8 +194,18 @@ class NbdClient:
     # -- commands -------------------------------------------------------------------------
     def pread(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` (holes as zeros), in requests of ≤ 32 MiB."""
+        return bytes(self.read(offset, length))
+
+    def read(self, offset: int, length: int) -> bytearray:
+        """:meth:`pread` into a new buffer, without copying it once more."""
         out = bytearray(length)
-        view = memoryview(out)
+        self.read_into(memoryview(out), offset)
+        return out
+
+    def read_into(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` with the bytes at ``offset`` (holes as zeros), in requests of
+        ≤ 32 MiB."""
+        length = len(view)
         done = 0
 
         def sink(at: int, n: int) -> memoryview:
@@ -210,9 +220,8 @@ class NbdClient:
             for kind, payload in self._replies(handle, sink):
                 if kind == REPLY_OFFSET_HOLE:
                     at, hole = struct.unpack(">QI", payload[:12])
-                    out[at - offset:at - offset + hole] = bytes(hole)
+                    view[at - offset:at - offset + hole] = bytes(hole)
             done += n
-        return bytes(out)
 
     def block_status(self, context: str, offset: int = 0,
                      length: int | None = None) -> list[Extent]:
