@@ -608,11 +608,16 @@ def allocated_bytes(path: str | os.PathLike[str]) -> int:
 
 def streams(job: DiskJob, options: ConvertOptions) -> bool:
     """Whether ``job`` is converted by :mod:`converters.stream` (read once, verified in the
-    stream): a verified qcow2 of a disk read here; remote disks keep their NBD copy;
-    ``--compress``, raw output, ``--no-verify`` and ``--inconsistent-copy`` (qemu-nbd 7.2
-    has no ``--force-share``) keep ``qemu-img convert``."""
-    return (options.verify and not job.remote and options.format == "qcow2"
-            and not options.compress and not options.force_share)
+    stream): a verified qcow2, of a disk read here or of a remote host's export forwarded
+    here (``nbd+unix://``; ``--verify=full`` keeps reading that one twice, the host's
+    export against the output).  ``--compress``, raw output, ``--no-verify`` and a local
+    ``--inconsistent-copy`` (qemu-nbd 7.2 has no ``--force-share``) keep ``qemu-img
+    convert``."""
+    if not options.verify or options.format != "qcow2" or options.compress:
+        return False
+    if job.remote:
+        return not options.verify_full and (job.source_name or "").startswith("nbd+unix:")
+    return not options.force_share
 
 
 def _verify(job: DiskJob, image: Path, options: ConvertOptions,
@@ -755,7 +760,8 @@ class Runner:
         try:
             new_private_file(temp)  # qemu-img truncates it and keeps its mode: 0600
             with self._source(job, guest):
-                if streams(job, opts):
+                streamed = streams(job, opts)
+                if streamed:
                     guest.update(self._stream(job, temp, total))
                 else:
                     qemuimg.convert(
@@ -764,10 +770,10 @@ class Runner:
                         force_share=opts.force_share and not job.remote, flags=opts.flags,
                         on_progress=Fractions(self.progress, job, total),
                         canceller=self.canceller, label=job.disk.path)
-                if opts.verify and job.remote:
+                if opts.verify and job.remote and not streamed:
                     guest.update(_verify_remote(job, temp, opts.format))
             checksum, verified = guest.get("checksum"), "guest_checksum" in guest
-            if opts.verify and not job.remote and (opts.verify_full or not streams(job, opts)):
+            if opts.verify and not job.remote and (opts.verify_full or not streamed):
                 checksum, compared = _verify(job, temp, opts, self.canceller, self.progress)
                 if not compared.identical:
                     hint = (" (the source is in use and changed during the copy; "
@@ -826,7 +832,9 @@ class Runner:
         the journal fields it adds: ``checksum``, ``guest_checksum``, ``guest_bytes``,
         ``source_read`` (bytes asked of the source), ``source_read_server`` (bytes qemu-nbd
         read, /proc/PID/io), ``verify: stream``."""
-        from converters.stream import StreamError, convert_stream
+        import urllib.parse
+
+        from converters.stream import StreamError, convert_stream, stream_export
         from migrate.clients.nbdwire import NbdWireError
 
         hashed: list[Fractions] = []
@@ -840,16 +848,25 @@ class Runner:
             hashed[0](done / max(size, 1))
 
         try:
-            result = convert_stream(
-                job.source_name or "", job.source_format or "raw", str(temp),
-                label=job.disk.path or job.label,
-                on_progress=Fractions(self.progress, job, total), on_checksum=on_checksum,
-                canceller=self.canceller)
+            if job.remote:  # the lease's export, forwarded here: read it once, directly
+                url = urllib.parse.urlsplit(job.source_name or "")
+                socket = urllib.parse.parse_qs(url.query)["socket"][0]
+                result = stream_export(
+                    socket, urllib.parse.unquote(url.path.lstrip("/")), str(temp),
+                    label=job.label, on_progress=Fractions(self.progress, job, total),
+                    on_checksum=on_checksum, canceller=self.canceller)
+            else:
+                result = convert_stream(
+                    job.source_name or "", job.source_format or "raw", str(temp),
+                    label=job.disk.path or job.label,
+                    on_progress=Fractions(self.progress, job, total), on_checksum=on_checksum,
+                    canceller=self.canceller)
         except (StreamError, NbdWireError) as exc:
             raise DiskError(str(exc)) from None
         if job.virtual_size and result.guest_bytes != job.virtual_size:
             raise DiskError(f"{job.label}: the source reads as {result.guest_bytes} bytes, "
-                            f"the image says {job.virtual_size}")
+                            f"{'libvirt reported' if job.remote else 'the image says'} "
+                            f"{job.virtual_size}")
         return {"checksum": result.checksum, "guest_checksum": result.guest_checksum,
                 "guest_bytes": result.guest_bytes, "source_read": result.source_read,
                 "source_read_server": result.server_read, "verify": "stream"}

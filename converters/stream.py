@@ -234,18 +234,20 @@ def serve_readonly(name: str, fmt: str, label: str, canceller: Canceller | None 
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _connect(socket: str, proc: subprocess.Popen[bytes], label: str) -> NbdClient:
-    """The first connection: the socket file appears at bind(), a moment before qemu-nbd
-    listens, so a refused connection is tried again while qemu-nbd runs (up to 60 s)."""
+def _connect(socket: str, export: str, proc: subprocess.Popen[bytes] | None, label: str,
+             contexts: tuple[str, ...] = (BASE_ALLOCATION,)) -> NbdClient:
+    """A connection to ``export``.  A captive server's socket file appears at bind(), a
+    moment before qemu-nbd listens, so a refused first connection is tried again while
+    ``proc`` runs (up to 60 s); without ``proc`` (a lease's export) it is not."""
     from migrate.clients.nbdwire import NbdWireError
 
     deadline = time.monotonic() + 60
     while True:
         try:
-            return NbdClient(socket, "src", (BASE_ALLOCATION,))
+            return NbdClient(socket, export, contexts)
         except NbdWireError as exc:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise StreamError(f"{label}: cannot read the image with qemu-nbd: "
+            if proc is None or proc.poll() is not None or time.monotonic() > deadline:
+                raise StreamError(f"{label}: cannot read the image over NBD: "
                                   f"{str(exc).rsplit(': ', 1)[-1]}") from None
             time.sleep(0.01)
 
@@ -263,19 +265,30 @@ def convert_stream(name: str, fmt: str, dest: str, *, label: str,
     naming ``label``; ``OSError`` for the output.
     """
     with serve_readonly(name, fmt, label, canceller) as (socket, proc):
-        with _connect(socket, proc, label) as src:
-            size = src.size
-            allocated = data_clusters(src.block_status(BASE_ALLOCATION), size)
-        layout = plan_layout(size, allocated)
-        clients = [NbdClient(socket, "src") for _ in range(CONNECTIONS)]
-        try:
-            result = _copy(clients, layout, allocated, dest, label, on_progress,
-                           on_checksum, canceller.cancelled if canceller else None)
-        finally:
-            for client in clients:
-                client.close()
+        result = stream_export(socket, "src", dest, label=label, on_progress=on_progress,
+                               on_checksum=on_checksum, canceller=canceller, proc=proc)
         result.server_read = _rchar(proc.pid)
     return result
+
+
+def stream_export(socket: str, export: str, dest: str, *, label: str,
+                  on_progress: Callable[[float], None] | None = None,
+                  on_checksum: Callable[[int, int], None] | None = None,
+                  canceller: Canceller | None = None,
+                  proc: subprocess.Popen[bytes] | None = None) -> StreamResult:
+    """:func:`convert_stream` from an NBD export already served on a UNIX ``socket`` (a
+    remote host's disk forwarded over SSH; or the captive ``proc``)."""
+    with _connect(socket, export, proc, label) as src:
+        size = src.size
+        allocated = data_clusters(src.block_status(BASE_ALLOCATION), size)
+    layout = plan_layout(size, allocated)
+    clients = [_connect(socket, export, proc, label, ()) for _ in range(CONNECTIONS)]
+    try:
+        return _copy(clients, layout, allocated, dest, label, on_progress, on_checksum,
+                     canceller.cancelled if canceller else None)
+    finally:
+        for client in clients:
+            client.close()
 
 
 def _reads(clients: list[NbdClient], layout: Layout,
