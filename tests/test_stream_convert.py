@@ -15,7 +15,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from converters.convert import CONVERTED, ConvertOptions, convert_disks
+from converters.convert import CONVERTED, convert_disks
 from migrate.clients.nbd import file_sha256
 from migrate.core.journal import Journal
 from migrate.core.records import KIND_CONVERT
