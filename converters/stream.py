@@ -422,7 +422,7 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
                 read += len(chunk)
                 to_guest.put((offset, chunk))
                 if len(chunk) % CLUSTER:  # the last cluster past the guest size: padded
-                    chunk += bytes(CLUSTER - len(chunk) % CLUSTER)
+                    chunk = chunk + bytes(CLUSTER - len(chunk) % CLUSTER)  # a new buffer
                 view = memoryview(chunk)
                 first = offset // CLUSTER
                 count = len(chunk) // CLUSTER
