@@ -183,14 +183,19 @@ class Kubelet(Reconciler):
         mounts.append(("file", str(term), container.get("terminationMessagePath",
                                                           "/dev/termination-log")))
         proc = self._exec(container, mounts, folder)
-        self.cluster.status_patch(POD, ns, pod_name, {"status": {"phase": "Running"}})
-        self._job_status(ns, job_name, {"active": 1})
+        # tracked before any API call: a call that fails here (a loaded API server) must not
+        # leave a running container the next pass does not know of (it would start a second
+        # pod of the same Job beside it, which a kubelet never does)
         running = RunningPod(pod_name, job_name, proc, folder)
         with self._lock:
             self.running[(ns, job_name)] = running
             self.max_running = max(self.max_running, len(self.running))
-        threading.Thread(target=self._wait, args=(ns, job, running, container, term),
-                         daemon=True).start()
+        try:
+            self.cluster.status_patch(POD, ns, pod_name, {"status": {"phase": "Running"}})
+            self._job_status(ns, job_name, {"active": 1})
+        finally:  # its outcome is reported after the Running status, whatever happened
+            threading.Thread(target=self._wait, args=(ns, job, running, container, term),
+                             daemon=True).start()
 
     def _mounts(self, ns: str, spec: dict[str, Any], container: dict[str, Any],
                 folder: Path) -> list[tuple[str, str, str]]:

@@ -62,6 +62,53 @@ STUCK_REASONS = {"CreateContainerConfigError", "CreateContainerError", "ErrImage
                  "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 
 
+@dataclass(frozen=True)
+class JobState:
+    """A worker Job's state: ``complete`` with the pod's ``result`` (its termination
+    message, JSON), or ``failed`` / ``stuck`` with the reason (empty when not), and the
+    pods run so far (``attempts``: succeeded + failed)."""
+
+    complete: bool
+    failed: str
+    stuck: str
+    attempts: int
+    result: dict[str, Any]
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    state = (statuses[0].get("state") or {}) if statuses else {}
+    return state.get("terminated") or {}
+
+
+def _stuck(pods: list[dict[str, Any]]) -> str:
+    """A pod that will never run by itself (kubelet: a missing Secret or key, an image that
+    cannot be pulled): its reason and message; empty when none is stuck."""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                return f"{waiting['reason']}: {waiting.get('message') or ''}".strip()
+    return ""
+
+
+def _pod_result(pods: list[dict[str, Any]]) -> dict[str, Any]:
+    for pod in pods:
+        term = _terminated(pod)
+        if term.get("exitCode") == 0 and term.get("message"):
+            try:
+                return dict(json.loads(term["message"]))
+            except ValueError:
+                continue
+    return {}
+
+
+def _pod_failure(pods: list[dict[str, Any]]) -> str:
+    messages = [str(_terminated(p).get("message") or "").strip() for p in pods]
+    messages = [m.splitlines()[-1] for m in messages if m]
+    return messages[-1] if messages else ""
+
+
 class DirectError(VmmoveError):
     """A disk could not be written by its worker."""
 
@@ -246,68 +293,50 @@ class DirectTransfer:
     def _wait_job(self, d: DirectDisk, name: str, size: int) -> tuple[str, int]:
         deadline = time.monotonic() + JOB_TIMEOUT
         while True:
-            job = self.kube.get("batch/v1", "Job", name, d.namespace)
-            if job is None:
-                raise DirectError(f"{d.label}: worker Job {d.namespace}/{name} was deleted")
-            status = job.get("status") or {}
-            conditions = {c.get("type"): c for c in status.get("conditions") or []
-                          if c.get("status") == "True"}
-            attempts = int(status.get("succeeded") or 0) + int(status.get("failed") or 0)
-            if "Complete" in conditions or status.get("succeeded"):
-                result = self._result(d, name)
+            state = self.job_state(d, name)
+            if state.complete:
+                result = state.result
                 if result.get("bytes") != size or not str(result.get("checksum", "")).startswith(
                         f"{GuestDigest.PREFIX}:"):
                     raise DirectError(f"{d.label}: worker Job {name} succeeded without a "
                                       f"verified result ({result or 'none'})")
-                return str(result["checksum"]), attempts
-            if "Failed" in conditions:
-                why = self._pod_failure(d, name) or conditions["Failed"].get("message") \
-                    or conditions["Failed"].get("reason") or "failed"
+                return str(result["checksum"]), state.attempts
+            if state.failed:
                 raise DirectError(f"{d.label}: worker Job {d.namespace}/{name} failed after "
-                                  f"{attempts} attempt(s): {why}")
-            stuck = self._stuck(d, name)
-            if stuck:
+                                  f"{state.attempts} attempt(s): {state.failed}")
+            if state.stuck:
                 raise DirectError(f"{d.label}: worker Job {d.namespace}/{name}: its pod cannot "
-                                  f"start: {stuck}")
+                                  f"start: {state.stuck}")
             if time.monotonic() > deadline:
                 raise DirectError(f"{d.label}: worker Job {name} still running after "
                                   f"{JOB_TIMEOUT:.0f}s")
             time.sleep(POLL)
 
+    def job_state(self, d: DirectDisk, name: str) -> JobState:
+        """Where worker Job ``name`` stands, from the Job and its own pods (labelled
+        ``vmmove.io/worker=<name>``; the label is checked here too, since not every API
+        server applies a selector to a list and two disks' Jobs run at once).
+        Raises :class:`DirectError` when the Job was deleted."""
+        job = self.kube.get("batch/v1", "Job", name, d.namespace)
+        if job is None:
+            raise DirectError(f"{d.label}: worker Job {d.namespace}/{name} was deleted")
+        status = job.get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []
+                      if c.get("status") == "True"}
+        attempts = int(status.get("succeeded") or 0) + int(status.get("failed") or 0)
+        pods = self._pods(d, name)
+        if "Complete" in conditions or status.get("succeeded"):
+            return JobState(True, "", "", attempts, _pod_result(pods))
+        if "Failed" in conditions:
+            why = _pod_failure(pods) or conditions["Failed"].get("message") \
+                or conditions["Failed"].get("reason") or "failed"
+            return JobState(False, why, "", attempts, {})
+        return JobState(False, "", _stuck(pods), attempts, {})
+
     def _pods(self, d: DirectDisk, name: str) -> list[dict[str, Any]]:
-        return self.kube.list("v1", "Pod", d.namespace, label_selector=f"vmmove.io/worker={name}")
-
-    @staticmethod
-    def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
-        statuses = (pod.get("status") or {}).get("containerStatuses") or []
-        state = (statuses[0].get("state") or {}) if statuses else {}
-        return state.get("terminated") or {}
-
-    def _stuck(self, d: DirectDisk, name: str) -> str:
-        """A pod that will never run by itself (kubelet: a missing Secret or key, an image
-        that cannot be pulled): its reason and message; empty when none is stuck."""
-        for pod in self._pods(d, name):
-            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-                waiting = (cs.get("state") or {}).get("waiting") or {}
-                if waiting.get("reason") in STUCK_REASONS:
-                    return f"{waiting['reason']}: {waiting.get('message') or ''}".strip()
-        return ""
-
-    def _result(self, d: DirectDisk, name: str) -> dict[str, Any]:
-        for pod in self._pods(d, name):
-            term = self._terminated(pod)
-            if term.get("exitCode") == 0 and term.get("message"):
-                try:
-                    return dict(json.loads(term["message"]))
-                except ValueError:
-                    continue
-        return {}
-
-    def _pod_failure(self, d: DirectDisk, name: str) -> str:
-        messages = [str(self._terminated(p).get("message") or "").strip()
-                    for p in self._pods(d, name)]
-        messages = [m.splitlines()[-1] for m in messages if m]
-        return messages[-1] if messages else ""
+        pods = self.kube.list("v1", "Pod", d.namespace, label_selector=f"vmmove.io/worker={name}")
+        return [p for p in pods
+                if ((p.get("metadata") or {}).get("labels") or {}).get("vmmove.io/worker") == name]
 
     def _delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
         resource = self.kube.resource(api_version, kind)

@@ -690,24 +690,20 @@ class Warm:
     def _wait_worker(self, dt: Any, d: Any, name: str) -> dict[str, Any]:
         deadline = time.monotonic() + 6 * 3600
         while True:
-            job = self.kube.get("batch/v1", "Job", name, d.namespace)
-            if job is None:
-                raise WarmError(f"{d.label}: worker Job {d.namespace}/{name} was deleted")
-            status = job.get("status") or {}
-            done = {c.get("type") for c in status.get("conditions") or []
-                    if c.get("status") == "True"}
-            if "Complete" in done or status.get("succeeded"):
-                result = _job_result(dt, d, name)
-                if "changed" not in result:
+            try:
+                state = dt.job_state(d, name)
+            except VmmoveError as exc:
+                raise WarmError(str(exc)) from None
+            if state.complete:
+                if "changed" not in state.result:
                     raise WarmError(f"{d.label}: worker Job {name} succeeded without a result")
-                return result
-            if "Failed" in done:
+                return state.result
+            if state.failed:
                 raise WarmError(f"{d.label}: worker Job {d.namespace}/{name} failed: "
-                                f"{dt._pod_failure(d, name) or 'see its pod'}")
-            stuck = dt._stuck(d, name)
-            if stuck or time.monotonic() > deadline:
+                                f"{state.failed}")
+            if state.stuck or time.monotonic() > deadline:
                 raise WarmError(f"{d.label}: worker Job {d.namespace}/{name}: "
-                                f"{stuck or 'still running after 6 h'}")
+                                f"{state.stuck or 'still running after 6 h'}")
             time.sleep(0.25)
 
     def _tidy(self, p: PlannedVM) -> None:
@@ -816,25 +812,6 @@ def outlook(st: dict[str, Any], methods: list[str], now: float | None = None) ->
     return {"rounds": int(st.get("round") or 0), "age": round(age, 1),
             "delta": int(last["changed"]), "expected": int(expected),
             "predicted": round(predicted, 1)}
-
-
-def _job_result(dt: Any, d: Any, name: str) -> dict[str, Any]:
-    """The result a Job's succeeded pod wrote (its termination message), from that Job's
-    pods only: the label selector is checked here too, since not every API server applies
-    it to a list (two VMs' Jobs run at once)."""
-    import json
-
-    for pod in dt._pods(d, name):
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        if labels.get("vmmove.io/worker") != name:
-            continue
-        term = dt._terminated(pod)
-        if term.get("exitCode") == 0 and term.get("message"):
-            try:
-                return dict(json.loads(term["message"]))
-            except ValueError:
-                continue
-    return {}
 
 
 def _split(marked: list[tuple[int, int]],
