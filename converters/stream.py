@@ -41,7 +41,7 @@ from typing import Any
 
 from converters.qemuimg import Canceller, _launcher
 from migrate.clients.nbd import GuestDigest
-from migrate.clients.nbdwire import BASE_ALLOCATION, STATE_ZERO, NbdClient
+from migrate.clients.nbdwire import BASE_ALLOCATION, STATE_ZERO, NbdClient, NbdWireError
 from migrate.core.errors import VmmoveError
 from migrate.core.progress import trace_command
 
@@ -239,8 +239,6 @@ def _connect(socket: str, export: str, proc: subprocess.Popen[bytes] | None, lab
     """A connection to ``export``.  A captive server's socket file appears at bind(), a
     moment before qemu-nbd listens, so a refused first connection is tried again while
     ``proc`` runs (up to 60 s); without ``proc`` (a lease's export) it is not."""
-    from migrate.clients.nbdwire import NbdWireError
-
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -278,9 +276,13 @@ def stream_export(socket: str, export: str, dest: str, *, label: str,
                   proc: subprocess.Popen[bytes] | None = None) -> StreamResult:
     """:func:`convert_stream` from an NBD export already served on a UNIX ``socket`` (a
     remote host's disk forwarded over SSH; or the captive ``proc``)."""
-    with _connect(socket, export, proc, label) as src:
-        size = src.size
-        allocated = data_clusters(src.block_status(BASE_ALLOCATION), size)
+    try:
+        with _connect(socket, export, proc, label) as src:
+            size = src.size
+            allocated = data_clusters(src.block_status(BASE_ALLOCATION), size)
+    except OSError as exc:  # the connection broke: a read error, not the output's
+        raise StreamError(f"{label}: reading the allocation map failed: "
+                          f"{exc.strerror or exc}") from None
     layout = plan_layout(size, allocated)
     clients = [_connect(socket, export, proc, label, ()) for _ in range(CONNECTIONS)]
     try:
@@ -307,6 +309,8 @@ def _reads(clients: list[NbdClient], layout: Layout,
         client = free.get()
         try:
             client.read_into(view, offset)
+        except OSError as exc:  # the connection broke (SSH lost, server gone): a read error
+            raise NbdWireError(f"{client.label}: reading failed: {exc.strerror or exc}") from None
         finally:
             free.put(client)
 
