@@ -308,7 +308,7 @@ def _reads(clients: list[NbdClient], layout: Layout,
     def read(view: memoryview, offset: int) -> None:
         client = free.get()
         try:
-            client.read_into(view, offset)
+            client.readinto(offset, view)
         except OSError as exc:  # the connection broke (SSH lost, server gone): a read error
             raise NbdWireError(f"{client.label}: reading failed: {exc.strerror or exc}") from None
         finally:

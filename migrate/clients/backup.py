@@ -212,6 +212,19 @@ def _freeze(dom: Any) -> tuple[bool, str]:
         return False, f"crash-consistent: no fsfreeze ({_msg(exc)})"
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection to a remote host broke (libvirt's RPC through
+    its SSH tunnel, or ssh itself) rather than the host refusing something."""
+    text = str(exc).lower()
+    if "ssh failed" in text:  # migrate.clients.ssh: ssh itself (exit 255)
+        return True
+    if isinstance(exc, libvirt.libvirtError):
+        return exc.get_error_code() in (libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT,
+                                        libvirt.VIR_ERR_SYSTEM_ERROR) and \
+            any(w in text for w in ("closed", "end of file", "broken pipe", "reset"))
+    return any(w in text for w in ("client socket is closed", "end of file while reading"))
+
+
 def domain(conn: Any, ref: str) -> Any:
     """The domain with UUID ``ref`` (or named ``ref``) on ``conn``; :class:`BackupError`
     when absent."""

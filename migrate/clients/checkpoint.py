@@ -19,8 +19,9 @@ jobs, and dirty-bitmap exports of a stopped disk.
 
 Everything vmmove puts on the host for one VM lives in one folder,
 :func:`scratch_dir` (``/var/tmp/vmmove-<tag>-<vm>``: the job's socket and scratch files,
-``qemu-nbd``'s socket and PID file), removed by :func:`remove_scratch`.  Local hosts only
-(``qemu:///system``); remote hosts go through :mod:`migrate.clients.ssh` (issue 14).
+``qemu-nbd``'s socket and PID file), removed by :func:`remove_scratch`.  The libvirt calls
+work over any connection; the file steps here are this machine's, or (``host``: an SSH
+target) run on a ``qemu+ssh://`` host (:mod:`migrate.sources.warm_host` does the rest).
 Shapes: libvirt's ``formatcheckpoint``/``formatbackup``, ../shared/design/warm-migration.md.
 """
 
@@ -139,23 +140,38 @@ def list_checkpoints(dom: Any) -> list[str]:
         raise CheckpointError(f"{dom.name()}: cannot list checkpoints: {_msg(exc)}") from None
 
 
-def image_bitmaps(path: str) -> list[str]:
-    """Names of the persistent bitmaps in a qcow2 image (``qemu-img info``, shared read)."""
-    proc = subprocess.run(["qemu-img", "info", "-U", "--output=json", "-f", "qcow2", path],
-                          capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise CheckpointError(f"{path}: qemu-img info failed: {proc.stderr.strip()[-200:]}")
-    data = (json.loads(proc.stdout).get("format-specific") or {}).get("data") or {}
+def _host_run(host: Any, argv: list[str], timeout: float) -> tuple[int, str, str]:
+    """``argv`` on the domain's host (``host``: an :mod:`migrate.clients.ssh` target; None
+    runs it here); (exit code, stdout, stderr).  A lost SSH connection raises."""
+    from migrate.clients import ssh
+
+    proc = ssh.run(host or ssh.LocalHost(), argv, timeout=timeout, check=False)
+    if proc.returncode == 255 and isinstance(host, ssh.SshTarget):
+        ssh.run(host, ["true"])  # raises the ssh failure itself (one line), if it was ssh's
+    return proc.returncode, proc.stdout.decode(errors="replace"), \
+        proc.stderr.decode(errors="replace")
+
+
+def image_bitmaps(path: str, host: Any = None) -> list[str]:
+    """Names of the persistent bitmaps in a qcow2 image (``qemu-img info``, shared read),
+    on ``host`` (an SSH target; None: this machine)."""
+    code, out, err = _host_run(host, ["qemu-img", "info", "-U", "--output=json", "-f",
+                                      "qcow2", "--", path], 60)
+    if code != 0:
+        raise CheckpointError(f"{path}: qemu-img info failed: {err.strip()[-200:]}")
+    data = (json.loads(out).get("format-specific") or {}).get("data") or {}
     return [b.get("name", "") for b in data.get("bitmaps") or []]
 
 
-def remove_checkpoints(dom: Any, names: list[str], images: dict[str, str]) -> list[str]:
+def remove_checkpoints(dom: Any, names: list[str], images: dict[str, str],
+                       host: Any = None) -> list[str]:
     """Delete the checkpoints ``names`` (each must be vmmove's) and their bitmaps.
 
     Running domain: ``virDomainCheckpointDelete``.  Stopped domain: ``qemu-img bitmap
     --remove`` on each qcow2 image of ``images`` (target → path) holding the bitmap, then
     ``VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY``.  Names already gone are skipped; the
-    names removed are returned.
+    names removed are returned.  ``host``: where the images are (an SSH target of a
+    ``qemu+ssh://`` domain; None: this machine).
     """
     assert all(n.startswith(PREFIX) for n in names), names
     existing = set(list_checkpoints(dom))
@@ -164,13 +180,12 @@ def remove_checkpoints(dom: Any, names: list[str], images: dict[str, str]) -> li
     for name in names:
         if not active:
             for path in images.values():
-                if name in image_bitmaps(path):
-                    proc = subprocess.run(["qemu-img", "bitmap", "--remove", "-f", "qcow2",
-                                           path, name], capture_output=True, text=True,
-                                          timeout=120)
-                    if proc.returncode != 0:
+                if name in image_bitmaps(path, host):
+                    code, _out, err = _host_run(host, ["qemu-img", "bitmap", "--remove",
+                                                       "-f", "qcow2", "--", path, name], 120)
+                    if code != 0:
                         raise CheckpointError(f"{path}: cannot remove bitmap {name}: "
-                                              f"{proc.stderr.strip()[-200:]}")
+                                              f"{err.strip()[-200:]}")
         if name not in existing:
             if not active:
                 removed.append(name)
@@ -181,7 +196,7 @@ def remove_checkpoints(dom: Any, names: list[str], images: dict[str, str]) -> li
                 cp.delete(0 if active else libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
             except libvirt.libvirtError:
                 # a checkpoint whose bitmap the host lost: only its metadata is left to go
-                if not active or any(name in image_bitmaps(p) for p in images.values()):
+                if not active or any(name in image_bitmaps(p, host) for p in images.values()):
                     raise
                 cp.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
         except libvirt.libvirtError as exc:
@@ -286,6 +301,12 @@ def free_port(bind: str, low: int, high: int) -> int:
             _PORTS.add(port)
             return port
     raise CheckpointError(f"no free port in workers.portRange {low}-{high} on {bind}")
+
+
+def release_port(port: int) -> None:
+    """Hand back a port :func:`free_port` gave (its export ended, or never started)."""
+    with _PORTS_LOCK:
+        _PORTS.discard(port)
 
 
 @contextmanager

@@ -79,7 +79,7 @@ class RemoteExport:
 def serve_remote(target: ssh.HostTarget, image: str, fmt: str | None, export: str, *,
                  image_opts: str | None = None, port: int | None = None,
                  bind: str = "0.0.0.0", folder: str | None = None,
-                 share: bool = False) -> RemoteExport:
+                 share: bool = False, bitmap: str | None = None) -> RemoteExport:
     """Start ``qemu-nbd --read-only`` on the host for ``image`` (a path, in format ``fmt``)
     or ``image_opts`` (qemu ``--image-opts``, e.g. a backup job's NBD export).
 
@@ -88,7 +88,9 @@ def serve_remote(target: ssh.HostTarget, image: str, fmt: str | None, export: st
     :attr:`RemoteExport.psk` for the Secret).  ``qemu-nbd --fork`` returns once the socket
     listens; ``--persistent`` serves any number of connections until :meth:`stop`.
     ``share``: open an image a running QEMU holds (``--force-share``; only for
-    ``--inconsistent-copy``).
+    ``--inconsistent-copy``).  ``bitmap``: also export that persistent dirty bitmap of
+    the image as the meta context ``qemu:dirty-bitmap:<bitmap>`` (``-B``; a warm final
+    delta).  ``image`` may be a ``json:`` filename (a checked, pinned chain; ``fmt`` None).
     Raises :class:`NbdError` (one line naming the host and image).
     """
     folder = folder or ssh.make_temp_dir(target, mode="700")
@@ -96,6 +98,8 @@ def serve_remote(target: ssh.HostTarget, image: str, fmt: str | None, export: st
             f"--pid-file={folder}/qemu-nbd.pid", f"--export-name={export}"]
     if share:
         args.append("--force-share")
+    if bitmap:
+        args.append(f"--bitmap={bitmap}")
     psk = None
     if port:
         psk = new_psk()
@@ -118,7 +122,9 @@ def serve_remote(target: ssh.HostTarget, image: str, fmt: str | None, export: st
         ssh.run(target, args, timeout=60)
     except ssh.SshError as exc:
         ssh.remove_dir(target, folder)
-        raise NbdError(f"{target.label}: cannot export {image_opts or image} with qemu-nbd: "
+        what = image_opts or (image if not image.startswith("json:") else
+                              "the checked image chain")
+        raise NbdError(f"{target.label}: cannot export {what} with qemu-nbd: "
                        f"{str(exc).split(': ', 2)[-1]}") from None
     return RemoteExport(target, folder, export, socket=socket, port=port, psk=psk)
 

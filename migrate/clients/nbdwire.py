@@ -194,17 +194,14 @@ class NbdClient:
     # -- commands -------------------------------------------------------------------------
     def pread(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` (holes as zeros), in requests of ≤ 32 MiB."""
-        return bytes(self.read(offset, length))
-
-    def read(self, offset: int, length: int) -> bytearray:
-        """:meth:`pread` into a new buffer, without copying it once more."""
         out = bytearray(length)
-        self.read_into(memoryview(out), offset)
-        return out
+        self.readinto(offset, out)
+        return bytes(out)
 
-    def read_into(self, view: memoryview, offset: int) -> None:
-        """Fill ``view`` with the bytes at ``offset`` (holes as zeros), in requests of
-        ≤ 32 MiB."""
+    def readinto(self, offset: int, buf: bytearray | memoryview) -> None:
+        """Fill ``buf`` with the bytes at ``offset`` (holes as zeros), received straight
+        into it: a caller reusing one buffer pays no allocation per read."""
+        view = memoryview(buf).cast("B")
         length = len(view)
         done = 0
 
@@ -220,6 +217,8 @@ class NbdClient:
             for kind, payload in self._replies(handle, sink):
                 if kind == REPLY_OFFSET_HOLE:
                     at, hole = struct.unpack(">QI", payload[:12])
+                    if at < offset or at + hole > offset + length:
+                        raise NbdWireError(f"{self.label}: hole outside the range asked")
                     view[at - offset:at - offset + hole] = bytes(hole)
             done += n
 

@@ -24,7 +24,9 @@ checkpoint on the host is a leftover of a killed round and is deleted before the
 
 Target volumes: a PVC as the writer sees it — ``disk.img`` of a Filesystem-mode volume,
 under ``warm.volumes`` (``<dir>/<namespace>/<DataVolume>/disk.img``), written in place.
-Local libvirt hosts (``qemu:///system``) and offline sources; see the docs for limits.
+Hosts: local libvirt (``qemu:///system``), remote KVM hosts (``qemu+ssh://``: the same
+steps over SSH, :class:`migrate.sources.warm_host.WarmHost`), and offline sources; see the
+docs for limits.
 """
 
 from __future__ import annotations
@@ -127,6 +129,8 @@ class DiskRound:
     reason: str = ""
     writer: str = "local"
     checksum: str | None = None  # the volume's sha256, as a verifying worker reported it
+    # hash method: the source's guest-view checksum, from the same pass (no second read)
+    source_checksum: str | None = None
 
     def to_data(self) -> dict[str, Any]:
         return {"method": self.method, "full": self.full, "changed": self.changed,
@@ -172,6 +176,8 @@ class Warm:
     def __init__(self, plan: Plan, journal: Journal, log: Any = None, kube: Any = None) -> None:
         from migrate.clients.checkpoint import plan_tag
 
+        self._hosts: dict[str, Any] = {}
+        self._source_sums: dict[tuple[str, str], str] = {}  # remote final: read at the delta
         self.plan, self.journal = plan, journal
         self.log = log or (lambda _m: None)
         self.kube = kube  # warm.writer worker: the cluster the worker Jobs run in
@@ -182,6 +188,15 @@ class Warm:
         self._pending_checkpoint: str | None = None
         self._final = False  # the run under way is a final delta (workers then verify)
         self._volumes: dict[tuple[str, str], Path] = {}
+
+    def host(self, p: PlannedVM) -> Any:
+        """The VM's host access (:class:`migrate.sources.warm_host.WarmHost`): this
+        machine for a local libvirt URI, SSH for ``qemu+ssh://``."""
+        from migrate.sources.warm_host import WarmHost
+
+        if p.key not in self._hosts:
+            self._hosts[p.key] = WarmHost(p.vm, self.tag, p.key)
+        return self._hosts[p.key]
 
     # -- state ---------------------------------------------------------------------------
     def state(self, p: PlannedVM) -> dict[str, Any]:
@@ -243,13 +258,14 @@ class Warm:
         finally:
             self._final = False
         result.seconds = time.monotonic() - started
+        read = {d.target: d.source_checksum for d in result.disks if d.source_checksum}
         if self.plan.warm.writer == "worker":  # each worker compared export and volume
             sums = {d.target: {"volume_sha256": d.checksum, "verified_by": "worker"}
                     for d in result.disks}
         elif self.plan.warm.writer == "s3":  # each worker said what its volume holds
-            sums = self.verify(p, {d.target: d.checksum for d in result.disks})
+            sums = self.verify(p, {d.target: d.checksum for d in result.disks}, read)
         else:
-            sums = self.verify(p)
+            sums = self.verify(p, sources=read)
         self.journal.update(KIND_WARM, vm_item(p), final=result.to_data(), verified=sums)
         cleaned = self.cleanup(p)
         return {"mode": "warm", "bytes": result.changed, "seconds": round(result.seconds, 3),
@@ -264,17 +280,14 @@ class Warm:
             begin_round,
             checkpoint_name,
             list_checkpoints,
-            make_scratch,
             ours,
             remove_checkpoints,
-            scratch_dir,
         )
 
         vm = p.vm
         disks = data_disks(vm)
         methods = {d.target: disk_method(vm, d)[0] for d in disks}
         base = st.get("checkpoint")
-        folder = scratch_dir(self.tag, p.key)
         result = RoundResult(vm.name, n, "final" if final else "incremental")
         self._pending_checkpoint = None
         if vm.source.kind != SourceKind.LIBVIRT:
@@ -283,6 +296,8 @@ class Warm:
             if any(r.full for r in result.disks) and not final:
                 result.kind = "full"
             return result
+        host = self.host(p)
+        folder = Path(host.folder)  # on the domain's host (this machine, or over SSH)
         conn, dom = _libvirt_domain(p)
         try:
             abort_stale(dom, str(folder))  # a killed run's job holds the stale checkpoint
@@ -299,8 +314,10 @@ class Warm:
                 if running:
                     raise WarmError(f"{vm.name}: the source still runs; the final delta "
                                     "needs it stopped")
+                if host.remote:
+                    host.stop_exports()  # a killed final delta's qemu-nbd
                 if stale:
-                    remove_checkpoints(dom, stale, images)
+                    remove_checkpoints(dom, stale, images, host.target)
                 for d in disks:
                     bitmap = base if methods[d.target] == BITMAP and base else None
                     why = reason or ("" if bitmap or methods[d.target] == HASH else
@@ -312,8 +329,8 @@ class Warm:
                 self._pending_checkpoint = base  # a stopped domain's bitmap keeps recording
                 return result
             if stale:  # a killed round's checkpoint: never the base
-                remove_checkpoints(dom, stale, images)
-            make_scratch(dom, folder)
+                remove_checkpoints(dom, stale, images, host.target)
+            host.make_scratch(dom)
             bitmap_disks = [d.target for d in disks if methods[d.target] == BITMAP]
             plain = [d.target for d in disks if methods[d.target] != BITMAP]
             new_cp = checkpoint_name(self.tag, n) if bitmap_disks else None
@@ -325,28 +342,42 @@ class Warm:
                     reason = f"the host lost checkpoint {base}'s bitmap ({exc})"
                     self.log(f"{vm.name}: {reason}: a full round")
                     if new_cp in list_checkpoints(dom):
-                        remove_checkpoints(dom, [new_cp], images)
+                        remove_checkpoints(dom, [new_cp], images, host.target)
                     base = None
                     incr = {t: False for t in incr}
                     job = begin_round(dom, incr, folder, None, new_cp, bitmap_disks, plain)
                 else:
                     raise WarmError(f"{vm.name}: {exc}") from None
             try:
-                _pause("warm:round")
-                for d in disks:
-                    export = next(e for e in job.exports if e.disk == d.target)
-                    result.disks.append(self._live_disk(p, d, methods[d.target], job.socket,
-                                                        export, incr[d.target], reason))
+                with host.reach(job.socket) as local:  # forwarded here from a remote host
+                    _pause("warm:round")
+                    for d in disks:
+                        export = next(e for e in job.exports if e.disk == d.target)
+                        result.disks.append(self._live_disk(
+                            p, d, methods[d.target], job.socket, export, incr[d.target],
+                            reason, local=local))
             finally:
                 job.abort()
             if any(d.full for d in result.disks):
                 result.kind = "full"
             if base and base != new_cp:
-                remove_checkpoints(dom, [base], images)
+                remove_checkpoints(dom, [base], images, host.target)
             self._pending_checkpoint = new_cp
             return result
+        except Exception as exc:
+            if host.remote and (host.lost() or backup.connection_lost(exc)):
+                what = "the final delta" if final else f"round {n}"
+                raise WarmError(
+                    f"{vm.name}: the SSH connection to {host.label} was lost during "
+                    f"{what}; rerun vmmove {'cutover' if final else 'sync'} (it resumes "
+                    + (f"from checkpoint {base})" if base else "with a full round)")) from None
+            raise
         finally:
-            conn.close()
+            host.close()
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a connection the network cut closes anyway
+                pass
 
     def _record(self, p: PlannedVM, result: RoundResult, before: dict[str, Any]) -> None:
         rounds = list(before.get("history") or [])[-9:]
@@ -385,7 +416,9 @@ class Warm:
         return delta.open_target(path, size, fresh=full)
 
     def _live_disk(self, p: PlannedVM, disk: Disk, method: str, socket: str, export: Any,
-                   incremental: bool, reason: str) -> DiskRound:
+                   incremental: bool, reason: str, local: str | None = None) -> DiskRound:
+        """One disk of a round's pull job: ``socket`` is the job's socket on the host,
+        ``local`` where it is reached here (forwarded from a remote host)."""
         from migrate.clients.nbdwire import BASE_ALLOCATION, NbdClient, dirty_context
 
         t0 = time.monotonic()
@@ -394,7 +427,7 @@ class Warm:
             contexts += (dirty_context(export.bitmap),)
         out = DiskRound(disk.target, method, full=not incremental and method == BITMAP,
                         reason=reason)
-        with NbdClient(socket, export.export, contexts) as src:
+        with NbdClient(local or socket, export.export, contexts) as src:
             out.size = src.size
             self._check_size(p, disk, src.size)
             out.changed, out.read, out.extents, full = self._copy(
@@ -408,17 +441,28 @@ class Warm:
                       reason: str) -> DiskRound:
         from converters.convert import source_chain
         from migrate.clients.checkpoint import CheckpointError, scratch_dir, serve_stopped
-        from migrate.clients.nbdwire import BASE_ALLOCATION, NbdClient, dirty_context
+        from migrate.clients.nbd import NbdError
 
         t0 = time.monotonic()
+        name = _safe(disk.target)
+        out = DiskRound(disk.target, method, full=False, reason=reason)
+        host = self.host(p)
+        if host.remote:  # the host's chain, checked there, exported there, forwarded here
+
+            def serve(bm: str | None) -> Any:
+                return host.stopped(disk, name, bm)
+
+            try:
+                served, cm = self._enter_stopped(p, disk, serve, bitmap, out, NbdError)
+            except VmmoveError as exc:
+                raise WarmError(f"{p.vm.name}/{disk.target}: {exc}") from None
+            return self._read_stopped(p, disk, method, served, cm, out, t0)
         try:
             chain = source_chain(p.vm, disk)
         except VmmoveError as exc:
             raise WarmError(f"{p.vm.name}/{disk.target}: {exc}") from None
-        name = _safe(disk.target)
         folder = scratch_dir(self.tag, p.key)
-        out = DiskRound(disk.target, method, full=False, reason=reason)
-        plain = plain_raw(chain)
+        plain = plain_raw(chain) or (flat_extent(p.vm, disk, chain) if method == HASH else None)
         if method == HASH and plain:  # a raw file or device here: read it directly
             with delta.FileReader(plain) as src:
                 _pause("warm:final")
@@ -429,17 +473,39 @@ class Warm:
                     origin=("file", plain, "raw"), out=out)
             out.seconds = time.monotonic() - t0
             return out
+
+        def serve_here(bm: str | None) -> Any:
+            return serve_stopped(chain.qemu_name(), chain.format, folder, name, bm)
+
         try:
-            cm = serve_stopped(chain.qemu_name(), chain.format, folder, name, bitmap)
-            served = cm.__enter__()
+            served, cm = self._enter_stopped(p, disk, serve_here, bitmap, out,
+                                             CheckpointError)
         except CheckpointError as exc:
+            raise WarmError(f"{p.vm.name}/{disk.target}: {exc}") from None
+        return self._read_stopped(p, disk, method, served, cm, out, t0)
+
+    def _enter_stopped(self, p: PlannedVM, disk: Disk, serve: Any, bitmap: str | None,
+                       out: DiskRound, lost: type[Exception]) -> tuple[Any, Any]:
+        """Start ``serve(bitmap)`` (a context manager); when the bitmap cannot be exported
+        (``lost`` raised), note it and export the whole disk.  (served, its manager)."""
+        try:
+            cm = serve(bitmap)
+            return cm.__enter__(), cm
+        except lost as exc:
             if not bitmap:
-                raise WarmError(f"{p.vm.name}/{disk.target}: {exc}") from None
+                raise
             out.reason = f"bitmap {bitmap} lost ({exc}): the whole disk is copied"
             self.log(f"{p.vm.name}/{disk.target}: {out.reason}")
-            bitmap = None
-            cm = serve_stopped(chain.qemu_name(), chain.format, folder, name, None)
-            served = cm.__enter__()
+            cm = serve(None)
+            return cm.__enter__(), cm
+
+    def _read_stopped(self, p: PlannedVM, disk: Disk, method: str, served: Any, cm: Any,
+                      out: DiskRound, t0: float) -> DiskRound:
+        """Copy a stopped disk's delta from its export ``served`` (``socket`` read here,
+        ``host_socket`` where a worker's re-export reads it), then end the export."""
+        from migrate.clients.nbdwire import BASE_ALLOCATION, NbdClient, dirty_context
+
+        bitmap = served.bitmap
         try:
             contexts: tuple[str, ...] = (BASE_ALLOCATION,)
             if bitmap:
@@ -450,7 +516,16 @@ class Warm:
                 self._check_size(p, disk, src.size)
                 out.changed, out.read, out.extents, out.full = self._copy(
                     p, disk, src, method, dirty_context(bitmap) if bitmap else None,
-                    origin=("nbd", served.socket, served.export), out=out)
+                    origin=("nbd", getattr(served, "host_socket", served.socket),
+                            served.export), out=out)
+            if self._final and self.host(p).remote and self.plan.warm.writer != "worker" \
+                    and not out.source_checksum:  # (a hash disk's pass gave it already)
+                # the stopped source's checksum from this export (verify compares it): no
+                # second export on the host inside the downtime
+                from migrate.clients.nbd import guest_sha256, unix_url
+
+                self._source_sums[(p.key, disk.target)] = guest_sha256(
+                    unix_url(served.socket, served.export), f"{p.vm.name}/{disk.target}")[0]
         finally:
             cm.__exit__(None, None, None)
         out.seconds = time.monotonic() - t0
@@ -500,10 +575,12 @@ class Warm:
             zeroed = old is None and stat.S_ISREG(os.fstat(fd).st_mode)  # fresh file
             try:
                 digests, stats = delta.hash_sync(src, size, old, fd, holes, zeroed)
-                os.fsync(fd)
+                if stats.changed:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             store.save(digests)
+            out.source_checksum = stats.checksum
             return stats.changed, stats.read, stats.extents, old is None
         if dirty is None:  # full copy: data extents; the fresh target reads zeros elsewhere
             data = [(e.offset, e.length) for e in alloc if not e.flags & STATE_ZERO]
@@ -532,20 +609,26 @@ class Warm:
 
         from converters.transfer.direct import DirectDisk, DirectTransfer
         from manifests.workers import TLS_MOUNT, psk_secret, worker_job
-        from migrate.clients.checkpoint import CheckpointError, free_port, scratch_dir, serve_tls
+        from migrate.clients.checkpoint import free_port, scratch_dir, serve_tls
         from migrate.clients.nbd import PSK_USER, nbd_image_opts
         from migrate.core.naming import dns1123_label
 
         self._require_halted(p)
         _ns, pvc = claim(self.plan, p, disk)
         w = self.plan.workers
+        host = self.host(p)
         bind = w.source_address or "127.0.0.1"
         name = _safe(disk.target)
         folder = scratch_dir(self.tag, p.key)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         kind, where, what = origin
+        if host.remote:  # the host re-exports its own UNIX export: bytes go host → cluster
+            bind = "0.0.0.0"
+        else:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
 
         def serve(port: int) -> Any:
+            if host.remote:
+                return host.serve_tls(name, where, what, port)
             return (serve_tls(folder, name, bind, port, path=where, fmt=what) if kind == "file"
                     else serve_tls(folder, name, bind, port,
                                    image_opts=nbd_image_opts(where, what)))
@@ -556,13 +639,14 @@ class Warm:
         block = self.plan.maps.storage.resolve(disk).volume_mode == "Block"
         args: list[str] = (["--extents", f"{TLS_MOUNT}/extents.json"] if extents is not None
                            else ["--compare"]) + (["--verify"] if final else [])
+        address = w.source_address or (host.target.host if host.remote else bind)
         with ExitStack() as stack:
             for attempt in range(5):  # another program may take a port we found free
                 port = free_port(bind, *w.port_range)
                 try:
                     psk = stack.enter_context(serve(port))
                     break
-                except CheckpointError as exc:
+                except VmmoveError as exc:
                     if "in use" not in str(exc) or attempt == 4:
                         raise WarmError(f"{p.vm.name}/{disk.target}: {exc}") from None
             secret = psk_secret(secret_name, p.namespace, psk, d.item)
@@ -576,7 +660,7 @@ class Warm:
             try:
                 self.kube.apply(worker_job(
                     job_name, p.namespace, claim=pvc, secret=secret_name,
-                    source_url=f"nbds://{PSK_USER}@{bind}:{port}/{name}", size=size,
+                    source_url=f"nbds://{PSK_USER}@{address}:{port}/{name}", size=size,
                     block=block, settings=w, item=d.item, extra_args=tuple(args),
                     extra_keys=keys))
                 return self._wait_worker(dt, d, job_name)
@@ -637,6 +721,7 @@ class Warm:
             path.unlink(missing_ok=True)
         if method == HASH:
             store.save(digests)  # only once the volume holds what they describe
+            out.source_checksum = stats.checksum
         out.writer, out.checksum = "s3", got.get("checksum")
         return stats.changed, stats.read, stats.extents, full
 
@@ -709,30 +794,43 @@ class Warm:
     def _tidy(self, p: PlannedVM) -> None:
         """Between rounds nothing of vmmove stays on the host but its checkpoint: the
         round's scratch folder goes once its job and exports ended (empty by then)."""
-        from migrate.clients.checkpoint import scratch_dir
-
-        try:
-            scratch_dir(self.tag, p.key).rmdir()
-        except OSError:  # absent, or something still in it (then clean removes it)
-            pass
+        self.host(p).tidy()  # absent, or something still in it: then clean removes it
 
     # -- checks and cleanup --------------------------------------------------------------
-    def verify(self, p: PlannedVM,
-               volumes: dict[str, str | None] | None = None) -> dict[str, dict[str, Any]]:
+    def verify(self, p: PlannedVM, volumes: dict[str, str | None] | None = None,
+               sources: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
         """Guest-visible sha256 of each stopped source disk and its volume (read here, or
-        as ``volumes`` gives them: what the workers reported); raise :class:`WarmError`
-        when one differs."""
+        as ``volumes`` gives them: what the workers reported; ``sources``: the source's
+        checksum from the final delta's own read, the hash method's); raise
+        :class:`WarmError` when one differs."""
         from converters.convert import source_chain
-        from migrate.clients.nbd import file_sha256
+        from migrate.clients.nbd import file_sha256, guest_sha256, unix_url
 
         out: dict[str, dict[str, Any]] = {}
+        host = self.host(p)
         for d in data_disks(p.vm):
-            chain = source_chain(p.vm, d)
-            source, _n = file_sha256(d.path or "", chain.format) if not \
-                chain.qemu_name().startswith("json:") or chain.format in ("raw", "qcow2") else \
-                _chain_sha256(chain)
+            if sources and d.target in sources:  # the hash method's own pass said it
+                source = sources[d.target]
+                self._source_sums.pop((p.key, d.target), None)
+            elif host.remote and (p.key, d.target) in self._source_sums:
+                source = self._source_sums.pop((p.key, d.target))
+            elif host.remote:  # read on the host, as the checked chain, through SSH
+                try:
+                    with host.stopped(d, _safe(d.target), None) as served:
+                        source, _n = guest_sha256(unix_url(served.socket, served.export),
+                                                  f"{p.vm.name}/{d.target}")
+                except VmmoveError as exc:
+                    raise WarmError(f"{p.vm.name}/{d.target}: cannot read the source to "
+                                    f"verify: {exc}") from None
+                finally:
+                    host.close()
+            else:
+                chain = source_chain(p.vm, d)
+                source, _n = file_sha256(d.path or "", chain.format) if not \
+                    chain.qemu_name().startswith("json:") or chain.format in ("raw", "qcow2") \
+                    else _chain_sha256(chain)
             target = volumes.get(d.target) if volumes is not None else \
-                file_sha256(self.volume(p, d), "raw")[0]
+                _volume_sha256(self.volume(p, d))
             out[d.target] = {"source_sha256": source, "volume_sha256": target}
             if source != target:
                 raise WarmError(
@@ -756,10 +854,11 @@ class Warm:
 
         removed: list[str] = []
         folder = scratch_dir(self.tag, p.key)
+        host = self.host(p)
         if p.vm.source.kind == SourceKind.LIBVIRT:
             conn, dom = _libvirt_domain(p)
             try:
-                if abort_stale(dom, str(folder)):
+                if abort_stale(dom, host.folder):
                     removed.append("backup job")
                 mine = [c for c in list_checkpoints(dom) if ours(c, self.tag)]
                 images = {d.target: d.path or "" for d in data_disks(p.vm)
@@ -767,13 +866,22 @@ class Warm:
                 if not dom.isActive():  # bitmaps without metadata (a killed delete)
                     from migrate.clients.checkpoint import image_bitmaps
 
+                    if host.remote:  # a killed final delta's qemu-nbd holds the image
+                        host.stop_exports()
                     for path in images.values():
-                        mine += [b for b in image_bitmaps(path)
+                        mine += [b for b in image_bitmaps(path, host.target)
                                  if ours(b, self.tag) and b not in mine]
-                removed += [f"checkpoint {c}" for c in remove_checkpoints(dom, mine, images)]
+                removed += [f"checkpoint {c}" for c in
+                            remove_checkpoints(dom, mine, images, host.target)]
             finally:
-                conn.close()
-        if remove_scratch(folder):
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - a connection the network cut
+                    pass
+        if host.remote:
+            if host.remove_scratch():
+                removed.append(f"folder {host.label}:{host.folder}")
+        elif remove_scratch(folder):
             removed.append(f"folder {folder}")
         if self.journal.get(KIND_WARM, vm_item(p)) is not None:
             self.journal.update(KIND_WARM, vm_item(p), checkpoint=None,
@@ -837,6 +945,13 @@ def _split(marked: list[tuple[int, int]],
     return data, zero
 
 
+def _volume_sha256(path: Path) -> str | None:
+    """A local volume's guest-view checksum, read and hashed on several threads
+    (:func:`converters.delta.hash_sync` without a target)."""
+    with delta.FileReader(path) as vol:
+        return delta.hash_sync(vol, vol.size, None, None, vol.holes())[1].checksum
+
+
 def _chain_sha256(chain: Any) -> tuple[str, int]:
     import subprocess
 
@@ -862,9 +977,61 @@ def plain_raw(chain: Any) -> str | None:
     return str(top.real)
 
 
+def flat_extent(vm: VM, disk: Disk, chain: Any) -> str | None:
+    """The flat file holding a checked chain's data when it is a VMware descriptor with
+    one flat extent (``FLAT``, or ``VMFS`` as ESXi writes it) at offset 0 whose file is
+    exactly the disk's size — a VMX export's usual ``-flat.vmdk``: read directly, as a raw
+    file (faster than through an NBD export), else None.  The extent is resolved inside
+    the export again (:meth:`migrate.sources.containment.Export.resolve`)."""
+    from migrate.sources.containment import SPARSE_MAGICS, ContainmentError, Export
+    from migrate.sources.vmdk import VmdkError, parse_descriptor
+
+    top = chain.top
+    if len(chain.layers) != 1 or top.format != "vmdk" or top.member is not None or \
+            top.data_file is not None or not top.real or \
+            (top.file or {}).get("driver") != "file":
+        return None
+    try:
+        with open(top.real, "rb") as fh:
+            head = fh.read(64 << 10)
+        if head[:4] in SPARSE_MAGICS or len(head) >= 64 << 10:
+            return None
+        desc = parse_descriptor(head.decode("utf-8", errors="replace"), str(top.name))
+        if len(desc.extents) != 1:
+            return None
+        (ext,) = desc.extents
+        size = ext.sectors * 512
+        if ext.type not in ("FLAT", "VMFS") or not ext.filename or \
+                ext.offset not in (None, "0") or size != chain.virtual_size:
+            return None
+        layer = Export.of(vm.source, disk).resolve(
+            ext.filename, os.path.dirname(top.real), f"extent of {top.name}")
+        if not layer.real or not stat.S_ISREG(os.stat(layer.real).st_mode) or \
+                os.stat(layer.real).st_size != size:
+            return None
+        return str(layer.real)
+    except (OSError, VmdkError, ContainmentError):
+        return None  # read through qemu then, which says what is wrong
+
+
+#: Test hook beside the cutover's ``PAUSE_ENV``: a file path; the run paused at the point
+#: goes on once that file exists (instead of waiting to be killed), so a test can break
+#: something under a round (the SSH connection) and watch what the round does.
+RESUME_ENV = "VMMOVE_TEST_RESUME"
+
+
 def _pause(point: str) -> None:
+    from migrate.pipeline.cutover import PAUSE_ENV
     from migrate.pipeline.cutover import _pause as pause  # the cutover's test hook (PAUSE_ENV)
 
+    resume = os.environ.get(RESUME_ENV)
+    if resume and os.environ.get(PAUSE_ENV) == point:
+        import sys
+
+        print(f"vmmove: test pause at {point}", file=sys.stderr, flush=True)
+        while not os.path.exists(resume):
+            time.sleep(0.05)
+        return
     pause(point)
 
 

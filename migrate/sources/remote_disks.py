@@ -9,7 +9,9 @@ disk is read *at copy time*, from the domain's live state on the host:
   private folder on the host given to QEMU's user, forwarded here over SSH; filesystems
   frozen around the start when the guest agent answers.  The job ends when the last of
   the VM's disks is released (``virDomainAbortJob``).
-* shut off: ``qemu-nbd --read-only`` on the host, started over SSH, one per disk.
+* shut off: ``qemu-nbd --read-only`` on the host, started over SSH, one per disk, opening
+  the image chain :func:`migrate.sources.host_chain.host_chain` read on the host and
+  checked against libvirt's view (pinned as a ``json:`` name, never the headers' own).
 * a running VM whose host cannot run a backup job: refused with the remedy, unless
   ``inconsistent=True`` (``--inconsistent-copy``): then ``qemu-nbd --read-only
   --force-share`` reads the image while the guest writes it (never one moment's state).
@@ -278,18 +280,19 @@ class RemoteReads:
 
     def _offline_lease(self, vm: VM, disk: Disk, target: ssh.HostTarget,
                        tls_port: int | None, share: bool) -> Lease:
+        from migrate.sources.host_chain import HostChainError, host_chain
+
         label = f"{vm.name}/{disk.target}"
-        if not disk.path or disk.source_type not in ("file", "block", "volume"):
-            raise RemoteDiskError(f"{label}: {disk.source_type} disk has no image file on the "
-                                  "host to export")
-        if not disk.format:  # never guess: a qcow2 read as raw would copy its metadata
-            raise RemoteDiskError(f"{label}: libvirt declares no format for {disk.path} "
-                                  "(<driver type=…> in the domain XML); set it and rescan")
-        fmt = disk.format.lower()
+        try:  # the host's chain, checked against libvirt's and pinned: never the headers'
+            chain = host_chain(target, disk, label)
+        except HostChainError as exc:
+            raise RemoteDiskError(str(exc)) from None
+        except VmmoveError as exc:
+            raise RemoteDiskError(f"{label}: {exc}") from None
         session = _Session(target, self._local)
         try:
-            re = nbd.serve_remote(target, disk.path, fmt, disk.target, port=tls_port,
-                                  share=share)
+            re = nbd.serve_remote(target, chain.qemu_name(), None, disk.target,
+                                  port=tls_port, share=share)
             session.exports.append(re)
             session.host_folder = None  # the export removes its own folder
             if tls_port:
