@@ -362,12 +362,16 @@ class Warm:
             self._pending_checkpoint = new_cp
             return result
         except Exception as exc:
+            what = "the final delta" if final else f"round {n}"
+            rerun = f"rerun vmmove {'cutover' if final else 'sync'}"
             if host.remote and (host.lost() or backup.connection_lost(exc)):
-                what = "the final delta" if final else f"round {n}"
                 raise WarmError(
-                    f"{vm.name}: the SSH connection to {host.label} was lost during "
-                    f"{what}; rerun vmmove {'cutover' if final else 'sync'} (it resumes "
+                    f"{vm.name}: the SSH connection to {host.label} was lost during {what}; "
+                    f"{rerun} (it resumes "
                     + (f"from checkpoint {base})" if base else "with a full round)")) from None
+            if isinstance(exc, OSError):  # a socket of an NBD read: one line, no traceback
+                raise WarmError(f"{vm.name}: {what} failed reading the source: {exc}; "
+                                f"{rerun}") from None
             raise
         finally:
             host.close()
@@ -499,11 +503,15 @@ class Warm:
     def _read_stopped(self, p: PlannedVM, disk: Disk, method: str, served: Any, cm: Any,
                       out: DiskRound, t0: float) -> DiskRound:
         """Copy a stopped disk's delta from its export ``served`` (``socket`` read here,
-        ``host_socket`` where a worker's re-export reads it), then end the export."""
+        ``host_socket`` where a worker's re-export reads it), then end the export (``cm``,
+        told of a failure: a remote host's forwarding then says whether SSH broke)."""
+        from contextlib import ExitStack
+
         from migrate.clients.nbdwire import BASE_ALLOCATION, NbdClient, dirty_context
 
         bitmap = served.bitmap
-        try:
+        with ExitStack() as stack:
+            stack.push(cm)
             contexts: tuple[str, ...] = (BASE_ALLOCATION,)
             if bitmap:
                 contexts += (dirty_context(bitmap),)
@@ -522,8 +530,6 @@ class Warm:
 
                 self._source_sums[(p.key, disk.target)] = guest_sha256(
                     unix_url(served.socket, served.export), f"{p.vm.name}/{disk.target}")[0]
-        finally:
-            cm.__exit__(None, None, None)
         out.seconds = time.monotonic() - t0
         return out
 
