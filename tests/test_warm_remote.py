@@ -80,11 +80,12 @@ def host_leftovers(host_tmp: Path, tag: str) -> list[str]:
 
 
 def cut_ssh_while_paused(sshd: Sshd, args: list[str], env: dict[str, str], point: str,
-                         tmp: Path, ready: Callable[[], bool]) -> list[str]:
+                         tmp: Path, ready: Callable[[], bool], hold: bool = False) -> list[str]:
     """Run ``vmmove ARGS`` in a child paused at ``point`` (the ``RESUME_ENV`` test hook),
     check ``ready()`` there, cut every SSH session of ``sshd`` (libvirt's tunnel and the
     NBD forwardings: a network cut), let the child go on; its stderr lines (without the
-    pause line) once it has failed."""
+    pause line) once it has failed.  ``hold``: the network stays down until the child
+    has ended (the listener stopped: no new connection gets an answer either)."""
     resume, log = tmp / f"resume-{point}", tmp / f"cut-{point}.log"
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-c", "from migrate.cli import run; run()",
@@ -98,10 +99,14 @@ def cut_ssh_while_paused(sshd: Sshd, args: list[str], env: dict[str, str], point
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         assert ready(), log.read_text()
+        if hold:
+            os.kill(sshd.proc.pid, signal.SIGSTOP)
         assert sshd.drop_connections() >= 2  # libvirt's tunnel and the NBD forwarding
         resume.touch()
         assert proc.wait(120) != 0
     finally:
+        if hold:
+            os.kill(sshd.proc.pid, signal.SIGCONT)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -318,11 +323,11 @@ def test_warm_remote_ssh_cut_during_the_final_delta(
         cli: Any, tmp_path: Path, sshd: Sshd, _host_tmp: Path, libvirt_domains: DomainFactory,
         s3_server: SeaweedFS, s3_bucket: str, s3_env: dict[str, str], cluster: Cluster,
         controllers: Controllers, kubevirt: KubeVirt) -> None:
-    """The SSH connection is cut while the cutover's final delta reads the stopped disk
-    (``qemu-nbd -B`` on the host, forwarded here), the source already shut down: one
-    line naming the cut and the rerun, the target never started; the rerun of ``vmmove
-    cutover`` ends with the volume equal to the source and nothing of vmmove's on the
-    host."""
+    """The network to the host goes down while the cutover's final delta reads the
+    stopped disk (``qemu-nbd -B`` on the host, forwarded here), the source already shut
+    down: one line naming the cut and the rerun, the target never started, the export
+    left serving on the host; the rerun of ``vmmove cutover`` stops it, exports again and
+    ends with the volume equal to the source and nothing of vmmove's on the host."""
     from tests.plan_support import VMR
     from tests.s3_support import subprocess_env
 
@@ -336,7 +341,8 @@ def test_warm_remote_ssh_cut_during_the_final_delta(
 
     said = cut_ssh_while_paused(sshd, cutover_args(plan_file, cluster),
                                 subprocess_env(s3_env), "warm:final", tmp_path,
-                                lambda: qc.state() == SHUT_OFF)  # inside the downtime
+                                lambda: qc.state() == SHUT_OFF,  # inside the downtime
+                                hold=True)  # nothing can be stopped on the host either
     errors = [ln for ln in said if ln.startswith("vmmove: error:")]  # the VM, the summary
     assert len(errors) == 2 and sum("SSH connection" in ln for ln in said) == 1, said
     assert f"{qc.name}: the SSH connection to root@127.0.0.1:{sshd.port} was lost during " \
@@ -349,6 +355,8 @@ def test_warm_remote_ssh_cut_during_the_final_delta(
         step = journal.get("cutover", f"{p.key}/sync")
         assert step is not None and step.status == "failed"
         assert journal.get("cutover", f"{p.key}/start") is None
+    left = host_leftovers(_host_tmp, tag)
+    assert any("qemu-nbd" in x and "--bitmap=" in x for x in left), left  # still serving
 
     done = cli(*cutover_args(plan_file, cluster), "-o", "json")
     assert done.exit_code == 0, done.stderr
