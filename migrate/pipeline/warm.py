@@ -302,7 +302,8 @@ class Warm:
             stale = [c for c in cps if ours(c, self.tag) and c != base]
             if base and base not in cps and not reason:
                 reason = f"checkpoint {base} is gone from the host (deleted behind vmmove's back)"
-                self.log(f"{vm.name}: {reason}: a full round")
+                self.log(f"{vm.name}: {reason}: " + ("the whole disks are copied" if final
+                                                     else "a full round"))
             if reason:
                 base = None
             running = backup.is_active(dom)
