@@ -11,8 +11,10 @@ guest's own writes would go) and looks at the host's files directly.
 
 Flow: scan → plan --warm → stage → sync (full) → guest writes → sync (incremental, delta ≈
 the bytes written) → cutover (final delta) → volume equal to the source by ``qemu-img
-compare`` → nothing of vmmove's left on the host.  Fault: the SSH connection cut during a
-round → one clear line, and the rerun resumes the chain.
+compare`` → nothing of vmmove's left on the host.  Faults: the SSH connection cut during a
+round or during the final delta, the host's ``qemu-nbd`` or vmmove itself killed during
+the final delta → one clear line, and the rerun resumes; a bitmap or checkpoint lost on
+the stopped host → the final delta copies the whole disk and says why.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ import yaml
 from migrate.clients.checkpoint import PREFIX, plan_tag, scratch_dir
 from migrate.plan import load_plan
 from migrate.core.journal import DONE
-from migrate.pipeline.cutover import PAUSE_ENV
-from migrate.pipeline.warm import KIND_WARM, RESUME_ENV
+from migrate.pipeline.warm import KIND_WARM
 from tests.guest_support import SHUTDOWN_OFFSET, SHUTDOWN_TAG, KubeVirt, boot_guest, kubevirt  # noqa: F401
 from tests.libvirtd_support import DomainFactory, libvirt_domains, libvirtd  # noqa: F401
 from tests.plan_support import Cluster, Controllers, cluster, controllers  # noqa: F401
 from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
 from tests.sshd_support import Sshd, host_tmp, sshd  # noqa: F401
+from tests.test_cutover_faults import fault_while_paused, run_until_pause
 from tests.test_remote_read import remote_uri
 from tests.test_warm_e2e import SHUT_OFF, bitmaps, checkpoints, same, write
 from tests.workers_support import JOB, SECRET, Kubelet, kubelet  # noqa: F401
@@ -81,37 +83,21 @@ def host_leftovers(host_tmp: Path, tag: str) -> list[str]:
 
 def cut_ssh_while_paused(sshd: Sshd, args: list[str], env: dict[str, str], point: str,
                          tmp: Path, ready: Callable[[], bool], hold: bool = False) -> list[str]:
-    """Run ``vmmove ARGS`` in a child paused at ``point`` (the ``RESUME_ENV`` test hook),
-    check ``ready()`` there, cut every SSH session of ``sshd`` (libvirt's tunnel and the
-    NBD forwardings: a network cut), let the child go on; its stderr lines (without the
-    pause line) once it has failed.  ``hold``: the network stays down until the child
-    has ended (the listener stopped: no new connection gets an answer either)."""
-    resume, log = tmp / f"resume-{point}", tmp / f"cut-{point}.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", "from migrate.cli import run; run()",
-                                 *args], env={**env, PAUSE_ENV: point, RESUME_ENV: str(resume)},
-                                cwd=str(Path(__file__).parent.parent), start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + 120
-        while f"test pause at {point}" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        assert ready(), log.read_text()
+    """:func:`fault_while_paused` whose fault is a network cut: ``ready()`` checked, every
+    SSH session of ``sshd`` killed (libvirt's tunnel and the NBD forwardings).  ``hold``:
+    the network stays down until the child has ended (the listener stopped: no new
+    connection gets an answer either)."""
+    def cut() -> None:
+        assert ready()
         if hold:
             os.kill(sshd.proc.pid, signal.SIGSTOP)
         assert sshd.drop_connections() >= 2  # libvirt's tunnel and the NBD forwarding
-        resume.touch()
-        assert proc.wait(120) != 0
+
+    try:
+        return fault_while_paused(args, env, point, tmp, cut)
     finally:
         if hold:
             os.kill(sshd.proc.pid, signal.SIGCONT)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return [ln for ln in log.read_text().splitlines() if "test pause" not in ln]
-
 
 def test_warm_remote_host_end_to_end(cli: Any, tmp_path: Path, sshd: Sshd,
                                      _host_tmp: Path, libvirt_domains: DomainFactory,
@@ -373,12 +359,13 @@ def test_warm_remote_killed_during_the_final_delta(
         cli: Any, tmp_path: Path, sshd: Sshd, _host_tmp: Path, libvirt_domains: DomainFactory,
         s3_server: SeaweedFS, s3_bucket: str, s3_env: dict[str, str], cluster: Cluster,
         controllers: Controllers, kubevirt: KubeVirt) -> None:
-    """SIGKILL of vmmove while its final delta reads a remote stopped disk leaves
-    ``qemu-nbd -B`` serving on the host (it holds the image); the rerun of ``vmmove
-    cutover`` stops it, exports again, and ends with the volume equal to the source and
-    nothing of vmmove's on the host."""
+    """The host's ``qemu-nbd -B`` killed under the final delta: one line, the target
+    never started.  Then SIGKILL of vmmove while the rerun's final delta reads the disk
+    leaves ``qemu-nbd -B`` serving on the host (it holds the image); the next rerun of
+    ``vmmove cutover`` stops it, exports again, and ends with the volume equal to the
+    source and nothing of vmmove's on the host."""
+    from tests.plan_support import VMR
     from tests.s3_support import subprocess_env
-    from tests.test_cutover_faults import run_until_pause
 
     qc = boot_guest(libvirt_domains, "wfkill")
     plan_file = remote_warm_plan(cli, tmp_path, sshd, qc.name, s3_server, s3_bucket, cluster)
@@ -387,6 +374,19 @@ def test_warm_remote_killed_during_the_final_delta(
     tag = plan_tag(plan.workdir)
     assert cli("sync", str(plan_file), "--wave", "1").exit_code == 0
     write(qc, "write -P 0x4d 5M 128k")
+
+    def kill_host_export() -> None:
+        (pid_file,) = _host_tmp.rglob("qemu-nbd.pid")
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    said = fault_while_paused(cutover_args(plan_file, cluster), subprocess_env(s3_env),
+                              "warm:final", tmp_path, kill_host_export)
+    errors = [ln for ln in said if ln.startswith("vmmove: error:")]  # the VM, the summary
+    assert len(errors) == 2 and f"vmmove: error: {qc.name}: " in errors[0], said
+    assert "Traceback" not in "\n".join(said) and "source is STOPPED" in errors[0], said
+    print(errors[0])
+    vm = cluster.get(VMR, "vms", p.name)
+    assert vm is not None and vm["spec"]["runStrategy"] == "Halted"  # never started
 
     run_until_pause([sys.executable, "-c", "from migrate.cli import run; run()",
                      *cutover_args(plan_file, cluster)], subprocess_env(s3_env), "warm:final",

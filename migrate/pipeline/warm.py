@@ -370,9 +370,9 @@ class Warm:
                     f"{vm.name}: the SSH connection to {host.label} was lost during {what}; "
                     f"{rerun} (it resumes "
                     + (f"from checkpoint {base})" if base else "with a full round)")) from None
-            if isinstance(exc, OSError):  # a socket of an NBD read: one line, no traceback
-                raise WarmError(f"{vm.name}: {what} failed reading the source: {exc}; "
-                                f"{rerun}") from None
+            if isinstance(exc, OSError):  # an NBD socket or the volume: one line, never
+                # a traceback (or click's silent exit 1 on EPIPE)
+                raise WarmError(f"{vm.name}: {what} failed: {exc}; {rerun}") from None
             raise
         finally:
             host.close()
