@@ -7,16 +7,18 @@ block device) close to a running source with rounds that send only what changed:
   (a dirty bitmap read over NBD block status); :func:`copy_extents` writes exactly those
   extents, read from the source's export, at the same offsets of the target;
 * **hash method** (raw, LVM and block disks, offline sources): :func:`hash_sync` reads the
-  whole source, hashes it in fixed blocks (SHA-256 per :data:`BLOCK` bytes: the fastest
-  hash here with the CPU's SHA extensions, computed on several threads), and writes
-  only the blocks whose hash differs from the one recorded in the previous round
-  (:class:`BlockHashes`, a file in the work folder).
+  whole source and compares it per :data:`BLOCK` with the digests recorded in the previous
+  round (:class:`BlockHashes`, a file in the work folder): XXH3-128 finds the changed
+  blocks at memory speed, SHA-256 (on several threads) runs for those only, and of a
+  changed block only the :data:`SUB` pieces that differ from the target are written.  The
+  recorded SHA-256 list is the guest-view checksum's (:func:`guest_checksum`).
 
 Readers are anything with ``size`` and ``pread(offset, length) -> bytes`` (an
 :class:`migrate.clients.nbdwire.NbdClient`, or :class:`FileReader` for a stopped raw disk
-on this machine).  Targets are opened for writing in place
-(never truncated except in a full round of a regular file, which starts from zeros).
-Counts are bytes; nothing here talks to libvirt or the cluster.
+on this machine); one with ``readinto(offset, buffer)`` too is read into reused buffers.
+Targets are opened for writing in place (never truncated except in a full round of a
+regular file, which starts from zeros).  Counts are bytes; nothing here talks to libvirt
+or the cluster.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,10 +35,12 @@ from typing import Protocol
 from migrate.core.errors import VmmoveError
 from migrate.core.serialize import atomic_write
 
-BLOCK = 1 << 20  # hash method block size (bytes)
+BLOCK = 1 << 20  # hash method block size (bytes): per-MiB SHA-256, as the guest checksum
+SUB = 64 << 10  # hash method write granularity inside a changed block (a qcow2 cluster)
 CHUNK = 8 << 20  # largest single write
 READ = 32 << 20  # hash method: bytes read (and hashed in parallel) at once
-DIGEST = 32  # bytes of SHA-256 per block
+FAST = 16  # bytes of a block's XXH3-128 digest (change detection)
+DIGEST = FAST + 32  # bytes recorded per block: XXH3-128, then SHA-256 (the guest checksum's)
 THREADS = max(1, min(4, os.cpu_count() or 1))
 ZERO_CHUNK = bytes(CHUNK)
 
@@ -60,6 +64,7 @@ class DeltaStats:
     read: int = 0
     extents: int = 0
     seconds: float = 0.0
+    checksum: str | None = None  # hash_sync: the source's guest-view checksum
 
 
 def merge_extents(extents: Iterable[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]:
@@ -75,11 +80,12 @@ def merge_extents(extents: Iterable[tuple[int, int]], gap: int = 0) -> list[tupl
 
 
 def open_target(path: str | os.PathLike[str], size: int, *, fresh: bool = False) -> int:
-    """A file descriptor writing ``path`` in place: a block device (at least ``size``
-    bytes) or a regular file (created or grown sparse to ``size``; with ``fresh`` emptied
-    first so a full round starts from zeros).  Raises :class:`DeltaError`."""
+    """A file descriptor writing (and reading: :func:`hash_sync` compares) ``path`` in
+    place: a block device (at least ``size`` bytes) or a regular file (created or grown
+    sparse to ``size``; with ``fresh`` emptied first so a full round starts from zeros).
+    Raises :class:`DeltaError`."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise DeltaError(f"{path}: cannot open the target volume: {exc.strerror}") from None
     try:
@@ -151,7 +157,20 @@ def copy_extents(reader: Reader, extents: Iterable[tuple[int, int]], fd: Target,
 
 
 def block_digest(data: bytes | memoryview) -> bytes:
+    """A block's SHA-256 (the guest-view checksum's per-MiB part)."""
     return hashlib.sha256(data).digest()
+
+
+def fast_digest(data: bytes | memoryview) -> bytes:
+    """A block's XXH3-128: ~20 GB/s here against SHA-256's ~1.5, so the whole disk is
+    compared with the last round at memory speed; SHA-256 runs for changed blocks only."""
+    import xxhash
+
+    return xxhash.xxh3_128_digest(data)
+
+
+def _entry(data: bytes | memoryview) -> bytes:
+    return fast_digest(data) + block_digest(data)
 
 
 class FileReader:
@@ -174,13 +193,18 @@ class FileReader:
     def pread(self, offset: int, length: int) -> bytearray:
         """``length`` bytes at ``offset`` (zeros past the end), read into one buffer."""
         out = bytearray(length)
-        view, got = memoryview(out), 0
-        while got < length:
+        self.readinto(offset, out)
+        return out
+
+    def readinto(self, offset: int, buf: bytearray | memoryview) -> None:
+        """Fill ``buf`` with the bytes at ``offset`` (zeros past the end)."""
+        view, got = memoryview(buf).cast("B"), 0
+        while got < len(view):
             n = os.preadv(self.fd, [view[got:]], offset + got)
             if n == 0:  # past the end: zeros
+                view[got:] = bytes(len(view) - got)
                 break
             got += n
-        return out
 
     def holes(self) -> list[tuple[int, int]]:
         """Ranges the file does not allocate (``SEEK_HOLE``/``SEEK_DATA``); none for a
@@ -203,7 +227,19 @@ class FileReader:
         return out
 
 
-ZERO_DIGEST = block_digest(bytes(BLOCK))
+ZERO_BLOCK = bytes(BLOCK)
+ZERO_DIGEST = block_digest(ZERO_BLOCK)
+_ZERO_ENTRY: bytes | None = None
+
+
+def _zero_entry(length: int) -> bytes:
+    """The recorded digests of ``length`` zero bytes (a block inside a hole)."""
+    global _ZERO_ENTRY
+    if length != BLOCK:
+        return _entry(bytes(length))
+    if _ZERO_ENTRY is None:
+        _ZERO_ENTRY = fast_digest(bytes(BLOCK)) + ZERO_DIGEST
+    return _ZERO_ENTRY
 
 
 def _runs(numbers: list[int]) -> list[tuple[int, int]]:
@@ -218,44 +254,126 @@ def _runs(numbers: list[int]) -> list[tuple[int, int]]:
 
 
 class BlockHashes:
-    """Per-block digests of what the target holds, one file (``DIGEST`` bytes a block).
+    """Per-block digests of what the target holds, one file: :data:`MAGIC`, then
+    :data:`DIGEST` bytes a block (XXH3-128 to find changed blocks, SHA-256 for the
+    guest-view checksum).  A file of another layout (an older vmmove's SHA-256 only) does
+    not load: the next round is then full.
 
     The file is replaced atomically after a pass has written its blocks, so a pass cut
     short leaves the previous round's hashes, and the next pass sends again whatever it
     did not finish (a block written twice is harmless; one skipped never happens).
     """
 
+    MAGIC = b"vmmove-hashes xxh3-128+sha256 1MiB\n"
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
     def load(self, size: int) -> list[bytes] | None:
         """The recorded digests for a disk of ``size`` bytes; None when there are none
-        (first round) or they were for another size."""
+        (first round) or they were for another size or layout."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
         count = -(-size // BLOCK)
-        if len(raw) != count * DIGEST:
+        head = len(self.MAGIC)
+        if raw[:head] != self.MAGIC or len(raw) != head + count * DIGEST:
             return None
-        return [raw[i * DIGEST:(i + 1) * DIGEST] for i in range(count)]
+        return [raw[head + i * DIGEST:head + (i + 1) * DIGEST] for i in range(count)]
 
     def save(self, digests: list[bytes]) -> None:
-        atomic_write(self.path, b"".join(digests), private=True)
+        atomic_write(self.path, self.MAGIC + b"".join(digests), private=True)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
-def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target,
+def guest_checksum(digests: list[bytes]) -> str:
+    """The guest-view checksum (``sha256-1m:<hex>``, :class:`migrate.clients.nbd.GuestDigest`)
+    of a disk whose per-:data:`BLOCK` recorded digests (:class:`BlockHashes`) are
+    ``digests``: the hash pass gives the source's checksum without a second read."""
+    from migrate.clients.nbd import GuestDigest
+
+    outer = hashlib.sha256(b"".join(d[FAST:] for d in digests))
+    return f"{GuestDigest.PREFIX}:{outer.hexdigest()}"
+
+
+def _read_into(reader: Reader, offset: int, view: memoryview) -> None:
+    into = getattr(reader, "readinto", None)
+    if into is not None:
+        into(offset, view)
+    else:
+        view[:] = reader.pread(offset, len(view))
+
+
+class _Runs:
+    """Writes pieces at their offsets, merging adjacent ones into one write of ≤ CHUNK."""
+
+    def __init__(self, fd: Target, stats: DeltaStats) -> None:
+        self.fd, self.stats = fd, stats
+        self.start = 0
+        self.parts: list[memoryview] = []
+        self.length = 0
+
+    def add(self, offset: int, data: memoryview) -> None:
+        if self.parts and self.start + self.length != offset:
+            self.flush()
+        if not self.parts:
+            self.start = offset
+        self.parts.append(data)
+        self.length += len(data)
+        if self.length >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            _write_all(self.fd, self.parts[0] if len(self.parts) == 1 else
+                       b"".join(self.parts), self.start)
+            self.stats.changed += self.length
+            self.stats.extents += 1
+        self.parts, self.length = [], 0
+
+
+def differing_pieces(want: bytes, have: bytes) -> list[tuple[int, int]]:
+    """``(offset, length)`` runs of the :data:`SUB` pieces where ``want`` (a block of the
+    source) differs from ``have`` (the target's bytes there; shorter reads as different):
+    what to write so that the target holds ``want``."""
+    out: list[tuple[int, int]] = []
+    for at in range(0, len(want), SUB):
+        if want[at:at + SUB] != have[at:at + SUB]:
+            n = min(SUB, len(want) - at)
+            if out and out[-1][0] + out[-1][1] == at:
+                out[-1] = (out[-1][0], out[-1][1] + n)
+            else:
+                out.append((at, n))
+    return out
+
+
+def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target | None,
               holes: Iterable[tuple[int, int]] = (),
               zeroed: bool = False) -> tuple[list[bytes], DeltaStats]:
-    """Read the whole source, hash it per :data:`BLOCK`, write the blocks whose digest is
-    not ``old``'s (every block when ``old`` is None); the new digests and what was sent.
+    """Read the whole source, compare it per :data:`BLOCK` with ``old``'s digests (every
+    block differs when ``old`` is None), write what differs; the new digests
+    (:class:`BlockHashes` entries) and what was sent (``stats.checksum``: the source's
+    guest-view checksum, :func:`guest_checksum`).
 
-    ``holes``: ranges the source reports as zeros (block status), hashed without reading.
-    ``zeroed``: the target reads zeros already (a fresh file), so zero blocks of a first
-    pass are not written.
+    A block whose XXH3-128 equals the recorded one keeps its recorded SHA-256; only a
+    changed block is hashed with SHA-256 (on :data:`THREADS` threads: hashlib releases
+    the GIL).  ``holes``: ranges the source reports as zeros (block status), known without
+    reading (a block wholly inside one gets the zero digests; with those recorded too,
+    nothing is read, hashed or written).  ``zeroed``: the target reads zeros already (a
+    fresh file), so zero blocks of a first pass are not written.  ``fd`` None: only hash
+    (every block's SHA-256: the checksum of a volume read back).
+
+    Costs (docs/warm-migration.md, ``bench/warm.py``): reads go into three reused buffers
+    of :data:`READ` bytes (the next window is read while this one is compared and the last
+    one's changed blocks are hashed).  A changed
+    block of a file descriptor target is compared with what the target holds, and only its
+    differing :data:`SUB` pieces are written: a 4 KiB change costs a 64 KiB write, not 1 MiB.
+    The trust this puts in XXH3 (not a cryptographic hash): a block made by the guest to
+    collide with its own previous content would not be carried over, which harms only that
+    guest's own disk, which it controls anyway; accidental collisions are 2^-128 per block.
     """
     stats = DeltaStats()
     zero_blocks: set[int] = set()
@@ -263,69 +381,95 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target,
         first = -(-off // BLOCK)
         last = (off + length) // BLOCK  # blocks wholly inside the hole
         zero_blocks.update(range(first, last))
-    digests: list[bytes] = []
     count = -(-size // BLOCK)
-    run_start: int | None = None
-    run = bytearray()
-
-    def flush() -> None:
-        nonlocal run_start
-        if run_start is not None and run:
-            _write_all(fd, run, run_start)
-            stats.changed += len(run)
-            stats.extents += 1
-        run_start = None
-        run.clear()
-
-    def one(b: int, block: memoryview | None, digest: bytes | None) -> None:
-        nonlocal run_start
-        length = min(BLOCK, size - b * BLOCK)
-        if digest is None:  # a block inside a hole: zeros, known without reading
-            digest = ZERO_DIGEST if length == BLOCK else block_digest(bytes(length))
-        digests.append(digest)
-        if (old[b] == digest) if old is not None else (zeroed and digest == ZERO_DIGEST):
-            flush()
-            return
-        if digest == ZERO_DIGEST and not isinstance(fd, int):  # a delta: a zero cluster
-            flush()
-            fd.write_zeroes(b * BLOCK, length)
-            stats.changed += length
-            return
-        if run_start is None or run_start + len(run) != b * BLOCK:
-            flush()
-            run_start = b * BLOCK
-        run.extend(block if block is not None else bytes(length))
-        if len(run) >= CHUNK:
-            flush()
-
+    runs = _Runs(fd, stats) if fd is not None else None
+    compare = isinstance(fd, int) and old is not None  # the target holds the last round
     per_read = READ // BLOCK
     windows = [range(first, min(count, first + per_read)) for first in range(0, count, per_read)]
+    # Three buffers, reused: a fresh 32 MiB buffer per read is a fresh mapping whose every
+    # page faults in (most of the old cost of this pass); one is read into, one compared,
+    # one still hashed (SHA-256 of its changed blocks) by the pool.
+    buffers = [memoryview(bytearray(min(READ, size) or 1)) for _ in range(min(3, len(windows)))]
+    zeros = memoryview(ZERO_CHUNK)[:BLOCK]
+    zero_fast = _zero_entry(BLOCK)[:FAST]
 
-    def read(blocks: range) -> tuple[list[int], list[memoryview]]:
+    def read(i: int) -> list[int]:
+        blocks, buf = windows[i], buffers[i % len(buffers)]
         need = [b for b in blocks if b not in zero_blocks]
-        parts: list[memoryview] = []
         for run_first, run_last in _runs(need):  # one read per run of blocks to read
             lo, hi = run_first * BLOCK, min(size, (run_last + 1) * BLOCK)
-            view = memoryview(reader.pread(lo, hi - lo))
+            at = lo - blocks[0] * BLOCK
+            _read_into(reader, lo, buf[at:at + hi - lo])
             stats.read += hi - lo
-            parts += [view[(b - run_first) * BLOCK:min(size, (b + 1) * BLOCK) - lo]
-                      for b in range(run_first, run_last + 1)]
-        return need, parts
+        return need
+
+    def differing(off: int, data: memoryview) -> list[tuple[int, memoryview]]:
+        """The runs of :data:`SUB` pieces of ``data`` that differ from the target at
+        ``off``."""
+        assert isinstance(fd, int)
+        return [(off + at, data[at:at + n])
+                for at, n in differing_pieces(bytes(data), os.pread(fd, len(data), off))]
 
     pool = ThreadPoolExecutor(THREADS, thread_name_prefix="hash")
     ahead = ThreadPoolExecutor(1, thread_name_prefix="read")  # reads the next window
+    shas: dict[int, list[tuple[int, Future[bytes]]]] = {}  # window -> its blocks' SHA-256
+    slots: list[bytes | Future[bytes]] = []  # per block: its entry, or its SHA-256 to come
+
+    def settle(window: int) -> None:
+        """Wait for a window's SHA-256s: its buffer is about to be read into again."""
+        for b, future in shas.pop(window, []):
+            slots[b] = bytes(slots[b][:FAST]) + future.result()  # type: ignore[index]
+
     try:
-        pending = ahead.submit(read, windows[0]) if windows else None
+        pending = ahead.submit(read, 0) if windows else None
         for i, blocks in enumerate(windows):
             assert pending is not None
-            need, parts = pending.result()
-            pending = ahead.submit(read, windows[i + 1]) if i + 1 < len(windows) else None
-            hashed = dict(zip(need, pool.map(block_digest, parts)))
-            by_block = dict(zip(need, parts))
+            read_now = set(pending.result())
+            # the next window goes into the buffer of the window before last: its SHA-256s
+            # (computed while this window is compared) must be done first
+            settle(i + 1 - len(buffers))
+            pending = ahead.submit(read, i + 1) if i + 1 < len(windows) else None
+            buf, base = buffers[i % len(buffers)], blocks[0] * BLOCK
+
+            def view(b: int) -> memoryview:
+                return buf[b * BLOCK - base:min(size, (b + 1) * BLOCK) - base]
+            fresh = shas.setdefault(i, [])  # changed blocks read: their SHA-256 is computed
             for b in blocks:
-                one(b, by_block.get(b), hashed.get(b))
+                length = min(BLOCK, size - b * BLOCK)
+                if b in read_now:
+                    fast = fast_digest(view(b))
+                else:  # a block inside a hole: zeros, known without reading
+                    fast = zero_fast if length == BLOCK else _zero_entry(length)[:FAST]
+                if old is not None and old[b][:FAST] == fast:
+                    slots.append(old[b])
+                    continue  # unchanged: nothing hashed further, nothing written
+                data = view(b) if b in read_now else zeros[:length]
+                zero = b not in read_now or (fast == zero_fast and bytes(data) == ZERO_BLOCK)
+                if zero:
+                    slots.append(_zero_entry(length))
+                else:
+                    slots.append(fast)
+                    fresh.append((b, pool.submit(block_digest, data)))
+                if runs is None or (old is None and zeroed and zero):
+                    continue
+                if zero and not isinstance(fd, int):  # a delta: a zero cluster
+                    assert fd is not None
+                    runs.flush()
+                    fd.write_zeroes(b * BLOCK, length)
+                    stats.changed += length
+                    continue
+                if compare:
+                    for off, piece in differing(b * BLOCK, data):
+                        runs.add(off, piece)
+                else:
+                    runs.add(b * BLOCK, data)
+            if runs is not None:
+                runs.flush()  # before this window's buffer is read into again
+        for window in list(shas):
+            settle(window)
     finally:
         ahead.shutdown()
         pool.shutdown()
-    flush()
+    digests = [bytes(entry) for entry in slots]  # type: ignore[arg-type]
+    stats.checksum = guest_checksum(digests)
     return digests, stats

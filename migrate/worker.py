@@ -126,7 +126,8 @@ def run_worker(source: str, psk_file: str, dest: str, size: int,
 #   export and written at the same offset (``qemu-img convert -n`` between two raw windows,
 #   the source over NBD with TLS-PSK), each zero run is written as zeros;
 # * ``--compare`` (hash method, done where the volume is): the whole export is streamed
-#   (``nbdcopy URL -``) and compared per MiB with the volume; differing blocks are written.
+#   (``nbdcopy URL -``) and compared per MiB with the volume; the differing 64 KiB pieces
+#   of a block are written.
 #
 # ``--verify`` (the final delta) then compares the guest-view sha256 of the export and of
 # the volume.  A killed pod leaves a partly applied delta; the retried pod applies it again
@@ -171,8 +172,11 @@ def _copy_run(source: str, psk_file: str, dest: str, offset: int, length: int) -
 
 
 def _compare_into(url: str, dest: str, size: int, label: str) -> int:
-    """Stream the export, write the MiB blocks that differ from ``dest``; bytes written."""
+    """Stream the export, compare it per MiB with ``dest`` and write the 64 KiB pieces that
+    differ (:func:`converters.delta.differing_pieces`); bytes written."""
     import subprocess
+
+    from converters.delta import differing_pieces
 
     proc = subprocess.Popen(["nbdcopy", "--", url, "-"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -184,9 +188,10 @@ def _compare_into(url: str, dest: str, size: int, label: str) -> int:
             if not block:
                 break
             have = os.pread(out.fileno(), len(block), offset)
-            if have != block:
-                os.pwrite(out.fileno(), block, offset)
-                changed += len(block)
+            if have != block:  # only the 64 KiB pieces that differ
+                for at, n in differing_pieces(block, have):
+                    os.pwrite(out.fileno(), block[at:at + n], offset + at)
+                    changed += n
             offset += len(block)
         os.fsync(out.fileno())
     proc.stdout.close()

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from converters import delta
+from migrate.clients import nbd
 from migrate.clients.checkpoint import ours, plan_tag, serve_stopped
 from migrate.clients.nbdwire import (
     BASE_ALLOCATION,
@@ -66,6 +67,7 @@ def test_hash_sync_sends_only_changed_blocks_and_keeps_hashes(tmp_path: Path) ->
         os.close(fd)
     store.save(digests)
     assert dst.read_bytes() == src.read_bytes()
+    (tmp_path / "first.raw").write_bytes(src.read_bytes())
     assert first.read == 3 * MiB + 123  # the hole was hashed without reading it
     assert first.changed == 3 * MiB + 123  # nor written
     with open(src, "r+b") as fh:  # two bytes in block 1, one in block 6 (inside the hole)
@@ -79,9 +81,32 @@ def test_hash_sync_sends_only_changed_blocks_and_keeps_hashes(tmp_path: Path) ->
         fd = delta.open_target(dst, reader.size)
         _new, second = delta.hash_sync(reader, reader.size, old, fd, reader.holes())
         os.close(fd)
-    assert second.changed == 2 * MiB and second.extents == 2
+    # only the 64 KiB pieces holding a changed byte are written, not their whole MiB
+    assert second.changed == 2 * delta.SUB and second.extents == 2
     assert dst.read_bytes() == src.read_bytes()
+    # the pass's digests give the guest-view checksum a second read would (sha256-1m)
+    assert first.checksum == nbd.file_sha256(tmp_path / "first.raw")[0]
+    assert second.checksum == nbd.file_sha256(src)[0] != first.checksum
+    with delta.FileReader(src) as reader:  # no target: only hashed
+        again, third = delta.hash_sync(reader, reader.size, None, None, reader.holes())
+    assert again == _new and third.checksum == second.checksum and third.changed == 0
     assert store.load(7 * MiB) is None  # recorded for another size: not used
+    # an older vmmove's layout (SHA-256 only, no header) is not used either: a full round
+    store.path.write_bytes(b"\0" * 32 * 9)
+    assert store.load(8 * MiB + 123) is None
+
+
+def test_differing_pieces_are_merged_runs_of_64k() -> None:
+    sub = delta.SUB
+    want = bytearray(b"\x01" * MiB)
+    have = bytes(want)
+    want[5] = 2  # piece 0
+    want[sub + 9] = 2  # piece 1: merged with piece 0
+    want[7 * sub] = 2  # piece 7
+    assert delta.differing_pieces(bytes(want), have) == [(0, 2 * sub), (7 * sub, sub)]
+    assert delta.differing_pieces(have, have) == []
+    # a target shorter than the block (a short read) differs where it has no bytes
+    assert delta.differing_pieces(have, have[:MiB - sub]) == [(MiB - sub, sub)]
 
 
 def test_merge_and_split_extents() -> None:
@@ -201,14 +226,47 @@ def test_sync_rounds_of_an_offline_vmx_source_whose_flat_vmdk_changes(
     second = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
     assert second.exit_code == 0, second.stderr
     (r2,) = json.loads(second.stdout)
-    assert r2["kind"] == "incremental" and r2["changed"] == MiB
+    assert r2["kind"] == "incremental" and r2["changed"] == delta.SUB  # 4 KiB: one piece
     assert volume.read_bytes() == flat.read_bytes()
     proc = subprocess.run(["qemu-img", "compare", "-f", "vmdk", "-F", "raw", str(export / "app.vmdk"),
                            str(volume)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
     status = json.loads(cli("status", str(plan_file), "-o", "json", ok=True).stdout)
     (vm,) = status["vms"]
-    assert vm["warm"]["rounds"] == 2 and vm["warm"]["delta"] == MiB
+    assert vm["warm"]["rounds"] == 2 and vm["warm"]["delta"] == delta.SUB
+
+
+def test_a_flat_vmdk_is_read_directly_only_when_its_extent_is_the_whole_file(
+        tmp_path: Path) -> None:
+    """One FLAT/VMFS extent at offset 0, exactly the disk's size, inside the export: read
+    as a raw file; any other layout is read through qemu (never guessed)."""
+    from converters.convert import source_chain
+    from migrate.pipeline.warm import flat_extent
+
+    export = tmp_path / "export"
+    export.mkdir()
+    vmx, flat = _flat_vmx(export)
+    descriptor = export / "app.vmdk"
+    text = descriptor.read_bytes().split(b"\0", 1)[0].decode()
+    vm = VM("app", Source(SourceKind.VMX, str(vmx)),
+            disks=[Disk("sda", path=str(descriptor), format="vmdk", virtual_size=8 * MiB)])
+    (disk,) = vm.disks
+
+    def direct(body: str) -> str | None:
+        descriptor.write_text(body)
+        return flat_extent(vm, disk, source_chain(vm, disk))
+
+    line = 'RW 16384 FLAT "app-flat.vmdk" 0'
+    assert line in text  # as qemu-img writes it
+    assert direct(text) == str(flat)
+    assert direct(text.replace(line, 'RW 16384 VMFS "app-flat.vmdk"')) == str(flat)  # ESXi
+    # an offset into the file, two extents, a flat file longer than the disk: through qemu
+    assert direct(text.replace(line, 'RW 16384 FLAT "app-flat.vmdk" 2048')) is None
+    assert direct(text.replace(line, 'RW 8192 FLAT "app-flat.vmdk" 0\n'
+                                     'RW 8192 FLAT "app-flat.vmdk" 8192')) is None
+    with open(flat, "ab") as fh:
+        fh.write(b"\0" * 512)
+    assert direct(text) is None
 
 
 def test_sync_every_until_repeats_rounds(cli: Any, tmp_path: Path) -> None:

@@ -52,6 +52,10 @@ JOBS_HELP = ("How many VMs at once (default: min({n}, VMs selected)). Each keeps
                    " full final syncs send their disks one VM at a time.")
 @click.option("--skip-boot-test", is_flag=True,
               help="Cut over even a VM whose last `vmmove boot-test` failed.")
+@click.option("--source-powered-off", is_flag=True,
+              help="Warm VMs of an offline export (VMX, OVF/OVA, domain XML): confirm that "
+                   "you powered the VM off at its platform (vmmove cannot stop it). The "
+                   "confirmation is journalled; a VMware lock file in the export refuses it.")
 @click.option("--dry-run", is_flag=True,
               help="Only list the steps the cutover would run for each VM, in order, with "
                    "downtime estimates from the journal's measurements; nothing is stopped, "
@@ -62,7 +66,7 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.da
                 shutdown_timeout: float, force: bool, verify_timeout: float,
                 guest_agent: bool, verify_command: str | None, import_timeout: float,
                 jobs: int | None, dry_run: bool, skip_boot_test: bool,
-                kubeconfig: str | None, context: str | None, namespace: str | None,
+                source_powered_off: bool, kubeconfig: str | None, context: str | None, namespace: str | None,
                 output: str) -> None:
     """Switch VMs from their libvirt host to KubeVirt: preflight, stop the source, final
     sync, start the target, verify, done — each step journalled.
@@ -77,7 +81,8 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.da
     it stopped and repeats nothing that is done. The source is only ever shut down (never
     undefined, its disks never written); `vmmove rollback` starts it again. Downtime is
     measured from the shutdown to the verified start and recorded in the journal
-    (vmmove report shows it).
+    (vmmove report shows it). A warm VM of an offline export has no domain to stop: power
+    it off at its platform and pass --source-powered-off (docs/warm-migration.md).
     """
     from migrate.views.bars import reporters
     from migrate.core.progress import log
@@ -102,7 +107,8 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.da
         return
     options = CutoverOptions(shutdown_timeout=shutdown_timeout, force=force,
                              verify_timeout=verify_timeout, guest_agent=guest_agent,
-                             verify_command=verify_command, skip_boot_test=skip_boot_test)
+                             verify_command=verify_command, skip_boot_test=skip_boot_test,
+                             source_powered_off=source_powered_off)
     results = cutover_vms(plan, wave, chosen, KubeArgs(kubeconfig, context, namespace), options,
                           jobs=jobs, when=at,
                           import_timeout=import_timeout, log=log, reporters=reporters())

@@ -195,7 +195,14 @@ class NbdClient:
     def pread(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` (holes as zeros), in requests of ≤ 32 MiB."""
         out = bytearray(length)
-        view = memoryview(out)
+        self.readinto(offset, out)
+        return bytes(out)
+
+    def readinto(self, offset: int, buf: bytearray | memoryview) -> None:
+        """Fill ``buf`` with the bytes at ``offset`` (holes as zeros), received straight
+        into it: a caller reusing one buffer pays no allocation per read."""
+        view = memoryview(buf).cast("B")
+        length = len(view)
         done = 0
 
         def sink(at: int, n: int) -> memoryview:
@@ -210,9 +217,10 @@ class NbdClient:
             for kind, payload in self._replies(handle, sink):
                 if kind == REPLY_OFFSET_HOLE:
                     at, hole = struct.unpack(">QI", payload[:12])
-                    out[at - offset:at - offset + hole] = bytes(hole)
+                    if at < offset or at + hole > offset + length:
+                        raise NbdWireError(f"{self.label}: hole outside the range asked")
+                    view[at - offset:at - offset + hole] = bytes(hole)
             done += n
-        return bytes(out)
 
     def block_status(self, context: str, offset: int = 0,
                      length: int | None = None) -> list[Extent]:

@@ -93,6 +93,9 @@ class CutoverOptions:
     poll: float = 0.5
     # cut over a VM whose last boot test failed (docs/guest-readiness.md)
     skip_boot_test: bool = False
+    # an offline (export) source: the operator confirms the VM is powered off at its
+    # platform (``--source-powered-off``); vmmove cannot stop it (OfflineSource)
+    source_powered_off: bool = False
 
 
 @dataclass
@@ -280,6 +283,95 @@ class Source:
         return "started"
 
 
+def is_offline(vm: VM) -> bool:
+    """Whether the VM's source is an export (VMX, OVF/OVA, domain XML, PVE file), not a
+    libvirt domain vmmove can stop and start."""
+    return vm.source.kind.value != "libvirt"
+
+
+#: Names VMware gives the lock files of a running VM's folder: ``<file>.lck`` directories
+#: (Workstation, VMFS) and ``.lck-<id>`` files (ESXi on an NFS datastore).
+LOCK_SUFFIX, LOCK_PREFIX = ".lck", ".lck-"
+
+
+class OfflineSource:
+    """The source of a warm VM read from an export: nothing vmmove can stop or start.
+
+    Same face as :class:`Source`.  ``running`` is what the export shows: True while a
+    VMware lock file sits in the VMX's folder (the VM is powered on somewhere), else False.
+    :meth:`stop` records the operator's confirmation (``confirmed``: the cutover's
+    ``--source-powered-off``) and refuses without it; :meth:`start` says who must start
+    the VM (its platform).  Raises :class:`CutoverError` when the export is gone."""
+
+    def __init__(self, p: PlannedVM, confirmed: bool = False) -> None:
+        vm = p.vm
+        self.vm, self.confirmed = vm, confirmed
+        self.kind = vm.source.kind.value
+        self.label = f"{vm.name} (offline {self.kind} export {vm.source.location})"
+        if not os.path.exists(vm.source.location):
+            raise CutoverError(f"{self.label}: the export is gone (moved or deleted?); "
+                               "nothing was changed")
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> OfflineSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def locks(self) -> list[str]:
+        """VMware lock files in the VMX's folder (a powered-on VM holds them)."""
+        if self.kind != "vmx":
+            return []
+        folder = os.path.dirname(os.path.abspath(self.vm.source.location))
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return []
+        return sorted(n for n in names if n.endswith(LOCK_SUFFIX) or n.startswith(LOCK_PREFIX))
+
+    @property
+    def running(self) -> bool:
+        return bool(self.locks())
+
+    @property
+    def state_name(self) -> str:
+        locks = self.locks()
+        if locks:
+            return f"powered on (VMware lock file {locks[0]})"
+        return "powered off (confirmed)" if self.confirmed else \
+            "unknown (an offline export: its power state is at its platform)"
+
+    def stop(self, timeout: float, force: bool, poll: float = 0.25) -> dict[str, Any]:
+        """Record that the operator powered the VM off at its platform."""
+        locks = self.locks()
+        if locks:
+            raise CutoverError(f"{self.label}: VMware lock file {locks[0]} says the VM is still "
+                               "powered on; power it off at its platform (the lock files go "
+                               "with it). Nothing was changed.")
+        if not self.confirmed:
+            raise CutoverError(f"{self.label}: vmmove cannot power off an offline source; "
+                               "power the VM off at its platform, then rerun with "
+                               "--source-powered-off. Nothing was changed.")
+        trace_call(f"# {self.label}: powered off at its platform (--source-powered-off)")
+        return {"before": "powered off at its platform",
+                "how": "powered off at its platform (confirmed: --source-powered-off)",
+                "confirmed_at": time.time(), "seconds": 0.0}
+
+    def start(self) -> str:
+        """Nothing vmmove can start: what the operator must do."""
+        return (f"NOT started: an offline {self.kind} source; power the VM on at its "
+                "platform (vmmove cannot)")
+
+
+def open_source(p: PlannedVM, confirmed: bool = False) -> Source | OfflineSource:
+    """The VM's source: its libvirt domain, or an :class:`OfflineSource` for an export
+    (``confirmed``: the operator said it is powered off)."""
+    return OfflineSource(p, confirmed) if is_offline(p.vm) else Source(p)
+
+
 # -- the target: a KubeVirt VirtualMachine -------------------------------------------------------
 
 
@@ -326,6 +418,13 @@ def next_action(plan: Plan, p: PlannedVM, step: str, source_stopped: bool) -> st
     c = commands_for(plan, p)
     if step == "preflight":
         return f"nothing was changed yet: run `{c['cutover']}`"
+    if is_offline(p.vm):  # nothing vmmove can stop or start: the operator does, at the platform
+        if not source_stopped:
+            return (f"power the source VM off at its platform, then run `{c['cutover']} "
+                    "--source-powered-off`")
+        return (f"the source is powered off at its platform (the VM is down): run "
+                f"`{c['cutover']}` to finish the cutover, or `{c['rollback']}` and then power "
+                "the source on at its platform")
     if step == "stop" and not source_stopped:
         return (f"the source was being SHUT DOWN (`virsh -c {p.vm.source.location} domstate "
                 f"{p.vm.name}` tells): run `{c['cutover']}` to go on, or `{c['rollback']}` to "
@@ -389,12 +488,14 @@ def boot_test_problem(journal: Journal, p: PlannedVM) -> str | None:
 
 
 def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
-              source: Callable[[PlannedVM], Source] | None = None,
-              skip: tuple[str, ...] = ()) -> dict[str, Any]:
+              source: Callable[[PlannedVM], Source | OfflineSource] | None = None,
+              skip: tuple[str, ...] = (), confirmed: bool = False) -> dict[str, Any]:
     """Every reason not to stop the source, all at once: the checks of the itinerary's
     preflight phase (:data:`migrate.pipeline.itinerary.CUTOVER`), in order, but those
     named in ``skip`` (``boot-test`` with ``--skip-boot-test``); a warm VM's itinerary
-    (``WARM_CUTOVER``) adds ``warm``: a recent enough precopy round."""
+    (``WARM_CUTOVER``) adds ``warm``: a recent enough precopy round; one of an offline
+    export (``OFFLINE_WARM_CUTOVER``) checks the ``export`` instead of a domain, and
+    wants ``powered-off``: ``confirmed`` (``--source-powered-off``) or a stop journalled."""
     found: dict[str, Any] = {}
     disks = [d for d in p.vm.disks if d.device in ("disk", "lun")]
 
@@ -420,12 +521,41 @@ def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
         return []
 
     def source_reachable() -> list[str]:
+        if is_offline(p.vm):  # a cold VM of an export: no domain to stop (warm VMs can)
+            return [f"source {p.vm.source.location} is not a libvirt host; a cold cutover "
+                    "stops and starts libvirt domains only (plan the VM --warm to cut an "
+                    "offline export over)"]
         try:
             with (source or Source)(p) as src:
                 found["source_state"] = src.state_name
         except CutoverError as exc:
             return [str(exc)]
         return []
+
+    def export() -> list[str]:  # an offline source: the export readable, no lock file
+        from converters.convert import source_chain
+
+        problems = []
+        try:
+            with OfflineSource(p, confirmed) as src:
+                found["source_state"] = src.state_name
+                if src.running:
+                    problems.append(f"{src.label}: {src.state_name}: power it off at its "
+                                    "platform")
+        except CutoverError as exc:
+            return [str(exc)]
+        for d in disks:
+            try:
+                source_chain(p.vm, d)
+            except VmmoveError as exc:
+                problems.append(f"disk {d.target}: {exc}")
+        return problems
+
+    def powered_off() -> list[str]:  # said by the operator, or recorded by an earlier run
+        if confirmed or journal.is_done(KIND_CUTOVER, step_item(p.key, "stop")):
+            return []
+        return [f"an offline {p.vm.source.kind.value} source: vmmove cannot power it off; "
+                "power the VM off at its platform, then rerun with --source-powered-off"]
 
     def warm() -> list[str]:  # a recent enough precopy round (warm.maxRoundAge)
         return preflight_problems(plan, p, journal)
@@ -434,12 +564,12 @@ def preflight(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
         "concerns": lambda: [f"critical concern {c}" for c in critical_concerns(plan, p)],
         "boot-test": lambda: [m for m in [boot_test_problem(journal, p)] if m],
         "applied": applied, "imported": imported, "warm": warm, "target": target,
-        "source": source_reachable,
+        "source": source_reachable, "export": export, "powered-off": powered_off,
     }
     problems: list[str] = []
     from migrate.pipeline.warm import is_warm, preflight_problems
 
-    for name in cutover_itinerary(is_warm(plan, p)).phase("preflight").checks:
+    for name in cutover_itinerary(is_warm(plan, p), is_offline(p.vm)).phase("preflight").checks:
         if name not in skip:
             problems += checks[name]()
     if problems:
@@ -455,12 +585,12 @@ class Cutover:
 
     def __init__(self, plan: Plan, kube: Kube, journal: Journal, sync: SyncFn,
                  options: CutoverOptions, log: Log,
-                 source: Callable[[PlannedVM], Source] | None = None,
+                 source: Callable[[PlannedVM], Source | OfflineSource] | None = None,
                  progress: Subscriber | None = None) -> None:
         self.plan, self.kube, self.journal, self.sync = plan, kube, journal, sync
         self.options, self.log = options, log
-        #: Opens a VM's source domain (:class:`Source`; tests give an in-memory one).
-        self.source = source or Source
+        #: Opens a VM's source (:func:`open_source`; tests give an in-memory one).
+        self.source = source or (lambda p: open_source(p, options.source_powered_off))
         #: Hears each VM queued with its phases after the preflight, one unit per phase
         #: done (the phase as the note), and its result.
         self.progress = progress or Subscriber()
@@ -526,8 +656,9 @@ class Cutover:
         if top is None or top.status != RUNNING:
             j.start(KIND_CUTOVER, p.key, wave=p.wave, name=p.name, namespace=p.namespace)
         skip = ("boot-test",) if self.options.skip_boot_test else ()
-        self._step(p, "preflight", lambda: preflight(self.plan, p, self.kube, j, self.source,
-                                                     skip), False)
+        self._step(p, "preflight", lambda: preflight(
+            self.plan, p, self.kube, j, self.source, skip,
+            self.options.source_powered_off), False)
 
     def run_selection(self, chosen: Sequence[PlannedVM], wave: int, jobs: int | None,
                       when: datetime.datetime | None) -> list[VmCutover]:
@@ -588,7 +719,8 @@ class Cutover:
         item = ProgressItem(p.key, p.vm.name)
         from migrate.pipeline.warm import is_warm
 
-        for phase in cutover_itinerary(is_warm(self.plan, p)).after("preflight"):
+        for phase in cutover_itinerary(is_warm(self.plan, p),
+                                       is_offline(p.vm)).after("preflight"):
             run = getattr(self, f"_phase_{phase.name}")
             result.steps[phase.name] = run(p, phase.source_stopped, result)
             self.progress.on_progress(item, 1, phase.name)
@@ -757,7 +889,7 @@ class Cutover:
         return data
 
 
-def _stop_data(src: Source, o: CutoverOptions) -> dict[str, Any]:
+def _stop_data(src: Source | OfflineSource, o: CutoverOptions) -> dict[str, Any]:
     data = src.stop(o.shutdown_timeout, o.force)
     data["seconds"] = round(data["seconds"], 3)
     return data
@@ -805,7 +937,7 @@ def rollback_vm(plan: Plan, p: PlannedVM, kube: Kube, journal: Journal,
         # Start the source when the cutover stopped a running one (or got that far).
         was_running = stop is not None and (
             stop.before not in ("shut off", "crashed") or stop.status != DONE)
-        with Source(p) as src:
+        with open_source(p) as src:
             if was_running:
                 source_action = src.start()
             else:

@@ -134,10 +134,41 @@ PRECOPY = Itinerary("precopy", (
 ))
 
 
-def cutover_itinerary(warm: bool) -> Itinerary:
-    """The cutover itinerary of a VM: :data:`WARM_CUTOVER` for a warm one, else
+#: One warm VM of an *offline* source (a VMX folder with flat VMDKs, an OVF/OVA export, a
+#: domain XML file): there is no domain vmmove can stop or start.  The operator powers the
+#: VM off at its platform (vSphere, Workstation, ...) and says so with
+#: ``--source-powered-off``, which the journal records; the export must show no VMware
+#: lock file.  The same phases (same journal names); the final delta re-reads the export.
+OFFLINE_WARM_CUTOVER = Itinerary("offline warm cutover", tuple(
+    replace(phase, text=text, checks=checks if checks is not None else phase.checks)
+    if text else phase
+    for phase, text, checks in zip(WARM_CUTOVER.phases, (
+        "as the warm preflight, but the source is an export, not a domain: its descriptor "
+        "and disks are readable inside the export, no VMware lock file (`*.lck`) says the VM "
+        "still runs, and `--source-powered-off` confirms the operator powered it off at its "
+        "platform. Nothing is changed.",
+        "nothing vmmove can stop: the operator powered the VM off at its platform; the "
+        "confirmation (`--source-powered-off`) and its time are journalled. A VMware lock "
+        "file appearing in the export later stops a resumed cutover.",
+        "the final delta: every disk of the export re-read whole and hashed per MiB; only "
+        "the 64 KiB pieces whose content changed since the last precopy round are written; "
+        "the source's guest-visible checksum comes from the same pass and is compared with "
+        "the volume's; a mismatch stops the cutover before the target starts.",
+        None, None, None,
+    ), (
+        ("concerns", "boot-test", "applied", "imported", "target", "export", "powered-off",
+         "warm"),
+        None, None, None, None, None,
+    ))))
+
+
+def cutover_itinerary(warm: bool, offline: bool = False) -> Itinerary:
+    """The cutover itinerary of a VM: :data:`WARM_CUTOVER` for a warm one
+    (:data:`OFFLINE_WARM_CUTOVER` when its source is an offline export), else
     :data:`CUTOVER`."""
-    return WARM_CUTOVER if warm else CUTOVER
+    if warm:
+        return OFFLINE_WARM_CUTOVER if offline else WARM_CUTOVER
+    return CUTOVER
 
 
 #: The stage names of :data:`WAVE`, in order (journal items ``wave-<N>/<stage>``).

@@ -129,6 +129,8 @@ class DiskRound:
     reason: str = ""
     writer: str = "local"
     checksum: str | None = None  # the volume's sha256, as a verifying worker reported it
+    # hash method: the source's guest-view checksum, from the same pass (no second read)
+    source_checksum: str | None = None
 
     def to_data(self) -> dict[str, Any]:
         return {"method": self.method, "full": self.full, "changed": self.changed,
@@ -256,13 +258,14 @@ class Warm:
         finally:
             self._final = False
         result.seconds = time.monotonic() - started
+        read = {d.target: d.source_checksum for d in result.disks if d.source_checksum}
         if self.plan.warm.writer == "worker":  # each worker compared export and volume
             sums = {d.target: {"volume_sha256": d.checksum, "verified_by": "worker"}
                     for d in result.disks}
         elif self.plan.warm.writer == "s3":  # each worker said what its volume holds
-            sums = self.verify(p, {d.target: d.checksum for d in result.disks})
+            sums = self.verify(p, {d.target: d.checksum for d in result.disks}, read)
         else:
-            sums = self.verify(p)
+            sums = self.verify(p, sources=read)
         self.journal.update(KIND_WARM, vm_item(p), final=result.to_data(), verified=sums)
         cleaned = self.cleanup(p)
         return {"mode": "warm", "bytes": result.changed, "seconds": round(result.seconds, 3),
@@ -464,7 +467,7 @@ class Warm:
         except VmmoveError as exc:
             raise WarmError(f"{p.vm.name}/{disk.target}: {exc}") from None
         folder = scratch_dir(self.tag, p.key)
-        plain = plain_raw(chain)
+        plain = plain_raw(chain) or (flat_extent(p.vm, disk, chain) if method == HASH else None)
         if method == HASH and plain:  # a raw file or device here: read it directly
             with delta.FileReader(plain) as src:
                 _pause("warm:final")
@@ -524,7 +527,8 @@ class Warm:
                     p, disk, src, method, dirty_context(bitmap) if bitmap else None,
                     origin=("nbd", getattr(served, "host_socket", served.socket),
                             served.export), out=out)
-            if self._final and self.host(p).remote and self.plan.warm.writer != "worker":
+            if self._final and self.host(p).remote and self.plan.warm.writer != "worker" \
+                    and not out.source_checksum:  # (a hash disk's pass gave it already)
                 # the stopped source's checksum from this export (verify compares it): no
                 # second export on the host inside the downtime
                 from migrate.clients.nbd import guest_sha256, unix_url
@@ -578,10 +582,12 @@ class Warm:
             zeroed = old is None and stat.S_ISREG(os.fstat(fd).st_mode)  # fresh file
             try:
                 digests, stats = delta.hash_sync(src, size, old, fd, holes, zeroed)
-                os.fsync(fd)
+                if stats.changed:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             store.save(digests)
+            out.source_checksum = stats.checksum
             return stats.changed, stats.read, stats.extents, old is None
         if dirty is None:  # full copy: data extents; the fresh target reads zeros elsewhere
             data = [(e.offset, e.length) for e in alloc if not e.flags & STATE_ZERO]
@@ -722,6 +728,7 @@ class Warm:
             path.unlink(missing_ok=True)
         if method == HASH:
             store.save(digests)  # only once the volume holds what they describe
+            out.source_checksum = stats.checksum
         out.writer, out.checksum = "s3", got.get("checksum")
         return stats.changed, stats.read, stats.extents, full
 
@@ -797,18 +804,22 @@ class Warm:
         self.host(p).tidy()  # absent, or something still in it: then clean removes it
 
     # -- checks and cleanup --------------------------------------------------------------
-    def verify(self, p: PlannedVM,
-               volumes: dict[str, str | None] | None = None) -> dict[str, dict[str, Any]]:
+    def verify(self, p: PlannedVM, volumes: dict[str, str | None] | None = None,
+               sources: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
         """Guest-visible sha256 of each stopped source disk and its volume (read here, or
-        as ``volumes`` gives them: what the workers reported); raise :class:`WarmError`
-        when one differs."""
+        as ``volumes`` gives them: what the workers reported; ``sources``: the source's
+        checksum from the final delta's own read, the hash method's); raise
+        :class:`WarmError` when one differs."""
         from converters.convert import source_chain
         from migrate.clients.nbd import file_sha256, guest_sha256, unix_url
 
         out: dict[str, dict[str, Any]] = {}
         host = self.host(p)
         for d in data_disks(p.vm):
-            if host.remote and (p.key, d.target) in self._source_sums:
+            if sources and d.target in sources:  # the hash method's own pass said it
+                source = sources[d.target]
+                self._source_sums.pop((p.key, d.target), None)
+            elif host.remote and (p.key, d.target) in self._source_sums:
                 source = self._source_sums.pop((p.key, d.target))
             elif host.remote:  # read on the host, as the checked chain, through SSH
                 try:
@@ -826,7 +837,7 @@ class Warm:
                     chain.qemu_name().startswith("json:") or chain.format in ("raw", "qcow2") \
                     else _chain_sha256(chain)
             target = volumes.get(d.target) if volumes is not None else \
-                file_sha256(self.volume(p, d), "raw")[0]
+                _volume_sha256(self.volume(p, d))
             out[d.target] = {"source_sha256": source, "volume_sha256": target}
             if source != target:
                 raise WarmError(
@@ -941,6 +952,13 @@ def _split(marked: list[tuple[int, int]],
     return data, zero
 
 
+def _volume_sha256(path: Path) -> str | None:
+    """A local volume's guest-view checksum, read and hashed on several threads
+    (:func:`converters.delta.hash_sync` without a target)."""
+    with delta.FileReader(path) as vol:
+        return delta.hash_sync(vol, vol.size, None, None, vol.holes())[1].checksum
+
+
 def _chain_sha256(chain: Any) -> tuple[str, int]:
     import subprocess
 
@@ -964,6 +982,43 @@ def plain_raw(chain: Any) -> str | None:
             set(f) - {"driver", "filename"} or not top.real or f.get("filename") != top.real:
         return None
     return str(top.real)
+
+
+def flat_extent(vm: VM, disk: Disk, chain: Any) -> str | None:
+    """The flat file holding a checked chain's data when it is a VMware descriptor with
+    one flat extent (``FLAT``, or ``VMFS`` as ESXi writes it) at offset 0 whose file is
+    exactly the disk's size — a VMX export's usual ``-flat.vmdk``: read directly, as a raw
+    file (faster than through an NBD export), else None.  The extent is resolved inside
+    the export again (:meth:`migrate.sources.containment.Export.resolve`)."""
+    from migrate.sources.containment import SPARSE_MAGICS, ContainmentError, Export
+    from migrate.sources.vmdk import VmdkError, parse_descriptor
+
+    top = chain.top
+    if len(chain.layers) != 1 or top.format != "vmdk" or top.member is not None or \
+            top.data_file is not None or not top.real or \
+            (top.file or {}).get("driver") != "file":
+        return None
+    try:
+        with open(top.real, "rb") as fh:
+            head = fh.read(64 << 10)
+        if head[:4] in SPARSE_MAGICS or len(head) >= 64 << 10:
+            return None
+        desc = parse_descriptor(head.decode("utf-8", errors="replace"), str(top.name))
+        if len(desc.extents) != 1:
+            return None
+        (ext,) = desc.extents
+        size = ext.sectors * 512
+        if ext.type not in ("FLAT", "VMFS") or not ext.filename or \
+                ext.offset not in (None, "0") or size != chain.virtual_size:
+            return None
+        layer = Export.of(vm.source, disk).resolve(
+            ext.filename, os.path.dirname(top.real), f"extent of {top.name}")
+        if not layer.real or not stat.S_ISREG(os.stat(layer.real).st_mode) or \
+                os.stat(layer.real).st_size != size:
+            return None
+        return str(layer.real)
+    except (OSError, VmdkError, ContainmentError):
+        return None  # read through qemu then, which says what is wrong
 
 
 #: Test hook beside the cutover's ``PAUSE_ENV``: a file path; the run paused at the point

@@ -50,6 +50,7 @@ class Extent:
     sectors: int
     type: str  # FLAT, SPARSE, ZERO, VMFS, VMFSSPARSE, VMFSRDM, VMFSRAW, SESPARSE, …
     filename: str | None = None
+    offset: str | None = None  # a flat extent's start in its file (sectors), as written
 
 
 @dataclass
@@ -134,7 +135,8 @@ def parse_descriptor(text: str, name: str) -> Descriptor:
                 ) from None
             if sectors < 0:
                 raise VmdkError(f"{name}: line {number}: negative extent size {sectors}")
-            desc.extents.append(Extent(match["access"], sectors, match["type"], match["file"]))
+            desc.extents.append(Extent(match["access"], sectors, match["type"], match["file"],
+                                       match["offset"]))
             continue
         kv = _KEYVAL.match(line)
         if kv is None:  # the line's text is not quoted: the file may be anyone's

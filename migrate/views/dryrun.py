@@ -106,6 +106,8 @@ def cutover_steps(plan: Plan, vms: list[PlannedVM]) -> list[DryStep]:
     """The steps of ``vmmove cutover`` for ``vms`` (in the order it takes them): preflight,
     stop, final sync (full or verify, as staging read the disks), start, verify; steps the
     journal records as done are skipped on a rerun."""
+    from migrate.pipeline.cutover import is_offline
+
     steps: list[DryStep] = []
     with Journal(plan.journal_path) as journal:
         t: Throughput = measure(journal)
@@ -123,9 +125,15 @@ def cutover_steps(plan: Plan, vms: list[PlannedVM]) -> list[DryStep]:
                        else "no shutdown measured yet: assumed")
             booted = (f"slowest start measured ({len(t.boot_seconds)})" if t.boot_seconds
                       else "no start measured yet: assumed")
-            add("preflight", f"{p.namespace}/{p.name} imported; the source host answers",
-                None, "")
-            add("stop", f"ACPI shutdown on {p.vm.source.location}", e.stop, stopped)
+            if is_offline(p.vm) and mode == "warm":  # an export: the operator powers it off
+                add("preflight", f"{p.namespace}/{p.name} imported; the export readable, no "
+                    "VMware lock file, --source-powered-off given", None, "")
+                add("stop", f"nothing to stop: {p.vm.name} powered off at its platform "
+                    "(confirmed by --source-powered-off)", 0.0, "the operator's confirmation")
+            else:
+                add("preflight", f"{p.namespace}/{p.name} imported; the source host answers",
+                    None, "")
+                add("stop", f"ACPI shutdown on {p.vm.source.location}", e.stop, stopped)
             what = ("convert, upload, re-import every disk (staged while running)"
                     if mode == "full" else "the delta since the last precopy round"
                     if mode == "warm" else "compare with the staged images; resend what differs")

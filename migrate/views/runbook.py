@@ -22,7 +22,7 @@ from migrate.views.report import MIB, Throughput, measure
 from migrate.core.serialize import atomic_write
 from migrate.core.journal import Journal
 from migrate.core.records import KIND_BOOT_TEST, KIND_CONVERT, Status
-from migrate.pipeline.itinerary import CUTOVER, WARM_CUTOVER
+from migrate.pipeline.itinerary import CUTOVER, OFFLINE_WARM_CUTOVER, WARM_CUTOVER
 
 #: Used when the journal has measured nothing yet (said so in the runbook).
 DEFAULT_RATE = 100 * MIB
@@ -228,8 +228,12 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
     for ns in plan.namespaces(wave):
         add(f"- [ ] `kubectl -n {ns} get vm,dv` lists the wave's VirtualMachines (Halted) and "
             "DataVolumes (Succeeded).")
-    for uri in sorted({p.vm.source.location for p in vms}):
+    from migrate.pipeline.cutover import is_offline
+
+    for uri in sorted({p.vm.source.location for p in vms if not is_offline(p.vm)}):
         add(f"- [ ] `virsh -c {_q(uri)} list --all` answers (the source host is reachable).")
+    for where in sorted({p.vm.source.location for p in vms if is_offline(p.vm)}):
+        add(f"- [ ] `ls -l {_q(where)}` answers (the offline export is readable here).")
     blocking = {p.vm.name: [c for c in concerns.get(p.key, [])
                             if c.severity == Severity.CRITICAL] for p in vms}
     if any(blocking.values()):
@@ -273,15 +277,33 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
                 add(f"{number}. **{phase.title}** (warm) — "
                     + phase.text.replace("{plan_ref}", plan_ref))
         add("")
+    offline = [p.vm.name for p in vms if is_warm(plan, p) and is_offline(p.vm)]
+    if offline:
+        add(f"Warm VMs of an offline export ({', '.join(offline)}) have no domain vmmove can "
+            "stop or start; where their itinerary differs further:")
+        add("")
+        for number, (warm_phase, phase) in enumerate(zip(WARM_CUTOVER.phases,
+                                                         OFFLINE_WARM_CUTOVER.phases), 1):
+            if phase.text != warm_phase.text:
+                add(f"{number}. **{phase.title}** (offline) — "
+                    + phase.text.replace("{plan_ref}", plan_ref))
+        add("")
     for p in vms:
         uri, dom = _q(p.vm.source.location), _q(p.vm.name)
         ns, vm = p.namespace, p.name
         add(f"### {p.vm.name} → `{ns}/{vm}`")
         add("")
         add("```sh")
-        add(f"{cut} {dom}")
-        add(f"virsh -c {uri} domstate {dom}                 # before: running; after step 2: shut off")
-        add(f"virsh -c {uri} shutdown {dom}                 # what step 2 does")
+        if p.vm.name in offline:
+            folder = _q(str(Path(p.vm.source.location).parent))
+            add("# power the VM off at its platform (vSphere, Workstation, ...), then:")
+            add(f"ls -a {folder} | grep lck                 # nothing once it is powered off")
+            add(f"{cut} {dom} --source-powered-off")
+            add(f"{back} {dom}   # if needed; then power it on at its platform")
+        else:
+            add(f"{cut} {dom}")
+            add(f"virsh -c {uri} domstate {dom}                 # before: running; after step 2: shut off")
+            add(f"virsh -c {uri} shutdown {dom}                 # what step 2 does")
         add(f"kubectl -n {ns} get vm {vm} -o jsonpath='{{.spec.runStrategy}}'   # after step 4: Always")
         add(f"kubectl -n {ns} patch vm {vm} --type merge -p '{{\"spec\":{{\"runStrategy\":\"Always\"}}}}'"
             "   # what step 4 does")
@@ -360,7 +382,11 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
         add(f"kubectl -n {p.namespace} patch vm {p.name} --type merge -p "
             "'{\"spec\":{\"runStrategy\":\"Halted\"}}'")
         add(f"kubectl -n {p.namespace} wait vmi/{p.name} --for=delete --timeout=5m")
-        add(f"virsh -c {uri} start {dom}")
+        if is_offline(p.vm):  # an export: nothing vmmove (or virsh) can start
+            add(f"# then power {dom} on at its platform (an offline export: nothing to start "
+                "here)")
+        else:
+            add(f"virsh -c {uri} start {dom}")
     add("```")
     add("")
     add("Data written on the target after the cutover is not copied back to the source.")
