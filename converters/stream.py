@@ -283,6 +283,9 @@ def stream_export(socket: str, export: str, dest: str, *, label: str,
     except OSError as exc:  # the connection broke: a read error, not the output's
         raise StreamError(f"{label}: reading the allocation map failed: "
                           f"{exc.strerror or exc}") from None
+    except NbdWireError as exc:  # (the client's own words: closed, reset, timed out)
+        raise StreamError(f"{label}: reading the allocation map failed: "
+                          f"{str(exc).rsplit(': ', 1)[-1]}") from None
     layout = plan_layout(size, allocated)
     clients = [_connect(socket, export, proc, label, ()) for _ in range(CONNECTIONS)]
     try:

@@ -8,7 +8,9 @@ enough: fixed-newstyle handshake, ``NBD_OPT_STRUCTURED_REPLY``, ``NBD_OPT_SET_ME
 ``NBD_CMD_BLOCK_STATUS`` and ``NBD_CMD_DISC``, one request at a time.  The servers are
 QEMU's (a libvirt backup job's export, ``qemu-nbd``); the export is opened read-only.
 
-Errors are :class:`NbdWireError`, one line naming the socket and export.
+Errors are :class:`NbdWireError`, one line naming the socket and export — also when the
+connection breaks under a request (server killed, socket reset, no answer within
+:data:`TIMEOUT` s): a raw ``OSError`` never leaves the client.
 """
 
 from __future__ import annotations
@@ -36,10 +38,23 @@ STATE_ZERO = 2
 STATE_DIRTY = 1  # qemu:dirty-bitmap:…: changed since the bitmap was started
 MAX_REQUEST = 32 << 20  # QEMU's limit for one read
 BASE_ALLOCATION = "base:allocation"
+TIMEOUT = 120  # seconds a request may wait for the server before the client gives up
 
 
 class NbdWireError(VmmoveError):
     """An NBD export could not be opened or read."""
+
+
+def _broke(exc: OSError, timeout: float | None) -> str:
+    """What a socket-level failure means, in words: the server closed the connection
+    (EOF, EPIPE), the connection was reset, or the server did not answer in time."""
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError (Python ≥ 3.10)
+        return f"timed out after {timeout:g} s" if timeout else "timed out"
+    if isinstance(exc, BrokenPipeError):
+        return "the server closed the connection"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    return f"connection failed: {exc.strerror or exc}"
 
 
 def dirty_context(bitmap: str) -> str:
@@ -59,10 +74,12 @@ class Extent:
 class NbdClient:
     """One connection to one export; use as a context manager.
 
-    ``contexts``: meta contexts to negotiate (block status is only asked for these).
+    ``contexts``: meta contexts to negotiate (block status is only asked for these);
+    ``timeout``: seconds one request may wait for the server.
     """
 
-    def __init__(self, path: str, export: str, contexts: tuple[str, ...] = ()) -> None:
+    def __init__(self, path: str, export: str, contexts: tuple[str, ...] = (),
+                 timeout: float = TIMEOUT) -> None:
         self.label = f"nbd+unix:///{export}?socket={path}"
         self.size = 0
         self.flags = 0  # the export's transmission flags
@@ -70,7 +87,7 @@ class NbdClient:
         self._handle = 0
         self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
-            self._sock.settimeout(120)
+            self._sock.settimeout(timeout)
             self._sock.connect(path)
             self._handshake(export, contexts)
         except (OSError, struct.error) as exc:
@@ -90,18 +107,30 @@ class NbdClient:
     def _recv(self, n: int) -> bytes:
         return bytes(self._recv_into(bytearray(n)))
 
+    def _broken(self, exc: OSError) -> NbdWireError:
+        return NbdWireError(f"{self.label}: {_broke(exc, self._sock.gettimeout())}")
+
     def _recv_into(self, buf: bytearray | memoryview) -> bytearray | memoryview:
         view = memoryview(buf)
         got = 0
         while got < len(view):
-            n = self._sock.recv_into(view[got:], len(view) - got)
+            try:
+                n = self._sock.recv_into(view[got:], len(view) - got)
+            except OSError as exc:
+                raise self._broken(exc) from None
             if not n:
                 raise NbdWireError(f"{self.label}: the server closed the connection")
             got += n
         return buf
 
+    def _send(self, data: bytes | memoryview) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise self._broken(exc) from None
+
     def _option(self, opt: int, data: bytes) -> None:
-        self._sock.sendall(struct.pack(">QII", IHAVEOPT, opt, len(data)) + data)
+        self._send(struct.pack(">QII", IHAVEOPT, opt, len(data)) + data)
 
     def _opt_reply(self, opt: int) -> tuple[int, bytes]:
         magic, got, kind, length = struct.unpack(">QIII", self._recv(20))
@@ -117,7 +146,7 @@ class NbdClient:
         magic, opt_magic, _flags = struct.unpack(">8sQH", self._recv(18))
         if magic != b"NBDMAGIC" or opt_magic != IHAVEOPT:
             raise NbdWireError(f"{self.label}: not a newstyle NBD server")
-        self._sock.sendall(struct.pack(">I", 1 | 2))  # FIXED_NEWSTYLE | NO_ZEROES
+        self._send(struct.pack(">I", 1 | 2))  # FIXED_NEWSTYLE | NO_ZEROES
         name = export.encode()
         self._option(OPT_STRUCTURED_REPLY, b"")
         self._opt_reply(OPT_STRUCTURED_REPLY)
@@ -148,10 +177,10 @@ class NbdClient:
     def _request(self, cmd: int, offset: int, length: int, payload: bytes | memoryview = b"",
                  flags: int = 0) -> int:
         self._handle += 1
-        self._sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, flags, cmd, self._handle,
-                                       offset, length))
+        self._send(struct.pack(">IHHQQI", REQUEST_MAGIC, flags, cmd, self._handle,
+                               offset, length))
         if payload:
-            self._sock.sendall(payload)
+            self._send(payload)
         return self._handle
 
     def _replies(self, handle: int, sink: Any = None):  # type: ignore[no-untyped-def]
@@ -286,6 +315,6 @@ class NbdClient:
     def close(self) -> None:
         try:
             self._request(CMD_DISC, 0, 0)
-        except OSError:
+        except (OSError, NbdWireError):  # the server is gone already
             pass
         self._sock.close()

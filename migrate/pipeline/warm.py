@@ -424,7 +424,8 @@ class Warm:
                    incremental: bool, reason: str, local: str | None = None) -> DiskRound:
         """One disk of a round's pull job: ``socket`` is the job's socket on the host,
         ``local`` where it is reached here (forwarded from a remote host)."""
-        from migrate.clients.nbdwire import BASE_ALLOCATION, NbdClient, dirty_context
+        from migrate.clients.nbdwire import (BASE_ALLOCATION, NbdClient, NbdWireError,
+                                             dirty_context)
 
         t0 = time.monotonic()
         contexts: tuple[str, ...] = (BASE_ALLOCATION,)
@@ -432,13 +433,16 @@ class Warm:
             contexts += (dirty_context(export.bitmap),)
         out = DiskRound(disk.target, method, full=not incremental and method == BITMAP,
                         reason=reason)
-        with NbdClient(local or socket, export.export, contexts) as src:
-            out.size = src.size
-            self._check_size(p, disk, src.size)
-            out.changed, out.read, out.extents, full = self._copy(
-                p, disk, src, method, dirty_context(export.bitmap) if len(contexts) > 1
-                else None, origin=("nbd", socket, export.export), out=out)
-            out.full = full
+        try:
+            with NbdClient(local or socket, export.export, contexts) as src:
+                out.size = src.size
+                self._check_size(p, disk, src.size)
+                out.changed, out.read, out.extents, full = self._copy(
+                    p, disk, src, method, dirty_context(export.bitmap) if len(contexts) > 1
+                    else None, origin=("nbd", socket, export.export), out=out)
+                out.full = full
+        except NbdWireError as exc:
+            raise self._read_failed(p, disk, exc) from None
         out.seconds = time.monotonic() - t0
         return out
 
@@ -511,32 +515,42 @@ class Warm:
         told of a failure: a remote host's forwarding then says whether SSH broke)."""
         from contextlib import ExitStack
 
-        from migrate.clients.nbdwire import BASE_ALLOCATION, NbdClient, dirty_context
+        from migrate.clients.nbdwire import (BASE_ALLOCATION, NbdClient, NbdWireError,
+                                             dirty_context)
 
         bitmap = served.bitmap
-        with ExitStack() as stack:
-            stack.push(cm)
-            contexts: tuple[str, ...] = (BASE_ALLOCATION,)
-            if bitmap:
-                contexts += (dirty_context(bitmap),)
-            with NbdClient(served.socket, served.export, contexts) as src:
-                _pause("warm:final")
-                out.size = src.size
-                self._check_size(p, disk, src.size)
-                out.changed, out.read, out.extents, out.full = self._copy(
-                    p, disk, src, method, dirty_context(bitmap) if bitmap else None,
-                    origin=("nbd", getattr(served, "host_socket", served.socket),
-                            served.export), out=out)
-            if self._final and self.host(p).remote and self.plan.warm.writer != "worker" \
-                    and not out.source_checksum:  # (a hash disk's pass gave it already)
-                # the stopped source's checksum from this export (verify compares it): no
-                # second export on the host inside the downtime
-                from migrate.clients.nbd import guest_sha256, unix_url
+        try:
+            with ExitStack() as stack:
+                stack.push(cm)
+                contexts: tuple[str, ...] = (BASE_ALLOCATION,)
+                if bitmap:
+                    contexts += (dirty_context(bitmap),)
+                with NbdClient(served.socket, served.export, contexts) as src:
+                    _pause("warm:final")
+                    out.size = src.size
+                    self._check_size(p, disk, src.size)
+                    out.changed, out.read, out.extents, out.full = self._copy(
+                        p, disk, src, method, dirty_context(bitmap) if bitmap else None,
+                        origin=("nbd", getattr(served, "host_socket", served.socket),
+                                served.export), out=out)
+                if self._final and self.host(p).remote and self.plan.warm.writer != "worker" \
+                        and not out.source_checksum:  # (a hash disk's pass gave it already)
+                    # the stopped source's checksum from this export (verify compares it): no
+                    # second export on the host inside the downtime
+                    from migrate.clients.nbd import guest_sha256, unix_url
 
-                self._source_sums[(p.key, disk.target)] = guest_sha256(
-                    unix_url(served.socket, served.export), f"{p.vm.name}/{disk.target}")[0]
+                    self._source_sums[(p.key, disk.target)] = guest_sha256(
+                        unix_url(served.socket, served.export), f"{p.vm.name}/{disk.target}")[0]
+        except NbdWireError as exc:  # (``cm`` ended the export, told of the failure)
+            raise self._read_failed(p, disk, exc) from None
         out.seconds = time.monotonic() - t0
         return out
+
+    def _read_failed(self, p: PlannedVM, disk: Disk, exc: Exception) -> WarmError:
+        """One line for an NBD connection that broke while a disk was read (the client
+        says which: closed, reset, timed out)."""
+        rerun = f"rerun vmmove {'cutover' if self._final else 'sync'}"
+        return WarmError(f"{p.vm.name}/{disk.target}: reading the source failed: {exc}; {rerun}")
 
     def _copy(self, p: PlannedVM, disk: Disk, src: Any, method: str, dirty: str | None,
               holes: list[tuple[int, int]] | None = None, *, origin: tuple[str, str, str],
