@@ -64,6 +64,7 @@ from migrate.sources.containment import (
     MissingFile,
     check_agreement,
     open_path,
+    size_changed,
 )
 from migrate.core.journal import DONE, Journal, JournalLocked, Step
 from migrate.core.progress import Fractions, Subscriber
@@ -384,6 +385,9 @@ def source_chain(vm: VM, disk: Disk, force_share: bool = False) -> Chain:
     try:
         export = Export.of(vm.source, disk)
         chain = open_path(export, path, fmt, force_share=force_share)
+        changed = size_changed(chain, disk.stored_size)
+        if changed:
+            raise DiskError(changed)
         if export.trusted:
             check_agreement(chain, disk.backing_chain, path)
     except MissingFile as exc:

@@ -233,3 +233,29 @@ def test_deeply_nested_collections_do_not_exhaust_the_stack(tmp_path: Path) -> N
     text = text.replace("</VirtualSystem>", "</VirtualSystem>" + "</VirtualSystemCollection>" * depth)
     [vm] = parse_ovf(text, str(tmp_path / "deep.ovf"), inspect=False)
     assert vm.name == "web01"
+
+
+@pytest.mark.parametrize("change", ["truncate", "grow"])
+def test_a_disk_file_whose_size_changed_after_scan_is_refused_at_convert(
+        tmp_path: Path, change: str) -> None:
+    """Scan records the file's ovf:size (it matched then); convert re-checks it: a file
+    truncated or replaced since is one error naming the file and both sizes, nothing is
+    written."""
+    from converters.convert import FAILED, convert_disks
+    from migrate.core.model import Inventory
+
+    vmdk = make_vmdk(tmp_path, "disk1.vmdk", subformat="monolithicSparse")
+    size = vmdk.stat().st_size
+    ovf = tmp_path / "web01.ovf"
+    ovf.write_text(ovf_text("disk1.vmdk", disk_size=size))
+    vm = from_data(VM, to_data(read_ovf(str(ovf))[0]))  # through the inventory's form
+    assert vm.disks[0].error is None and vm.disks[0].stored_size == size
+    with open(vmdk, "r+b") as fh:
+        fh.truncate(size - 65536 if change == "truncate" else size + 65536)
+    now = vmdk.stat().st_size
+    (result,) = convert_disks(Inventory(vms=[vm]), [], tmp_path / "w")
+    assert result.status == FAILED
+    assert result.error.endswith(
+        f"{vmdk}: is {now} bytes, the scan recorded {size} (ovf:size): "
+        "truncated or replaced since the scan; rescan"), result.error
+    assert not [p for p in (tmp_path / "w").rglob("*") if p.suffix in (".qcow2", ".raw")]

@@ -155,6 +155,9 @@ class Disk:
     error: str | None = None  # why the image could not be read, when it could not
     layout: str | None = None  # None: one image file (or device, volume); else see MULTI_FILE…
     packing: Packing | None = None  # an OVF package's compressed or chunked file
+    # bytes the source file must have (an OVF's ovf:size, checked at scan): convert and
+    # sync refuse the file when its size changed since (truncated or replaced)
+    stored_size: int | None = None
 
 
 @dataclass

@@ -486,6 +486,21 @@ def open_path(export: Export, path: str, fmt: str | None, *,
     return open_chain(export, top, fmt, force_share=force_share)
 
 
+def size_changed(chain: Chain, recorded: int | None) -> str | None:
+    """Why the chain's top file no longer is the one scanned, or None: its size differs
+    from ``recorded`` (bytes; an OVF's ``ovf:size``, DMTF DSP0243 §7.1, checked at scan),
+    so it was truncated or replaced since and would be read as it now is.  An OVA
+    member's window is checked against the archive by :meth:`Export.member_window`."""
+    top = chain.layers[0]
+    if recorded is None or top.real is None:
+        return None
+    size = os.path.getsize(top.real)
+    if size == recorded:
+        return None
+    return (f"{top.name}: is {size} bytes, the scan recorded {recorded} (ovf:size): "
+            "truncated or replaced since the scan; rescan")
+
+
 def check_agreement(chain: Chain, reported: list[BackingFile], where: str) -> None:
     """A live host's chain (``reported``, from libvirt) against the image headers.
 

@@ -1124,6 +1124,9 @@ class _VMBuilder:
                                    compression=ref.compression.lower() if ref.compression else None,
                                    chunk_size=ref.chunk_size, size=ref.size)
             return
+        if loc.exists and ref.size is not None and loc.size == ref.size and \
+                disk.source_type == "file":
+            disk.stored_size = ref.size  # checked again when convert or sync reads it
         if loc.exists and self.inspect and disk.device == "disk" and loc.open:
             try:
                 chain = loc.open(fmt if fmt in QEMU_FORMATS else None)
