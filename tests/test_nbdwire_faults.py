@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,48 @@ def test_a_server_that_does_not_answer_times_out(
         assert 0.4 < time.monotonic() - started < 10
         assert str(err.value) == f"nbd+unix:///vda?socket={sock}: timed out after 0.5 s"
         _kill(proc)
+
+
+def test_sync_names_the_vm_and_disk_when_qemu_nbd_dies_during_a_round(
+        cli: Any, tmp_path: Path) -> None:
+    """`vmmove sync` of an offline VMX whose sparse VMDK is read through qemu-nbd: the
+    server is killed while the round holds its connection (the warm:final test pause);
+    the round fails with one line naming the VM, the disk and what happened."""
+    from tests.test_cutover_faults import fault_while_paused
+
+    export = tmp_path / "export"
+    export.mkdir()
+    disk = export / "app.vmdk"
+    qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse", str(disk), "8M")
+    qemu_io(str(disk), "write -P 0x5a 0 1M", fmt="vmdk")
+    (export / "app.vmx").write_text(
+        'config.version = "8"\nvirtualHW.version = "19"\ndisplayName = "app"\n'
+        'guestOS = "debian11-64"\nmemSize = "256"\nscsi0.present = "TRUE"\n'
+        'scsi0.virtualDev = "pvscsi"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "app.vmdk"\n')
+    inventory, plan = tmp_path / "inventory.yaml", tmp_path / "plan.yaml"
+    cli("scan", str(export / "app.vmx"), "--output-file", str(inventory), "-o", "json", ok=True)
+    cli("plan", str(inventory), "--out", str(plan), "-n", "vms", "--warm",
+        "--warm-volumes", "volumes", ok=True)
+    killed: list[int] = []
+
+    def kill_qemu_nbd() -> None:  # the qemu-nbd serving this test's disk, by its pid
+        for entry in Path("/proc").iterdir():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"qemu-nbd") and str(export).encode() in b" ".join(argv):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    lines = fault_while_paused(["sync", str(plan), "--wave", "1"], env, "warm:final",
+                               tmp_path, kill_qemu_nbd)
+    assert len(killed) == 1
+    assert "Traceback" not in "\n".join(lines), lines
+    (line,) = [ln for ln in lines if "app/sda" in ln]
+    assert line.startswith(
+        "vmmove: error: app/sda: reading the source failed: nbd+unix:///sda?"), line
+    assert line.endswith(("the server closed the connection; rerun vmmove sync",
+                          "connection reset; rerun vmmove sync")), line
+    assert lines[-1].startswith("vmmove: error: sync: 1 round(s) failed"), lines
