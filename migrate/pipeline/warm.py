@@ -442,7 +442,7 @@ class Warm:
                     else None, origin=("nbd", socket, export.export), out=out)
                 out.full = full
         except NbdWireError as exc:
-            raise self._read_failed(p, disk, exc) from None
+            raise self._nbd_failed(p, disk, exc) from None
         out.seconds = time.monotonic() - t0
         return out
 
@@ -542,15 +542,15 @@ class Warm:
                     self._source_sums[(p.key, disk.target)] = guest_sha256(
                         unix_url(served.socket, served.export), f"{p.vm.name}/{disk.target}")[0]
         except NbdWireError as exc:  # (``cm`` ended the export, told of the failure)
-            raise self._read_failed(p, disk, exc) from None
+            raise self._nbd_failed(p, disk, exc) from None
         out.seconds = time.monotonic() - t0
         return out
 
-    def _read_failed(self, p: PlannedVM, disk: Disk, exc: Exception) -> WarmError:
-        """One line for an NBD connection that broke while a disk was read (the client
+    def _nbd_failed(self, p: PlannedVM, disk: Disk, exc: Exception) -> WarmError:
+        """One line for an NBD connection that broke while a disk was copied (the client
         says which: closed, reset, timed out)."""
         rerun = f"rerun vmmove {'cutover' if self._final else 'sync'}"
-        return WarmError(f"{p.vm.name}/{disk.target}: reading the source failed: {exc}; {rerun}")
+        return WarmError(f"{p.vm.name}/{disk.target}: the NBD transfer failed: {exc}; {rerun}")
 
     def _copy(self, p: PlannedVM, disk: Disk, src: Any, method: str, dirty: str | None,
               holes: list[tuple[int, int]] | None = None, *, origin: tuple[str, str, str],
