@@ -141,7 +141,7 @@ def test_sync_names_the_vm_and_disk_when_qemu_nbd_dies_during_a_round(
     assert "Traceback" not in "\n".join(lines), lines
     (line,) = [ln for ln in lines if "app/sda" in ln]
     assert line.startswith(
-        "vmmove: error: app/sda: the NBD transfer failed: nbd+unix:///sda?"), line
+        "vmmove: error: app/sda: the round failed: nbd+unix:///sda?"), line
     assert line.endswith(("the server closed the connection; rerun vmmove sync",
                           "connection reset; rerun vmmove sync")), line
     assert lines[-1].startswith("vmmove: error: sync: 1 round(s) failed"), lines

@@ -549,8 +549,8 @@ class Warm:
     def _nbd_failed(self, p: PlannedVM, disk: Disk, exc: Exception) -> WarmError:
         """One line for an NBD connection that broke while a disk was copied (the client
         says which: closed, reset, timed out)."""
-        rerun = f"rerun vmmove {'cutover' if self._final else 'sync'}"
-        return WarmError(f"{p.vm.name}/{disk.target}: the NBD transfer failed: {exc}; {rerun}")
+        what, rerun = ("the final delta", "cutover") if self._final else ("the round", "sync")
+        return WarmError(f"{p.vm.name}/{disk.target}: {what} failed: {exc}; rerun vmmove {rerun}")
 
     def _copy(self, p: PlannedVM, disk: Disk, src: Any, method: str, dirty: str | None,
               holes: list[tuple[int, int]] | None = None, *, origin: tuple[str, str, str],
