@@ -712,7 +712,8 @@ def test_14_odd_virtual_sizes_round_up_never_down(cli: Cli, shared: Path, tmp_pa
         "<target dev='vda' bus='virtio'/></disk></devices></domain>")
     flat = inp / "vmw" / "flat-flat.vmdk"
     with open(flat, "wb") as fh:
-        fh.truncate(20481 * 512 - 3)
+        fh.truncate(20481 * 512)  # as the case's make.sh: the full size, ending in END
+        fh.seek(20481 * 512 - 3)
         fh.write(b"END")
     (inp / "vmw" / "flat.vmdk").write_text(DESCRIPTOR.format(cid="12345678", create="monolithicFlat",
                                                              extent='RW 20481 FLAT "flat-flat.vmdk" 0'))
