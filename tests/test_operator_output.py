@@ -256,3 +256,27 @@ def test_a_failed_disk_or_round_is_said_once_in_its_row(tmp_path: Path, cli: Any
         assert "app-flat.vmdk" not in result.stderr, result.stderr
         assert lines[-1].startswith(f"vmmove: error: {summary}") and "rerun" in lines[-1], lines
         assert sum(line.startswith("vmmove: error:") for line in lines) == 1, lines
+
+
+def test_namespace_option_says_what_it_does_and_does_it(tmp_path: Path, cli: Any) -> None:
+    """plan -n writes the plan's namespace:; sync (like apply/migrate/cutover) -n replaces
+    it for one run, the plan file unchanged; manifests --plan ignores -n."""
+    from tests.test_warm_offline import vmx_export
+
+    for command in ("sync", "cutover", "apply", "migrate", "rollback"):
+        assert "instead of the plan's namespace:" in " ".join(
+            cli(command, "--help", ok=True).stdout.split()), command
+    assert "written as the plan's namespace:" in " ".join(
+        cli("plan", "--help", ok=True).stdout.split())
+    assert "With --plan the plan's namespace: (and its VM entries') is used and -n is " \
+        "ignored" in " ".join(cli("manifests", "--help", ok=True).stdout.split())
+    vmx, _, _ = vmx_export(tmp_path / "export")
+    inventory, plan_file = tmp_path / "inventory.yaml", tmp_path / "plan.yaml"
+    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
+    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--warm",
+        "--warm-volumes", "volumes", ok=True)
+    assert yaml.safe_load(plan_file.read_text())["namespace"] == "vms"
+    cli("sync", str(plan_file), "--wave", "1", "-n", "other", ok=True)
+    assert [p.relative_to(tmp_path / "volumes").parts[0]
+            for p in (tmp_path / "volumes").glob("*/*/disk.img")] == ["other"]
+    assert yaml.safe_load(plan_file.read_text())["namespace"] == "vms"
