@@ -1,18 +1,29 @@
-"""Upload speed against a local SeaweedFS: vmmove against what users do by hand.
+"""Staging benchmark against a local SeaweedFS: vmmove against what users do by hand.
 
     python bench/upload.py            # 2 GiB image; 20 GiB sparse vmdk holding 2 GiB; 3 reps
     python bench/upload.py --quick    # 512 MiB; 4 GiB vmdk holding 512 MiB; 2 reps
+    python bench/upload.py --only 3   # one section
 
 1. One image: boto3 ``upload_file`` with a default TransferConfig (what ``aws s3 cp``
    does) against ``vmmove upload DIR``.  Both run as fresh processes (interpreter start
-   counted on both sides).  Prints MiB/s, the ratio (target ≥ 1.0x) and vmmove's peak RSS.
-2. Staging one disk, source to object, a sparse vmdk: by hand ``qemu-img convert -O qcow2``
-   then ``upload_file``, against vmmove: ``vmmove convert`` + ``vmmove upload`` (verified
-   conversion, the default), and ``vmmove upload --as-is`` (the single-file vmdk goes as it
-   is; CDI converts it on import).  Prints times, ratios (target ≥ 1.2x) and bytes sent
-   against the disk's allocated bytes.
+   counted on both sides).  Prints MiB/s, the ratio (target >= 1.1x) and vmmove's peak RSS
+   (limit 256 MiB).
+2. Staging one disk, source to a verified object, a sparse vmdk: by hand ``qemu-img convert
+   -O qcow2`` then ``upload_file``, against ``vmmove convert`` + ``vmmove upload`` (the
+   default: verified in the stream), the same with ``--verify=full`` (qemu-img compare
+   too), and ``vmmove upload --as-is`` (the single-file vmdk goes as it is, unverified; CDI
+   converts it).  Prints times, ratios (target >= 1.3x), bytes sent against the disk's
+   allocated bytes and the bytes vmmove read from the source (qemu-nbd's /proc/PID/io).
+3. Verification cost: bare ``qemu-img convert -O qcow2`` against vmmove's conversion through
+   its API (no interpreter start), verified in the stream (default; target <= 1.3x the bare
+   conversion), ``--verify=full`` and ``--no-verify``; bytes read from the source.
+4. To a verified PVC with CDI's importer played, per format vmmove produces: the staging
+   (as in 2), then the importer: the object downloaded to a scratch file and ``qemu-img
+   convert -O raw`` into the PVC file (qcow2, vmdk: CDI's scratch path), or streamed into
+   the PVC file with holes kept (raw: no scratch); then, for vmmove, the PVC's guest view
+   checked against the checksum the conversion recorded (sha256-1m).
 
-Medians of the repetitions; the machine is shared, so expect noise.
+Medians of the repetitions, each run printed; the machine is shared, so expect noise.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from migrate.core.model import VM, Disk, Inventory, Source, SourceKind  # noqa: 
 from migrate.core.serialize import save_inventory  # noqa: E402
 from migrate.core.journal import Journal  # noqa: E402
 from migrate.core.workdir import journal_path  # noqa: E402
-from migrate.core.records import KIND_UPLOAD
+from migrate.core.records import KIND_CONVERT, KIND_UPLOAD  # noqa: E402
 from tests.s3_support import SeaweedFS, subprocess_env, wait_peak_rss  # noqa: E402
 
 MiB = 1 << 20
@@ -118,7 +129,7 @@ def bench_image(server: SeaweedFS, bucket: str, tmp: Path, size: int, reps: int,
               f"vmmove {size / MiB / mine[-1]:6.1f} MiB/s   (peak RSS {rss[-1] / MiB:.0f} MiB)")
     b, m = statistics.median(base), statistics.median(mine)
     print(f"   median: boto3 upload_file {size / MiB / b:.1f} MiB/s, vmmove upload "
-          f"{size / MiB / m:.1f} MiB/s, ratio {b / m:.2f}x (target >= 1.0x); "
+          f"{size / MiB / m:.1f} MiB/s, ratio {b / m:.2f}x (target >= 1.1x); "
           f"vmmove peak RSS {max(rss) / MiB:.0f} MiB (limit 256)")
     image.unlink()
 
@@ -138,11 +149,15 @@ def make_vmdk(tmp: Path, virtual: int, data: int) -> Path:
     return vmdk
 
 
-def bench_disk(server: SeaweedFS, bucket: str, tmp: Path, virtual: int, data: int, reps: int,
-               env: dict[str, str]) -> None:
-    print(f"\n2. staging one disk: a {virtual / GiB:.0f} GiB sparse vmdk holding "
-          f"{data / GiB:.1f} GiB, source to object, {reps} repetitions")
-    vmdk = make_vmdk(tmp, virtual, data)
+def source_read(workdir: Path) -> int | None:
+    """Bytes qemu-nbd read from the source for the conversion (journal, /proc/PID/io)."""
+    with Journal(journal_path(workdir)) as journal:
+        steps = journal.steps(KIND_CONVERT)
+    reads = [s.data.get("source_read_server") for s in steps]
+    return sum(reads) if reads and None not in reads else None
+
+
+def disk_inventory(tmp: Path, vmdk: Path, virtual: int) -> Path:
     allocated = os.stat(vmdk).st_blocks * 512
     vm = VM(name="bench", uuid="00000000-0000-4000-8000-00000000be0c",
             source=Source(SourceKind.VMX, str(tmp / "bench.vmx")),
@@ -150,42 +165,199 @@ def bench_disk(server: SeaweedFS, bucket: str, tmp: Path, virtual: int, data: in
                         virtual_size=virtual, allocated_size=allocated)])
     inventory = tmp / "inventory.yaml"
     save_inventory(Inventory(vms=[vm]), inventory)
-    times: dict[str, list[float]] = {"hand": [], "convert+upload": [], "as-is": []}
+    return inventory
+
+
+STAGINGS = ("hand", "vmmove", "vmmove --verify=full", "as-is")
+
+
+def stage(who: str, rep: int, server: SeaweedFS, bucket: str, vmdk: Path, inventory: Path,
+          work: Path, env: dict[str, str]) -> tuple[float, str, str, int, int | None]:
+    """Stage the disk one way; (seconds, object key, object format, bytes sent, bytes read
+    from the source or None)."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    start = time.perf_counter()
+    read = None
+    if who == "hand":
+        out = work / "disk.qcow2"
+        subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "qcow2", str(vmdk),
+                        str(out)], check=True)
+        key = f"hand-{rep}/disk.qcow2"
+        baseline_upload(server, bucket, key, out, env)
+        return time.perf_counter() - start, key, "qcow2", out.stat().st_size, None
+    prefix = f"{who.split()[-1].strip('-=')}-{rep}"
+    if who == "as-is":
+        run([*VMMOVE, "upload", str(inventory), "--workdir", str(work), "--as-is",
+             "--s3", f"s3://{bucket}/{prefix}", "--endpoint-url", server.endpoint], env)
+        fmt = "vmdk"
+    else:
+        extra = ["--verify=full"] if "full" in who else []
+        extra += ["--format", "raw"] if "raw" in who else []
+        run([*VMMOVE, "convert", str(inventory), "bench", "--to", str(work), *extra], env)
+        run([*VMMOVE, "upload", str(inventory), "--workdir", str(work), "--s3",
+             f"s3://{bucket}/{prefix}", "--endpoint-url", server.endpoint], env)
+        read = source_read(work)
+        fmt = "raw" if "raw" in who else "qcow2"
+    seconds = time.perf_counter() - start
+    with Journal(journal_path(work)) as journal:
+        (step,) = journal.steps(KIND_UPLOAD)
+    return seconds, str(step.data["key"]), fmt, sent_bytes(work), read
+
+
+def bench_disk(server: SeaweedFS, bucket: str, tmp: Path, virtual: int, data: int, reps: int,
+               env: dict[str, str]) -> None:
+    print(f"\n2. staging one disk: a {virtual / GiB:.0f} GiB sparse vmdk holding "
+          f"{data / GiB:.1f} GiB, source to object, {reps} repetitions")
+    vmdk = make_vmdk(tmp, virtual, data)
+    allocated = os.stat(vmdk).st_blocks * 512
+    inventory = disk_inventory(tmp, vmdk, virtual)
+    times: dict[str, list[float]] = {k: [] for k in STAGINGS}
     sent: dict[str, int] = {}
+    read: dict[str, int | None] = {}
     for rep in range(reps):
-        for who in ("hand", "convert+upload", "as-is")[:: 1 if rep % 2 == 0 else -1]:
-            work = tmp / f"work-{who}"
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir()
-            start = time.perf_counter()
-            if who == "hand":
-                out = work / "disk.qcow2"
-                subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "qcow2", str(vmdk),
-                                str(out)], check=True)
-                baseline_upload(server, bucket, f"hand-{rep}/disk.qcow2", out, env)
-                sent[who] = out.stat().st_size
-            elif who == "convert+upload":
-                run([*VMMOVE, "convert", str(inventory), "bench", "--to", str(work)], env)
-                run([*VMMOVE, "upload", str(inventory), "--workdir", str(work), "--s3",
-                     f"s3://{bucket}/vm-{rep}", "--endpoint-url", server.endpoint], env)
-                sent[who] = sent_bytes(work)
-            else:
-                run([*VMMOVE, "upload", str(inventory), "--workdir", str(work), "--as-is",
-                     "--s3", f"s3://{bucket}/asis-{rep}", "--endpoint-url", server.endpoint],
-                    env)
-                sent[who] = sent_bytes(work)
-            times[who].append(time.perf_counter() - start)
-            shutil.rmtree(work, ignore_errors=True)
+        for who in STAGINGS[:: 1 if rep % 2 == 0 else -1]:
+            seconds, _key, _fmt, sent[who], read[who] = stage(
+                who, rep, server, bucket, vmdk, inventory, tmp / "work", env)
+            times[who].append(seconds)
             clear(server, bucket)
         print("   rep {}: ".format(rep + 1)
               + "   ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()))
     hand = statistics.median(times["hand"])
     print(f"   medians: by hand (qemu-img convert -O qcow2, then upload_file) {hand:.1f}s")
-    for who in ("convert+upload", "as-is"):
+    for who in STAGINGS[1:]:
         t = statistics.median(times[who])
-        print(f"            vmmove {who:<15} {t:.1f}s  ratio {hand / t:.2f}x (target >= 1.2x)")
+        print(f"            {who:<22} {t:.1f}s  ratio {hand / t:.2f}x (target >= 1.3x)")
     print(f"   bytes sent: disk allocated {allocated / MiB:.0f} MiB; "
           + ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in sent.items()))
+    print("   bytes read from the source by qemu-nbd: "
+          + ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in read.items() if v is not None)
+          + " (--verify=full: qemu-img compare reads it all again besides)")
+    shutil.rmtree(tmp / "work", ignore_errors=True)
+    vmdk.unlink()
+
+
+def bench_verify(tmp: Path, virtual: int, data: int, reps: int) -> None:
+    """Section 3: vmmove's verified conversion against a bare qemu-img convert."""
+    from converters.convert import ConvertOptions, convert_disks
+    from migrate.core.serialize import load_inventory
+
+    print(f"\n3. verification cost: a {virtual / GiB:.0f} GiB sparse vmdk holding "
+          f"{data / GiB:.1f} GiB to qcow2, {reps + 1} repetitions (API, no interpreter start)")
+    vmdk = make_vmdk(tmp, virtual, data)
+    inventory = load_inventory(disk_inventory(tmp, vmdk, virtual))
+    kinds = {"bare qemu-img convert": None,
+             "vmmove (verified in the stream)": ConvertOptions(),
+             "vmmove --verify=full": ConvertOptions(verify_full=True),
+             "vmmove --no-verify": ConvertOptions(verify=False)}
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    read = None
+    names = list(kinds)
+    for rep in range(reps + 1):
+        for name in names[:: 1 if rep % 2 == 0 else -1]:
+            work = tmp / "verify"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            start = time.perf_counter()
+            options = kinds[name]
+            if options is None:
+                subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "qcow2", str(vmdk),
+                                str(work / "out.qcow2")], check=True)
+            else:
+                options.redo = True
+                (result,) = convert_disks(inventory, [], work, options)
+                assert result.ok, result.error
+            seconds = time.perf_counter() - start
+            if name.startswith("vmmove (verified"):
+                read = source_read(work)
+            shutil.rmtree(work, ignore_errors=True)
+            if rep == 0:
+                continue  # the first round warms the page cache for all
+            times[name].append(seconds)
+        if rep:
+            print(f"   rep {rep}: " + "   ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+    bare = statistics.median(times[names[0]])
+    print(f"   medians: bare qemu-img convert {bare:.2f}s")
+    for name in names[1:]:
+        t = statistics.median(times[name])
+        print(f"            {name:<32} {t:.2f}s  = {t / bare:.2f}x the bare conversion"
+              + (" (target <= 1.3x)" if "stream" in name else ""))
+    allocated = os.stat(vmdk).st_blocks * 512
+    print(f"   source: {allocated / MiB:.0f} MiB allocated; read by vmmove (qemu-nbd, "
+          f"/proc/PID/io) {read / MiB if read else 0:.0f} MiB = {read / allocated if read else 0:.2f}x; "
+          "qemu-img compare (--verify=full) reads it once more")
+    vmdk.unlink()
+
+
+def import_like_cdi(server: SeaweedFS, bucket: str, key: str, fmt: str, pvc: Path,
+                    scratch: Path) -> None:
+    """What CDI's importer does with an S3 object: raw streams into the PVC (holes kept);
+    qcow2/vmdk go to a scratch volume first, then ``qemu-img convert -O raw`` into the PVC."""
+    client = server.client()
+    if fmt == "raw":
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        zero = bytes(1 << 16)
+        with open(pvc, "wb") as fh:
+            pos = 0
+            for chunk in body.iter_chunks(8 * MiB):
+                for at in range(0, len(chunk), 1 << 16):
+                    piece = chunk[at:at + (1 << 16)]
+                    if piece != zero[:len(piece)]:
+                        fh.seek(pos + at)
+                        fh.write(piece)
+                pos += len(chunk)
+            fh.truncate(pos)
+        return
+    client.download_file(bucket, key, str(scratch))
+    subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", str(scratch), str(pvc)],
+                   check=True)
+    scratch.unlink()
+
+
+def bench_pvc(server: SeaweedFS, bucket: str, tmp: Path, virtual: int, data: int, reps: int,
+              env: dict[str, str]) -> None:
+    """Section 4: end to end, source to a verified PVC, CDI's importer played."""
+    from migrate.clients.nbd import file_sha256
+
+    print(f"\n4. to a verified PVC, CDI's importer played: a {virtual / GiB:.0f} GiB sparse "
+          f"vmdk holding {data / GiB:.1f} GiB, {reps} repetitions")
+    vmdk = make_vmdk(tmp, virtual, data)
+    inventory = disk_inventory(tmp, vmdk, virtual)
+    ways = ("hand", "vmmove", "vmmove --format raw", "as-is")
+    times: dict[str, list[tuple[float, float, float]]] = {k: [] for k in ways}
+    for rep in range(reps):
+        for who in ways[:: 1 if rep % 2 == 0 else -1]:
+            work = tmp / "work"
+            staged, key, fmt, _sent, _read = stage(who, rep, server, bucket, vmdk, inventory,
+                                                   work, env)
+            pvc = tmp / "pvc.raw"
+            start = time.perf_counter()
+            import_like_cdi(server, bucket, key, fmt, pvc, tmp / "scratch")
+            imported = time.perf_counter() - start
+            start = time.perf_counter()
+            if who.startswith("vmmove"):
+                with Journal(journal_path(work)) as journal:
+                    (step,) = journal.steps(KIND_CONVERT)
+                want = step.data.get("guest_checksum") or file_sha256(step.output, fmt)[0]
+                got = file_sha256(pvc, "raw", virtual)[0]
+                if got != want:
+                    raise SystemExit(f"{who}: the PVC differs from the source ({got} != {want})")
+            checked = time.perf_counter() - start
+            times[who].append((staged, imported, checked))
+            pvc.unlink()
+            shutil.rmtree(work, ignore_errors=True)
+            clear(server, bucket)
+        print(f"   rep {rep + 1}: " + "   ".join(f"{k} {sum(v[-1]):.1f}s" for k, v in times.items()))
+    hand = statistics.median(sum(t) for t in times["hand"])
+    print(f"   medians (staging + import + PVC check): by hand {hand:.1f}s "
+          f"({statistics.median(t[0] for t in times['hand']):.1f} + "
+          f"{statistics.median(t[1] for t in times['hand']):.1f}, unverified)")
+    for who in ways[1:]:
+        parts = [statistics.median(t[i] for t in times[who]) for i in range(3)]
+        total = statistics.median(sum(t) for t in times[who])
+        note = "unverified: no checksum of the guest data" if who == "as-is" else "verified"
+        print(f"            {who:<22} {total:.1f}s ({parts[0]:.1f} + {parts[1]:.1f} + "
+              f"{parts[2]:.1f}) ratio {hand / total:.2f}x, {note}")
     vmdk.unlink()
 
 
@@ -193,7 +365,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions")
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--only", choices=["1", "2"], default=None)
+    parser.add_argument("--only", choices=["1", "2", "3", "4"], default=None)
     args = parser.parse_args()
     reps = args.reps or (2 if args.quick else 3)
     size = 512 * MiB if args.quick else 2 * GiB
@@ -210,6 +382,10 @@ def main() -> None:
                 bench_image(server, bucket, tmp, size, reps, env)
             if args.only in (None, "2"):
                 bench_disk(server, bucket, tmp, virtual, data, reps, env)
+            if args.only in (None, "3"):
+                bench_verify(tmp, virtual, data, reps)
+            if args.only in (None, "4"):
+                bench_pvc(server, bucket, tmp, virtual, data, reps, env)
         finally:
             server.stop()
 

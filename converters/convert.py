@@ -110,7 +110,10 @@ def default_jobs() -> int:
 class ConvertOptions:
     format: str = "qcow2"  # qcow2 | raw
     compress: bool = False  # zstd-compressed qcow2 clusters
-    verify: bool = True  # qemu-img compare + sha256 of the output
+    verify: bool = True  # checksums in the copy stream (converters.stream), see verify_full
+    #: ``--verify=full``: also ``qemu-img compare`` the output with the source (reads the
+    #: source a second time); without it the copy's in-stream checksums are the verification.
+    verify_full: bool = False
     force_share: bool = False  # --inconsistent-copy: read disks of running VMs (qemu-img -U)
     jobs: int = field(default_factory=default_jobs)
     redo: bool = False  # convert again even if the journal says done
@@ -153,6 +156,8 @@ class DiskJob:
     source_name: str | None = None  # the checked chain as qemu opens it (json:, by vmmove)
     remote: bool = False  # on a remote libvirt host: read through an NBD lease
     scratch: Path | None = None  # a packed OVF file rebuilt in the work folder (removed after)
+    #: What its verification does, as progress logs say it.
+    verifying: str = "qemu-img compare with the source, sha256 of the output"
 
     def discard_scratch(self) -> None:
         """Remove the rebuilt copy of a packed file (and its private folder), if any."""
@@ -601,6 +606,20 @@ def allocated_bytes(path: str | os.PathLike[str]) -> int:
     return os.stat(path).st_blocks * 512
 
 
+def streams(job: DiskJob, options: ConvertOptions) -> bool:
+    """Whether ``job`` is converted by :mod:`converters.stream` (read once, verified in the
+    stream): a verified qcow2, of a disk read here or of a remote host's export forwarded
+    here (``nbd+unix://``; ``--verify=full`` keeps reading that one twice, the host's
+    export against the output).  ``--compress``, raw output, ``--no-verify`` and a local
+    ``--inconsistent-copy`` (qemu-nbd 7.2 has no ``--force-share``) keep ``qemu-img
+    convert``."""
+    if not options.verify or options.format != "qcow2" or options.compress:
+        return False
+    if job.remote:
+        return not options.verify_full and (job.source_name or "").startswith("nbd+unix:")
+    return not options.force_share
+
+
 def _verify(job: DiskJob, image: Path, options: ConvertOptions,
             canceller: qemuimg.Canceller,
             progress: Subscriber | None = None) -> tuple[str, qemuimg.CompareResult]:
@@ -741,21 +760,29 @@ class Runner:
         try:
             new_private_file(temp)  # qemu-img truncates it and keeps its mode: 0600
             with self._source(job, guest):
-                qemuimg.convert(
-                    job.source_name or "", job.source_format, str(temp), opts.format,
-                    compress=opts.compression, force_share=opts.force_share and not job.remote,
-                    flags=opts.flags, on_progress=Fractions(self.progress, job, total),
-                    canceller=self.canceller, label=job.disk.path)
-                if opts.verify and job.remote:
+                streamed = streams(job, opts)
+                if streamed:
+                    guest.update(self._stream(job, temp, total))
+                else:
+                    qemuimg.convert(
+                        job.source_name or "", job.source_format, str(temp), opts.format,
+                        compress=opts.compression,
+                        force_share=opts.force_share and not job.remote, flags=opts.flags,
+                        on_progress=Fractions(self.progress, job, total),
+                        canceller=self.canceller, label=job.disk.path)
+                if opts.verify and job.remote and not streamed:
                     guest.update(_verify_remote(job, temp, opts.format))
             checksum, verified = guest.get("checksum"), "guest_checksum" in guest
-            if opts.verify and not job.remote:
+            if opts.verify and not job.remote and (opts.verify_full or not streamed):
                 checksum, compared = _verify(job, temp, opts, self.canceller, self.progress)
                 if not compared.identical:
                     hint = (" (the source is in use and changed during the copy; "
                             f"{CONSISTENT_COPY_HINT.split(' (')[0]})" if opts.force_share else "")
                     raise DiskError(f"{job.label}: output differs from the source: "
                                     f"{compared.message}{hint}")
+                if guest.get("checksum") not in (None, checksum):  # pragma: no cover - sanity
+                    raise DiskError(f"{job.label}: the output changed while it was verified")
+                guest["compare"] = "identical"
                 verified = True
             if verified:
                 # Durable before the journal says done (qemu-img's convert cache is unsafe).
@@ -789,7 +816,8 @@ class Runner:
         self.journal.done(
             KIND_CONVERT, job.item, bytes=allocated, checksum=checksum, allocated=allocated,
             verified=verified, seconds=round(seconds, 3),
-            compare="identical" if verified else None, size=size, inode=inode,
+            compare=guest.pop("compare", "identical" if verified and "verify" not in guest
+                              else None), size=size, inode=inode,
             **{k: v for k, v in guest.items() if k != "checksum"})
         result = self._result(
             job, CONVERTED, output=str(job.output), virtual_size=job.virtual_size,
@@ -797,6 +825,51 @@ class Runner:
             note=note)
         self.progress.on_done(job, result)
         return result
+
+    def _stream(self, job: DiskJob, temp: Path, total: int) -> dict[str, Any]:
+        """Convert ``job`` through :func:`converters.stream.convert_stream` (the source
+        read once; the file's sha256 and the guest view's sha256-1m computed as they pass);
+        the journal fields it adds: ``checksum``, ``guest_checksum``, ``guest_bytes``,
+        ``source_read`` (bytes asked of the source), ``source_read_server`` (bytes qemu-nbd
+        read, /proc/PID/io), ``verify: stream``."""
+        import urllib.parse
+
+        from converters.stream import StreamError, convert_stream, stream_export
+        from migrate.clients.nbdwire import NbdWireError
+
+        hashed: list[Fractions] = []
+        job.verifying = "sha256 of the output as written; the source was read once" + (
+            ", then qemu-img compare with the source" if self.options.verify_full else "")
+
+        def on_checksum(done: int, size: int) -> None:
+            if not hashed:  # the written file's sha256 (page cache): the verify phase
+                self.progress.on_phase(job, "verify", size)
+                hashed.append(Fractions(self.progress, job, size))
+            hashed[0](done / max(size, 1))
+
+        try:
+            if job.remote:  # the lease's export, forwarded here: read it once, directly
+                url = urllib.parse.urlsplit(job.source_name or "")
+                socket = urllib.parse.parse_qs(url.query)["socket"][0]
+                result = stream_export(
+                    socket, urllib.parse.unquote(url.path.lstrip("/")), str(temp),
+                    label=job.label, on_progress=Fractions(self.progress, job, total),
+                    on_checksum=on_checksum, canceller=self.canceller)
+            else:
+                result = convert_stream(
+                    job.source_name or "", job.source_format or "raw", str(temp),
+                    label=job.disk.path or job.label,
+                    on_progress=Fractions(self.progress, job, total), on_checksum=on_checksum,
+                    canceller=self.canceller)
+        except (StreamError, NbdWireError) as exc:
+            raise DiskError(str(exc)) from None
+        if job.virtual_size and result.guest_bytes != job.virtual_size:
+            raise DiskError(f"{job.label}: the source reads as {result.guest_bytes} bytes, "
+                            f"{'libvirt reported' if job.remote else 'the image says'} "
+                            f"{job.virtual_size}")
+        return {"checksum": result.checksum, "guest_checksum": result.guest_checksum,
+                "guest_bytes": result.guest_bytes, "source_read": result.source_read,
+                "source_read_server": result.server_read, "verify": "stream"}
 
     @contextmanager
     def _source(self, job: DiskJob, guest: dict[str, Any]) -> Iterator[None]:

@@ -88,7 +88,7 @@ def test_upload_a_wave_of_a_plan(tmp_path: Path, cli: Any, s3_server: SeaweedFS,
     assert "--s3, --insecure: set by the plan" in clash.stderr
     refused = cli("convert", "--batch", str(plan_file), "--wave", "1", "--to", str(tmp_path / "x"),
                   "--no-verify")
-    assert refused.exit_code == 2 and "--to, --verify/--no-verify: set by the plan" in refused.stderr
+    assert refused.exit_code == 2 and "--to, --no-verify: set by the plan" in refused.stderr
     assert not (tmp_path / "x").exists()
     cli("convert", "--batch", str(plan_file), "--wave", "1", ok=True)
     result = cli("upload", str(plan_file), "--wave", "1")

@@ -124,6 +124,8 @@ def test_running_vm_is_copied_at_one_point_in_time(cli, tmp_path: Path, sshd: Ss
     assert step.status == "done" and step.data["copy"] == "backup"
     assert step.data["guest_checksum"] == file_sha256(output, "qcow2")[0]
     assert step.data["guest_bytes"] == 32 << 20
+    # issue 17: the export is read once (over SSH too), verified in the stream
+    assert step.data["verify"] == "stream" and step.data["source_read"] <= 32 << 20
     assert "crash-consistent" in step.data["copy_note"]  # this guest has no agent
     # Nothing left behind: no job on the domain, no folder on the host, no bitmap.
     with pytest.raises(Exception):

@@ -41,9 +41,14 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
                    "and to import than raw, which CDI would also accept; raw outputs stay sparse.")
 @click.option("--compress", is_flag=True,
               help="zstd-compress qcow2 clusters: smaller to upload, slower to convert.")
-@click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Compare each output with its source (qemu-img compare) and record the "
-                   "sha256 of the output in the journal (the convert records).")
+@click.option("--verify", "verify_mode", type=click.Choice(["stream", "full"]),
+              is_flag=False, flag_value="stream", default=None, metavar="[stream|full]",
+              help="How outputs are verified (default: stream): the source is read once and "
+                   "checksummed as it is copied (the guest view's sha256-1m and the output's "
+                   "sha256, both recorded in the journal); full also runs qemu-img compare, "
+                   "which reads the source again.")
+@click.option("--no-verify", "no_verify", is_flag=True,
+              help="Plain qemu-img convert: no checksums, nothing verified.")
 @click.option("--inconsistent-copy", "--force-share", "force_share", is_flag=True,
               help="Read disks of running VMs while they write (qemu-img -U locally, "
                    "qemu-nbd --force-share on a remote host that cannot run a backup job). "
@@ -58,7 +63,8 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
                    "errors) and exit; INVENTORY is then optional.")
 @output_format()
 def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
-            wave: int | None, batch: bool, jobs: int | None, fmt: str, compress: bool, verify: bool, force_share: bool,
+            wave: int | None, batch: bool, jobs: int | None, fmt: str, compress: bool, verify_mode: str | None, no_verify: bool,
+            force_share: bool,
             redo: bool, show_status: bool, output: str) -> None:
     """Convert the disks of VMs in INVENTORY into images in DIR, for CDI to import.
 
@@ -85,7 +91,8 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
     if inventory is not None and is_plan_file(inventory):
         from migrate.pipeline.stages import plan_convert_args
 
-        refuse_with_plan(inventory, ("workdir", "fmt", "compress", "verify", "force_share"))
+        refuse_with_plan(inventory, ("workdir", "fmt", "compress", "verify_mode", "no_verify",
+                                     "force_share"))
         plan, plan_disks, plan_options = plan_convert_args(inventory, wave, vms)
         workdir = str(plan.workdir)
         batch, vms = True, ()
@@ -105,9 +112,11 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
                          f"{inventory}")
     if vms and batch:
         raise UsageError("--batch converts every VM: pass VM names or --batch, not both")
-    options = ConvertOptions(format=fmt, compress=compress, verify=verify,
-                             force_share=force_share, redo=redo) if plan_disks is None \
-        else plan_options
+    if no_verify and verify_mode:
+        raise UsageError("--verify and --no-verify: choose one")
+    options = ConvertOptions(format=fmt, compress=compress, verify=not no_verify,
+                             verify_full=verify_mode == "full", force_share=force_share,
+                             redo=redo) if plan_disks is None else plan_options
     options.redo = redo
     if jobs is not None:
         options.jobs = jobs

@@ -167,7 +167,7 @@ class GuestDigest:
         self._pending = b""
         self.bytes = 0
 
-    def _block(self, block: bytes) -> None:
+    def _block(self, block: bytes | memoryview) -> None:
         if len(block) == BLOCK and block == _ZERO_BLOCK:
             self._outer.update(_ZERO_DIGEST)
         else:
@@ -185,8 +185,8 @@ class GuestDigest:
             self._pending = b""
         view = memoryview(data)
         full = len(data) - len(data) % BLOCK
-        for offset in range(0, full, BLOCK):
-            self._block(bytes(view[offset:offset + BLOCK]))
+        for offset in range(0, full, BLOCK):  # no copies: hashlib reads the view
+            self._block(view[offset:offset + BLOCK])
         self._pending = bytes(view[full:])
 
     def zeros(self, count: int) -> None:

@@ -291,8 +291,8 @@ class ConvertBars(Bars):
                 f"({human_size(int(total))} to write)")
 
     def said_phase(self, item: Any, phase: str, total: float) -> str:
-        return (f"{item.label}: verifying (qemu-img compare with the source, sha256 of "
-                f"the output, {human_size(item.virtual_size)})")
+        how = getattr(item, "verifying", "qemu-img compare with the source, sha256 of the output")
+        return f"{item.label}: verifying ({how}, {human_size(item.virtual_size)})"
 
     def said_done(self, item: Any, result: Any) -> str:
         if not result.ok:  # the error itself is printed once, with the results
