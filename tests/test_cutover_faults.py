@@ -12,11 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from migrate.pipeline.cutover import PAUSE_ENV
+from migrate.pipeline.warm import RESUME_ENV
 from migrate.plan import load_plan
 from tests.guest_support import (
     DOWN_MARKER,
@@ -64,6 +66,34 @@ def run_until_pause(command: list[str], env: dict[str, str], point: str,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def fault_while_paused(args: list[str], env: dict[str, str], point: str, tmp: Path,
+                       fault: Callable[[], None]) -> list[str]:
+    """Run ``vmmove ARGS`` in a child paused at ``point`` (the ``RESUME_ENV`` test hook),
+    run ``fault()`` there, let the child go on; its stderr lines (without the pause line)
+    once it has failed."""
+    resume, log = tmp / f"resume-{point}", tmp / f"fault-{point}.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", "from migrate.cli import run; run()",
+                                 *args], env={**env, PAUSE_ENV: point, RESUME_ENV: str(resume)},
+                                cwd=str(ROOT), start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while f"test pause at {point}" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        fault()
+        resume.touch()
+        assert proc.wait(120) != 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    resume.unlink(missing_ok=True)
+    return [ln for ln in log.read_text().splitlines() if "test pause" not in ln]
 
 
 def step_statuses(plan: Any, key: str) -> dict[str, str]:

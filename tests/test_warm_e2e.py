@@ -10,6 +10,8 @@ warm chain meets: a checkpoint deleted behind vmmove's back, a disk resized."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -285,11 +287,12 @@ def test_warm_killed_during_round_and_final_delta(
         cli: Any, tmp_path: Path, libvirt_domains: DomainFactory, s3_server: SeaweedFS,
         s3_bucket: str, s3_env: dict[str, str], cluster: Cluster, controllers: Controllers,
         kubevirt: KubeVirt) -> None:
-    """SIGKILL inside a round (job running, its checkpoint made) and inside the final delta
-    (source down, qemu-nbd serving the bitmap): each rerun resumes, the chain stays
-    consistent, the volume ends equal to the source, nothing is left on the host."""
+    """SIGKILL inside a round (job running, its checkpoint made), of the qemu-nbd serving
+    the final delta's bitmap, and of vmmove inside the final delta (source down): one line
+    for the export's end; each rerun resumes, the chain stays consistent, the volume ends
+    equal to the source, nothing is left on the host."""
     from tests.s3_support import subprocess_env
-    from tests.test_cutover_faults import run_until_pause
+    from tests.test_cutover_faults import fault_while_paused, run_until_pause
 
     qc = boot_guest(libvirt_domains, "warmk")
     plan_file, _ = warm_plan(cli, tmp_path, [qc.name], s3_server, s3_bucket,
@@ -315,6 +318,19 @@ def test_warm_killed_during_round_and_final_delta(
     assert sorted(c for c in checkpoints(qc) if c.startswith(PREFIX)) == [f"{PREFIX}{tag}-2"]
 
     write(qc, "write -P 0xf6 8M 64k")
+    # the qemu-nbd serving the bitmap dies under the final delta: one line, no traceback
+    # (a broken pipe once made click exit 1 without a word), the target never started
+    def kill_export() -> None:
+        (pid_file,) = scratch_dir(tag, p.key).glob("*.pid")
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    said = fault_while_paused(["cutover", str(plan_file), "--wave", "1", *kube,
+                               "--no-guest-agent"], env, "warm:final", tmp_path, kill_export)
+    errors = [ln for ln in said if ln.startswith("vmmove: error:")]  # the VM, the summary
+    assert len(errors) == 2 and "Traceback" not in "\n".join(said), said
+    assert f"{qc.name}: the final delta failed: [Errno 32] Broken pipe; rerun vmmove " \
+           "cutover" in errors[0] and "source is STOPPED" in errors[0], said
+    assert cluster.get(VMR, "vms", p.name)["spec"]["runStrategy"] == "Halted"
     run_until_pause([*vmmove, "cutover", str(plan_file), "--wave", "1", *kube,
                      "--no-guest-agent"], env, "warm:final", tmp_path / "kill2.log")
     assert qc.state() == SHUT_OFF

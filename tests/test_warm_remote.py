@@ -11,18 +11,21 @@ guest's own writes would go) and looks at the host's files directly.
 
 Flow: scan → plan --warm → stage → sync (full) → guest writes → sync (incremental, delta ≈
 the bytes written) → cutover (final delta) → volume equal to the source by ``qemu-img
-compare`` → nothing of vmmove's left on the host.  Fault: the SSH connection cut during a
-round → one clear line, and the rerun resumes the chain.
+compare`` → nothing of vmmove's left on the host.  Faults: the SSH connection cut during a
+round or during the final delta, the host's ``qemu-nbd`` or vmmove itself killed during
+the final delta → one clear line, and the rerun resumes; a bitmap or checkpoint lost on
+the stopped host → the final delta copies the whole disk and says why.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +35,13 @@ import yaml
 from migrate.clients.checkpoint import PREFIX, plan_tag, scratch_dir
 from migrate.plan import load_plan
 from migrate.core.journal import DONE
-from migrate.pipeline.cutover import PAUSE_ENV
-from migrate.pipeline.warm import KIND_WARM, RESUME_ENV
+from migrate.pipeline.warm import KIND_WARM
 from tests.guest_support import SHUTDOWN_OFFSET, SHUTDOWN_TAG, KubeVirt, boot_guest, kubevirt  # noqa: F401
 from tests.libvirtd_support import DomainFactory, libvirt_domains, libvirtd  # noqa: F401
 from tests.plan_support import Cluster, Controllers, cluster, controllers  # noqa: F401
 from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
 from tests.sshd_support import Sshd, host_tmp, sshd  # noqa: F401
+from tests.test_cutover_faults import fault_while_paused, run_until_pause
 from tests.test_remote_read import remote_uri
 from tests.test_warm_e2e import SHUT_OFF, bitmaps, checkpoints, same, write
 from tests.workers_support import JOB, SECRET, Kubelet, kubelet  # noqa: F401
@@ -77,6 +80,24 @@ def host_leftovers(host_tmp: Path, tag: str) -> list[str]:
                            text=True).stdout.strip()
     return names + ([procs] if procs else [])
 
+
+def cut_ssh_while_paused(sshd: Sshd, args: list[str], env: dict[str, str], point: str,
+                         tmp: Path, ready: Callable[[], bool], hold: bool = False) -> list[str]:
+    """:func:`fault_while_paused` whose fault is a network cut: ``ready()`` checked, every
+    SSH session of ``sshd`` killed (libvirt's tunnel and the NBD forwardings).  ``hold``:
+    the network stays down until the child has ended (the listener stopped: no new
+    connection gets an answer either)."""
+    def cut() -> None:
+        assert ready()
+        if hold:
+            os.kill(sshd.proc.pid, signal.SIGSTOP)
+        assert sshd.drop_connections() >= 2  # libvirt's tunnel and the NBD forwarding
+
+    try:
+        return fault_while_paused(args, env, point, tmp, cut)
+    finally:
+        if hold:
+            os.kill(sshd.proc.pid, signal.SIGCONT)
 
 def test_warm_remote_host_end_to_end(cli: Any, tmp_path: Path, sshd: Sshd,
                                      _host_tmp: Path, libvirt_domains: DomainFactory,
@@ -174,30 +195,9 @@ def test_warm_remote_ssh_cut_during_a_round(cli: Any, tmp_path: Path, sshd: Sshd
     assert cli("sync", str(plan_file), "--wave", "1").exit_code == 0
     write(qc, "write -P 0xc9 5M 128k")
 
-    resume = tmp_path / "resume"
-    log = tmp_path / "cut.log"
-    env = {**subprocess_env(s3_env), PAUSE_ENV: "warm:round", RESUME_ENV: str(resume),
-           "VMMOVE_HOST_TMPDIR": str(_host_tmp)}
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", "from migrate.cli import run; run()",
-                                 "sync", str(plan_file), "--wave", "1"], env=env,
-                                cwd=str(Path(__file__).parent.parent),
-                                stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + 120
-        while "test pause at warm:round" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        assert f"{PREFIX}{tag}-2" in checkpoints(qc)  # made with the job, over SSH
-        assert sshd.drop_connections() >= 2  # libvirt's tunnel and the NBD forwarding
-        resume.touch()
-        assert proc.wait(120) != 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    said = [ln for ln in log.read_text().splitlines() if "test pause" not in ln]
+    said = cut_ssh_while_paused(
+        sshd, ["sync", str(plan_file), "--wave", "1"], subprocess_env(s3_env), "warm:round",
+        tmp_path, lambda: checkpoints(qc).count(f"{PREFIX}{tag}-2") == 1)  # made over SSH
     errors = [ln for ln in said if qc.name in ln]  # (then sync's summary line)
     assert len(errors) == 1 and len(said) == 2, said
     assert f"{qc.name}: the SSH connection to root@127.0.0.1:{sshd.port} was lost during " \
@@ -288,3 +288,172 @@ def test_warm_remote_rounds_written_by_worker_jobs(
         n for (_ns, n) in cluster.objects(SECRET) if n.startswith("vmmove-warm-")]
     assert not [c for c in checkpoints(qc) if c.startswith(PREFIX)]
     assert not [b for b in bitmaps(qc.disk) if b.startswith(PREFIX)]
+
+
+def cutover_args(plan_file: Path, cluster: Cluster) -> list[str]:
+    return ["cutover", str(plan_file), "--wave", "1", "--kubeconfig", str(cluster.kubeconfig),
+            "--shutdown-timeout", "120", "--verify-timeout", "60", "--no-guest-agent"]
+
+
+def cut_over_and_clean(qc: Any, vol: Path, host_tmp: Path, tag: str) -> None:
+    """The end state of a finished remote warm cutover: the volume equal to the source
+    (``qemu-img compare``), no vmmove checkpoint or bitmap, no scratch folder, no
+    qemu-nbd of vmmove's on the host."""
+    assert qc.state() == SHUT_OFF
+    assert same(qc.disk, "qcow2", vol)
+    assert not [c for c in checkpoints(qc) if c.startswith(PREFIX)]
+    assert not [b for b in bitmaps(qc.disk) if b.startswith(PREFIX)]
+    assert host_leftovers(host_tmp, tag) == []
+
+
+def test_warm_remote_ssh_cut_during_the_final_delta(
+        cli: Any, tmp_path: Path, sshd: Sshd, _host_tmp: Path, libvirt_domains: DomainFactory,
+        s3_server: SeaweedFS, s3_bucket: str, s3_env: dict[str, str], cluster: Cluster,
+        controllers: Controllers, kubevirt: KubeVirt) -> None:
+    """The network to the host goes down while the cutover's final delta reads the
+    stopped disk (``qemu-nbd -B`` on the host, forwarded here), the source already shut
+    down: one line naming the cut and the rerun, the target never started, the export
+    left serving on the host; the rerun of ``vmmove cutover`` stops it, exports again and
+    ends with the volume equal to the source and nothing of vmmove's on the host."""
+    from tests.plan_support import VMR
+    from tests.s3_support import subprocess_env
+
+    qc = boot_guest(libvirt_domains, "wfcut")
+    plan_file = remote_warm_plan(cli, tmp_path, sshd, qc.name, s3_server, s3_bucket, cluster)
+    plan = load_plan(plan_file)
+    (p,) = plan.wave(1)
+    tag = plan_tag(plan.workdir)
+    assert cli("sync", str(plan_file), "--wave", "1").exit_code == 0
+    write(qc, "write -P 0x3c 7M 192k")  # after the last round: the final delta carries it
+
+    said = cut_ssh_while_paused(sshd, cutover_args(plan_file, cluster),
+                                subprocess_env(s3_env), "warm:final", tmp_path,
+                                lambda: qc.state() == SHUT_OFF,  # inside the downtime
+                                hold=True)  # nothing can be stopped on the host either
+    errors = [ln for ln in said if ln.startswith("vmmove: error:")]  # the VM, the summary
+    assert len(errors) == 2 and sum("SSH connection" in ln for ln in said) == 1, said
+    assert f"{qc.name}: the SSH connection to root@127.0.0.1:{sshd.port} was lost during " \
+           f"the final delta; rerun vmmove cutover (it resumes from checkpoint {PREFIX}" \
+           f"{tag}-1)" in errors[0], errors
+    assert "Traceback" not in "\n".join(said)
+    vm = cluster.get(VMR, "vms", p.name)
+    assert vm is not None and vm["spec"]["runStrategy"] == "Halted"  # never started
+    with plan.journal() as journal:
+        step = journal.get("cutover", f"{p.key}/sync")
+        assert step is not None and step.status == "failed"
+        assert journal.get("cutover", f"{p.key}/start") is None
+    left = host_leftovers(_host_tmp, tag)
+    assert any("qemu-nbd" in x and "--bitmap=" in x for x in left), left  # still serving
+
+    done = cli(*cutover_args(plan_file, cluster), "-o", "json")
+    assert done.exit_code == 0, done.stderr
+    (row,) = json.loads(done.stdout)
+    assert row["syncMode"] == "warm"
+    vol = Path(plan.warm.volumes) / "vms" / f"{p.name}-vda" / "disk.img"
+    cut_over_and_clean(qc, vol, _host_tmp, tag)
+    with open(vol, "rb") as fh:
+        fh.seek(7 << 20)
+        assert fh.read(192 << 10) == b"\x3c" * (192 << 10)
+
+
+def test_warm_remote_killed_during_the_final_delta(
+        cli: Any, tmp_path: Path, sshd: Sshd, _host_tmp: Path, libvirt_domains: DomainFactory,
+        s3_server: SeaweedFS, s3_bucket: str, s3_env: dict[str, str], cluster: Cluster,
+        controllers: Controllers, kubevirt: KubeVirt) -> None:
+    """The host's ``qemu-nbd -B`` killed under the final delta: one line, the target
+    never started.  Then SIGKILL of vmmove while the rerun's final delta reads the disk
+    leaves ``qemu-nbd -B`` serving on the host (it holds the image); the next rerun of
+    ``vmmove cutover`` stops it, exports again, and ends with the volume equal to the
+    source and nothing of vmmove's on the host."""
+    from tests.plan_support import VMR
+    from tests.s3_support import subprocess_env
+
+    qc = boot_guest(libvirt_domains, "wfkill")
+    plan_file = remote_warm_plan(cli, tmp_path, sshd, qc.name, s3_server, s3_bucket, cluster)
+    plan = load_plan(plan_file)
+    (p,) = plan.wave(1)
+    tag = plan_tag(plan.workdir)
+    assert cli("sync", str(plan_file), "--wave", "1").exit_code == 0
+    write(qc, "write -P 0x4d 5M 128k")
+
+    def kill_host_export() -> None:
+        (pid_file,) = _host_tmp.rglob("qemu-nbd.pid")
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    said = fault_while_paused(cutover_args(plan_file, cluster), subprocess_env(s3_env),
+                              "warm:final", tmp_path, kill_host_export)
+    errors = [ln for ln in said if ln.startswith("vmmove: error:")]  # the VM, the summary
+    assert len(errors) == 2 and f"vmmove: error: {qc.name}: " in errors[0], said
+    assert "Traceback" not in "\n".join(said) and "source is STOPPED" in errors[0], said
+    print(errors[0])
+    vm = cluster.get(VMR, "vms", p.name)
+    assert vm is not None and vm["spec"]["runStrategy"] == "Halted"  # never started
+
+    run_until_pause([sys.executable, "-c", "from migrate.cli import run; run()",
+                     *cutover_args(plan_file, cluster)], subprocess_env(s3_env), "warm:final",
+                    tmp_path / "kill.log")
+    assert qc.state() == SHUT_OFF
+    left = host_leftovers(_host_tmp, tag)
+    assert any("qemu-nbd" in x and "--bitmap=" in x for x in left), left  # still serving
+
+    done = cli(*cutover_args(plan_file, cluster), "-o", "json")
+    assert done.exit_code == 0, done.stderr
+    vol = Path(plan.warm.volumes) / "vms" / f"{p.name}-vda" / "disk.img"
+    cut_over_and_clean(qc, vol, _host_tmp, tag)
+    with plan.journal() as journal:
+        vda = journal.get("cutover", f"{p.key}/sync").data["disks"]["vda"]
+        assert not vda["full"] and 128 << 10 <= vda["changed"] <= 2 << 20, vda  # a delta
+
+
+def test_warm_remote_lost_bitmap_means_a_full_final_copy(
+        cli: Any, tmp_path: Path, sshd: Sshd, _host_tmp: Path, libvirt_domains: DomainFactory,
+        s3_server: SeaweedFS, s3_bucket: str, s3_env: dict[str, str], cluster: Cluster,
+        controllers: Controllers, kubevirt: KubeVirt) -> None:
+    """Behind vmmove's back, after the sources shut down: one disk's bitmap is removed
+    from its qcow2 (``qemu-img bitmap --remove``, libvirt's checkpoint left), the other
+    VM's checkpoint is deleted from libvirt (``checkpoint-delete --metadata``, the bitmap
+    left in the qcow2).  The final delta of each copies the whole disk (never a silent
+    skip), journals why, and ends with the volume equal to the source."""
+    import libvirt
+
+    lb = boot_guest(libvirt_domains, "wflb")
+    lc = boot_guest(libvirt_domains, "wflc")
+    plan_file = remote_warm_plan(cli, tmp_path, sshd, lb.name, s3_server, s3_bucket, cluster,
+                                 lc.name)
+    plan = load_plan(plan_file)
+    pb, pc = plan.wave(1)
+    tag = plan_tag(plan.workdir)
+    assert cli("sync", str(plan_file), "--wave", "1").exit_code == 0
+    write(lb, "write -P 0x6e 6M 64k")  # the lost bitmap would have carried these
+    write(lc, "write -P 0x6e 6M 64k")
+    cp = f"{PREFIX}{tag}-1"
+    for g in (lb, lc):
+        g.dom.shutdown()
+    for g in (lb, lc):
+        deadline = time.monotonic() + 120
+        while g.state() != SHUT_OFF:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    subprocess.run(["qemu-img", "bitmap", "--remove", "-f", "qcow2", str(lb.disk), cp],
+                   check=True)
+    lc.dom.checkpointLookupByName(cp, 0).delete(
+        libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+    assert cp in checkpoints(lb) and cp not in bitmaps(lb.disk)
+    assert cp not in checkpoints(lc) and cp in bitmaps(lc.disk)
+
+    cut = cli(*cutover_args(plan_file, cluster), "-o", "json")
+    assert cut.exit_code == 0, cut.stderr
+    assert f"{lb.name}/vda: bitmap {cp} lost" in cut.stderr, cut.stderr
+    assert f"{lc.name}: checkpoint {cp} is gone from the host (deleted behind vmmove's " \
+           "back): the whole disks are copied" in cut.stderr, cut.stderr
+    with plan.journal() as journal:
+        for p, why in ((pb, f"bitmap {cp} lost"), (pc, f"checkpoint {cp} is gone")):
+            vda = journal.get("cutover", f"{p.key}/sync").data["disks"]["vda"]
+            assert vda["full"] and why in vda["reason"], vda  # the whole disk, and why
+            assert vda["source_sha256"] == vda["volume_sha256"]
+            final = journal.get(KIND_WARM, p.key).data["final"]["disks"]["vda"]
+            assert final["full"] and why in final["reason"], final
+    for g, p in ((lb, pb), (lc, pc)):
+        vol = Path(plan.warm.volumes) / "vms" / f"{p.name}-vda" / "disk.img"
+        cut_over_and_clean(g, vol, _host_tmp, tag)
+        assert SHUTDOWN_TAG in vol.read_bytes()[SHUTDOWN_OFFSET:SHUTDOWN_OFFSET + 64]

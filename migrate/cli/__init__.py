@@ -71,6 +71,28 @@ class VmmoveGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("vmmove: interrupted; rerun the same command to resume", err=True)
             ctx.exit(130)
+        except BrokenPipeError as exc:
+            if stdout_closed():
+                raise  # the reader of vmmove's output went away (`| head`): click exits quietly
+            # a pipe or socket of vmmove's own (an NBD connection, a child's stdin): click
+            # would take it for stdout and exit 1 without a word
+            click.echo(f"vmmove: error: a connection or pipe vmmove was using closed "
+                       f"unexpectedly ({exc.strerror or exc}); rerun the same command to "
+                       "resume", err=True)
+            ctx.exit(1)
+
+
+def stdout_closed() -> bool:
+    """True when nobody reads vmmove's standard output any more (the read end of its pipe
+    is closed: ``poll`` reports POLLERR on the write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no real file descriptor (a test runner)
+        return False
 
 
 @click.group(cls=VmmoveGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -305,7 +305,8 @@ class Warm:
             stale = [c for c in cps if ours(c, self.tag) and c != base]
             if base and base not in cps and not reason:
                 reason = f"checkpoint {base} is gone from the host (deleted behind vmmove's back)"
-                self.log(f"{vm.name}: {reason}: a full round")
+                self.log(f"{vm.name}: {reason}: " + ("the whole disks are copied" if final
+                                                     else "a full round"))
             if reason:
                 base = None
             running = backup.is_active(dom)
@@ -365,12 +366,16 @@ class Warm:
             self._pending_checkpoint = new_cp
             return result
         except Exception as exc:
+            what = "the final delta" if final else f"round {n}"
+            rerun = f"rerun vmmove {'cutover' if final else 'sync'}"
             if host.remote and (host.lost() or backup.connection_lost(exc)):
-                what = "the final delta" if final else f"round {n}"
                 raise WarmError(
-                    f"{vm.name}: the SSH connection to {host.label} was lost during "
-                    f"{what}; rerun vmmove {'cutover' if final else 'sync'} (it resumes "
+                    f"{vm.name}: the SSH connection to {host.label} was lost during {what}; "
+                    f"{rerun} (it resumes "
                     + (f"from checkpoint {base})" if base else "with a full round)")) from None
+            if isinstance(exc, OSError):  # an NBD socket or the volume: one line, never
+                # a traceback (or click's silent exit 1 on EPIPE)
+                raise WarmError(f"{vm.name}: {what} failed: {exc}; {rerun}") from None
             raise
         finally:
             host.close()
@@ -502,11 +507,15 @@ class Warm:
     def _read_stopped(self, p: PlannedVM, disk: Disk, method: str, served: Any, cm: Any,
                       out: DiskRound, t0: float) -> DiskRound:
         """Copy a stopped disk's delta from its export ``served`` (``socket`` read here,
-        ``host_socket`` where a worker's re-export reads it), then end the export."""
+        ``host_socket`` where a worker's re-export reads it), then end the export (``cm``,
+        told of a failure: a remote host's forwarding then says whether SSH broke)."""
+        from contextlib import ExitStack
+
         from migrate.clients.nbdwire import BASE_ALLOCATION, NbdClient, dirty_context
 
         bitmap = served.bitmap
-        try:
+        with ExitStack() as stack:
+            stack.push(cm)
             contexts: tuple[str, ...] = (BASE_ALLOCATION,)
             if bitmap:
                 contexts += (dirty_context(bitmap),)
@@ -526,8 +535,6 @@ class Warm:
 
                 self._source_sums[(p.key, disk.target)] = guest_sha256(
                     unix_url(served.socket, served.export), f"{p.vm.name}/{disk.target}")[0]
-        finally:
-            cm.__exit__(None, None, None)
         out.seconds = time.monotonic() - t0
         return out
 
