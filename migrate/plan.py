@@ -1089,11 +1089,22 @@ def critical_problems(plan: Plan) -> list[str]:
     return problems
 
 
+def transfer_problems(plan: Plan) -> list[str]:
+    """One problem when VMs are to be migrated and the plan names no transfer target:
+    ``migrate --stage`` (every VM, cold or warm) would refuse it
+    (:func:`migrate.pipeline.stages.wave_to_stage`), so ``plan --check`` says so first."""
+    if plan.transfer.backend is None and any(not p.skip for p in plan.vms):
+        return ["transfer: no transfer target: set transfer.s3, transfer.uploadProxy or "
+                "transfer.mode: direct (vmmove migrate --stage needs one)"]
+    return []
+
+
 def check_plan(path: str | os.PathLike[str]) -> Plan:
-    """:func:`load_plan`, then the assessment's criticals of its VMs (``plan --check``):
-    raise :class:`PlanError` listing every problem of both kinds."""
+    """:func:`load_plan`, then the transfer target (:func:`transfer_problems`) and the
+    assessment's criticals of its VMs (``plan --check``): raise :class:`PlanError`
+    listing every problem."""
     plan = load_plan(path)
-    problems = critical_problems(plan)
+    problems = transfer_problems(plan) + critical_problems(plan)
     if problems:
         raise PlanError(plan.path, problems)
     return plan

@@ -168,7 +168,8 @@ def test_copies_sharing_name_and_uuid_stay_apart_through_every_step(cli, tmp_pat
     assert len(set(targets)) == 3 and all(t.startswith("app-") for t in targets)
 
     plan_file = tmp_path / "plan.yaml"
-    cli("plan", str(inv_file), "--out", str(plan_file), "--by", "size", "--network", "bridge:VM Network=pod", ok=True)
+    cli("plan", str(inv_file), "--out", str(plan_file), "--by", "size", "--network", "bridge:VM Network=pod",
+        "--s3", "s3://images/vms", ok=True)
     plan = yaml.safe_load(plan_file.read_text())
     assert sorted(e for w in plan["waves"] for e in w["vms"]) == sorted(keys)
     cli("plan", "--check", str(plan_file), ok=True)

@@ -67,7 +67,7 @@ def test_staging_running_vms_is_a_plan_flag(cli: Any, tmp_path: Path) -> None:
 
     staged = tmp_path / "staged.yaml"
     cli("plan", str(inventory), "--out", str(staged), "--network", "*=pod", "--stage-running",
-        ok=True)
+        "--s3", "s3://images/vms", ok=True)
     assert yaml.safe_load(staged.read_text())["convert"]["forceShare"] is True
     cli("plan", "--check", str(staged), ok=True)
     cli("convert", str(staged), "--wave", "1", ok=True)
@@ -430,7 +430,8 @@ OVERRIDES = {
 def test_per_vm_overrides_reach_the_manifests(cli: Any, tmp_path: Path) -> None:
     inventory = _scan(cli, tmp_path, _node(tmp_path, {"db": [("vda", "qcow2", 4)]}))
     plan_file = tmp_path / "plan.yaml"
-    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--network", "*=pod", ok=True)
+    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--network", "*=pod",
+        "--s3", "s3://images/vms", ok=True)
     data = yaml.safe_load(plan_file.read_text())
     data["waves"][0]["vms"] = [{"vm": "db", **OVERRIDES}]
     plan_file.write_text(yaml.safe_dump(data, sort_keys=False))

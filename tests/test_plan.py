@@ -13,7 +13,7 @@ from migrate.plan import PlanError, generate_plan, group_vms, load_plan, save_pl
 from migrate.core.serialize import save_inventory
 from migrate.sources.libvirt_uri import scan_uri
 from migrate.core.model import Inventory
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, qemu_img
 
 NODE_URI = f"test://{FIXTURES / 'libvirt' / 'node.xml'}"
 
@@ -216,3 +216,31 @@ def test_skip_blocked_plans_critical_vms_as_skipped(tmp_path: Path, inv_file: Pa
     entries = [e for w in yaml.safe_load(out.read_text())["waves"] for e in w["vms"]]
     gpu = next(e for e in entries if isinstance(e, dict) and e["vm"] == "gpu-worker")
     assert gpu["skip"] is True and "pci-passthrough" in gpu["note"]
+
+
+def test_check_reports_a_plan_with_no_transfer_target(tmp_path: Path, cli: Any) -> None:
+    # an offline export planned warm with no --s3/--proxy: the check says what --stage would
+    export = tmp_path / "export"
+    export.mkdir()
+    qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat",
+             str(export / "x.vmdk"), "16M")
+    (export / "vm1.vmx").write_text(
+        'displayName = "vm1"\nmemSize = "256"\nguestOS = "debian11-64"\n'
+        'scsi0.present = "TRUE"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "x.vmdk"\n')
+    inv = tmp_path / "inv.yaml"
+    cli("scan", str(export / "vm1.vmx"), "--output-file", str(inv), ok=True)
+    plan_file = tmp_path / "plan.yaml"
+    cli("plan", str(inv), "--out", str(plan_file), "--warm", "--warm-volumes", "volumes",
+        ok=True)
+    line = ("transfer: no transfer target: set transfer.s3, transfer.uploadProxy or "
+            "transfer.mode: direct (vmmove migrate --stage needs one)")
+    checked = cli("plan", "--check", str(plan_file))
+    assert checked.exit_code == 2
+    assert checked.stderr == f"vmmove: error: {plan_file}: 1 problem, nothing was run:\n" \
+        f"  - {line}\n", checked.stderr
+    staged = cli("migrate", str(plan_file), "--wave", "1", "--stage")
+    assert staged.exit_code != 0 and "no transfer target" in staged.stderr
+    data = yaml.safe_load(plan_file.read_text())
+    data["transfer"] = {"s3": "s3://images/vms"}
+    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    cli("plan", "--check", str(plan_file), ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from pathlib import Path
 
@@ -235,3 +236,68 @@ def test_scan_reports_a_missing_vmdk_as_one_line_and_keeps_the_vm(cli, tmp_path:
     assert "lost.vmdk" in lines[0]
     data = json.loads(result.stdout)
     assert [vm["name"] for vm in data["vms"]] == ["lost"] and data["vms"][0]["disks"][0]["error"]
+
+
+def _truncated_export(folder: Path, subformat: str = "monolithicFlat") -> Path:
+    """``vm1.vmx`` with one 64 MiB disk ``x.vmdk`` (qemu-img ``subformat``)."""
+    folder.mkdir()
+    qemu_img("create", "-q", "-f", "vmdk", "-o", f"subformat={subformat}",
+             str(folder / "x.vmdk"), "64M")
+    vmx = folder / "vm1.vmx"
+    vmx.write_text('displayName = "vm1"\nmemSize = "256"\nscsi0.present = "TRUE"\n'
+                   'scsi0:0.present = "TRUE"\nscsi0:0.fileName = "x.vmdk"\n')
+    return vmx
+
+
+def test_truncated_flat_extent_is_refused_at_scan_assess_and_convert(cli, tmp_path: Path) -> None:
+    # the descriptor declares RW 131072 FLAT "x-flat.vmdk" 0 (64 MiB); the file is 1 MiB
+    vmx = _truncated_export(tmp_path / "export")
+    assert 'RW 131072 FLAT "x-flat.vmdk" 0' in (vmx.parent / "x.vmdk").read_text()
+    os.truncate(vmx.parent / "x-flat.vmdk", 1 << 20)
+    expected = ("x.vmdk: extent file 'x-flat.vmdk' is 1048576 bytes, the descriptor declares "
+                "67108864 bytes (131072 sectors at offset 0): truncated")
+    (disk,) = read_vmx(str(vmx)).disks
+    assert disk.error == f"{vmx.parent / 'x.vmdk'}: extent file 'x-flat.vmdk' is 1048576 bytes, " \
+        "the descriptor declares 67108864 bytes (131072 sectors at offset 0): truncated"
+    inventory = tmp_path / "inv.yaml"
+    scanned = cli("scan", str(vmx), "--output-file", str(inventory), ok=False)
+    assert scanned.exit_code == 1 and expected in scanned.stderr
+    assessed = cli("assess", str(inventory), "-o", "json", ok=False)
+    assert assessed.exit_code != 0
+    (concern,) = [c for c in json.loads(assessed.stdout)["vm1"]["concerns"]
+                  if c["id"] == "disk-unreadable"]
+    assert concern["severity"] == "critical" and expected in concern["message"]
+    converted = cli("convert", str(inventory), "vm1", "--to", str(tmp_path / "out"), ok=False)
+    assert converted.exit_code != 0 and expected in converted.stderr
+    assert not list((tmp_path / "out").rglob("*.qcow2"))
+
+
+def test_extent_truncated_after_scan_is_refused_at_convert(cli, tmp_path: Path) -> None:
+    # twoGbMaxExtentFlat: two extents; the second shrinks between scan and convert
+    vmx = _truncated_export(tmp_path / "export", "twoGbMaxExtentFlat")
+    inventory = tmp_path / "inv.yaml"
+    cli("scan", str(vmx), "--output-file", str(inventory), ok=True)
+    extents = sorted(vmx.parent.glob("x-f*.vmdk"))
+    assert len(extents) == 1  # 64 MiB fits one 2 GiB extent: add a second by hand
+    text = (vmx.parent / "x.vmdk").read_text()
+    os.truncate(extents[0], 48 << 20)
+    (vmx.parent / "x-f002.vmdk").write_bytes(b"\x5a" * (16 << 20))
+    (vmx.parent / "x.vmdk").write_text(text.replace(
+        'RW 131072 FLAT "x-f001.vmdk" 0',
+        'RW 98304 FLAT "x-f001.vmdk" 0\nRW 32768 FLAT "x-f002.vmdk" 0'))
+    cli("scan", str(vmx), "--output-file", str(inventory), ok=True)
+    os.truncate(vmx.parent / "x-f002.vmdk", 8 << 20)  # after the scan
+    converted = cli("convert", str(inventory), "vm1", "--to", str(tmp_path / "out"), ok=False)
+    assert converted.exit_code != 0
+    assert "x.vmdk: extent file 'x-f002.vmdk' is 8388608 bytes, the descriptor declares " \
+        "16777216 bytes (32768 sectors at offset 0): truncated" in converted.stderr
+
+
+def test_sparse_extent_smaller_than_declared_is_a_disk_error(tmp_path: Path) -> None:
+    vmx = _truncated_export(tmp_path / "export", "twoGbMaxExtentSparse")
+    text = (vmx.parent / "x.vmdk").read_text()
+    assert 'RW 131072 SPARSE "x-s001.vmdk"' in text
+    (vmx.parent / "x.vmdk").write_text(text.replace("RW 131072 SPARSE", "RW 262144 SPARSE"))
+    (disk,) = read_vmx(str(vmx)).disks
+    assert disk.error == f"{vmx.parent / 'x.vmdk'}: extent file 'x-s001.vmdk' holds 67108864 " \
+        "bytes (sparse header), the descriptor declares 134217728 bytes"

@@ -240,7 +240,7 @@ def test_a_flat_vmdk_is_read_directly_only_when_its_extent_is_the_whole_file(
         tmp_path: Path) -> None:
     """One FLAT/VMFS extent at offset 0, exactly the disk's size, inside the export: read
     as a raw file; any other layout is read through qemu (never guessed)."""
-    from converters.convert import source_chain
+    from converters.convert import DiskError, source_chain
     from migrate.pipeline.warm import flat_extent
 
     export = tmp_path / "export"
@@ -261,7 +261,11 @@ def test_a_flat_vmdk_is_read_directly_only_when_its_extent_is_the_whole_file(
     assert direct(text) == str(flat)
     assert direct(text.replace(line, 'RW 16384 VMFS "app-flat.vmdk"')) == str(flat)  # ESXi
     # an offset into the file, two extents, a flat file longer than the disk: through qemu
-    assert direct(text.replace(line, 'RW 16384 FLAT "app-flat.vmdk" 2048')) is None
+    assert direct(text.replace(line, 'RW 14336 FLAT "app-flat.vmdk" 2048')) is None
+    # an extent reaching past the file's end (qemu would read zeros there): refused
+    with pytest.raises(DiskError, match="'app-flat.vmdk' is 8388608 bytes, the descriptor "
+                       r"declares 9437184 bytes \(16384 sectors at offset 2048\): truncated"):
+        direct(text.replace(line, 'RW 16384 FLAT "app-flat.vmdk" 2048'))
     assert direct(text.replace(line, 'RW 8192 FLAT "app-flat.vmdk" 0\n'
                                      'RW 8192 FLAT "app-flat.vmdk" 8192')) is None
     with open(flat, "ab") as fh:

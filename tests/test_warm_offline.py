@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from migrate.core.journal import DONE
+from migrate.core.output import human_size
 from migrate.pipeline.itinerary import OFFLINE_WARM_CUTOVER, WARM_CUTOVER, cutover_itinerary
 from migrate.pipeline.warm import KIND_WARM
 from migrate.plan import load_plan
@@ -87,14 +88,63 @@ def test_offline_vmx_warm_cutover_and_rollback(
     assert row["kind"] == "incremental" and row["changed"] == 256 << 10, row
     assert same(descriptor, volume)
 
+    # the flat extent cut short between rounds (qemu would read the rest as zeros and the
+    # round would find nothing changed): refused, naming the file and both sizes
+    data = flat.read_bytes()
+    os.truncate(flat, MiB)
+    short = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
+    assert short.exit_code != 0
+    assert "app.vmdk: extent file 'app-flat.vmdk' is 1048576 bytes, the descriptor declares " \
+        "33554432 bytes (65536 sectors at offset 0): truncated" in short.stderr, short.stderr
+    flat.write_bytes(data)
+    assert same(descriptor, volume)
+
     # the runbook gives the offline itinerary's steps and commands, no virsh
     book = tmp_path / "runbooks"
     cli("runbook", str(plan_file), "--out", str(book), ok=True)
     text = (book / "wave-1.md").read_text()
-    assert "2. **Stop the source** (offline) — nothing vmmove can stop" in text
+    # the offline itinerary itself (no ACPI shutdown), the flag on the wave's command too
+    assert "2. **Stop the source** — nothing vmmove can stop" in text
+    assert "ACPI" not in text.split("## Expected downtime")[0]
+    assert "1 VM(s) move from a VMware (VMX) export to KubeVirt" in text
     assert "--wave 1 app --source-powered-off" in text and "virsh" not in text
+    assert f"vmmove cutover {plan_file} --wave 1 --jobs 1 --source-powered-off\n" in text
     dry = cli("cutover", str(plan_file), "--wave", "1", "--dry-run", ok=True)
     assert "nothing to stop: app powered off at its platform" in dry.stdout, dry.stdout
+    steps = {s["step"]: s for s in json.loads(cli(
+        "cutover", str(plan_file), "--wave", "1", "--dry-run", "-o", "json", ok=True).stdout)}
+    # without the flag: the preflight would refuse, the stop says the flag is required
+    assert steps["preflight"]["state"] == "refused"
+    assert "power the VM off at its platform, then rerun with --source-powered-off" in \
+        steps["preflight"]["what"]
+    assert steps["stop"]["what"] == "nothing to stop: app powered off at its platform " \
+        "(--source-powered-off required)"
+    # one stop model for the dry run and the runbook: 0 s, nothing vmmove stops
+    assert steps["stop"]["seconds"] == 0.0
+    assert steps["stop"]["basis"] == "nothing vmmove stops: powered off at its platform " \
+        "before the cutover"
+    assert "| app | 32.0M | warm | 0 s |" in text, text
+    # the final delta's rate is the last round's (a hash round reads every disk whole)
+    with plan.journal() as journal:
+        last = journal.get(KIND_WARM, p.key).state["history"][-1]
+    assert last["read"] == 6 * MiB and last["changed"] == 256 << 10  # its data; holes unread
+    speed = human_size(int(last["read"] / last["seconds"]))
+    assert steps["sync"]["basis"].endswith(
+        f"expected to change, every disk read whole (hash), at {speed}/s (the last "
+        "round's rate)"), steps["sync"]
+    confirmed = {s["step"]: s for s in json.loads(cli(
+        "cutover", str(plan_file), "--wave", "1", "--dry-run", "--source-powered-off",
+        "-o", "json", ok=True).stdout)}
+    assert confirmed["preflight"]["state"] == "to do", confirmed["preflight"]
+    assert confirmed["stop"]["what"].endswith("(confirmed by --source-powered-off)")
+    lock = vmx.parent / "app.vmx.lck"
+    lock.mkdir()
+    locked = {s["step"]: s for s in json.loads(cli(
+        "cutover", str(plan_file), "--wave", "1", "--dry-run", "--source-powered-off",
+        "-o", "json", ok=True).stdout)}
+    assert locked["preflight"]["state"] == "refused"
+    assert "VMware lock file app.vmx.lck" in locked["preflight"]["what"], locked["preflight"]
+    lock.rmdir()
 
     # and again after the last round, into a block that was a hole: the final delta's part
     qemu_io(str(flat), "write -P 0xb2 20M 64k", "raw")

@@ -103,7 +103,8 @@ def cutover_cmd(plan_file: str, vms: tuple[str, ...], wave: int, at: datetime.da
     if dry_run:
         from migrate.views.dryrun import show_cutover
 
-        show_cutover(plan, chosen, wave, jobs or default_jobs(len(chosen)), output)
+        show_cutover(plan, chosen, wave, jobs or default_jobs(len(chosen)), output,
+                     source_powered_off)
         return
     options = CutoverOptions(shutdown_timeout=shutdown_timeout, force=force,
                              verify_timeout=verify_timeout, guest_agent=guest_agent,

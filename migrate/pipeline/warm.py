@@ -902,6 +902,14 @@ class Warm:
                        now)
 
 
+def round_speed(last: dict[str, Any]) -> float:
+    """Bytes/s a precopy round moved (a ``history`` entry of the warm state): the larger of
+    what it wrote (``changed``) and read (``read``: a hash disk is read whole) over its
+    ``seconds``; at least 1 B/s."""
+    seconds = max(1e-3, float(last["seconds"]))
+    return max(1.0, max(int(last["changed"]), int(last.get("read") or 0)) / seconds)
+
+
 def outlook(st: dict[str, Any], methods: list[str], now: float | None = None) -> dict[str, Any]:
     """From a VM's warm state: ``age`` (s), ``delta`` (bytes of the last round),
     ``predicted`` (s) of the final sync: the change rate between the last two rounds times
@@ -919,8 +927,7 @@ def outlook(st: dict[str, Any], methods: list[str], now: float | None = None) ->
         interval = max(1e-3, float(last["at"]) - float(hist[-2]["at"]))
         rate = int(last["changed"]) / interval
     expected = min(size, rate * age) if size else rate * age
-    seconds = max(1e-3, float(last["seconds"]))
-    speed = max(1.0, max(int(last["changed"]), int(last.get("read") or 0)) / seconds)
+    speed = round_speed(last)
     predicted = OVERHEAD * len(methods) + expected / speed
     if HASH in methods:
         predicted += size / speed

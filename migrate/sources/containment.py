@@ -370,12 +370,13 @@ def _check_sparse_header(layer: Layer, offset: int, what: str) -> None:
 
 
 def _check_vmdk(export: Export, layer: Layer) -> None:
-    """Check what a VMDK makes qemu open besides itself: a text descriptor's extents."""
+    """Check what a VMDK makes qemu open besides itself: a text descriptor's extents (inside
+    the export, and as long as the descriptor says: :func:`migrate.sources.vmdk.extent_short`)."""
     head = _read(layer, 0, 4)
     if head in SPARSE_MAGICS:
         _check_sparse_header(layer, 0, "disk")
         return
-    from migrate.sources.vmdk import VmdkError, parse_descriptor
+    from migrate.sources.vmdk import VmdkError, extent_short, parse_descriptor
 
     data = _read(layer, 0, MAX_DESCRIPTOR_BYTES + 1)
     if len(data) > MAX_DESCRIPTOR_BYTES:
@@ -397,6 +398,10 @@ def _check_vmdk(export: Export, layer: Layer) -> None:
                                 f"extent of {layer.name}")
         if extent.type in _SPARSE_EXTENTS:
             _check_sparse_header(target, 0, "extent")
+        assert target.real is not None
+        short = extent_short(extent, target.real, layer.name)
+        if short:  # checked again here: the file may have changed since scan
+            raise ContainmentError(short)
 
 
 def _info(layer: Layer, force_share: bool) -> dict[str, Any]:

@@ -224,9 +224,50 @@ def _inspect_sparse(export: Export, top: Layer) -> DiskFacts:
     )
 
 
+FLAT_EXTENTS = ("FLAT", "VMFS")
+SPARSE_EXTENTS = ("SPARSE", "VMFSSPARSE")
+
+
+def extent_short(extent: Extent, real: str, name: str) -> str | None:
+    """Why the extent file at ``real`` cannot hold what descriptor ``name`` declares for it,
+    or None when it can (or the extent type has no size to check here).
+
+    A ``FLAT``/``VMFS`` extent's data is ``sectors`` × 512 bytes from ``offset`` sectors
+    into its file (VMware Virtual Disk Format 1.1, "Extent Descriptions"), so the file
+    must be at least ``(offset + sectors) × 512`` bytes: qemu reads past the end of a
+    shorter file as zeros, which would copy a truncated disk as if it were whole.  A
+    ``SPARSE``/``VMFSSPARSE`` extent is a sparse VMDK whose header (``KDMV``, capacity in
+    sectors at byte 12) must cover the declared sectors.  Raises :class:`OSError` when
+    the file cannot be read.
+    """
+    size = os.path.getsize(real)
+    where = f"{name}: extent file {extent.filename!r}"
+    if extent.type in FLAT_EXTENTS:
+        try:
+            offset = int(extent.offset or 0)
+        except ValueError:
+            return f"{where}: offset {extent.offset!r} is not a number"
+        need = (offset + extent.sectors) * SECTOR
+        if size < need:
+            return (f"{where} is {size} bytes, the descriptor declares {need} bytes "
+                    f"({extent.sectors} sectors at offset {offset}): truncated")
+    elif extent.type in SPARSE_EXTENTS:
+        with open(real, "rb") as fh:
+            head = fh.read(20)
+        if head[:4] == b"KDMV" and len(head) == 20:
+            capacity = int.from_bytes(head[12:20], "little")
+            if capacity < extent.sectors:
+                return (f"{where} holds {capacity * SECTOR} bytes (sparse header), the "
+                        f"descriptor declares {extent.sectors * SECTOR} bytes")
+        elif head[:4] not in SPARSE_MAGICS:
+            return f"{where} is {size} bytes with no sparse VMDK header: truncated or not a VMDK"
+    return None
+
+
 def _extent_bytes(export: Export, desc: Descriptor, folder: str, name: str) -> tuple[int, str | None]:
     """Sum of the sizes of the extent files present, and a message for the first problem
-    (missing, or refused: outside the export, a protocol name)."""
+    (missing, refused: outside the export, a protocol name; or shorter than declared,
+    :func:`extent_short`)."""
     total, problem = 0, None
     for extent in desc.extents:
         if not extent.filename:
@@ -241,6 +282,7 @@ def _extent_bytes(export: Export, desc: Descriptor, folder: str, name: str) -> t
             continue
         assert layer.real is not None
         total += os.path.getsize(layer.real)
+        problem = problem or extent_short(extent, layer.real, name)
     return total, problem
 
 

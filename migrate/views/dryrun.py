@@ -1,10 +1,13 @@
 """``--dry-run`` of ``migrate`` and ``cutover``: what would run, in order, with estimates.
 
-Nothing here touches a source, S3 or the cluster: the steps come from the plan, what is
+Nothing here changes a source, S3 or the cluster: the steps come from the plan, what is
 already done from its journal (a rerun skips it, so the dry run says so), and every
 estimate from the rates the journal measured (:func:`migrate.views.report.measure`), as the
 runbook computes them (:mod:`migrate.views.runbook`); where nothing was measured yet, the
-runbook's assumed rate and times are used and the basis says "assumed".
+runbook's assumed rate and times are used and the basis says "assumed".  A VM of an offline
+export gets the cutover's own preflight checks that need no cluster (its export read
+read-only, VMware lock files, ``--source-powered-off``): a refusal shows as its preflight
+step, state :data:`REFUSED`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from migrate.core.workdir import disk_item
 
 TO_DO = "to do"
 DONE_BEFORE = "done before (skipped)"
+REFUSED = "refused"
 
 
 @dataclass
@@ -102,10 +106,12 @@ def migrate_steps(plan: Plan, wave: int, redo: bool | set[str] = False) -> list[
     return steps
 
 
-def cutover_steps(plan: Plan, vms: list[PlannedVM]) -> list[DryStep]:
+def cutover_steps(plan: Plan, vms: list[PlannedVM],
+                  source_powered_off: bool = False) -> list[DryStep]:
     """The steps of ``vmmove cutover`` for ``vms`` (in the order it takes them): preflight,
     stop, final sync (full or verify, as staging read the disks), start, verify; steps the
-    journal records as done are skipped on a rerun."""
+    journal records as done are skipped on a rerun.  ``source_powered_off``: the
+    cutover's flag of that name, as given."""
     from migrate.pipeline.cutover import is_offline
 
     steps: list[DryStep] = []
@@ -115,34 +121,51 @@ def cutover_steps(plan: Plan, vms: list[PlannedVM]) -> list[DryStep]:
             mode = sync_mode(p, journal)
             e = estimate(p, t, mode, journal)
 
-            def add(step: str, what: str, seconds: float | None, basis: str) -> None:
+            def add(step: str, what: str, seconds: float | None, basis: str,
+                    refused: bool = False) -> None:
                 done = journal.is_done(KIND_CUTOVER, f"{p.key}/{step}")
-                steps.append(DryStep(len(steps) + 1, p.vm.name, step, what,
-                                     DONE_BEFORE if done else TO_DO,
+                state = DONE_BEFORE if done else REFUSED if refused else TO_DO
+                steps.append(DryStep(len(steps) + 1, p.vm.name, step, what, state,
                                      None if done else seconds, basis))
 
-            stopped = (f"slowest shutdown measured ({len(t.stop_seconds)})" if t.stop_seconds
-                       else "no shutdown measured yet: assumed")
             booted = (f"slowest start measured ({len(t.boot_seconds)})" if t.boot_seconds
                       else "no start measured yet: assumed")
-            if is_offline(p.vm) and mode == "warm":  # an export: the operator powers it off
-                add("preflight", f"{p.namespace}/{p.name} imported; the export readable, no "
-                    "VMware lock file, --source-powered-off given", None, "")
+            if is_offline(p.vm):  # an export: the operator powers it off
+                refusal = _offline_refusal(plan, p, journal, source_powered_off)
+                add("preflight", refusal or f"{p.namespace}/{p.name} imported; the export "
+                    "readable, no VMware lock file, --source-powered-off given", None, "",
+                    refused=bool(refusal))
+                confirm = ("confirmed by --source-powered-off" if source_powered_off
+                           else "--source-powered-off required")
                 add("stop", f"nothing to stop: {p.vm.name} powered off at its platform "
-                    "(confirmed by --source-powered-off)", 0.0, "the operator's confirmation")
+                    f"({confirm})", e.stop, e.stop_basis)
             else:
                 add("preflight", f"{p.namespace}/{p.name} imported; the source host answers",
                     None, "")
-                add("stop", f"ACPI shutdown on {p.vm.source.location}", e.stop, stopped)
+                add("stop", f"ACPI shutdown on {p.vm.source.location}", e.stop, e.stop_basis)
             what = ("convert, upload, re-import every disk (staged while running)"
                     if mode == "full" else "the delta since the last precopy round"
                     if mode == "warm" else "compare with the staged images; resend what differs")
-            add("sync", f"{mode}: {what}", e.sync,
-                f"{p.vm.data_bytes() / 2**20:.0f} MiB at {e.rate / 2**20:.0f} MiB/s")
+            add("sync", f"{mode}: {what}", e.sync, e.sync_basis)
             add("start", f"{p.namespace}/{p.name}: runStrategy Always", None, "")
             add("verify", "the VMI runs (and its guest agent, if the source had one)",
                 e.boot, booted)
     return steps
+
+
+def _offline_refusal(plan: Plan, p: PlannedVM, journal: Journal, confirmed: bool) -> str:
+    """What the cutover's preflight would refuse for an offline VM, from the checks that
+    need no cluster (:func:`migrate.pipeline.cutover.preflight` without ``target``);
+    empty when nothing."""
+    from migrate.pipeline.cutover import CutoverError, preflight
+
+    try:
+        preflight(plan, p, None, journal, skip=("target",),  # type: ignore[arg-type]
+                  confirmed=confirmed)
+    except CutoverError as exc:
+        return "would refuse: " + str(exc).split("preflight failed, nothing was changed: ",
+                                                 1)[-1]
+    return ""
 
 
 def cutover_window(plan: Plan, vms: list[PlannedVM], jobs: int) -> float:
@@ -181,9 +204,11 @@ def show(steps: list[DryStep], fmt: str, title: str, window: str | None = None) 
 
 
 def show_cutover(plan: Plan, chosen: list[PlannedVM], wave: int, jobs: int,
-                 output: str) -> None:
-    """``vmmove cutover --dry-run``: each VM's steps, and the wave's window with ``jobs``."""
+                 output: str, source_powered_off: bool = False) -> None:
+    """``vmmove cutover --dry-run``: each VM's steps (``source_powered_off``: the flag as
+    given), and the wave's window with ``jobs``."""
     from migrate.core.output import duration
 
     window = f"the window about {duration(cutover_window(plan, chosen, jobs))} with --jobs {jobs}"
-    show(cutover_steps(plan, chosen), output, f"cutover wave {wave}", window)
+    show(cutover_steps(plan, chosen, source_powered_off), output, f"cutover wave {wave}",
+         window)

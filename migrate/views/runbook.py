@@ -37,8 +37,10 @@ class Estimate:
     stop: float
     sync: float
     boot: float
-    mode: str  # full | verify
+    mode: str  # full | verify | warm
     rate: float  # bytes/s used for the sync
+    stop_basis: str = ""  # where ``stop`` comes from (:func:`stop_estimate`)
+    sync_basis: str = ""  # where ``sync`` comes from: the data (or delta) and the rate
 
     @property
     def total(self) -> float:
@@ -78,19 +80,51 @@ def sync_mode(p: PlannedVM, journal: Journal) -> str:
     return "verify"
 
 
+#: The stop of a VM read from an offline export: the operator powers it off at its platform
+#: before ``vmmove cutover --source-powered-off``, which only records it.
+OFFLINE_STOP = "nothing vmmove stops: powered off at its platform before the cutover"
+
+
+def stop_estimate(p: PlannedVM, t: Throughput) -> tuple[float, str]:
+    """Seconds of a VM's stop phase and their basis — the one model of the runbook and of
+    ``cutover --dry-run``: 0 for an offline export (:data:`OFFLINE_STOP`; the power-off at
+    its platform happens before the cutover, untimed by vmmove), else the longest ACPI
+    shutdown the journal measured, else :data:`DEFAULT_STOP` assumed."""
+    from migrate.pipeline.cutover import is_offline
+
+    if is_offline(p.vm):
+        return 0.0, OFFLINE_STOP
+    if t.stop_seconds:
+        return max(t.stop_seconds), f"slowest shutdown measured ({len(t.stop_seconds)})"
+    return DEFAULT_STOP, f"no shutdown measured yet: {DEFAULT_STOP:.0f} s assumed"
+
+
 def estimate(p: PlannedVM, t: Throughput, mode: str,
              journal: Journal | None = None) -> Estimate:
     """``warm`` (with ``journal``): the final sync its rounds predict
-    (:func:`migrate.pipeline.warm.outlook`); else the VM's data at the mode's rate."""
-    rate, _ = _rate(t, mode)
-    stop = max(t.stop_seconds) if t.stop_seconds else DEFAULT_STOP
+    (:func:`migrate.pipeline.warm.outlook`) at the last round's rate
+    (:func:`migrate.pipeline.warm.round_speed`); else the VM's data at the mode's rate.
+    The stop is :func:`stop_estimate`'s; each part says its basis."""
+    rate, source = _rate(t, mode)
+    stop, stop_basis = stop_estimate(p, t)
     boot = max(t.boot_seconds) if t.boot_seconds else DEFAULT_BOOT
     if mode == "warm" and journal is not None:
+        from migrate.core.records import KIND_WARM
+        from migrate.pipeline.warm import HASH, data_disks, disk_method, round_speed
+
         w = warm_outlook(p, journal)
-        if w.get("predicted") is not None:
-            sync = float(w["predicted"])
-            return Estimate(stop, sync, boot, mode, (w.get("expected") or 0) / max(sync, 1e-3))
-    return Estimate(stop, p.vm.data_bytes() / rate, boot, mode, rate)
+        step = journal.get(KIND_WARM, p.key)
+        hist = (step.state.get("history") or []) if step else []
+        if w.get("predicted") is not None and hist:
+            speed = round_speed(hist[-1])
+            whole = any(disk_method(p.vm, d)[0] == HASH for d in data_disks(p.vm))
+            basis = (f"{human_size(w.get('expected') or 0)} expected to change"
+                     + (", every disk read whole (hash)" if whole else "")
+                     + f", at {human_size(int(speed))}/s (the last round's rate)")
+            return Estimate(stop, float(w["predicted"]), boot, mode, speed, stop_basis, basis)
+        source = f"rate not measured yet: {source}" if "assumed" in source else source
+    return Estimate(stop, p.vm.data_bytes() / rate, boot, mode, rate, stop_basis,
+                    f"{human_size(p.vm.data_bytes())} at {human_size(int(rate))}/s ({source})")
 
 
 def warm_outlook(p: PlannedVM, journal: Journal) -> dict[str, Any]:
@@ -134,6 +168,19 @@ def schedule(estimates: list[Estimate], jobs: int) -> list[Slot]:
         free[worker] = end
         slots.append(Slot(start, end, wait))
     return slots
+
+
+#: What each source kind is, said to an operator (``migrate.core.model.SourceKind``).
+PLATFORMS = {"libvirt": "libvirt", "domain-xml": "a libvirt domain XML export",
+             "ovf": "an OVF export", "ova": "an OVA export", "vmx": "a VMware (VMX) export",
+             "pve": "a Proxmox VE export"}
+
+
+def _platforms(vms: list[PlannedVM]) -> str:
+    """Where the wave's VMs come from: ``libvirt``, ``a VMware (VMX) export``, or several
+    joined with "and"."""
+    kinds = sorted({p.vm.source.kind.value for p in vms})
+    return " and ".join(PLATFORMS.get(k, k) for k in kinds) or "libvirt"
 
 
 def _duration(seconds: float) -> str:
@@ -201,7 +248,7 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
     add("")
     add("## Scope")
     add("")
-    add(f"{len(vms)} VM(s) move from libvirt to KubeVirt in this wave"
+    add(f"{len(vms)} VM(s) move from {_platforms(vms)} to KubeVirt in this wave"
         + (f"; {len(skipped)} skipped: " + ", ".join(
             f"{p.vm.name} ({p.entry.note or 'skip'})" for p in skipped) if skipped else "")
         + f". Expected window with `--jobs {jobs}` ({min(jobs, len(vms))} VM(s) at once): "
@@ -253,8 +300,19 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
     add("One command runs steps 1–6 for every VM of the wave, journalling each; rerun it "
         "after any failure or interruption and it resumes where it stopped:")
     add("")
+    from migrate.pipeline.warm import is_warm
+
+    offline = [p.vm.name for p in vms if is_warm(plan, p) and is_offline(p.vm)]
     add("```sh")
-    add(f"{cut}{jobs_flag} --at HH:MM   # preflight now, stop the sources at HH:MM")
+    if offline and len(offline) == len(vms):
+        add("# power every VM off at its platform (vSphere, Workstation, ...), then:")
+        add(f"{cut}{jobs_flag} --source-powered-off")
+    elif offline:
+        add(f"# power {', '.join(offline)} off at its platform first (an offline export), then:")
+        add(f"{cut}{jobs_flag} --at HH:MM --source-powered-off   # preflight now, stop the "
+            "libvirt sources at HH:MM")
+    else:
+        add(f"{cut}{jobs_flag} --at HH:MM   # preflight now, stop the sources at HH:MM")
     add("```")
     add("")
     add(f"Every VM's preflight passes before any source is stopped; then {jobs} VM(s) go "
@@ -262,13 +320,14 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
         "downtime, and one VM's failure does not stop the others. Or one VM at a time: "
         "append its name. What each step does, and how to check it by hand:")
     add("")
-    for number, phase in enumerate(CUTOVER.phases, 1):
+    warm = [p.vm.name for p in vms if is_warm(plan, p)]
+    # an offline-only wave: its own itinerary (no domain, no ACPI shutdown); else the cold
+    # one, and where the warm (and offline) VMs' differ after it
+    base = OFFLINE_WARM_CUTOVER if offline and len(offline) == len(vms) else CUTOVER
+    for number, phase in enumerate(base.phases, 1):
         add(f"{number}. **{phase.title}** — " + phase.text.replace("{plan_ref}", plan_ref))
     add("")
-    from migrate.pipeline.warm import is_warm
-
-    warm = [p.vm.name for p in vms if is_warm(plan, p)]
-    if warm:
+    if base is CUTOVER and warm:
         add(f"Warm VMs ({', '.join(warm)}) go through the same steps; where the warm "
             "itinerary differs:")
         add("")
@@ -277,8 +336,7 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
                 add(f"{number}. **{phase.title}** (warm) — "
                     + phase.text.replace("{plan_ref}", plan_ref))
         add("")
-    offline = [p.vm.name for p in vms if is_warm(plan, p) and is_offline(p.vm)]
-    if offline:
+    if offline and base is not OFFLINE_WARM_CUTOVER:
         add(f"Warm VMs of an offline export ({', '.join(offline)}) have no domain vmmove can "
             "stop or start; where their itinerary differs further:")
         add("")
@@ -316,9 +374,11 @@ def wave_runbook(plan: Plan, wave: int, journal: Journal,
     rate, source = _rate(t, "full")
     vrate, vsource = _rate(t, "verify")
     add("Per VM: **stop** (the longest ACPI shutdown measured, else "
-        f"{DEFAULT_STOP:.0f} s) + **final sync** (the VM's data ÷ the sync rate) + "
-        "**start and verify** (the longest start-to-Running measured, else "
-        f"{DEFAULT_BOOT:.0f} s).")
+        f"{DEFAULT_STOP:.0f} s"
+        + ("; 0 s for a VM of an offline export: " + OFFLINE_STOP if offline else "")
+        + ") + **final sync** (the VM's data ÷ the sync rate; a warm VM's expected delta at "
+        "its last round's rate) + **start and verify** (the longest start-to-Running "
+        f"measured, else {DEFAULT_BOOT:.0f} s).")
     add("")
     add(f"- full sync rate: {rate / MIB:.1f} MiB/s ({source}: convert, upload and import "
         "run one after another, so their times per byte add up)")
@@ -437,7 +497,8 @@ def _warm_timeline(plan_ref: str, wave: int, vms: list[PlannedVM], journal: Jour
             f"{_duration(e.sync) if hist else '-'} | **{_duration(e.total)}** |")
     add("")
     add("The downtime window is stop + final sync + start and verify. RAM state is not "
-        "carried: the source is shut down, as in a cold cutover.")
+        "carried: the source is shut down, as in a cold cutover (a VM of an offline export: "
+        "powered off at its platform).")
     add("")
 
 
