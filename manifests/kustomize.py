@@ -6,6 +6,12 @@ Layout (``--out DIR``)::
     DIR/<namespace>/kustomization.yaml  namespace + resources: the files below
     DIR/<namespace>/<vm>.yaml           one VirtualMachine (dataVolumeTemplates inside)
     DIR/<namespace>/secret-<name>.yaml  Secrets the imports need (mode 0600: credentials)
+    DIR/.vmmove-index.json              which VMs each file above was written for
+
+A rerun replaces its own earlier output: a file the index says was written for the VMs of
+this run, and that this run no longer writes (a Secret renamed when the credentials
+changed, a VM renamed), is removed unless another VM's run still wrote it.  Files vmmove
+did not write (not in the index) are never touched.
 
 The YAML is stable from run to run (keys sorted, lists in source order, no timestamps but
 the recorded scan time), so ``git diff`` shows only what changed in the sources or options.
@@ -78,6 +84,44 @@ def _write(path: Path, text: str, private: bool = False) -> None:
     atomic_write(path, text, private=private)
 
 
+INDEX = ".vmmove-index.json"
+
+
+def _read_index(root: Path) -> dict[str, list[str]]:
+    """The manifest index: relative path → the VM keys it was written for ({} when none)."""
+    try:
+        data = json.loads((root / INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): [str(v) for v in vs] for k, vs in data.items() if isinstance(vs, list)} \
+        if isinstance(data, dict) else {}
+
+
+def _retire(root: Path, written: dict[Path, set[str]],
+            keys: set[str]) -> tuple[dict[str, list[str]], set[str]]:
+    """The index after this run (``written``: file → the VM keys it is for; ``keys``: the
+    VMs of this run) and the namespace folders a file was removed from; removes the files
+    only this run's VMs had and it no longer writes."""
+    removed: set[str] = set()
+    index = {rel: set(owners) for rel, owners in _read_index(root).items()}
+    for path, owners in written.items():
+        rel = path.relative_to(root).as_posix()
+        index[rel] = (index.get(rel, set()) - keys) | owners
+    for rel, owners in list(index.items()):
+        if root / rel in written:
+            continue
+        left = owners - keys
+        if not left:
+            stale = root / rel
+            if ".." not in Path(rel).parts and stale.is_file() and not stale.is_symlink():
+                stale.unlink()
+                removed.add(stale.parent.name)
+            del index[rel]
+        else:
+            index[rel] = left
+    return {rel: sorted(owners) for rel, owners in sorted(index.items())}, removed
+
+
 def write_tree(sets: list[ManifestSet], out: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
     """Write every set under ``out``; returns (namespace, kind/name, relative path) rows.
 
@@ -87,6 +131,7 @@ def write_tree(sets: list[ManifestSet], out: str | os.PathLike[str]) -> list[tup
     """
     root = Path(out)
     files: dict[Path, tuple[str, bool]] = {}
+    owners: dict[Path, set[str]] = {}
     rows: list[tuple[str, str, str]] = []
     namespaces: set[str] = set()
     for s in sorted(sets, key=lambda s: (s.namespace, s.name)):
@@ -96,11 +141,13 @@ def write_tree(sets: list[ManifestSet], out: str | os.PathLike[str]) -> list[tup
         if path in files:
             raise VmmoveError(f"VirtualMachine {ns}/{s.name}: two VMs got the same name")
         files[path] = (to_yaml(s.virtual_machine), False)
+        owners.setdefault(path, set()).add(s.vm_key)
         rows.append((ns, f"VirtualMachine/{s.name}", f"{ns}/{path.name}"))
         for secret in s.secrets:
             name = secret["metadata"]["name"]
             spath = root / ns / f"secret-{name}.yaml"
             text = to_yaml(secret)
+            owners.setdefault(spath, set()).add(s.vm_key)
             if spath in files:
                 if files[spath][0] != text:
                     raise VmmoveError(f"Secret {ns}/{name}: two different manifests recorded for it")
@@ -111,7 +158,9 @@ def write_tree(sets: list[ManifestSet], out: str | os.PathLike[str]) -> list[tup
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="write") as pool:
         for future in [pool.submit(_write, path, text, private) for path, (text, private) in files.items()]:
             future.result()
-    for ns in sorted(namespaces):
+    index, emptied = _retire(root, owners, {s.vm_key for s in sets})
+    _write(root / INDEX, json.dumps(index, indent=1) + "\n")
+    for ns in sorted(namespaces | emptied):
         folder = root / ns
         resources = sorted(p.name for p in folder.glob("*.yaml") if p.name != "kustomization.yaml")
         kustomization = {

@@ -155,7 +155,10 @@ class SourceResolver:
             url = f"{self.http_base}/{urllib.parse.quote(name)}"
             return DiskSource(HTTP, url=url, checksum=checksum, size=size, origin="--http-base")
         where = f" in {self.workdir}" if self.workdir else " (no --workdir given)"
-        return MissingSource(f"no transfer record{where}; use --http-base URL or --blank {vm.name}/{disk.target}")
+        return MissingSource(
+            f"no transfer record{where}: send the disk first (vmmove migrate PLAN --wave N "
+            f"--stage, or vmmove upload), or write the manifests with vmmove manifests "
+            f"--http-base URL or --blank {vm.name}/{disk.target}")
 
     def _from_upload(self, step: Step, size: int | None) -> DiskSource | MissingSource:
         if step.status != DONE:

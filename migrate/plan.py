@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from migrate.core.errors import UsageError, listed
+from migrate.core.errors import UsageError, listed, unreadable
 from migrate.core.mapping import (
     INTERFACE_MODELS,
     POD,
@@ -350,7 +350,7 @@ def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+        raise UsageError(unreadable(path, exc)) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -52,8 +52,21 @@ def test_clean_removes_what_cut_over_vms_staged_and_nothing_else(
         keys = {s.item: s.data["key"] for s in journal.steps(KIND_UPLOAD)}
     client = s3_server.client()
 
+    dry = cli("clean", str(plan_file), "--dry-run", "-o", "json", ok=True)
+    would = json.loads(dry.stdout)
+    assert sorted((r["vm"], r["disk"], r["what"], r["result"]) for r in would) == [
+        ("one", "vda", "image", "would remove"), ("one", "vda", "s3", "would remove"),
+        ("one", "vdb", "image", "would remove"), ("one", "vdb", "s3", "would remove")]
+    assert "clean (dry run): 4 would be removed" in dry.stderr
+    assert "nothing was removed" in dry.stderr
+    assert all(p.is_file() for p in images.values())  # nothing removed, nothing journalled
+    assert all(_exists(client, s3_bucket, k) for k in keys.values())
+    with plan.journal() as journal:
+        assert list(journal.steps(KIND_CLEAN)) == []
+
     result = cli("clean", str(plan_file), "-o", "json", ok=True)
     removed = json.loads(result.stdout)
+    assert [r["bytes"] for r in removed] == [r["bytes"] for r in would]  # as announced
     assert sorted((r["vm"], r["disk"], r["what"], r["result"]) for r in removed) == [
         ("one", "vda", "image", "removed"), ("one", "vda", "s3", "removed"),
         ("one", "vdb", "image", "removed"), ("one", "vdb", "s3", "removed")]

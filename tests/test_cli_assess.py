@@ -163,8 +163,8 @@ def test_a_bad_inventory_file_gives_one_error_line(cli, tmp_path: Path, content:
 
 def test_a_missing_inventory_file_is_an_error_not_a_traceback(cli, tmp_path: Path) -> None:
     r = cli("assess", str(tmp_path / "absent.json"))
-    assert r.exit_code == 1
-    assert r.stderr.splitlines() == [f"vmmove: error: {tmp_path / 'absent.json'}: No such file or directory"]
+    assert r.exit_code == 2  # a usage error, as for a missing plan (one code, one wording)
+    assert r.stderr.splitlines() == [f"vmmove: error: {tmp_path / 'absent.json'}: no such file or directory"]
 
 
 def test_scan_errors_in_the_inventory_are_noted(cli, tmp_path: Path) -> None:

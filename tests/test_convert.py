@@ -209,7 +209,7 @@ def test_bad_inputs_fail_their_disk_only(cli, tmp_path: Path) -> None:
     for name, text in expected.items():
         assert rows[name]["status"] == FAILED and text in rows[name]["error"], rows[name]
         assert rows[name]["error"].startswith(f"{name}/vda: ")
-        assert f"vmmove: error: {rows[name]['error']}" in result.stderr
+        assert rows[name]["error"] not in result.stderr  # said once, in its row
     assert "7 of 8 disk(s) failed" in result.stderr
     assert sorted(p.name for p in work.iterdir() if p.suffix in (".qcow2", ".raw", ".part")) == [
         "good-vda.qcow2"]
@@ -224,9 +224,9 @@ def test_running_vm_is_refused_unless_inconsistent_copy(cli, tmp_path: Path) -> 
     src, _ = make_image(tmp_path, "qcow2", "live")
     inv = inventory_file(tmp_path, [vm("live", [disk("vda", src, "qcow2")], PowerState.RUNNING)])
     refused = cli("convert", str(inv), "live", "--to", str(tmp_path / "w"), ok=False)
-    assert "live/vda: VM is running" in refused.stderr
-    assert "consistent copy needs the VM shut off, or the staged cutover" in refused.stderr
-    assert "--inconsistent-copy" in refused.stderr
+    assert "live/vda: VM is running" in refused.stdout
+    assert "consistent copy needs the VM shut off, or the staged cutover" in refused.stdout
+    assert "--inconsistent-copy" in refused.stdout
     ok = cli("convert", str(inv), "live", "--to", str(tmp_path / "w"), "--inconsistent-copy",
              ok=True)
     assert "converted" in ok.stdout

@@ -216,5 +216,6 @@ def test_stubborn_source_and_target_that_never_runs(
     assert cluster.get(VMR, "vms", p.name)["spec"]["runStrategy"] == "Halted"
     assert cluster.get(kubevirt.vmi, "vms", p.name) is None
     status = vm_status(cli, plan_file)
-    assert status["phase"] == "rolled back" and status["next"] is None
+    assert status["phase"] == "rolled back"  # next: cut over again, from the preflight
+    assert status["next"] == f"vmmove cutover {plan.path} --wave 1 {p.vm.name}"
     assert step_statuses(plan, p.key) == {}  # the next cutover starts from the preflight

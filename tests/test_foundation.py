@@ -105,7 +105,7 @@ def test_unknown_fields_and_wrong_types_are_refused_with_their_path(tmp_path: Pa
     bad.write_text("vms: [\n")
     with pytest.raises(InventoryError, match="broken.yaml: not valid JSON/YAML"):
         load_inventory(bad)
-    with pytest.raises(InventoryError, match="missing.yaml: No such file"):
+    with pytest.raises(InventoryError, match="missing.yaml: no such file or directory"):
         load_inventory(tmp_path / "missing.yaml")
 
 

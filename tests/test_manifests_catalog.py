@@ -189,7 +189,7 @@ def test_storage_map_overrides_and_file_errors(tmp_path: Path) -> None:
         with pytest.raises(MappingError) as exc:
             load_maps(f)
         assert message in str(exc.value) and str(f) in str(exc.value)
-    with pytest.raises(MappingError, match="No such file"):
+    with pytest.raises(MappingError, match="none.yaml: no such file or directory"):
         load_maps(tmp_path / "none.yaml")
     assert StorageMap.from_data(None, "x").resolve(Disk(target="a")).storage_class is None
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from migrate.core.serialize import save_inventory
+from tests.conftest import FIXTURES
 from tests.manifests_support import (
     inventory,
     linux_bios_vm,
@@ -157,3 +158,24 @@ def test_preferences_and_instancetypes_from_cluster_bundles(cli, tmp_path: Path,
     result = cli("manifests", str(inv), "--vm", "web01", "-o", "yaml", "--map", str(maps), "--http-base", "http://h",
                  "--instancetype", "u1.medium", ok=False)
     assert "needs the cluster's instancetypes" in result.stderr
+
+
+def test_a_rerun_removes_its_own_earlier_files_only(tmp_path: Path, cli) -> None:
+    """manifests written for namespace a, then for b: a/<vm>.yaml (written for the same VM
+    by the first run, as the index says) is removed; a file the user put there stays."""
+    inv = tmp_path / "inv.yaml"
+    cli("scan", "-c", f"test://{FIXTURES}/libvirt/node.xml", "-o", "yaml", "--output-file",
+        str(inv), ok=True)
+    out = tmp_path / "out"
+    first = ["manifests", str(inv), "--vm", "web-01", "--out", str(out), "--http-base",
+             "http://images.example/", "--network", "*=pod"]
+    cli(*first, "-n", "a", ok=True)
+    assert (out / "a" / "web-01.yaml").is_file()
+    (out / "a" / "mine.yaml").write_text("kind: ConfigMap\n")
+    cli(*first, "-n", "b", ok=True)
+    assert sorted(p.name for p in (out / "a").iterdir()) == ["kustomization.yaml", "mine.yaml"]
+    assert (out / "b" / "web-01.yaml").is_file()
+    assert yaml.safe_load((out / "a" / "kustomization.yaml").read_text())["resources"] == [
+        "mine.yaml"]
+    index = json.loads((out / ".vmmove-index.json").read_text())
+    assert list(index) == ["b/web-01.yaml"] and len(index["b/web-01.yaml"]) == 1  # its key

@@ -202,6 +202,88 @@ def test_verbose_logs_commands_underneath_never_passwords(tmp_path: Path, cli: A
     assert "s3cret" not in scanned.stderr
 
 
+def test_a_missing_input_file_is_one_line_exit_2_in_one_wording(tmp_path: Path,
+                                                                  cli: Any) -> None:
+    """scan of a missing export prints its one error line (no "No VMs found." beside it);
+    a missing inventory or plan exits 2 with ``<path>: no such file or directory``, the
+    file checked before the VM names."""
+    missing = tmp_path / "exp" / "vm1" / "vm1.vmx"
+    scanned = cli("scan", str(missing))
+    assert scanned.exit_code == 1
+    assert scanned.stderr == f"vmmove: error: {missing}: no such file or directory\n"
+    for args, name in ((["convert", "inv.yml", "--to", str(tmp_path / "out")], "inv.yml"),
+                       (["convert", "plan.yml", "app", "--to", "out"], "plan.yml"),
+                       (["status", str(tmp_path / "plan.yaml")], str(tmp_path / "plan.yaml")),
+                       (["report", str(tmp_path / "plan.yaml")], str(tmp_path / "plan.yaml"))):
+        result = cli(*args)
+        assert (result.exit_code, result.stderr) == (
+            2, f"vmmove: error: {name}: no such file or directory\n"), args
+
+
+def test_apply_dry_run_is_a_flag_and_its_hint_names_the_right_commands(
+        tmp_path: Path, cli: Any) -> None:
+    plan_file = _wave_plan(tmp_path, cli)
+    result = cli("apply", str(plan_file), "--wave", "1", "--dry-run")
+    assert result.exit_code == 1 and "requires an argument" not in result.stderr
+    assert ("disk vda: no transfer record in " in result.stderr
+            and "send the disk first (vmmove migrate PLAN --wave N --stage, or vmmove upload), "
+            "or write the manifests with vmmove manifests --http-base URL or --blank one/vda"
+            in result.stderr), result.stderr
+    served = cli("apply", str(plan_file), "--wave", "1", "--dry-run=server",  # asks the API
+                 "--kubeconfig", str(tmp_path / "none"))
+    assert served.exit_code == 1 and "none: no kubeconfig here" in served.stderr
+    assert "'maybe' is not one of 'none', 'client', 'server'" in cli(
+        "apply", str(plan_file), "--dry-run=maybe").stderr
+
+
+def test_a_failed_disk_or_round_is_said_once_in_its_row(tmp_path: Path, cli: Any) -> None:
+    """convert and sync: the error in the table row, then the summary line; not the same
+    error text again on stderr."""
+    from tests.test_warm_offline import vmx_export
+
+    vmx, _, flat = vmx_export(tmp_path / "export")
+    inventory, plan_file = tmp_path / "inventory.yaml", tmp_path / "plan.yaml"
+    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
+    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--warm",
+        "--warm-volumes", "volumes", ok=True)
+    flat.unlink()
+    for args, summary in (
+            (["convert", str(inventory), "app", "--to", str(tmp_path / "work")],
+             "1 of 1 disk(s) failed"),
+            (["sync", str(plan_file), "--wave", "1"], "sync: 1 round(s) failed")):
+        result = cli(*args)
+        assert result.exit_code == 1, result.stderr
+        assert "app-flat.vmdk" in result.stdout, result.stdout
+        lines = result.stderr.splitlines()  # progress lines, then the summary
+        assert "app-flat.vmdk" not in result.stderr, result.stderr
+        assert lines[-1].startswith(f"vmmove: error: {summary}") and "rerun" in lines[-1], lines
+        assert sum(line.startswith("vmmove: error:") for line in lines) == 1, lines
+
+
+def test_namespace_option_says_what_it_does_and_does_it(tmp_path: Path, cli: Any) -> None:
+    """plan -n writes the plan's namespace:; sync (like apply/migrate/cutover) -n replaces
+    it for one run, the plan file unchanged; manifests --plan ignores -n."""
+    from tests.test_warm_offline import vmx_export
+
+    for command in ("sync", "cutover", "apply", "migrate", "rollback"):
+        assert "instead of the plan's namespace:" in " ".join(
+            cli(command, "--help", ok=True).stdout.split()), command
+    assert "written as the plan's namespace:" in " ".join(
+        cli("plan", "--help", ok=True).stdout.split())
+    assert "With --plan the plan's namespace: (and its VM entries') is used and -n is " \
+        "ignored" in " ".join(cli("manifests", "--help", ok=True).stdout.split())
+    vmx, _, _ = vmx_export(tmp_path / "export")
+    inventory, plan_file = tmp_path / "inventory.yaml", tmp_path / "plan.yaml"
+    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
+    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--warm",
+        "--warm-volumes", "volumes", ok=True)
+    assert yaml.safe_load(plan_file.read_text())["namespace"] == "vms"
+    cli("sync", str(plan_file), "--wave", "1", "-n", "other", ok=True)
+    assert [p.relative_to(tmp_path / "volumes").parts[0]
+            for p in (tmp_path / "volumes").glob("*/*/disk.img")] == ["other"]
+    assert yaml.safe_load(plan_file.read_text())["namespace"] == "vms"
+
+
 def test_a_broken_pipe_of_vmmove_s_own_gives_one_line_and_a_closed_stdout_none() -> None:
     """click takes any EPIPE for its own stdout and exits 1 without a word; vmmove tells a
     pipe or connection of its own (an NBD socket, a child's stdin) from its output's reader."""

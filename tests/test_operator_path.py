@@ -59,10 +59,11 @@ def test_staging_running_vms_is_a_plan_flag(cli: Any, tmp_path: Path) -> None:
     assert yaml.safe_load(plan.read_text())["convert"]["forceShare"] is False
     refused = cli("convert", str(plan), "--wave", "1")
     assert refused.exit_code != 0
-    # the remedy names the plan setting and the plan flag, never a flag convert refuses here
-    assert "convert.forceShare: true in plan.yaml" in refused.stderr
-    assert "vmmove plan --stage-running" in refused.stderr
-    assert "--force-share" not in refused.stderr
+    # the remedy (in the disk's row) names the plan setting and the plan flag, never a flag
+    # convert refuses here
+    assert "convert.forceShare: true in plan.yaml" in refused.stdout
+    assert "vmmove plan --stage-running" in refused.stdout
+    assert "--force-share" not in refused.stdout
 
     staged = tmp_path / "staged.yaml"
     cli("plan", str(inventory), "--out", str(staged), "--network", "*=pod", "--stage-running",

@@ -117,10 +117,14 @@ def test_a_failed_disk_is_reported_once_in_a_pipe(tmp_path: Path) -> None:
                           env=_env(), timeout=300)
     assert proc.returncode == 1
     errors = [ln for ln in proc.stderr.splitlines() if "web/vdb" in ln]
-    # the progress log says which disk failed; the reason is printed once, as an error line
+    # the progress log says which disk failed; the reason is printed once, in the disk's row
+    # (stdout), then the summary line on stderr
     assert [ln.split(" ", 1)[1] for ln in errors if not ln.startswith("vmmove:")] == \
         ["web/vdb: failed"], proc.stderr
-    assert len([ln for ln in errors if ln.startswith("vmmove: error: web/vdb")]) == 1
+    assert not [ln for ln in errors if ln.startswith("vmmove: error: web/vdb")]
+    rows = [ln for ln in proc.stdout.splitlines() if "web/vdb: " in ln]
+    assert len(rows) == 1 and rows[0].startswith("web "), proc.stdout
+    assert proc.stderr.splitlines()[-1].startswith("vmmove: error: 1 of 2 disk(s) failed")
 
 
 def test_terminal_upload_of_a_wave_draws_bars_within_their_totals(

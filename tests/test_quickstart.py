@@ -79,6 +79,13 @@ def test_readme_quick_start_runs_the_main_job_with_real_bytes(tmp_path: Path) ->
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "converted  yes" not in rerun.stdout and " skipped " in rerun.stdout
+    # its manifests replace the first run's: one Secret (the new S3 endpoint's), not two
+    secrets = sorted(p.name for p in manifests.glob("secret-*.yaml"))
+    assert len(secrets) == (1 if uploads else 0), secrets
+    # every VM's next command: stage the wave (manifests and apply come with it)
+    nexts = {v["vm"]: v["next"] for v in json.loads(again.stdout)["vms"]}
+    assert nexts == {vm: f"vmmove migrate {demo / 'plan.yaml'} --wave 1 {vm} --stage"
+                     for vm in ("db", "legacy", "web")}, nexts
 
 
 def _vmmove_env_reuse(tmp_path: Path) -> dict[str, str]:

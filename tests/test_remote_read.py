@@ -188,7 +188,7 @@ def test_bad_ssh_credentials_fail_with_one_line(cli, tmp_path: Path, sshd: Sshd,
     inventory.write_text(yaml.safe_dump(data))
     result = cli("convert", str(inventory), name, "--to", str(tmp_path / "w"))
     assert result.exit_code != 0
-    line = [ln for ln in result.stderr.splitlines() if "failed:" in ln][0]
+    line = [ln for ln in result.stdout.splitlines() if ln.startswith(f"{name} ")][0]  # its row
     assert f"{name}/vda" in line and "Host key verification failed" in line
     assert not list((tmp_path / "w").glob("*.qcow2"))
 
@@ -226,9 +226,10 @@ def test_fault_during_the_copy_fails_with_one_line_and_resumes(
     result = cli("convert", str(inventory), guest.name, "--to", str(work))
     watcher.join(5)
     assert result.exit_code != 0, "the fault did not hit the copy"
-    lines = [ln for ln in result.stderr.splitlines()
-             if ln.startswith(f"vmmove: error: {guest.name}/vda: ")]
-    assert len(lines) == 1, result.stderr
+    lines = [ln for ln in result.stdout.splitlines()  # the error once, in the disk's row
+             if ln.startswith(f"{guest.name} ") and f"{guest.name}/vda: " in ln]
+    assert len(lines) == 1, result.stdout
+    assert lines[0].split(f"{guest.name}/vda: ", 1)[1] not in result.stderr, result.stderr
     assert {"ssh-dropped": "SSH connection", "job-aborted": "backup job was ended",
             "guest-shut-down": "VM shut down during the copy"}[fault] in lines[0]
     assert not list(work.glob("*.qcow2")) and not list(work.glob(".*.part"))

@@ -21,8 +21,8 @@ NODE_URI = f"test://{FIXTURES / 'libvirt' / 'node.xml'}"
 
 
 def test_phases_states_and_numbers(tmp_path: Path, cli: Any) -> None:
-    assert PHASES == ("scanned", "converted", "uploaded", "applied", "imported", "cut over",
-                      "rolled back")
+    assert PHASES == ("scanned", "converted", "uploaded", "precopy", "applied", "imported",
+                      "cut over", "rolled back")
     vms, _ = scan_uri(NODE_URI)
     plan_file = staged(tmp_path, Inventory(vms=vms),
                        [["web-01", "legacy-i440fx", "DB_Server.Prod"], ["win2k22-sql"]])
@@ -69,3 +69,45 @@ def test_phases_states_and_numbers(tmp_path: Path, cli: Any) -> None:
     assert "wave 2: 1 skipped" in table.stderr
     as_yaml = yaml.safe_load(cli("status", str(plan_file), "-o", "yaml", ok=True).stdout)
     assert len(as_yaml["vms"]) == 4
+
+
+def test_precopy_rounds_of_an_offline_warm_vm_show_with_the_next_command(
+        tmp_path: Path, cli: Any) -> None:
+    """Two ``vmmove sync`` rounds of an offline (VMX) warm VM: status says precopy, counts
+    the round bytes (6 MiB of data, the second round 0 B) and names the next command;
+    report's SYNC column counts the rounds; once applied and imported the next command is
+    the cutover with --source-powered-off (an export vmmove cannot stop)."""
+    from tests.test_warm_offline import vmx_export
+
+    vmx, _, _ = vmx_export(tmp_path / "export")
+    inventory, plan_file = tmp_path / "inventory.yaml", tmp_path / "plan.yaml"
+    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
+    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--warm",
+        "--warm-volumes", "volumes", ok=True)
+    plan = load_plan(plan_file)
+    ref = f"{plan.path} --wave 1 app"
+    before = json.loads(cli("status", str(plan_file), "-o", "json", ok=True).stdout)["vms"][0]
+    assert (before["phase"], before["next"]) == ("scanned", f"vmmove migrate {ref} --stage")
+    for _ in range(2):
+        cli("sync", str(plan_file), "--wave", "1", ok=True)
+    (vm,) = json.loads(cli("status", str(plan_file), "-o", "json", ok=True).stdout)["vms"]
+    assert (vm["phase"], vm["state"], vm["bytesMoved"]) == ("precopy", "idle", 6 << 20)
+    assert vm["warm"]["rounds"] == 2 and vm["seconds"] is not None
+    assert vm["next"] == f"vmmove migrate {ref} --stage"
+    table = cli("status", str(plan_file), ok=True)
+    assert "precopy" in table.stdout and "6.0M" in table.stdout
+    assert f"next: vmmove migrate {ref} --stage" in table.stdout
+    assert "wave 1: 1 precopy" in table.stderr
+    (row,) = json.loads(cli("report", str(plan_file), "-o", "json", ok=True).stdout)["vms"]
+    assert (row["precopyRounds"], row["precopyBytes"]) == (2, 6 << 20)
+    assert "precopy, 2 rounds" in cli("report", str(plan_file), ok=True).stdout
+
+    (p,) = plan.wave(1)
+    with plan.journal() as journal:  # as vmmove migrate --stage records them
+        journal.start("apply", p.key)
+        journal.done("apply", p.key, result="applied")
+        journal.start("import", disk_item(p.vm, p.vm.disks[0]))
+        journal.done("import", disk_item(p.vm, p.vm.disks[0]), phase="Succeeded")
+    (vm,) = json.loads(cli("status", str(plan_file), "-o", "json", ok=True).stdout)["vms"]
+    assert (vm["phase"], vm["next"]) == (
+        "imported", f"vmmove cutover {ref} --source-powered-off")

@@ -268,7 +268,7 @@ def test_warm_faults(cli: Any, tmp_path: Path, libvirt_domains: DomainFactory,
     qc.dom.blockResize("vda", 32 << 20, 1)  # VIR_DOMAIN_BLOCK_RESIZE_BYTES
     bad = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
     assert bad.exit_code != 0
-    assert "resized from 16777216 to 33554432" in bad.stderr and "--full" in bad.stderr
+    assert "resized from 16777216 to 33554432" in bad.stdout and "--full" in bad.stdout  # in its row
     assert f"{PREFIX}{tag}-4" in checkpoints(qc)
     status = cli("status", str(plan_file), "-o", "json")
     (vm,) = json.loads(status.stdout)["vms"]

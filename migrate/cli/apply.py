@@ -36,9 +36,9 @@ def apply_options(f: Any) -> Any:
 @click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
               help="Apply wave N only (default: every wave, in order, stopping at a failure).")
 @click.option("--dry-run", type=click.Choice(["none", "client", "server"]), default="none",
-              show_default=True,
-              help="client: show what would be applied, contact nothing; server: let the "
-                   "API server check everything and store nothing.")
+              is_flag=False, flag_value="client", metavar="[=client|server]",
+              help="--dry-run (= client): show what would be applied, contact nothing; "
+                   "--dry-run=server: let the API server check everything and store nothing.")
 @apply_options
 @output_format()
 def apply_cmd(plan_file: str, wave: int | None, dry_run: str, kubeconfig: str | None,

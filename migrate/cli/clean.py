@@ -21,9 +21,11 @@ HEADERS = ["VM", "DISK", "WHAT", "WHERE", "SIZE", "RESULT", "WHY"]
               help="Remove the uploaded objects from the plan's S3 bucket.")
 @click.option("--force", is_flag=True,
               help="Also VMs that are not cut over (their staging is then done anew).")
+@click.option("--dry-run", is_flag=True,
+              help="List what would be removed (result: would remove), remove nothing.")
 @output_format()
 def clean_cmd(plan_file: str, wave: int | None, images: bool, s3: bool, force: bool,
-              output: str) -> None:
+              dry_run: bool, output: str) -> None:
     """Remove what staging left for VMs that are cut over: the converted images in the
     work folder (--images) and the objects in S3 (--s3); both when neither is given.
 
@@ -31,6 +33,7 @@ def clean_cmd(plan_file: str, wave: int | None, images: bool, s3: bool, force: b
     vmmove clean plan.yaml --wave 1
     vmmove clean plan.yaml --images
     vmmove clean plan.yaml --wave 2 --s3 --force     # a wave given up
+    vmmove clean plan.yaml --dry-run                  # what would go, nothing removed
 
     Only files and objects the journal records for a disk are removed; sources are never
     touched (an image outside the work folder, or any VM's source disk, is kept). Each
@@ -47,15 +50,17 @@ def clean_cmd(plan_file: str, wave: int | None, images: bool, s3: bool, force: b
         raise UsageError(f"{plan_file}: --s3: the plan has no S3 transfer target "
                          "(transfer.s3)")
     phases = {s.key: s.phase for s in plan_status(plan, wave)}
-    removals, passed = clean_plan(plan, wave, images, s3, force, phases)
+    removals, passed = clean_plan(plan, wave, images, s3, force, phases, dry_run)
     for line in passed:
         click.echo(f"kept: {line}", err=True)
     emit([r.to_data() for r in removals], output, HEADERS,
          [[r.vm, r.disk, r.what, r.where, human_size(r.bytes), r.result, r.why]
           for r in removals])
-    freed = sum(r.bytes or 0 for r in removals if r.result == "removed")
-    click.echo(f"clean: {sum(1 for r in removals if r.result == 'removed')} removed, "
-               f"{human_size(freed)} freed", err=True)
+    done = [r for r in removals if r.result == ("would remove" if dry_run else "removed")]
+    freed = human_size(sum(r.bytes or 0 for r in done))
+    click.echo(f"clean (dry run): {len(done)} would be removed, {freed} would be freed; "
+               "nothing was removed" if dry_run else
+               f"clean: {len(done)} removed, {freed} freed", err=True)
     failed = [r for r in removals if r.result == FAILED]
     for r in failed:
         click.echo(error_line(f"{r.vm}/{r.disk}: {r.where}: {r.why}"), err=True)

@@ -9,7 +9,7 @@ import click
 from migrate.cli.options import output_format, refuse_with_plan
 from migrate.core.workdir import JOURNAL_NAME
 from migrate.core.errors import UsageError, VmmoveError
-from migrate.core.output import emit, error_line
+from migrate.core.output import emit
 
 from migrate.views.results import convert_data, convert_rows
 
@@ -106,12 +106,12 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
         return
     if inventory is None:
         raise UsageError("convert needs an INVENTORY (from vmmove scan), or --status")
+    inv = load_inventory(inventory) if plan_disks is None else plan.inventory  # file first
     if not vms and not batch:
         raise UsageError("name the VMs to convert, or pass --batch for every VM in "
                          f"{inventory}")
     if vms and batch:
         raise UsageError("--batch converts every VM: pass VM names or --batch, not both")
-    inv = load_inventory(inventory) if plan_disks is None else plan.inventory
     if no_verify and verify_mode:
         raise UsageError("--verify and --no-verify: choose one")
     options = ConvertOptions(format=fmt, compress=compress, verify=not no_verify,
@@ -121,9 +121,6 @@ def convert(inventory: str | None, vms: tuple[str, ...], workdir: str | None,
     if jobs is not None:
         options.jobs = jobs
     results = convert_selection(inv, vms, folder, options, plan_disks, reporters())
-    for r in results:
-        if r.status == FAILED:
-            click.echo(error_line(r.error), err=True)
     emit([convert_data(r) for r in results], output,
          ["VM", "DISK", "STATUS", "FORMAT", "SIZE", "ALLOCATED", "VERIFIED", "TIME",
           "OUTPUT/ERROR"], convert_rows(results))

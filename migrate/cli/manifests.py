@@ -15,7 +15,7 @@ from migrate.core.errors import UsageError
 @click.argument("inventory", required=False, type=click.Path(dir_okay=False))
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="Folder to write <namespace>/<vm>.yaml, Secrets and kustomization.yaml files into.")
-@click.option("-n", "--namespace", default="default", show_default=True, help="Namespace of the VirtualMachines.")
+@click.option("-n", "--namespace", default="default", show_default=True, help="Namespace of an INVENTORY's VirtualMachines. With --plan the plan's namespace: (and its VM entries') is used and -n is ignored.")
 @click.option("--vm", "vms", multiple=True, metavar="NAME",
               help="Only this VM (name or UUID; repeatable). Default: every VM of the inventory.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,

@@ -28,7 +28,10 @@ def connect(default: tuple[str, ...] = ("qemu:///system",)) -> Callable[[F], F]:
 def kube(f: F) -> F:
     """``--kubeconfig``, ``--context``, ``-n/--namespace``, like kubectl."""
     f = click.option("-n", "--namespace", default=None,
-                     help="Kubernetes namespace (default: the context's).")(f)
+                     help="With a PLAN: the namespace of the VMs whose plan entry names "
+                          "none, instead of the plan's namespace: (the plan file is not "
+                          "changed; default: the plan's). Without a plan: the "
+                          "context's namespace unless given.")(f)
     f = click.option("--context", default=None, help="kubeconfig context to use.")(f)
     return click.option("--kubeconfig", type=click.Path(dir_okay=False), default=None,
                         envvar="KUBECONFIG", help="Path to the kubeconfig file (default: "

@@ -47,7 +47,9 @@ def _rows(plan: Any) -> tuple[list[dict[str, Any]], list[list[Any]]]:
 @click.option("--max-size", type=QUANTITY, default=None, metavar="SIZE",
               help="At most SIZE of disk data per wave, e.g. 500Gi (splits big groups).")
 @click.option("-n", "--namespace", default="default", show_default=True,
-              help="Namespace of the VirtualMachines (a VM entry may override it).")
+              help="Namespace of the VirtualMachines, written as the plan's namespace: (a VM "
+                   "entry may override it; -n of apply/migrate/sync/cutover replaces it for "
+                   "one run).")
 @click.option("--network", "network_pairs", multiple=True, metavar="SOURCE=TARGET",
               help="Map a source network (network:default, bridge:br0, a port group, *) to "
                    "'pod' or 'multus:NAMESPACE/NAME' (repeatable). Networks left unmapped "

@@ -11,12 +11,14 @@ from migrate.core.model import Inventory
 from migrate.core.output import emit, error_line, escape
 
 def render(inv: Inventory, fmt: str) -> None:
+    """The inventory as a table (none with no VM: the error lines say why) or data."""
     from migrate.core.serialize import to_data
     from migrate.views.inventory import TABLE_HEADERS, inventory_table
 
     if fmt == "table":
         if not inv.vms:
-            click.echo("No VMs found.", err=True)
+            if not inv.errors:  # the error lines below say why otherwise
+                click.echo("No VMs found.", err=True)
             return
         rows, legend = inventory_table(inv)
         emit(None, "table", TABLE_HEADERS, rows)

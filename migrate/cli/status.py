@@ -29,9 +29,10 @@ def _warm(w: dict | None) -> str:
               help="Only the VMs of wave N.")
 @output_format()
 def status_cmd(plan_file: str, wave: int | None, output: str) -> None:
-    """Show each VM's phase: scanned, converted, uploaded, applied, imported, cut over,
-    rolled back (or skipped), with its state now (running/failed), per-step counts,
-    bytes moved, time spent and the last error.
+    """Show each VM's phase: scanned, converted, uploaded, precopy (warm rounds done),
+    applied, imported, cut over, rolled back (or skipped), with its state now
+    (running/failed), per-step counts, bytes moved (uploads and precopy rounds), time
+    spent, the last error, else the command to run next ("next": also in -o json).
 
     \b
     vmmove status plan.yaml

@@ -17,6 +17,13 @@ class UsageError(VmmoveError):
     exit_code = 2
 
 
+def unreadable(path: object, exc: OSError) -> str:
+    """The one wording of an input file (inventory, plan) that cannot be read:
+    ``<path>: no such file or directory`` (the OS's reason, lower case)."""
+    why = exc.strerror or str(exc)
+    return f"{path}: {why[:1].lower()}{why[1:]}"
+
+
 class SourceError(VmmoveError):
     """A source that cannot be read; ``str()`` names the file or URI and the problem."""
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from migrate.core.errors import UsageError
+from migrate.core.errors import UsageError, unreadable
 from migrate.core.model import Disk, Inspection, Nic
 
 POD = "pod"
@@ -327,7 +327,7 @@ def load_maps(path: str | Path) -> Maps:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise MappingError(f"{path}: {exc.strerror or exc}") from None
+        raise MappingError(unreadable(path, exc)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from migrate.core.errors import VmmoveError
+from migrate.core.errors import VmmoveError, unreadable
 from migrate.core.model import Inventory
 
 T = TypeVar("T")
@@ -28,6 +28,13 @@ T = TypeVar("T")
 
 class InventoryError(VmmoveError):
     """An inventory file that cannot be read; the message names the file and the problem."""
+
+
+class UnreadableInventory(InventoryError):
+    """An inventory file that is missing or unreadable: exit 2 like a missing plan
+    (a usage error: the path given is wrong), worded by :func:`unreadable`."""
+
+    exit_code = 2
 
 
 def to_data(obj: Any) -> Any:
@@ -175,7 +182,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise InventoryError(f"{path}: {exc.strerror or exc}") from None
+        raise UnreadableInventory(unreadable(path, exc)) from None
     try:
         data = _parse(text)
     except yaml.YAMLError as exc:

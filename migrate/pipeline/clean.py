@@ -31,6 +31,7 @@ REMOVED = "removed"
 GONE = "already gone"
 KEPT = "kept"
 FAILED = "failed"
+WOULD = "would remove"  # a dry run: what a real run would remove
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Removal:
     what: str  # image | s3
     where: str  # path, or s3://bucket/key
     bytes: int | None
-    result: str  # REMOVED | GONE | KEPT | FAILED
+    result: str  # REMOVED | GONE | KEPT | FAILED | WOULD (dry run)
     why: str = ""
 
     def to_data(self) -> dict[str, Any]:
@@ -83,8 +84,10 @@ def _source_paths(plan: Plan) -> set[str]:
     return paths
 
 
-def _remove_image(plan: Plan, step: Any, sources: set[str]) -> tuple[str, int | None, str]:
-    """Remove a convert step's output when it is safe; (result, bytes, why)."""
+def _remove_image(plan: Plan, step: Any, sources: set[str],
+                  dry_run: bool = False) -> tuple[str, int | None, str]:
+    """Remove a convert step's output when it is safe (``dry_run``: only say it would);
+    (result, bytes, why)."""
     output = step.output if step is not None and step.status == DONE else None
     if not output:
         return GONE, None, "nothing converted"
@@ -101,12 +104,16 @@ def _remove_image(plan: Plan, step: Any, sources: set[str]) -> tuple[str, int | 
         return GONE, None, ""
     if not path.is_file() or path.is_symlink():
         return KEPT, None, "not a regular file"
+    if dry_run:
+        return WOULD, st.st_blocks * 512, ""
     path.unlink()
     return REMOVED, st.st_blocks * 512, ""
 
 
-def _remove_object(s3: Any, bucket: str, key: str) -> tuple[str, int | None, str]:
-    """Delete one S3 object (HEAD first, for its size and whether it is there)."""
+def _remove_object(s3: Any, bucket: str, key: str,
+                   dry_run: bool = False) -> tuple[str, int | None, str]:
+    """Delete one S3 object (HEAD first, for its size and whether it is there; ``dry_run``:
+    only the HEAD)."""
     import botocore.exceptions
 
     try:
@@ -116,6 +123,8 @@ def _remove_object(s3: Any, bucket: str, key: str) -> tuple[str, int | None, str
         if code in ("404", "NoSuchKey", "NotFound"):
             return GONE, None, ""
         return FAILED, None, f"{code}: {exc.response.get('Error', {}).get('Message', exc)}"
+    if dry_run:
+        return WOULD, int(head.get("ContentLength") or 0), ""
     try:
         s3.delete_object(Bucket=bucket, Key=key)
     except botocore.exceptions.BotoCoreError as exc:  # network
@@ -126,9 +135,10 @@ def _remove_object(s3: Any, bucket: str, key: str) -> tuple[str, int | None, str
 
 
 def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
-          bucket: str | None) -> list[Removal]:
+          bucket: str | None, dry_run: bool = False) -> list[Removal]:
     """Remove the images (``images``) and the S3 objects (``s3``: a boto3 client, with
-    ``bucket`` the plan's, used when a record names none) of ``vms``' disks; journalled."""
+    ``bucket`` the plan's, used when a record names none) of ``vms``' disks; journalled.
+    ``dry_run``: remove and journal nothing, each removal's result :data:`WOULD`."""
     sources = _source_paths(plan)
     removals: list[Removal] = []
     with Journal(plan.journal_path) as journal:
@@ -140,7 +150,7 @@ def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
                     step = journal.get(KIND_CONVERT, item)
                     where = str(step.output) if step is not None and \
                         step.output else "-"
-                    result, size, why = _remove_image(plan, step, sources)
+                    result, size, why = _remove_image(plan, step, sources, dry_run)
                     removals.append(Removal(p.vm.name, d.target, "image", where, size,
                                             result, why))
                     if result == REMOVED:
@@ -154,7 +164,7 @@ def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
                                                 "nothing uploaded to S3"))
                     else:
                         b = up.bucket or bucket
-                        result, size, why = _remove_object(s3, b, key)
+                        result, size, why = _remove_object(s3, b, key, dry_run)
                         removals.append(Removal(p.vm.name, d.target, "s3", f"s3://{b}/{key}",
                                                 size, result, why))
                         if result == REMOVED:
@@ -166,11 +176,12 @@ def clean(plan: Plan, vms: list[PlannedVM], images: bool, s3: Any | None,
                                   removed=history + [done])
                     journal.done(KIND_CLEAN, item, bytes=sum(
                         int(v or 0) for k, v in done.items() if k.endswith("_bytes")))
-            removals += _clean_warm(plan, p, journal)
+            removals += _clean_warm(plan, p, journal, dry_run)
     return removals
 
 
-def _clean_warm(plan: Plan, p: PlannedVM, journal: Journal) -> list[Removal]:
+def _clean_warm(plan: Plan, p: PlannedVM, journal: Journal,
+                dry_run: bool = False) -> list[Removal]:
     """A warm VM: what vmmove left on its host (this plan's ``vmmove-`` checkpoints and
     bitmaps, the scratch folder) and its block hashes in the work folder; never the
     domain's own checkpoints (:meth:`migrate.pipeline.warm.Warm.cleanup`)."""
@@ -182,6 +193,15 @@ def _clean_warm(plan: Plan, p: PlannedVM, journal: Journal) -> list[Removal]:
         return []
     warm = Warm(plan, journal)
     out: list[Removal] = []
+    if dry_run:  # the host is not contacted: what it holds is listed by the real run
+        out.append(Removal(p.vm.name, "-", "host", "this plan's vmmove- checkpoints, bitmaps "
+                           "and scratch folder", None, WOULD, "not listed in a dry run"))
+        for d in data_disks(p.vm):
+            path = warm.hashes(p, d).path
+            if path.exists():
+                out.append(Removal(p.vm.name, d.target, "hashes", str(path),
+                                   path.stat().st_size, WOULD, ""))
+        return out
     try:
         removed = warm.cleanup(p)
     except VmmoveError as exc:
@@ -201,7 +221,7 @@ def _clean_warm(plan: Plan, p: PlannedVM, journal: Journal) -> list[Removal]:
 
 
 def clean_plan(plan: Plan, wave: int | None, images: bool, s3: bool, force: bool,
-               phases: dict[str, str]) -> tuple[list[Removal], list[str]]:
+               phases: dict[str, str], dry_run: bool = False) -> tuple[list[Removal], list[str]]:
     """``vmmove clean``: the removals made for the chosen VMs (:func:`chosen_vms`), and
     why the others were kept; the S3 client is the plan's transfer backend's."""
     vms, passed = chosen_vms(plan, wave, force, phases)
@@ -211,5 +231,5 @@ def clean_plan(plan: Plan, wave: int | None, images: bool, s3: bool, force: bool
 
         backend = backend_for(plan)
         client, bucket = backend.client, backend.bucket  # type: ignore[attr-defined]
-    removals = clean(plan, vms, images, client, bucket) if vms else []
+    removals = clean(plan, vms, images, client, bucket, dry_run) if vms else []
     return removals, passed

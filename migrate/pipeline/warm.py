@@ -1153,7 +1153,7 @@ def run_rounds(plan_file: str, vms: tuple[str, ...], wave: int, full: bool,
                                 f"{p.vm.name}: {exc}"
                             errors.append(msg)
                             data.append({"vm": p.vm.name, "error": msg})
-                            rows.append([p.vm.name, "-", "failed", "-", "-", "-", msg[:120]])
+                            rows.append([p.vm.name, "-", "failed", "-", "-", "-", msg])
                             continue
                         data.append(r.to_data())
                         rows.append([r.vm, str(r.round), r.kind, human_size(r.changed),

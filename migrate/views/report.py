@@ -20,6 +20,7 @@ from migrate.core.records import (
     KIND_IMPORT,
     KIND_ROLLBACK,
     KIND_UPLOAD,
+    KIND_WARM,
 )
 from migrate.plan import Plan, PlannedVM
 from migrate.core.journal import DONE, Journal, Step
@@ -162,6 +163,17 @@ class VmReport:
     sync_seconds: float | None = None
     boot_seconds: float | None = None
     boot_test: str | None = None  # the last vmmove boot-test verdict (booted, failed, …)
+    precopy_rounds: int = 0  # warm VM: precopy rounds done (vmmove sync)
+    precopy_bytes: int = 0  # bytes those rounds wrote
+
+    @property
+    def sync(self) -> str:
+        """The SYNC column: the cutover's final-sync mode, else the precopy rounds done."""
+        if self.sync_mode:
+            return self.sync_mode
+        if self.precopy_rounds:
+            return f"precopy, {self.precopy_rounds} round" + "s" * (self.precopy_rounds > 1)
+        return "-"
 
     @property
     def converted_bytes(self) -> int:
@@ -177,7 +189,8 @@ class VmReport:
                 "cutover": self.cutover, "downtime": self.downtime, "syncMode": self.sync_mode,
                 "stop": self.stop, "stopSeconds": self.stop_seconds,
                 "syncSeconds": self.sync_seconds, "bootSeconds": self.boot_seconds,
-                "bootTest": self.boot_test,
+                "bootTest": self.boot_test, "precopyRounds": self.precopy_rounds,
+                "precopyBytes": self.precopy_bytes,
                 "convertSeconds": self.seconds("convert_seconds"),
                 "uploadSeconds": self.seconds("upload_seconds"),
                 "importSeconds": self.seconds("import_seconds"),
@@ -216,6 +229,8 @@ def vm_report(p: PlannedVM, journal: Journal) -> VmReport:
         steps = {s: journal.get(KIND_CUTOVER_PAST, f"{p.key}/{s}") for s in steps}
     r = VmReport(p.wave, p.vm.name, f"{p.namespace}/{p.name}", p.vm.data_bytes(), disks,
                  state)
+    rounds = [s for s in journal.steps(KIND_WARM, prefix=f"{p.key}/round/") if s.is_done]
+    r.precopy_rounds, r.precopy_bytes = len(rounds), sum(s.bytes or 0 for s in rounds)
     tested = journal.get(KIND_BOOT_TEST, p.key)
     if tested is not None:
         r.boot_test = tested.verdict or tested.status
@@ -263,7 +278,7 @@ def table_rows(reports: list[VmReport]) -> list[list[Any]]:
         rows.append([r.wave, r.vm, r.target, human_size(r.data_bytes),
                      human_size(r.converted_bytes), secs(r.seconds("convert_seconds")),
                      secs(r.seconds("upload_seconds")), secs(r.seconds("import_seconds")),
-                     r.boot_test or "-", r.cutover, r.sync_mode or "-", secs(r.downtime),
+                     r.boot_test or "-", r.cutover, r.sync, secs(r.downtime),
                      sums])
     return rows
 

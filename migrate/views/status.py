@@ -1,11 +1,14 @@
 """Where each VM of a plan stands, read from the plan's journal alone.
 
 The phases, in order: ``scanned`` (in the plan, nothing done yet), ``converted`` (every
-disk converted), ``uploaded`` (every disk at the transfer target), ``applied`` (the
+disk converted), ``uploaded`` (every disk at the transfer target), ``precopy`` (a warm
+VM with at least one precopy round done by ``vmmove sync``, not applied yet), ``applied`` (the
 VirtualMachine is in the cluster), ``imported`` (every DataVolume succeeded), ``cut over``
 and ``rolled back`` (journal kinds ``cutover``/``rollback``, item ``<vm key>``, written by
 the cutover commands).  A VM's phase is the furthest one it completed; a step running or
-failed now is reported beside it (``state``, ``error``), with timings and bytes moved.
+failed now is reported beside it (``state``, ``error``), with timings and bytes moved
+(uploads and precopy rounds), and ``next``: the command the operator runs next
+(:func:`next_action`; None once cut over or skipped).
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ from migrate.pipeline.warm import disk_method, outlook
 SCANNED = "scanned"
 CONVERTED = "converted"
 UPLOADED = "uploaded"
+PRECOPY = "precopy"
 APPLIED = "applied"
 IMPORTED = "imported"
 CUT_OVER = "cut over"
 ROLLED_BACK = "rolled back"
 SKIPPED = "skipped"
-PHASES = (SCANNED, CONVERTED, UPLOADED, APPLIED, IMPORTED, CUT_OVER, ROLLED_BACK)
+PHASES = (SCANNED, CONVERTED, UPLOADED, PRECOPY, APPLIED, IMPORTED, CUT_OVER, ROLLED_BACK)
 
 
 @dataclass
@@ -103,8 +107,31 @@ def _timing(kind: str, steps: list[Step | None]) -> StepTiming:
     return t
 
 
-def vm_status(p: PlannedVM, journal: Journal) -> VmStatus:
-    """The status of one planned VM from the journal."""
+def next_action(plan: Plan, p: PlannedVM, phase: str, rounds: int,
+                full_pending: bool = False) -> str | None:
+    """The command the operator runs next for ``p`` in ``phase``, following the pipeline:
+    stage (``vmmove migrate --stage``: convert, upload, manifests, apply, imports) → sync
+    (warm VMs: a precopy round, again when a full round is pending) → cutover (with
+    ``--source-powered-off`` for a warm VM of an offline export, docs/warm-migration.md).
+    None once cut over (or skipped).  An unfinished cutover's own ``next`` comes first
+    (:func:`vm_status`)."""
+    from migrate.pipeline.cutover import is_offline
+    from migrate.pipeline.warm import is_warm
+
+    if phase in (SKIPPED, CUT_OVER):
+        return None
+    ref = f"{plan.path} --wave {p.wave} {p.vm.name}"
+    if phase not in (APPLIED, IMPORTED, ROLLED_BACK):
+        return f"vmmove migrate {ref} --stage"
+    warm = is_warm(plan, p)
+    if warm and (not rounds or full_pending):
+        return f"vmmove sync {ref}" + (" --full" if full_pending and rounds else "")
+    offline = " --source-powered-off" if warm and is_offline(p.vm) else ""
+    return f"vmmove cutover {ref}{offline}"
+
+
+def vm_status(p: PlannedVM, journal: Journal, plan: Plan | None = None) -> VmStatus:
+    """The status of one planned VM from the journal (``plan``: to say what comes next)."""
     vm = p.vm
     disks = [d for d in vm.disks if d.device in ("disk", "lun")]
     items = [disk_item(vm, d) for d in disks]
@@ -153,27 +180,38 @@ def vm_status(p: PlannedVM, journal: Journal) -> VmStatus:
     state = "failed" if failed else "running" if running else "idle"
     if p.skip:
         phase, state = SKIPPED, "skipped"
-    starts = [s.started for s in present if s.started is not None]
-    ends = [s.finished for s in present if s.finished is not None]
     uploads = [s for s in per_kind[KIND_UPLOAD] if s is not None and s.status == DONE]
     warm = None
+    round_bytes = done_rounds = 0
+    full_pending = False
     chain = journal.get(KIND_WARM, p.key)
     if chain is not None:
         rounds = sorted(journal.steps(KIND_WARM, prefix=f"{p.key}/round/"),
                         key=lambda s: s.updated)
-        warm = outlook(chain.data, [disk_method(vm, d)[0] for d in disks])
+        warm = outlook(chain.state, [disk_method(vm, d)[0] for d in disks])
+        full_pending = bool(chain.state.get("full_reason"))
+        finished = [r for r in rounds if r.status == DONE]
+        done_rounds, round_bytes = len(finished), sum(r.bytes or 0 for r in finished)
+        present += finished  # the rounds' times count in the VM's time
+        if finished and phase in (SCANNED, CONVERTED, UPLOADED):
+            phase = PRECOPY
         if rounds and rounds[-1].status == FAILED:  # the last round failed
             failed.append(rounds[-1])
             state = "failed"
+    starts = [s.started for s in present if s.started is not None]
+    ends = [s.finished for s in present if s.finished is not None]
+    if cut is not None and cut.status != DONE and phase != ROLLED_BACK:
+        after = cut.next
+    else:
+        after = next_action(plan, p, phase, done_rounds, full_pending) if plan else None
     return VmStatus(
         wave=p.wave, vm=vm.name, key=p.key, name=p.name, namespace=p.namespace,
         phase=phase, state=state, error=failed[-1].error if failed else None,
-        bytes_moved=sum(s.moved for s in uploads),
+        bytes_moved=sum(s.moved for s in uploads) + round_bytes,
         bytes_sent=sum(s.sent for s in uploads),
         seconds=(max(ends) - min(starts)) if starts and ends else None,
         steps=timings,
-        next=(cut.next if cut is not None and cut.status != DONE
-              and phase != ROLLED_BACK else None),
+        next=after,
         warm=warm,
     )
 
@@ -183,9 +221,9 @@ def plan_status(plan: Plan, wave: int | None = None) -> list[VmStatus]:
     vms = plan.vms if wave is None else plan.wave(wave, include_skipped=True)
     if not plan.journal_path.is_file():
         with Journal(":memory:") as empty:
-            return [vm_status(p, empty) for p in vms]
+            return [vm_status(p, empty, plan) for p in vms]
     with plan.journal() as journal:
-        return [vm_status(p, journal) for p in vms]
+        return [vm_status(p, journal, plan) for p in vms]
 
 
 def summary(statuses: list[VmStatus]) -> dict[int, dict[str, int]]:
