@@ -1089,22 +1089,25 @@ def critical_problems(plan: Plan) -> list[str]:
     return problems
 
 
-def transfer_problems(plan: Plan) -> list[str]:
-    """One problem when VMs are to be migrated and the plan names no transfer target:
+def transfer_warnings(plan: Plan) -> list[str]:
+    """One warning when VMs are to be migrated and the plan names no transfer target:
     ``migrate --stage`` (every VM, cold or warm) would refuse it
-    (:func:`migrate.pipeline.stages.wave_to_stage`), so ``plan --check`` says so first."""
+    (:func:`migrate.pipeline.stages.wave_to_stage`), so ``plan --check`` says so first.  A
+    warning, not a problem: ``vmmove manifests --http-base URL`` or ``--blank`` use a plan
+    without one (the demo without S3 does)."""
     if plan.transfer.backend is None and any(not p.skip for p in plan.vms):
         return ["transfer: no transfer target: set transfer.s3, transfer.uploadProxy or "
-                "transfer.mode: direct (vmmove migrate --stage needs one)"]
+                "transfer.mode: direct (vmmove migrate --stage needs one; vmmove manifests "
+                "--http-base/--blank does not)"]
     return []
 
 
 def check_plan(path: str | os.PathLike[str]) -> Plan:
-    """:func:`load_plan`, then the transfer target (:func:`transfer_problems`) and the
-    assessment's criticals of its VMs (``plan --check``): raise :class:`PlanError`
-    listing every problem."""
+    """:func:`load_plan`, then the assessment's criticals of its VMs (``plan --check``):
+    raise :class:`PlanError` listing every problem.  (The CLI adds
+    :func:`transfer_warnings`.)"""
     plan = load_plan(path)
-    problems = transfer_problems(plan) + critical_problems(plan)
+    problems = critical_problems(plan)
     if problems:
         raise PlanError(plan.path, problems)
     return plan

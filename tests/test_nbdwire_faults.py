@@ -139,9 +139,10 @@ def test_sync_names_the_vm_and_disk_when_qemu_nbd_dies_during_a_round(
     lines = fault_while_paused(["sync", str(plan), "--wave", "1"], env, "warm:final",
                                tmp_path, kill_qemu_nbd)
     assert len(killed) == 1
-    # stderr: sync's summary line alone; the VM's line is its row, kept for vmmove status
+    # stderr: the VM's line (also its row, and kept for vmmove status), then the summary
     assert "Traceback" not in "\n".join(lines), lines
-    assert len(lines) == 1 and lines[0].startswith("vmmove: error: sync: 1 round(s) failed")
+    assert len(lines) == 2 and lines[1].startswith("vmmove: error: sync: 1 round(s) failed")
+    assert lines[0].startswith("vmmove: error: app/sda: the round failed: nbd+unix:///sda"), lines
     (vm,) = json.loads(cli("status", str(plan), "-o", "json").stdout)["vms"]
     line = vm["error"]
     assert vm["state"] == "failed" and line.startswith(

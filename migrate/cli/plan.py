@@ -111,12 +111,15 @@ def plan_cmd(inventory: str | None, out: str | None, check: str | None, by: str,
     target names and MAC collisions are all listed at once; --check adds the
     assessment's critical concerns. See docs/plan.md.
     """
-    from migrate.plan import PlanError, check_plan, critical_problems, load_plan
+    from migrate.plan import PlanError, check_plan, critical_problems, load_plan, \
+        transfer_warnings
 
     if check:
         if inventory or out:
             raise UsageError("--check PLAN takes no INVENTORY and no --out")
         plan = check_plan(check)
+        for warning in transfer_warnings(plan):
+            click.echo(f"vmmove: warning: {check}: {warning}", err=True)
         data, rows = _rows(plan)
         emit(data, output, HEADERS, rows)
         skipped = sum(1 for p in plan.vms if p.skip)

@@ -7,7 +7,7 @@ import click
 from migrate.cli.options import kube as kube_options
 from migrate.cli.options import output_format
 from migrate.core.errors import VmmoveError
-from migrate.core.output import emit
+from migrate.core.output import emit, error_line
 
 HEADERS = ["VM", "ROUND", "KIND", "CHANGED", "SECONDS", "DISKS", "ERROR"]
 
@@ -45,7 +45,9 @@ def sync_cmd(plan_file: str, vms: tuple[str, ...], wave: int, full: bool, every:
     data, rows, errors = run_rounds(plan_file, vms, wave, full, every, until,
                                     (kubeconfig, context, namespace))
     emit(data, output, HEADERS, rows)
-    if errors:  # each error is in its row (and in -o json): the summary line alone here
+    for e in errors:  # in its row too; on stderr once, seen when the table goes to a file
+        click.echo(error_line(e), err=True)
+    if errors:
         raise VmmoveError(f"sync: {len(errors)} round(s) failed; fix the cause and rerun "
                           "(a rerun resumes from the last finished round)")
 

@@ -172,6 +172,17 @@ class ItemBars:
             self.overall.close()
 
 
+def failed_line(item: Any, result: Any) -> str:
+    """The log line (stderr) of a failed item: its error, which names the VM/disk and the
+    problem, so the reason is on stderr even when the results table goes to a file."""
+    error = getattr(result, "error", None)
+    if not error:
+        return f"{item.label}: failed"
+    error = escape(str(error))
+    return f"failed: {error}" if error.startswith(str(item.label)) else \
+        f"{item.label}: failed: {error}"
+
+
 class Bars(Subscriber):
     """The tqdm subscriber: an overall bar of ``total`` and one bar per item in flight
     (:class:`ItemBars`).  Amounts accumulate per item and phase into the fraction the bars
@@ -210,7 +221,7 @@ class Bars(Subscriber):
         return None
 
     def said_done(self, item: Any, result: Any) -> str | None:
-        return f"{item.label}: {result.status}" if result.ok else f"{item.label}: failed"
+        return f"{item.label}: {result.status}" if result.ok else failed_line(item, result)
 
     # the protocol
     def grow(self, extra: int) -> None:
@@ -295,8 +306,8 @@ class ConvertBars(Bars):
         return f"{item.label}: verifying ({how}, {human_size(item.virtual_size)})"
 
     def said_done(self, item: Any, result: Any) -> str:
-        if not result.ok:  # the error itself is printed once, with the results
-            return f"{item.label}: failed"
+        if not result.ok:
+            return failed_line(item, result)
         extra = f", verified, {result.checksum}" if result.verified else ""
         return (f"{item.label}: {result.status} → {result.output} "
                 f"({human_size(result.allocated)}{extra})")
@@ -315,8 +326,8 @@ class UploadBars(Bars):
                 f"{human_size(int(total))}{note}")
 
     def said_done(self, item: Any, result: Any) -> str:
-        if not result.ok:  # the error itself is printed once, with the results
-            return f"{item.label}: failed"
+        if not result.ok:
+            return failed_line(item, result)
         where = getattr(result, "url", None) or (
             f"{result.namespace}/{result.dv}" if getattr(result, "dv", None) else "-")
         return f"{item.label}: {result.status} → {where} ({human_size(result.sent)} sent)"
