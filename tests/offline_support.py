@@ -128,3 +128,33 @@ def manifest(files: dict[str, bytes], algo: str = "SHA256", tag_style: bool = Fa
 def error_lines(result) -> list[str]:  # type: ignore[no-untyped-def]
     """The ``vmmove: error:`` lines of a CLI result's stderr."""
     return [ln for ln in result.stderr.splitlines() if ln.startswith("vmmove: error:")]
+
+
+VMX_APP = ('config.version = "8"\nvirtualHW.version = "19"\ndisplayName = "app"\n'
+           'guestOS = "debian11-64"\nmemSize = "256"\nnumvcpus = "1"\n'
+           'scsi0.present = "TRUE"\nscsi0.virtualDev = "pvscsi"\n'
+           'scsi0:0.present = "TRUE"\nscsi0:0.fileName = "app.vmdk"\n')
+
+
+def vmx_export(folder: Path) -> tuple[Path, Path, Path]:
+    """A VMware export as a datastore folder holds it: ``app.vmx``, the descriptor
+    ``app.vmdk`` and its extent ``app-flat.vmdk`` (32 MiB, 6 MiB of patterns)."""
+    folder.mkdir()
+    descriptor = folder / "app.vmdk"
+    qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", str(descriptor),
+             "32M")
+    for i, off in enumerate((0, 2, 4)):
+        qemu_io(str(descriptor), f"write -P {0x31 + i} {off}M 2M", "vmdk")
+    vmx = folder / "app.vmx"
+    vmx.write_text(VMX_APP)
+    return vmx, descriptor, folder / "app-flat.vmdk"
+
+
+def warm_plan(cli, vmx: Path, folder: Path, *extra: str):  # type: ignore[no-untyped-def]
+    """``vmmove scan VMX`` into ``folder/inventory.yaml``, then ``vmmove plan … -n vms --warm
+    --warm-volumes volumes`` into ``folder/plan.yaml``; (inventory, plan file, plan's result)."""
+    inventory, plan_file = folder / "inventory.yaml", folder / "plan.yaml"
+    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
+    made = cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", *extra, "--warm",
+               "--warm-volumes", "volumes", ok=True)
+    return inventory, plan_file, made

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from migrate.clients.nbdwire import BASE_ALLOCATION, NbdClient, NbdWireError
+from tests.offline_support import warm_plan
 from tests.conftest import qemu_img, qemu_io
 
 MiB = 1 << 20
@@ -119,10 +120,7 @@ def test_sync_names_the_vm_and_disk_when_qemu_nbd_dies_during_a_round(
         'config.version = "8"\nvirtualHW.version = "19"\ndisplayName = "app"\n'
         'guestOS = "debian11-64"\nmemSize = "256"\nscsi0.present = "TRUE"\n'
         'scsi0.virtualDev = "pvscsi"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "app.vmdk"\n')
-    inventory, plan = tmp_path / "inventory.yaml", tmp_path / "plan.yaml"
-    cli("scan", str(export / "app.vmx"), "--output-file", str(inventory), "-o", "json", ok=True)
-    cli("plan", str(inventory), "--out", str(plan), "-n", "vms", "--warm",
-        "--warm-volumes", "volumes", ok=True)
+    _, plan, _ = warm_plan(cli, export / "app.vmx", tmp_path)
     killed: list[int] = []
 
     def kill_qemu_nbd() -> None:  # the qemu-nbd serving this test's disk, by its pid

@@ -240,13 +240,10 @@ def test_a_failed_disk_or_round_is_said_once_on_stderr_and_in_its_row(
         tmp_path: Path, cli: Any) -> None:
     """convert and sync: the error in the table row (stdout); on stderr once (so it is seen
     when the table goes to a file), then the summary line, never the same text twice."""
-    from tests.test_warm_offline import vmx_export
+    from tests.offline_support import vmx_export, warm_plan
 
     vmx, _, flat = vmx_export(tmp_path / "export")
-    inventory, plan_file = tmp_path / "inventory.yaml", tmp_path / "plan.yaml"
-    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
-    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--warm",
-        "--warm-volumes", "volumes", ok=True)
+    inventory, plan_file, _ = warm_plan(cli, vmx, tmp_path)
     flat.unlink()
     for args, summary in (
             (["convert", str(inventory), "app", "--to", str(tmp_path / "work")],
@@ -264,7 +261,7 @@ def test_a_failed_disk_or_round_is_said_once_on_stderr_and_in_its_row(
 def test_namespace_option_says_what_it_does_and_does_it(tmp_path: Path, cli: Any) -> None:
     """plan -n writes the plan's namespace:; sync (like apply/migrate/cutover) -n replaces
     it for one run, the plan file unchanged; manifests --plan ignores -n."""
-    from tests.test_warm_offline import vmx_export
+    from tests.offline_support import vmx_export, warm_plan
 
     for command in ("sync", "cutover", "apply", "migrate", "rollback"):
         assert "instead of the plan's namespace:" in " ".join(
@@ -274,10 +271,7 @@ def test_namespace_option_says_what_it_does_and_does_it(tmp_path: Path, cli: Any
     assert "With --plan the plan's namespace: (and its VM entries') is used and -n is " \
         "ignored" in " ".join(cli("manifests", "--help", ok=True).stdout.split())
     vmx, _, _ = vmx_export(tmp_path / "export")
-    inventory, plan_file = tmp_path / "inventory.yaml", tmp_path / "plan.yaml"
-    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
-    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--warm",
-        "--warm-volumes", "volumes", ok=True)
+    inventory, plan_file, _ = warm_plan(cli, vmx, tmp_path)
     assert yaml.safe_load(plan_file.read_text())["namespace"] == "vms"
     cli("sync", str(plan_file), "--wave", "1", "-n", "other", ok=True)
     assert [p.relative_to(tmp_path / "volumes").parts[0]

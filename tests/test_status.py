@@ -77,13 +77,10 @@ def test_precopy_rounds_of_an_offline_warm_vm_show_with_the_next_command(
     the round bytes (6 MiB of data, the second round 0 B) and names the next command;
     report's SYNC column counts the rounds; once applied and imported the next command is
     the cutover with --source-powered-off (an export vmmove cannot stop)."""
-    from tests.test_warm_offline import vmx_export
+    from tests.offline_support import vmx_export, warm_plan
 
     vmx, _, _ = vmx_export(tmp_path / "export")
-    inventory, plan_file = tmp_path / "inventory.yaml", tmp_path / "plan.yaml"
-    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
-    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--warm",
-        "--warm-volumes", "volumes", ok=True)
+    inventory, plan_file, _ = warm_plan(cli, vmx, tmp_path)
     plan = load_plan(plan_file)
     ref = f"{plan.path} --wave 1 app"
     before = json.loads(cli("status", str(plan_file), "-o", "json", ok=True).stdout)["vms"][0]

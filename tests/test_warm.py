@@ -27,6 +27,7 @@ from migrate.clients.nbdwire import (
 from migrate.core.model import VM, Disk, Source, SourceKind
 from migrate.plan import PlanError, load_plan
 from migrate.pipeline.warm import BITMAP, HASH, _split, disk_method, outlook
+from tests.offline_support import warm_plan
 from tests.conftest import qemu_img, qemu_io
 
 MiB = 1 << 20
@@ -208,11 +209,7 @@ def test_sync_rounds_of_an_offline_vmx_source_whose_flat_vmdk_changes(
     export = tmp_path / "export"
     export.mkdir()
     vmx, flat = _flat_vmx(export)
-    inventory = tmp_path / "inventory.yaml"
-    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
-    plan_file = tmp_path / "plan.yaml"
-    made = cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--warm",
-               "--warm-volumes", "volumes", ok=True)
+    _, plan_file, made = warm_plan(cli, vmx, tmp_path)
     assert "warm app/" in made.stderr and ": hash (offline vmx source" in made.stderr
     first = cli("sync", str(plan_file), "--wave", "1", "-o", "json")
     assert first.exit_code == 0, first.stderr
@@ -279,11 +276,7 @@ def test_sync_every_until_repeats_rounds(cli: Any, tmp_path: Path) -> None:
     export = tmp_path / "export"
     export.mkdir()
     vmx, _flat = _flat_vmx(export)
-    inventory = tmp_path / "inventory.yaml"
-    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
-    plan_file = tmp_path / "plan.yaml"
-    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--warm",
-        "--warm-volumes", "volumes", ok=True)
+    _, plan_file, _ = warm_plan(cli, vmx, tmp_path)
     until = (datetime.datetime.now().astimezone() + datetime.timedelta(seconds=1.5))
     out = cli("sync", str(plan_file), "--wave", "1", "--every", "1s", "--until",
               until.isoformat(timespec="milliseconds"), "-o", "json", ok=True)
@@ -328,11 +321,7 @@ def test_offline_rounds_leave_no_scratch_folder(cli: Any, tmp_path: Path) -> Non
     export = tmp_path / "export"
     export.mkdir()
     vmx, _flat = _flat_vmx(export)
-    inventory = tmp_path / "inventory.yaml"
-    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
-    plan_file = tmp_path / "plan.yaml"
-    cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--warm",
-        "--warm-volumes", "volumes", ok=True)
+    _, plan_file, _ = warm_plan(cli, vmx, tmp_path)
     cli("sync", str(plan_file), "--wave", "1", ok=True)
     tag = plan_tag(load_plan(plan_file).workdir)
     assert not list(SCRATCH_ROOT.glob(f"vmmove-{tag}-*"))

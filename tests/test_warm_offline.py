@@ -23,31 +23,14 @@ from migrate.core.output import human_size
 from migrate.pipeline.itinerary import OFFLINE_WARM_CUTOVER, WARM_CUTOVER, cutover_itinerary
 from migrate.pipeline.warm import KIND_WARM
 from migrate.plan import load_plan
-from tests.conftest import qemu_img, qemu_io
-from tests.offline_support import make_vmdk, ovf_text
+from tests.conftest import qemu_io
+from tests.offline_support import make_vmdk, ovf_text, vmx_export, warm_plan
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
 from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
-
-
-def vmx_export(folder: Path) -> tuple[Path, Path, Path]:
-    """A VMware export as a datastore folder holds it: ``app.vmx``, the descriptor
-    ``app.vmdk`` and its extent ``app-flat.vmdk`` (32 MiB, 6 MiB of patterns)."""
-    folder.mkdir()
-    descriptor = folder / "app.vmdk"
-    qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", str(descriptor),
-             "32M")
-    for i, off in enumerate((0, 2, 4)):
-        qemu_io(str(descriptor), f"write -P {0x31 + i} {off}M 2M", "vmdk")
-    vmx = folder / "app.vmx"
-    vmx.write_text('config.version = "8"\nvirtualHW.version = "19"\ndisplayName = "app"\n'
-                   'guestOS = "debian11-64"\nmemSize = "256"\nnumvcpus = "1"\n'
-                   'scsi0.present = "TRUE"\nscsi0.virtualDev = "pvscsi"\n'
-                   'scsi0:0.present = "TRUE"\nscsi0:0.fileName = "app.vmdk"\n')
-    return vmx, descriptor, folder / "app-flat.vmdk"
 
 
 def same(descriptor: Path, volume: Path) -> bool:
@@ -61,12 +44,9 @@ def test_offline_vmx_warm_cutover_and_rollback(
         s3_env: dict[str, str], cluster: Cluster, controllers: Controllers,
         kubevirt: KubeVirt) -> None:
     vmx, descriptor, flat = vmx_export(tmp_path / "export")
-    inventory = tmp_path / "inventory.yaml"
-    cli("scan", str(vmx), "--output-file", str(inventory), "-o", "json", ok=True)
-    plan_file = tmp_path / "plan.yaml"
-    made = cli("plan", str(inventory), "--out", str(plan_file), "-n", "vms", "--s3",
-               f"s3://{s3_bucket}/{tmp_path.name}", "--endpoint-url", s3_server.endpoint,
-               "--warm", "--warm-volumes", "volumes", ok=True)
+    inventory, plan_file, made = warm_plan(
+        cli, vmx, tmp_path, "--s3", f"s3://{s3_bucket}/{tmp_path.name}", "--endpoint-url",
+        s3_server.endpoint)
     assert "warm app/sda: hash (offline vmx source" in made.stderr, made.stderr
     kube = ["--kubeconfig", str(cluster.kubeconfig)]
     staged = cli("migrate", str(plan_file), "--wave", "1", "--stage", *kube)
