@@ -133,7 +133,13 @@ class ConvertRecord(Step):
     source_format = _field("source_format", "Format of the source image.")
     virtual_size = _field("virtual_size", "Guest-visible size, bytes.")
     allocated = _field("allocated", "Bytes the output file allocates.")
-    verified = _field("verified", "qemu-img compare passed (True), failed or skipped.")
+    verified = _field("verified", "Verification passed (True), failed or skipped (--no-verify).")
+    verify = _field("verify", "How it was verified: stream (checksums in the copy stream, "
+                              "converters/stream.py); absent when qemu-img compare did it.")
+    guest_bytes = _field("guest_bytes", "stream: guest-visible bytes read, = virtual size.")
+    source_read = _field("source_read", "stream: bytes vmmove asked of the source.")
+    source_read_server = _field("source_read_server", "stream: bytes qemu-nbd read from the "
+                                                      "source files (/proc/PID/io).")
     identity = _field("identity", "Who the VM is across inventories (workdir.vm_identity).")
     vm = _field("vm", "The VM's name.")
     disk = _field("disk", "The disk's target (vda, sda…).")
