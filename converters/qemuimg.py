@@ -107,7 +107,7 @@ class Canceller:
                     proc.kill()
 
 
-def _launcher() -> list[str]:
+def launcher() -> list[str]:
     """``setpriv --pdeathsig KILL --`` when present: the child dies with its parent."""
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
@@ -231,7 +231,7 @@ def compare(a: str, fmt_a: str, b: str, fmt_b: str, *, force_share: bool = False
     if force_share:
         args.append("-U")
     trace_command([*args, a, b])
-    args = [*_launcher(), *args]
+    args = [*launcher(), *args]
     text_parts: list[bytes] = []
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([*args, a, b], stdout=subprocess.PIPE, stderr=err,
@@ -332,7 +332,7 @@ def convert(src: str, src_fmt: str, dest: str, out_fmt: str, *, compress: str | 
     trace_command([qemu_img(), *args])
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
-            [*_launcher(), qemu_img(), *args], stdout=subprocess.PIPE, stderr=err,
+            [*launcher(), qemu_img(), *args], stdout=subprocess.PIPE, stderr=err,
             stdin=subprocess.DEVNULL,
         )
         if canceller:

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from converters.qemuimg import Canceller, _launcher
+from converters.qemuimg import Canceller, launcher
 from migrate.clients.nbd import GuestDigest
 from migrate.clients.nbdwire import BASE_ALLOCATION, STATE_ZERO, NbdClient, NbdWireError
 from migrate.core.errors import VmmoveError
@@ -211,7 +211,7 @@ def serve_readonly(name: str, fmt: str, label: str, canceller: Canceller | None 
         args.append(f"--format={fmt}")
     trace_command([*args, name])
     err = tempfile.TemporaryFile()
-    proc = subprocess.Popen([*_launcher(), *args, name], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*launcher(), *args, name], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=err)
     if canceller is not None:
         canceller.register(proc)
