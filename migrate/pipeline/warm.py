@@ -461,11 +461,8 @@ class Warm:
             def serve(bm: str | None) -> Any:
                 return host.stopped(disk, name, bm)
 
-            try:
-                served, cm = self._enter_stopped(p, disk, serve, bitmap, out, NbdError)
-            except VmmoveError as exc:
-                raise WarmError(f"{p.vm.name}/{disk.target}: {exc}") from None
-            return self._read_stopped(p, disk, method, served, cm, out, t0)
+            return self._stopped_copy(p, disk, method, serve, bitmap, out, t0,
+                                      lost=NbdError, errors=VmmoveError)
         try:
             chain = source_chain(p.vm, disk)
         except VmmoveError as exc:
@@ -486,65 +483,65 @@ class Warm:
         def serve_here(bm: str | None) -> Any:
             return serve_stopped(chain.qemu_name(), chain.format, folder, name, bm)
 
-        try:
-            served, cm = self._enter_stopped(p, disk, serve_here, bitmap, out,
-                                             CheckpointError)
-        except CheckpointError as exc:
-            raise WarmError(f"{p.vm.name}/{disk.target}: {exc}") from None
-        return self._read_stopped(p, disk, method, served, cm, out, t0)
+        return self._stopped_copy(p, disk, method, serve_here, bitmap, out, t0,
+                                  lost=CheckpointError, errors=CheckpointError)
 
-    def _enter_stopped(self, p: PlannedVM, disk: Disk, serve: Any, bitmap: str | None,
-                       out: DiskRound, lost: type[Exception]) -> tuple[Any, Any]:
-        """Start ``serve(bitmap)`` (a context manager); when the bitmap cannot be exported
-        (``lost`` raised), note it and export the whole disk.  (served, its manager)."""
-        try:
-            cm = serve(bitmap)
-            return cm.__enter__(), cm
-        except lost as exc:
-            if not bitmap:
-                raise
-            out.reason = f"bitmap {bitmap} lost ({exc}): the whole disk is copied"
-            self.log(f"{p.vm.name}/{disk.target}: {out.reason}")
-            cm = serve(None)
-            return cm.__enter__(), cm
-
-    def _read_stopped(self, p: PlannedVM, disk: Disk, method: str, served: Any, cm: Any,
-                      out: DiskRound, t0: float) -> DiskRound:
-        """Copy a stopped disk's delta from its export ``served`` (``socket`` read here,
-        ``host_socket`` where a worker's re-export reads it), then end the export (``cm``,
-        told of a failure: a remote host's forwarding then says whether SSH broke)."""
+    def _stopped_copy(self, p: PlannedVM, disk: Disk, method: str, serve: Any,
+                      bitmap: str | None, out: DiskRound, t0: float, *,
+                      lost: type[Exception], errors: type[Exception]) -> DiskRound:
+        """Export a stopped disk with ``serve(bitmap)`` (a context manager; when the bitmap
+        cannot be exported, ``lost`` raised, the whole disk), copy its delta, then end the
+        export, told of a failure (a remote host's forwarding then says whether SSH
+        broke).  ``errors`` raised while exporting become one :class:`WarmError` line."""
         from contextlib import ExitStack
 
-        from migrate.clients.nbdwire import (BASE_ALLOCATION, NbdClient, NbdWireError,
-                                             dirty_context)
+        from migrate.clients.nbdwire import NbdWireError
 
-        bitmap = served.bitmap
         try:
             with ExitStack() as stack:
-                stack.push(cm)
-                contexts: tuple[str, ...] = (BASE_ALLOCATION,)
-                if bitmap:
-                    contexts += (dirty_context(bitmap),)
-                with NbdClient(served.socket, served.export, contexts) as src:
-                    _pause("warm:final")
-                    out.size = src.size
-                    self._check_size(p, disk, src.size)
-                    out.changed, out.read, out.extents, out.full = self._copy(
-                        p, disk, src, method, dirty_context(bitmap) if bitmap else None,
-                        origin=("nbd", getattr(served, "host_socket", served.socket),
-                                served.export), out=out)
-                if self._final and self.host(p).remote and self.plan.warm.writer != "worker" \
-                        and not out.source_checksum:  # (a hash disk's pass gave it already)
-                    # the stopped source's checksum from this export (verify compares it): no
-                    # second export on the host inside the downtime
-                    from migrate.clients.nbd import guest_sha256, unix_url
-
-                    self._source_sums[(p.key, disk.target)] = guest_sha256(
-                        unix_url(served.socket, served.export), f"{p.vm.name}/{disk.target}")[0]
-        except NbdWireError as exc:  # (``cm`` ended the export, told of the failure)
+                try:
+                    try:
+                        served = stack.enter_context(serve(bitmap))
+                    except lost as exc:
+                        if not bitmap:
+                            raise
+                        out.reason = f"bitmap {bitmap} lost ({exc}): the whole disk is copied"
+                        self.log(f"{p.vm.name}/{disk.target}: {out.reason}")
+                        served = stack.enter_context(serve(None))
+                except errors as exc:
+                    raise WarmError(f"{p.vm.name}/{disk.target}: {exc}") from None
+                self._read_stopped(p, disk, method, served, out)
+        except NbdWireError as exc:  # (the export ended, told of the failure)
             raise self._nbd_failed(p, disk, exc) from None
         out.seconds = time.monotonic() - t0
         return out
+
+    def _read_stopped(self, p: PlannedVM, disk: Disk, method: str, served: Any,
+                      out: DiskRound) -> None:
+        """Copy a stopped disk's delta from its export ``served`` (``socket`` read here,
+        ``host_socket`` where a worker's re-export reads it) into ``out``."""
+        from migrate.clients.nbdwire import BASE_ALLOCATION, NbdClient, dirty_context
+
+        bitmap = served.bitmap
+        contexts: tuple[str, ...] = (BASE_ALLOCATION,)
+        if bitmap:
+            contexts += (dirty_context(bitmap),)
+        with NbdClient(served.socket, served.export, contexts) as src:
+            _pause("warm:final")
+            out.size = src.size
+            self._check_size(p, disk, src.size)
+            out.changed, out.read, out.extents, out.full = self._copy(
+                p, disk, src, method, dirty_context(bitmap) if bitmap else None,
+                origin=("nbd", getattr(served, "host_socket", served.socket),
+                        served.export), out=out)
+        if self._final and self.host(p).remote and self.plan.warm.writer != "worker" \
+                and not out.source_checksum:  # (a hash disk's pass gave it already)
+            # the stopped source's checksum from this export (verify compares it): no
+            # second export on the host inside the downtime
+            from migrate.clients.nbd import guest_sha256, unix_url
+
+            self._source_sums[(p.key, disk.target)] = guest_sha256(
+                unix_url(served.socket, served.export), f"{p.vm.name}/{disk.target}")[0]
 
     def _nbd_failed(self, p: PlannedVM, disk: Disk, exc: Exception) -> WarmError:
         """One line for an NBD connection that broke while a disk was copied (the client
