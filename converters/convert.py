@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from converters import qemuimg
-from converters.checksum import sha256_file
 from migrate.clients.nbd import file_sha256, guest_sha256
+from migrate.core import digest
 from migrate.core.errors import UsageError, VmmoveError
 from migrate.core.files import new_private_file, private_dir, write_failure
 from migrate.clients.imageinfo import ImageError
@@ -256,9 +256,9 @@ def unique_output(path: Path, item: str, identity: str,
     owner = claimed.get(str(path))
     if owner is None or (owner[0] == item and owner[1] in (None, identity)):
         return path
-    digest = hashlib.sha256(f"{identity}\0{item}".encode()).hexdigest()
+    tag = hashlib.sha256(f"{identity}\0{item}".encode()).hexdigest()
     for size in (6, 12, 64):
-        candidate = path.with_name(f"{path.stem}-{digest[:size]}{path.suffix}")
+        candidate = path.with_name(f"{path.stem}-{tag[:size]}{path.suffix}")
         owner = claimed.get(str(candidate))
         if owner is None or (owner[0] == item and owner[1] in (None, identity)):
             return candidate
@@ -665,7 +665,7 @@ def _verify(job: DiskJob, image: Path, options: ConvertOptions,
     thread = threading.Thread(target=run_compare, name=f"compare {job.item}")
     thread.start()
     try:
-        checksum = sha256_file(image, lambda n: report(1, min(n / size, 1.0)))
+        checksum = digest.file_checksum(image, on_bytes=lambda n: report(1, min(n / size, 1.0)))
     finally:
         thread.join()
     if "error" in outcome:
@@ -731,7 +731,8 @@ class Runner:
             if step.verified or not opts.verify:
                 # A skip vouches for the file as it is now: its size was checked, its checksum
                 # is checked here (a file replaced or changed since is converted again).
-                if step.checksum is None or sha256_file(job.output) == step.checksum:
+                if step.checksum is None or digest.file_checksum(
+                        job.output, digest.form_of(step.checksum)) == step.checksum:
                     skipped = self._from_step(job, SKIPPED, step, "already converted")
                     self.progress.on_done(job, skipped)
                     return skipped
@@ -1049,7 +1050,7 @@ def _verify_remote(job: DiskJob, image: Path, fmt: str) -> dict[str, Any]:
     with ThreadPoolExecutor(max_workers=3) as pool:
         f_source = pool.submit(guest_sha256, job.source_name, job.label)
         f_output = pool.submit(file_sha256, image, fmt)
-        f_file = pool.submit(sha256_file, image)
+        f_file = pool.submit(digest.file_checksum, image)
         (source, size), (output, _) = f_source.result(), f_output.result()
         checksum = f_file.result()
     if source != output:

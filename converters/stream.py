@@ -12,20 +12,23 @@ and writes the qcow2 itself in one forward pass:
    order (qcow2 v3, 64 KiB clusters, 16-bit refcounts, every cluster referenced once:
    ``qemu-img check`` finds it clean);
 3. the data clusters are read from the export in guest order (≤ 32 MiB requests), written
-   behind the metadata, and hashed twice as they pass: the output file's ``sha256:<hex>``
-   (what upload sends and the journal records) and the guest view's ``sha256-1m:<hex>``
-   (:class:`migrate.clients.nbd.GuestDigest`, holes counted as zeros without being read).
+   behind the metadata, and hashed as they pass (:mod:`migrate.core.digest`, form
+   ``xxh3-1m``): the guest view's checksum (holes counted as zeros without being read) and
+   the output file's checksum (what upload sends and the journal records), a tree of the
+   file's 1 MiB blocks: a block lying wholly behind the metadata region is final once
+   written, so it is hashed then (:class:`FileTree`); the few blocks of the metadata region
+   are hashed at the end, from the metadata as written.
 
 So the source is read once (its allocated clusters only; :attr:`StreamResult.source_read`
 counts the bytes asked over NBD and :attr:`StreamResult.server_read` what ``qemu-nbd`` read,
-from ``/proc/PID/io``), the output is never read back, and the file is written strictly
-front to back, which is what lets an upload follow it.  ``qemu-img compare`` stays
+from ``/proc/PID/io``), the output is never read back, and the file's data is written
+strictly front to back from :attr:`StreamResult.first_data`, which is what lets an upload
+follow it.  ``qemu-img compare`` stays
 available as ``--verify=full`` (:mod:`converters.convert`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import shutil
@@ -37,11 +40,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from converters.qemuimg import Canceller, launcher
-from migrate.clients.nbd import GuestDigest
 from migrate.clients.nbdwire import BASE_ALLOCATION, STATE_ZERO, NbdClient, NbdWireError
+from migrate.core import digest
 from migrate.core.errors import VmmoveError
 from migrate.core.progress import trace_command
 
@@ -174,15 +176,72 @@ def runs(clusters: list[int], limit: int = RUN // CLUSTER) -> Iterator[tuple[int
         yield start, prev - start + 1
 
 
+class FileTree:
+    """The checksum (``FORM:HEX``, tree form, :mod:`migrate.core.digest`) of a file written
+    as :func:`convert_stream` writes it: its data bytes in order from ``first_data`` on
+    (:meth:`data`, as they are written), then the bytes below ``first_data`` once they are
+    final (:meth:`finish`).  A 1 MiB block of the file lying wholly at or after
+    ``first_data`` is hashed as soon as its last byte is given; the block straddling
+    ``first_data`` keeps its data part (< 1 MiB) until :meth:`finish`.  Not thread-safe:
+    one writer."""
+
+    def __init__(self, first_data: int, form: str = digest.DEFAULT) -> None:
+        self.first_data = first_data
+        self.end = first_data  # the file offset after the last byte given
+        self._tree = digest.BlockTree(form)
+        self._pending = bytearray()  # the current block's bytes from max(start, first_data)
+        self._lead = b""  # the data part of the block straddling first_data, once complete
+
+    def data(self, data: bytes | bytearray | memoryview) -> None:
+        """The next bytes written at :attr:`end`."""
+        view = memoryview(data).cast("B")
+        while view:
+            pos = self.end
+            block_end = (pos // digest.BLOCK + 1) * digest.BLOCK
+            n = min(len(view), block_end - pos)
+            if n == digest.BLOCK:  # a whole aligned block: hashed from the caller's buffer
+                self._tree.put(pos // digest.BLOCK, view[:n])
+            else:
+                self._pending += view[:n]
+                if pos + n == block_end:
+                    start = block_end - digest.BLOCK
+                    if start >= self.first_data:
+                        self._tree.put(start // digest.BLOCK, self._pending)
+                    else:
+                        self._lead = bytes(self._pending)
+                    self._pending = bytearray()
+            self.end += n
+            view = view[n:]
+
+    def finish(self, head: bytes) -> str:
+        """``FORM:HEX`` of the file: ``head`` (its first ``first_data`` bytes, final) and the
+        data given.  ``ValueError`` when ``head`` is not ``first_data`` bytes."""
+        if len(head) != self.first_data:
+            raise ValueError(f"head of {len(head)} bytes, expected {self.first_data}")
+        below, straddle = divmod(self.first_data, digest.BLOCK)
+        for index in range(below):
+            self._tree.put(index, head[index * digest.BLOCK:(index + 1) * digest.BLOCK])
+        tail = bytes(self._pending)
+        if straddle:  # the block holding both metadata and data
+            data = self._lead
+            if not data:  # the file ends within it
+                data, tail = tail, b""
+            self._tree.put(below, head[below * digest.BLOCK:] + data)
+        if tail:  # the file's last, short block
+            self._tree.put(self.end // digest.BLOCK, tail)
+        return self._tree.hexdigest(self.end)
+
+
 @dataclass
 class StreamResult:
-    checksum: str  # sha256:<hex> of the output file's bytes
-    guest_checksum: str  # sha256-1m:<hex> of the guest view as read from the source
+    checksum: str  # FORM:HEX (xxh3-1m) of the output file's bytes
+    guest_checksum: str  # FORM:HEX (xxh3-1m) of the guest view as read from the source
     guest_bytes: int
     source_read: int  # bytes asked of the source export (NBD reads)
     server_read: int | None  # bytes qemu-nbd read (/proc/PID/io rchar), when readable
     size: int  # bytes of the output file
     data_clusters: int
+    first_data: int  # offset of the first data cluster: the data is written in order from it
 
 
 def _rchar(pid: int) -> int | None:
@@ -353,21 +412,16 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
           cancelled: threading.Event | None) -> StreamResult:
     """Read the allocated clusters in order; keep those that are not all zeros (as
     ``qemu-img convert`` does) and write them one after the other behind the metadata
-    region, then write the metadata.  Worker threads write the file, hash it and hash the
-    guest view while the readers fetch the next runs (hashlib and file writes release the
-    GIL).
-
-    The file's sha256 is taken in the stream too, on the bet that every allocated cluster
-    holds data (the metadata is then known before the first byte); the first all-zero
-    cluster loses the bet (the metadata in front changes), and the file is hashed again at
-    the end from the page cache, its metadata first.
+    region, then write the metadata.  Worker threads write the file, hash it
+    (:class:`FileTree`: its blocks behind the metadata region as they are written, the
+    rest at the end from the metadata) and hash the guest view while the readers fetch the
+    next runs (xxhash, hashlib and file writes release the GIL).  The file is never read
+    back.
     """
-    guest = GuestDigest()
-    bet, _ = metadata(layout, allocated)
-    file_hash = hashlib.sha256(bet)
-    lost = threading.Event()  # a zero cluster was skipped: the in-stream file hash is void
+    guest = digest.TreeDigest(digest.DEFAULT)
+    file_tree = FileTree(layout.first_data, digest.DEFAULT)
     to_file: queue.Queue[tuple[memoryview, int] | None] = queue.Queue(maxsize=4)
-    to_hash: queue.Queue[memoryview | None] = queue.Queue(maxsize=4)
+    to_hash: queue.Queue[memoryview | None] = queue.Queue(maxsize=8)
     to_guest: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=4)
     failure: list[BaseException] = []
     data: list[int] = []  # guest clusters written, in order
@@ -392,8 +446,8 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
     def hash_worker() -> None:
         try:
             while (view := to_hash.get()) is not None:
-                if not lost.is_set() and not failure:
-                    file_hash.update(view)
+                if not failure:
+                    file_tree.data(view)
         except BaseException as exc:
             failure.append(exc)
 
@@ -440,9 +494,10 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
                     to_file.put((view, count))
                     to_hash.put(view)
                     continue
-                lost.set()
                 for start, n in runs(keep, count):  # the kept clusters; zero ones skipped
-                    to_file.put((view[start * CLUSTER:(start + n) * CLUSTER], 0))
+                    kept = view[start * CLUSTER:(start + n) * CLUSTER]
+                    to_file.put((kept, 0))
+                    to_hash.put(kept)
                 to_file.put((view[:0], count))  # progress for the whole run
         finally:
             for q in (to_file, to_hash, to_guest):
@@ -460,31 +515,14 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
         os.ftruncate(fd, size)  # no data at all: the file ends with its metadata region
         if on_checksum is not None:
             on_checksum(layout.first_data, size)
-        if lost.is_set():
-            file_hash = _rehash(fd, head, layout.first_data, size, on_checksum)
-        elif head != bet:  # pragma: no cover - the bet's metadata is what was written
-            raise StreamError(f"{label}: the metadata changed while it was written")
+        checksum = file_tree.finish(head)  # its data blocks were hashed as written
+        if file_tree.end != size:  # pragma: no cover - the hash follows every write
+            raise StreamError(f"{label}: {file_tree.end} bytes hashed, {size} written")
         if on_checksum is not None:
             on_checksum(size, size)
     finally:
         os.close(fd)
-    return StreamResult(checksum="sha256:" + file_hash.hexdigest(),
-                        guest_checksum=guest.hexdigest(), guest_bytes=guest.bytes,
-                        source_read=read, server_read=None, size=size,
-                        data_clusters=len(data))
+    return StreamResult(checksum=checksum, guest_checksum=guest.hexdigest(),
+                        guest_bytes=guest.bytes, source_read=read, server_read=None, size=size,
+                        data_clusters=len(data), first_data=layout.first_data)
 
-
-def _rehash(fd: int, head: bytes, first_data: int, size: int,
-            on_checksum: Callable[[int, int], None] | None) -> Any:
-    """sha256 of the file: ``head`` (its metadata region), then its data read back (from
-    the page cache: it was just written)."""
-    file_hash = hashlib.sha256(head)
-    buffer = bytearray(8 << 20)
-    view = memoryview(buffer)
-    pos = first_data
-    while n := os.preadv(fd, [buffer], pos):
-        file_hash.update(view[:n])
-        pos += n
-        if on_checksum is not None:
-            on_checksum(pos, size)
-    return file_hash

@@ -7,16 +7,20 @@ read back through qemu), not against themselves.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
+import random
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
+import pytest
 
 from converters.convert import CONVERTED, convert_disks
+from converters.stream import FileTree
 from migrate.clients.nbd import file_sha256
+from migrate.core import digest
 from migrate.core.journal import Journal
 from migrate.core.records import KIND_CONVERT
 from migrate.core.workdir import journal_path
@@ -34,14 +38,15 @@ def _step(workdir: Path, item: str) -> Any:
         return journal.get(KIND_CONVERT, item)
 
 
-def _independent_guest_checksum(src: Path, fmt: str, tmp: Path) -> str:
-    """The guest view's sha256-1m by another road: qemu-img convert to raw, then the raw
+def _independent_guest_checksum(src: Path, fmt: str, tmp: Path,
+                                 form: str = digest.DEFAULT) -> str:
+    """The guest view's checksum by another road: qemu-img convert to raw, then the raw
     file hashed (holes read as zeros)."""
     raw = tmp / f"{src.name}.independent.raw"
     subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", str(src), str(raw)],
                    check=True)
     try:
-        return file_sha256(raw)[0]
+        return digest.file_checksum(raw, form)
     finally:
         raw.unlink()
 
@@ -65,9 +70,12 @@ def test_in_stream_checksums_match_the_guest_view_and_the_output(tmp_path: Path)
         expected = _independent_guest_checksum(src, fmt, tmp_path)
         assert step.data["guest_checksum"] == expected, kind
         assert step.data["guest_bytes"] == result.virtual_size
+        assert expected.startswith("xxh3-1m:")
         # the file checksum is the output's bytes; the output reads back as the guest view
-        assert step.checksum == "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest()
-        assert file_sha256(out, "qcow2")[0] == expected
+        assert step.checksum == digest.file_checksum(out)
+        assert step.checksum.startswith("xxh3-1m:")
+        assert file_sha256(out, "qcow2")[0] == _independent_guest_checksum(
+            src, fmt, tmp_path, digest.SHA256_1M)
         assert qemu_img("check", "-f", "qcow2", str(out)).returncode == 0
         assert compare(src, fmt, out, "qcow2") == 0
         # holes stay holes and allocated zeros are not written (as qemu-img convert does)
@@ -107,6 +115,31 @@ def test_allocated_zeros_are_read_but_not_written(tmp_path: Path) -> None:
     assert sum(length for _, length in mapped_data(out, "qcow2")) == 2 * MiB
     assert out.stat().st_size < 3 * MiB
     assert compare(src, "raw", out, "qcow2") == 0
+    # zero clusters skipped in the middle of a run: the file checksum is still its bytes
+    step = _step(tmp_path / "w", result.item)
+    assert step.checksum == digest.file_checksum(out)
+    assert step.data["guest_checksum"] == digest.file_checksum(src)
+
+
+@pytest.mark.parametrize("first_data", [3 * 64 * 1024, MiB, 2 * MiB + 5 * 64 * 1024])
+@pytest.mark.parametrize("data_bytes", [0, 64 * 1024, MiB - 3 * 64 * 1024, 7 * MiB + 64 * 1024])
+def test_file_tree_equals_the_file_read_back(tmp_path: Path, first_data: int,
+                                             data_bytes: int) -> None:
+    """FileTree (data hashed as written, the head at the end) gives the checksum of the
+    whole file read back, wherever the data starts and ends against 1 MiB blocks."""
+    rng = random.Random(first_data + data_bytes)
+    head = os.urandom(first_data)
+    data = os.urandom(data_bytes)
+    tree = FileTree(first_data)
+    pos = 0
+    while pos < len(data):  # pieces of 64 KiB clusters, as the stream writes them
+        n = min(rng.randrange(1, 40) * 64 * 1024, len(data) - pos)
+        tree.data(data[pos:pos + n])
+        pos += n
+    path = tmp_path / "f"
+    path.write_bytes(head + data)
+    assert tree.finish(head) == digest.file_checksum(path)
+    assert tree.end == first_data + data_bytes
 
 
 def test_verify_full_still_runs_qemu_img_compare(tmp_path: Path, cli: Any) -> None:
@@ -154,8 +187,7 @@ def test_a_corrupted_output_is_caught_by_the_default_verification(
     (row,) = json.loads(again.stdout)
     assert row["status"] == "converted" and "checksum" in (row.get("note") or "")
     fixed = _step(work, _only_item(work))
-    assert fixed.checksum == step.checksum == \
-        "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest()
+    assert fixed.checksum == step.checksum == digest.file_checksum(out)
 
 
 def _only_item(work: Path) -> str:
