@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from converters import qemuimg
+from converters.watermark import Watermark, journal_listener
 from migrate.clients.nbd import file_sha256, guest_sha256
 from migrate.core import digest
 from migrate.core.errors import UsageError, VmmoveError
@@ -756,18 +757,21 @@ class Runner:
             compressed=opts.compress, virtual_size=job.virtual_size, required=job.required,
             fingerprint=job.fingerprint, probed=job.probed, force_share=opts.force_share,
             verified=False, flags=list(opts.flags), identity=job.identity,
-            inode=list(_inode(job.output) or ()) or None)  # checked ours above: replaceable
+            inode=list(_inode(job.output) or ()) or None,  # checked ours above: replaceable
+            growing=None)  # set once the stream's layout is known (converters.watermark)
         self.claimed[str(job.output)] = (job.item, job.identity)
         temp = _temp_path(job.output)
         total = job.required or job.virtual_size or 0
         self.progress.on_queued(job, total, 0)
         guest: dict[str, Any] = {}
+        watermark = Watermark(str(temp), journal_listener(
+            lambda growing: self.journal.update(KIND_CONVERT, job.item, growing=growing)))
         try:
             new_private_file(temp)  # qemu-img truncates it and keeps its mode: 0600
             with self._source(job, guest):
                 streamed = streams(job, opts)
                 if streamed:
-                    guest.update(self._stream(job, temp, total))
+                    guest.update(self._stream(job, temp, total, watermark))
                 else:
                     qemuimg.convert(
                         job.source_name or "", job.source_format, str(temp), opts.format,
@@ -803,6 +807,7 @@ class Runner:
             inode = list(_inode(job.output) or ())
         except BaseException as exc:
             temp.unlink(missing_ok=True)
+            watermark.fail(f"{job.label}: conversion failed")
             if self.canceller.cancelled.is_set():
                 self.journal.fail(KIND_CONVERT, job.item, "interrupted: rerun to convert it")
                 result = self._result(job, FAILED, error=f"{job.label}: interrupted")
@@ -824,6 +829,7 @@ class Runner:
             compare=guest.pop("compare", "identical" if verified and "verify" not in guest
                               else None), size=size, inode=inode,
             **{k: v for k, v in guest.items() if k != "checksum"})
+        watermark.finish(str(job.output), size, checksum or "")
         result = self._result(
             job, CONVERTED, output=str(job.output), virtual_size=job.virtual_size,
             allocated=allocated, verified=verified, checksum=checksum, seconds=seconds,
@@ -831,7 +837,8 @@ class Runner:
         self.progress.on_done(job, result)
         return result
 
-    def _stream(self, job: DiskJob, temp: Path, total: int) -> dict[str, Any]:
+    def _stream(self, job: DiskJob, temp: Path, total: int,
+                watermark: Watermark | None = None) -> dict[str, Any]:
         """Convert ``job`` through :func:`converters.stream.convert_stream` (the source
         read once; the file's sha256 and the guest view's sha256-1m computed as they pass);
         the journal fields it adds: ``checksum``, ``guest_checksum``, ``guest_bytes``,
@@ -859,13 +866,13 @@ class Runner:
                 result = stream_export(
                     socket, urllib.parse.unquote(url.path.lstrip("/")), str(temp),
                     label=job.label, on_progress=Fractions(self.progress, job, total),
-                    on_checksum=on_checksum, canceller=self.canceller)
+                    on_checksum=on_checksum, canceller=self.canceller, watermark=watermark)
             else:
                 result = convert_stream(
                     job.source_name or "", job.source_format or "raw", str(temp),
                     label=job.disk.path or job.label,
                     on_progress=Fractions(self.progress, job, total), on_checksum=on_checksum,
-                    canceller=self.canceller)
+                    canceller=self.canceller, watermark=watermark)
         except (StreamError, NbdWireError) as exc:
             raise DiskError(str(exc)) from None
         if job.virtual_size and result.guest_bytes != job.virtual_size:

@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from converters.qemuimg import Canceller, launcher
+from converters.watermark import Watermark
 from migrate.clients.nbdwire import BASE_ALLOCATION, STATE_ZERO, NbdClient, NbdWireError
 from migrate.core import digest
 from migrate.core.errors import VmmoveError
@@ -312,18 +313,22 @@ def _connect(socket: str, export: str, proc: subprocess.Popen[bytes] | None, lab
 def convert_stream(name: str, fmt: str, dest: str, *, label: str,
                    on_progress: Callable[[float], None] | None = None,
                    on_checksum: Callable[[int, int], None] | None = None,
-                   canceller: Canceller | None = None) -> StreamResult:
+                   canceller: Canceller | None = None,
+                   watermark: Watermark | None = None) -> StreamResult:
     """Write the guest view of ``name`` (format ``fmt``) as a qcow2 into ``dest`` (an
     existing file vmmove created; truncated), reading the source once; see the module doc.
 
     ``on_progress`` gets the fraction of the allocated source read and written (0..1);
-    ``on_checksum(done, total)`` the bytes of the written file hashed at the end.
-    Raises :class:`StreamError` (or :class:`~migrate.clients.nbdwire.NbdWireError`)
+    ``on_checksum(done, total)`` the bytes of the written file hashed at the end;
+    ``watermark`` (:class:`converters.watermark.Watermark`) learns the layout
+    (``first_data``, the size bound) and how far the data region is written, as it grows
+    (the converter finishes or fails it).  Raises :class:`StreamError` (or :class:`~migrate.clients.nbdwire.NbdWireError`)
     naming ``label``; ``OSError`` for the output.
     """
     with serve_readonly(name, fmt, label, canceller) as (socket, proc):
         result = stream_export(socket, "src", dest, label=label, on_progress=on_progress,
-                               on_checksum=on_checksum, canceller=canceller, proc=proc)
+                               on_checksum=on_checksum, canceller=canceller, proc=proc,
+                               watermark=watermark)
         result.server_read = _rchar(proc.pid)
     return result
 
@@ -332,7 +337,8 @@ def stream_export(socket: str, export: str, dest: str, *, label: str,
                   on_progress: Callable[[float], None] | None = None,
                   on_checksum: Callable[[int, int], None] | None = None,
                   canceller: Canceller | None = None,
-                  proc: subprocess.Popen[bytes] | None = None) -> StreamResult:
+                  proc: subprocess.Popen[bytes] | None = None,
+                  watermark: Watermark | None = None) -> StreamResult:
     """:func:`convert_stream` from an NBD export already served on a UNIX ``socket`` (a
     remote host's disk forwarded over SSH; or the captive ``proc``)."""
     try:
@@ -349,7 +355,7 @@ def stream_export(socket: str, export: str, dest: str, *, label: str,
     clients = [_connect(socket, export, proc, label, ()) for _ in range(CONNECTIONS)]
     try:
         return _copy(clients, layout, allocated, dest, label, on_progress, on_checksum,
-                     canceller.cancelled if canceller else None)
+                     canceller.cancelled if canceller else None, watermark)
     finally:
         for client in clients:
             client.close()
@@ -409,7 +415,8 @@ _ZERO_CLUSTER = bytes(CLUSTER)
 def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: str,
           label: str, on_progress: Callable[[float], None] | None,
           on_checksum: Callable[[int, int], None] | None,
-          cancelled: threading.Event | None) -> StreamResult:
+          cancelled: threading.Event | None,
+          watermark: Watermark | None = None) -> StreamResult:
     """Read the allocated clusters in order; keep those that are not all zeros (as
     ``qemu-img convert`` does) and write them one after the other behind the metadata
     region, then write the metadata.  Worker threads write the file, hash it
@@ -429,14 +436,18 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
 
     def file_worker(fd: int) -> None:
         done = 0
+        end = layout.first_data  # the data region's end: bytes below it are final
         try:
             while (item := to_file.get()) is not None:
                 view, count = item
                 if failure:
                     continue
+                end += len(view)
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
+                if watermark is not None:
+                    watermark.advance(end)
                 done += count * CLUSTER
                 if on_progress is not None:
                     on_progress(done / total)
@@ -471,6 +482,8 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
     fd = os.open(dest, os.O_RDWR | os.O_TRUNC)
     try:
         os.lseek(fd, layout.first_data, os.SEEK_SET)
+        if watermark is not None:
+            watermark.plan(layout.first_data, layout.first_data + len(allocated) * CLUSTER)
         threads = [threading.Thread(target=file_worker, args=(fd,), name="stream-file"),
                    threading.Thread(target=hash_worker, name="stream-hash"),
                    threading.Thread(target=guest_worker, name="stream-guest")]

@@ -51,6 +51,9 @@ class TransferItem:
     format: str | None = None  # qcow2 | raw | vmdk | …, when known
     dv_name: str | None = None  # DataVolume name for the upload proxy (DNS-1123)
     label: str = ""  # how messages name it: "web/vda (web-vda.qcow2)"
+    #: A file still being written (converters.watermark.GrowthSource): ``path`` is its
+    #: temporary file, ``size`` its bound; a backend that can follow it sends it as it grows.
+    growth: Any = None
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.stream is None):

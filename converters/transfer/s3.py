@@ -116,6 +116,8 @@ class _Limiter:
 
 class S3Backend(Backend):
     name = "s3"
+    #: Sends a file a stream conversion is still writing (converters.transfer.growing).
+    follows_growth = True
 
     def __init__(self, options: S3Options) -> None:
         self.options = options
@@ -258,6 +260,10 @@ class S3Backend(Backend):
     # -- one object -----------------------------------------------------------------------
     def transfer(self, item: TransferItem, step: Step, journal: Journal,
                  progress: Subscriber) -> TransferResult:
+        if item.growth is not None:  # a stream conversion still writing it: follow it
+            from converters.transfer.growing import send_growing
+
+            return send_growing(self, item, item.growth, step, journal, progress)
         key = self.key_for(item)
         where = f"{item.label} → s3://{self.bucket}/{key}"
         known = parse_checksum(item.checksum)
@@ -291,6 +297,12 @@ class S3Backend(Backend):
             raise TransferError(f"{where}: {exc}") from None
         except Exception as exc:
             raise self._error(exc, where) from None
+
+    @staticmethod
+    def meta_value(checksum: str) -> str:
+        """What the object's ``x-amz-meta-sha256`` holds for a recorded ``checksum``: the
+        hex of a ``sha256:<hex>``, the whole ``FORM:HEX`` of another form."""
+        return parse_checksum(checksum) or checksum
 
     def _result(self, item: TransferItem, key: str, status: str, digest: str,
                 sent: int) -> TransferResult:

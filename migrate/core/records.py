@@ -133,6 +133,7 @@ class ConvertRecord(Step):
     source_format = _field("source_format", "Format of the source image.")
     virtual_size = _field("virtual_size", "Guest-visible size, bytes.")
     allocated = _field("allocated", "Bytes the output file allocates.")
+    size = _field("size", "Bytes of the output file.")
     verified = _field("verified", "Verification passed (True), failed or skipped (--no-verify).")
     verify = _field("verify", "How it was verified: stream (checksums in the copy stream, "
                               "converters/stream.py); absent when qemu-img compare did it.")
@@ -140,6 +141,9 @@ class ConvertRecord(Step):
     source_read = _field("source_read", "stream: bytes vmmove asked of the source.")
     source_read_server = _field("source_read_server", "stream: bytes qemu-nbd read from the "
                                                       "source files (/proc/PID/io).")
+    growing = _field("growing", "stream: the file as it is written, for an upload that follows "
+                                "it (converters/watermark.py): temp (the temporary file), "
+                                "first_data, bound, written (bytes), pid (the converter).")
     identity = _field("identity", "Who the VM is across inventories (workdir.vm_identity).")
     vm = _field("vm", "The VM's name.")
     disk = _field("disk", "The disk's target (vda, sda…).")

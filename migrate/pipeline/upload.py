@@ -160,6 +160,36 @@ def inventory_items(inv: Inventory, vms: tuple[str, ...], journal: Journal, as_i
     return items, not_ready
 
 
+def growing_items(inv: Inventory, vms: tuple[str, ...], journal: Journal,
+                  idle: float) -> list[TransferItem]:
+    """Items for the disks a stream conversion is writing right now (their convert step
+    running with a ``growing`` field, :mod:`converters.watermark`): ``path`` the temporary
+    file, ``size`` its bound, ``growth`` following it through the journal."""
+    from converters.transfer.base import TransferItem
+    from converters.watermark import JournalGrowth
+    from migrate.core.journal import RUNNING
+    from migrate.core.naming import dns1123_label
+    from migrate.core.records import KIND_CONVERT
+    from migrate.core.workdir import disk_item, image_basename, target_names
+
+    names = target_names(inv)
+    items = []
+    for vm in inv.select(vms):
+        for disk in vm.disks:
+            step = journal.get(KIND_CONVERT, disk_item(vm, disk))
+            growing = step.growing if step is not None else None
+            if step is None or step.status != RUNNING or not growing or not step.output:
+                continue
+            output = Path(step.output)
+            items.append(TransferItem(
+                item=step.item, name=output.name, size=int(growing["bound"]),
+                path=Path(growing["temp"]), virtual_size=step.virtual_size,
+                format=step.format, dv_name=dns1123_label(image_basename(names[vm.key], disk)),
+                label=f"{vm.name}/{disk.target} ({output.name})",
+                growth=JournalGrowth(journal, step.item, growing["temp"], idle)))
+    return items
+
+
 def backend_for_options(s3: str | None, proxy: str | None, workdir: Path,
                         kw: dict[str, Any]) -> Backend:
     """The backend ``vmmove upload`` options name: S3 (``s3``) or the upload proxy
@@ -267,10 +297,17 @@ def follow_conversions(inv: Inventory, vms: tuple[str, ...], journal: Journal, b
     while True:
         items, pending = inventory_items(inv, vms, journal, False, True)
         fresh = [i for i in items if i.item not in seen]
+        if not fresh and getattr(backend, "follows_growth", False):
+            # none finished: send one being written as it grows (S3: parts in any order)
+            fresh = [i for i in growing_items(inv, vms, journal, idle_limit)
+                     if i.item not in seen][:1]
         for item in fresh:
             seen.add(item.item)
             progress.grow(item.size)
-            results.append(transfer_one(backend, item, journal, progress, redo=redo))
+            result = transfer_one(backend, item, journal, progress, redo=redo)
+            results.append(result)
+            if not result.ok:
+                reported.add(item.label.split(" (")[0])  # its conversion's failure said it
         waiting = []
         for label, why in pending:
             if why.startswith("conversion failed") or "missing" in why:
@@ -278,7 +315,7 @@ def follow_conversions(inv: Inventory, vms: tuple[str, ...], journal: Journal, b
                     reported.add(label)
                     results.append(TransferResult(label, backend.name, FAILED, 0,
                                                   error=f"{label}: {why}"))
-            else:
+            elif label not in reported:  # (a failed follow of its conversion: said)
                 waiting.append(label)
         if not waiting:
             return results
