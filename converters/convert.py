@@ -765,7 +765,8 @@ class Runner:
         self.progress.on_queued(job, total, 0)
         guest: dict[str, Any] = {}
         watermark = Watermark(str(temp), journal_listener(
-            lambda growing: self.journal.update(KIND_CONVERT, job.item, growing=growing)))
+            lambda growing: self.journal.update(KIND_CONVERT, job.item, growing=growing)),
+            publish=True)
         try:
             new_private_file(temp)  # qemu-img truncates it and keeps its mode: 0600
             with self._source(job, guest):

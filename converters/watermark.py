@@ -63,25 +63,45 @@ class GrowthSource(Protocol):
         ...
 
 
+_ACTIVE: dict[str, Watermark] = {}  # temporary file -> its watermark, in this process
+_ACTIVE_LOCK = threading.Lock()
+
+
+def active(path: str) -> Watermark | None:
+    """The watermark of the conversion writing ``path`` in this process, if any (a
+    follower in the converting process waits on it instead of polling the journal)."""
+    with _ACTIVE_LOCK:
+        return _ACTIVE.get(path)
+
+
 class Watermark:
     """The in-process watermark of one stream conversion (thread-safe).
 
     ``listener(growth)`` (optional) is called on every change, from the writer's thread;
-    :func:`journal_listener` makes one that journals the progress throttled."""
+    :func:`journal_listener` makes one that journals the progress throttled.  With
+    ``publish`` the watermark is found by :func:`active` until it is finished or failed."""
 
-    def __init__(self, path: str,
-                 listener: Callable[[Growth], None] | None = None) -> None:
+    def __init__(self, path: str, listener: Callable[[Growth], None] | None = None,
+                 publish: bool = False) -> None:
         self._cond = threading.Condition()
         self._state = Growth(path=path)
         self._listener = listener
+        if publish:
+            with _ACTIVE_LOCK:
+                _ACTIVE[path] = self
 
     def _set(self, **changes: Any) -> None:
         with self._cond:
             if self._state.finished:
                 return
+            path = self._state.path
             self._state = replace(self._state, **changes)
             state = self._state
             self._cond.notify_all()
+        if state.finished:
+            with _ACTIVE_LOCK:
+                if path is not None and _ACTIVE.get(path) is self:
+                    del _ACTIVE[path]
         if self._listener is not None:
             self._listener(state)
 

@@ -29,6 +29,7 @@ from migrate.core.journal import DONE, Journal
 from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 from migrate.core.workdir import journal_path
 from tests.conftest import qemu_img
+from tests.plan_support import cluster, controllers  # noqa: F401 - fixtures
 from tests.s3_support import (  # noqa: F401 - fixtures
     SeaweedFS,
     s3_bucket,
@@ -296,3 +297,44 @@ def test_a_killed_conversion_aborts_the_follower_with_one_line(
     assert "the upload was aborted" in lines[0]
     assert _uploads_left(s3_server, s3_bucket) == []
     assert "Contents" not in s3_server.client().list_objects_v2(Bucket=s3_bucket)
+
+
+# -- vmmove migrate PLAN --wave N --stage with an S3 target ---------------------------------
+
+
+@pytest.mark.slow
+def test_stage_sends_each_disk_while_it_is_converted(
+        cli: Any, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str,
+        s3_env: dict[str, str], cluster: Any, controllers: Any) -> None:
+    from migrate.plan import load_plan
+    from tests.conftest import qemu_io
+    from tests.plan_support import make_images, write_node
+
+    made = make_images(tmp_path / "images", {"big": [("vda", "raw", 512)]})
+    qemu_io(made[0].disks[0][1], "write -P 0x5a 8M 320M", "raw")  # long enough to follow
+    node = write_node(tmp_path / "node.xml", made)
+    cli("scan", "-c", node, "--output-file", str(tmp_path / "inventory.yaml"), "-o", "json",
+        ok=True)
+    cli("plan", str(tmp_path / "inventory.yaml"), "--out", str(tmp_path / "plan.yaml"),
+        "-n", "vms", "--network", "network:default=pod", "--s3", f"s3://{s3_bucket}/wave",
+        "--endpoint-url", s3_server.endpoint, "--by", "list", "--wave", "big", ok=True)
+    result = cli("migrate", str(tmp_path / "plan.yaml"), "--wave", "1", "--stage",
+                 "--kubeconfig", str(cluster.kubeconfig), "-o", "json")
+    assert result.exit_code == 0, result.stderr
+    stages = {s["stage"]: s for s in json.loads(result.stdout)}
+    assert all(s["status"] == "done" for s in stages.values()), stages
+    assert "1 image(s) sent to s3://" in stages["convert"]["summary"], stages["convert"]
+    assert stages["upload"]["summary"] == "upload: 1 image(s) uploaded before, nothing to send"
+    plan = load_plan(tmp_path / "plan.yaml")
+    with Journal(plan.journal_path) as journal:
+        (conv,) = journal.steps(KIND_CONVERT)
+        (up,) = journal.steps(KIND_UPLOAD)
+        runs = [h["status"] for h in journal.history(KIND_UPLOAD)]
+    assert up.status == DONE and up.s3_state["growing"] is True
+    assert up.checksum == conv.checksum and runs.count("running") == 1
+    output = Path(conv.output)
+    fetched = tmp_path / "fetched.qcow2"
+    s3_server.download(s3_bucket, up.data["key"], fetched)
+    assert fetched.read_bytes() == output.read_bytes()
+    assert qemu_img("check", "-f", "qcow2", str(fetched)).returncode == 0
+    assert _uploads_left(s3_server, s3_bucket) == []

@@ -20,7 +20,8 @@ HEADERS = ["STAGE", "STATUS", "TIME", "SUMMARY/ERROR"]
 @click.command("migrate")
 @wave_vms("The wave to migrate.")
 @click.option("--stage", is_flag=True,
-              help="Stage the wave: convert the disks, inspect (and with virt-v2v convert) the "
+              help="Stage the wave: convert the disks (with an S3 target each is uploaded "
+                   "while it is converted), inspect (and with virt-v2v convert) the "
                    "guests, upload the disks, write the manifests, apply them (VMs stay as the "
                    "plan's runStrategy says, Halted by default) and watch the imports.")
 @click.option("--redo", is_flag=True,

@@ -66,7 +66,8 @@ PLAN_DECIDES = ("workdir", "s3", "secret_name", "parallel", "max_bandwidth", "pr
                    "vhdx); CDI converts it on import (needs scratch space).")
 @click.option("--follow", is_flag=True,
               help="With an INVENTORY: wait for disks still being converted (vmmove convert "
-                   "running beside this) and upload each as soon as it is done.")
+                   "running beside this) and upload each as soon as it is done; with --s3, "
+                   "a disk's parts go while its stream conversion writes it.")
 @click.option("--redo", is_flag=True, help="Upload again images the journal records as done.")
 @click.option("--wave", type=click.IntRange(min=1), default=None, metavar="N",
               help="With a PLAN (vmmove plan) as SOURCE: upload wave N to the plan's transfer "

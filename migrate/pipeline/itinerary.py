@@ -64,7 +64,9 @@ class Itinerary:
 #: A wave staged by ``vmmove migrate PLAN --wave N --stage``.
 WAVE = Itinerary("wave", (
     Phase("convert", "convert the disks",
-          "every disk of the wave's VMs into the plan's work folder (qcow2 or raw)"),
+          "every disk of the wave's VMs into the plan's work folder (qcow2 or raw); with "
+          "an S3 target each disk is sent while it is written (the upload phase then "
+          "finds it there)"),
     Phase("inspect", "inspect the guests",
           "each staged image read read-only with libguestfs: OS, drivers, agents, network "
           "(docs/guest-readiness.md); skipped without libguestfs-tools"),

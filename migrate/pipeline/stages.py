@@ -10,6 +10,8 @@ them are idempotent: the journal says what is already done.  ``vmmove migrate``,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,15 +105,67 @@ def convert_wave(plan: Plan, wave: int, redo: bool | set[str] = False,
     progress = reporters.convert(sum(estimate(d) for d in disks), len(disks),
                                  plan.convert.verify)
     results: list[Any] = []
+    with _uploading_while_converting(plan, vms) as sent:
+        try:
+            for redo_flag, pairs in batches:
+                if pairs:
+                    results += convert_disks(plan.inventory, (), plan.workdir,
+                                             convert_options(plan, redo=redo_flag), progress,
+                                             disks=pairs)
+        finally:
+            progress.close()
+    summary = disk_summary("convert", results, FAILED)
+    uploaded = [r for r in sent if r.ok]
+    if uploaded:
+        summary += (f"; {len(uploaded)} image(s) sent to {plan.transfer.s3} while converted"
+                    + (f" ({len(sent) - len(uploaded)} left to the upload phase)"
+                       if len(uploaded) < len(sent) else ""))
+    return summary
+
+
+@contextmanager
+def _uploading_while_converting(plan: Plan, vms: list[PlannedVM]) -> Iterator[list[Any]]:
+    """With an S3 transfer target: while the block runs (the convert phase), a thread
+    sends each disk a stream conversion writes as it grows
+    (:func:`migrate.pipeline.upload.upload_while_converting`); yields the list its results
+    land in (filled when the block ends).  Other targets: nothing (the upload proxy
+    imports a finished image; direct mode stages nothing), or a target not usable now
+    (the upload phase says why)."""
+    import threading
+
+    from migrate.pipeline.upload import upload_while_converting
+
+    backend = backend_for(plan) if plan.transfer.backend == "s3" else None
     try:
-        for redo_flag, pairs in batches:
-            if pairs:
-                results += convert_disks(plan.inventory, (), plan.workdir,
-                                         convert_options(plan, redo=redo_flag), progress,
-                                         disks=pairs)
+        if backend is not None:
+            backend.prepare()
+    except VmmoveError:
+        backend = None
+    if backend is None:
+        yield []
+        return
+    converting = threading.Event()
+    converting.set()
+    wanted = {disk_item(p.vm, d) for p in vms for d in data_disks(p)}
+    sent: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sent.extend(upload_while_converting(plan.inventory, plan.journal_path, backend,
+                                                wanted, converting))
+        except BaseException as exc:  # reported below; the upload phase sends the images
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="upload-while-converting", daemon=True)
+    thread.start()
+    try:
+        yield sent
     finally:
-        progress.close()
-    return disk_summary("convert", results, FAILED)
+        converting.clear()
+        thread.join()
+    if errors and not isinstance(errors[0], VmmoveError):
+        raise errors[0]
 
 
 def disk_summary(step: str, results: list[Any], failed_status: str = "failed") -> str:

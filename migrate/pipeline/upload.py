@@ -166,7 +166,7 @@ def growing_items(inv: Inventory, vms: tuple[str, ...], journal: Journal,
     running with a ``growing`` field, :mod:`converters.watermark`): ``path`` the temporary
     file, ``size`` its bound, ``growth`` following it through the journal."""
     from converters.transfer.base import TransferItem
-    from converters.watermark import JournalGrowth
+    from converters.watermark import JournalGrowth, active
     from migrate.core.journal import RUNNING
     from migrate.core.naming import dns1123_label
     from migrate.core.records import KIND_CONVERT
@@ -186,7 +186,8 @@ def growing_items(inv: Inventory, vms: tuple[str, ...], journal: Journal,
                 path=Path(growing["temp"]), virtual_size=step.virtual_size,
                 format=step.format, dv_name=dns1123_label(image_basename(names[vm.key], disk)),
                 label=f"{vm.name}/{disk.target} ({output.name})",
-                growth=JournalGrowth(journal, step.item, growing["temp"], idle)))
+                growth=active(growing["temp"])  # converting in this process
+                or JournalGrowth(journal, step.item, growing["temp"], idle)))
     return items
 
 
@@ -329,3 +330,36 @@ def follow_conversions(inv: Inventory, vms: tuple[str, ...], journal: Journal, b
             logged = waiting
             log(f"waiting for {len(waiting)} conversion(s): {', '.join(waiting[:4])}")
         time.sleep(0.5)
+
+
+def upload_while_converting(inv: Inventory, journal_file: Path, backend: Backend,
+                            wanted: set[str], converting: Any,
+                            idle: float = 300.0) -> list[TransferResult]:
+    """Send each disk of ``wanted`` (convert items) that a stream conversion is writing,
+    as it grows (``backend`` follows growing files: S3), while ``converting`` (a
+    :class:`threading.Event`) is set; then return.  One transfer at a time (memory:
+    parts in flight × part size); each recorded in the journal as any upload, so the
+    transfer phase after finds it done and sends nothing again.  A failed one is
+    returned failed (that phase sends it again)."""
+    from converters.transfer.base import Subscriber, transfer_one
+    from migrate.core.journal import Journal
+    from migrate.core.progress import log
+
+    results: list[TransferResult] = []
+    seen: set[str] = set()
+    with Journal(journal_file) as journal:
+        while True:
+            fresh = [i for i in growing_items(inv, (), journal, idle)
+                     if i.item in wanted and i.item not in seen]
+            if not fresh:
+                if not converting.is_set():
+                    return results
+                time.sleep(0.2)
+                continue
+            item = fresh[0]
+            seen.add(item.item)
+            log(f"{item.label}: sending to {backend.describe()} while it is converted")
+            result = transfer_one(backend, item, journal, Subscriber())
+            if not result.ok:
+                log(f"{result.error} (the upload phase sends it again)")
+            results.append(result)
