@@ -338,3 +338,27 @@ def test_stage_sends_each_disk_while_it_is_converted(
     assert fetched.read_bytes() == output.read_bytes()
     assert qemu_img("check", "-f", "qcow2", str(fetched)).returncode == 0
     assert _uploads_left(s3_server, s3_bucket) == []
+
+
+def test_an_upload_left_by_a_crash_is_aborted_and_started_over(
+        tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str, s3_env: dict[str, str]) -> None:
+    out, final = _converted(tmp_path)
+    assert final.first_data is not None and final.bound is not None and final.size
+    backend = _backend(s3_server, s3_bucket, tmp_path)
+    key = "grow/web-vda.qcow2"
+    stale = s3_server.client().create_multipart_upload(Bucket=s3_bucket, Key=key)["UploadId"]
+    wm = Watermark(str(out))
+    with Journal(tmp_path / "journal.db") as journal:
+        # what a killed follower left: its UploadId in the upload step's resume state
+        journal.update(KIND_UPLOAD, "web/vda", s3={"bucket": s3_bucket, "key": key,
+                                                   "upload_id": stale, "growing": True})
+        thread, box = _follow(backend, out, journal, wm, final.bound)
+        wm.plan(final.first_data, final.bound)
+        wm.finish(str(out), final.size, str(final.checksum))
+        thread.join(60)
+        (result,) = box
+    assert result.status == UPLOADED, result.error
+    assert _uploads_left(s3_server, s3_bucket) == []  # the stale one aborted, the new one done
+    fetched = tmp_path / "fetched.qcow2"
+    s3_server.download(s3_bucket, key, fetched)
+    assert fetched.read_bytes() == out.read_bytes()

@@ -65,6 +65,8 @@ class TransferItem:
         """What identifies the local content cheaply; a change voids a partial transfer."""
         if self.path is None:
             return {"size": self.size}
+        if self.growth is not None:  # still written (its temporary file may be renamed)
+            return {"path": str(self.path), "bound": self.size, "growing": True}
         st = os.stat(self.path)
         return {"path": str(self.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 

@@ -57,11 +57,20 @@ def _file_tree_checksum(fd: int, size: int, form: str) -> str:
     return digest.hexdigest()
 
 
-def _open(path: str, label: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise TransferError(f"{label}: cannot read {path}: {exc.strerror}") from None
+def _open(growth: GrowthSource, g: Growth, label: str) -> int:
+    """A descriptor on the file ``g`` names (it reads on through the rename at the end);
+    the finished file when the conversion renamed it before it could be opened."""
+    for _ in range(2):
+        assert g.path is not None
+        try:
+            return os.open(g.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            g = growth.wait(None, WAIT)  # renamed (finished) or removed (failed) meanwhile
+            if g.error:
+                raise TransferError(f"{label}: {g.error}; nothing uploaded") from None
+        except OSError as exc:
+            raise TransferError(f"{label}: cannot read {g.path}: {exc.strerror}") from None
+    raise TransferError(f"{label}: {g.path} is gone (the conversion removed it)")
 
 
 def send_growing(backend: S3Backend, item: TransferItem, growth: GrowthSource, step: Step,
@@ -69,7 +78,6 @@ def send_growing(backend: S3Backend, item: TransferItem, growth: GrowthSource, s
     """Upload ``item`` (its ``path``: the temporary file a stream conversion writes) while
     ``growth`` says how far it is written; see the module doc.  Raises
     :class:`TransferError` naming ``item.label``."""
-    o = backend.options
     key = backend.key_for(item)
     where = f"{item.label} → s3://{backend.bucket}/{key}"
     old = step.s3_state
@@ -81,8 +89,7 @@ def send_growing(backend: S3Backend, item: TransferItem, growth: GrowthSource, s
         g = growth.wait(None, WAIT)
     if g.error:
         raise TransferError(f"{item.label}: {g.error}; nothing uploaded")
-    assert g.path is not None
-    fd = _open(g.path, item.label)
+    fd = _open(growth, g, item.label)
     upload_id: str | None = None
     try:
         assert g.first_data is not None and g.bound is not None
