@@ -365,7 +365,7 @@ def import_like_cdi(server: SeaweedFS, bucket: str, key: str, fmt: str, pvc: Pat
 def bench_pvc(server: SeaweedFS, bucket: str, tmp: Path, virtual: int, data: int, reps: int,
               env: dict[str, str]) -> None:
     """Section 4: end to end, source to a verified PVC, CDI's importer played."""
-    from migrate.clients.nbd import file_sha256
+    from migrate.clients.nbd import file_guest_checksum
 
     print(f"\n4. to a verified PVC, CDI's importer played: a {virtual / GiB:.0f} GiB sparse "
           f"vmdk holding {data / GiB:.1f} GiB, {reps} repetitions")
@@ -386,8 +386,9 @@ def bench_pvc(server: SeaweedFS, bucket: str, tmp: Path, virtual: int, data: int
             if who.startswith("vmmove"):
                 with Journal(journal_path(work)) as journal:
                     (step,) = journal.steps(KIND_CONVERT)
-                want = step.data.get("guest_checksum") or file_sha256(step.output, fmt)[0]
-                got = file_sha256(pvc, "raw", virtual)[0]
+                want = step.data.get("guest_checksum") or \
+                    file_guest_checksum(step.output, fmt)[0]
+                got = file_guest_checksum(pvc, "raw", virtual)[0]
                 if got != want:
                     raise SystemExit(f"{who}: the PVC differs from the source ({got} != {want})")
             checked = time.perf_counter() - start

@@ -22,13 +22,15 @@ Rules it keeps, and why:
   not fit fails on its own with a clear message, the others go on;
 * one disk's failure never stops the others: each result carries its own error.
 
-The checksum recorded for an output is ``sha256:<hex>`` of the output file's bytes (the
-file upload sends), computed while ``qemu-img compare`` reads the same file, so the
-output is read from disk once at most (usually it is still in the page cache).
+The checksum recorded for an output is ``xxh3-1m:<hex>`` of the output file's bytes (the
+file upload sends; :mod:`migrate.core.digest`, whose forms also name the ``sha256:`` of
+journals written before issue 17: a check computes the recorded checksum's form), taken
+as the stream conversion writes the file, or computed while ``qemu-img compare`` reads the
+same file, so the output is read from disk once at most.
 
 Disks of remote libvirt hosts (``qemu+ssh://``) are read as NBD exports over SSH
 (:mod:`migrate.sources.remote_disks`: a backup job's point-in-time export for a running
-VM, ``qemu-nbd --read-only`` for a shut-off one) and verified by the sha256 of the guest
+VM, ``qemu-nbd --read-only`` for a shut-off one) and verified by the checksum of the guest
 view on both ends (``guest_checksum`` in the journal) instead of ``qemu-img compare``.
 """
 
@@ -51,7 +53,7 @@ from typing import Any
 
 from converters import qemuimg
 from converters.watermark import Watermark, journal_listener
-from migrate.clients.nbd import file_sha256, guest_sha256
+from migrate.clients.nbd import file_guest_checksum, guest_checksum
 from migrate.core import digest
 from migrate.core.errors import UsageError, VmmoveError
 from migrate.core.files import new_private_file, private_dir, write_failure
@@ -159,7 +161,7 @@ class DiskJob:
     remote: bool = False  # on a remote libvirt host: read through an NBD lease
     scratch: Path | None = None  # a packed OVF file rebuilt in the work folder (removed after)
     #: What its verification does, as progress logs say it.
-    verifying: str = "qemu-img compare with the source, sha256 of the output"
+    verifying: str = "qemu-img compare with the source, checksum of the output"
 
     def discard_scratch(self) -> None:
         """Remove the rebuilt copy of a packed file (and its private folder), if any."""
@@ -732,8 +734,7 @@ class Runner:
             if step.verified or not opts.verify:
                 # A skip vouches for the file as it is now: its size was checked, its checksum
                 # is checked here (a file replaced or changed since is converted again).
-                if step.checksum is None or digest.file_checksum(
-                        job.output, digest.form_of(step.checksum)) == step.checksum:
+                if step.checksum is None or digest.matches(job.output, step.checksum):
                     skipped = self._from_step(job, SKIPPED, step, "already converted")
                     self.progress.on_done(job, skipped)
                     return skipped
@@ -841,7 +842,7 @@ class Runner:
     def _stream(self, job: DiskJob, temp: Path, total: int,
                 watermark: Watermark | None = None) -> dict[str, Any]:
         """Convert ``job`` through :func:`converters.stream.convert_stream` (the source
-        read once; the file's sha256 and the guest view's sha256-1m computed as they pass);
+        read once; the file's and the guest view's xxh3-1m computed as they pass);
         the journal fields it adds: ``checksum``, ``guest_checksum``, ``guest_bytes``,
         ``source_read`` (bytes asked of the source), ``source_read_server`` (bytes qemu-nbd
         read, /proc/PID/io), ``verify: stream``."""
@@ -851,11 +852,11 @@ class Runner:
         from migrate.clients.nbdwire import NbdWireError
 
         hashed: list[Fractions] = []
-        job.verifying = "sha256 of the output as written; the source was read once" + (
+        job.verifying = "checksums as written; the source was read once" + (
             ", then qemu-img compare with the source" if self.options.verify_full else "")
 
         def on_checksum(done: int, size: int) -> None:
-            if not hashed:  # the written file's sha256 (page cache): the verify phase
+            if not hashed:  # the file's metadata blocks hashed at the end: the verify phase
                 self.progress.on_phase(job, "verify", size)
                 hashed.append(Fractions(self.progress, job, size))
             hashed[0](done / max(size, 1))
@@ -1052,12 +1053,13 @@ def _run_jobs(runner: Runner, folder: Path, names: dict[str, str],
 
 
 def _verify_remote(job: DiskJob, image: Path, fmt: str) -> dict[str, Any]:
-    """Guest-view sha256 of the remote export and of the output, read side by side, and
-    the output file's sha256 (what upload sends); :class:`DiskError` when they differ."""
+    """Guest-view checksums of the remote export and of the output, read side by side, and
+    the output file's checksum (what upload sends), all in :data:`migrate.core.digest.DEFAULT`
+    form; :class:`DiskError` when the guest views differ."""
     assert job.source_name
     with ThreadPoolExecutor(max_workers=3) as pool:
-        f_source = pool.submit(guest_sha256, job.source_name, job.label)
-        f_output = pool.submit(file_sha256, image, fmt)
+        f_source = pool.submit(guest_checksum, job.source_name, job.label)
+        f_output = pool.submit(file_guest_checksum, image, fmt)
         f_file = pool.submit(digest.file_checksum, image)
         (source, size), (output, _) = f_source.result(), f_output.result()
         checksum = f_file.result()

@@ -9,9 +9,10 @@ block device) close to a running source with rounds that send only what changed:
 * **hash method** (raw, LVM and block disks, offline sources): :func:`hash_sync` reads the
   whole source and compares it per :data:`BLOCK` with the digests recorded in the previous
   round (:class:`BlockHashes`, a file in the work folder): XXH3-128 finds the changed
-  blocks at memory speed, SHA-256 (on several threads) runs for those only, and of a
-  changed block only the :data:`SUB` pieces that differ from the target are written.  The
-  recorded SHA-256 list is the guest-view checksum's (:func:`guest_checksum`).
+  blocks at memory speed, and of a changed block only the :data:`SUB` pieces that differ
+  from the target are written.  The recorded digests are the guest-view checksum's blocks
+  (``xxh3-1m``, :mod:`migrate.core.digest`; :func:`guest_checksum`), so the pass gives the
+  source's checksum without a second read or another hash.
 
 Readers are anything with ``size`` and ``pread(offset, length) -> bytes`` (an
 :class:`migrate.clients.nbdwire.NbdClient`, or :class:`FileReader` for a stopped raw disk
@@ -23,25 +24,25 @@ or the cluster.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from migrate.core import digest
 from migrate.core.errors import VmmoveError
 from migrate.core.serialize import atomic_write
 
-BLOCK = 1 << 20  # hash method block size (bytes): per-MiB SHA-256, as the guest checksum
+BLOCK = digest.BLOCK  # hash method block size (bytes): the guest checksum's tree block
 SUB = 64 << 10  # hash method write granularity inside a changed block (a qcow2 cluster)
 CHUNK = 8 << 20  # largest single write
 READ = 32 << 20  # hash method: bytes read (and hashed in parallel) at once
-FAST = 16  # bytes of a block's XXH3-128 digest (change detection)
-DIGEST = FAST + 32  # bytes recorded per block: XXH3-128, then SHA-256 (the guest checksum's)
-THREADS = max(1, min(4, os.cpu_count() or 1))
+FAST = 16  # bytes of a block's XXH3-128 digest
+DIGEST = FAST  # bytes recorded per block: its XXH3-128 (the xxh3-1m guest checksum's block)
+FORM = digest.XXH3_1M  # the guest checksum the recorded digests make
 ZERO_CHUNK = bytes(CHUNK)
 
 
@@ -156,21 +157,10 @@ def copy_extents(reader: Reader, extents: Iterable[tuple[int, int]], fd: Target,
     return stats
 
 
-def block_digest(data: bytes | memoryview) -> bytes:
-    """A block's SHA-256 (the guest-view checksum's per-MiB part)."""
-    return hashlib.sha256(data).digest()
-
-
 def fast_digest(data: bytes | memoryview) -> bytes:
-    """A block's XXH3-128: ~20 GB/s here against SHA-256's ~1.5, so the whole disk is
-    compared with the last round at memory speed; SHA-256 runs for changed blocks only."""
-    import xxhash
-
-    return xxhash.xxh3_128_digest(data)
-
-
-def _entry(data: bytes | memoryview) -> bytes:
-    return fast_digest(data) + block_digest(data)
+    """A block's XXH3-128 (``xxh3-1m``'s block digest): ~20 GB/s here, so the whole disk
+    is compared with the last round at memory speed."""
+    return digest.block_digest(FORM, data)
 
 
 class FileReader:
@@ -228,18 +218,11 @@ class FileReader:
 
 
 ZERO_BLOCK = bytes(BLOCK)
-ZERO_DIGEST = block_digest(ZERO_BLOCK)
-_ZERO_ENTRY: bytes | None = None
 
 
 def _zero_entry(length: int) -> bytes:
-    """The recorded digests of ``length`` zero bytes (a block inside a hole)."""
-    global _ZERO_ENTRY
-    if length != BLOCK:
-        return _entry(bytes(length))
-    if _ZERO_ENTRY is None:
-        _ZERO_ENTRY = fast_digest(bytes(BLOCK)) + ZERO_DIGEST
-    return _ZERO_ENTRY
+    """The recorded digest of ``length`` zero bytes (a block inside a hole)."""
+    return digest.zero_digest(FORM) if length == BLOCK else fast_digest(bytes(length))
 
 
 def _runs(numbers: list[int]) -> list[tuple[int, int]]:
@@ -255,16 +238,16 @@ def _runs(numbers: list[int]) -> list[tuple[int, int]]:
 
 class BlockHashes:
     """Per-block digests of what the target holds, one file: :data:`MAGIC`, then
-    :data:`DIGEST` bytes a block (XXH3-128 to find changed blocks, SHA-256 for the
-    guest-view checksum).  A file of another layout (an older vmmove's SHA-256 only) does
-    not load: the next round is then full.
+    :data:`DIGEST` bytes a block (its XXH3-128: finds changed blocks, and makes the
+    ``xxh3-1m`` guest-view checksum).  A file of another layout (an older vmmove's, with
+    SHA-256 beside or instead) does not load: the next round is then full.
 
     The file is replaced atomically after a pass has written its blocks, so a pass cut
     short leaves the previous round's hashes, and the next pass sends again whatever it
     did not finish (a block written twice is harmless; one skipped never happens).
     """
 
-    MAGIC = b"vmmove-hashes xxh3-128+sha256 1MiB\n"
+    MAGIC = b"vmmove-hashes xxh3-128 1MiB v2\n"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -290,13 +273,10 @@ class BlockHashes:
 
 
 def guest_checksum(digests: list[bytes]) -> str:
-    """The guest-view checksum (``sha256-1m:<hex>``, :class:`migrate.clients.nbd.GuestDigest`)
-    of a disk whose per-:data:`BLOCK` recorded digests (:class:`BlockHashes`) are
-    ``digests``: the hash pass gives the source's checksum without a second read."""
-    from migrate.clients.nbd import GuestDigest
-
-    outer = hashlib.sha256(b"".join(d[FAST:] for d in digests))
-    return f"{GuestDigest.PREFIX}:{outer.hexdigest()}"
+    """The guest-view checksum (``xxh3-1m:<hex>``, :mod:`migrate.core.digest`) of a disk
+    whose per-:data:`BLOCK` recorded digests (:class:`BlockHashes`) are ``digests``: the
+    hash pass gives the source's checksum without a second read."""
+    return digest.combine(FORM, digests)
 
 
 def _read_into(reader: Reader, offset: int, view: memoryview) -> None:
@@ -358,17 +338,14 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target | N
     (:class:`BlockHashes` entries) and what was sent (``stats.checksum``: the source's
     guest-view checksum, :func:`guest_checksum`).
 
-    A block whose XXH3-128 equals the recorded one keeps its recorded SHA-256; only a
-    changed block is hashed with SHA-256 (on :data:`THREADS` threads: hashlib releases
-    the GIL).  ``holes``: ranges the source reports as zeros (block status), known without
-    reading (a block wholly inside one gets the zero digests; with those recorded too,
-    nothing is read, hashed or written).  ``zeroed``: the target reads zeros already (a
-    fresh file), so zero blocks of a first pass are not written.  ``fd`` None: only hash
-    (every block's SHA-256: the checksum of a volume read back).
+    A block whose XXH3-128 equals the recorded one is unchanged.  ``holes``: ranges the
+    source reports as zeros (block status), known without reading (a block wholly inside
+    one gets the zero digest; with that recorded too, nothing is read, hashed or written).
+    ``zeroed``: the target reads zeros already (a fresh file), so zero blocks of a first
+    pass are not written.  ``fd`` None: only hash (the checksum of a volume read back).
 
-    Costs (docs/warm-migration.md, ``bench/warm.py``): reads go into three reused buffers
-    of :data:`READ` bytes (the next window is read while this one is compared and the last
-    one's changed blocks are hashed).  A changed
+    Costs (docs/warm-migration.md, ``bench/warm.py``): reads go into two reused buffers
+    of :data:`READ` bytes (the next window is read while this one is compared).  A changed
     block of a file descriptor target is compared with what the target holds, and only its
     differing :data:`SUB` pieces are written: a 4 KiB change costs a 64 KiB write, not 1 MiB.
     The trust this puts in XXH3 (not a cryptographic hash): a block made by the guest to
@@ -386,12 +363,11 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target | N
     compare = isinstance(fd, int) and old is not None  # the target holds the last round
     per_read = READ // BLOCK
     windows = [range(first, min(count, first + per_read)) for first in range(0, count, per_read)]
-    # Three buffers, reused: a fresh 32 MiB buffer per read is a fresh mapping whose every
-    # page faults in (most of the old cost of this pass); one is read into, one compared,
-    # one still hashed (SHA-256 of its changed blocks) by the pool.
-    buffers = [memoryview(bytearray(min(READ, size) or 1)) for _ in range(min(3, len(windows)))]
+    # Two buffers, reused: a fresh 32 MiB buffer per read is a fresh mapping whose every
+    # page faults in (most of the old cost of this pass); one is read into, one compared.
+    buffers = [memoryview(bytearray(min(READ, size) or 1)) for _ in range(min(2, len(windows)))]
     zeros = memoryview(ZERO_CHUNK)[:BLOCK]
-    zero_fast = _zero_entry(BLOCK)[:FAST]
+    zero_fast = _zero_entry(BLOCK)
 
     def read(i: int) -> list[int]:
         blocks, buf = windows[i], buffers[i % len(buffers)]
@@ -410,46 +386,31 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target | N
         return [(off + at, data[at:at + n])
                 for at, n in differing_pieces(bytes(data), os.pread(fd, len(data), off))]
 
-    pool = ThreadPoolExecutor(THREADS, thread_name_prefix="hash")
     ahead = ThreadPoolExecutor(1, thread_name_prefix="read")  # reads the next window
-    shas: dict[int, list[tuple[int, Future[bytes]]]] = {}  # window -> its blocks' SHA-256
-    slots: list[bytes | Future[bytes]] = []  # per block: its entry, or its SHA-256 to come
-
-    def settle(window: int) -> None:
-        """Wait for a window's SHA-256s: its buffer is about to be read into again."""
-        for b, future in shas.pop(window, []):
-            slots[b] = bytes(slots[b][:FAST]) + future.result()  # type: ignore[index]
+    digests: list[bytes] = []  # per block: its XXH3-128
 
     try:
         pending = ahead.submit(read, 0) if windows else None
         for i, blocks in enumerate(windows):
             assert pending is not None
             read_now = set(pending.result())
-            # the next window goes into the buffer of the window before last: its SHA-256s
-            # (computed while this window is compared) must be done first
-            settle(i + 1 - len(buffers))
+            # the next window goes into the other buffer: the last window's is done with
             pending = ahead.submit(read, i + 1) if i + 1 < len(windows) else None
             buf, base = buffers[i % len(buffers)], blocks[0] * BLOCK
 
             def view(b: int) -> memoryview:
                 return buf[b * BLOCK - base:min(size, (b + 1) * BLOCK) - base]
-            fresh = shas.setdefault(i, [])  # changed blocks read: their SHA-256 is computed
             for b in blocks:
                 length = min(BLOCK, size - b * BLOCK)
                 if b in read_now:
                     fast = fast_digest(view(b))
                 else:  # a block inside a hole: zeros, known without reading
-                    fast = zero_fast if length == BLOCK else _zero_entry(length)[:FAST]
-                if old is not None and old[b][:FAST] == fast:
-                    slots.append(old[b])
-                    continue  # unchanged: nothing hashed further, nothing written
+                    fast = zero_fast if length == BLOCK else _zero_entry(length)
+                digests.append(fast)
+                if old is not None and old[b] == fast:
+                    continue  # unchanged: nothing written
                 data = view(b) if b in read_now else zeros[:length]
                 zero = b not in read_now or (fast == zero_fast and bytes(data) == ZERO_BLOCK)
-                if zero:
-                    slots.append(_zero_entry(length))
-                else:
-                    slots.append(fast)
-                    fresh.append((b, pool.submit(block_digest, data)))
                 if runs is None or (old is None and zeroed and zero):
                     continue
                 if zero and not isinstance(fd, int):  # a delta: a zero cluster
@@ -465,11 +426,7 @@ def hash_sync(reader: Reader, size: int, old: list[bytes] | None, fd: Target | N
                     runs.add(b * BLOCK, data)
             if runs is not None:
                 runs.flush()  # before this window's buffer is read into again
-        for window in list(shas):
-            settle(window)
     finally:
         ahead.shutdown()
-        pool.shutdown()
-    digests = [bytes(entry) for entry in slots]  # type: ignore[arg-type]
     stats.checksum = guest_checksum(digests)
     return digests, stats

@@ -1,7 +1,7 @@
 """Stream conversion: read the source once, write a qcow2 front to back, hash both in stream.
 
 ``qemu-img convert`` + ``qemu-img compare`` reads the source twice and the output twice
-(plus a sha256 pass over the output).  This path reads the guest view of the source once,
+(plus a checksum pass over the output).  This path reads the guest view of the source once,
 through a captive ``qemu-nbd --read-only`` (the checked ``json:`` chain, format pinned),
 and writes the qcow2 itself in one forward pass:
 

@@ -13,7 +13,7 @@ records — never the transfer code — and turns each into a CDI source:
 
 Disks with no transfer record can be served from a plain web server (``--http-base URL``):
 the source is ``URL/<image file name>``, the converted image when ``vmmove convert`` made
-one (with its sha256 checksum), otherwise the source image file — but only when that file
+one (with its checksum), otherwise the source image file — but only when that file
 is a self-contained image CDI can import from one URL (see :func:`unservable`); anything
 else needs a convert record and is refused with one line saying why.
 """
@@ -47,7 +47,7 @@ class DiskSource:
     secret_file: str | None = None  # s3: the Secret manifest the upload step wrote
     dv: str | None = None  # upload: the already-filled DataVolume
     namespace: str | None = None  # upload: its namespace
-    checksum: str | None = None  # http: sha256:<hex> of the served file, when known
+    checksum: str | None = None  # http: FORM:HEX of the served file (migrate.core.digest), when known
     size: int | None = None  # bytes, when the journal knows the image's virtual size
     origin: str = ""  # where this came from, for annotations: journal / http-base / blank
 

@@ -10,8 +10,9 @@ into the volume.  Steps, each failing with one line and a non-zero exit:
    file beside it and renamed only once verified, so a killed pod never leaves a
    ``disk.img`` that looks whole);
 3. ``nbdcopy`` from ``nbds://…`` (TLS-PSK; block status keeps holes off the wire) into
-   this process, which hashes the export's guest view as it arrives (``sha256-1m``,
-   :class:`migrate.clients.nbd.GuestDigest`) and writes it (zero blocks skipped in a fresh
+   this process, which hashes the export's guest view as it arrives (``--checksum-form``,
+   a tree form of :mod:`migrate.core.digest`, ``xxh3-1m`` by default: the direct mode
+   records whichever it reports) and writes it (zero blocks skipped in a fresh
    file, so holes stay holes; written on a block device, which may hold old data);
 4. the written bytes read back and hashed the same way: the two must be equal, and the
    export exactly ``size`` bytes;
@@ -30,6 +31,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from migrate.clients import nbd
+from migrate.core import digest
 from migrate.core.errors import VmmoveError
 
 class WorkerError(VmmoveError):
@@ -75,9 +77,18 @@ def _destination(dest: str, size: int) -> tuple[str, bool]:
     return str(part), False
 
 
+def _tree_form(form: str) -> str:
+    if form not in digest.TREE_FORMS:
+        raise WorkerError(f"--checksum-form {form!r}: expected one of "
+                          f"{', '.join(digest.TREE_FORMS)}")
+    return form
+
+
 def run_worker(source: str, psk_file: str, dest: str, size: int,
-               result: str | None = None) -> dict[str, Any]:
-    """Copy, verify, publish; the result object.  Raises :class:`WorkerError`."""
+               result: str | None = None, form: str = digest.DEFAULT) -> dict[str, Any]:
+    """Copy, verify (guest-view checksums in tree form ``form``), publish; the result
+    object.  Raises :class:`WorkerError`."""
+    _tree_form(form)
     if not os.access(psk_file, os.R_OK):
         raise WorkerError(f"{psk_file}: PSK file missing or unreadable (the Job's Secret "
                           "must hold keys.psk)")
@@ -91,8 +102,9 @@ def run_worker(source: str, psk_file: str, dest: str, size: int,
     target, block = _destination(dest, size)
     try:
         # one read of the export, hashed as it arrives; then the PVC read back
-        src_sum, src_bytes = nbd.stream_to(url, target, dest_is_zero=not block, label=label)
-        dest_sum, _ = nbd.file_sha256(target, "raw", size)
+        src_sum, src_bytes = nbd.stream_to(url, target, dest_is_zero=not block, label=label,
+                                           form=form)
+        dest_sum, _ = nbd.file_guest_checksum(target, "raw", size, form)
         if src_bytes != size:
             raise WorkerError(f"{label}: the export holds {src_bytes} bytes, expected {size}")
         if src_sum != dest_sum:
@@ -129,8 +141,8 @@ def run_worker(source: str, psk_file: str, dest: str, size: int,
 #   (``nbdcopy URL -``) and compared per MiB with the volume; the differing 64 KiB pieces
 #   of a block are written.
 #
-# ``--verify`` (the final delta) then compares the guest-view sha256 of the export and of
-# the volume.  A killed pod leaves a partly applied delta; the retried pod applies it again
+# ``--verify`` (the final delta) then compares the guest-view checksums (``--checksum-form``)
+# of the export and of the volume.  A killed pod leaves a partly applied delta; the retried pod applies it again
 # from the same export (writes are idempotent).
 
 DELTA_BLOCK = 1 << 20
@@ -206,9 +218,11 @@ def _compare_into(url: str, dest: str, size: int, label: str) -> int:
 
 def run_delta(source: str, psk_file: str, dest: str, size: int, *,
               extents_file: str | None = None, compare: bool = False, verify: bool = False,
-              result: str | None = None) -> dict[str, Any]:
+              result: str | None = None, form: str = digest.DEFAULT) -> dict[str, Any]:
     """Apply one warm round's delta in place (see above); the result object
-    (``changed`` bytes, ``bytes`` = size, ``dest``, and ``checksum`` with ``verify``)."""
+    (``changed`` bytes, ``bytes`` = size, ``dest``, and ``checksum`` in tree form ``form``
+    with ``verify``)."""
+    _tree_form(form)
     if not os.access(psk_file, os.R_OK):
         raise WorkerError(f"{psk_file}: PSK file missing or unreadable (the Job's Secret "
                           "must hold keys.psk)")
@@ -259,8 +273,8 @@ def run_delta(source: str, psk_file: str, dest: str, size: int, *,
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=2) as pool:
-            f_source = pool.submit(nbd.guest_sha256, url, label)
-            f_dest = pool.submit(nbd.file_sha256, dest, "raw", size)
+            f_source = pool.submit(nbd.guest_checksum, url, label, form)
+            f_dest = pool.submit(nbd.file_guest_checksum, dest, "raw", size, form)
             (src_sum, _n), (dest_sum, _m) = f_source.result(), f_dest.result()
         if src_sum != dest_sum:
             raise WorkerError(f"{label}: the volume differs from the export after the delta "
@@ -272,13 +286,15 @@ def run_delta(source: str, psk_file: str, dest: str, size: int, *,
 
 
 def run_merge(url_file: str, dest: str, size: int, *, verify: bool = False,
-              result: str | None = None) -> dict[str, Any]:
+              result: str | None = None, form: str = digest.DEFAULT) -> dict[str, Any]:
     """S3 mode: fetch a round's qcow2 delta (holding only the changed clusters) from the
     presigned URL in ``url_file`` and merge it into the volume as CDI's ImageIO path does:
     ``qemu-img rebase -u -F raw -b DEST delta.qcow2`` then ``qemu-img commit delta.qcow2``.
     The result: ``changed`` (the delta's allocated bytes), ``bytes``, ``dest``, and with
-    ``verify`` the volume's guest-view ``checksum`` (vmmove compares it with the source's).
+    ``verify`` the volume's guest-view ``checksum`` in tree form ``form`` (vmmove compares
+    it with the source's).
     """
+    _tree_form(form)
     import shutil
     import subprocess
     import tempfile
@@ -329,7 +345,7 @@ def run_merge(url_file: str, dest: str, size: int, *, verify: bool = False,
     finally:
         os.close(fd)
     if verify:
-        out["checksum"] = nbd.file_sha256(dest, "raw", size)[0]
+        out["checksum"] = nbd.file_guest_checksum(dest, "raw", size, form)[0]
     if result:
         Path(result).write_text(json.dumps(out))
     return out

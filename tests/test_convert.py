@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from converters.checksum import sha256_file
+from migrate.core.digest import file_checksum
 from converters.convert import (
     CONVERTED,
     FAILED,
@@ -92,7 +92,8 @@ def test_every_source_format_converts_sparse_verified_and_sources_untouched(
             assert step.data["source"] == str(src) and step.data["verified"] is True
             assert step.data["virtual_size"] == r.virtual_size >= 64 * MiB
             assert step.data["allocated"] == out.stat().st_blocks * 512
-            assert step.checksum == sha256_file(out) == r.checksum
+            assert step.checksum == file_checksum(out) == r.checksum
+            assert step.checksum.startswith("xxh3-1m:")
             assert step.data["source_format"] == fmt and step.data["probed"] == (kind == "vdi")
     # Sources were opened read-only: not a byte, not a timestamp changed.
     assert {p: (sha256(p), p.stat().st_mtime_ns) for p in before} == before
@@ -159,7 +160,7 @@ def test_no_verify_then_verify_checks_without_converting_again(tmp_path: Path) -
     mtime = Path(fast.output).stat().st_mtime_ns
     (checked,) = convert_disks(inv, [], tmp_path / "w", ConvertOptions(verify=True))
     assert checked.status == VERIFIED and checked.verified is True
-    assert checked.checksum == sha256_file(fast.output)
+    assert checked.checksum == file_checksum(fast.output)
     assert Path(fast.output).stat().st_mtime_ns == mtime
 
 
@@ -304,7 +305,7 @@ def test_cli_usage_and_status_table(cli, tmp_path: Path) -> None:
     assert "status: converted" in out
     table = cli("convert", "--status", "--to", str(work), ok=True).stdout
     assert table.splitlines()[0].split()[:4] == ["VM", "DISK", "STATUS", "FORMAT"]
-    assert "r-vda.raw" in table and "sha256:" in table
+    assert "r-vda.raw" in table and "xxh3-1m:" in table
     help_text = " ".join(cli("convert", "--help", ok=True).stdout.split())
     assert "only allocated data" in help_text and "--force-share" in help_text
 

@@ -10,7 +10,7 @@ import pytest
 import xxhash
 
 from migrate.core import digest
-from migrate.clients.nbd import GuestDigest
+from migrate.clients.nbd import file_guest_checksum
 
 MiB = 1 << 20
 
@@ -59,11 +59,17 @@ def test_block_tree_out_of_order_equals_in_order(form: str) -> None:
         tree.put_range(MiB + 1, b"x")
 
 
-def test_guest_digest_keeps_the_sha256_1m_form() -> None:
-    data = os.urandom(MiB + 5)
-    old = GuestDigest()
-    old.update(data)
-    assert old.hexdigest() == _tree_by_hand(digest.SHA256_1M, data)
+@pytest.mark.parametrize("form", digest.TREE_FORMS)
+def test_a_guest_view_is_hashed_in_the_form_asked(tmp_path, form: str) -> None:
+    """nbd's guest checksums (the form a recorded checksum names: sha256-1m journals still
+    verify) skip a raw file's holes and equal the definition over its bytes."""
+    data = os.urandom(MiB + 5) + bytes(3 * MiB) + os.urandom(7)
+    raw = tmp_path / "g.raw"
+    with open(raw, "wb") as fh:
+        fh.write(data[:MiB + 5])
+        fh.seek(4 * MiB + 5)  # a hole where the zeros are
+        fh.write(data[4 * MiB + 5:])
+    assert file_guest_checksum(raw, form=form) == (_tree_by_hand(form, data), len(data))
 
 
 def test_forms_parse_and_unknown_forms_are_refused(tmp_path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from migrate.clients.nbd import file_sha256
+from migrate.clients.nbd import file_guest_checksum
 from migrate.core.journal import Journal
 from migrate.core.workdir import journal_path
 from tests.conftest import qemu_img, qemu_io
@@ -122,7 +122,7 @@ def test_running_vm_is_copied_at_one_point_in_time(cli, tmp_path: Path, sshd: Ss
 
     step = convert_step(work, guest.name)
     assert step.status == "done" and step.data["copy"] == "backup"
-    assert step.data["guest_checksum"] == file_sha256(output, "qcow2")[0]
+    assert step.data["guest_checksum"] == file_guest_checksum(output, "qcow2")[0]
     assert step.data["guest_bytes"] == 32 << 20
     # issue 17: the export is read once (over SSH too), verified in the stream
     assert step.data["verify"] == "stream" and step.data["source_read"] <= 32 << 20
@@ -163,7 +163,7 @@ def test_shut_off_vm_is_read_through_qemu_nbd_and_source_unchanged(
     result = cli("convert", str(inventory), name, "--to", str(work), "--format", "raw")
     assert result.exit_code == 0, result.stderr
     output = work / f"{name}-vda.raw"
-    assert file_sha256(output)[0] == file_sha256(disk, "qcow2")[0]
+    assert file_guest_checksum(output)[0] == file_guest_checksum(disk, "qcow2")[0]
     # holes stay holes: 1.5 MiB of data in a 64 MiB disk
     assert os.stat(output).st_blocks * 512 < 8 << 20
     step = convert_step(work, name)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from migrate.clients.nbd import file_sha256
+from migrate.clients.nbd import file_guest_checksum
 from migrate.plan import load_plan
 from migrate.core.journal import Journal
 from tests.guest_support import boot_guest
@@ -84,7 +84,7 @@ def test_stage_running_and_shut_off_vms_through_s3(
     converts, uploads = steps(plan_file, "convert"), steps(plan_file, "upload")
     assert converts[guest.name].data["copy"] == "backup"
     assert converts[cold].data["copy"] == "qemu-nbd"
-    assert converts[cold].data["guest_checksum"] == file_sha256(cold_disk, "qcow2")[0]
+    assert converts[cold].data["guest_checksum"] == file_guest_checksum(cold_disk, "qcow2")[0]
     # what landed in S3 is the verified output, byte for byte
     client = s3_server.client()
     for name in (guest.name, cold):
@@ -150,10 +150,10 @@ def test_stage_running_and_shut_off_vms_direct(
     # each PVC holds the verified disk: the shut-off one exactly, the running one at one
     # point in time after the ticks seen before staging
     cold_pvc = kubelet.pvc(uploads[cold].data["dv"]) / "disk.img"
-    assert file_sha256(cold_pvc)[0] == file_sha256(cold_disk, "qcow2")[0] \
+    assert file_guest_checksum(cold_pvc)[0] == file_guest_checksum(cold_disk, "qcow2")[0] \
         == uploads[cold].checksum
     run_pvc = kubelet.pvc(uploads[guest.name].data["dv"]) / "disk.img"
-    assert file_sha256(run_pvc)[0] == uploads[guest.name].checksum
+    assert file_guest_checksum(run_pvc)[0] == uploads[guest.name].checksum
     assert assert_point_in_time(slots(run_pvc, "raw")) >= before
     assert sorted(p.name for p in run_pvc.parent.iterdir()) == ["disk.img"]
     # The Jobs and Secrets were strictly valid, placed as the plan says, and are gone.
@@ -220,7 +220,8 @@ def test_direct_worker_pod_killed_is_retried_and_a_broken_job_fails_with_one_lin
     up = steps(plan_file, "upload")[cold]
     assert up.status == "done" and up.data["attempts"] == 2
     pvc = kubelet.pvc(up.data["dv"])
-    assert file_sha256(pvc / "disk.img")[0] == up.checksum == file_sha256(cold_disk, "qcow2")[0]
+    assert file_guest_checksum(pvc / "disk.img")[0] == up.checksum \
+        == file_guest_checksum(cold_disk, "qcow2")[0]
     assert sorted(p.name for p in pvc.iterdir()) == ["disk.img"]
 
     # A Job whose Secret vanished: its pod cannot start; one line, nothing counted done.
@@ -275,5 +276,5 @@ def test_direct_into_a_block_volume(cli, tmp_path: Path, sshd: Sshd, libvirt_dom
     assert "/run/vmmove/disk" in container["args"]
     up = steps(plan_file, "upload")[name]
     backing = kubelet.pvc(up.data["dv"]) / "block.img"
-    assert file_sha256(backing, "raw", 24 << 20)[0] == up.checksum \
-        == file_sha256(disk, "qcow2")[0]
+    assert file_guest_checksum(backing, "raw", 24 << 20)[0] == up.checksum \
+        == file_guest_checksum(disk, "qcow2")[0]

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from migrate.clients.nbd import file_guest_checksum
+from migrate.core import digest
 from migrate.core.model import VM, Disk, Inventory, Source, SourceKind
 from migrate.core.serialize import save_inventory
 from migrate.core.journal import DONE, Journal
@@ -52,10 +54,13 @@ def same_image(a: Path, b: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def converted_workdir(tmp_path: Path, disks: dict[str, Path | None]) -> tuple[Path, Path]:
+def converted_workdir(tmp_path: Path, disks: dict[str, Path | None],
+                      form: str = digest.DEFAULT) -> tuple[Path, Path]:
     """An inventory with one VM ``web`` and a work folder whose journal records the
     conversions of the disks given a path (as vmmove convert records them, see
-    migrate.core.workdir); a disk mapped to None is left unconverted."""
+    migrate.core.workdir); a disk mapped to None is left unconverted.  ``form``: the
+    file checksum's form; ``sha256`` writes the journal of a vmmove before issue 17
+    (``sha256:`` file and ``sha256-1m:`` guest checksums)."""
     workdir = tmp_path / "work"
     workdir.mkdir()
     vm = VM(name="web", uuid="6a1f0c2e-0000-4000-8000-00000000a001",
@@ -74,8 +79,13 @@ def converted_workdir(tmp_path: Path, disks: dict[str, Path | None]) -> tuple[Pa
             item = disk_item(vm, disk)
             journal.start(KIND_CONVERT, item, output=str(output), format="qcow2",
                           source=disk.path, virtual_size=64 * MiB)
+            old = form == digest.SHA256
+            guest = file_guest_checksum(output, "qcow2",
+                                        form=digest.SHA256_1M if old else digest.DEFAULT)[0]
             journal.done(KIND_CONVERT, item, bytes=output.stat().st_size,
-                         checksum=f"sha256:{sha256_of(output)}", verified=True,
+                         checksum=f"sha256:{sha256_of(output)}" if old
+                         else digest.file_checksum(output, form),
+                         guest_checksum=guest, verify="stream", verified=True,
                          allocated=output.stat().st_blocks * 512)
     return inventory, workdir
 
@@ -88,9 +98,13 @@ def upload_steps(workdir: Path) -> dict[str, object]:
 def test_inventory_disks_reach_s3_intact_with_url_secret_and_journal(
         cli: Cli, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str,
         s3_env: dict[str, str]) -> None:
+    """A journal written by vmmove before issue 17 (``sha256:`` file checksums,
+    ``sha256-1m:`` guest checksums) still uploads: the bytes sent are hashed in its form,
+    verified against it and stored under both metadata keys (an older vmmove reads
+    ``sha256``)."""
     small = make_qcow2(tmp_path / "small.qcow2", "64M", [(0xA1, 0, 2)])  # one PutObject
     big = make_qcow2(tmp_path / "big.qcow2", "64M", [(0xB2, 0, 9), (0xC3, 30, 12)])  # multipart
-    inventory, workdir = converted_workdir(tmp_path, {"vda": big, "vdb": small})
+    inventory, workdir = converted_workdir(tmp_path, {"vda": big, "vdb": small}, digest.SHA256)
 
     result = cli("upload", str(inventory), "--workdir", str(workdir),
                  "--s3", f"s3://{s3_bucket}/vms/batch1", "--endpoint-url", s3_server.endpoint,
@@ -113,6 +127,7 @@ def test_inventory_disks_reach_s3_intact_with_url_secret_and_journal(
         fetched = tmp_path / f"fetched-{target}.qcow2"
         head = s3_server.download(s3_bucket, key, fetched)
         assert head["Metadata"]["sha256"] == sha256_of(source)
+        assert head["Metadata"]["checksum"] == f"sha256:{sha256_of(source)}"
         assert head["ContentLength"] == source.stat().st_size
         same_image(source, fetched)
         assert sha256_of(fetched) == sha256_of(source)
@@ -132,6 +147,47 @@ def test_inventory_disks_reach_s3_intact_with_url_secret_and_journal(
     assert {(r["status"], r["sent"]) for r in json.loads(again.stdout)} == {("skipped", 0)}
 
 
+def test_an_old_journal_keeps_old_objects_and_refuses_a_changed_image(
+        cli: Cli, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str,
+        s3_env: dict[str, str]) -> None:
+    """Under a journal of vmmove before issue 17: an object an older vmmove completed (its
+    checksum in ``x-amz-meta-sha256`` only) is recognised and not sent again; an image that
+    changed since its ``sha256:`` checksum was recorded is refused, sent in parts or in one
+    PutObject, and no object is completed for it."""
+    big = make_qcow2(tmp_path / "big.qcow2", "64M", [(0xB2, 0, 9), (0xC3, 30, 12)])
+    other = make_qcow2(tmp_path / "other.qcow2", "64M", [(0xD4, 0, 10)])
+    small = make_qcow2(tmp_path / "small.qcow2", "64M", [(0xA1, 0, 2)])
+    inventory, workdir = converted_workdir(
+        tmp_path, {"vda": big, "vdb": other, "vdc": small}, digest.SHA256)
+    client = s3_server.client()
+    kept = workdir / "web-vda.qcow2"
+    client.put_object(Bucket=s3_bucket, Key="old/web-vda.qcow2", Body=kept.read_bytes(),
+                      Metadata={"sha256": sha256_of(kept)})
+    for target in ("vdb", "vdc"):  # one byte of each changes after the conversion
+        changed = workdir / f"web-{target}.qcow2"
+        with open(changed, "r+b") as fh:
+            fh.seek(changed.stat().st_size - 100)
+            byte = fh.read(1)
+            fh.seek(-1, 1)
+            fh.write(bytes([byte[0] ^ 0x01]))
+    assert (workdir / "web-vdb.qcow2").stat().st_size > 8 * MiB > (
+        workdir / "web-vdc.qcow2").stat().st_size  # multipart, and one PutObject
+    sent = cli("upload", str(inventory), "--workdir", str(workdir), "--s3",
+               f"s3://{s3_bucket}/old", "--endpoint-url", s3_server.endpoint)
+    assert sent.exit_code != 0
+    errors = [ln for ln in sent.stderr.splitlines() if ln.startswith("vmmove: error: web/")]
+    assert [ln.split()[2] for ln in errors] == ["web/vdb", "web/vdc"], sent.stderr
+    assert all("does not match its recorded checksum sha256:" in ln for ln in errors)
+    steps = {s.item.rsplit("/", 1)[1]: s for s in upload_steps(workdir).values()}
+    assert steps["vda"].status == DONE and steps["vda"].data["sent"] == 0
+    assert steps["vda"].checksum == f"sha256:{sha256_of(kept)}"
+    for target in ("vdb", "vdc"):
+        assert steps[target].status != DONE
+        with pytest.raises(Exception, match="404|Not Found"):
+            client.head_object(Bucket=s3_bucket, Key=f"old/web-{target}.qcow2")
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
 def test_folder_upload_hashes_while_sending_and_stores_the_checksum(
         cli: Cli, tmp_path: Path, s3_server: SeaweedFS, s3_bucket: str,
         s3_env: dict[str, str]) -> None:
@@ -149,9 +205,12 @@ def test_folder_upload_hashes_while_sending_and_stores_the_checksum(
     steps = upload_steps(folder)
     assert set(steps) == {"db-disk.qcow2", "tiny.raw"}
     for name, path in (("db-disk.qcow2", image), ("tiny.raw", raw)):
-        assert steps[name].checksum == f"sha256:{sha256_of(path)}"
+        # nothing recorded: the default form (the assertion changed with the form only)
+        assert steps[name].checksum == digest.file_checksum(path)
+        assert steps[name].checksum.startswith("xxh3-1m:")
         head = s3_server.client().head_object(Bucket=s3_bucket, Key=name)
-        assert head["Metadata"]["sha256"] == sha256_of(path)
+        assert head["Metadata"]["checksum"] == steps[name].checksum
+        assert "sha256" not in head["Metadata"]
     fetched = tmp_path / "back.qcow2"
     s3_server.download(s3_bucket, "db-disk.qcow2", fetched)
     same_image(image, fetched)
@@ -302,10 +361,10 @@ def test_killed_upload_resumes_sending_only_missing_parts(
     assert row["status"] == "resumed"
     part = step.data["s3"]["part_size"]
     assert row["sent"] <= size - stored * part, (row["sent"], size, stored)
-    assert row["checksum"] == f"sha256:{sha256_of(image)}"
+    assert row["checksum"] == digest.file_checksum(image)
     fetched = tmp_path / "fetched.qcow2"
     head = s3_server.download(s3_bucket, key, fetched)
-    assert head["Metadata"]["sha256"] == sha256_of(image)
+    assert head["Metadata"]["checksum"] == digest.file_checksum(image)
     assert sha256_of(fetched) == sha256_of(image)
     same_image(image, fetched)
     assert s3_server.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
@@ -343,7 +402,7 @@ def test_server_restart_during_upload_is_retried_to_completion(
         assert 0 < peak < 256 * MiB, f"uploader peak RSS {peak / MiB:.0f} MiB"
         fetched = tmp_path / "fetched.qcow2"
         head = server.download(bucket, key, fetched)
-        assert head["Metadata"]["sha256"] == sha256_of(image)
+        assert head["Metadata"]["checksum"] == digest.file_checksum(image)
         same_image(image, fetched)
     finally:
         server.stop()

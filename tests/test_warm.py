@@ -85,15 +85,19 @@ def test_hash_sync_sends_only_changed_blocks_and_keeps_hashes(tmp_path: Path) ->
     # only the 64 KiB pieces holding a changed byte are written, not their whole MiB
     assert second.changed == 2 * delta.SUB and second.extents == 2
     assert dst.read_bytes() == src.read_bytes()
-    # the pass's digests give the guest-view checksum a second read would (sha256-1m)
-    assert first.checksum == nbd.file_sha256(tmp_path / "first.raw")[0]
-    assert second.checksum == nbd.file_sha256(src)[0] != first.checksum
+    # the pass's digests give the guest-view checksum a second read would (xxh3-1m)
+    assert first.checksum == nbd.file_guest_checksum(tmp_path / "first.raw")[0]
+    assert second.checksum == nbd.file_guest_checksum(src)[0] != first.checksum
+    assert second.checksum.startswith("xxh3-1m:")
     with delta.FileReader(src) as reader:  # no target: only hashed
         again, third = delta.hash_sync(reader, reader.size, None, None, reader.holes())
     assert again == _new and third.checksum == second.checksum and third.changed == 0
     assert store.load(7 * MiB) is None  # recorded for another size: not used
     # an older vmmove's layout (SHA-256 only, no header) is not used either: a full round
     store.path.write_bytes(b"\0" * 32 * 9)
+    assert store.load(8 * MiB + 123) is None
+    # nor the issue-15 layout (XXH3-128 and SHA-256 per block, for a sha256-1m checksum)
+    store.path.write_bytes(b"vmmove-hashes xxh3-128+sha256 1MiB\n" + b"\0" * 48 * 9)
     assert store.load(8 * MiB + 123) is None
 
 

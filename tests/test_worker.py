@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.clients.nbd import file_sha256, new_psk
+from migrate.clients.nbd import file_guest_checksum, new_psk
 from tests.conftest import qemu_img, qemu_io
 from tests.sshd_support import free_port
 
@@ -57,10 +57,11 @@ def test_worker_writes_disk_img_verified_and_sparse(cli, tmp_path: Path,
     out = cli("worker", "--source", tls_export.url, "--psk-file", str(tls_export.psk_file),
               "--dest", str(pvc / "disk.img"), "--size", str(tls_export.size), "--result",
               str(result_file), ok=True)
-    expected = file_sha256(tls_export.image, "qcow2")[0]
+    expected = file_guest_checksum(tls_export.image, "qcow2")[0]
     result = json.loads(out.stdout)
     assert result == json.loads(result_file.read_text())
-    assert result["checksum"] == expected == file_sha256(pvc / "disk.img")[0]
+    assert result["checksum"] == expected == file_guest_checksum(pvc / "disk.img")[0]
+    assert expected.startswith("xxh3-1m:")
     assert result["bytes"] == 48 << 20 == os.stat(pvc / "disk.img").st_size
     assert os.stat(pvc / "disk.img").st_blocks * 512 < 4 << 20  # holes stay holes
     assert sorted(p.name for p in pvc.iterdir()) == ["disk.img"]
@@ -108,7 +109,8 @@ def test_worker_writes_a_block_device(cli, tmp_path: Path, tls_export: Export) -
         out = cli("worker", "--source", tls_export.url, "--psk-file",
                   str(tls_export.psk_file), "--dest", device, "--size",
                   str(tls_export.size), ok=True)
-        assert json.loads(out.stdout)["checksum"] == file_sha256(tls_export.image, "qcow2")[0]
+        assert json.loads(out.stdout)["checksum"] == file_guest_checksum(tls_export.image,
+                                                                         "qcow2")[0]
     finally:
         subprocess.run(["losetup", "-d", device], check=True)
     with open(backing, "rb") as fh:
@@ -119,7 +121,7 @@ def test_worker_writes_a_block_device(cli, tmp_path: Path, tls_export: Export) -
 def test_worker_applies_a_warm_delta_in_place(cli, tmp_path: Path, tls_export: Export) -> None:
     """The warm round's worker: --extents writes only the listed runs (and zeros), in place;
     --compare writes only the MiB blocks that differ; --verify checks the whole volume."""
-    from migrate.clients.nbd import file_sha256 as sha
+    from migrate.clients.nbd import file_guest_checksum as sha
 
     dest = tmp_path / "pvc" / "disk.img"
     dest.parent.mkdir()
@@ -143,6 +145,14 @@ def test_worker_applies_a_warm_delta_in_place(cli, tmp_path: Path, tls_export: E
         fh.write(b"\x00" * 10)
     out = json.loads(cli("worker", *args, "--compare", "--verify", ok=True).stdout)
     assert out["changed"] == 64 << 10 and out["checksum"] == sha(dest)[0]
+    # the form asked (a source checksum recorded as sha256-1m by an older vmmove)
+    out = json.loads(cli("worker", *args, "--compare", "--verify", "--checksum-form",
+                         "sha256-1m", ok=True).stdout)
+    assert out["changed"] == 0
+    assert out["checksum"] == sha(tls_export.image, "qcow2", form="sha256-1m")[0] \
+        == sha(dest, form="sha256-1m")[0] and out["checksum"].startswith("sha256-1m:")
+    odd = cli("worker", *args, "--compare", "--checksum-form", "md5", ok=False)
+    assert "--checksum-form 'md5'" in odd.stderr and len(odd.stderr.strip().splitlines()) == 1
     # bad input: one line, nothing written
     runs.write_text(json.dumps({"data": [[47 << 20, 8 << 20]]}))
     bad = cli("worker", *args, "--extents", str(runs), ok=False)

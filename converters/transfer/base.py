@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from migrate.core import digest
 from migrate.core.errors import VmmoveError
 from migrate.core.journal import MEASURED, Journal, Step
 from migrate.core.progress import Subscriber
@@ -46,7 +47,7 @@ class TransferItem:
     size: int  # bytes of the image as stored (what is sent)
     path: Path | None = None
     stream: BinaryIO | None = None
-    checksum: str | None = None  # "sha256:<hex>" when already known (vmmove convert)
+    checksum: str | None = None  # "FORM:HEX" when already known (vmmove convert; migrate.core.digest)
     virtual_size: int | None = None  # bytes the guest sees (DataVolume size)
     format: str | None = None  # qcow2 | raw | vmdk | …, when known
     dv_name: str | None = None  # DataVolume name for the upload proxy (DNS-1123)
@@ -71,6 +72,17 @@ class TransferItem:
         return {"path": str(self.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def checksum_form(item: TransferItem) -> str:
+    """The checksum form a backend computes over what it sends: the recorded checksum's
+    (an older journal's ``sha256:`` still verifies), :data:`migrate.core.digest.DEFAULT`
+    when none is recorded.  :class:`TransferError` naming the image for an unknown form."""
+    try:
+        return digest.form_of(item.checksum)
+    except digest.UnknownForm as exc:
+        raise TransferError(f"{item.label}: its recorded checksum {item.checksum!r} has an "
+                            f"{exc}; this vmmove cannot verify it") from None
+
+
 @dataclass
 class TransferResult:
     """Where one image went; :meth:`journal_data` is exactly what the journal records."""
@@ -79,7 +91,7 @@ class TransferResult:
     backend: str  # s3 | upload
     status: str  # uploaded | resumed | skipped | failed
     size: int
-    checksum: str | None = None  # sha256:<hex>
+    checksum: str | None = None  # FORM:HEX of the bytes sent (migrate.core.digest)
     sent: int = 0  # bytes sent over the network in this run
     seconds: float = 0.0
     url: str | None = None  # s3: the path-style URL CDI's s3 source imports from

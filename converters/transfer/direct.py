@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from manifests.workers import blank_datavolume, psk_secret, worker_job
-from migrate.clients.nbd import PSK_USER, GuestDigest
+from migrate.clients.nbd import PSK_USER
+from migrate.core import digest
 from migrate.core.errors import VmmoveError
 from migrate.clients.cluster import Kube
 from migrate.core.mapping import StorageMap
@@ -296,8 +297,9 @@ class DirectTransfer:
             state = self.job_state(d, name)
             if state.complete:
                 result = state.result
-                if result.get("bytes") != size or not str(result.get("checksum", "")).startswith(
-                        f"{GuestDigest.PREFIX}:"):
+                parsed = digest.parse(str(result.get("checksum") or ""))
+                if result.get("bytes") != size or parsed is None \
+                        or parsed[0] not in digest.TREE_FORMS:  # (an older worker: sha256-1m)
                     raise DirectError(f"{d.label}: worker Job {name} succeeded without a "
                                       f"verified result ({result or 'none'})")
                 return str(result["checksum"]), state.attempts

@@ -120,17 +120,13 @@ def send_growing(backend: S3Backend, item: TransferItem, growth: GrowthSource, s
         final = TransferItem(item=item.item, name=item.name, size=g.size,
                              path=Path(g.path or item.path or ""), checksum=g.checksum,
                              label=item.label)
-        meta = backend.meta_value(g.checksum)
-        backend._store_checksum(key, meta, final)
-        backend._verify(final, key, meta)
-        journal.update(KIND_UPLOAD, item.item, s3={
+        backend._store_checksum(key, g.checksum, final)  # (known only now: in place)
+        backend._verify(final, key, g.checksum)
+        journal.update(KIND_UPLOAD, item.item, fingerprint=final.fingerprint(), s3={
             "bucket": backend.bucket, "key": key, "upload_id": None, "part_size": part,
-            "fingerprint": final.fingerprint(), "completed": meta, "growing": True,
+            "fingerprint": final.fingerprint(), "completed": g.checksum, "growing": True,
             "upload_id_done": upload_id_done})
-        journal.update(KIND_UPLOAD, item.item, fingerprint=final.fingerprint())
-        result = backend._result(final, key, UPLOADED, meta, sender.sent)
-        result.size, result.checksum = g.size, g.checksum
-        return result
+        return backend._result(final, key, UPLOADED, g.checksum, sender.sent)
     except BaseException as exc:
         if upload_id is not None:
             backend._abort(key, upload_id)

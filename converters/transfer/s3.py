@@ -7,20 +7,24 @@ content as it goes.  Here instead:
 
 1. ``CreateMultipartUpload`` ourselves and keep the UploadId, part size and the file's
    fingerprint (path, size, mtime) in the journal step before the first part is sent;
-2. one reader walks the image in order, hashes every byte (sha256) and hands each part
+2. one reader walks the image in order, hashes every byte (the recorded checksum's form,
+   :mod:`migrate.core.digest`; ``xxh3-1m`` when none is recorded) and hands each part
    to a bounded thread pool that calls ``UploadPart``; a semaphore caps the parts held in
    memory, so memory is ``parts in flight × part size`` whatever the image size;
 3. on a rerun, ``ListParts`` tells which parts the server already holds: those are not
    sent again (when the checksum is not yet known they are read locally to hash them:
    reading, not sending);
-4. ``CompleteMultipartUpload``, then ``HeadObject`` must show the size and the sha256.
+4. ``CompleteMultipartUpload``, then ``HeadObject`` must show the size and the checksum.
 
 boto3/s3transfer still do what they are good at: credentials the aws-cli way (env,
 shared config, ``--profile``), retries with backoff (standard mode), the part size rule
 (s3transfer's :class:`ChunksizeAdjuster`: at most 10,000 parts of 5 MiB–5 GiB), and the
 managed copy that writes the checksum metadata when it was not known before the upload.
-The sha256 is the object's ``x-amz-meta-sha256``: given at creation when vmmove convert
-recorded it, else written afterwards by an in-place server-side copy (no bytes resent).
+The checksum (``FORM:HEX``) is the object's ``x-amz-meta-checksum``: given at creation when
+vmmove convert recorded it, else written afterwards by an in-place server-side copy (no
+bytes resent).  Objects written by vmmove before issue 17 carry ``x-amz-meta-sha256`` (the
+hex of a ``sha256:`` checksum) instead; it is still read, and written beside
+``checksum`` for a ``sha256:`` checksum.
 
 Credentials go into one place only: a Secret manifest (``accessKeyId``/``secretKey``, what
 CDI's s3 source reads) written with mode 0600 into the work folder.
@@ -40,7 +44,6 @@ from typing import Any, BinaryIO
 
 import yaml
 
-from converters.checksum import parse_checksum, sha256_file
 from converters.transfer.base import (
     RESUMED,
     SKIPPED,
@@ -50,7 +53,9 @@ from converters.transfer.base import (
     TransferError,
     TransferItem,
     TransferResult,
+    checksum_form,
 )
+from migrate.core import digest as checksums
 from migrate.core.errors import UsageError
 from migrate.core.naming import dns1123_label
 from migrate.core.serialize import atomic_write
@@ -61,7 +66,36 @@ MiB = 1 << 20
 DEFAULT_PART_SIZE = 8 * MiB  # s3transfer's default chunk; grown for big objects
 MEMORY_BUDGET = 96 * MiB  # bytes of parts held in memory at once, at most
 SINGLE_COPY_LIMIT = 5 * 1024 * MiB  # CopyObject's limit; above it s3transfer copies in parts
-META_KEY = "sha256"
+META_KEY = "checksum"  # x-amz-meta-checksum: FORM:HEX
+OLD_META_KEY = "sha256"  # x-amz-meta-sha256: the hex of a sha256: checksum (before issue 17)
+
+
+def _metadata(checksum: str) -> dict[str, str]:
+    """The object metadata that records ``checksum`` (``FORM:HEX``)."""
+    form, _, hexpart = checksum.partition(":")
+    meta = {META_KEY: checksum}
+    if form == checksums.SHA256:  # what vmmove before issue 17 reads
+        meta[OLD_META_KEY] = hexpart
+    return meta
+
+
+def _remote_checksum(head: dict[str, Any]) -> str | None:
+    """The checksum an object's metadata records (``FORM:HEX``; the old ``sha256`` key as
+    ``sha256:<hex>``), or None."""
+    meta = head.get("Metadata") or {}
+    if meta.get(META_KEY):
+        return str(meta[META_KEY])
+    if meta.get(OLD_META_KEY):
+        return f"{checksums.SHA256}:{meta[OLD_META_KEY]}"
+    return None
+
+
+def _completed(value: Any) -> str | None:
+    """A journal's ``s3.completed`` as ``FORM:HEX`` (before issue 17 it held sha256 hex)."""
+    if not value:
+        return None
+    value = str(value)
+    return value if ":" in value else f"{checksums.SHA256}:{value}"
 
 
 @dataclass
@@ -266,7 +300,8 @@ class S3Backend(Backend):
             return send_growing(self, item, item.growth, step, journal, progress)
         key = self.key_for(item)
         where = f"{item.label} → s3://{self.bucket}/{key}"
-        known = parse_checksum(item.checksum)
+        form = checksum_form(item)  # the form the object's checksum takes
+        known = item.checksum or None  # what conversion recorded
         state = step.s3_state
         fingerprint = item.fingerprint()
         same_content = state.get("fingerprint") == fingerprint
@@ -278,10 +313,10 @@ class S3Backend(Backend):
             if item.size < self.options.part_size:
                 if state.get("upload_id"):  # an earlier, bigger image under this item
                     self._abort(str(state.get("key") or key), str(state["upload_id"]))
-                digest, sent = self._put_small(item, key, progress)
+                digest, sent = self._put_small(item, key, known, form, progress)
                 return self._result(item, key, UPLOADED, digest, sent)
             digest, sent, resumed, has_meta = self._multipart(
-                item, key, known, state, same_content, fingerprint, journal, progress)
+                item, key, known, form, state, same_content, fingerprint, journal, progress)
             if not has_meta:
                 self._store_checksum(key, digest, item)
             self._verify(item, key, digest)
@@ -298,16 +333,10 @@ class S3Backend(Backend):
         except Exception as exc:
             raise self._error(exc, where) from None
 
-    @staticmethod
-    def meta_value(checksum: str) -> str:
-        """What the object's ``x-amz-meta-sha256`` holds for a recorded ``checksum``: the
-        hex of a ``sha256:<hex>``, the whole ``FORM:HEX`` of another form."""
-        return parse_checksum(checksum) or checksum
-
     def _result(self, item: TransferItem, key: str, status: str, digest: str,
                 sent: int) -> TransferResult:
         return TransferResult(
-            item.item, self.name, status, item.size, checksum=f"sha256:{digest}", sent=sent,
+            item.item, self.name, status, item.size, checksum=digest, sent=sent,
             url=self.url_for(key), secret=self.secret_name,
             secret_file=str(self.secret_file) if self.secret_file else None,
             extra={"bucket": self.bucket, "key": key,
@@ -325,12 +354,13 @@ class S3Backend(Backend):
 
     def _already_there(self, item: TransferItem, key: str, known: str | None,
                        state: dict[str, Any], progress: Subscriber) -> str | None:
-        """The sha256 when the object is complete with the right size and checksum."""
+        """The checksum (``FORM:HEX``) when the object is complete with the right size and
+        checksum."""
         head = self._head(key)
         if head is None or head.get("ContentLength") != item.size:
             return None
-        remote = (head.get("Metadata") or {}).get(META_KEY)
-        completed = state.get("completed")
+        remote = _remote_checksum(head)
+        completed = _completed(state.get("completed"))
         if known is not None:
             if remote == known:
                 progress.on_queued(item, item.size, item.size)
@@ -346,15 +376,15 @@ class S3Backend(Backend):
             progress.on_queued(item, item.size, item.size)
             return str(completed)
         if remote and item.path is not None:  # hash locally (reading only) and compare
-            local = parse_checksum(sha256_file(item.path))
-            if local == remote:
+            if checksums.matches(item.path, remote):
                 progress.on_queued(item, item.size, item.size)
-                return local
+                return remote
         return None
 
-    def _put_small(self, item: TransferItem, key: str,
+    def _put_small(self, item: TransferItem, key: str, known: str | None, form: str,
                    progress: Subscriber) -> tuple[str, int]:
-        """Below one part: one PutObject, the checksum known before sending."""
+        """Below one part: one PutObject, the checksum (``form``) computed before sending
+        and compared with ``known`` (the recorded one, if any)."""
         if item.stream is not None:
             data = item.stream.read(item.size)
         else:
@@ -363,12 +393,16 @@ class S3Backend(Backend):
                 data = fh.read(item.size)
         if len(data) != item.size:
             raise TransferError(f"{item.label}: short read ({len(data)} of {item.size} bytes)")
-        digest = hashlib.sha256(data).hexdigest()
+        running = checksums.new(form)
+        running.update(data)
+        digest = running.hexdigest()
+        if known is not None and digest != known:
+            raise _changed(item, known)
         progress.on_queued(item, item.size, 0)
         _Limiter(self.options.max_bandwidth).take(len(data))
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
                                ContentType="application/octet-stream",
-                               Metadata={META_KEY: digest})
+                               Metadata=_metadata(digest))
         progress.on_progress(item, len(data))
         return digest, len(data)
 
@@ -401,10 +435,11 @@ class S3Backend(Backend):
         except Exception:  # already gone or not ours: nothing to clean up
             pass
 
-    def _multipart(self, item: TransferItem, key: str, known: str | None,
+    def _multipart(self, item: TransferItem, key: str, known: str | None, form: str,
                    state: dict[str, Any], same_content: bool, fingerprint: dict[str, Any],
                    journal: Journal, progress: Subscriber) -> tuple[str, int, bool, bool]:
-        """Send what the server lacks; (sha256, bytes sent, resumed, metadata set)."""
+        """Send what the server lacks, hashing in ``form``; (checksum ``FORM:HEX``, bytes
+        sent, resumed, metadata set)."""
         stored: dict[int, tuple[int, str]] = {}
         upload_id = state.get("upload_id")
         part_size = int(state.get("part_size") or 0)
@@ -423,7 +458,7 @@ class S3Backend(Backend):
             part_size = part_size_for(item.size, self.options.part_size)
             extra: dict[str, Any] = {"ContentType": "application/octet-stream"}
             if known:
-                extra["Metadata"] = {META_KEY: known}
+                extra["Metadata"] = _metadata(known)
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, **extra)["UploadId"]
             state = {"bucket": self.bucket, "key": key, "upload_id": upload_id,
@@ -436,22 +471,22 @@ class S3Backend(Backend):
             known = None  # no checksum on this upload: hash everything, copy at the end
         digest, sent, etags = self._send_parts(item, key, upload_id, part_size, stored,
                                                hash_stored=known is None or item.stream is not None,
-                                               progress=progress)
+                                               form=form, progress=progress)
         if known is not None and digest is not None and digest != known:
             self._abort(key, upload_id)
             journal.update(KIND_UPLOAD, item.item, s3={**state, "upload_id": None})
-            raise TransferError(
-                f"{item.label}: content read does not match its recorded checksum "
-                f"sha256:{known[:12]}…: the image changed since it was converted")
+            raise _changed(item, known)
         self.client.complete_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]})
         return digest or str(known), sent, resumed, has_meta
 
     def _send_parts(self, item: TransferItem, key: str, upload_id: str, part_size: int,
-                    stored: dict[int, tuple[int, str]], hash_stored: bool,
+                    stored: dict[int, tuple[int, str]], hash_stored: bool, form: str,
                     progress: Subscriber) -> tuple[str | None, int, dict[int, str]]:
-        """Read the image once, in order: hash it, send the parts the server lacks."""
+        """Read the image once, in order: hash it (``form``), send the parts the server
+        lacks; (``FORM:HEX`` or None when the parts held were not hashed, bytes sent,
+        ETags)."""
         o = self.options
         count = max(1, -(-item.size // part_size))
         lengths = {n: min(part_size, item.size - (n - 1) * part_size) for n in range(1, count + 1)}
@@ -462,7 +497,7 @@ class S3Backend(Backend):
         lock = threading.Lock()
         sent = [0]
         failure: list[BaseException] = []
-        digest = hashlib.sha256()
+        digest = checksums.new(form)
         hashing = hash_stored or not have
         limiter = _Limiter(o.max_bandwidth)
         progress.on_queued(item, item.size, sum(lengths[n] for n in have))
@@ -544,12 +579,13 @@ class S3Backend(Backend):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _store_checksum(self, key: str, digest: str, item: TransferItem) -> None:
-        """Write the sha256 metadata with a server-side copy in place (no bytes resent)."""
+        """Write the checksum metadata (``digest``: ``FORM:HEX``) with a server-side copy in
+        place (no bytes resent)."""
         from boto3.s3.transfer import TransferConfig
 
         self.client.copy(
             {"Bucket": self.bucket, "Key": key}, self.bucket, key,
-            ExtraArgs={"Metadata": {META_KEY: digest}, "MetadataDirective": "REPLACE",
+            ExtraArgs={"Metadata": _metadata(digest), "MetadataDirective": "REPLACE",
                        "ContentType": "application/octet-stream"},
             Config=TransferConfig(multipart_threshold=SINGLE_COPY_LIMIT,
                                   multipart_chunksize=max(self.options.part_size, 64 * MiB)))
@@ -559,11 +595,16 @@ class S3Backend(Backend):
         if head is None:
             raise TransferError(f"{item.label}: s3://{self.bucket}/{key} is missing after upload")
         size = head.get("ContentLength")
-        remote = (head.get("Metadata") or {}).get(META_KEY)
+        remote = _remote_checksum(head)
         if size != item.size or remote != digest:
             raise TransferError(
-                f"{item.label}: s3://{self.bucket}/{key} holds {size} bytes with sha256 "
-                f"{remote}, expected {item.size} bytes with sha256 {digest}")
+                f"{item.label}: s3://{self.bucket}/{key} holds {size} bytes with checksum "
+                f"{remote}, expected {item.size} bytes with checksum {digest}")
+
+
+def _changed(item: TransferItem, known: str) -> TransferError:
+    return TransferError(f"{item.label}: content read does not match its recorded checksum "
+                         f"{checksums.short(known)}: the image changed since it was converted")
 
 
 def _read_exact(fh: BinaryIO, length: int, item: TransferItem) -> bytes:

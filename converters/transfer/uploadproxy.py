@@ -28,7 +28,6 @@ to be sent is still journalled, as ``sending``, before each POST, for ``vmmove s
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import ssl
 import time
@@ -45,8 +44,10 @@ from converters.transfer.base import (
     TransferError,
     TransferItem,
     TransferResult,
+    checksum_form,
 )
 from manifests.transfer import BIND_IMMEDIATE
+from migrate.core import digest as checksums
 from migrate.core.errors import UsageError
 from migrate.core.journal import Journal, Step
 from migrate.core.records import KIND_UPLOAD
@@ -210,10 +211,12 @@ class UploadProxyBackend(Backend):
 
     def _post(self, item: TransferItem, token: str,
               progress: Subscriber) -> tuple[int, str, str, int]:
-        """Stream the image; (HTTP status, sha256 hex of what was sent, response text, bytes
-        sent).  Fewer bytes than ``item.size`` sent means the proxy answered early."""
+        """Stream the image; (HTTP status, checksum ``FORM:HEX`` of what was sent (the
+        recorded checksum's form, :func:`~converters.transfer.base.checksum_form`), response
+        text, bytes sent).  Fewer bytes than ``item.size`` sent means the proxy answered
+        early."""
+        digest = checksums.new(checksum_form(item))
         conn = self._connection()
-        digest = hashlib.sha256()
         try:
             conn.putrequest("POST", self._path())
             conn.putheader("Authorization", f"Bearer {token}")
@@ -307,7 +310,7 @@ class UploadProxyBackend(Backend):
                        sending=item.checksum, answered=False)
         while True:
             progress.on_queued(item, item.size, 0)
-            status, digest, text, sent = self._post(item, token, progress)
+            status, checksum, text, sent = self._post(item, token, progress)
             if status == 401 and refreshes < self.options.token_retries:
                 if item.stream is not None:
                     raise TransferError(f"{label}: token refused mid-upload and a stream "
@@ -320,13 +323,13 @@ class UploadProxyBackend(Backend):
                 raise TransferError(f"{label}: upload proxy answered {status} after {sent} of "
                                     f"{item.size} bytes; rerun to send the image again")
             break
-        checksum = f"sha256:{digest}"
         if item.checksum and item.checksum != checksum:
             # CDI may still fill the DataVolume with these bytes: a rerun must not take
             # them for the converted image.
             journal.update(KIND_UPLOAD, item.item, sending=checksum)
             raise TransferError(f"{label}: the bytes sent do not match the recorded checksum "
-                                f"{item.checksum[:19]}…: the image changed since conversion")
+                                f"{checksums.short(item.checksum)}: the image changed since "
+                                "conversion")
         self._wait_phase(name, {"Succeeded"}, label)
         journal.update(KIND_UPLOAD, item.item, answered=True)
         return self._result(item, name, UPLOADED, checksum, item.size)

@@ -44,8 +44,8 @@ def _status(workdir: Path, inventory: str | None, vms: tuple[str, ...], output: 
 @click.option("--verify", "verify_mode", type=click.Choice(["stream", "full"]),
               is_flag=False, flag_value="stream", default=None, metavar="[stream|full]",
               help="How outputs are verified (default: stream): the source is read once and "
-                   "checksummed as it is copied (the guest view's sha256-1m and the output's "
-                   "sha256, both recorded in the journal); full also runs qemu-img compare, "
+                   "checksummed as it is copied (the guest view's and the output's xxh3-1m, "
+                   "both recorded in the journal); full also runs qemu-img compare, "
                    "which reads the source again.")
 @click.option("--no-verify", "no_verify", is_flag=True,
               help="Plain qemu-img convert: no checksums, nothing verified.")

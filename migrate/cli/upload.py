@@ -88,7 +88,7 @@ def upload(source: str, vms: tuple[str, ...], workdir: str | None, s3: str | Non
     folder's journal (disks not converted yet are refused and listed); with a DIR, every
     image file in it.  Each upload is journalled (kind upload), so vmmove manifests knows
     where each disk went, and a rerun resumes an interrupted S3 upload from the parts
-    already stored and skips objects already complete with the right size and sha256.
+    already stored and skips objects already complete with the right size and checksum.
     S3 credentials are read the aws-cli way and written only into a Secret manifest
     (mode 0600) in the work folder, for CDI's s3 source.
     """

@@ -12,9 +12,10 @@ A disk is read remotely through an NBD export, never from its file:
   with TLS (``qemu-nbd`` opens the backup export as an NBD client).
 
 Reads go through qemu-img (``nbd+unix:///EXPORT?socket=…``) and libnbd's ``nbdcopy``
-(``nbds://USER@HOST:PORT/EXPORT?tls-psk-file=…``).  :func:`guest_sha256` is the
+(``nbds://USER@HOST:PORT/EXPORT?tls-psk-file=…``).  :func:`guest_checksum` is the
 checksum of the guest-visible bytes (the raw disk as the guest sees it, holes read as
-zeros; :class:`GuestDigest`), the one checksum compared on both ends of every remote copy.
+zeros; a tree form of :mod:`migrate.core.digest`), the one checksum compared on both ends
+of every remote copy.
 
 PSK files are qemu's and libnbd's format (``USER:HEX``, one line, ``keys.psk`` in the
 ``tls-creds-psk`` folder); a fresh 256-bit key per export (:func:`new_psk`).
@@ -23,7 +24,6 @@ PSK files are qemu's and libnbd's format (``USER:HEX``, one line, ``keys.psk`` i
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import secrets
 import subprocess
@@ -33,6 +33,7 @@ from typing import IO
 from urllib.parse import quote
 
 from migrate.clients import ssh
+from migrate.core import digest
 from migrate.core.errors import VmmoveError
 
 PSK_USER = "vmmove"
@@ -150,108 +151,46 @@ def _said(proc: subprocess.Popen[bytes]) -> str:
     return lines[-1] if lines else f"exit {proc.returncode}"
 
 
-class GuestDigest:
-    """The guest-view checksum: ``sha256-1m:<hex>``, the sha256 of the list of each 1 MiB
-    block's sha256 (the last block may be short), in disk order.
-
-    Why not one sha256 of the raw bytes: a disk is mostly holes, and hashing zeros is most
-    of the cost on a busy machine (sha256 runs at ~150 MB/s here); an all-zero block is
-    recognised by comparison and contributes a precomputed digest, so the cost follows the
-    data.  Any changed byte still changes the result; both ends compute exactly this.
-    """
-
-    PREFIX = "sha256-1m"
-
-    def __init__(self) -> None:
-        self._outer = hashlib.sha256()
-        self._pending = b""
-        self.bytes = 0
-
-    def _block(self, block: bytes | memoryview) -> None:
-        if len(block) == BLOCK and block == _ZERO_BLOCK:
-            self._outer.update(_ZERO_DIGEST)
-        else:
-            self._outer.update(hashlib.sha256(block).digest())
-
-    def update(self, data: bytes) -> None:
-        self.bytes += len(data)
-        if self._pending:
-            need = BLOCK - len(self._pending)
-            self._pending += data[:need]
-            data = data[need:]
-            if len(self._pending) < BLOCK:
-                return
-            self._block(self._pending)
-            self._pending = b""
-        view = memoryview(data)
-        full = len(data) - len(data) % BLOCK
-        for offset in range(0, full, BLOCK):  # no copies: hashlib reads the view
-            self._block(view[offset:offset + BLOCK])
-        self._pending = bytes(view[full:])
-
-    def zeros(self, count: int) -> None:
-        """Add ``count`` zero bytes (a hole) without materialising whole zero blocks."""
-        if self._pending:
-            n = min(count, BLOCK - len(self._pending))
-            self.update(bytes(n))
-            count -= n
-        while count >= BLOCK:
-            self._outer.update(_ZERO_DIGEST)
-            self.bytes += BLOCK
-            count -= BLOCK
-        if count:
-            self.update(bytes(count))
-
-    def hexdigest(self) -> str:
-        if self._pending:
-            self._block(self._pending)
-            self._pending = b""
-        return f"{self.PREFIX}:{self._outer.hexdigest()}"
-
-
-BLOCK = 1 << 20
-_ZERO_BLOCK = bytes(BLOCK)
-_ZERO_DIGEST = hashlib.sha256(_ZERO_BLOCK).digest()
-
-
-def guest_sha256(url: str, label: str = "") -> tuple[str, int]:
-    """``(sha256-1m:<hex>, bytes)`` of an NBD export's whole guest view (holes as zeros,
-    :class:`GuestDigest`).  Read with ``nbdcopy URL -`` (block status skips reading holes
-    on the wire).  Raises :class:`NbdError` naming ``label``.
+def guest_checksum(url: str, label: str = "", form: str = digest.DEFAULT) -> tuple[str, int]:
+    """``(FORM:HEX, bytes)`` of an NBD export's whole guest view (holes as zeros; ``form`` a
+    tree form of :mod:`migrate.core.digest`).  Read with ``nbdcopy URL -`` (block status
+    skips reading holes on the wire).  Raises :class:`NbdError` naming ``label``.
     """
     proc = _nbdcopy(url, "-", STREAM_OPTIONS)
-    return _hash_stream(proc, label or url)
+    return hash_stream(proc, label or url, form=form)
 
 
-def file_sha256(path: str | os.PathLike[str], fmt: str = "raw",
-                size: int | None = None) -> tuple[str, int]:
-    """``(sha256-1m:<hex>, bytes)`` of a local image's guest view (:class:`GuestDigest`):
-    qcow2 read through a captive ``qemu-nbd``; raw files and block devices read directly,
-    their first ``size`` bytes when given (a short sparse file reads as zeros to ``size``)."""
+def file_guest_checksum(path: str | os.PathLike[str], fmt: str = "raw",
+                        size: int | None = None,
+                        form: str = digest.DEFAULT) -> tuple[str, int]:
+    """``(FORM:HEX, bytes)`` of a local image's guest view (``form`` a tree form of
+    :mod:`migrate.core.digest`): qcow2 read through a captive ``qemu-nbd``; raw files and
+    block devices read directly, holes skipped, their first ``size`` bytes when given (a
+    short sparse file reads as zeros to ``size``)."""
     if fmt == "raw":
-        digest = GuestDigest()
+        tree = digest.TreeDigest(form)
         total = size if size is not None else os.stat(path).st_size
         with open(path, "rb") as fh:
             pos = 0
             while pos < total:
                 data = _next_data(fh.fileno(), pos, total)
                 if data > pos:  # a hole: zeros, not read
-                    digest.zeros(data - pos)
+                    tree.zeros(data - pos)
                     pos = data
                     continue
                 fh.seek(pos)
                 chunk = fh.read(min(CHUNK * 4, total - pos))
                 if not chunk:  # past the end of a short file: zeros up to ``size``
-                    digest.zeros(total - pos)
+                    tree.zeros(total - pos)
                     break
-                digest.update(chunk)
+                tree.update(chunk)
                 pos += len(chunk)
-        return digest.hexdigest(), digest.bytes
+        return tree.hexdigest(), tree.bytes
     proc = subprocess.Popen(
         ["nbdcopy", *STREAM_OPTIONS, "--", "[", "qemu-nbd", "--read-only", "--format", fmt,
          str(path), "]", "-"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    return _hash_stream(proc, str(path))
+    return hash_stream(proc, str(path), form=form)
 
 
 def _next_data(fd: int, pos: int, end: int) -> int:
@@ -265,17 +204,19 @@ def _next_data(fd: int, pos: int, end: int) -> int:
         return pos
 
 
-def _hash_stream(proc: subprocess.Popen[bytes], label: str,
-                 sink: Callable[[memoryview, int], None] | None = None,
-                 failed: str = "reading the NBD export failed") -> tuple[str, int]:
-    """Hash what ``proc`` writes to stdout (:class:`GuestDigest`), handing each chunk and
-    its offset to ``sink`` too; ``(checksum, bytes)``, or :class:`NbdError` naming ``label``."""
-    digest = GuestDigest()
+def hash_stream(proc: subprocess.Popen[bytes], label: str,
+                sink: Callable[[memoryview, int], None] | None = None,
+                failed: str = "reading the NBD export failed",
+                form: str = digest.DEFAULT) -> tuple[str, int]:
+    """Hash what ``proc`` writes to stdout (a guest view, tree form ``form``), handing each
+    chunk and its offset to ``sink`` too; ``(FORM:HEX, bytes)``, or :class:`NbdError`
+    naming ``label``."""
+    tree = digest.TreeDigest(form)
     out: IO[bytes] = proc.stdout  # type: ignore[assignment]
     try:
         pos = 0
         while chunk := out.read(CHUNK * 4):
-            digest.update(chunk)
+            tree.update(chunk)
             if sink is not None:
                 sink(memoryview(chunk), pos)
             pos += len(chunk)
@@ -286,7 +227,7 @@ def _hash_stream(proc: subprocess.Popen[bytes], label: str,
         raise NbdError(f"{label}: {failed}: {_said(proc)}")
     if proc.stderr:
         proc.stderr.close()
-    return digest.hexdigest(), digest.bytes
+    return tree.hexdigest(), tree.bytes
 
 
 def export_size(url: str, label: str = "") -> int:
@@ -301,9 +242,9 @@ def export_size(url: str, label: str = "") -> int:
 
 
 def stream_to(url: str, dest: str | os.PathLike[str], *, dest_is_zero: bool,
-              label: str = "") -> tuple[str, int]:
+              label: str = "", form: str = digest.DEFAULT) -> tuple[str, int]:
     """Write an export's guest view into ``dest`` (a file or block device, at least as
-    large) and return its guest-view checksum as read (:class:`GuestDigest`), in one read
+    large) and return its guest-view checksum as read (tree form ``form``), in one read
     of the export: ``nbdcopy URL -`` into this process, hashed and written.  With
     ``dest_is_zero`` (a freshly truncated file) zero blocks are skipped, so holes stay
     holes; otherwise they are written.  Raises :class:`NbdError` naming ``label``."""
@@ -321,8 +262,8 @@ def stream_to(url: str, dest: str | os.PathLike[str], *, dest_is_zero: bool,
                     fh.seek(pos + at)
                     fh.write(piece)
 
-        result = _hash_stream(_nbdcopy(url, "-", STREAM_OPTIONS), label or url, write,
-                              "copy failed")
+        result = hash_stream(_nbdcopy(url, "-", STREAM_OPTIONS), label or url, write,
+                             "copy failed", form)
         fh.flush()
         os.fsync(fh.fileno())
     return result

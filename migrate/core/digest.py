@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -100,6 +100,18 @@ def block_digest(form: str, data: bytes | bytearray | memoryview) -> bytes:
 def zero_digest(form: str) -> bytes:
     """The digest of a whole block of zeros (a hole) in tree form ``form``."""
     return block_digest(form, _ZEROS)
+
+
+def combine(form: str, digests: Iterable[bytes]) -> str:
+    """``FORM:HEX`` of the bytes whose blocks' digests (:func:`block_digest`, in order) are
+    ``digests``: the tree's outer hash, for a caller that kept the block digests (warm
+    migration's recorded per-block hashes)."""
+    if form not in TREE_FORMS:
+        raise UnknownForm(f"not a tree checksum form: {form!r}")
+    outer = _new_hash(form)
+    for d in digests:
+        outer.update(d)
+    return f"{form}:{outer.hexdigest()}"
 
 
 class Digest(Protocol):
@@ -257,3 +269,20 @@ def file_checksum(path: str | os.PathLike[str], form: str = DEFAULT,
             if on_bytes is not None:
                 on_bytes(done)
     return digest.hexdigest()
+
+
+def matches(path: str | os.PathLike[str], recorded: str | None,
+            on_bytes: Callable[[int], None] | None = None) -> bool:
+    """Whether the file's bytes have the checksum ``recorded`` (``FORM:HEX``), computed in
+    ``recorded``'s form (:func:`file_checksum`).  False when nothing is recorded or its form
+    is unknown (the file cannot be vouched for); ``OSError`` for the file."""
+    parsed = parse(recorded)
+    if parsed is None:
+        return False
+    return file_checksum(path, parsed[0], on_bytes) == f"{parsed[0]}:{parsed[1]}"
+
+
+def short(checksum: str) -> str:
+    """``FORM:`` and the first 12 hex digits, for messages: ``"xxh3-1m:0123456789ab…"``."""
+    form, _, hexpart = checksum.partition(":")
+    return f"{form}:{hexpart[:12]}…"

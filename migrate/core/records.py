@@ -126,7 +126,8 @@ def _field(name: str, doc: str) -> property:
 
 
 class ConvertRecord(Step):
-    """A converted disk (kind ``convert``); ``checksum`` is ``sha256:<hex>`` of the output."""
+    """A converted disk (kind ``convert``); ``checksum`` is ``FORM:HEX`` of the output file
+    (:mod:`migrate.core.digest`: ``xxh3-1m:`` since issue 17, ``sha256:`` before)."""
 
     output = _field("output", "Absolute path of the converted image.")
     format = _field("format", "Output format: qcow2 | raw.")
@@ -150,8 +151,9 @@ class ConvertRecord(Step):
 
     copy = _field("copy", "How a libvirt host's disk was read (migrate/sources/remote_disks.py): "
                           "backup | qemu-nbd | inconsistent; absent for a local file read.")
-    guest_checksum = _field("guest_checksum", "sha256-1m of the guest view, equal on both ends "
-                                              "(remote reads).")
+    guest_checksum = _field("guest_checksum", "FORM:HEX of the guest view as read from the "
+                                              "source (xxh3-1m; sha256-1m before issue 17), "
+                                              "equal on both ends.")
 
     @property
     def force_share(self) -> bool:

@@ -11,7 +11,8 @@ Journal kinds and the ``data`` each step records:
   ``allocated`` (bytes of the output), ``verified`` (qemu-img compare passed), ``size``
   (bytes of the output file), ``inode`` (``[st_dev, st_ino]`` of the output vmmove renamed
   into place: the only file it will replace), ``identity`` (:func:`vm_identity`); the
-  step's ``checksum`` is ``sha256:<hex>`` of the output file.
+  step's ``checksum`` is ``FORM:HEX`` of the output file (:mod:`migrate.core.digest`:
+  ``xxh3-1m:<hex>``; ``sha256:<hex>`` in journals written before issue 17).
 * ``upload``: ``backend`` (``s3`` | ``upload`` | ``http``), ``url`` (for s3/http: the
   path-style URL CDI imports from), ``secret`` (name of the Secret manifest, s3 only),
   ``secret_file`` (where that Secret manifest was written), ``dv`` and ``namespace``

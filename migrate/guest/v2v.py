@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters.checksum import sha256_file
+from migrate.core import digest
 from migrate.core.errors import VmmoveError
 from migrate.guest.fish import libguestfs_env, require
 from migrate.core.model import VM, GuestNetwork, Inspection
@@ -153,7 +153,7 @@ def convert_guest(vm: VM, staged: Path, fmt: str, inspection: Inspection | None,
             if pairs:
                 _pin(part, fmt, pairs, env, vm)
                 pinned = [f"{name}={mac}" for name, mac in pairs]
-        checksum = sha256_file(part)
+        checksum = digest.file_checksum(part)
         os.replace(part, dest)
     except subprocess.CalledProcessError as exc:
         part.unlink(missing_ok=True)

@@ -42,7 +42,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: KubeArgs, import_timeout: floa
     again now that the source is stopped, uploaded again and re-imported (the DataVolume
     is deleted; KubeVirt recreates it from the VM's ``dataVolumeTemplates`` and CDI
     imports the new image).  ``verify``: staging read a shut-off disk; the stopped source
-    is compared with the staged image (``qemu-img compare``) and the staged image's sha256
+    is compared with the staged image (``qemu-img compare``) and the staged image's checksum
     with the journal's; only a disk that differs is converted and sent again.
 
     ``stopped``: the stop step's fact that the source is off (the scanned power state is
@@ -51,9 +51,9 @@ def final_sync(plan: Plan, kube: Kube, kube_args: KubeArgs, import_timeout: floa
     Raises :class:`~migrate.pipeline.cutover.CutoverError` naming the VM and disk.
     """
     from converters import qemuimg
-    from converters.checksum import sha256_file
     from converters.convert import source_chain
     from migrate.apply import watch_imports
+    from migrate.core import digest
     from migrate.core.records import KIND_IMPORT
     from migrate.pipeline.cutover import CutoverError
     from migrate.pipeline.stages import build_manifests, data_disks, vm_objects
@@ -92,7 +92,7 @@ def final_sync(plan: Plan, kube: Kube, kube_args: KubeArgs, import_timeout: floa
             assert step is not None
             output = step.output or ""
             entry: dict[str, Any] = {"staged_checksum": step.checksum}
-            same_file = bool(output) and _exists(output) and sha256_file(output) == step.checksum
+            same_file = bool(output) and _exists(output) and digest.matches(output, step.checksum)
             compared = None
             if same_file:
                 try:  # the source as convert reads it: the checked chain, never the headers

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from converters import delta
+from migrate.core import digest
 from migrate.core.errors import UsageError, VmmoveError
 from migrate.core.model import VM, Disk, SourceKind
 from migrate.plan import Plan, PlannedVM
@@ -128,7 +129,7 @@ class DiskRound:
     seconds: float = 0.0
     reason: str = ""
     writer: str = "local"
-    checksum: str | None = None  # the volume's sha256, as a verifying worker reported it
+    checksum: str | None = None  # the volume's checksum, as a verifying worker reported it
     # hash method: the source's guest-view checksum, from the same pass (no second read)
     source_checksum: str | None = None
 
@@ -538,9 +539,9 @@ class Warm:
                 and not out.source_checksum:  # (a hash disk's pass gave it already)
             # the stopped source's checksum from this export (verify compares it): no
             # second export on the host inside the downtime
-            from migrate.clients.nbd import guest_sha256, unix_url
+            from migrate.clients.nbd import guest_checksum, unix_url
 
-            self._source_sums[(p.key, disk.target)] = guest_sha256(
+            self._source_sums[(p.key, disk.target)] = guest_checksum(
                 unix_url(served.socket, served.export), f"{p.vm.name}/{disk.target}")[0]
 
     def _nbd_failed(self, p: PlannedVM, disk: Disk, exc: Exception) -> WarmError:
@@ -817,26 +818,35 @@ class Warm:
     # -- checks and cleanup --------------------------------------------------------------
     def verify(self, p: PlannedVM, volumes: dict[str, str | None] | None = None,
                sources: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
-        """Guest-visible sha256 of each stopped source disk and its volume (read here, or
+        """Guest-visible checksums of each stopped source disk and its volume (read here, or
         as ``volumes`` gives them: what the workers reported; ``sources``: the source's
         checksum from the final delta's own read, the hash method's); raise
-        :class:`WarmError` when one differs."""
+        :class:`WarmError` when one differs.  Both sides are in one form: a worker's
+        (:func:`migrate.core.digest.form_of`: an older worker image reports ``sha256-1m``),
+        else :data:`migrate.core.digest.DEFAULT`; a source checksum of another form is
+        read again in that one."""
         from converters.convert import source_chain
-        from migrate.clients.nbd import file_sha256, guest_sha256, unix_url
+        from migrate.clients.nbd import file_guest_checksum, guest_checksum, unix_url
 
         out: dict[str, dict[str, Any]] = {}
         host = self.host(p)
         for d in data_disks(p.vm):
+            target = volumes.get(d.target) if volumes is not None else None
+            try:
+                form = digest.form_of(target)
+            except digest.UnknownForm as exc:
+                raise WarmError(f"{p.vm.name}/{d.target}: the worker reported the checksum "
+                                f"{target!r}: {exc}") from None
+            cached = self._source_sums.pop((p.key, d.target), None)
             if sources and d.target in sources:  # the hash method's own pass said it
-                source = sources[d.target]
-                self._source_sums.pop((p.key, d.target), None)
-            elif host.remote and (p.key, d.target) in self._source_sums:
-                source = self._source_sums.pop((p.key, d.target))
+                cached = sources[d.target]
+            if cached and digest.form_of(cached) == form:
+                source = cached
             elif host.remote:  # read on the host, as the checked chain, through SSH
                 try:
                     with host.stopped(d, _safe(d.target), None) as served:
-                        source, _n = guest_sha256(unix_url(served.socket, served.export),
-                                                  f"{p.vm.name}/{d.target}")
+                        source, _n = guest_checksum(unix_url(served.socket, served.export),
+                                                    f"{p.vm.name}/{d.target}", form)
                 except VmmoveError as exc:
                     raise WarmError(f"{p.vm.name}/{d.target}: cannot read the source to "
                                     f"verify: {exc}") from None
@@ -844,11 +854,11 @@ class Warm:
                     host.close()
             else:
                 chain = source_chain(p.vm, d)
-                source, _n = file_sha256(d.path or "", chain.format) if not \
-                    chain.qemu_name().startswith("json:") or chain.format in ("raw", "qcow2") \
-                    else _chain_sha256(chain)
-            target = volumes.get(d.target) if volumes is not None else \
-                _volume_sha256(self.volume(p, d))
+                source, _n = file_guest_checksum(d.path or "", chain.format, form=form) \
+                    if not chain.qemu_name().startswith("json:") \
+                    or chain.format in ("raw", "qcow2") else _chain_checksum(chain, form)
+            if volumes is None:
+                target = _volume_checksum(self.volume(p, d))
             out[d.target] = {"source_sha256": source, "volume_sha256": target}
             if source != target:
                 raise WarmError(
@@ -970,22 +980,24 @@ def _split(marked: list[tuple[int, int]],
     return data, zero
 
 
-def _volume_sha256(path: Path) -> str | None:
-    """A local volume's guest-view checksum, read and hashed on several threads
-    (:func:`converters.delta.hash_sync` without a target)."""
+def _volume_checksum(path: Path) -> str | None:
+    """A local volume's guest-view checksum (``xxh3-1m``, the default form), read once
+    with its holes skipped (:func:`converters.delta.hash_sync` without a target)."""
     with delta.FileReader(path) as vol:
         return delta.hash_sync(vol, vol.size, None, None, vol.holes())[1].checksum
 
 
-def _chain_sha256(chain: Any) -> tuple[str, int]:
+def _chain_checksum(chain: Any, form: str) -> tuple[str, int]:
+    """The guest-view checksum (tree form ``form``) of a checked chain, through a captive
+    ``qemu-nbd``."""
     import subprocess
 
-    from migrate.clients.nbd import _hash_stream
+    from migrate.clients.nbd import hash_stream
 
     proc = subprocess.Popen(["nbdcopy", "--", "[", "qemu-nbd", "--read-only",
                              chain.qemu_name(), "]", "-"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    return _hash_stream(proc, "source chain")
+    return hash_stream(proc, "source chain", form=form)
 
 
 def plain_raw(chain: Any) -> str | None:

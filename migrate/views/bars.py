@@ -302,7 +302,7 @@ class ConvertBars(Bars):
                 f"({human_size(int(total))} to write)")
 
     def said_phase(self, item: Any, phase: str, total: float) -> str:
-        how = getattr(item, "verifying", "qemu-img compare with the source, sha256 of the output")
+        how = getattr(item, "verifying", "qemu-img compare with the source, checksum of the output")
         return f"{item.label}: verifying ({how}, {human_size(item.virtual_size)})"
 
     def said_done(self, item: Any, result: Any) -> str:

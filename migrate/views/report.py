@@ -266,7 +266,7 @@ HEADERS = ["WAVE", "VM", "TARGET", "DATA", "CONVERTED", "CONVERT", "UPLOAD", "IM
 
 def table_rows(reports: list[VmReport]) -> list[list[Any]]:
     """The per-VM rows under :data:`HEADERS`: sizes, step times, cutover, downtime and the
-    first 12 hex digits of each disk's sha256."""
+    first 12 hex digits of each disk's checksum (whatever its form)."""
     from migrate.core.output import human_size
 
     def secs(value: float | None) -> str:
@@ -274,7 +274,7 @@ def table_rows(reports: list[VmReport]) -> list[list[Any]]:
 
     rows = []
     for r in reports:
-        sums = ",".join((d.checksum or "-").removeprefix("sha256:")[:12] for d in r.disks)
+        sums = ",".join((d.checksum or "-").rpartition(":")[2][:12] for d in r.disks)
         rows.append([r.wave, r.vm, r.target, human_size(r.data_bytes),
                      human_size(r.converted_bytes), secs(r.seconds("convert_seconds")),
                      secs(r.seconds("upload_seconds")), secs(r.seconds("import_seconds")),
