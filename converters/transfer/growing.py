@@ -110,13 +110,13 @@ def send_growing(backend: S3Backend, item: TransferItem, growth: GrowthSource, s
         if got != g.checksum:
             raise TransferError(
                 f"{item.label}: the bytes sent do not match the conversion's checksum "
-                f"{g.checksum[:20]}… (got {got[:20]}…): the file changed after it was "
-                "written; upload refused")
+                f"{digests.short(g.checksum)} (got {digests.short(got)}): the file changed "
+                "after it was written; upload refused")
         backend.client.complete_multipart_upload(
             Bucket=backend.bucket, Key=key, UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": sender.etags[n]}
                                        for n in sorted(sender.etags)]})
-        upload_id_done, upload_id = upload_id, None
+        upload_id = None  # complete: nothing to abort any more
         final = TransferItem(item=item.item, name=item.name, size=g.size,
                              path=Path(g.path or item.path or ""), checksum=g.checksum,
                              label=item.label)
@@ -124,8 +124,7 @@ def send_growing(backend: S3Backend, item: TransferItem, growth: GrowthSource, s
         backend._verify(final, key, g.checksum)
         journal.update(KIND_UPLOAD, item.item, fingerprint=final.fingerprint(), s3={
             "bucket": backend.bucket, "key": key, "upload_id": None, "part_size": part,
-            "fingerprint": final.fingerprint(), "completed": g.checksum, "growing": True,
-            "upload_id_done": upload_id_done})
+            "fingerprint": final.fingerprint(), "completed": g.checksum, "growing": True})
         return backend._result(final, key, UPLOADED, g.checksum, sender.sent)
     except BaseException as exc:
         if upload_id is not None:
