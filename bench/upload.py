@@ -105,6 +105,18 @@ def clear(server: SeaweedFS, bucket: str) -> None:
             client.delete_object(Bucket=bucket, Key=obj["Key"])
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (/proc/PID/stat), or,
+    without it, by this process's waited-for children (getrusage)."""
+    if pid is None:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_image(server: SeaweedFS, bucket: str, tmp: Path, size: int, reps: int,
                 env: dict[str, str]) -> None:
     folder = tmp / "one"
@@ -113,9 +125,12 @@ def bench_image(server: SeaweedFS, bucket: str, tmp: Path, size: int, reps: int,
     random_fill(image, size)
     print(f"\n1. one {size / GiB:.1f} GiB image (random data) to S3, {reps} repetitions")
     base, mine, rss = [], [], []
+    cpu: dict[str, list[tuple[float, float]]] = {"baseline": [], "vmmove": []}
+    assert server.proc is not None
     for rep in range(reps):
         order = ("baseline", "vmmove") if rep % 2 == 0 else ("vmmove", "baseline")
         for who in order:
+            client0, server0 = cpu_seconds(), cpu_seconds(server.proc.pid)
             if who == "baseline":
                 base.append(baseline_upload(server, bucket, f"base-{rep}/image.raw", image, env))
             else:
@@ -124,6 +139,7 @@ def bench_image(server: SeaweedFS, bucket: str, tmp: Path, size: int, reps: int,
                                      server.endpoint, "--redo"], env)
                 mine.append(seconds)
                 rss.append(peak)
+            cpu[who].append((cpu_seconds() - client0, cpu_seconds(server.proc.pid) - server0))
             clear(server, bucket)
         print(f"   rep {rep + 1}: upload_file {size / MiB / base[-1]:6.1f} MiB/s   "
               f"vmmove {size / MiB / mine[-1]:6.1f} MiB/s   (peak RSS {rss[-1] / MiB:.0f} MiB)")
@@ -131,6 +147,12 @@ def bench_image(server: SeaweedFS, bucket: str, tmp: Path, size: int, reps: int,
     print(f"   median: boto3 upload_file {size / MiB / b:.1f} MiB/s, vmmove upload "
           f"{size / MiB / m:.1f} MiB/s, ratio {b / m:.2f}x (target >= 1.1x); "
           f"vmmove peak RSS {max(rss) / MiB:.0f} MiB (limit 256)")
+    gib = size / GiB
+    for who, name in (("baseline", "upload_file"), ("vmmove", "vmmove")):
+        client = statistics.median(c for c, _ in cpu[who]) / gib
+        weed = statistics.median(w for _, w in cpu[who]) / gib
+        print(f"   CPU per GiB, {name:11s}: client {client:.2f} s, SeaweedFS {weed:.2f} s")
+    print(f"   ({os.cpu_count()} cores: the server's CPU per GiB bounds both clients' rate)")
     image.unlink()
 
 
