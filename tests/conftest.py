@@ -11,6 +11,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from migrate.cli import main
+# The S3 fixtures live here only: a test module importing a session fixture defines a
+# fixture of its own, so every module started (and kept) a SeaweedFS of its own.
+from tests.s3_support import s3_bucket, s3_env, s3_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"

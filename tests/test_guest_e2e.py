@@ -37,7 +37,7 @@ from tests.plan_support import (
     controllers,  # noqa: F401
     write_node,
 )
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 
 pytestmark = pytest.mark.slow
 MAC = "52:54:00:aa:07:01"
