@@ -28,7 +28,6 @@ from migrate.core.serialize import load_inventory
 from migrate.core.journal import DONE, FAILED, Journal
 from tests import guest_image
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
-from tests.libvirtd_support import libvirtd  # noqa: F401
 from tests.plan_support import (
     Cluster,
     Controllers,
