@@ -31,9 +31,9 @@ from tests.guest_support import (
     read_image_bytes,
     stage_guest,
 )
-from tests.libvirtd_support import URI, DomainFactory, libvirt_domains, libvirtd  # noqa: F401
+from tests.libvirtd_support import URI, DomainFactory, libvirt_domains  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 
 pytestmark = pytest.mark.slow
 

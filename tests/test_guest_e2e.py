@@ -27,7 +27,6 @@ from migrate.core.serialize import load_inventory
 from migrate.core.journal import DONE, FAILED, Journal
 from tests import guest_image
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
-from tests.libvirtd_support import libvirtd  # noqa: F401
 from tests.plan_support import (
     Cluster,
     Controllers,
@@ -36,7 +35,7 @@ from tests.plan_support import (
     controllers,  # noqa: F401
     write_node,
 )
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 
 pytestmark = pytest.mark.slow
 MAC = "52:54:00:aa:07:01"

@@ -31,7 +31,7 @@ from tests.plan_support import (
     make_images,
     write_node,
 )
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server, subprocess_env  # noqa: F401
+from tests.s3_support import SeaweedFS, subprocess_env
 
 pytestmark = pytest.mark.slow
 

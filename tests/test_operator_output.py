@@ -15,7 +15,7 @@ from migrate.core.model import Inventory
 from migrate.sources.libvirt_uri import scan_uri
 from tests.conftest import FIXTURES
 from tests.plan_support import make_images, staged, write_node
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 

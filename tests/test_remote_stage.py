@@ -23,10 +23,10 @@ from migrate.plan import load_plan
 from migrate.core.journal import Journal
 from tests.guest_support import boot_guest
 from tests.kube_support import DV
-from tests.libvirtd_support import libvirt_domains, libvirtd  # noqa: F401
+from tests.libvirtd_support import libvirt_domains  # noqa: F401
 from tests.plan_support import SECRET, VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
-from tests.sshd_support import Sshd, host_tmp, sshd  # noqa: F401
+from tests.s3_support import SeaweedFS
+from tests.sshd_support import Sshd, host_tmp  # noqa: F401
 from tests.test_remote_read import TICK, offline_vm, remote_uri, slots, wait_ticks
 from tests.workers_support import JOB, Kubelet, kubelet  # noqa: F401
 

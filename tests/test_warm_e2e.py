@@ -33,9 +33,9 @@ from tests.guest_support import (
     boot_guest,
     kubevirt,  # noqa: F401
 )
-from tests.libvirtd_support import DomainFactory, libvirt_domains, libvirtd  # noqa: F401
+from tests.libvirtd_support import DomainFactory, libvirt_domains  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 from tests.workers_support import JOB, SECRET, Kubelet, kubelet  # noqa: F401
 
 pytestmark = pytest.mark.slow

@@ -28,7 +28,7 @@ from tests.conftest import qemu_io
 from tests.offline_support import make_vmdk, ovf_text, vmx_export, warm_plan
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
