@@ -11,6 +11,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from migrate.cli import main
+# The session fixtures (SeaweedFS, libvirtd, sshd) are imported here only: a test module
+# importing one defines a fixture of its own, and so started (and kept) its own server.
+from tests.libvirtd_support import libvirtd  # noqa: F401
+from tests.s3_support import s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.sshd_support import sshd  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"

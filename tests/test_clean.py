@@ -14,7 +14,7 @@ from migrate.core.records import KIND_CLEAN, KIND_CONVERT, KIND_CUTOVER, KIND_UP
 from migrate.plan import load_plan
 from migrate.core.journal import Journal
 from tests.plan_support import make_images, write_node
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 
 
 def _digest(path: Path) -> str:

@@ -27,15 +27,9 @@ from tests.guest_support import (
     kubevirt,  # noqa: F401
     stage_guest,
 )
-from tests.libvirtd_support import DomainFactory, libvirt_domains, libvirtd  # noqa: F401
+from tests.libvirtd_support import DomainFactory, libvirt_domains  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
-from tests.s3_support import (  # noqa: F401
-    SeaweedFS,
-    s3_bucket,
-    s3_env,
-    s3_server,
-    subprocess_env,
-)
+from tests.s3_support import SeaweedFS, subprocess_env
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from migrate.views.runbook import Estimate, schedule
 from tests.conftest import qemu_io
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 from tests.test_migrate_e2e import scan_and_plan
 
 pytestmark = pytest.mark.slow

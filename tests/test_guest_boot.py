@@ -15,7 +15,7 @@ import pytest
 
 from migrate.guest.boottest import BOOTED, FAILED, boot_test
 from tests.guest_support import UP_MARKER, build_initramfs, guest_files
-from tests.libvirtd_support import libvirt_domains, libvirtd  # noqa: F401
+from tests.libvirtd_support import libvirt_domains  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,6 @@ a self-signed certificate)."""
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import json
 import os
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 from manifests.validate import SchemaValidator
+from migrate.core.digest import file_checksum
 from migrate.plan import load_plan
 from migrate.core.journal import DONE, Journal
 from tests.kube_support import DV, Cdi
@@ -52,14 +52,6 @@ def proxy(cluster: Cluster, tmp_path: Path) -> Iterator[Cdi]:
         yield sim
     finally:
         sim.stop()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def history(journal: Journal, kind: str) -> dict[str, list[str]]:
@@ -125,7 +117,7 @@ def test_one_wave_through_the_upload_proxy(cli: Any, tmp_path: Path, shared: Pat
         dv_names.add(dv)
         converted = Path(converts[item].data["output"])
         received = proxy.received[dv]
-        assert sha256_file(received) == sha256_file(converted) == converts[item].checksum \
+        assert file_checksum(received) == file_checksum(converted) == converts[item].checksum \
             == up.checksum
         source, fmt = sources[(p.vm.name, d.target)]
         compare = subprocess.run(["qemu-img", "compare", "-f", fmt, "-F",
@@ -272,7 +264,7 @@ def test_killed_after_the_proxy_took_the_bytes_resumes(cli: Any, tmp_path: Path,
         assert len(uploads) == 2
         for item, up in uploads.items():
             assert up.status == DONE and up.checksum == converts[item].checksum
-            assert sha256_file(slow.received[up.data["dv"]]) == up.checksum
+            assert file_checksum(slow.received[up.data["dv"]]) == up.checksum
         assert first in {up.data["dv"] for up in uploads.values()}
     finally:
         slow.stop()
@@ -347,7 +339,7 @@ def test_killed_mid_post_sends_the_image_again(cli: Any, tmp_path: Path, cluster
         with Journal(plan.workdir / "vmmove-journal.sqlite") as journal:
             (upload,) = journal.steps("upload")
         assert upload.status == DONE and upload.checksum == convert.checksum
-        assert sha256_file(cdi.received[dv]) == convert.checksum
+        assert file_checksum(cdi.received[dv]) == convert.checksum
     finally:
         cdi.stop()
 

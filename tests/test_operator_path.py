@@ -26,7 +26,7 @@ from tests.plan_support import (
     make_images,
     write_node,
 )
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 from tests.test_migrate_e2e import scan_and_plan
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")

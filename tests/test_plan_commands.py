@@ -14,7 +14,7 @@ from migrate.core.journal import DONE, Journal
 from migrate.core.model import Inventory
 from migrate.sources.libvirt_uri import scan_uri
 from tests.plan_support import make_images, staged, write_node
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 
 
 def test_convert_a_wave_of_a_plan(tmp_path: Path, cli: Any) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 from tests.convert_support import MiB, disk, inventory_file, vm
-from tests.s3_support import SeaweedFS, s3_bucket, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 
 WARN = ["-W", "error"]
 RUN = "from migrate.cli import run; run()"

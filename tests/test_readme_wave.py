@@ -20,9 +20,9 @@ from migrate.core.journal import DONE
 from tests.conftest import ROOT
 from tests.guest_support import SHUTDOWN_TAG, KubeVirt, boot_guest, kubevirt  # noqa: F401
 from tests.guest_support import SHUTDOWN_OFFSET, read_image_bytes
-from tests.libvirtd_support import URI, DomainFactory, libvirt_domains, libvirtd  # noqa: F401
+from tests.libvirtd_support import URI, DomainFactory, libvirt_domains  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 
 pytestmark = pytest.mark.slow
 

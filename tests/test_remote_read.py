@@ -25,8 +25,8 @@ from migrate.core.journal import Journal
 from migrate.core.workdir import journal_path
 from tests.conftest import qemu_img, qemu_io
 from tests.guest_support import TICK_OFFSET, TICK_SLOTS, boot_guest
-from tests.libvirtd_support import DomainSpec, libvirt_domains, libvirtd  # noqa: F401
-from tests.sshd_support import Sshd, host_tmp, sshd  # noqa: F401
+from tests.libvirtd_support import DomainSpec, libvirt_domains  # noqa: F401
+from tests.sshd_support import Sshd, host_tmp  # noqa: F401
 
 pytestmark = [pytest.mark.libvirtd, pytest.mark.slow]
 

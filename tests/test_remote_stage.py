@@ -18,14 +18,15 @@ import pytest
 import yaml
 
 from migrate.clients.nbd import file_guest_checksum
+from migrate.core.digest import file_checksum
 from migrate.plan import load_plan
 from migrate.core.journal import Journal
 from tests.guest_support import boot_guest
 from tests.kube_support import DV
-from tests.libvirtd_support import libvirt_domains, libvirtd  # noqa: F401
+from tests.libvirtd_support import libvirt_domains  # noqa: F401
 from tests.plan_support import SECRET, VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
-from tests.sshd_support import Sshd, host_tmp, sshd  # noqa: F401
+from tests.s3_support import SeaweedFS
+from tests.sshd_support import Sshd, host_tmp  # noqa: F401
 from tests.test_remote_read import TICK, offline_vm, remote_uri, slots, wait_ticks
 from tests.workers_support import JOB, Kubelet, kubelet  # noqa: F401
 
@@ -89,9 +90,9 @@ def test_stage_running_and_shut_off_vms_through_s3(
     client = s3_server.client()
     for name in (guest.name, cold):
         up = uploads[converts[name].item]
-        body = client.get_object(Bucket=s3_bucket, Key=up.data["key"])["Body"].read()
-        import hashlib
-        assert f"sha256:{hashlib.sha256(body).hexdigest()}" == converts[name].checksum
+        fetched = tmp_path / f"fetched-{name}"
+        fetched.write_bytes(client.get_object(Bucket=s3_bucket, Key=up.data["key"])["Body"].read())
+        assert file_checksum(fetched) == converts[name].checksum  # (form: xxh3-1m, issue 17)
     output = Path(converts[guest.name].data["output"])
     assert assert_point_in_time(slots(output, "qcow2")) >= before
     assert len(cluster.objects(VMR)) == 2

@@ -18,7 +18,7 @@ from migrate.clients.libvirt import is_local
 from migrate.sources.libvirt_uri import scan_uri
 from migrate.sources.scan import _guard, scan
 from tests.conftest import FIXTURES, qemu_img, qemu_io
-from tests.libvirtd_support import DomainSpec, libvirt_domains, libvirtd  # noqa: F401
+from tests.libvirtd_support import DomainSpec, libvirt_domains  # noqa: F401
 
 NODE = FIXTURES / "libvirt" / "node.xml"
 NODE_URI = f"test://{NODE}"

@@ -26,7 +26,7 @@ from migrate.core.serialize import load_inventory, save_inventory
 from migrate.sources.containment import Export, open_path, protocol_of
 from tests.conftest import qemu_img, qemu_io
 from tests.convert_support import assert_pattern, make_image
-from tests.libvirtd_support import libvirt_domains, libvirtd  # noqa: F401
+from tests.libvirtd_support import libvirt_domains  # noqa: F401
 from tests.offline_support import ovf_text, tar_bytes
 
 SECRET = "HOST-SECRET-LINE"

@@ -28,7 +28,7 @@ from tests.convert_support import (
     DATA_BYTES, compare, disk, inventory_file, make_image, mapped_data, vm,
 )
 from tests.conftest import qemu_img, qemu_io
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 
 MiB = 1 << 20
 

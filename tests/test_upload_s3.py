@@ -22,13 +22,7 @@ from migrate.core.journal import DONE, Journal
 from migrate.core.workdir import disk_item, journal_path
 from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 from tests.conftest import Cli, qemu_img, qemu_io
-from tests.s3_support import (  # noqa: F401 - fixtures
-    SECRET_KEY,
-    SeaweedFS,
-    s3_bucket,
-    s3_env,
-    s3_server,
-)
+from tests.s3_support import SECRET_KEY, SeaweedFS
 
 MiB = 1 << 20
 

@@ -16,13 +16,7 @@ from migrate.core.journal import DONE, Journal
 from migrate.core.workdir import journal_path
 from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 from tests.conftest import Cli, qemu_img, qemu_io
-from tests.s3_support import (  # noqa: F401 - fixtures
-    SeaweedFS,
-    s3_bucket,
-    s3_env,
-    s3_server,
-    subprocess_env,
-)
+from tests.s3_support import SeaweedFS, subprocess_env
 from tests.test_upload_s3 import same_image, sha256_of
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,16 +18,17 @@ from typing import Any
 
 import pytest
 
+from migrate.clients.nbd import file_guest_checksum
 from migrate.core.journal import DONE
 from migrate.core.output import human_size
 from migrate.pipeline.itinerary import OFFLINE_WARM_CUTOVER, WARM_CUTOVER, cutover_itinerary
-from migrate.pipeline.warm import KIND_WARM
+from migrate.pipeline.warm import KIND_WARM, Warm, WarmError
 from migrate.plan import load_plan
 from tests.conftest import qemu_io
 from tests.offline_support import make_vmdk, ovf_text, vmx_export, warm_plan
 from tests.guest_support import KubeVirt, kubevirt  # noqa: F401
 from tests.plan_support import VMR, Cluster, Controllers, cluster, controllers  # noqa: F401
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
+from tests.s3_support import SeaweedFS
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -177,8 +178,17 @@ def test_offline_vmx_warm_cutover_and_rollback(
         assert sync is not None and sync.status == DONE
         disk = sync.data["disks"]["sda"]
         assert disk["method"] == "hash" and disk["source_sha256"] == disk["volume_sha256"]
+        assert disk["source_sha256"] == file_guest_checksum(volume)[0]  # xxh3-1m, issue 17
         # the whole flat extent read; only the two changed 64 KiB pieces written
         assert disk["read"] >= 6 * MiB and disk["changed"] == 2 * (64 << 10), disk
+        # a volume checksum in another form (an older worker image reports sha256-1m): the
+        # source is read again in that form, never compared across forms
+        old = file_guest_checksum(volume, form="sha256-1m")[0]
+        warm = Warm(plan, journal)
+        assert warm.verify(p, {"sda": old}, {"sda": disk["source_sha256"]}) == {
+            "sda": {"source_sha256": old, "volume_sha256": old}}
+        with pytest.raises(WarmError, match="differs from the source's sha256-1m:"):
+            warm.verify(p, {"sda": "sha256-1m:" + "0" * 64}, {"sda": disk["source_sha256"]})
 
     back = cli("rollback", str(plan_file), "--wave", "1", *kube, "-o", "json")
     assert back.exit_code == 0, back.stderr

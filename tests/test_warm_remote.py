@@ -37,10 +37,10 @@ from migrate.plan import load_plan
 from migrate.core.journal import DONE
 from migrate.pipeline.warm import KIND_WARM
 from tests.guest_support import SHUTDOWN_OFFSET, SHUTDOWN_TAG, KubeVirt, boot_guest, kubevirt  # noqa: F401
-from tests.libvirtd_support import DomainFactory, libvirt_domains, libvirtd  # noqa: F401
+from tests.libvirtd_support import DomainFactory, libvirt_domains  # noqa: F401
 from tests.plan_support import Cluster, Controllers, cluster, controllers  # noqa: F401
-from tests.s3_support import SeaweedFS, s3_bucket, s3_env, s3_server  # noqa: F401
-from tests.sshd_support import Sshd, host_tmp, sshd  # noqa: F401
+from tests.s3_support import SeaweedFS
+from tests.sshd_support import Sshd, host_tmp  # noqa: F401
 from tests.test_cutover_faults import fault_while_paused, run_until_pause
 from tests.test_remote_read import remote_uri
 from tests.test_warm_e2e import SHUT_OFF, bitmaps, checkpoints, same, write
