@@ -30,13 +30,7 @@ from migrate.core.records import KIND_CONVERT, KIND_UPLOAD
 from migrate.core.workdir import journal_path
 from tests.conftest import qemu_img
 from tests.plan_support import cluster, controllers  # noqa: F401 - fixtures
-from tests.s3_support import (  # noqa: F401 - fixtures
-    SeaweedFS,
-    s3_bucket,
-    s3_env,
-    s3_server,
-    subprocess_env,
-)
+from tests.s3_support import SeaweedFS, subprocess_env
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[1]
