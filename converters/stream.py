@@ -62,6 +62,11 @@ RUN = 4 << 20
 REQUEST = 256 << 10
 CONNECTIONS = 4
 WINDOW = 4  # memory: WINDOW × RUN
+#: Written bytes after which a ``fdatasync`` starts in its own thread: the disk writes the
+#: output while the source is still being read, so the final ``fsync`` a verified
+#: conversion makes (:mod:`converters.convert`) finds little left (measured: ~0.9 s for
+#: 2 GiB written at once, at the end).
+FLUSH_EVERY = 256 << 20
 
 
 class StreamError(VmmoveError):
@@ -434,18 +439,37 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
     data: list[int] = []  # guest clusters written, in order
     total = max(1, len(allocated) * CLUSTER)
 
+    flush = threading.Event()  # FLUSH_EVERY more bytes were written (or the copy ended)
+    copied = threading.Event()
+
+    def flush_worker(fd: int) -> None:
+        try:
+            while True:
+                flush.wait()
+                flush.clear()
+                if copied.is_set():
+                    return
+                os.fdatasync(fd)
+        except BaseException as exc:  # carried to the reading thread
+            failure.append(exc)
+
     def file_worker(fd: int) -> None:
         done = 0
         end = layout.first_data  # the data region's end: bytes below it are final
+        unflushed = 0
         try:
             while (item := to_file.get()) is not None:
                 view, count = item
                 if failure:
                     continue
                 end += len(view)
+                unflushed += len(view)
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
+                if unflushed >= FLUSH_EVERY:
+                    unflushed = 0
+                    flush.set()
                 if watermark is not None:
                     watermark.advance(end)
                 done += count * CLUSTER
@@ -486,7 +510,8 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
             watermark.plan(layout.first_data, layout.first_data + len(allocated) * CLUSTER)
         threads = [threading.Thread(target=file_worker, args=(fd,), name="stream-file"),
                    threading.Thread(target=hash_worker, name="stream-hash"),
-                   threading.Thread(target=guest_worker, name="stream-guest")]
+                   threading.Thread(target=guest_worker, name="stream-guest"),
+                   threading.Thread(target=flush_worker, args=(fd,), name="stream-flush")]
         for t in threads:
             t.start()
         try:
@@ -515,6 +540,9 @@ def _copy(clients: list[NbdClient], layout: Layout, allocated: list[int], dest: 
         finally:
             for q in (to_file, to_hash, to_guest):
                 q.put(None)
+            threads[0].join()  # the writer first: then no flush is asked any more
+            copied.set()
+            flush.set()
             for t in threads:
                 t.join()
         if failure:
