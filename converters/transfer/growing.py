@@ -43,20 +43,6 @@ if TYPE_CHECKING:
 WAIT = 5.0
 
 
-def _file_tree_checksum(fd: int, size: int, form: str) -> str:
-    """``FORM:HEX`` of the file's ``size`` bytes read through ``fd`` (a recorded checksum
-    of a form the parts were not hashed in: the file read again, from the page cache)."""
-    digest = digests.new(form)
-    pos = 0
-    while pos < size:
-        chunk = os.pread(fd, min(8 << 20, size - pos), pos)
-        if not chunk:
-            break
-        digest.update(chunk)
-        pos += len(chunk)
-    return digest.hexdigest()
-
-
 def _open(growth: GrowthSource, g: Growth, label: str) -> int:
     """A descriptor on the file ``g`` names (it reads on through the rename at the end);
     the finished file when the conversion renamed it before it could be opened."""
@@ -238,7 +224,7 @@ class _Sender:
         form = digests.form_of(recorded)
         if form == self.tree.form:
             return self.tree.hexdigest(size)
-        return _file_tree_checksum(self.fd, size, form)  # an older form: read once more
+        return digests.fd_checksum(self.fd, size, form)  # an older form: read once more
 
     def close(self) -> None:
         for fut in self.futures:

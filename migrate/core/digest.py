@@ -236,10 +236,6 @@ class BlockTree:
         for i, at in enumerate(range(0, len(view), BLOCK)):
             self.put(first + i, view[at:at + BLOCK])
 
-    def missing(self, count: int) -> list[int]:
-        """Block indices below ``count`` not given yet."""
-        return [i for i in range(count) if i not in self._digests]
-
     def hexdigest(self, size: int) -> str:
         """``FORM:HEX`` of ``size`` bytes; every block of them must have been given
         (``ValueError`` naming the first missing one)."""
@@ -258,16 +254,31 @@ def file_checksum(path: str | os.PathLike[str], form: str = DEFAULT,
     """``FORM:HEX`` of a file's bytes, read once in 4 MiB pieces (bounded memory).
     ``on_bytes`` gets the running count of bytes hashed (progress).  ``OSError`` for the
     file, :class:`UnknownForm` for the form."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fd_checksum(fd, None, form, on_bytes)
+    finally:
+        os.close(fd)
+
+
+def fd_checksum(fd: int, size: int | None = None, form: str = DEFAULT,
+                on_bytes: Callable[[int], None] | None = None) -> str:
+    """:func:`file_checksum` of the bytes ``[0, size)`` (``None``: to the end) of an open
+    file ``fd``, read with ``pread`` (its offset is left alone; a file renamed since it
+    was opened reads on)."""
     digest = new(form)
     buffer = bytearray(4 * BLOCK)
     view = memoryview(buffer)
     done = 0
-    with open(path, "rb") as fh:
-        while n := fh.readinto(buffer):
-            digest.update(view[:n])
-            done += n
-            if on_bytes is not None:
-                on_bytes(done)
+    while size is None or done < size:
+        want = view if size is None else view[:min(len(view), size - done)]
+        n = os.preadv(fd, [want], done)
+        if not n:
+            break
+        digest.update(view[:n])
+        done += n
+        if on_bytes is not None:
+            on_bytes(done)
     return digest.hexdigest()
 
 
